@@ -1,0 +1,187 @@
+//! The cache: one directory per image, filled once, immutable once complete.
+//!
+//! Root: `--cache-dir`, else `$IMGFS_CACHE_DIR`, else `$XDG_CACHE_HOME/imgfs`, else
+//! `~/.cache/imgfs`. Each image id (or tar file identity) gets `images/<key>/` holding the
+//! archive, its index, the image description and a `complete` marker written last, by rename.
+//! A directory without the marker is leftovers of an interrupted fill: never used, removed by
+//! the next fill. An exclusive lock (`locks/<key>.lock`, flock) keeps two processes from
+//! filling the same entry; the second one waits and then finds the entry complete.
+
+pub mod sys;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+pub const ARCHIVE_FILE: &str = "archive.tar";
+pub const INDEX_FILE: &str = "index";
+pub const IMAGE_FILE: &str = "image.json";
+pub const MARKER_FILE: &str = "complete";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("no cache directory: set --cache-dir, IMGFS_CACHE_DIR, XDG_CACHE_HOME or HOME")]
+    NoRoot,
+    #[error("cache {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
+    move |source| CacheError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The cache root.
+#[derive(Clone, Debug)]
+pub struct Cache {
+    root: PathBuf,
+}
+
+impl Cache {
+    /// Uses `explicit` when given, else the environment as described in the module docs.
+    pub fn locate(explicit: Option<PathBuf>) -> Result<Cache, CacheError> {
+        let env = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        let root = explicit
+            .or_else(|| env("IMGFS_CACHE_DIR"))
+            .or_else(|| env("XDG_CACHE_HOME").map(|p| p.join("imgfs")))
+            .or_else(|| env("HOME").map(|p| p.join(".cache/imgfs")))
+            .ok_or(CacheError::NoRoot)?;
+        Ok(Cache { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The entry for a key such as `sha256:0123...`; characters other than
+    /// `[A-Za-z0-9._-]` become `-` so a key can never name a path outside the cache.
+    pub fn entry(&self, key: &str) -> Entry {
+        let safe: String = key
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        // No leading dot: "." and ".." must not name the images directory or its parent.
+        let safe = safe.trim_start_matches('.').to_string();
+        let safe = if safe.is_empty() {
+            "-".to_string()
+        } else {
+            safe
+        };
+        Entry {
+            dir: self.root.join("images").join(&safe),
+            lock_path: self.root.join("locks").join(format!("{safe}.lock")),
+        }
+    }
+}
+
+/// One image's directory in the cache.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    dir: PathBuf,
+    lock_path: PathBuf,
+}
+
+/// Held while an entry is being filled; released on drop (or by the kernel on exit).
+pub struct Lock {
+    _file: File,
+}
+
+impl Entry {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn archive_path(&self) -> PathBuf {
+        self.dir.join(ARCHIVE_FILE)
+    }
+    pub fn index_path(&self) -> PathBuf {
+        self.dir.join(INDEX_FILE)
+    }
+    pub fn image_path(&self) -> PathBuf {
+        self.dir.join(IMAGE_FILE)
+    }
+
+    /// The marker's contents if the entry is complete.
+    pub fn marker(&self) -> Option<String> {
+        fs::read_to_string(self.dir.join(MARKER_FILE)).ok()
+    }
+
+    /// Waits for the fill lock of this entry.
+    pub fn lock(&self) -> Result<Lock, CacheError> {
+        let parent = self.lock_path.parent().unwrap_or(Path::new("/"));
+        fs::create_dir_all(parent).map_err(io_err(parent))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.lock_path)
+            .map_err(io_err(&self.lock_path))?;
+        loop {
+            match sys::lock_exclusive(&file) {
+                Ok(()) => return Ok(Lock { _file: file }),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_err(&self.lock_path)(e)),
+            }
+        }
+    }
+
+    /// Starts a fill: removes whatever an interrupted fill left and makes an empty directory.
+    pub fn reset(&self, _lock: &Lock) -> Result<(), CacheError> {
+        match fs::remove_dir_all(&self.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&self.dir)(e)),
+        }
+        fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))
+    }
+
+    /// Removes the entry (a failed fill), best effort.
+    pub fn discard(&self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+
+    /// Writes a file of the entry atomically (temporary name, then rename).
+    pub fn write_file(&self, name: &str, bytes: &[u8]) -> Result<(), CacheError> {
+        let path = self.dir.join(name);
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let write = || -> io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)
+        };
+        write().map_err(io_err(&path))
+    }
+
+    /// Marks the entry complete; `contents` lets a source record what it was built from.
+    pub fn commit(&self, _lock: &Lock, contents: &str) -> Result<(), CacheError> {
+        self.write_file(MARKER_FILE, contents.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_cannot_escape() {
+        let c = Cache { root: "/c".into() };
+        for key in ["../../etc", "sha256:ab/../x", "..", "a\0b"] {
+            let e = c.entry(key);
+            assert!(e.dir().starts_with("/c/images/"), "{key}: {:?}", e.dir());
+            assert_eq!(e.dir().components().count(), 4, "{key}: {:?}", e.dir());
+        }
+        assert_eq!(c.entry("sha256:ab").dir(), Path::new("/c/images/sha256-ab"));
+    }
+}

@@ -1,0 +1,24 @@
+//! The cache's system calls that need `unsafe`: read-only memory maps and file locks.
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+
+/// Maps a whole file read-only.
+pub fn map(file: &File) -> io::Result<memmap2::Mmap> {
+    // SAFETY: the cache only maps files it wrote and never modifies in place (updates are
+    // written under a new name and renamed over), so the mapped bytes do not change under us.
+    unsafe { memmap2::Mmap::map(file) }
+}
+
+/// Blocks until this process holds the exclusive flock on `file`.
+pub fn lock_exclusive(file: &File) -> io::Result<()> {
+    // SAFETY: flock reads only the descriptor number, which `file` keeps open.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

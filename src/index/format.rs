@@ -1,0 +1,542 @@
+//! The on-disk index format, version 1. The field docs below are the specification.
+//!
+//! All integers are little-endian. The file is five sections, back to back:
+//!
+//! | section  | size                    | contents                                        |
+//! |----------|-------------------------|-------------------------------------------------|
+//! | header   | [`HEADER_LEN`] bytes    | magic, version, counts, section lengths, CRC-32  |
+//! | inodes   | count × [`INODE_LEN`]   | one record per inode; record 0 is the root      |
+//! | dirents  | count × [`DIRENT_LEN`]  | each directory's children, contiguous, sorted   |
+//! | names    | `names_len` bytes       | directory entry names, raw bytes                |
+//! | blob     | `blob_len` bytes        | symlink targets, sparse maps, xattrs            |
+//!
+//! Header: `0` magic `b"IMGFSIDX"`, `8` version u32, `12` header length u32, `16` inode count
+//! u64, `24` dirent count u64, `32` names length u64, `40` blob length u64, `48` archive size
+//! u64 (the archive must be at least this long: a truncated cache is refused), `56`..`124`
+//! zero, `124` CRC-32 (IEEE) of the whole file with this field taken as zero.
+//!
+//! Inode record ([`INODE_LEN`] = 80 bytes): `0` mode u32 (type and permission bits, as
+//! `st_mode`), `4` uid u32, `8` gid u32, `12` nlink u32, `16` size u64, `24` mtime i64
+//! seconds, `32` mtime nanoseconds u32, `36` parent record u32, `40` data u64, `48` extra
+//! offset u64 (into blob), `56` extra length u32, `60` xattr length u32 (bytes), `64` xattr
+//! offset u64 (into blob), `72` blocks u64 (512-byte units, for `st_blocks`). By type:
+//! regular file — data = archive offset of its bytes; extra = sparse map of `extra length`
+//! segments, each (offset u64, length u64), or none. Directory — data = first dirent index,
+//! extra length = child count. Symlink — extra = target bytes. Device — data = major << 32 |
+//! minor.
+//!
+//! Dirent ([`DIRENT_LEN`] = 16 bytes): `0` inode record u32, `4` name length u32, `8` name
+//! offset u64 (into names).
+//!
+//! Xattrs: a run of (name length u32, value length u32, name, value).
+//!
+//! [`Index::new`] checks the magic, version, layout and checksum once; after that every
+//! accessor is bounds-checked and returns `None` rather than panic on hostile bytes.
+
+use std::ops::Range;
+
+use super::scan::{Kind, Segment};
+
+pub const MAGIC: &[u8; 8] = b"IMGFSIDX";
+/// Bumped on any change to the layout; an index of another version is rebuilt.
+pub const VERSION: u32 = 1;
+pub const HEADER_LEN: usize = 128;
+pub const INODE_LEN: usize = 80;
+pub const DIRENT_LEN: usize = 16;
+const CRC_AT: usize = 124;
+/// `st_size` reported for directories, as on most disk filesystems.
+pub const DIR_SIZE: u64 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error("not an imgfs index (bad magic)")]
+    Magic,
+    #[error("index version {0} is not {VERSION}")]
+    Version(u32),
+    #[error("index is {0}")]
+    Layout(&'static str),
+    #[error("index checksum does not match: the file is corrupt")]
+    Checksum,
+    #[error("too many {0} for the index format")]
+    TooLarge(&'static str),
+}
+
+/// One inode as stored; see the module docs for what each field means per type.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InodeRecord {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub parent: u32,
+    pub data: u64,
+    pub extra_off: u64,
+    pub extra_len: u32,
+    pub xattr_len: u32,
+    pub xattr_off: u64,
+    pub blocks: u64,
+}
+
+impl InodeRecord {
+    pub fn file_type(&self) -> u32 {
+        self.mode & libc::S_IFMT
+    }
+    pub fn is_dir(&self) -> bool {
+        self.file_type() == libc::S_IFDIR
+    }
+    pub fn is_sparse(&self) -> bool {
+        self.file_type() == libc::S_IFREG && self.extra_len > 0
+    }
+}
+
+pub fn type_bits(kind: Kind) -> u32 {
+    match kind {
+        Kind::File | Kind::HardLink => libc::S_IFREG,
+        Kind::Directory => libc::S_IFDIR,
+        Kind::Symlink => libc::S_IFLNK,
+        Kind::CharDevice => libc::S_IFCHR,
+        Kind::BlockDevice => libc::S_IFBLK,
+        Kind::Fifo => libc::S_IFIFO,
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Accumulates the sections; [`Writer::finish`] returns the finished file.
+#[derive(Default)]
+pub struct Writer {
+    inodes: Vec<u8>,
+    dirents: Vec<u8>,
+    names: Vec<u8>,
+    blob: Vec<u8>,
+}
+
+impl Writer {
+    pub fn push_inode(&mut self, r: &InodeRecord) {
+        let b = &mut self.inodes;
+        b.extend_from_slice(&r.mode.to_le_bytes());
+        b.extend_from_slice(&r.uid.to_le_bytes());
+        b.extend_from_slice(&r.gid.to_le_bytes());
+        b.extend_from_slice(&r.nlink.to_le_bytes());
+        b.extend_from_slice(&r.size.to_le_bytes());
+        b.extend_from_slice(&r.mtime.to_le_bytes());
+        b.extend_from_slice(&r.mtime_nsec.to_le_bytes());
+        b.extend_from_slice(&r.parent.to_le_bytes());
+        b.extend_from_slice(&r.data.to_le_bytes());
+        b.extend_from_slice(&r.extra_off.to_le_bytes());
+        b.extend_from_slice(&r.extra_len.to_le_bytes());
+        b.extend_from_slice(&r.xattr_len.to_le_bytes());
+        b.extend_from_slice(&r.xattr_off.to_le_bytes());
+        b.extend_from_slice(&r.blocks.to_le_bytes());
+    }
+
+    pub fn push_dirent(&mut self, record: u32, name: &[u8]) -> Result<(), FormatError> {
+        let len = u32::try_from(name.len()).map_err(|_| FormatError::TooLarge("name bytes"))?;
+        let off = self.names.len() as u64;
+        self.names.extend_from_slice(name);
+        self.dirents.extend_from_slice(&record.to_le_bytes());
+        self.dirents.extend_from_slice(&len.to_le_bytes());
+        self.dirents.extend_from_slice(&off.to_le_bytes());
+        Ok(())
+    }
+
+    pub fn push_blob(&mut self, bytes: &[u8]) -> Result<u64, FormatError> {
+        let off = self.blob.len() as u64;
+        self.blob.extend_from_slice(bytes);
+        Ok(off)
+    }
+
+    pub fn push_segments(&mut self, segments: &[Segment]) -> Result<(u64, u32), FormatError> {
+        let n = u32::try_from(segments.len()).map_err(|_| FormatError::TooLarge("segments"))?;
+        let off = self.blob.len() as u64;
+        for s in segments {
+            self.blob.extend_from_slice(&s.offset.to_le_bytes());
+            self.blob.extend_from_slice(&s.len.to_le_bytes());
+        }
+        Ok((off, n))
+    }
+
+    pub fn push_xattrs(
+        &mut self,
+        xattrs: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<(u64, u32), FormatError> {
+        let off = self.blob.len() as u64;
+        for (name, value) in xattrs {
+            let too_large = |_| FormatError::TooLarge("xattr bytes");
+            let nl = u32::try_from(name.len()).map_err(too_large)?;
+            let vl = u32::try_from(value.len()).map_err(too_large)?;
+            self.blob.extend_from_slice(&nl.to_le_bytes());
+            self.blob.extend_from_slice(&vl.to_le_bytes());
+            self.blob.extend_from_slice(name);
+            self.blob.extend_from_slice(value);
+        }
+        let len = u32::try_from(self.blob.len() as u64 - off)
+            .map_err(|_| FormatError::TooLarge("xattr bytes"))?;
+        Ok((off, len))
+    }
+
+    pub fn finish(self, archive_size: u64) -> Result<Vec<u8>, FormatError> {
+        let total = HEADER_LEN
+            + self.inodes.len()
+            + self.dirents.len()
+            + self.names.len()
+            + self.blob.len();
+        let mut out = Vec::with_capacity(total);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&(HEADER_LEN as u32).to_le_bytes());
+        out.extend_from_slice(&((self.inodes.len() / INODE_LEN) as u64).to_le_bytes());
+        out.extend_from_slice(&((self.dirents.len() / DIRENT_LEN) as u64).to_le_bytes());
+        out.extend_from_slice(&(self.names.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(self.blob.len() as u64).to_le_bytes());
+        out.extend_from_slice(&archive_size.to_le_bytes());
+        out.resize(HEADER_LEN, 0);
+        out.extend_from_slice(&self.inodes);
+        out.extend_from_slice(&self.dirents);
+        out.extend_from_slice(&self.names);
+        out.extend_from_slice(&self.blob);
+        let crc = crc32fast::hash(&out);
+        out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+        Ok(out)
+    }
+}
+
+/// A validated index over any byte container (a memory map in the filesystem, a vector in
+/// tests).
+pub struct Index<B> {
+    bytes: B,
+    inode_count: u32,
+    dirent_count: u64,
+    inodes: Range<usize>,
+    dirents: Range<usize>,
+    names: Range<usize>,
+    blob: Range<usize>,
+    archive_size: u64,
+}
+
+/// One directory entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dirent<'a> {
+    pub record: u32,
+    pub name: &'a [u8],
+}
+
+impl<B: AsRef<[u8]>> Index<B> {
+    /// Validates the header, the layout and the checksum.
+    pub fn new(bytes: B) -> Result<Self, FormatError> {
+        let b = bytes.as_ref();
+        if b.len() < HEADER_LEN || &b[..8] != MAGIC {
+            return Err(FormatError::Magic);
+        }
+        let version = u32_at(b, 8);
+        if version != VERSION {
+            return Err(FormatError::Version(version));
+        }
+        if u32_at(b, 12) as usize != HEADER_LEN {
+            return Err(FormatError::Layout("of an unknown header length"));
+        }
+        let section = |count: u64, unit: usize| -> Option<usize> {
+            usize::try_from(count).ok()?.checked_mul(unit)
+        };
+        let bad = FormatError::Layout("truncated or has inconsistent section sizes");
+        let inodes_len = section(u64_at(b, 16), INODE_LEN).ok_or(bad)?;
+        let dirents_len =
+            section(u64_at(b, 24), DIRENT_LEN).ok_or(FormatError::Layout("too large"))?;
+        let names_len = section(u64_at(b, 32), 1).ok_or(FormatError::Layout("too large"))?;
+        let blob_len = section(u64_at(b, 40), 1).ok_or(FormatError::Layout("too large"))?;
+        let inodes = HEADER_LEN
+            ..HEADER_LEN
+                .checked_add(inodes_len)
+                .ok_or(FormatError::Layout("too large"))?;
+        let dirents = inodes.end
+            ..inodes
+                .end
+                .checked_add(dirents_len)
+                .ok_or(FormatError::Layout("too large"))?;
+        let names = dirents.end
+            ..dirents
+                .end
+                .checked_add(names_len)
+                .ok_or(FormatError::Layout("too large"))?;
+        let blob = names.end
+            ..names
+                .end
+                .checked_add(blob_len)
+                .ok_or(FormatError::Layout("too large"))?;
+        if blob.end != b.len() {
+            return Err(FormatError::Layout(
+                "truncated or has inconsistent section sizes",
+            ));
+        }
+        let inode_count =
+            u32::try_from(u64_at(b, 16)).map_err(|_| FormatError::Layout("too large"))?;
+        if inode_count == 0 || inode_count == u32::MAX {
+            return Err(FormatError::Layout("without a root directory"));
+        }
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&b[..CRC_AT]);
+        crc.update(&[0; 4]);
+        crc.update(&b[CRC_AT + 4..]);
+        if crc.finalize() != u32_at(b, CRC_AT) {
+            return Err(FormatError::Checksum);
+        }
+        let index = Index {
+            inode_count,
+            dirent_count: u64_at(b, 24),
+            inodes,
+            dirents,
+            names,
+            blob,
+            archive_size: u64_at(b, 48),
+            bytes,
+        };
+        if !index.inode(0).is_some_and(|r| r.is_dir()) {
+            return Err(FormatError::Layout("without a root directory"));
+        }
+        Ok(index)
+    }
+
+    pub fn inode_count(&self) -> u32 {
+        self.inode_count
+    }
+
+    /// The archive length the index was built from.
+    pub fn archive_size(&self) -> u64 {
+        self.archive_size
+    }
+
+    /// Size of the index file itself.
+    pub fn len(&self) -> usize {
+        self.bytes.as_ref().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn inode(&self, record: u32) -> Option<InodeRecord> {
+        if record >= self.inode_count {
+            return None;
+        }
+        let at = self.inodes.start + record as usize * INODE_LEN;
+        let b = self.bytes.as_ref().get(at..at + INODE_LEN)?;
+        Some(InodeRecord {
+            mode: u32_at(b, 0),
+            uid: u32_at(b, 4),
+            gid: u32_at(b, 8),
+            nlink: u32_at(b, 12),
+            size: u64_at(b, 16),
+            mtime: u64_at(b, 24) as i64,
+            mtime_nsec: u32_at(b, 32),
+            parent: u32_at(b, 36),
+            data: u64_at(b, 40),
+            extra_off: u64_at(b, 48),
+            extra_len: u32_at(b, 56),
+            xattr_len: u32_at(b, 60),
+            xattr_off: u64_at(b, 64),
+            blocks: u64_at(b, 72),
+        })
+    }
+
+    fn section_slice(&self, section: &Range<usize>, off: u64, len: u64) -> Option<&[u8]> {
+        let start = section.start.checked_add(usize::try_from(off).ok()?)?;
+        let end = start.checked_add(usize::try_from(len).ok()?)?;
+        if end > section.end {
+            return None;
+        }
+        self.bytes.as_ref().get(start..end)
+    }
+
+    fn dirent_at(&self, i: u64) -> Option<Dirent<'_>> {
+        if i >= self.dirent_count {
+            return None;
+        }
+        let at = self.dirents.start + usize::try_from(i).ok()? * DIRENT_LEN;
+        let b = self.bytes.as_ref().get(at..at + DIRENT_LEN)?;
+        let name = self.section_slice(&self.names, u64_at(b, 8), u64::from(u32_at(b, 4)))?;
+        Some(Dirent {
+            record: u32_at(b, 0),
+            name,
+        })
+    }
+
+    /// The directory's children in name order, as (first dirent, count).
+    fn child_range(&self, dir: &InodeRecord) -> Option<(u64, u64)> {
+        if !dir.is_dir() {
+            return None;
+        }
+        let count = u64::from(dir.extra_len);
+        let end = dir.data.checked_add(count)?;
+        (end <= self.dirent_count).then_some((dir.data, count))
+    }
+
+    /// The `i`-th child of a directory.
+    pub fn child(&self, dir: &InodeRecord, i: u64) -> Option<Dirent<'_>> {
+        let (first, count) = self.child_range(dir)?;
+        if i >= count {
+            return None;
+        }
+        self.dirent_at(first + i)
+    }
+
+    /// Binary search of a directory for `name`.
+    pub fn lookup(&self, dir: &InodeRecord, name: &[u8]) -> Option<u32> {
+        let (first, count) = self.child_range(dir)?;
+        let (mut lo, mut hi) = (0u64, count);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let d = self.dirent_at(first + mid)?;
+            match d.name.cmp(name) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Some(d.record),
+            }
+        }
+        None
+    }
+
+    pub fn symlink_target(&self, r: &InodeRecord) -> Option<&[u8]> {
+        if r.file_type() != libc::S_IFLNK {
+            return None;
+        }
+        self.section_slice(&self.blob, r.extra_off, u64::from(r.extra_len))
+    }
+
+    /// A sparse file's data segments; `None` if the map is out of bounds.
+    pub fn segments(&self, r: &InodeRecord) -> Option<impl Iterator<Item = Segment> + '_> {
+        let b = self.section_slice(&self.blob, r.extra_off, u64::from(r.extra_len) * 16)?;
+        Some(b.chunks_exact(16).map(|c| Segment {
+            offset: u64_at(c, 0),
+            len: u64_at(c, 8),
+        }))
+    }
+
+    /// The inode's xattrs as (name, value); stops at the first malformed one.
+    pub fn xattrs(&self, r: &InodeRecord) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        let mut rest = self
+            .section_slice(&self.blob, r.xattr_off, u64::from(r.xattr_len))
+            .unwrap_or(&[]);
+        std::iter::from_fn(move || {
+            let nl = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+            let vl = u32::from_le_bytes(rest.get(4..8)?.try_into().ok()?) as usize;
+            let name = rest.get(8..8usize.checked_add(nl)?)?;
+            let end = (8 + nl).checked_add(vl)?;
+            let value = rest.get(8 + nl..end)?;
+            rest = &rest[end..];
+            Some((name, value))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        let mut w = Writer::default();
+        let (xo, xl) = w
+            .push_xattrs(&[(b"user.a".to_vec(), b"1\n2".to_vec())])
+            .unwrap();
+        w.push_inode(&InodeRecord {
+            mode: libc::S_IFDIR | 0o755,
+            nlink: 2,
+            extra_len: 2,
+            xattr_off: xo,
+            xattr_len: xl,
+            ..Default::default()
+        });
+        let t = w.push_blob(b"target").unwrap();
+        w.push_inode(&InodeRecord {
+            mode: libc::S_IFLNK | 0o777,
+            extra_off: t,
+            extra_len: 6,
+            ..Default::default()
+        });
+        w.push_inode(&InodeRecord {
+            mode: libc::S_IFREG | 0o644,
+            size: 5,
+            data: 512,
+            ..Default::default()
+        });
+        w.push_dirent(2, b"a").unwrap();
+        w.push_dirent(1, b"b").unwrap();
+        w.finish(2048).unwrap()
+    }
+
+    #[test]
+    fn round_trip() {
+        let idx = Index::new(sample()).unwrap();
+        let root = idx.inode(0).unwrap();
+        assert_eq!(idx.lookup(&root, b"a"), Some(2));
+        assert_eq!(idx.lookup(&root, b"b"), Some(1));
+        assert_eq!(idx.lookup(&root, b"c"), None);
+        assert_eq!(idx.lookup(&root, b""), None);
+        assert_eq!(idx.child(&root, 1).unwrap().name, b"b");
+        assert_eq!(idx.child(&root, 2), None);
+        let link = idx.inode(1).unwrap();
+        assert_eq!(idx.symlink_target(&link), Some(&b"target"[..]));
+        let x: Vec<_> = idx.xattrs(&root).collect();
+        assert_eq!(x, vec![(&b"user.a"[..], &b"1\n2"[..])]);
+        assert_eq!(idx.archive_size(), 2048);
+        assert_eq!(idx.inode(3), None);
+    }
+
+    #[test]
+    fn rejects_damage() {
+        let good = sample();
+        assert!(matches!(
+            Index::new(good[..good.len() - 1].to_vec()),
+            Err(FormatError::Layout(_))
+        ));
+        let mut flipped = good.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert!(matches!(Index::new(flipped), Err(FormatError::Checksum)));
+        let mut old = good.clone();
+        old[8] = 0;
+        assert!(matches!(Index::new(old), Err(FormatError::Version(0))));
+        assert!(matches!(
+            Index::new(b"not an index".to_vec()),
+            Err(FormatError::Magic)
+        ));
+        assert!(matches!(Index::new(Vec::new()), Err(FormatError::Magic)));
+    }
+
+    /// Accessors on an index whose checksum was forged over hostile records never panic.
+    #[test]
+    fn hostile_records_do_not_panic() {
+        let good = sample();
+        for i in HEADER_LEN..good.len() {
+            for v in [0u8, 0x7f, 0xff] {
+                let mut b = good.clone();
+                b[i] = v;
+                let crc = {
+                    let mut h = crc32fast::Hasher::new();
+                    h.update(&b[..CRC_AT]);
+                    h.update(&[0; 4]);
+                    h.update(&b[CRC_AT + 4..]);
+                    h.finalize()
+                };
+                b[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+                let Ok(idx) = Index::new(b) else { continue };
+                for r in 0..4 {
+                    if let Some(rec) = idx.inode(r) {
+                        let _ = idx.lookup(&rec, b"a");
+                        let _ = idx.child(&rec, 0);
+                        let _ = idx.symlink_target(&rec);
+                        let _ = idx.xattrs(&rec).count();
+                        let _ = idx.segments(&rec).map(|s| s.count());
+                    }
+                }
+            }
+        }
+    }
+}

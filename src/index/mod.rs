@@ -1,0 +1,328 @@
+//! The index stage: gets an image ready to serve — archive in the cache, index beside it.
+//!
+//! For a Docker image the export stream is written to the cache and scanned in the same pass
+//! ([`scan::TeeInput`]), so indexing costs no second read. A tar file on disk is scanned in
+//! place (its headers only) and only the index goes to the cache, keyed by the file's identity
+//! and rebuilt when the file changes. A complete entry is reused as long as its index
+//! validates and the archive is as long as the index says; anything else is rebuilt.
+//!
+//! Hands on [`Ready`]: the paths the filesystem serves from.
+
+pub mod format;
+pub mod scan;
+pub mod tree;
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use crate::cache::{self, Cache, CacheError, Entry};
+use crate::source::ImageRef;
+use crate::source::docker::{Docker, DockerError};
+use format::{FormatError, Index};
+use scan::{Input, ScanError, TeeInput};
+use tree::Tree;
+
+/// Window read at a time when scanning a tar file on disk: holds many small members' headers.
+const FILE_WINDOW: usize = 256 << 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("{path}: {source}")]
+    Scan { path: String, source: ScanError },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: not a regular file")]
+    NotAFile { path: PathBuf },
+    #[error("cannot write the index for {path}: {source}")]
+    Format { path: String, source: FormatError },
+}
+
+/// An image ready to be served.
+#[derive(Clone, Debug)]
+pub struct Ready {
+    pub index_path: PathBuf,
+    pub archive_path: PathBuf,
+    /// The image description from the daemon, when the source has one.
+    pub image_path: Option<PathBuf>,
+    /// The image id, or the tar file's path.
+    pub id: String,
+    /// True when this call built the entry (a cold mount).
+    pub built: bool,
+    /// What the build noticed about the archive (dropped or rewritten entries).
+    pub warnings: Vec<String>,
+}
+
+/// Resolves `image` and makes sure its cache entry is complete.
+pub fn prepare(image: &ImageRef, cache: &Cache) -> Result<Ready, IndexError> {
+    match image {
+        ImageRef::Docker(reference) => prepare_docker(reference, cache),
+        ImageRef::TarFile(path) => prepare_tar(path, cache),
+    }
+}
+
+/// A complete entry whose index validates against an archive at least as long as it says.
+fn usable(index_path: &Path, archive_path: &Path) -> bool {
+    let check = || -> io::Result<bool> {
+        let map = cache::sys::map(&File::open(index_path)?)?;
+        let Ok(index) = Index::new(&map[..]) else {
+            return Ok(false);
+        };
+        Ok(std::fs::metadata(archive_path)?.len() >= index.archive_size())
+    };
+    check().unwrap_or(false)
+}
+
+fn prepare_docker(reference: &str, cache: &Cache) -> Result<Ready, IndexError> {
+    let docker = Docker::connect()?;
+    let image = docker.resolve(reference)?;
+    let entry = cache.entry(&image.id);
+    let ready = |built, warnings| Ready {
+        index_path: entry.index_path(),
+        archive_path: entry.archive_path(),
+        image_path: Some(entry.image_path()),
+        id: image.id.clone(),
+        built,
+        warnings,
+    };
+    let complete = |e: &Entry| e.marker().is_some() && usable(&e.index_path(), &e.archive_path());
+    if complete(&entry) {
+        return Ok(ready(false, Vec::new()));
+    }
+    let lock = entry.lock()?;
+    if complete(&entry) {
+        return Ok(ready(false, Vec::new())); // another process filled it while we waited
+    }
+    entry.reset(&lock)?;
+    let archive_path = entry.archive_path();
+    let file = File::create(&archive_path).map_err(|source| IndexError::Io {
+        path: archive_path.clone(),
+        source,
+    })?;
+    let leftovers = entry.dir().to_path_buf();
+    let built = docker.export(
+        &image,
+        move || {
+            let _ = std::fs::remove_dir_all(leftovers);
+        },
+        |stream| {
+            let mut input = TeeInput::new(
+                stream,
+                CacheWriter {
+                    file,
+                    path: &archive_path,
+                },
+            );
+            let tree = build_tree(&mut input);
+            let (_, total) = input.finish()?;
+            Ok(tree.map(|t| (t, total)))
+        },
+    );
+    let describe = || format!("export of image '{reference}'");
+    let (tree, total) = match built {
+        Ok(Ok(Ok(done))) => done,
+        Ok(Ok(Err(source))) => {
+            entry.discard();
+            return Err(IndexError::Scan {
+                path: describe(),
+                source,
+            });
+        }
+        Ok(Err(source)) => {
+            entry.discard();
+            return Err(IndexError::Scan {
+                path: describe(),
+                source: ScanError::Io { offset: 0, source },
+            });
+        }
+        Err(e) => {
+            entry.discard();
+            return Err(e.into());
+        }
+    };
+    let result = (|| {
+        let bytes = tree
+            .write_index(total)
+            .map_err(|source| IndexError::Format {
+                path: describe(),
+                source,
+            })?;
+        entry.write_file(cache::INDEX_FILE, &bytes)?;
+        entry.write_file(cache::IMAGE_FILE, &image.inspect_json)?;
+        entry.commit(&lock, &image.id)?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        entry.discard();
+        return Err(e);
+    }
+    Ok(ready(true, tree.warnings()))
+}
+
+/// What identifies a tar file's contents without reading them; a change means a rebuild.
+fn tar_identity(meta: &std::fs::Metadata) -> String {
+    format!(
+        "tar dev={} ino={} size={} mtime={}.{:09} ctime={}.{:09}",
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec()
+    )
+}
+
+fn prepare_tar(path: &Path, cache: &Cache) -> Result<Ready, IndexError> {
+    let io_err = |source| IndexError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let path = std::fs::canonicalize(path).map_err(io_err)?;
+    let file = File::open(&path).map_err(io_err)?;
+    let meta = file.metadata().map_err(io_err)?;
+    if !meta.is_file() {
+        return Err(IndexError::NotAFile { path });
+    }
+    let identity = tar_identity(&meta);
+    let entry = cache.entry(&format!("tar-{:x}-{:x}", meta.dev(), meta.ino()));
+    let ready = |built, warnings| Ready {
+        index_path: entry.index_path(),
+        archive_path: path.clone(),
+        image_path: None,
+        id: path.display().to_string(),
+        built,
+        warnings,
+    };
+    let complete = |e: &Entry| {
+        e.marker().as_deref() == Some(identity.as_str()) && usable(&e.index_path(), &path)
+    };
+    if complete(&entry) {
+        return Ok(ready(false, Vec::new()));
+    }
+    let lock = entry.lock()?;
+    if complete(&entry) {
+        return Ok(ready(false, Vec::new()));
+    }
+    entry.reset(&lock)?;
+    let mut input = FileInput::new(&file, meta.len());
+    let tree = build_tree(&mut input).map_err(|source| IndexError::Scan {
+        path: path.display().to_string(),
+        source,
+    });
+    let result = tree.and_then(|tree| {
+        let bytes = tree
+            .write_index(meta.len())
+            .map_err(|source| IndexError::Format {
+                path: path.display().to_string(),
+                source,
+            })?;
+        entry.write_file(cache::INDEX_FILE, &bytes)?;
+        entry.commit(&lock, &identity)?;
+        Ok(tree.warnings())
+    });
+    match result {
+        Ok(warnings) => Ok(ready(true, warnings)),
+        Err(e) => {
+            entry.discard();
+            Err(e)
+        }
+    }
+}
+
+/// Scans an archive into a tree, collecting warnings.
+pub fn build_tree<I: Input>(input: &mut I) -> Result<Tree, ScanError> {
+    let mut tree = Tree::new();
+    let mut warnings = Vec::new();
+    scan::scan(input, &mut |w| warnings.push(w), &mut |entry| {
+        tree.insert(entry);
+        Ok(())
+    })?;
+    for w in warnings {
+        tree.warn(w);
+    }
+    Ok(tree)
+}
+
+/// The cache's archive file, naming itself in write errors (a full disk says where).
+struct CacheWriter<'a> {
+    file: File,
+    path: &'a Path,
+}
+
+impl io::Write for CacheWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot write {}: {e}", self.path.display()),
+            )
+        })
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// A tar file on disk read with positional reads: only headers are read, data is skipped by
+/// moving the position, and a file that shrinks under us gives an error, not a crash.
+pub struct FileInput<'f> {
+    file: &'f File,
+    len: u64,
+    pos: u64,
+    window: Vec<u8>,
+    window_at: u64,
+}
+
+impl<'f> FileInput<'f> {
+    pub fn new(file: &'f File, len: u64) -> Self {
+        FileInput {
+            file,
+            len,
+            pos: 0,
+            window: Vec::new(),
+            window_at: 0,
+        }
+    }
+}
+
+impl Input for FileInput<'_> {
+    fn read_full(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut done = 0;
+        while done < buf.len() && self.pos < self.len {
+            let in_window =
+                self.pos >= self.window_at && self.pos < self.window_at + self.window.len() as u64;
+            if !in_window {
+                let want = FILE_WINDOW.min((self.len - self.pos) as usize);
+                self.window.resize(want, 0);
+                let n = self.file.read_at(&mut self.window, self.pos)?;
+                self.window.truncate(n);
+                self.window_at = self.pos;
+                if n == 0 {
+                    break;
+                }
+            }
+            let start = (self.pos - self.window_at) as usize;
+            let n = (self.window.len() - start).min(buf.len() - done);
+            buf[done..done + n].copy_from_slice(&self.window[start..start + n]);
+            done += n;
+            self.pos += n as u64;
+        }
+        Ok(done)
+    }
+
+    fn skip(&mut self, n: u64) -> io::Result<u64> {
+        let k = n.min(self.len - self.pos);
+        self.pos += k;
+        Ok(k)
+    }
+
+    fn position(&self) -> u64 {
+        self.pos
+    }
+}

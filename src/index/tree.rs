@@ -1,0 +1,362 @@
+//! The tree builder: applies scanned [`Entry`] records in archive order the way `tar -x`
+//! would, and lays the result out as an index.
+//!
+//! Rules: paths are normalized (`./` prefixes, duplicate slashes and `.` components removed,
+//! a leading `/` stripped as tar does); a path with a `..` component, a NUL byte or a name
+//! longer than `NAME_MAX` is dropped with a warning, so no name can leave the tree. Later
+//! entries for the same path win; a directory entry over an existing directory keeps its
+//! children and takes the new metadata. Missing parents are synthesized (0755, root, mtime 0);
+//! a non-directory standing where a parent must be is replaced by one. A hard link shares the
+//! inode its target has at that point of the archive; a link to a missing target or to a
+//! directory is dropped with a warning. Only nodes still reachable at the end are laid out.
+
+use std::collections::HashMap;
+
+use super::format::{self, InodeRecord, Writer};
+use super::scan::{Entry, Kind, Segment};
+
+/// Longest file name the kernel accepts (`NAME_MAX`).
+const NAME_MAX: usize = 255;
+/// Mode and owner of a directory the archive never listed, as `tar -x` run by root makes it.
+const SYNTH_DIR_MODE: u32 = 0o755;
+/// Warnings kept in full; past this only a count is kept, so a hostile archive cannot
+/// fill memory with messages.
+const MAX_WARNINGS: usize = 100;
+
+struct Node {
+    kind: Kind,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    mtime_nsec: u32,
+    size: u64,
+    data_offset: u64,
+    sparse: Option<Vec<Segment>>,
+    link: Vec<u8>,
+    rdev: (u32, u32),
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    children: HashMap<Box<[u8]>, u32>,
+}
+
+impl Node {
+    fn synthesized_dir() -> Node {
+        Node {
+            kind: Kind::Directory,
+            mode: SYNTH_DIR_MODE,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            size: 0,
+            data_offset: 0,
+            sparse: None,
+            link: Vec::new(),
+            rdev: (0, 0),
+            xattrs: Vec::new(),
+            children: HashMap::new(),
+        }
+    }
+
+    fn from_entry(e: Entry) -> Node {
+        let kind = e.kind();
+        Node {
+            kind,
+            mode: e.mode,
+            uid: e.uid,
+            gid: e.gid,
+            mtime: e.mtime,
+            mtime_nsec: e.mtime_nsec,
+            size: e.size,
+            data_offset: e.data_offset,
+            sparse: e.sparse,
+            link: if kind == Kind::Symlink {
+                e.link
+            } else {
+                Vec::new()
+            },
+            rdev: (e.dev_major, e.dev_minor),
+            xattrs: e.xattrs,
+            children: HashMap::new(),
+        }
+    }
+}
+
+/// The archive's tree as `tar -x` would leave it, built one entry at a time.
+pub struct Tree {
+    nodes: Vec<Node>,
+    warnings: Vec<String>,
+    dropped_warnings: usize,
+    stripped_absolute: bool,
+    entries: u64,
+}
+
+impl Default for Tree {
+    fn default() -> Self {
+        Tree::new()
+    }
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+impl Tree {
+    pub fn new() -> Tree {
+        Tree {
+            nodes: vec![Node::synthesized_dir()],
+            warnings: Vec::new(),
+            dropped_warnings: 0,
+            stripped_absolute: false,
+            entries: 0,
+        }
+    }
+
+    pub fn warn(&mut self, message: String) {
+        if self.warnings.len() < MAX_WARNINGS {
+            self.warnings.push(message);
+        } else {
+            self.dropped_warnings += 1;
+        }
+    }
+
+    /// Messages about entries that were dropped or changed, then a count of any left out.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = self.warnings.clone();
+        if self.dropped_warnings > 0 {
+            w.push(format!("... and {} more warnings", self.dropped_warnings));
+        }
+        w
+    }
+
+    /// Archive members applied so far.
+    pub fn entries(&self) -> u64 {
+        self.entries
+    }
+
+    /// Splits a raw path into its components, or says why it cannot be in the tree.
+    fn components<'p>(&mut self, path: &'p [u8]) -> Result<Vec<&'p [u8]>, String> {
+        if path.first() == Some(&b'/') && !self.stripped_absolute {
+            self.stripped_absolute = true;
+            self.warn("removing leading '/' from member names".into());
+        }
+        let mut out = Vec::new();
+        for c in path.split(|&b| b == b'/') {
+            match c {
+                b"" | b"." => {}
+                b".." => return Err("the path contains '..'".into()),
+                c if c.contains(&0) => return Err("the name contains a NUL byte".into()),
+                c if c.len() > NAME_MAX => {
+                    return Err(format!("a name is longer than {NAME_MAX} bytes"));
+                }
+                c => out.push(c),
+            }
+        }
+        Ok(out)
+    }
+
+    fn add_node(&mut self, node: Node) -> u32 {
+        self.nodes.push(node);
+        (self.nodes.len() - 1) as u32
+    }
+
+    /// Applies one archive member.
+    pub fn insert(&mut self, entry: Entry) {
+        self.entries += 1;
+        let path = entry.path.clone();
+        let at = entry.header_offset;
+        let comps = match self.components(&path) {
+            Ok(c) => c,
+            Err(why) => {
+                self.warn(format!("skipped '{}' at byte {at}: {why}", lossy(&path)));
+                return;
+            }
+        };
+        let Some((name, parents)) = comps.split_last() else {
+            // The archive's root ("./"): only a directory can describe it.
+            if entry.kind() == Kind::Directory {
+                let root = &mut self.nodes[0];
+                let children = std::mem::take(&mut root.children);
+                *root = Node::from_entry(entry);
+                root.children = children;
+            } else {
+                self.warn(format!(
+                    "skipped '{}' at byte {at}: not a directory",
+                    lossy(&path)
+                ));
+            }
+            return;
+        };
+        let mut dir = 0u32;
+        for (i, comp) in parents.iter().enumerate() {
+            dir = match self.nodes[dir as usize].children.get(*comp).copied() {
+                Some(id) if self.nodes[id as usize].kind == Kind::Directory => id,
+                existing => {
+                    if existing.is_some() {
+                        self.warn(format!(
+                            "'{}' at byte {at}: '{}' was not a directory; replaced by one",
+                            lossy(&path),
+                            lossy(&parents[..=i].join(&b'/'))
+                        ));
+                    }
+                    let id = self.add_node(Node::synthesized_dir());
+                    self.nodes[dir as usize].children.insert((*comp).into(), id);
+                    id
+                }
+            };
+        }
+        let existing = self.nodes[dir as usize].children.get(*name).copied();
+        let id = match entry.kind() {
+            Kind::HardLink => match self.resolve_link(&entry.link) {
+                Ok(target) => target,
+                Err(why) => {
+                    self.warn(format!(
+                        "skipped hard link '{}' -> '{}' at byte {at}: {why}",
+                        lossy(&path),
+                        lossy(&entry.link)
+                    ));
+                    return;
+                }
+            },
+            Kind::Directory => match existing {
+                Some(id) if self.nodes[id as usize].kind == Kind::Directory => {
+                    let node = &mut self.nodes[id as usize];
+                    let children = std::mem::take(&mut node.children);
+                    *node = Node::from_entry(entry);
+                    node.children = children;
+                    return;
+                }
+                _ => self.add_node(Node::from_entry(entry)),
+            },
+            _ => self.add_node(Node::from_entry(entry)),
+        };
+        self.nodes[dir as usize].children.insert((*name).into(), id);
+    }
+
+    /// Finds the node a hard link names, as it stands now.
+    fn resolve_link(&mut self, target: &[u8]) -> Result<u32, String> {
+        let comps = self.components(target)?;
+        let mut id = 0u32;
+        for comp in &comps {
+            let node = &self.nodes[id as usize];
+            if node.kind != Kind::Directory {
+                return Err("the target does not exist".into());
+            }
+            id = *node
+                .children
+                .get(*comp)
+                .ok_or("the target does not exist")?;
+        }
+        if self.nodes[id as usize].kind == Kind::Directory {
+            return Err("the target is a directory".into());
+        }
+        Ok(id)
+    }
+
+    /// Lays the reachable tree out as an index: records in breadth-first order (root first,
+    /// so inode number = record number + 1), each directory's children contiguous and sorted
+    /// by name, hard links sharing one record.
+    pub fn write_index(&self, archive_size: u64) -> Result<Vec<u8>, format::FormatError> {
+        const UNASSIGNED: u32 = u32::MAX;
+        let mut record_of = vec![UNASSIGNED; self.nodes.len()];
+        let mut order: Vec<u32> = vec![0]; // node ids in record order
+        let mut parent_rec: Vec<u32> = vec![0];
+        record_of[0] = 0;
+        let mut nlink: Vec<u32> = vec![2];
+        // Pass 1: number the records and count links.
+        let mut i = 0;
+        while i < order.len() {
+            let node = &self.nodes[order[i] as usize];
+            let mut names: Vec<(&[u8], u32)> =
+                node.children.iter().map(|(k, &v)| (&**k, v)).collect();
+            names.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            for (_, child) in names {
+                let c = child as usize;
+                if record_of[c] == UNASSIGNED {
+                    record_of[c] = order.len() as u32;
+                    order.push(child);
+                    parent_rec.push(i as u32);
+                    let is_dir = self.nodes[c].kind == Kind::Directory;
+                    nlink.push(if is_dir { 2 } else { 1 });
+                    if is_dir {
+                        nlink[i] += 1;
+                    }
+                } else {
+                    nlink[record_of[c] as usize] += 1;
+                }
+            }
+            i += 1;
+        }
+        if order.len() > u32::MAX as usize - 1 {
+            return Err(format::FormatError::TooLarge("inodes"));
+        }
+        // Pass 2: write records, each directory's dirents in one run.
+        let mut w = Writer::default();
+        let mut next_dirent: u64 = 0;
+        for (rec, &id) in order.iter().enumerate() {
+            let node = &self.nodes[id as usize];
+            let (xattr_off, xattr_len) = w.push_xattrs(&node.xattrs)?;
+            let mut r = InodeRecord {
+                mode: format::type_bits(node.kind) | (node.mode & 0o7777),
+                uid: node.uid,
+                gid: node.gid,
+                nlink: nlink[rec],
+                size: node.size,
+                mtime: node.mtime,
+                mtime_nsec: node.mtime_nsec,
+                parent: parent_rec[rec],
+                data: 0,
+                extra_off: 0,
+                extra_len: 0,
+                xattr_off,
+                xattr_len,
+                blocks: node.size.div_ceil(512),
+            };
+            match node.kind {
+                Kind::File => {
+                    r.data = node.data_offset;
+                    if let Some(segments) = &node.sparse {
+                        let (off, n) = w.push_segments(segments)?;
+                        r.extra_off = off;
+                        r.extra_len = n;
+                        r.blocks = segments.iter().map(|s| s.len.div_ceil(512)).sum();
+                    }
+                }
+                Kind::Symlink => {
+                    r.extra_off = w.push_blob(&node.link)?;
+                    r.extra_len = u32::try_from(node.link.len())
+                        .map_err(|_| format::FormatError::TooLarge("symlink target"))?;
+                    r.size = node.link.len() as u64;
+                    r.blocks = 0;
+                }
+                Kind::CharDevice | Kind::BlockDevice => {
+                    r.data = (u64::from(node.rdev.0) << 32) | u64::from(node.rdev.1);
+                    r.blocks = 0;
+                }
+                Kind::Directory => {
+                    r.data = next_dirent;
+                    r.extra_len = u32::try_from(node.children.len())
+                        .map_err(|_| format::FormatError::TooLarge("directory"))?;
+                    next_dirent += node.children.len() as u64;
+                    r.size = format::DIR_SIZE;
+                    r.blocks = format::DIR_SIZE / 512;
+                }
+                Kind::Fifo | Kind::HardLink => r.blocks = 0,
+            }
+            w.push_inode(&r);
+        }
+        for &id in &order {
+            let node = &self.nodes[id as usize];
+            if node.kind != Kind::Directory {
+                continue;
+            }
+            let mut names: Vec<(&[u8], u32)> =
+                node.children.iter().map(|(k, &v)| (&**k, v)).collect();
+            names.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            for (name, child) in names {
+                w.push_dirent(record_of[child as usize], name)?;
+            }
+        }
+        w.finish(archive_size)
+    }
+}

@@ -1,0 +1,21 @@
+//! imgfs makes a container image usable as a directory in milliseconds, without unpacking it.
+//!
+//! Data flows one way through five stages; each module uses only the ones before it:
+//!
+//! ```text
+//! source ──tar stream──▶ cache ──archive file──▶ index ──▶ fs (FUSE) ──▶ runner
+//! (docker, tar file)     (one copy per image,    (scanned    (serves reads
+//!                         keyed by image id)      once)       from offsets)
+//! ```
+//!
+//! - [`source`] resolves a reference to an image id, its config and an export stream.
+//! - [`cache`] owns the per-image directories, their locks and completion markers.
+//! - [`index`] scans the stream while it is written to the cache and lays out a compact,
+//!   checksummed index that is memory-mapped and used in place.
+//! - [`fs`] serves that index and archive as a read-only FUSE filesystem.
+#![deny(unsafe_code)]
+
+pub mod cache;
+pub mod fs;
+pub mod index;
+pub mod source;

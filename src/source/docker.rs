@@ -1,0 +1,240 @@
+//! The Docker source, through the Engine API (bollard) only.
+//!
+//! Connects honouring `DOCKER_HOST` (unix and tcp), negotiates the API version and pings, so
+//! a dead daemon fails at once naming the endpoint. Images are resolved locally only (no
+//! pull). An export goes through a throwaway container that is created, never started, and
+//! removed in every case — success, error, or SIGINT/SIGTERM during the export. Containers are
+//! labelled with the exporting process id so that one left by a killed imgfs is removed by the
+//! next export.
+
+use std::io::{self, Read};
+
+use bollard::models::ContainerCreateBody;
+use bollard::query_parameters::{ListContainersOptions, RemoveContainerOptions};
+use futures_util::TryStreamExt;
+use tokio::runtime::Runtime;
+
+/// Label carried by every export container; its value is the exporting process id.
+const EXPORT_LABEL: &str = "io.imgfs.export-pid";
+/// `create_container` refuses an image with no command; the container never starts.
+const PLACEHOLDER_CMD: &str = "/imgfs-export-placeholder";
+/// Where bollard connects when DOCKER_HOST is unset.
+const DEFAULT_ENDPOINT: &str = "unix:///var/run/docker.sock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("cannot reach the Docker daemon at {endpoint}: {reason}")]
+    Unreachable { endpoint: String, reason: String },
+    #[error("image '{0}' not found in local Docker storage")]
+    NotFound(String),
+    #[error("Docker daemon at {endpoint} failed to {action}: {reason}")]
+    Api {
+        endpoint: String,
+        action: String,
+        reason: String,
+    },
+    #[error("cannot start the I/O runtime: {0}")]
+    Runtime(io::Error),
+    #[error("export of image '{image}' interrupted by a signal; its container was removed")]
+    Interrupted { image: String },
+}
+
+/// A resolved image: its id and the daemon's description of it (config, tags, ...).
+#[derive(Clone, Debug)]
+pub struct Image {
+    /// Content-addressed id, e.g. `sha256:...`.
+    pub id: String,
+    /// The daemon's image inspect document, kept for the runner (Env, Cmd, Entrypoint, ...).
+    pub inspect_json: Vec<u8>,
+}
+
+/// A connection to a Docker-compatible daemon.
+pub struct Docker {
+    rt: Runtime,
+    client: bollard::Docker,
+    endpoint: String,
+}
+
+impl Docker {
+    /// Connects, negotiates the API version and pings.
+    pub fn connect() -> Result<Docker, DockerError> {
+        let endpoint =
+            std::env::var("DOCKER_HOST").unwrap_or_else(|_| DEFAULT_ENDPOINT.to_string());
+        let unreachable = |reason: String| DockerError::Unreachable {
+            endpoint: endpoint.clone(),
+            reason,
+        };
+        // Two workers: one drives the HTTP stream while the calling thread consumes it.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(DockerError::Runtime)?;
+        let client =
+            bollard::Docker::connect_with_defaults().map_err(|e| unreachable(e.to_string()))?;
+        let client = rt.block_on(async {
+            let client = client.negotiate_version().await?;
+            client.ping().await?;
+            Ok::<_, bollard::errors::Error>(client)
+        });
+        let client = client.map_err(|e| unreachable(error_text(&e)))?;
+        Ok(Docker {
+            rt,
+            client,
+            endpoint,
+        })
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    fn api(&self, action: &str, e: bollard::errors::Error) -> DockerError {
+        DockerError::Api {
+            endpoint: self.endpoint.clone(),
+            action: action.to_string(),
+            reason: error_text(&e),
+        }
+    }
+
+    /// Resolves a reference among the images the daemon already has.
+    pub fn resolve(&self, reference: &str) -> Result<Image, DockerError> {
+        let inspect = self
+            .rt
+            .block_on(self.client.inspect_image(reference))
+            .map_err(|e| match e {
+                bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                } => DockerError::NotFound(reference.to_string()),
+                e => self.api(&format!("inspect image '{reference}'"), e),
+            })?;
+        let id = inspect.id.clone().ok_or_else(|| DockerError::Api {
+            endpoint: self.endpoint.clone(),
+            action: format!("inspect image '{reference}'"),
+            reason: "the answer has no image id".into(),
+        })?;
+        let inspect_json = serde_json::to_vec_pretty(&inspect).unwrap_or_default();
+        Ok(Image { id, inspect_json })
+    }
+
+    /// Exports the image's flattened filesystem: `consume` reads the tar stream on the calling
+    /// thread while the runtime fetches it, so memory stays bounded by the stream buffers. The
+    /// container is removed afterwards whatever happens; on SIGINT/SIGTERM it is removed,
+    /// `on_signal` runs (to drop half-written files) and the process exits with 128+signal.
+    pub fn export<T>(
+        &self,
+        image: &Image,
+        on_signal: impl FnOnce() + Send + 'static,
+        consume: impl FnOnce(&mut dyn Read) -> io::Result<T>,
+    ) -> Result<io::Result<T>, DockerError> {
+        self.remove_stale_exports();
+        let mut labels = std::collections::HashMap::new();
+        labels.insert(EXPORT_LABEL.to_string(), std::process::id().to_string());
+        let body = ContainerCreateBody {
+            image: Some(image.id.clone()),
+            cmd: Some(vec![PLACEHOLDER_CMD.to_string()]),
+            entrypoint: Some(vec![]),
+            labels: Some(labels),
+            network_disabled: Some(true),
+            ..Default::default()
+        };
+        let created = self
+            .rt
+            .block_on(self.client.create_container(None, body))
+            .map_err(|e| self.api("create the export container", e))?;
+        let id = created.id;
+
+        // Removes the container if a signal arrives while the export runs.
+        let watcher = {
+            let client = self.client.clone();
+            let id = id.clone();
+            self.rt.spawn(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                let (Ok(mut int), Ok(mut term)) = (
+                    signal(SignalKind::interrupt()),
+                    signal(SignalKind::terminate()),
+                ) else {
+                    return;
+                };
+                let signo = tokio::select! {
+                    _ = int.recv() => libc::SIGINT,
+                    _ = term.recv() => libc::SIGTERM,
+                };
+                let _ = client.remove_container(&id, Some(force_remove())).await;
+                on_signal();
+                eprintln!("imgfs: export interrupted; its container was removed");
+                std::process::exit(128 + signo);
+            })
+        };
+
+        let stream = self.client.export_container(&id).map_err(io::Error::other);
+        let reader = tokio_util::io::StreamReader::new(stream);
+        let result = {
+            let _guard = self.rt.enter();
+            let mut bridge = tokio_util::io::SyncIoBridge::new(reader);
+            consume(&mut bridge)
+        };
+        watcher.abort();
+        let removed = self
+            .rt
+            .block_on(self.client.remove_container(&id, Some(force_remove())));
+        if let Err(e) = removed {
+            // The export itself may have worked; a leftover container is still an error.
+            return Err(self.api(&format!("remove export container {id}"), e));
+        }
+        Ok(result)
+    }
+
+    /// Removes export containers whose imgfs process is gone (killed during an export).
+    fn remove_stale_exports(&self) {
+        let mut filters = std::collections::HashMap::new();
+        filters.insert("label".to_string(), vec![EXPORT_LABEL.to_string()]);
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let Ok(list) = self.rt.block_on(self.client.list_containers(Some(options))) else {
+            return;
+        };
+        for c in list {
+            let pid = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(EXPORT_LABEL))
+                .and_then(|p| p.parse::<i32>().ok());
+            let alive = pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+            if let (false, Some(id)) = (alive, c.id) {
+                log::info!("removing export container {id} left by a killed imgfs");
+                let _ = self
+                    .rt
+                    .block_on(self.client.remove_container(&id, Some(force_remove())));
+            }
+        }
+    }
+}
+
+fn force_remove() -> RemoveContainerOptions {
+    RemoveContainerOptions {
+        force: true,
+        v: true,
+        ..Default::default()
+    }
+}
+
+/// The daemon's own message when there is one, else bollard's description.
+fn error_text(e: &bollard::errors::Error) -> String {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { message, .. } => message.clone(),
+        e => {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(cause) = src {
+                s.push_str(": ");
+                s.push_str(&cause.to_string());
+                src = cause.source();
+            }
+            s
+        }
+    }
+}

@@ -316,7 +316,17 @@ impl Tree {
                 Kind::File => {
                     r.data = node.data_offset;
                     if let Some(segments) = &node.sparse {
-                        let (off, n) = w.push_segments(segments)?;
+                        // A file that is all hole still needs a map to be read as sparse.
+                        let hole = [Segment {
+                            offset: node.size,
+                            len: 0,
+                        }];
+                        let map = if segments.is_empty() {
+                            &hole[..]
+                        } else {
+                            segments
+                        };
+                        let (off, n) = w.push_segments(map)?;
                         r.extra_off = off;
                         r.extra_len = n;
                         r.blocks = segments.iter().map(|s| s.len.div_ceil(512)).sum();

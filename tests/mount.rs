@@ -1,0 +1,504 @@
+//! `imgfs mount` end to end: real archives, a real dockerd, real FUSE mounts, compared with
+//! GNU `tar -x` of the same archive.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{
+    CompareOptions, TempDir, assert_trees_equal, extract_with_gnu_tar, fixture_archives,
+    fixtures_dir, read_path_list, require,
+};
+
+/// The Debian bookworm + python3 image that tests/fixtures/make-debian-image.sh imports.
+const DEBIAN_IMAGE: &str = "imgfs-test/debian-python:bookworm";
+
+fn imgfs() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_imgfs"))
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Whether `path` is a mountpoint now, from the kernel's mount table.
+fn is_mounted(path: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let want = path.to_string_lossy().replace(' ', "\\040");
+    info.lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+/// Pids of imgfs servers serving `mountpoint`.
+fn servers_of(mountpoint: &Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let is_server = args.iter().any(|a| *a == b"__serve");
+        let status = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let zombie = status.split(' ').nth(2) == Some("Z");
+        if is_server
+            && !zombie
+            && args
+                .iter()
+                .any(|a| *a == mountpoint.as_os_str().as_encoded_bytes())
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting until {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A mounted image, unmounted (lazily, as a last resort) when dropped.
+struct Mount {
+    dir: TempDir,
+}
+
+impl Mount {
+    fn new(image: &str, cache: &Path) -> Mount {
+        let dir = TempDir::new("imgfs-mnt");
+        let out = run(imgfs()
+            .args(["mount", "--cache-dir"])
+            .arg(cache)
+            .arg(image)
+            .arg(dir.path()));
+        assert!(
+            out.status.success(),
+            "mount {image} failed: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            is_mounted(dir.path()),
+            "mount returned before {} was mounted",
+            dir.path().display()
+        );
+        Mount { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn umount(&self) {
+        let out = run(imgfs().arg("umount").arg(self.path()));
+        assert!(out.status.success(), "umount failed: {}", text(&out.stderr));
+        assert!(!is_mounted(self.path()));
+        wait_until("the server exits", || servers_of(self.path()).is_empty());
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if is_mounted(self.path()) {
+            let _ = Command::new("umount").arg("-l").arg(self.path()).status();
+        }
+    }
+}
+
+fn require_docker() {
+    let ok = Command::new("docker")
+        .arg("info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    require(
+        ok.is_ok_and(|s| s.success()),
+        "a running dockerd (tests/run.sh starts one via contrib/setup.sh)",
+    );
+    let img = Command::new("docker")
+        .args(["image", "inspect", DEBIAN_IMAGE])
+        .output();
+    require(
+        img.is_ok_and(|o| o.status.success()),
+        &format!("the image {DEBIAN_IMAGE} (tests/fixtures/make-debian-image.sh builds it)"),
+    );
+}
+
+/// Containers created for exports that are still in dockerd.
+fn export_containers() -> Vec<String> {
+    let out =
+        run(Command::new("docker").args(["ps", "-aq", "--filter", "label=io.imgfs.export-pid"]));
+    text(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// `export` events dockerd emitted since `since` (a unix time).
+fn export_events(since: &str) -> usize {
+    let until = now();
+    let out = run(Command::new("docker").args([
+        "events",
+        "--since",
+        since,
+        "--until",
+        &until,
+        "--filter",
+        "event=export",
+        "--format",
+        "{{.ID}}",
+    ]));
+    text(&out.stdout).lines().filter(|l| !l.is_empty()).count()
+}
+
+/// The time now, as docker's `--since` takes it (seconds with nanoseconds).
+fn now() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    format!("{}.{:09}", t.as_secs(), t.subsec_nanos())
+}
+
+/// Serializes the tests that count dockerd's export events, so they count only their own.
+static DOCKER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn docker_lock() -> std::sync::MutexGuard<'static, ()> {
+    DOCKER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Every fixture archive (GNU gnu/oldgnu/pax/ustar, bsdtar pax/gnu, PAX global headers,
+/// duplicates and missing parents) mounts as exactly what `tar -x` makes of it.
+#[test]
+fn fixture_archives_match_tar_x() {
+    let archives = fixture_archives();
+    let cache = TempDir::new("imgfs-cache");
+    let names = [
+        "gnu.tar",
+        "oldgnu.tar",
+        "pax.tar",
+        "pax-sparse00.tar",
+        "pax-sparse01.tar",
+        "ustar.tar",
+        "bsdtar-pax.tar",
+        "bsdtar-gnu.tar",
+        "pax-global.tar",
+        "docker-like.tar",
+    ];
+    for name in names {
+        let archive = archives.join(name);
+        require(archive.exists(), &format!("fixture {}", archive.display()));
+        let truth = TempDir::new("imgfs-truth");
+        extract_with_gnu_tar(&archive, truth.path());
+        let mount = Mount::new(archive.to_str().unwrap(), cache.path());
+        let mut opts = CompareOptions {
+            skip_root_meta: true,
+            ..Default::default()
+        };
+        if name == "docker-like.tar" {
+            let list = archives.join("docker-like.synthesized");
+            opts.ignore_meta = read_path_list(&list).into_iter().collect();
+        }
+        assert_trees_equal(truth.path(), mount.path(), &opts);
+        mount.umount();
+    }
+}
+
+/// The Debian python image through dockerd: zero differences from `tar -x` of the exported
+/// archive; the export holds the same names as `docker export` of the image; no container is
+/// left; a warm mount exports nothing.
+#[test]
+fn docker_image_matches_tar_x_and_warm_mount_does_not_export() {
+    require_docker();
+    let _serial = docker_lock();
+    let cache = TempDir::new("imgfs-cache");
+    let before = now();
+    let mount = Mount::new(DEBIAN_IMAGE, cache.path());
+    assert!(
+        export_containers().is_empty(),
+        "export container left in dockerd"
+    );
+    wait_until("dockerd reports the export", || export_events(&before) >= 1);
+    assert_eq!(export_events(&before), 1);
+
+    // Truth: GNU tar's extraction of the very archive imgfs serves from.
+    let archive: PathBuf = std::fs::read_dir(cache.path().join("images"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("archive.tar"))
+        .find(|p| p.exists())
+        .expect("the cache holds the exported archive");
+    let truth = TempDir::new("imgfs-truth");
+    extract_with_gnu_tar(&archive, truth.path());
+    assert_trees_equal(
+        truth.path(),
+        mount.path(),
+        &CompareOptions {
+            skip_root_meta: true,
+            ..Default::default()
+        },
+    );
+    assert!(mount.path().join("usr/bin/python3").exists());
+
+    // The archive is what dockerd exports for this image (names; per-container files aside).
+    let container =
+        text(&run(Command::new("docker").args(["create", DEBIAN_IMAGE, "/bin/true"])).stdout);
+    let container = container.trim();
+    let exported = TempDir::new("imgfs-export");
+    let docker_tar = exported.path().join("export.tar");
+    let status = run(Command::new("docker")
+        .args(["export", "-o"])
+        .arg(&docker_tar)
+        .arg(container));
+    run(Command::new("docker").args(["rm", "-f", container]));
+    assert!(
+        status.status.success(),
+        "docker export: {}",
+        text(&status.stderr)
+    );
+    let list = |p: &Path| -> BTreeSet<String> {
+        text(&run(Command::new("tar").arg("-tf").arg(p)).stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(list(&archive), list(&docker_tar));
+    mount.umount();
+
+    // Warm: resolve only, no export.
+    let warm_since = now();
+    let again = Mount::new(DEBIAN_IMAGE, cache.path());
+    assert!(again.path().join("etc/os-release").exists());
+    again.umount();
+    assert_eq!(
+        export_events(&warm_since),
+        0,
+        "a warm mount exported the image again"
+    );
+}
+
+/// Two processes mounting the same uncached image at once export it once.
+#[test]
+fn concurrent_cold_mounts_export_once() {
+    require_docker();
+    let _serial = docker_lock();
+    let cache = TempDir::new("imgfs-cache");
+    let since = now();
+    let dirs = [TempDir::new("imgfs-mnt"), TempDir::new("imgfs-mnt")];
+    let children: Vec<_> = dirs
+        .iter()
+        .map(|d| {
+            imgfs()
+                .args(["mount", "--cache-dir"])
+                .arg(cache.path())
+                .arg(DEBIAN_IMAGE)
+                .arg(d.path())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn imgfs")
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    for d in &dirs {
+        assert!(d.path().join("usr/bin/python3").exists());
+        assert!(run(imgfs().arg("umount").arg(d.path())).status.success());
+    }
+    assert_eq!(export_events(&since), 1);
+    assert!(export_containers().is_empty());
+}
+
+#[test]
+fn missing_image_and_dead_daemon_fail_with_one_clear_line() {
+    require_docker();
+    let _serial = docker_lock();
+    let cache = TempDir::new("imgfs-cache");
+    let mnt = TempDir::new("imgfs-mnt");
+    let out = run(imgfs()
+        .args(["mount", "--cache-dir"])
+        .arg(cache.path())
+        .arg("imgfs-test/no-such-image:1")
+        .arg(mnt.path()));
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("image 'imgfs-test/no-such-image:1' not found in local Docker storage"),
+        "{err}"
+    );
+    assert!(export_containers().is_empty());
+
+    for host in ["unix:///nonexistent/docker.sock", "tcp://127.0.0.1:1"] {
+        let start = Instant::now();
+        let out = run(imgfs()
+            .env("DOCKER_HOST", host)
+            .args(["mount", "--cache-dir"])
+            .arg(cache.path())
+            .arg(DEBIAN_IMAGE)
+            .arg(mnt.path()));
+        assert!(!out.status.success());
+        let err = text(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains(&format!("cannot reach the Docker daemon at {host}")),
+            "{err}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "a dead daemon took {:?}",
+            start.elapsed()
+        );
+    }
+    assert!(!is_mounted(mnt.path()));
+}
+
+/// The server stops and unmounts on `imgfs umount`, `umount`, SIGTERM and SIGINT, and a
+/// second mount on a busy mountpoint is refused.
+#[test]
+fn server_lifecycle_leaves_no_stale_mount() {
+    let archive = fixture_archives().join("gnu.tar");
+    let cache = TempDir::new("imgfs-cache");
+
+    let m = Mount::new(archive.to_str().unwrap(), cache.path());
+    let again = run(imgfs()
+        .args(["mount", "--cache-dir"])
+        .arg(cache.path())
+        .arg(&archive)
+        .arg(m.path()));
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("already mounted"),
+        "{}",
+        text(&again.stderr)
+    );
+    m.umount();
+
+    let m = Mount::new(archive.to_str().unwrap(), cache.path());
+    assert!(run(Command::new("umount").arg(m.path())).status.success());
+    wait_until("the server exits after umount(8)", || {
+        servers_of(m.path()).is_empty()
+    });
+
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let m = Mount::new(archive.to_str().unwrap(), cache.path());
+        let pids = servers_of(m.path());
+        assert_eq!(pids.len(), 1, "one server per mount");
+        // SAFETY: sending a signal to a process we started.
+        assert_eq!(unsafe { libc::kill(pids[0], signal) }, 0);
+        wait_until("the signalled server unmounts", || !is_mounted(m.path()));
+        wait_until("the signalled server exits", || {
+            servers_of(m.path()).is_empty()
+        });
+    }
+
+    // Foreground: attached until interrupted.
+    let mnt = TempDir::new("imgfs-mnt");
+    let mut child = imgfs()
+        .args(["mount", "--foreground", "--cache-dir"])
+        .arg(cache.path())
+        .arg(&archive)
+        .arg(mnt.path())
+        .spawn()
+        .unwrap();
+    wait_until("the foreground mount is ready", || is_mounted(mnt.path()));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "foreground server: {status}");
+    assert!(!is_mounted(mnt.path()));
+
+    let out = run(imgfs().arg("umount").arg(mnt.path()));
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("not mounted"));
+}
+
+/// Another user reads what the image's modes allow, and nothing more: the kernel checks.
+#[test]
+fn other_users_get_the_image_permissions() {
+    let archive = fixtures_dir().join("debian-python.tar");
+    require(
+        archive.exists(),
+        "tests/fixtures/make-debian-image.sh has made debian-python.tar",
+    );
+    let cache = TempDir::new("imgfs-cache");
+    let m = Mount::new(archive.to_str().unwrap(), cache.path());
+    let as_nobody = |args: &[&str]| {
+        run(Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args(args))
+    };
+    let os = m.path().join("etc/os-release");
+    let out = as_nobody(&["cat", os.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("bookworm"));
+    let shadow = m.path().join("etc/shadow"); // 0640 root:shadow in Debian
+    let out = as_nobody(&["cat", shadow.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("Permission denied"),
+        "{}",
+        text(&out.stderr)
+    );
+    m.umount();
+}
+
+#[test]
+fn bad_archives_and_mountpoints_fail_clearly() {
+    let cache = TempDir::new("imgfs-cache");
+    let work = TempDir::new("imgfs-bad");
+    let mnt = TempDir::new("imgfs-mnt");
+    let gz = work.path().join("x.tar.gz");
+    let plain = fixture_archives().join("ustar.tar");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!("gzip -c {} > {}", plain.display(), gz.display()))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let junk = work.path().join("junk.tar");
+    std::fs::write(&junk, vec![b'x'; 4096]).unwrap();
+    let cases: [(&Path, &Path, &str); 4] = [
+        (&gz, mnt.path(), "gzip-compressed"),
+        (&junk, mnt.path(), "not a tar archive"),
+        (
+            &plain,
+            Path::new("/nonexistent/mnt"),
+            "mountpoint /nonexistent/mnt",
+        ),
+        (
+            Path::new("/nonexistent.tar"),
+            mnt.path(),
+            "/nonexistent.tar",
+        ),
+    ];
+    for (archive, mountpoint, expect) in cases {
+        let out = run(imgfs()
+            .args(["mount", "--cache-dir"])
+            .arg(cache.path())
+            .arg(archive)
+            .arg(mountpoint));
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{} mounted", archive.display());
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(expect), "{}: {err}", archive.display());
+        assert!(!is_mounted(mountpoint));
+    }
+    // No half-built entry stays in the cache.
+    let leftovers: Vec<_> = std::fs::read_dir(cache.path().join("images"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

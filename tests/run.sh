@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole imgfs test suite in one command, on a fresh Debian 12 machine (as root):
+# host set-up, cached fixtures, then every cargo test.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
+cd "$ROOT"
+[ -d "$HOME/.cargo/bin" ] && PATH=$PATH:$HOME/.cargo/bin
+
+contrib/setup.sh
+tests/fixtures/make-debian-image.sh
+tests/fixtures/make-archives.sh "${IMGFS_FIXTURES:-/var/tmp/imgfs-fixtures}/archives"
+cargo test --release -- --test-threads=2

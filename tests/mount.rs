@@ -51,12 +51,7 @@ fn servers_of(mountpoint: &Path) -> Vec<i32> {
         let is_server = args.iter().any(|a| *a == b"__serve");
         let status = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
         let zombie = status.split(' ').nth(2) == Some("Z");
-        if is_server
-            && !zombie
-            && args
-                .iter()
-                .any(|a| *a == mountpoint.as_os_str().as_encoded_bytes())
-        {
+        if is_server && !zombie && args.contains(&mountpoint.as_os_str().as_encoded_bytes()) {
             pids.push(pid);
         }
     }
@@ -501,4 +496,259 @@ fn bad_archives_and_mountpoints_fail_clearly() {
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// One ustar header block with a valid checksum (name and link up to 100 bytes).
+fn ustar_header(name: &[u8], typeflag: u8, size: usize, link: &[u8]) -> Vec<u8> {
+    let mut h = vec![0u8; 512];
+    h[..name.len()].copy_from_slice(name);
+    h[100..108].copy_from_slice(b"0000644\0");
+    h[108..116].copy_from_slice(b"0000000\0");
+    h[116..124].copy_from_slice(b"0000000\0");
+    h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+    h[136..148].copy_from_slice(b"14000000000\0");
+    h[156] = typeflag;
+    h[157..157 + link.len()].copy_from_slice(link);
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    h
+}
+
+fn member(name: &[u8], typeflag: u8, data: &[u8], link: &[u8]) -> Vec<u8> {
+    let mut m = ustar_header(name, typeflag, data.len(), link);
+    m.extend_from_slice(data);
+    m.resize(m.len().div_ceil(512) * 512, 0);
+    m
+}
+
+/// Names that would leave the root never do: `..` members are dropped, absolute ones are
+/// made relative, a symlink standing where a directory must be is replaced, a hard link out
+/// of the tree is dropped; each with a warning.
+#[test]
+fn hostile_paths_stay_inside_the_mount() {
+    let work = TempDir::new("imgfs-hostile");
+    let archive = work.path().join("hostile.tar");
+    let mut bytes = Vec::new();
+    bytes.extend(member(b"../evil", b'0', b"escaped\n", b""));
+    bytes.extend(member(b"a/../../evil2", b'0', b"escaped\n", b""));
+    bytes.extend(member(b"/abs/file", b'0', b"absolute\n", b""));
+    bytes.extend(member(b"x", b'2', b"", b"/"));
+    bytes.extend(member(b"x/etc/passwd", b'0', b"inside\n", b""));
+    bytes.extend(member(b"dup//slashes/./f", b'0', b"dup\n", b""));
+    bytes.extend(member(b"h", b'1', b"", b"../../etc/passwd"));
+    bytes.extend(vec![0u8; 1024]);
+    std::fs::write(&archive, &bytes).unwrap();
+
+    let cache = TempDir::new("imgfs-cache");
+    let mnt = TempDir::new("imgfs-mnt");
+    let out = run(imgfs()
+        .args(["mount", "--cache-dir"])
+        .arg(cache.path())
+        .arg(&archive)
+        .arg(mnt.path()));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    for expect in [
+        "'../evil'",
+        "'a/../../evil2'",
+        "leading '/'",
+        "'x'",
+        "hard link 'h'",
+    ] {
+        assert!(err.contains(expect), "no warning about {expect}: {err}");
+    }
+    let m = Mount { dir: mnt };
+    let mut names: Vec<String> = Vec::new();
+    let walk = Command::new("find")
+        .arg(".")
+        .current_dir(m.path())
+        .output()
+        .unwrap();
+    names.extend(text(&walk.stdout).lines().map(str::to_string));
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            ".",
+            "./abs",
+            "./abs/file",
+            "./dup",
+            "./dup/slashes",
+            "./dup/slashes/f",
+            "./x",
+            "./x/etc",
+            "./x/etc/passwd"
+        ]
+    );
+    assert_eq!(
+        std::fs::read_to_string(m.path().join("x/etc/passwd")).unwrap(),
+        "inside\n"
+    );
+    assert!(
+        std::fs::symlink_metadata(m.path().join("x"))
+            .unwrap()
+            .is_dir()
+    );
+    m.umount();
+}
+
+/// A damaged index in the cache is detected and rebuilt, byte for byte the same; a tar file
+/// that changes gets a new index.
+#[test]
+fn damaged_index_and_changed_tar_are_rebuilt() {
+    let archives = fixture_archives();
+    let work = TempDir::new("imgfs-rebuild");
+    let archive = work.path().join("image.tar");
+    std::fs::copy(archives.join("ustar.tar"), &archive).unwrap();
+    let cache = TempDir::new("imgfs-cache");
+    Mount::new(archive.to_str().unwrap(), cache.path()).umount();
+    let index: PathBuf = std::fs::read_dir(cache.path().join("images"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("index"))
+        .find(|p| p.exists())
+        .expect("an index in the cache");
+    let good = std::fs::read(&index).unwrap();
+    for damage in ["flip", "truncate", "foreign"] {
+        let mut bad = good.clone();
+        match damage {
+            "flip" => bad[good.len() / 2] ^= 0x40,
+            "truncate" => bad.truncate(good.len() - 7),
+            _ => bad = b"not an index at all".to_vec(),
+        }
+        std::fs::write(&index, &bad).unwrap();
+        let m = Mount::new(archive.to_str().unwrap(), cache.path());
+        let truth = TempDir::new("imgfs-truth");
+        extract_with_gnu_tar(&archive, truth.path());
+        assert_trees_equal(
+            truth.path(),
+            m.path(),
+            &CompareOptions {
+                skip_root_meta: true,
+                ..Default::default()
+            },
+        );
+        m.umount();
+        assert!(
+            std::fs::read(&index).unwrap() == good,
+            "{damage}: the rebuilt index differs"
+        );
+    }
+
+    // The same path, new contents: the mount shows the new archive.
+    std::fs::copy(archives.join("pax-global.tar"), &archive).unwrap();
+    let m = Mount::new(archive.to_str().unwrap(), cache.path());
+    let truth = TempDir::new("imgfs-truth");
+    extract_with_gnu_tar(&archive, truth.path());
+    assert_trees_equal(
+        truth.path(),
+        m.path(),
+        &CompareOptions {
+            skip_root_meta: true,
+            ..Default::default()
+        },
+    );
+    m.umount();
+}
+
+/// IMGFS_CACHE_DIR picks the cache, and the image description is kept for the runner.
+#[test]
+fn cache_dir_from_environment_keeps_the_image_config() {
+    require_docker();
+    let _serial = docker_lock();
+    let cache = TempDir::new("imgfs-cache");
+    let mnt = TempDir::new("imgfs-mnt");
+    let out = run(imgfs()
+        .env("IMGFS_CACHE_DIR", cache.path())
+        .arg("mount")
+        .arg(DEBIAN_IMAGE)
+        .arg(mnt.path()));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let m = Mount { dir: mnt };
+    let id = text(
+        &run(Command::new("docker").args(["image", "inspect", "-f", "{{.Id}}", DEBIAN_IMAGE]))
+            .stdout,
+    );
+    let entry = cache
+        .path()
+        .join("images")
+        .join(id.trim().replace(':', "-"));
+    for file in ["archive.tar", "index", "image.json", "complete"] {
+        assert!(
+            entry.join(file).exists(),
+            "{} missing",
+            entry.join(file).display()
+        );
+    }
+    let config = std::fs::read_to_string(entry.join("image.json")).unwrap();
+    assert!(
+        config.contains("\"Config\"") && config.contains(id.trim()),
+        "{config}"
+    );
+    m.umount();
+}
+
+/// Ctrl-C during a cold export: exit 130, the container is removed, nothing half-written stays
+/// in the cache, and the next mount works.
+#[test]
+fn interrupted_export_leaves_nothing_behind() {
+    require_docker();
+    let _serial = docker_lock();
+    let mnt = TempDir::new("imgfs-mnt");
+    for attempt in 0..5 {
+        let cache = TempDir::new("imgfs-cache");
+        let child = imgfs()
+            .args(["mount", "--cache-dir"])
+            .arg(cache.path())
+            .arg(DEBIAN_IMAGE)
+            .arg(mnt.path())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let images = cache.path().join("images");
+        let started = || {
+            std::fs::read_dir(&images)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| std::fs::metadata(e.path().join("archive.tar")).is_ok_and(|m| m.len() > 0))
+        };
+        let start = Instant::now();
+        while !started() && start.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let out = child.wait_with_output().unwrap();
+        if out.status.success() {
+            // The export finished before the signal landed; try again.
+            Command::new(env!("CARGO_BIN_EXE_imgfs"))
+                .arg("umount")
+                .arg(mnt.path())
+                .status()
+                .unwrap();
+            eprintln!("attempt {attempt}: export finished before SIGINT");
+            continue;
+        }
+        assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+        wait_until("the export container is removed", || {
+            export_containers().is_empty()
+        });
+        let left: Vec<_> = std::fs::read_dir(&images)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "left in the cache: {left:?}");
+        assert!(!is_mounted(mnt.path()));
+        let m = Mount::new(DEBIAN_IMAGE, cache.path());
+        assert!(m.path().join("usr/bin/python3").exists());
+        m.umount();
+        return;
+    }
+    panic!("the export always finished before SIGINT could interrupt it");
 }

@@ -10,4 +10,9 @@ cd "$ROOT"
 contrib/setup.sh
 tests/fixtures/make-debian-image.sh
 tests/fixtures/make-archives.sh "${IMGFS_FIXTURES:-/var/tmp/imgfs-fixtures}/archives"
+echo "== checks: format, lints, docs"
+cargo fmt --check
+cargo clippy --all-targets --release --quiet -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
+echo "== tests"
 cargo test --release -- --test-threads=2

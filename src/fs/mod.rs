@@ -8,7 +8,7 @@
 //! cached misses, no OPEN round trips, readdirplus.
 //!
 //! Guarantees: no request can panic the server or escape the index — every record access is
-//! bounds-checked, and any failure becomes an errno through [`Failure`], logged at debug.
+//! bounds-checked, and any failure becomes an errno through one mapping (`Failure`), logged at debug.
 
 pub mod serve;
 

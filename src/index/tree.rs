@@ -370,3 +370,147 @@ impl Tree {
         w.finish(archive_size)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::format::Index;
+
+    fn entry(path: &str, kind: Kind) -> Entry {
+        Entry {
+            path: path.as_bytes().to_vec(),
+            kind: Some(kind),
+            mode: 0o644,
+            ..Default::default()
+        }
+    }
+
+    fn file(path: &str, data_offset: u64) -> Entry {
+        Entry {
+            data_offset,
+            size: 1,
+            ..entry(path, Kind::File)
+        }
+    }
+
+    fn link(path: &str, target: &str) -> Entry {
+        Entry {
+            link: target.as_bytes().to_vec(),
+            ..entry(path, Kind::HardLink)
+        }
+    }
+
+    /// (path, record, mode, nlink, data) of one inode.
+    type Row = (String, u32, u32, u32, u64);
+
+    /// Walks the index from the root, rows sorted by path, and the build's warnings.
+    fn listing(entries: Vec<Entry>) -> (Vec<Row>, Vec<String>) {
+        let mut t = Tree::new();
+        for e in entries {
+            t.insert(e);
+        }
+        let idx = Index::new(t.write_index(0).unwrap()).unwrap();
+        let mut out = Vec::new();
+        let mut stack = vec![(String::new(), 0u32)];
+        while let Some((path, rec)) = stack.pop() {
+            let r = idx.inode(rec).unwrap();
+            out.push((path.clone(), rec, r.mode, r.nlink, r.data));
+            if r.is_dir() {
+                let mut i = 0;
+                while let Some(d) = idx.child(&r, i) {
+                    let name = String::from_utf8(d.name.to_vec()).unwrap();
+                    stack.push((format!("{path}/{name}"), d.record));
+                    i += 1;
+                }
+            }
+        }
+        out.sort();
+        (out, t.warnings())
+    }
+
+    fn paths(entries: Vec<Entry>) -> Vec<String> {
+        listing(entries).0.into_iter().map(|(p, ..)| p).collect()
+    }
+
+    #[test]
+    fn normalizes_and_confines_paths() {
+        let cases: &[(&[&str], &[&str])] = &[
+            (&["./a", "a//b/", "./a/./c"], &["", "/a", "/a/b", "/a/c"]),
+            (&["/abs/x"], &["", "/abs", "/abs/x"]),
+            (&["../evil", "a/../../evil", "ok/.."], &[""]),
+            (
+                &["deep/er/file"],
+                &["", "/deep", "/deep/er", "/deep/er/file"],
+            ),
+        ];
+        for (input, want) in cases {
+            let got = paths(input.iter().map(|p| file(p, 0)).collect());
+            assert_eq!(&got, want, "{input:?}");
+        }
+        let long = "x".repeat(256);
+        assert_eq!(paths(vec![file(&long, 0)]), vec![""]);
+        let (_, warnings) = listing(vec![file("../evil", 0)]);
+        assert!(warnings[0].contains("'..'"), "{warnings:?}");
+    }
+
+    #[test]
+    fn later_entries_win() {
+        // A file replaced by a file: the second one's data.
+        let (l, _) = listing(vec![file("f", 100), file("f", 200)]);
+        assert_eq!(l[1].4, 200);
+        // A directory over a directory keeps its children and takes the new mode.
+        let mut d2 = entry("d", Kind::Directory);
+        d2.mode = 0o700;
+        let (l, _) = listing(vec![entry("d", Kind::Directory), file("d/x", 0), d2]);
+        assert_eq!(l[1].0, "/d");
+        assert_eq!(l[1].2, libc::S_IFDIR | 0o700);
+        assert_eq!(l[2].0, "/d/x");
+        // A file over a directory replaces the whole subtree.
+        assert_eq!(paths(vec![file("d/x", 0), file("d", 0)]), vec!["", "/d"]);
+        // A file standing where a parent must be becomes a directory.
+        assert_eq!(
+            paths(vec![file("p", 0), file("p/q", 0)]),
+            vec!["", "/p", "/p/q"]
+        );
+    }
+
+    #[test]
+    fn hard_links_share_an_inode() {
+        let (l, _) = listing(vec![file("a", 7), link("b", "a"), link("c", "./a")]);
+        let recs: Vec<u32> = l[1..].iter().map(|x| x.1).collect();
+        assert_eq!(recs, vec![recs[0]; 3]);
+        assert!(l[1..].iter().all(|x| x.3 == 3), "{l:?}");
+        // Replacing a name drops one link; the others keep the old inode.
+        let (l, _) = listing(vec![file("a", 7), link("b", "a"), file("a", 9)]);
+        assert_eq!((l[1].3, l[1].4), (1, 9));
+        assert_eq!((l[2].3, l[2].4), (1, 7));
+        // Links to nothing, to a directory, or out of the tree are dropped with a warning.
+        let (l, w) = listing(vec![
+            entry("d", Kind::Directory),
+            link("x", "missing"),
+            link("y", "d"),
+            link("z", "../etc/passwd"),
+        ]);
+        assert_eq!(l.len(), 2);
+        assert_eq!(w.len(), 3, "{w:?}");
+        // A link to itself that already exists is a no-op.
+        let (l, _) = listing(vec![file("s", 1), link("s", "s")]);
+        assert_eq!(l[1].3, 1);
+    }
+
+    #[test]
+    fn directory_link_counts_and_root_entry() {
+        let mut root = entry("./", Kind::Directory);
+        root.mode = 0o700;
+        let (l, _) = listing(vec![
+            root,
+            entry("a", Kind::Directory),
+            entry("a/b", Kind::Directory),
+            file("a/f", 0),
+        ]);
+        assert_eq!(l[0].2, libc::S_IFDIR | 0o700);
+        assert_eq!(l[0].3, 3); // root: ".", its entry in itself, and a/..
+        assert_eq!(l[1].3, 3);
+        assert_eq!(l[2].3, 2);
+    }
+}

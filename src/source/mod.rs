@@ -1,6 +1,6 @@
 //! Sources: turn what the user typed into an image identity and a tar stream.
 //!
-//! A reference is either a Docker image (name[:tag], name@digest or an image id), served by
+//! A reference is either a Docker image (`name[:tag]`, `name@digest` or an image id), served by
 //! a local daemon through [`docker`], or a rootfs tar file on disk (a path starting with
 //! `/`, `./` or `../`, or anything after a `tar:` prefix), which needs no daemon and is read
 //! in place. The source hands on an identity to key the cache with and, for Docker, the image

@@ -398,10 +398,10 @@ pub fn compare_trees_with(expected: &Path, actual: &Path, opts: &CompareOptions)
                 .map(|p| (p, &act, "extra in actual")),
         )
     {
-        if let Some(s) = &skip {
-            if p.starts_with(s) {
-                continue;
-            }
+        if let Some(s) = &skip
+            && p.starts_with(s)
+        {
+            continue;
         }
         let m = &side[p];
         d.push(format!("{}: {what} ({})", show(p), kind(m)));
@@ -504,14 +504,12 @@ pub fn compare_trees_with(expected: &Path, actual: &Path, opts: &CompareOptions)
             ));
         }
         let t = e.file_type();
-        if t.is_file() || t.is_symlink() {
-            if e.size() != a.size() {
-                d.push(format!(
-                    "{name}: size: expected {}, actual {}",
-                    e.size(),
-                    a.size()
-                ));
-            }
+        if (t.is_file() || t.is_symlink()) && e.size() != a.size() {
+            d.push(format!(
+                "{name}: size: expected {}, actual {}",
+                e.size(),
+                a.size()
+            ));
         }
         if t.is_file() {
             match first_content_diff(&ep, &ap) {

@@ -96,8 +96,6 @@ impl Failure {
 pub struct ImageFs {
     index: Index<memmap2::Mmap>,
     archive: File,
-    /// Sum of blocks, for statfs.
-    total_blocks: u64,
 }
 
 fn to_time(secs: i64, nsec: u32) -> SystemTime {
@@ -148,15 +146,7 @@ impl ImageFs {
                 expected: index.archive_size(),
             });
         }
-        let total_blocks = (0..index.inode_count())
-            .filter_map(|r| index.inode(r))
-            .map(|r| r.blocks)
-            .sum();
-        Ok(ImageFs {
-            index,
-            archive,
-            total_blocks,
-        })
+        Ok(ImageFs { index, archive })
     }
 
     fn record(&self, ino: INodeNo) -> Result<(u32, InodeRecord), Failure> {
@@ -479,7 +469,10 @@ impl Filesystem for ImageFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let blocks = self.total_blocks.div_ceil(u64::from(BLOCK_SIZE) / 512);
+        let blocks = self
+            .index
+            .total_blocks()
+            .div_ceil(u64::from(BLOCK_SIZE) / 512);
         reply.statfs(
             blocks,
             0,

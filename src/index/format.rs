@@ -12,8 +12,9 @@
 //!
 //! Header: `0` magic `b"IMGFSIDX"`, `8` version u32, `12` header length u32, `16` inode count
 //! u64, `24` dirent count u64, `32` names length u64, `40` blob length u64, `48` archive size
-//! u64 (the archive must be at least this long: a truncated cache is refused), `56`..`124`
-//! zero, `124` CRC-32 (IEEE) of the whole file with this field taken as zero.
+//! u64 (the archive must be at least this long: a truncated cache is refused), `56` total
+//! blocks u64 (sum of the inodes' blocks, for statfs), `64`..`124` zero, `124` CRC-32 (IEEE)
+//! of the whole file with this field taken as zero.
 //!
 //! Inode record ([`INODE_LEN`] = 80 bytes): `0` mode u32 (type and permission bits, as
 //! `st_mode`), `4` uid u32, `8` gid u32, `12` nlink u32, `16` size u64, `24` mtime i64
@@ -113,6 +114,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// Accumulates the sections; [`Writer::finish`] returns the finished file.
 #[derive(Default)]
 pub struct Writer {
+    total_blocks: u64,
     inodes: Vec<u8>,
     dirents: Vec<u8>,
     names: Vec<u8>,
@@ -121,6 +123,7 @@ pub struct Writer {
 
 impl Writer {
     pub fn push_inode(&mut self, r: &InodeRecord) {
+        self.total_blocks = self.total_blocks.saturating_add(r.blocks);
         let b = &mut self.inodes;
         b.extend_from_slice(&r.mode.to_le_bytes());
         b.extend_from_slice(&r.uid.to_le_bytes());
@@ -198,6 +201,7 @@ impl Writer {
         out.extend_from_slice(&(self.names.len() as u64).to_le_bytes());
         out.extend_from_slice(&(self.blob.len() as u64).to_le_bytes());
         out.extend_from_slice(&archive_size.to_le_bytes());
+        out.extend_from_slice(&self.total_blocks.to_le_bytes());
         out.resize(HEADER_LEN, 0);
         out.extend_from_slice(&self.inodes);
         out.extend_from_slice(&self.dirents);
@@ -311,6 +315,11 @@ impl<B: AsRef<[u8]>> Index<B> {
     /// The archive length the index was built from.
     pub fn archive_size(&self) -> u64 {
         self.archive_size
+    }
+
+    /// Sum of all inodes' 512-byte blocks.
+    pub fn total_blocks(&self) -> u64 {
+        u64_at(self.bytes.as_ref(), 56)
     }
 
     /// Size of the index file itself.
@@ -487,6 +496,37 @@ mod tests {
         assert_eq!(x, vec![(&b"user.a"[..], &b"1\n2"[..])]);
         assert_eq!(idx.archive_size(), 2048);
         assert_eq!(idx.inode(3), None);
+    }
+
+    /// The bytes sit where the module docs say: a change to the layout fails here first.
+    #[test]
+    fn layout_matches_the_spec() {
+        let b = sample();
+        let u32le = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+        let u64le = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+        assert_eq!(&b[0..8], b"IMGFSIDX");
+        assert_eq!((u32le(8), u32le(12)), (1, 128));
+        assert_eq!((u64le(16), u64le(24), u64le(32)), (3, 2, 2)); // inodes, dirents, names
+        let blob_len = 4 + 4 + 6 + 3 + 6; // one xattr record, then the symlink target
+        assert_eq!((u64le(40), u64le(48)), (blob_len, 2048));
+        assert_eq!(b.len(), 128 + 3 * 80 + 2 * 16 + 2 + blob_len as usize);
+        let root = 128;
+        assert_eq!(u32le(root), libc::S_IFDIR | 0o755);
+        assert_eq!(u32le(root + 12), 2); // nlink
+        assert_eq!(u32le(root + 56), 2); // child count
+        assert_eq!((u32le(root + 60), u64le(root + 64)), (17, 0)); // xattr length, offset
+        let file = 128 + 2 * 80;
+        assert_eq!((u64le(file + 16), u64le(file + 40)), (5, 512)); // size, data offset
+        let dirents = 128 + 3 * 80;
+        assert_eq!(
+            (u32le(dirents), u32le(dirents + 4), u64le(dirents + 8)),
+            (2, 1, 0)
+        );
+        assert_eq!(&b[dirents + 32..dirents + 34], b"ab");
+        let crc = u32le(124);
+        let mut zeroed = b.clone();
+        zeroed[124..128].fill(0);
+        assert_eq!(crc, crc32fast::hash(&zeroed));
     }
 
     #[test]

@@ -30,6 +30,9 @@ if [ ! -e /dev/fuse ]; then
     [ -e /dev/fuse ] || mknod -m 0666 /dev/fuse c 10 229 2>/dev/null || true
     [ -e /dev/fuse ] || die "/dev/fuse missing and could not be created (modprobe fuse failed)"
 fi
+# Users other than root open /dev/fuse for their own sandboxes (imgfs run without root);
+# Debian's udev rules make it crw-rw-rw-, which a machine without udev lacks.
+chmod 0666 /dev/fuse
 
 if ! docker info >/dev/null 2>&1; then
     log=/var/log/imgfs-dockerd.log

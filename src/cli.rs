@@ -47,9 +47,29 @@ pub enum Command {
     /// Example: imgfs umount /mnt/py
     Umount(UmountArgs),
 
+    /// Run a command in a throwaway sandbox rooted in the image.
+    ///
+    /// The image's Entrypoint, Cmd, Env, WorkingDir and User apply as with `docker run`;
+    /// COMMAND replaces the image's Cmd. The root is the image with a writable layer on top
+    /// (a tmpfs, or --rw-dir); the image in the cache is never modified. The sandbox has its
+    /// own mount, PID, UTS, IPC and network namespaces and disappears with its command, whose
+    /// exit status becomes imgfs's.
+    #[command(
+        after_help = "Examples:\n  imgfs run python:3.12 -- python3 -c 'import sys; print(sys.version)'\n  imgfs run -it python:3.12\n  imgfs run -v \"$PWD:/work\" -w /work -e DEBUG=1 python:3.12 -- python3 script.py"
+    )]
+    Run(RunArgs),
+
     /// Serve a prepared image (used by `imgfs mount` for its background server).
     #[command(name = "__serve", hide = true)]
     Serve(ServeArgs),
+
+    /// The sandbox supervisor (what `imgfs run` becomes once the plan is made).
+    #[command(name = "__sandbox", hide = true)]
+    Sandbox { plan: String },
+
+    /// The sandbox's init (PID 1 inside).
+    #[command(name = "__sandbox-init", hide = true)]
+    SandboxInit { scratch: PathBuf, plan: String },
 }
 
 #[derive(Debug, Args)]
@@ -67,6 +87,65 @@ pub struct MountArgs {
     /// Request-handling threads [default: twice the CPUs, 2 to 8]
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Net {
+    /// Only a loopback interface
+    None,
+    /// The host's network
+    Host,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Docker image reference, or tar archive path
+    pub image: String,
+    /// Command and arguments (default: the image's Entrypoint and Cmd)
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<String>,
+    /// Set an environment variable (KEY=VALUE, or KEY to copy it from here)
+    #[arg(short, long = "env", value_name = "KEY[=VALUE]")]
+    pub env: Vec<String>,
+    /// Read environment variables from a file, one KEY=VALUE per line
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+    /// Working directory inside the sandbox
+    #[arg(short, long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// User to run as: name or uid, optionally :group or :gid (resolved in the image)
+    #[arg(short, long, value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
+    /// Bind a host path into the sandbox, read-only with :ro
+    #[arg(short, long = "volume", value_name = "HOST:GUEST[:ro]")]
+    pub volume: Vec<String>,
+    /// Replace the image's Entrypoint ("" clears it)
+    #[arg(long, value_name = "CMD")]
+    pub entrypoint: Option<String>,
+    /// Hostname inside the sandbox [default: the image id's first 12 digits]
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Keep stdin open (otherwise the command reads /dev/null)
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Give the command this terminal (stdin must be one)
+    #[arg(short, long)]
+    pub tty: bool,
+    /// No writable layer: the root is the image, read-only
+    #[arg(long)]
+    pub read_only: bool,
+    /// Network: none (loopback only) or host
+    #[arg(long, value_enum, default_value_t = Net::None)]
+    pub net: Net,
+    /// Keep the writable layer in DIR (upper/ and work/) so a later run can go on from it
+    #[arg(long, value_name = "DIR")]
+    pub rw_dir: Option<PathBuf>,
     #[command(flatten)]
     pub cache: CacheArgs,
 }

@@ -13,7 +13,9 @@ use imgfs::fs::serve::{self, ServeOptions};
 use imgfs::index;
 use imgfs::source::ImageRef;
 
-use crate::cli::{Cli, Command, MountArgs, ServeArgs, UmountArgs};
+use imgfs::runner::{self, exec, plan::Plan};
+
+use crate::cli::{Cli, Command, MountArgs, Net, RunArgs, ServeArgs, UmountArgs};
 
 /// What the background server prints on stdout once the mount answers.
 const READY: &str = "ready";
@@ -23,6 +25,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Mount(args) => mount(args),
         Command::Umount(args) => umount(args),
         Command::Serve(args) => serve_background(args),
+        Command::Run(args) => run_sandbox(args),
+        Command::Sandbox { plan } => Ok(exec::supervisor(&parse_plan(&plan)?, &plan)),
+        Command::SandboxInit { scratch, plan } => Ok(exec::init(&parse_plan(&plan)?, &scratch)),
     }
 }
 
@@ -114,6 +119,36 @@ fn serve_background(args: ServeArgs) -> Result<i32> {
         return Ok(1);
     }
     Ok(0)
+}
+
+fn parse_plan(json: &str) -> Result<Plan> {
+    serde_json::from_str(json).context("bad sandbox plan")
+}
+
+fn run_sandbox(args: RunArgs) -> Result<i32> {
+    let cache = Cache::locate(args.cache.cache_dir.clone())?;
+    let ready = index::prepare(&ImageRef::parse(&args.image), &cache)?;
+    for w in &ready.warnings {
+        log::warn!("{w}");
+    }
+    let request = runner::plan::Request {
+        command: args.command,
+        entrypoint: args.entrypoint,
+        env: args.env,
+        env_files: args.env_file,
+        workdir: args.workdir,
+        user: args.user,
+        volumes: args.volume,
+        hostname: args.hostname,
+        interactive: args.interactive,
+        tty: args.tty,
+        read_only: args.read_only,
+        net_host: args.net == Net::Host,
+        rw_dir: args.rw_dir,
+    };
+    let fsname = format!("{}{}", serve::SOURCE_PREFIX, args.image);
+    let plan = runner::make_plan(&ready, fsname, &request)?;
+    Err(runner::exec_supervisor(&plan).into())
 }
 
 fn umount(args: UmountArgs) -> Result<i32> {

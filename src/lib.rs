@@ -4,8 +4,8 @@
 //!
 //! ```text
 //! source ──tar stream──▶ cache ──archive file──▶ index ──▶ fs (FUSE) ──▶ runner
-//! (docker, tar file)     (one copy per image,    (scanned    (serves reads
-//!                         keyed by image id)      once)       from offsets)
+//! (docker, tar file)     (one copy per image,    (scanned    (serves reads    (namespaces,
+//!                         keyed by image id)      once)       from offsets)    overlay, exec)
 //! ```
 //!
 //! - [`source`] resolves a reference to an image id, its config and an export stream.
@@ -13,9 +13,16 @@
 //! - [`index`] scans the stream while it is written to the cache and lays out a compact,
 //!   checksummed index that is memory-mapped and used in place.
 //! - [`fs`] serves that index and archive as a read-only FUSE filesystem.
+//! - [`runner`] starts a sandbox rooted in that filesystem, with a writable overlay.
 #![deny(unsafe_code)]
 
-pub mod cache;
-pub mod fs;
-pub mod index;
+// The stages in pipeline order (kept apart so formatting does not sort them).
 pub mod source;
+
+pub mod cache;
+
+pub mod index;
+
+pub mod fs;
+
+pub mod runner;

@@ -6,7 +6,10 @@ struct Stderr;
 
 impl Log for Stderr {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.level() <= log::max_level()
+        // fuser reports every request it has no handler for as a warning; those are
+        // answered ENOSYS on purpose, so its messages only show when debugging.
+        let quiet = metadata.target().starts_with("fuser") && log::max_level() < LevelFilter::Debug;
+        !quiet && metadata.level() <= log::max_level()
     }
 
     fn log(&self, record: &Record<'_>) {

@@ -325,6 +325,84 @@ impl ImageFs {
     }
 }
 
+/// Most symlinks followed while resolving one path, as the kernel's `MAXSYMLINKS`.
+const MAX_SYMLINKS: u32 = 40;
+
+fn errno(e: i32) -> std::io::Error {
+    std::io::Error::from_raw_os_error(e)
+}
+
+impl ImageFs {
+    /// Resolves `path` inside the image the way the kernel would with the image as root:
+    /// absolute symlinks restart at the image root and `..` stops there, so no path leaves
+    /// the image. The last component's symlink is followed when `follow` is set.
+    pub fn resolve(&self, path: &[u8], follow: bool) -> std::io::Result<u32> {
+        let mut chain: Vec<u32> = vec![0]; // directories from the root, for `..`
+        let mut pending: Vec<Vec<u8>> = path.rsplit(|&b| b == b'/').map(<[u8]>::to_vec).collect();
+        let mut links = 0;
+        while let Some(comp) = pending.pop() {
+            match comp.as_slice() {
+                b"" | b"." => continue,
+                b".." => {
+                    if chain.len() > 1 {
+                        chain.pop();
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let dir_rec = *chain.last().unwrap_or(&0);
+            let dir = self.index.inode(dir_rec).ok_or_else(|| errno(libc::EIO))?;
+            if !dir.is_dir() {
+                return Err(errno(libc::ENOTDIR));
+            }
+            let rec = self
+                .index
+                .lookup(&dir, &comp)
+                .ok_or_else(|| errno(libc::ENOENT))?;
+            let r = self.index.inode(rec).ok_or_else(|| errno(libc::EIO))?;
+            let last = pending.iter().all(|c| c.is_empty() || c == b".");
+            if r.file_type() == libc::S_IFLNK && (follow || !last) {
+                links += 1;
+                if links > MAX_SYMLINKS {
+                    return Err(errno(libc::ELOOP));
+                }
+                let target = self
+                    .index
+                    .symlink_target(&r)
+                    .ok_or_else(|| errno(libc::EIO))?;
+                if target.first() == Some(&b'/') {
+                    chain.truncate(1);
+                }
+                pending.extend(target.rsplit(|&b| b == b'/').map(<[u8]>::to_vec));
+                continue;
+            }
+            chain.push(rec);
+        }
+        Ok(*chain.last().unwrap_or(&0))
+    }
+
+    /// The inode record `resolve` returned.
+    pub fn inode(&self, rec: u32) -> Option<InodeRecord> {
+        self.index.inode(rec)
+    }
+
+    /// Reads a whole regular file of the image, following symlinks.
+    pub fn read_file(&self, path: &[u8]) -> std::io::Result<Vec<u8>> {
+        let rec = self.resolve(path, true)?;
+        let ino = INodeNo(u64::from(rec) + 1);
+        let size = self.index.inode(rec).map_or(0, |r| r.size);
+        let size = u32::try_from(size).map_err(|_| errno(libc::EFBIG))?;
+        self.do_read(ino, 0, size).map_err(|f| match f {
+            Failure::Missing => errno(libc::ENOENT),
+            Failure::Kind(e) => errno(e.code()),
+            Failure::Io(e) => e,
+            Failure::Corrupt(_) => errno(libc::EIO),
+            Failure::Range => errno(libc::ERANGE),
+        })
+    }
+}
+
 /// Answers an xattr request: the size when asked for it, else the bytes.
 fn reply_xattr(reply: ReplyXattr, size: u32, bytes: Vec<u8>) {
     if size == 0 {

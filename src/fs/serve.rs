@@ -95,32 +95,7 @@ pub fn serve(
     // inherit the mask, so only the sigwait thread below ever takes these signals.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 
-    let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::RO,
-        MountOption::NoDev,
-        MountOption::NoSuid,
-        MountOption::NoAtime,
-        MountOption::DefaultPermissions,
-        MountOption::FSName(options.fsname.clone()),
-        MountOption::Subtype(SUBTYPE.into()),
-    ];
-    config.acl = if is_root() {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
-    };
-    config.n_threads = Some(options.threads.max(1));
-    config.clone_fd = true;
-    let session =
-        fuser::Session::new(fs, mountpoint, &config).map_err(|source| ServeError::Mount {
-            path: mountpoint.to_path_buf(),
-            source,
-        })?;
-    let background = session.spawn().map_err(|source| ServeError::Session {
-        path: mountpoint.to_path_buf(),
-        source,
-    })?;
+    let background = spawn(fs, mountpoint, options)?;
 
     let target = mountpoint.to_path_buf();
     std::thread::Builder::new()
@@ -143,6 +118,41 @@ pub fn serve(
 
     on_ready();
     background.join().map_err(|source| ServeError::Session {
+        path: mountpoint.to_path_buf(),
+        source,
+    })
+}
+
+/// Mounts `fs` and starts its request threads; the mount lasts as long as the returned
+/// session (dropping it unmounts).
+pub fn spawn(
+    fs: ImageFs,
+    mountpoint: &Path,
+    options: &ServeOptions,
+) -> Result<fuser::BackgroundSession, ServeError> {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::RO,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoAtime,
+        MountOption::DefaultPermissions,
+        MountOption::FSName(options.fsname.clone()),
+        MountOption::Subtype(SUBTYPE.into()),
+    ];
+    config.acl = if is_root() {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(options.threads.max(1));
+    config.clone_fd = true;
+    let session =
+        fuser::Session::new(fs, mountpoint, &config).map_err(|source| ServeError::Mount {
+            path: mountpoint.to_path_buf(),
+            source,
+        })?;
+    session.spawn().map_err(|source| ServeError::Session {
         path: mountpoint.to_path_buf(),
         source,
     })

@@ -1,0 +1,90 @@
+//! The runner: a throwaway sandbox rooted in the image, started without extracting anything.
+//!
+//! Takes a prepared image (index stage) and the user's request; [`plan`] decides everything as
+//! plain data with docker run's rules (the image's Entrypoint, Cmd, Env, WorkingDir and User,
+//! names resolved in the image's own /etc/passwd and /etc/group), then `imgfs run` re-executes
+//! itself as the sandbox supervisor, which [`exec`] implements: the image is mounted with FUSE
+//! inside private namespaces, an overlay (tmpfs or `--rw-dir`) makes it writable without ever
+//! touching the cache, and the command runs as PID 1's only child. Nothing outlives the sandbox.
+
+pub mod exec;
+pub mod plan;
+
+use std::os::unix::process::CommandExt;
+
+use crate::fs::ImageFs;
+use crate::index::Ready;
+use plan::{ImageConfig, ImageFacts, Plan, PlanError, Request};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("{0}")]
+    Image(String),
+    #[error("the input device is not a TTY (-t needs a terminal on stdin)")]
+    NotATty,
+    #[error("cannot start the sandbox: {0}")]
+    Exec(std::io::Error),
+}
+
+/// Reads a text file of the image, or nothing when it does not exist.
+fn image_text(fs: &ImageFs, path: &str) -> Result<String, RunError> {
+    match fs.read_file(path.as_bytes()) {
+        Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(String::new()),
+        Err(e) => Err(RunError::Image(format!(
+            "cannot read {path} in the image: {e}"
+        ))),
+    }
+}
+
+/// Decides the plan for running `req` on a prepared image.
+pub fn make_plan(ready: &Ready, fsname: String, req: &Request) -> Result<Plan, RunError> {
+    let config = match &ready.image_path {
+        Some(p) => {
+            let json = std::fs::read(p)
+                .map_err(|e| RunError::Image(format!("cannot read {}: {e}", p.display())))?;
+            ImageConfig::from_inspect_json(&json)
+                .map_err(|e| RunError::Image(format!("{}: {e}", p.display())))?
+        }
+        None => ImageConfig::default(),
+    };
+    let fs = ImageFs::open(&ready.index_path, &ready.archive_path)
+        .map_err(|e| RunError::Image(e.to_string()))?;
+    let passwd = image_text(&fs, "/etc/passwd")?;
+    let group = image_text(&fs, "/etc/group")?;
+    let facts = ImageFacts {
+        index_path: &ready.index_path,
+        archive_path: &ready.archive_path,
+        fsname,
+        id: &ready.id,
+        config: &config,
+        passwd: &passwd,
+        group: &group,
+    };
+    let caller = effective_ids();
+    let host_env = |k: &str| std::env::var(k).ok();
+    let plan = plan::build(&facts, req, caller, &host_env)?;
+    if plan.tty && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        return Err(RunError::NotATty);
+    }
+    Ok(plan)
+}
+
+#[allow(unsafe_code)]
+fn effective_ids() -> (u32, u32) {
+    // SAFETY: geteuid and getegid have no preconditions.
+    unsafe { (libc::geteuid(), libc::getegid()) }
+}
+
+/// Replaces this process with the sandbox supervisor (same pid, no threads carried over).
+pub fn exec_supervisor(plan: &Plan) -> RunError {
+    let json = serde_json::to_string(plan).unwrap_or_default();
+    let err = std::process::Command::new("/proc/self/exe")
+        .arg0("imgfs")
+        .arg("__sandbox")
+        .arg(json)
+        .exec();
+    RunError::Exec(err)
+}

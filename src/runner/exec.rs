@@ -26,6 +26,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::plan::Plan;
+use super::pty::{self, Terminal};
 use crate::fs::ImageFs;
 use crate::fs::serve::{self, ServeOptions};
 
@@ -116,8 +117,13 @@ fn exit_code(status: libc::c_int) -> i32 {
 }
 
 /// Waits for `child`, passing on signals sent with kill(2). Returns its exit status.
-fn supervise(child: libc::pid_t) -> i32 {
-    let set = waited_signals();
+/// `on_winch` follows the caller's terminal size when the sandbox has a terminal.
+fn supervise(child: libc::pid_t, on_winch: Option<&dyn Fn()>) -> i32 {
+    let mut set = waited_signals();
+    if on_winch.is_some() {
+        // SAFETY: adding to an initialised set.
+        unsafe { libc::sigaddset(&mut set, libc::SIGWINCH) };
+    }
     loop {
         // SAFETY: siginfo_t is plain data; sigwaitinfo fills it.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
@@ -126,7 +132,11 @@ fn supervise(child: libc::pid_t) -> i32 {
         if sig < 0 {
             continue; // EINTR
         }
-        if sig == libc::SIGCHLD {
+        if sig == libc::SIGWINCH {
+            if let Some(resize) = on_winch {
+                resize();
+            }
+        } else if sig == libc::SIGCHLD {
             loop {
                 let mut status = 0;
                 // SAFETY: plain syscall with a valid out-pointer.
@@ -285,6 +295,21 @@ fn supervise_in_namespaces(
         threads: SANDBOX_FS_THREADS,
     };
     let session = serve::spawn(fs, &lower, &options).map_err(|e| e.to_string())?;
+    // The terminal's copy threads must start before the PID namespace below.
+    let (terminal, output) = if plan.tty {
+        // SAFETY: blocking SIGWINCH, which supervise() takes with sigwaitinfo.
+        unsafe {
+            let winch = sigset(&[libc::SIGWINCH]);
+            libc::sigprocmask(libc::SIG_BLOCK, &winch, std::ptr::null_mut());
+        }
+        let t = Terminal::open(scratch)?;
+        let out = t
+            .spawn_copies(plan.interactive)
+            .map_err(|e| format!("cannot copy the terminal: {e}"))?;
+        (Some(t), Some(out))
+    } else {
+        (None, None)
+    };
 
     // Threads exist now, so the PID namespace comes last (a thread cannot be created once
     // the children's PID namespace differs).
@@ -317,7 +342,12 @@ fn supervise_in_namespaces(
             libc::_exit(EXIT_SETUP);
         }
     }
-    let code = supervise(pid);
+    let resize = terminal.as_ref().map(|t| move || t.resize());
+    let code = supervise(pid, resize.as_ref().map(|r| r as &dyn Fn()));
+    if let Some(out) = output {
+        let _ = out.join(); // the command's last output
+    }
+    drop(terminal); // restores the caller's terminal
     // The mounts live only in this process's namespace and vanish with it; detaching the
     // scratch tmpfs now lets its empty mountpoint on the host be removed.
     if let Ok(c) = cstr(scratch.as_os_str().as_bytes()) {
@@ -574,16 +604,21 @@ fn init_inner(plan: &Plan, scratch: &Path) -> Result<i32, (i32, String)> {
             bind_in_root(&root, &host, &format!("/dev/{dev}"), false).map_err(setup)?;
         }
     }
-    mount_in_root(
-        &root,
-        "/dev/pts",
-        false,
-        Some("devpts"),
-        Some("devpts"),
-        libc::MS_NOSUID | libc::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620"),
-    )
-    .map_err(setup)?;
+    if plan.tty {
+        // The supervisor's devpts instance, which holds the command's terminal.
+        bind_in_root(&root, &scratch.join("pts"), "/dev/pts", false).map_err(setup)?;
+    } else {
+        mount_in_root(
+            &root,
+            "/dev/pts",
+            false,
+            Some("devpts"),
+            Some("devpts"),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620"),
+        )
+        .map_err(setup)?;
+    }
     mount_in_root(
         &root,
         "/dev/shm",
@@ -702,7 +737,7 @@ fn init_inner(plan: &Plan, scratch: &Path) -> Result<i32, (i32, String)> {
     if pid == 0 {
         prepared.exec();
     }
-    Ok(supervise(pid))
+    Ok(supervise(pid, None))
 }
 
 fn path_str(p: &Path) -> Result<&str, (i32, String)> {
@@ -784,6 +819,7 @@ struct Prepared {
     env: Vec<CString>,
     cwd: CString,
     dev_null: CString,
+    terminal: Option<CString>,
     groups: Vec<libc::gid_t>,
     uid: libc::uid_t,
     gid: libc::gid_t,
@@ -798,6 +834,11 @@ impl Prepared {
             env: plan.env.iter().map(cstr).collect::<Result<_, _>>()?,
             cwd: cstr(plan.cwd.as_bytes())?,
             dev_null: cstr("/dev/null")?,
+            terminal: if plan.tty {
+                Some(cstr(pty::SLAVE)?)
+            } else {
+                None
+            },
             groups: plan.groups.clone(),
             uid: plan.uid,
             gid: plan.gid,
@@ -834,7 +875,11 @@ impl Prepared {
             for sig in FORWARDED.iter().chain(&[libc::SIGCHLD]) {
                 libc::signal(*sig, libc::SIG_DFL);
             }
-            if !self.interactive {
+            if let Some(slave) = &self.terminal {
+                if !pty::attach(slave) {
+                    fail(c"imgfs: cannot attach the sandbox's terminal\n", EXIT_SETUP);
+                }
+            } else if !self.interactive {
                 let fd = libc::open(self.dev_null.as_ptr(), libc::O_RDONLY);
                 if fd >= 0 {
                     libc::dup2(fd, 0);

@@ -9,6 +9,7 @@
 
 pub mod exec;
 pub mod plan;
+pub mod pty;
 
 use std::os::unix::process::CommandExt;
 

@@ -1,0 +1,636 @@
+//! `imgfs run` end to end: real images in a real dockerd, real namespaces, real programs,
+//! compared with `docker run` of the same image.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{TempDir, fixtures_dir, require};
+
+/// Debian bookworm + python3, imported from a debootstrap tree.
+const DEBIAN_IMAGE: &str = "imgfs-test/debian-python:bookworm";
+/// The same with Env, WorkingDir, User and Cmd set, and CPython's test suite
+/// (tests/fixtures/python-app.Dockerfile).
+const APP_IMAGE: &str = "imgfs-test/python-app:bookworm";
+/// An unprivileged account the tests run imgfs as.
+const TEST_USER: &str = "imgfs-test";
+
+fn imgfs() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_imgfs"))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn output(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+fn require_images() {
+    for image in [DEBIAN_IMAGE, APP_IMAGE] {
+        let ok = Command::new("docker")
+            .args(["image", "inspect", image])
+            .output();
+        require(
+            ok.is_ok_and(|o| o.status.success()),
+            &format!(
+                "the image {image} in a running dockerd (tests/fixtures/make-debian-image.sh)"
+            ),
+        );
+    }
+}
+
+/// A cache shared by the tests of this binary (filled once), in a directory any user can use.
+fn shared_cache() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("imgfs-run-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _ = Command::new("chmod").arg("1777").arg(&dir).status();
+    dir
+}
+
+/// `imgfs run --cache-dir SHARED IMAGE -- ARGS`, as root.
+fn run_in(image: &str, opts: &[&str], args: &[&str]) -> Output {
+    output(
+        imgfs()
+            .arg("run")
+            .arg("--cache-dir")
+            .arg(shared_cache())
+            .args(opts)
+            .arg(image)
+            .arg("--")
+            .args(args),
+    )
+}
+
+fn assert_ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}{}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Lines of the host's mount table that belong to imgfs.
+fn imgfs_mounts() -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("imgfs"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Host processes whose command line mentions `needle`.
+fn processes_with(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if e.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = text(&cmd).replace('\0', " ");
+        let zombie = std::fs::read_to_string(e.path().join("stat"))
+            .unwrap_or_default()
+            .contains(") Z ");
+        if cmd.contains(needle) && !zombie {
+            found.push(cmd);
+        }
+    }
+    found
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting until {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn python_runs_and_writes_land_in_the_upper_layer() {
+    require_images();
+    let before = cache_fingerprint();
+    let out = run_in(
+        DEBIAN_IMAGE,
+        &[],
+        &[
+            "sh",
+            "-c",
+            "python3 -c 'import json, sqlite3, ssl, ctypes, decimal; print(json.dumps([1]))' && \
+             echo tmp > /tmp/t && cat /tmp/t && echo root > /written && cat /written && \
+             echo x >> /etc/os-release && rm /bin/ls && test ! -e /bin/ls && echo changed",
+        ],
+    );
+    assert_eq!(assert_ok(&out), "[1]\ntmp\nroot\nchanged\n");
+    // The next run starts from the image again, and the cache did not change.
+    let out = run_in(
+        DEBIAN_IMAGE,
+        &[],
+        &[
+            "sh",
+            "-c",
+            "test -e /written || test -x /bin/ls && echo pristine",
+        ],
+    );
+    assert_eq!(assert_ok(&out), "pristine\n");
+    assert_eq!(cache_fingerprint(), before);
+    assert!(imgfs_mounts().is_empty(), "{:?}", imgfs_mounts());
+}
+
+/// Size and a content hash of every file in the shared cache.
+fn cache_fingerprint() -> BTreeMap<PathBuf, (u64, String)> {
+    // Make sure the entry exists before taking the first fingerprint.
+    assert_ok(&run_in(DEBIAN_IMAGE, &[], &["true"]));
+    let mut out = BTreeMap::new();
+    let walk = output(Command::new("find").arg(shared_cache()).args([
+        "-type",
+        "f",
+        "-name",
+        "archive.tar",
+        "-o",
+        "-type",
+        "f",
+        "-name",
+        "index",
+    ]));
+    for path in text(&walk.stdout).lines() {
+        let sum = output(Command::new("sha256sum").arg(path));
+        let len = std::fs::metadata(path).unwrap().len();
+        out.insert(PathBuf::from(path), (len, text(&sum.stdout)));
+    }
+    assert!(!out.is_empty());
+    out
+}
+
+#[test]
+fn read_only_refuses_writes() {
+    require_images();
+    let out = run_in(
+        DEBIAN_IMAGE,
+        &["--read-only"],
+        &["sh", "-c", "echo x > /etc/x"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("Read-only file system"),
+        "{}",
+        text(&out.stderr)
+    );
+    // /tmp stays writable.
+    assert_ok(&run_in(
+        DEBIAN_IMAGE,
+        &["--read-only"],
+        &["sh", "-c", "echo x > /tmp/x"],
+    ));
+}
+
+#[test]
+fn image_config_applies_like_docker_run() {
+    require_images();
+    let mine = output(
+        imgfs()
+            .arg("run")
+            .arg("--cache-dir")
+            .arg(shared_cache())
+            .arg(APP_IMAGE),
+    );
+    let docker = output(Command::new("docker").args(["run", "--rm", APP_IMAGE]));
+    assert_eq!(assert_ok(&mine), assert_ok(&docker));
+    assert_eq!(assert_ok(&mine), "hello fixture app /srv/app\n");
+
+    let script = "echo $GREETING $APP_MODE $EXTRA $HOME $(id -u):$(id -g) $(pwd) $(hostname)";
+    let mine = run_in(
+        APP_IMAGE,
+        &[
+            "-e",
+            "EXTRA=cli",
+            "-e",
+            "APP_MODE=override",
+            "-u",
+            "root",
+            "-w",
+            "/tmp",
+            "--hostname",
+            "box",
+        ],
+        &["sh", "-c", script],
+    );
+    let docker = output(Command::new("docker").args([
+        "run",
+        "--rm",
+        "-e",
+        "EXTRA=cli",
+        "-e",
+        "APP_MODE=override",
+        "-u",
+        "root",
+        "-w",
+        "/tmp",
+        "--hostname",
+        "box",
+        APP_IMAGE,
+        "sh",
+        "-c",
+        script,
+    ]));
+    assert_eq!(assert_ok(&mine), assert_ok(&docker));
+    assert_eq!(assert_ok(&mine), "hello override cli /root 0:0 /tmp box\n");
+
+    // --env-file and --entrypoint.
+    let work = TempDir::new("imgfs-envfile");
+    let env_file = work.path().join("env");
+    std::fs::write(&env_file, "# comment\nFROM_FILE=yes\n\nGREETING=file\n").unwrap();
+    let out = run_in(
+        APP_IMAGE,
+        &[
+            "--env-file",
+            env_file.to_str().unwrap(),
+            "--entrypoint",
+            "printenv",
+        ],
+        &["FROM_FILE", "GREETING"],
+    );
+    assert_eq!(assert_ok(&out), "yes\nfile\n");
+}
+
+#[test]
+fn volumes_read_and_write_through() {
+    require_images();
+    let work = TempDir::new("imgfs-volume");
+    std::fs::write(work.path().join("in.txt"), "from host\n").unwrap();
+    let rw = format!("{}:/work", work.path().display());
+    let out = run_in(
+        DEBIAN_IMAGE,
+        &["-v", &rw, "-w", "/work"],
+        &["sh", "-c", "cat in.txt && echo from sandbox > out.txt"],
+    );
+    assert_eq!(assert_ok(&out), "from host\n");
+    assert_eq!(
+        std::fs::read_to_string(work.path().join("out.txt")).unwrap(),
+        "from sandbox\n"
+    );
+
+    let ro = format!("{}:/work:ro", work.path().display());
+    let out = run_in(
+        DEBIAN_IMAGE,
+        &["-v", &ro],
+        &["sh", "-c", "cat /work/in.txt && echo no > /work/no.txt"],
+    );
+    assert!(!out.status.success());
+    assert_eq!(text(&out.stdout), "from host\n");
+    assert!(
+        text(&out.stderr).contains("Read-only file system"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!work.path().join("no.txt").exists());
+
+    // A symlink in the image cannot send a volume outside the root: /bin -> usr/bin.
+    let out = run_in(
+        DEBIAN_IMAGE,
+        &["-v", &ro.replace(":/work", ":/bin/volume")],
+        &["cat", "/usr/bin/volume/in.txt"],
+    );
+    assert_eq!(assert_ok(&out), "from host\n");
+}
+
+#[test]
+fn exit_codes_and_signals_propagate() {
+    require_images();
+    let code = |args: &[&str]| run_in(DEBIAN_IMAGE, &[], args).status.code();
+    assert_eq!(code(&["sh", "-c", "exit 42"]), Some(42));
+    assert_eq!(code(&["sh", "-c", "kill -KILL $$"]), Some(137));
+    assert_eq!(code(&["nonexistent-command"]), Some(127));
+
+    // A signal sent to imgfs run reaches the command; nothing is left afterwards.
+    for (signal, expect) in [
+        (libc::SIGTERM, 143),
+        (libc::SIGINT, 130),
+        (libc::SIGHUP, 129),
+    ] {
+        // The sleep's command line, written so that imgfs's own arguments do not contain it.
+        let marker = format!("sleep 7000{signal}");
+        let mut child = imgfs()
+            .arg("run")
+            .arg("--cache-dir")
+            .arg(shared_cache())
+            .arg(DEBIAN_IMAGE)
+            .args([
+                "--",
+                "sh",
+                "-c",
+                &format!("n=7000; exec sleep ${{n}}{signal}"),
+            ])
+            .spawn()
+            .unwrap();
+        wait_until("the command runs", || !processes_with(&marker).is_empty());
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        assert_eq!(
+            child.wait().unwrap().code(),
+            Some(expect),
+            "signal {signal}"
+        );
+        wait_until("the sandbox is gone", || processes_with(&marker).is_empty());
+    }
+    assert!(imgfs_mounts().is_empty(), "{:?}", imgfs_mounts());
+}
+
+/// kill -9 of imgfs run takes the whole sandbox with it.
+#[test]
+fn killed_runner_leaves_nothing_behind() {
+    require_images();
+    let marker = "sleep 80009";
+    let mut child = imgfs()
+        .arg("run")
+        .arg("--cache-dir")
+        .arg(shared_cache())
+        .arg(DEBIAN_IMAGE)
+        .args(["--", "sh", "-c", "n=8000; exec sleep ${n}9"])
+        .spawn()
+        .unwrap();
+    wait_until("the command runs", || !processes_with(marker).is_empty());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_until("the sandbox dies with imgfs run", || {
+        processes_with(marker).is_empty()
+    });
+    assert!(imgfs_mounts().is_empty(), "{:?}", imgfs_mounts());
+}
+
+#[test]
+fn sandbox_has_its_own_proc_dev_network_and_etc() {
+    require_images();
+    let out = run_in(
+        DEBIAN_IMAGE,
+        &["--hostname", "inside"],
+        &[
+            "sh",
+            "-c",
+            "echo $$; ls /dev | tr '\\n' ' '; echo; cat /etc/hostname; grep -c inside /etc/hosts; \
+             ls /sys/class/net | tr '\\n' ' '; echo; head -c 4 /dev/zero | od -An -tx1; \
+             test -c /dev/pts/ptmx && echo pts",
+        ],
+    );
+    let got = assert_ok(&out);
+    let lines: Vec<&str> = got.lines().collect();
+    assert_eq!(lines[0], "2", "the command is PID 2, under imgfs's init");
+    for dev in [
+        "full", "null", "ptmx", "pts", "random", "shm", "tty", "urandom", "zero",
+    ] {
+        assert!(
+            lines[1].split(' ').any(|d| d == dev),
+            "/dev lacks {dev}: {}",
+            lines[1]
+        );
+    }
+    assert_eq!(lines[2], "inside");
+    assert_eq!(lines[3], "1");
+    assert_eq!(lines[4].trim(), "lo", "only loopback without --net host");
+    assert_eq!(lines[5].trim(), "00 00 00 00");
+    assert_eq!(lines[6], "pts");
+
+    let host_net = run_in(
+        DEBIAN_IMAGE,
+        &["--net", "host"],
+        &["sh", "-c", "ls /sys/class/net | wc -l"],
+    );
+    let host_count = std::fs::read_dir("/sys/class/net").unwrap().count();
+    assert_eq!(assert_ok(&host_net).trim(), host_count.to_string());
+}
+
+#[test]
+fn bad_input_fails_with_one_clear_line() {
+    require_images();
+    let tar = fixtures_dir().join("debian-python.tar");
+    let cases: [(&[&str], &[&str], &str); 5] = [
+        (
+            &["-u", "nobody-here"],
+            &["true"],
+            "unable to find user nobody-here",
+        ),
+        (
+            &["-v", "/nonexistent-imgfs:/x"],
+            &["true"],
+            "bad volume '/nonexistent-imgfs:/x'",
+        ),
+        (&["-v", "relative:/x"], &["true"], "must be absolute"),
+        (
+            &[],
+            &["no-such-program"],
+            "executable file not found in $PATH",
+        ),
+        (&["-t"], &["true"], "the input device is not a TTY"),
+    ];
+    for (opts, args, expect) in cases {
+        let out = output(
+            imgfs()
+                .arg("run")
+                .arg("--cache-dir")
+                .arg(shared_cache())
+                .args(opts)
+                .arg(DEBIAN_IMAGE)
+                .arg("--")
+                .args(args)
+                .stdin(Stdio::null()),
+        );
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{opts:?} {args:?} succeeded");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(expect), "{opts:?}: {err}");
+    }
+    // A tar archive has no config: without a command there is nothing to run.
+    let out = output(
+        imgfs()
+            .arg("run")
+            .arg("--cache-dir")
+            .arg(shared_cache())
+            .arg(&tar),
+    );
+    assert!(
+        text(&out.stderr).contains("no command specified"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(imgfs_mounts().is_empty());
+}
+
+#[test]
+fn a_terminal_works_with_it() {
+    require_images();
+    // script(1) gives imgfs a pseudo-terminal, as a user's shell would.
+    let cmd = format!(
+        "stty cols 100 rows 40; {} run -it --cache-dir {} {} -- sh -c 'tty; stty size; test -t 0 && echo interactive'",
+        env!("CARGO_BIN_EXE_imgfs"),
+        shared_cache().display(),
+        DEBIAN_IMAGE
+    );
+    let out = output(
+        Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env("COLUMNS", "100")
+            .env("LINES", "40"),
+    );
+    let got = text(&out.stdout);
+    assert!(out.status.success(), "{got}{}", text(&out.stderr));
+    assert!(got.contains("/dev/pts/"), "{got}");
+    assert!(got.contains("interactive"), "{got}");
+}
+
+/// The rw-dir keeps the writable layer for the next run.
+#[test]
+fn rw_dir_persists_between_runs() {
+    require_images();
+    let dir = TempDir::new("imgfs-rwdir");
+    let opt = dir.path().to_str().unwrap();
+    assert_ok(&run_in(
+        DEBIAN_IMAGE,
+        &["--rw-dir", opt],
+        &["sh", "-c", "echo kept > /root/state"],
+    ));
+    let out = run_in(DEBIAN_IMAGE, &["--rw-dir", opt], &["cat", "/root/state"]);
+    assert_eq!(assert_ok(&out), "kept\n");
+    assert!(dir.path().join("upper/root/state").exists());
+}
+
+/// The same checks as an unprivileged user: a user namespace maps the caller to root inside.
+#[test]
+fn unprivileged_user_gets_a_sandbox_too() {
+    require_images();
+    let exists = Command::new("id")
+        .arg(TEST_USER)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    if !exists.success() {
+        let made = Command::new("useradd")
+            .args(["-M", "-s", "/bin/sh", TEST_USER])
+            .status()
+            .unwrap();
+        require(made.success(), "useradd of the unprivileged test user");
+    }
+    let tar = fixtures_dir().join("debian-python.tar");
+    require(
+        tar.exists(),
+        "debian-python.tar (tests/fixtures/make-debian-image.sh)",
+    );
+    let cache = shared_cache().join("unprivileged");
+    std::fs::create_dir_all(&cache).unwrap();
+    let _ = Command::new("chown").arg(TEST_USER).arg(&cache).status();
+    let as_user = |opts: &[&str], args: &[&str]| {
+        output(
+            Command::new("setpriv")
+                .args([
+                    "--reuid",
+                    TEST_USER,
+                    "--regid",
+                    TEST_USER,
+                    "--init-groups",
+                    "--reset-env",
+                ])
+                .arg(env!("CARGO_BIN_EXE_imgfs"))
+                .arg("run")
+                .arg("--cache-dir")
+                .arg(&cache)
+                .args(opts)
+                .arg(&tar)
+                .arg("--")
+                .args(args),
+        )
+    };
+    let out = as_user(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "id -u; python3 -c 'import json; print(json.dumps(2))'; echo w > /w && cat /w",
+        ],
+    );
+    assert_eq!(assert_ok(&out), "0\n2\nw\n");
+    let out = as_user(&["--read-only"], &["sh", "-c", "echo x > /x"]);
+    assert!(
+        text(&out.stderr).contains("Read-only file system"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(as_user(&[], &["sh", "-c", "exit 7"]).status.code(), Some(7));
+    let out = as_user(&["-u", "nobody"], &["true"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("needs imgfs run as root"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(imgfs_mounts().is_empty());
+}
+
+/// The CPython regression tests give the same results under imgfs run as under docker run.
+#[test]
+fn cpython_tests_match_docker_run() {
+    require_images();
+    let tests = [
+        "test_os",
+        "test_posix",
+        "test_shutil",
+        "test_tempfile",
+        "test_subprocess",
+        "test_pathlib",
+        "test_glob",
+        "test_socket",
+        "test_select",
+        "test_fcntl",
+        "test_pty",
+        "test_pwd",
+        "test_grp",
+        "test_json",
+        "test_sqlite3",
+        "test_tarfile",
+        "test_threading",
+        "test_resource",
+        "test_mmap",
+        "test_uuid",
+        "test_locale",
+    ];
+    let outcomes = |out: &Output| -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        for line in text(&out.stdout).lines() {
+            for word in ["passed", "failed", "skipped", "crashed"] {
+                if let Some(t) = tests
+                    .iter()
+                    .find(|t| line.contains(&format!(" {t} {word}")))
+                {
+                    m.insert(t.to_string(), word.to_string());
+                }
+            }
+        }
+        m
+    };
+    let mut args = vec!["python3", "-m", "test", "-j2"];
+    args.extend(tests);
+    let mine = run_in(APP_IMAGE, &[], &args);
+    let docker = output(
+        Command::new("docker")
+            .args(["run", "--rm", APP_IMAGE])
+            .args(&args),
+    );
+    let (m, d) = (outcomes(&mine), outcomes(&docker));
+    assert_eq!(m.len(), tests.len(), "imgfs run: {}", text(&mine.stdout));
+    assert_eq!(m, d, "imgfs run and docker run disagree");
+    let passed = m.values().filter(|v| *v == "passed").count();
+    assert!(passed >= tests.len() - 3, "only {passed} passed: {m:?}");
+}

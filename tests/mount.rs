@@ -9,8 +9,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    CompareOptions, TempDir, assert_trees_equal, extract_with_gnu_tar, fixture_archives,
-    fixtures_dir, read_path_list, require,
+    CompareOptions, TempDir, assert_trees_equal, cache_file, extract_with_gnu_tar,
+    fixture_archives, fixtures_dir, read_path_list, require, text, wait_until,
 };
 
 /// The Debian bookworm + python3 image that tests/fixtures/make-debian-image.sh imports.
@@ -23,10 +23,6 @@ fn imgfs() -> Command {
 fn run(cmd: &mut Command) -> Output {
     cmd.output()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// Whether `path` is a mountpoint now, from the kernel's mount table.
@@ -56,17 +52,6 @@ fn servers_of(mountpoint: &Path) -> Vec<i32> {
         }
     }
     pids
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "timed out waiting until {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A mounted image, unmounted (lazily, as a last resort) when dropped.
@@ -113,6 +98,18 @@ impl Drop for Mount {
             let _ = Command::new("umount").arg("-l").arg(self.path()).status();
         }
     }
+}
+
+/// The mounted tree is exactly what GNU tar extracts from `archive` (the root's own metadata
+/// aside: tar -x does not apply it to an existing directory the same way).
+fn assert_mount_matches_tar_x(archive: &Path, mount: &Path) {
+    let truth = TempDir::new("imgfs-truth");
+    extract_with_gnu_tar(archive, truth.path());
+    let opts = CompareOptions {
+        skip_root_meta: true,
+        ..Default::default()
+    };
+    assert_trees_equal(truth.path(), mount, &opts);
 }
 
 fn require_docker() {
@@ -228,22 +225,8 @@ fn docker_image_matches_tar_x_and_warm_mount_does_not_export() {
     assert_eq!(export_events(&before), 1);
 
     // Truth: GNU tar's extraction of the very archive imgfs serves from.
-    let archive: PathBuf = std::fs::read_dir(cache.path().join("images"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path().join("archive.tar"))
-        .find(|p| p.exists())
-        .expect("the cache holds the exported archive");
-    let truth = TempDir::new("imgfs-truth");
-    extract_with_gnu_tar(&archive, truth.path());
-    assert_trees_equal(
-        truth.path(),
-        mount.path(),
-        &CompareOptions {
-            skip_root_meta: true,
-            ..Default::default()
-        },
-    );
+    let archive = cache_file(cache.path(), "archive.tar");
+    assert_mount_matches_tar_x(&archive, mount.path());
     assert!(mount.path().join("usr/bin/python3").exists());
 
     // The archive is what dockerd exports for this image (names; per-container files aside).
@@ -605,12 +588,7 @@ fn damaged_index_and_changed_tar_are_rebuilt() {
     std::fs::copy(archives.join("ustar.tar"), &archive).unwrap();
     let cache = TempDir::new("imgfs-cache");
     Mount::new(archive.to_str().unwrap(), cache.path()).umount();
-    let index: PathBuf = std::fs::read_dir(cache.path().join("images"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path().join("index"))
-        .find(|p| p.exists())
-        .expect("an index in the cache");
+    let index = cache_file(cache.path(), "index");
     let good = std::fs::read(&index).unwrap();
     for damage in ["flip", "truncate", "foreign"] {
         let mut bad = good.clone();
@@ -621,16 +599,7 @@ fn damaged_index_and_changed_tar_are_rebuilt() {
         }
         std::fs::write(&index, &bad).unwrap();
         let m = Mount::new(archive.to_str().unwrap(), cache.path());
-        let truth = TempDir::new("imgfs-truth");
-        extract_with_gnu_tar(&archive, truth.path());
-        assert_trees_equal(
-            truth.path(),
-            m.path(),
-            &CompareOptions {
-                skip_root_meta: true,
-                ..Default::default()
-            },
-        );
+        assert_mount_matches_tar_x(&archive, m.path());
         m.umount();
         assert!(
             std::fs::read(&index).unwrap() == good,
@@ -641,16 +610,7 @@ fn damaged_index_and_changed_tar_are_rebuilt() {
     // The same path, new contents: the mount shows the new archive.
     std::fs::copy(archives.join("pax-global.tar"), &archive).unwrap();
     let m = Mount::new(archive.to_str().unwrap(), cache.path());
-    let truth = TempDir::new("imgfs-truth");
-    extract_with_gnu_tar(&archive, truth.path());
-    assert_trees_equal(
-        truth.path(),
-        m.path(),
-        &CompareOptions {
-            skip_root_meta: true,
-            ..Default::default()
-        },
-    );
+    assert_mount_matches_tar_x(&archive, m.path());
     m.umount();
 }
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TempDir, fixtures_dir, require};
+use common::{TempDir, fixtures_dir, require, text, wait_until};
 
 /// Debian bookworm + python3, imported from a debootstrap tree.
 const DEBIAN_IMAGE: &str = "imgfs-test/debian-python:bookworm";
@@ -20,10 +20,6 @@ const TEST_USER: &str = "imgfs-test";
 
 fn imgfs() -> Command {
     Command::new(env!("CARGO_BIN_EXE_imgfs"))
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 fn output(cmd: &mut Command) -> Output {
@@ -107,17 +103,6 @@ fn processes_with(needle: &str) -> Vec<String> {
         }
     }
     found
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "timed out waiting until {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

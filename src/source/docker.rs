@@ -1,6 +1,6 @@
 //! The Docker source, through the Engine API (bollard) only.
 //!
-//! Connects honouring `DOCKER_HOST` (unix and tcp), negotiates the API version and pings, so
+//! Connects honouring `DOCKER_HOST` (unix and tcp) and negotiates the API version, so
 //! a dead daemon fails at once naming the endpoint. Images are resolved locally only (no
 //! pull). An export goes through a throwaway container that is created, never started, and
 //! removed in every case — success, error, or SIGINT/SIGTERM during the export. Containers are
@@ -56,7 +56,7 @@ pub struct Docker {
 }
 
 impl Docker {
-    /// Connects, negotiates the API version and pings.
+    /// Connects and negotiates the API version (which fails at once on a dead daemon).
     pub fn connect() -> Result<Docker, DockerError> {
         let endpoint =
             std::env::var("DOCKER_HOST").unwrap_or_else(|_| DEFAULT_ENDPOINT.to_string());
@@ -72,11 +72,8 @@ impl Docker {
             .map_err(DockerError::Runtime)?;
         let client =
             bollard::Docker::connect_with_defaults().map_err(|e| unreachable(e.to_string()))?;
-        let client = rt.block_on(async {
-            let client = client.negotiate_version().await?;
-            client.ping().await?;
-            Ok::<_, bollard::errors::Error>(client)
-        });
+        // Negotiating asks the daemon for its version: it doubles as the liveness check.
+        let client = rt.block_on(client.negotiate_version());
         let client = client.map_err(|e| unreachable(error_text(&e)))?;
         Ok(Docker {
             rt,

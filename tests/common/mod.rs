@@ -545,3 +545,32 @@ pub fn compare_trees_with(expected: &Path, actual: &Path, opts: &CompareOptions)
     }
     d
 }
+
+/// Bytes as text, for messages.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Polls `cond` every 50 ms; fails the test after 20 s, naming `what`.
+#[track_caller]
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "timed out waiting until {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The file `name` of the one image entry in an imgfs cache directory.
+#[track_caller]
+pub fn cache_file(cache: &Path, name: &str) -> PathBuf {
+    fs::read_dir(cache.join("images"))
+        .unwrap_or_else(|e| panic!("{}: {e}", cache.display()))
+        .flatten()
+        .map(|e| e.path().join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("no {name} in the cache {}", cache.display()))
+}

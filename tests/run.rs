@@ -6,7 +6,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use common::{TempDir, fixtures_dir, require, text, wait_until};
 

@@ -618,3 +618,69 @@ fn cpython_tests_match_docker_run() {
     let passed = m.values().filter(|v| *v == "passed").count();
     assert!(passed >= tests.len() - 3, "only {passed} passed: {m:?}");
 }
+
+/// Ctrl-C typed on the terminal reaches the command through the sandbox's terminal.
+#[test]
+fn ctrl_c_reaches_the_command_on_a_terminal() {
+    require_images();
+    let cmd = format!(
+        "{} run -it --cache-dir {} {} -- sh -c 'trap \"echo got-int; exit 3\" INT; echo ready; while :; do sleep 0.1; done'",
+        env!("CARGO_BIN_EXE_imgfs"),
+        shared_cache().display(),
+        DEBIAN_IMAGE
+    );
+    // Type Ctrl-C (byte 3) into script(1)'s terminal once the command says it is ready.
+    let mut script = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = script.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !text(&seen).contains("ready") {
+        use std::io::Read;
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "no 'ready' from the sandbox: {}", text(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    {
+        use std::io::{Read, Write};
+        script.stdin.as_mut().unwrap().write_all(b"\x03").unwrap();
+        // Keep script's stdin open until the command ends: at EOF script stops relaying.
+        stdout.read_to_end(&mut seen).unwrap();
+    }
+    drop(script.stdin.take());
+    let status = script.wait().unwrap();
+    assert!(text(&seen).contains("got-int"), "{}", text(&seen));
+    assert_eq!(status.code(), Some(3));
+}
+
+/// Without root, a /dev/fuse the caller cannot open is said plainly, with what to do.
+#[test]
+fn unusable_fuse_is_explained() {
+    require_images();
+    let tar = fixtures_dir().join("debian-python.tar");
+    // In a private mount namespace, a root-only file stands in for /dev/fuse.
+    let script = format!(
+        "set -e; f=$(mktemp); chmod 600 \"$f\"; mount --bind \"$f\" /dev/fuse; \
+         setpriv --reuid=65534 --regid=65534 --clear-groups --reset-env {} run --cache-dir /tmp/imgfs-nofuse-$$ {} -- true",
+        env!("CARGO_BIN_EXE_imgfs"),
+        tar.display()
+    );
+    let out = output(Command::new("unshare").args([
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cannot open /dev/fuse") && err.contains("crw-rw-rw-"),
+        "{err}"
+    );
+}

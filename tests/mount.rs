@@ -364,11 +364,17 @@ fn server_lifecycle_leaves_no_stale_mount() {
     );
     m.umount();
 
-    let m = Mount::new(archive.to_str().unwrap(), cache.path());
-    assert!(run(Command::new("umount").arg(m.path())).status.success());
-    wait_until("the server exits after umount(8)", || {
-        servers_of(m.path()).is_empty()
-    });
+    for tool in [["umount", ""], ["fusermount3", "-u"]] {
+        let m = Mount::new(archive.to_str().unwrap(), cache.path());
+        let mut cmd = Command::new(tool[0]);
+        if !tool[1].is_empty() {
+            cmd.arg(tool[1]);
+        }
+        assert!(run(cmd.arg(m.path())).status.success(), "{tool:?}");
+        wait_until("the server exits after an outside unmount", || {
+            servers_of(m.path()).is_empty()
+        });
+    }
 
     for signal in [libc::SIGTERM, libc::SIGINT] {
         let m = Mount::new(archive.to_str().unwrap(), cache.path());
@@ -711,4 +717,67 @@ fn interrupted_export_leaves_nothing_behind() {
         return;
     }
     panic!("the export always finished before SIGINT could interrupt it");
+}
+
+/// A cache entry that an interrupted fill left (no completion marker, nobody filling it) is
+/// removed by the next fill.
+#[test]
+fn leftovers_of_interrupted_fills_are_removed() {
+    let cache = TempDir::new("imgfs-cache");
+    let leftover = cache.path().join("images/sha256-interrupted");
+    std::fs::create_dir_all(&leftover).unwrap();
+    std::fs::write(leftover.join("archive.tar"), b"half written").unwrap();
+    let m = Mount::new(
+        fixture_archives().join("ustar.tar").to_str().unwrap(),
+        cache.path(),
+    );
+    m.umount();
+    assert!(!leftover.exists(), "{} is still there", leftover.display());
+}
+
+/// Forwards one TCP listener on loopback to dockerd's unix socket, for a tcp:// DOCKER_HOST.
+fn tcp_to_docker_socket() -> std::net::SocketAddr {
+    use std::net::TcpListener;
+    use std::os::unix::net::UnixStream;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(daemon) = UnixStream::connect("/var/run/docker.sock") else {
+                continue;
+            };
+            let (mut c2, mut d2) = (client.try_clone().unwrap(), daemon.try_clone().unwrap());
+            let (mut c1, mut d1) = (client, daemon);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c1, &mut d1);
+                let _ = d1.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut d2, &mut c2);
+                let _ = c2.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+/// DOCKER_HOST=tcp://... reaches the daemon over TCP.
+#[test]
+fn docker_host_over_tcp() {
+    require_docker();
+    let _serial = docker_lock();
+    let addr = tcp_to_docker_socket();
+    let cache = TempDir::new("imgfs-cache");
+    let mnt = TempDir::new("imgfs-mnt");
+    let out = run(imgfs()
+        .env("DOCKER_HOST", format!("tcp://{addr}"))
+        .args(["mount", "--cache-dir"])
+        .arg(cache.path())
+        .arg(DEBIAN_IMAGE)
+        .arg(mnt.path()));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let m = Mount { dir: mnt };
+    assert!(m.path().join("usr/bin/python3").exists());
+    m.umount();
+    assert!(export_containers().is_empty());
 }

@@ -59,6 +59,40 @@ impl Cache {
         &self.root
     }
 
+    /// Removes what interrupted fills left: entry directories without a completion marker
+    /// whose fill lock nobody holds. Best effort; called before a new fill.
+    pub fn sweep_leftovers(&self) {
+        let Ok(dirs) = fs::read_dir(self.root.join("images")) else {
+            return;
+        };
+        let _ = fs::create_dir_all(self.root.join("locks"));
+        for dir in dirs.flatten() {
+            if dir.path().join(MARKER_FILE).exists() {
+                continue;
+            }
+            let name = dir.file_name();
+            let lock_path = self
+                .root
+                .join("locks")
+                .join(format!("{}.lock", name.to_string_lossy()));
+            let Ok(lock) = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+            else {
+                continue;
+            };
+            if sys::try_lock_exclusive(&lock).unwrap_or(false) {
+                log::info!(
+                    "removing leftovers of an interrupted fill: {}",
+                    dir.path().display()
+                );
+                let _ = fs::remove_dir_all(dir.path());
+            }
+        }
+    }
+
     /// The entry for a key such as `sha256:0123...`; characters other than
     /// `[A-Za-z0-9._-]` become `-` so a key can never name a path outside the cache.
     pub fn entry(&self, key: &str) -> Entry {

@@ -14,8 +14,21 @@ pub fn map(file: &File) -> io::Result<memmap2::Mmap> {
 
 /// Blocks until this process holds the exclusive flock on `file`.
 pub fn lock_exclusive(file: &File) -> io::Result<()> {
+    flock(file, libc::LOCK_EX)
+}
+
+/// Takes the exclusive flock on `file` if nobody holds it; false when somebody does.
+pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
+    match flock(file, libc::LOCK_EX | libc::LOCK_NB) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn flock(file: &File, operation: libc::c_int) -> io::Result<()> {
     // SAFETY: flock reads only the descriptor number, which `file` keeps open.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    let rc = unsafe { libc::flock(file.as_raw_fd(), operation) };
     if rc == 0 {
         Ok(())
     } else {

@@ -94,6 +94,7 @@ fn prepare_docker(reference: &str, cache: &Cache) -> Result<Ready, IndexError> {
     if complete(&entry) {
         return Ok(ready(false, Vec::new()));
     }
+    cache.sweep_leftovers();
     let lock = entry.lock()?;
     if complete(&entry) {
         return Ok(ready(false, Vec::new())); // another process filled it while we waited
@@ -205,6 +206,7 @@ fn prepare_tar(path: &Path, cache: &Cache) -> Result<Ready, IndexError> {
     if complete(&entry) {
         return Ok(ready(false, Vec::new()));
     }
+    cache.sweep_leftovers();
     let lock = entry.lock()?;
     if complete(&entry) {
         return Ok(ready(false, Vec::new()));

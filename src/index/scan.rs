@@ -316,13 +316,17 @@ pub fn scan<I: Input>(
 /// Verifies the header checksum; at byte 0 a failure means "not a tar", said precisely.
 fn check_header(block: &[u8; BLOCK as usize], offset: u64) -> Result<(), ScanError> {
     let stored = numeric(&block[148..156]).ok();
-    let (mut unsigned, mut signed) = (0u64, 0i64);
-    for (i, &b) in block.iter().enumerate() {
-        let b = if (148..156).contains(&i) { b' ' } else { b };
-        unsigned += u64::from(b);
-        signed += i64::from(b as i8);
-    }
-    let ok = stored.is_some_and(|s| s == unsigned || Some(s) == u64::try_from(signed).ok());
+    // The checksum field counts as eight spaces. POSIX sums bytes as unsigned; some old
+    // writers summed them as signed, which differs by 256 for every byte >= 128.
+    let field_unsigned: u32 = block[148..156].iter().map(|&b| u32::from(b)).sum();
+    let unsigned =
+        block.iter().map(|&b| u32::from(b)).sum::<u32>() - field_unsigned + 8 * u32::from(b' ');
+    let unsigned = u64::from(unsigned);
+    let signed = || {
+        let high = |bytes: &[u8]| bytes.iter().filter(|&&b| b >= 0x80).count() as i64;
+        unsigned as i64 - 256 * (high(&block[..]) - high(&block[148..156]))
+    };
+    let ok = stored.is_some_and(|s| s == unsigned || Some(s) == u64::try_from(signed()).ok());
     if ok {
         return Ok(());
     }
@@ -527,17 +531,25 @@ fn numeric_i64(field: &[u8]) -> Result<i64, String> {
         }
         return i64::try_from(v).map_err(|_| "base-256 number overflows".into());
     }
-    let text: Vec<u8> = field
+    // Octal digits, after optional leading spaces, up to a NUL or space.
+    let mut v: i64 = 0;
+    let digits = field
         .iter()
-        .copied()
-        .skip_while(|&b| b == b' ')
-        .take_while(|&b| b != 0 && b != b' ')
-        .collect();
-    if text.is_empty() {
-        return Ok(0);
+        .skip_while(|&&b| b == b' ')
+        .take_while(|&&b| b != 0 && b != b' ');
+    for &b in digits {
+        if !(b'0'..=b'7').contains(&b) {
+            return Err(format!(
+                "numeric field {:?} is not octal",
+                String::from_utf8_lossy(field)
+            ));
+        }
+        v = v
+            .checked_mul(8)
+            .and_then(|v| v.checked_add(i64::from(b - b'0')))
+            .ok_or("numeric field overflows")?;
     }
-    let s = std::str::from_utf8(&text).map_err(|_| "numeric field is not text")?;
-    i64::from_str_radix(s, 8).map_err(|_| format!("numeric field {s:?} is not octal"))
+    Ok(v)
 }
 
 fn numeric(field: &[u8]) -> Result<u64, String> {

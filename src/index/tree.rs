@@ -89,6 +89,9 @@ pub struct Tree {
     dropped_warnings: usize,
     stripped_absolute: bool,
     entries: u64,
+    /// The parent directory of the previous entry: archives list siblings together, so most
+    /// entries skip the walk from the root. Dropped whenever a name is replaced.
+    last_parent: Option<(Vec<Vec<u8>>, u32)>,
 }
 
 impl Default for Tree {
@@ -109,6 +112,7 @@ impl Tree {
             dropped_warnings: 0,
             stripped_absolute: false,
             entries: 0,
+            last_parent: None,
         }
     }
 
@@ -187,6 +191,24 @@ impl Tree {
             }
             return;
         };
+        let cached = self.last_parent.as_ref().and_then(|(names, id)| {
+            let same = names.len() == parents.len()
+                && names.iter().zip(parents).all(|(a, b)| a.as_slice() == *b);
+            same.then_some(*id)
+        });
+        let dir = match cached {
+            Some(id) => id,
+            None => {
+                let id = self.walk_parents(parents, &path, at);
+                self.last_parent = Some((parents.iter().map(|c| c.to_vec()).collect(), id));
+                id
+            }
+        };
+        self.insert_in(dir, name, entry, &path, at);
+    }
+
+    /// Finds or makes the directory `parents` names, from the root.
+    fn walk_parents(&mut self, parents: &[&[u8]], path: &[u8], at: u64) -> u32 {
         let mut dir = 0u32;
         for (i, comp) in parents.iter().enumerate() {
             dir = match self.nodes[dir as usize].children.get(*comp).copied() {
@@ -195,7 +217,7 @@ impl Tree {
                     if existing.is_some() {
                         self.warn(format!(
                             "'{}' at byte {at}: '{}' was not a directory; replaced by one",
-                            lossy(&path),
+                            lossy(path),
                             lossy(&parents[..=i].join(&b'/'))
                         ));
                     }
@@ -205,14 +227,19 @@ impl Tree {
                 }
             };
         }
-        let existing = self.nodes[dir as usize].children.get(*name).copied();
+        dir
+    }
+
+    /// Applies `entry` as `name` in directory `dir`.
+    fn insert_in(&mut self, dir: u32, name: &[u8], entry: Entry, path: &[u8], at: u64) {
+        let existing = self.nodes[dir as usize].children.get(name).copied();
         let id = match entry.kind() {
             Kind::HardLink => match self.resolve_link(&entry.link) {
                 Ok(target) => target,
                 Err(why) => {
                     self.warn(format!(
                         "skipped hard link '{}' -> '{}' at byte {at}: {why}",
-                        lossy(&path),
+                        lossy(path),
                         lossy(&entry.link)
                     ));
                     return;
@@ -230,7 +257,11 @@ impl Tree {
             },
             _ => self.add_node(Node::from_entry(entry)),
         };
-        self.nodes[dir as usize].children.insert((*name).into(), id);
+        if existing.is_some_and(|old| old != id) {
+            // A replaced name may have been a directory the cache points into.
+            self.last_parent = None;
+        }
+        self.nodes[dir as usize].children.insert(name.into(), id);
     }
 
     /// Finds the node a hard link names, as it stands now.

@@ -620,7 +620,8 @@ fn damaged_index_and_changed_tar_are_rebuilt() {
     m.umount();
 }
 
-/// IMGFS_CACHE_DIR picks the cache, and the image description is kept for the runner.
+/// IMGFS_CACHE_DIR picks the cache, the image description is kept for the runner, and a
+/// cached image named by its full id mounts without the daemon.
 #[test]
 fn cache_dir_from_environment_keeps_the_image_config() {
     require_docker();
@@ -654,6 +655,17 @@ fn cache_dir_from_environment_keeps_the_image_config() {
         config.contains("\"Config\"") && config.contains(id.trim()),
         "{config}"
     );
+    m.umount();
+
+    // A full image id names immutable content: once cached, no daemon is needed at all.
+    let out = run(imgfs()
+        .env("IMGFS_CACHE_DIR", cache.path())
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .arg("mount")
+        .arg(id.trim())
+        .arg(m.path()));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(m.path().join("usr/bin/python3").exists());
     m.umount();
 }
 

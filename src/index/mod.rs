@@ -78,7 +78,31 @@ fn usable(index_path: &Path, archive_path: &Path) -> bool {
     check().unwrap_or(false)
 }
 
+/// The cache key of a reference that is a full image id (`sha256:` and 64 hex digits):
+/// an id names immutable content, so a complete entry needs no daemon at all.
+fn full_image_id(reference: &str) -> Option<&str> {
+    let hex = reference.strip_prefix("sha256:")?;
+    (hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+    .then_some(reference)
+}
+
 fn prepare_docker(reference: &str, cache: &Cache) -> Result<Ready, IndexError> {
+    if let Some(id) = full_image_id(reference) {
+        let entry = cache.entry(id);
+        if entry.marker().is_some() && usable(&entry.index_path(), &entry.archive_path()) {
+            return Ok(Ready {
+                index_path: entry.index_path(),
+                archive_path: entry.archive_path(),
+                image_path: Some(entry.image_path()),
+                id: id.to_string(),
+                built: false,
+                warnings: Vec::new(),
+            });
+        }
+    }
     let docker = Docker::connect()?;
     let image = docker.resolve(reference)?;
     let entry = cache.entry(&image.id);
@@ -326,5 +350,17 @@ impl Input for FileInput<'_> {
 
     fn position(&self) -> u64 {
         self.pos
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn full_image_ids() {
+        let id = format!("sha256:{}", "ab01".repeat(16));
+        assert_eq!(super::full_image_id(&id), Some(id.as_str()));
+        for not in ["python:3.12", "sha256:abc", &id.to_uppercase(), &id[7..]] {
+            assert_eq!(super::full_image_id(not), None, "{not}");
+        }
     }
 }

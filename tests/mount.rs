@@ -793,3 +793,69 @@ fn docker_host_over_tcp() {
     m.umount();
     assert!(export_containers().is_empty());
 }
+
+/// A daemon older than the API version imgfs pins is still understood: a request it refuses
+/// for its version is negotiated and asked again. (A stand-in daemon on loopback answers like
+/// Docker 19.03, API 1.40, and refuses anything addressed to 1.41.)
+#[test]
+fn older_daemon_gets_a_negotiated_version() {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut stream = stream;
+            loop {
+                let mut request = String::new();
+                if reader.read_line(&mut request).unwrap_or(0) == 0 {
+                    break;
+                }
+                let path = request.split(' ').nth(1).unwrap_or("").to_string();
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                log.lock().unwrap().push(path.clone());
+                let (status, body) = if path.starts_with("/v1.41/") {
+                    (
+                        "400 Bad Request",
+                        r#"{"message":"client version 1.41 is too new. Maximum supported API version is 1.40"}"#,
+                    )
+                } else if path.ends_with("/version") {
+                    ("200 OK", r#"{"ApiVersion":"1.40","Version":"19.03.0"}"#)
+                } else {
+                    (
+                        "404 Not Found",
+                        r#"{"message":"No such image: old-daemon:1"}"#,
+                    )
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        }
+    });
+    let cache = TempDir::new("imgfs-cache");
+    let mnt = TempDir::new("imgfs-mnt");
+    let out = run(imgfs()
+        .env("DOCKER_HOST", format!("tcp://{addr}"))
+        .args(["mount", "--cache-dir"])
+        .arg(cache.path())
+        .arg("old-daemon:1")
+        .arg(mnt.path()));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("image 'old-daemon:1' not found in local Docker storage"),
+        "{err}"
+    );
+    // The lookup reached the daemon in a version it speaks (bollard may also send
+    // unversioned paths, which a daemon answers in its own version).
+    let paths = seen.lock().unwrap().clone();
+    let spoken = |p: &String| p.ends_with("/images/old-daemon:1/json") && !p.starts_with("/v1.41/");
+    assert!(paths.iter().any(spoken), "{paths:?}");
+}

@@ -103,7 +103,7 @@ fn prepare_docker(reference: &str, cache: &Cache) -> Result<Ready, IndexError> {
             });
         }
     }
-    let docker = Docker::connect()?;
+    let mut docker = Docker::connect()?;
     let image = docker.resolve(reference)?;
     let entry = cache.entry(&image.id);
     let ready = |built, warnings| Ready {

@@ -1,8 +1,8 @@
 //! The Docker source, through the Engine API (bollard) only.
 //!
-//! Connects honouring `DOCKER_HOST` (unix and tcp) and negotiates the API version, so
-//! a dead daemon fails at once naming the endpoint. Images are resolved locally only (no
-//! pull). An export goes through a throwaway container that is created, never started, and
+//! Connects honouring `DOCKER_HOST` (unix and tcp) with a pinned API version (negotiated
+//! only when an older daemon refuses it); a dead daemon fails at once naming the endpoint.
+//! Images are resolved locally only (no pull). An export goes through a throwaway container that is created, never started, and
 //! removed in every case — success, error, or SIGINT/SIGTERM during the export. Containers are
 //! labelled with the exporting process id so that one left by a killed imgfs is removed by the
 //! next export.
@@ -20,6 +20,15 @@ const EXPORT_LABEL: &str = "io.imgfs.export-pid";
 const PLACEHOLDER_CMD: &str = "/imgfs-export-placeholder";
 /// Where bollard connects when DOCKER_HOST is unset.
 const DEFAULT_ENDPOINT: &str = "unix:///var/run/docker.sock";
+/// API version spoken without asking: Docker 20.10's, which newer engines and Podman's
+/// compatible service still accept. Skipping the version request saves a round trip on
+/// every warm start; an older daemon that refuses it gets a negotiation and a retry.
+const PINNED_API: bollard::ClientVersion = bollard::ClientVersion {
+    major_version: 1,
+    minor_version: 41,
+};
+/// Seconds a request may wait for the daemon's answer headers.
+const REQUEST_TIMEOUT_SECS: u64 = 120;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
@@ -56,7 +65,8 @@ pub struct Docker {
 }
 
 impl Docker {
-    /// Connects and negotiates the API version (which fails at once on a dead daemon).
+    /// Connects to `DOCKER_HOST` (`unix://` or `tcp://`), else the default socket. No request
+    /// is made yet: the first one (a resolve) shows whether the daemon answers.
     pub fn connect() -> Result<Docker, DockerError> {
         let endpoint =
             std::env::var("DOCKER_HOST").unwrap_or_else(|_| DEFAULT_ENDPOINT.to_string());
@@ -70,16 +80,40 @@ impl Docker {
             .enable_all()
             .build()
             .map_err(DockerError::Runtime)?;
-        let client =
-            bollard::Docker::connect_with_defaults().map_err(|e| unreachable(e.to_string()))?;
-        // Negotiating asks the daemon for its version: it doubles as the liveness check.
-        let client = rt.block_on(client.negotiate_version());
+        let client = if endpoint.starts_with("unix://") {
+            bollard::Docker::connect_with_unix(&endpoint, REQUEST_TIMEOUT_SECS, &PINNED_API)
+        } else if endpoint.starts_with("tcp://") || endpoint.starts_with("http://") {
+            bollard::Docker::connect_with_http(&endpoint, REQUEST_TIMEOUT_SECS, &PINNED_API)
+        } else {
+            return Err(unreachable(
+                "only unix:// and tcp:// endpoints are supported".into(),
+            ));
+        };
         let client = client.map_err(|e| unreachable(error_text(&e)))?;
         Ok(Docker {
             rt,
             client,
             endpoint,
         })
+    }
+
+    /// Whether an error means "the daemon does not speak the pinned API version".
+    fn version_refused(e: &bollard::errors::Error) -> bool {
+        matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 400, message }
+            if message.contains("version"))
+    }
+
+    /// Negotiates down to the daemon's API version, for a daemon older than the pinned one.
+    fn negotiate(&mut self) -> Result<(), DockerError> {
+        let client = self.client.clone();
+        self.client =
+            self.rt
+                .block_on(client.negotiate_version())
+                .map_err(|e| DockerError::Unreachable {
+                    endpoint: self.endpoint.clone(),
+                    reason: error_text(&e),
+                })?;
+        Ok(())
     }
 
     pub fn endpoint(&self) -> &str {
@@ -95,16 +129,22 @@ impl Docker {
     }
 
     /// Resolves a reference among the images the daemon already has.
-    pub fn resolve(&self, reference: &str) -> Result<Image, DockerError> {
-        let inspect = self
-            .rt
-            .block_on(self.client.inspect_image(reference))
-            .map_err(|e| match e {
-                bollard::errors::Error::DockerResponseServerError {
-                    status_code: 404, ..
-                } => DockerError::NotFound(reference.to_string()),
-                e => self.api(&format!("inspect image '{reference}'"), e),
-            })?;
+    pub fn resolve(&mut self, reference: &str) -> Result<Image, DockerError> {
+        let mut inspect = self.rt.block_on(self.client.inspect_image(reference));
+        if inspect.as_ref().is_err_and(Self::version_refused) {
+            self.negotiate()?;
+            inspect = self.rt.block_on(self.client.inspect_image(reference));
+        }
+        let inspect = inspect.map_err(|e| match e {
+            bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            } => DockerError::NotFound(reference.to_string()),
+            e if is_connection_error(&e) => DockerError::Unreachable {
+                endpoint: self.endpoint.clone(),
+                reason: error_text(&e),
+            },
+            e => self.api(&format!("inspect image '{reference}'"), e),
+        })?;
         let id = inspect.id.clone().ok_or_else(|| DockerError::Api {
             endpoint: self.endpoint.clone(),
             action: format!("inspect image '{reference}'"),
@@ -211,6 +251,16 @@ impl Docker {
     }
 }
 
+/// Whether an error is about reaching the daemon rather than about the request.
+fn is_connection_error(e: &bollard::errors::Error) -> bool {
+    !matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError { .. }
+            | bollard::errors::Error::JsonDataError { .. }
+            | bollard::errors::Error::JsonSerdeError { .. }
+    )
+}
+
 fn force_remove() -> RemoveContainerOptions {
     RemoveContainerOptions {
         force: true,
@@ -227,8 +277,11 @@ fn error_text(e: &bollard::errors::Error) -> String {
             let mut s = e.to_string();
             let mut src = std::error::Error::source(e);
             while let Some(cause) = src {
-                s.push_str(": ");
-                s.push_str(&cause.to_string());
+                let c = cause.to_string();
+                if !s.contains(&c) {
+                    s.push_str(": ");
+                    s.push_str(&c);
+                }
                 src = cause.source();
             }
             s

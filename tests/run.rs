@@ -40,9 +40,11 @@ fn require_images() {
     }
 }
 
-/// A cache shared by the tests of this binary (filled once), in a directory any user can use.
+/// A cache shared by the tests of this binary, in a directory any user can use.
+/// It lives with the fixtures and is reused by later runs (a cache is safe to share), so the
+/// suite neither re-exports the images every time nor leaves copies of them behind.
 fn shared_cache() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("imgfs-run-tests-{}", std::process::id()));
+    let dir = fixtures_dir().join("run-cache");
     std::fs::create_dir_all(&dir).unwrap();
     let _ = Command::new("chmod").arg("1777").arg(&dir).status();
     dir
@@ -662,11 +664,15 @@ fn ctrl_c_reaches_the_command_on_a_terminal() {
 fn unusable_fuse_is_explained() {
     require_images();
     let tar = fixtures_dir().join("debian-python.tar");
+    let cache = shared_cache().join("nobody");
+    std::fs::create_dir_all(&cache).unwrap();
+    let _ = Command::new("chmod").arg("0777").arg(&cache).status();
     // In a private mount namespace, a root-only file stands in for /dev/fuse.
     let script = format!(
         "set -e; f=$(mktemp); chmod 600 \"$f\"; mount --bind \"$f\" /dev/fuse; \
-         setpriv --reuid=65534 --regid=65534 --clear-groups --reset-env {} run --cache-dir /tmp/imgfs-nofuse-$$ {} -- true",
+         setpriv --reuid=65534 --regid=65534 --clear-groups --reset-env {} run --cache-dir {} {} -- true",
         env!("CARGO_BIN_EXE_imgfs"),
+        cache.display(),
         tar.display()
     );
     let out = output(Command::new("unshare").args([

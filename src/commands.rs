@@ -52,7 +52,8 @@ fn mount(args: MountArgs) -> Result<i32> {
     };
     if args.foreground {
         let fs = ImageFs::open(&ready.index_path, &ready.archive_path)?;
-        serve::serve(fs, &args.mountpoint, &options, || {})?;
+        let entry = ready.index_path.parent();
+        serve::serve(fs, &args.mountpoint, &options, entry, || {})?;
         return Ok(0);
     }
     spawn_server(&ready, &args.mountpoint, &options)?;
@@ -111,7 +112,8 @@ fn serve_background(args: ServeArgs) -> Result<i32> {
     let result = ImageFs::open(&args.index, &args.archive)
         .map_err(anyhow::Error::from)
         .and_then(|fs| {
-            serve::serve(fs, &args.mountpoint, &options, || report(READY))
+            let entry = args.index.parent();
+            serve::serve(fs, &args.mountpoint, &options, entry, || report(READY))
                 .map_err(anyhow::Error::from)
         });
     if let Err(e) = result {

@@ -690,3 +690,74 @@ fn unusable_fuse_is_explained() {
         "{err}"
     );
 }
+
+/// Whether process `pid` holds /dev/fuse open, i.e. serves a FUSE mount itself.
+fn serves_fuse(pid: u32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.flatten().any(|fd| {
+                std::fs::read_link(fd.path()).is_ok_and(|t| t == std::path::Path::new("/dev/fuse"))
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// Starts a sleeping sandbox on `image` and says whether `imgfs run` serves FUSE itself.
+fn run_serves_fuse(image: &str) -> bool {
+    let marker = "sleep 90001";
+    let mut child = imgfs()
+        .arg("run")
+        .arg("--cache-dir")
+        .arg(shared_cache())
+        .arg(image)
+        .args(["--", "sh", "-c", "n=9000; exec sleep ${n}1"])
+        .spawn()
+        .unwrap();
+    wait_until("the command runs", || !processes_with(marker).is_empty());
+    let serving = serves_fuse(child.id());
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+    serving
+}
+
+/// With the image already mounted by `imgfs mount`, a run uses that mount (and its warm
+/// caches) instead of starting a FUSE server of its own, and leaves it mounted.
+#[test]
+fn run_uses_a_live_mount_of_the_image() {
+    require_images();
+    assert!(
+        run_serves_fuse(APP_IMAGE),
+        "without a live mount the run serves the image itself"
+    );
+    let mnt = TempDir::new("imgfs-live");
+    let out = output(
+        imgfs()
+            .arg("mount")
+            .arg("--cache-dir")
+            .arg(shared_cache())
+            .arg(APP_IMAGE)
+            .arg(mnt.path()),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !run_serves_fuse(APP_IMAGE),
+        "the run started a FUSE server despite the live mount"
+    );
+    // The run's output is the image's, and the live mount is still there afterwards.
+    let out = output(
+        imgfs()
+            .arg("run")
+            .arg("--cache-dir")
+            .arg(shared_cache())
+            .arg(APP_IMAGE),
+    );
+    assert_eq!(assert_ok(&out), "hello fixture app /srv/app\n");
+    assert!(mnt.path().join("usr/bin/python3").exists());
+    let out = output(imgfs().arg("umount").arg(mnt.path()));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        run_serves_fuse(APP_IMAGE),
+        "a finished mount is still taken as live"
+    );
+}

@@ -82,12 +82,62 @@ pub fn check_mountpoint(path: &Path) -> Result<(), ServeError> {
     Ok(())
 }
 
+/// Directory of an image's cache entry where its live mounts announce themselves: one file
+/// per server, named by its pid, holding the mountpoint. `imgfs run` uses such a mount, with
+/// its warm kernel caches, instead of starting a server of its own.
+const REGISTRY_DIR: &str = "mounts";
+
+/// A live mount's announcement, withdrawn when dropped.
+struct Registration(PathBuf);
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn register(entry_dir: &Path, mountpoint: &Path) -> io::Result<Registration> {
+    let dir = entry_dir.join(REGISTRY_DIR);
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(std::process::id().to_string());
+    let tmp = dir.join(format!(".{}.tmp", std::process::id()));
+    let target = std::fs::canonicalize(mountpoint)?;
+    std::fs::write(&tmp, target.as_os_str().as_bytes())?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(Registration(path))
+}
+
+/// A live imgfs mount of the image whose cache entry is `entry_dir`, if one is announced and
+/// its server still runs. Announcements of dead servers are removed.
+pub fn live_mount(entry_dir: &Path) -> Option<PathBuf> {
+    let entries = std::fs::read_dir(entry_dir.join(REGISTRY_DIR)).ok()?;
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(e.path());
+            continue;
+        }
+        let Ok(target) = std::fs::read(e.path()) else {
+            continue;
+        };
+        let mountpoint = PathBuf::from(std::ffi::OsStr::from_bytes(&target));
+        if find_mount(&mountpoint).is_some_and(|m| m.is_imgfs()) {
+            return Some(mountpoint);
+        }
+    }
+    None
+}
+
 /// Mounts `fs` at `mountpoint` and serves until unmounted or signalled. `on_ready` runs once
-/// the mount answers requests.
+/// the mount answers requests. With `entry_dir`, the mount is announced in that cache entry
+/// while it lives (see [`live_mount`]).
 pub fn serve(
     fs: ImageFs,
     mountpoint: &Path,
     options: &ServeOptions,
+    entry_dir: Option<&Path>,
     on_ready: impl FnOnce(),
 ) -> Result<(), ServeError> {
     let set = stop_signals();
@@ -116,6 +166,13 @@ pub fn serve(
             source,
         })?;
 
+    let _announced = entry_dir.and_then(|dir| match register(dir, mountpoint) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            log::warn!("cannot announce the mount in {}: {e}", dir.display());
+            None
+        }
+    });
     on_ready();
     background.join().map_err(|source| ServeError::Session {
         path: mountpoint.to_path_buf(),

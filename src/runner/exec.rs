@@ -218,7 +218,12 @@ fn supervisor_inner(plan: &Plan, plan_json: &str) -> Result<i32, String> {
     // SAFETY: `waited` is initialised.
     unsafe { libc::sigprocmask(libc::SIG_BLOCK, &waited, std::ptr::null_mut()) };
 
-    let fs = ImageFs::open(&plan.index_path, &plan.archive_path).map_err(|e| e.to_string())?;
+    let fs = match plan.live_mount {
+        Some(_) => None,
+        None => {
+            Some(ImageFs::open(&plan.index_path, &plan.archive_path).map_err(|e| e.to_string())?)
+        }
+    };
     let parent = scratch_parent();
     mkdir(&parent)?;
     remove_stale_scratch(&parent);
@@ -264,7 +269,7 @@ fn enter_namespaces(plan: &Plan) -> Result<(), String> {
 fn supervise_in_namespaces(
     plan: &Plan,
     plan_json: &str,
-    fs: ImageFs,
+    fs: Option<ImageFs>,
     scratch: &Path,
 ) -> Result<i32, String> {
     if plan.unprivileged.is_some() {
@@ -290,11 +295,21 @@ fn supervise_in_namespaces(
     for d in ["lower", "root", "files"] {
         mkdir(&scratch.join(d))?;
     }
-    let options = ServeOptions {
-        fsname: plan.fsname.clone(),
-        threads: SANDBOX_FS_THREADS,
+    let session = match (fs, &plan.live_mount) {
+        (Some(fs), _) => {
+            let options = ServeOptions {
+                fsname: plan.fsname.clone(),
+                threads: SANDBOX_FS_THREADS,
+            };
+            Some(serve::spawn(fs, &lower, &options).map_err(|e| e.to_string())?)
+        }
+        (None, Some(live)) => {
+            let live = live.to_str().ok_or("the live mount's path is not UTF-8")?;
+            mount(Some(live), &lower, None, libc::MS_BIND | libc::MS_REC, None)?;
+            None
+        }
+        (None, None) => return Err("no image to serve".into()),
     };
-    let session = serve::spawn(fs, &lower, &options).map_err(|e| e.to_string())?;
     // The terminal's copy threads must start before the PID namespace below.
     let (terminal, output) = if plan.tty {
         // SAFETY: blocking SIGWINCH, which supervise() takes with sigwaitinfo.

@@ -66,7 +66,14 @@ pub fn make_plan(ready: &Ready, fsname: String, req: &Request) -> Result<Plan, R
     };
     let caller = effective_ids();
     let host_env = |k: &str| std::env::var(k).ok();
-    let plan = plan::build(&facts, req, caller, &host_env)?;
+    let mut plan = plan::build(&facts, req, caller, &host_env)?;
+    // As root, a live mount of the image (imgfs mount) serves the sandbox with warm caches.
+    if plan.unprivileged.is_none() {
+        plan.live_mount = ready
+            .index_path
+            .parent()
+            .and_then(crate::fs::serve::live_mount);
+    }
     if plan.tty && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         return Err(RunError::NotATty);
     }

@@ -116,6 +116,8 @@ pub struct Plan {
     pub tty: bool,
     /// Set when the caller is not root: a user namespace maps root inside to this uid/gid.
     pub unprivileged: Option<(u32, u32)>,
+    /// A live `imgfs mount` of the image to use as the lower layer instead of a new server.
+    pub live_mount: Option<PathBuf>,
 }
 
 /// One `/etc/passwd` line.
@@ -385,6 +387,7 @@ pub fn build(
         interactive: req.interactive,
         tty: req.tty,
         unprivileged,
+        live_mount: None,
     })
 }
 

@@ -859,3 +859,36 @@ fn older_daemon_gets_a_negotiated_version() {
     let spoken = |p: &String| p.ends_with("/images/old-daemon:1/json") && !p.starts_with("/v1.41/");
     assert!(paths.iter().any(spoken), "{paths:?}");
 }
+
+/// A server killed outright: readers get an error at once (no hang), `imgfs umount` clears
+/// the dead mount, and so does the next `imgfs mount` on the same mountpoint.
+#[test]
+fn killed_server_gives_errors_and_is_cleaned_up() {
+    let archive = fixture_archives().join("ustar.tar");
+    let cache = TempDir::new("imgfs-cache");
+    for clear_with in ["umount", "mount"] {
+        let m = Mount::new(archive.to_str().unwrap(), cache.path());
+        let pids = servers_of(m.path());
+        assert_eq!(pids.len(), 1);
+        // SAFETY: killing the server we started.
+        assert_eq!(unsafe { libc::kill(pids[0], libc::SIGKILL) }, 0);
+        wait_until("the server is gone", || servers_of(m.path()).is_empty());
+        let err = std::fs::read_dir(m.path()).map(|_| ()).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
+        if clear_with == "umount" {
+            let out = run(imgfs().arg("umount").arg(m.path()));
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            assert!(!is_mounted(m.path()));
+        } else {
+            // Mount again on the very same (dead) mountpoint.
+            let out = run(imgfs()
+                .args(["mount", "--cache-dir"])
+                .arg(cache.path())
+                .arg(&archive)
+                .arg(m.path()));
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            assert!(std::fs::read_dir(m.path()).is_ok());
+            m.umount();
+        }
+    }
+}

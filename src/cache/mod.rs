@@ -55,10 +55,6 @@ impl Cache {
         Ok(Cache { root })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Removes what interrupted fills left: entry directories without a completion marker
     /// whose fill lock nobody holds. Best effort; called before a new fill.
     pub fn sweep_leftovers(&self) {

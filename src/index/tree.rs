@@ -88,7 +88,6 @@ pub struct Tree {
     warnings: Vec<String>,
     dropped_warnings: usize,
     stripped_absolute: bool,
-    entries: u64,
     /// The parent directory of the previous entry: archives list siblings together, so most
     /// entries skip the walk from the root. Dropped whenever a name is replaced.
     last_parent: Option<(Vec<Vec<u8>>, u32)>,
@@ -111,7 +110,6 @@ impl Tree {
             warnings: Vec::new(),
             dropped_warnings: 0,
             stripped_absolute: false,
-            entries: 0,
             last_parent: None,
         }
     }
@@ -131,11 +129,6 @@ impl Tree {
             w.push(format!("... and {} more warnings", self.dropped_warnings));
         }
         w
-    }
-
-    /// Archive members applied so far.
-    pub fn entries(&self) -> u64 {
-        self.entries
     }
 
     /// Splits a raw path into its components, or says why it cannot be in the tree.
@@ -166,7 +159,6 @@ impl Tree {
 
     /// Applies one archive member.
     pub fn insert(&mut self, entry: Entry) {
-        self.entries += 1;
         let path = entry.path.clone();
         let at = entry.header_offset;
         let comps = match self.components(&path) {

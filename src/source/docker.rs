@@ -44,8 +44,6 @@ pub enum DockerError {
     },
     #[error("cannot start the I/O runtime: {0}")]
     Runtime(io::Error),
-    #[error("export of image '{image}' interrupted by a signal; its container was removed")]
-    Interrupted { image: String },
 }
 
 /// A resolved image: its id and the daemon's description of it (config, tags, ...).
@@ -114,10 +112,6 @@ impl Docker {
                     reason: error_text(&e),
                 })?;
         Ok(())
-    }
-
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
     }
 
     fn api(&self, action: &str, e: bollard::errors::Error) -> DockerError {

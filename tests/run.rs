@@ -199,25 +199,7 @@ fn image_config_applies_like_docker_run() {
     assert_eq!(assert_ok(&mine), "hello fixture app /srv/app\n");
 
     let script = "echo $GREETING $APP_MODE $EXTRA $HOME $(id -u):$(id -g) $(pwd) $(hostname)";
-    let mine = run_in(
-        APP_IMAGE,
-        &[
-            "-e",
-            "EXTRA=cli",
-            "-e",
-            "APP_MODE=override",
-            "-u",
-            "root",
-            "-w",
-            "/tmp",
-            "--hostname",
-            "box",
-        ],
-        &["sh", "-c", script],
-    );
-    let docker = output(Command::new("docker").args([
-        "run",
-        "--rm",
+    let opts = [
         "-e",
         "EXTRA=cli",
         "-e",
@@ -228,11 +210,14 @@ fn image_config_applies_like_docker_run() {
         "/tmp",
         "--hostname",
         "box",
-        APP_IMAGE,
-        "sh",
-        "-c",
-        script,
-    ]));
+    ];
+    let mine = run_in(APP_IMAGE, &opts, &["sh", "-c", script]);
+    let docker = output(
+        Command::new("docker")
+            .args(["run", "--rm"])
+            .args(opts)
+            .args([APP_IMAGE, "sh", "-c", script]),
+    );
     assert_eq!(assert_ok(&mine), assert_ok(&docker));
     assert_eq!(assert_ok(&mine), "hello override cli /root 0:0 /tmp box\n");
 

@@ -1,35 +1,40 @@
-//! The on-disk index format, version 1. The field docs below are the specification.
+//! The on-disk index format, version 2. The field docs below are the specification.
 //!
-//! All integers are little-endian. The file is five sections, back to back:
+//! All integers are little-endian. The file is six sections, back to back:
 //!
 //! | section  | size                    | contents                                        |
 //! |----------|-------------------------|-------------------------------------------------|
 //! | header   | [`HEADER_LEN`] bytes    | magic, version, counts, section lengths, CRC-32  |
 //! | inodes   | count × [`INODE_LEN`]   | one record per inode; record 0 is the root      |
 //! | dirents  | count × [`DIRENT_LEN`]  | each directory's children, contiguous, sorted   |
-//! | names    | `names_len` bytes       | directory entry names, raw bytes                |
+//! | owners   | count × [`OWNER_LEN`]   | the distinct (uid, gid) pairs                   |
+//! | names    | `names_len` bytes       | directory entry names, raw bytes, in dirent order |
 //! | blob     | `blob_len` bytes        | symlink targets, sparse maps, xattrs            |
 //!
 //! Header: `0` magic `b"IMGFSIDX"`, `8` version u32, `12` header length u32, `16` inode count
 //! u64, `24` dirent count u64, `32` names length u64, `40` blob length u64, `48` archive size
 //! u64 (the archive must be at least this long: a truncated cache is refused), `56` total
-//! blocks u64 (sum of the inodes' blocks, for statfs), `64`..`124` zero, `124` CRC-32 (IEEE)
-//! of the whole file with this field taken as zero.
+//! blocks u64 (sum of the inodes' 512-byte blocks, for statfs), `64` owner count u64,
+//! `72`..`124` zero, `124` CRC-32 (IEEE) of the whole file with this field taken as zero.
 //!
-//! Inode record ([`INODE_LEN`] = 80 bytes): `0` mode u32 (type and permission bits, as
-//! `st_mode`), `4` uid u32, `8` gid u32, `12` nlink u32, `16` size u64, `24` mtime i64
-//! seconds, `32` mtime nanoseconds u32, `36` parent record u32, `40` data u64, `48` extra
-//! offset u64 (into blob), `56` extra length u32, `60` xattr length u32 (bytes), `64` xattr
-//! offset u64 (into blob), `72` blocks u64 (512-byte units, for `st_blocks`). By type:
-//! regular file — data = archive offset of its bytes; extra = sparse map of `extra length`
-//! segments, each (offset u64, length u64), or none. Directory — data = first dirent index,
-//! extra length = child count. Symlink — extra = target bytes. Device — data = major << 32 |
-//! minor.
+//! Inode record ([`INODE_LEN`] = 48 bytes): `0` mode u16 (type and permission bits, as
+//! `st_mode`), `2` owner u16 (index into owners), `4` nlink u32, `8` size u64, `16` mtime i64
+//! seconds, `24` mtime nanoseconds u32, `28` xattrs u32 (blob offset + 1, or 0 for none),
+//! `32` data u64, `40` extra offset u32, `44` extra length u32. By type:
+//! regular file — data = archive offset of its bytes; extra = sparse map in the blob, `extra
+//! length` segments of (offset u64, length u64), or none. Directory — data = first dirent
+//! index, extra offset = parent record, extra length = child count. Symlink — extra = target
+//! bytes in the blob. Device — data = major << 32 | minor. `st_blocks` is not stored: it is
+//! the size in 512-byte units (for a sparse file, of its segments), [`DIR_SIZE`] for a
+//! directory, zero otherwise.
 //!
-//! Dirent ([`DIRENT_LEN`] = 16 bytes): `0` inode record u32, `4` name length u32, `8` name
-//! offset u64 (into names).
+//! Dirent ([`DIRENT_LEN`] = 8 bytes): `0` inode record u32, `4` name offset u32 (into names).
+//! A name ends where the next dirent's begins (the last one at the end of names).
 //!
-//! Xattrs: a run of (name length u32, value length u32, name, value).
+//! Owner ([`OWNER_LEN`] = 8 bytes): `0` uid u32, `4` gid u32.
+//!
+//! Xattrs: a length u32 (of what follows), then a run of (name length u32, value length u32,
+//! name, value).
 //!
 //! [`Index::new`] checks the magic, version, layout and checksum once; after that every
 //! accessor is bounds-checked and returns `None` rather than panic on hostile bytes.
@@ -40,10 +45,11 @@ use super::scan::{Kind, Segment};
 
 pub const MAGIC: &[u8; 8] = b"IMGFSIDX";
 /// Bumped on any change to the layout; an index of another version is rebuilt.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 pub const HEADER_LEN: usize = 128;
-pub const INODE_LEN: usize = 80;
-pub const DIRENT_LEN: usize = 16;
+pub const INODE_LEN: usize = 48;
+pub const DIRENT_LEN: usize = 8;
+pub const OWNER_LEN: usize = 8;
 const CRC_AT: usize = 124;
 /// `st_size` reported for directories, as on most disk filesystems.
 pub const DIR_SIZE: u64 = 4096;
@@ -62,7 +68,8 @@ pub enum FormatError {
     TooLarge(&'static str),
 }
 
-/// One inode as stored; see the module docs for what each field means per type.
+/// One inode as the reader presents it (the stored record is more compact: owners are
+/// shared, blocks derived, the parent kept for directories only); see the module docs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InodeRecord {
     pub mode: u32,
@@ -117,36 +124,59 @@ pub struct Writer {
     total_blocks: u64,
     inodes: Vec<u8>,
     dirents: Vec<u8>,
+    owners: Vec<(u32, u32)>,
+    owner_index: std::collections::HashMap<(u32, u32), u16>,
     names: Vec<u8>,
     blob: Vec<u8>,
 }
 
+fn fits_u32(v: u64, what: &'static str) -> Result<u32, FormatError> {
+    u32::try_from(v).map_err(|_| FormatError::TooLarge(what))
+}
+
 impl Writer {
-    pub fn push_inode(&mut self, r: &InodeRecord) {
+    pub fn push_inode(&mut self, r: &InodeRecord) -> Result<(), FormatError> {
         self.total_blocks = self.total_blocks.saturating_add(r.blocks);
+        let owner = match self.owner_index.get(&(r.uid, r.gid)) {
+            Some(&i) => i,
+            None => {
+                let i = u16::try_from(self.owners.len())
+                    .map_err(|_| FormatError::TooLarge("distinct owners"))?;
+                self.owners.push((r.uid, r.gid));
+                self.owner_index.insert((r.uid, r.gid), i);
+                i
+            }
+        };
+        let mode = u16::try_from(r.mode).map_err(|_| FormatError::TooLarge("mode bits"))?;
+        let xattrs = if r.xattr_len == 0 {
+            0
+        } else {
+            fits_u32(r.xattr_off + 1, "blob bytes")?
+        };
+        let extra_off = if r.is_dir() {
+            r.parent
+        } else {
+            fits_u32(r.extra_off, "blob bytes")?
+        };
         let b = &mut self.inodes;
-        b.extend_from_slice(&r.mode.to_le_bytes());
-        b.extend_from_slice(&r.uid.to_le_bytes());
-        b.extend_from_slice(&r.gid.to_le_bytes());
+        b.extend_from_slice(&mode.to_le_bytes());
+        b.extend_from_slice(&owner.to_le_bytes());
         b.extend_from_slice(&r.nlink.to_le_bytes());
         b.extend_from_slice(&r.size.to_le_bytes());
         b.extend_from_slice(&r.mtime.to_le_bytes());
         b.extend_from_slice(&r.mtime_nsec.to_le_bytes());
-        b.extend_from_slice(&r.parent.to_le_bytes());
+        b.extend_from_slice(&xattrs.to_le_bytes());
         b.extend_from_slice(&r.data.to_le_bytes());
-        b.extend_from_slice(&r.extra_off.to_le_bytes());
+        b.extend_from_slice(&extra_off.to_le_bytes());
         b.extend_from_slice(&r.extra_len.to_le_bytes());
-        b.extend_from_slice(&r.xattr_len.to_le_bytes());
-        b.extend_from_slice(&r.xattr_off.to_le_bytes());
-        b.extend_from_slice(&r.blocks.to_le_bytes());
+        Ok(())
     }
 
+    /// Adds a directory entry; entries must come in index order (names follow them).
     pub fn push_dirent(&mut self, record: u32, name: &[u8]) -> Result<(), FormatError> {
-        let len = u32::try_from(name.len()).map_err(|_| FormatError::TooLarge("name bytes"))?;
-        let off = self.names.len() as u64;
+        let off = fits_u32(self.names.len() as u64, "name bytes")?;
         self.names.extend_from_slice(name);
         self.dirents.extend_from_slice(&record.to_le_bytes());
-        self.dirents.extend_from_slice(&len.to_le_bytes());
         self.dirents.extend_from_slice(&off.to_le_bytes());
         Ok(())
     }
@@ -167,22 +197,25 @@ impl Writer {
         Ok((off, n))
     }
 
+    /// Stores an inode's xattrs; returns (offset, length) for the record, (0, 0) for none.
     pub fn push_xattrs(
         &mut self,
         xattrs: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<(u64, u32), FormatError> {
-        let off = self.blob.len() as u64;
-        for (name, value) in xattrs {
-            let too_large = |_| FormatError::TooLarge("xattr bytes");
-            let nl = u32::try_from(name.len()).map_err(too_large)?;
-            let vl = u32::try_from(value.len()).map_err(too_large)?;
-            self.blob.extend_from_slice(&nl.to_le_bytes());
-            self.blob.extend_from_slice(&vl.to_le_bytes());
-            self.blob.extend_from_slice(name);
-            self.blob.extend_from_slice(value);
+        if xattrs.is_empty() {
+            return Ok((0, 0));
         }
-        let len = u32::try_from(self.blob.len() as u64 - off)
-            .map_err(|_| FormatError::TooLarge("xattr bytes"))?;
+        let mut run = Vec::new();
+        for (name, value) in xattrs {
+            run.extend_from_slice(&fits_u32(name.len() as u64, "xattr bytes")?.to_le_bytes());
+            run.extend_from_slice(&fits_u32(value.len() as u64, "xattr bytes")?.to_le_bytes());
+            run.extend_from_slice(name);
+            run.extend_from_slice(value);
+        }
+        let len = fits_u32(run.len() as u64, "xattr bytes")?;
+        let off = self.blob.len() as u64;
+        self.blob.extend_from_slice(&len.to_le_bytes());
+        self.blob.extend_from_slice(&run);
         Ok((off, len))
     }
 
@@ -190,6 +223,7 @@ impl Writer {
         let total = HEADER_LEN
             + self.inodes.len()
             + self.dirents.len()
+            + self.owners.len() * OWNER_LEN
             + self.names.len()
             + self.blob.len();
         let mut out = Vec::with_capacity(total);
@@ -202,9 +236,14 @@ impl Writer {
         out.extend_from_slice(&(self.blob.len() as u64).to_le_bytes());
         out.extend_from_slice(&archive_size.to_le_bytes());
         out.extend_from_slice(&self.total_blocks.to_le_bytes());
+        out.extend_from_slice(&(self.owners.len() as u64).to_le_bytes());
         out.resize(HEADER_LEN, 0);
         out.extend_from_slice(&self.inodes);
         out.extend_from_slice(&self.dirents);
+        for (uid, gid) in &self.owners {
+            out.extend_from_slice(&uid.to_le_bytes());
+            out.extend_from_slice(&gid.to_le_bytes());
+        }
         out.extend_from_slice(&self.names);
         out.extend_from_slice(&self.blob);
         let crc = crc32fast::hash(&out);
@@ -221,6 +260,7 @@ pub struct Index<B> {
     dirent_count: u64,
     inodes: Range<usize>,
     dirents: Range<usize>,
+    owners: Range<usize>,
     names: Range<usize>,
     blob: Range<usize>,
     archive_size: u64,
@@ -247,38 +287,33 @@ impl<B: AsRef<[u8]>> Index<B> {
         if u32_at(b, 12) as usize != HEADER_LEN {
             return Err(FormatError::Layout("of an unknown header length"));
         }
-        let section = |count: u64, unit: usize| -> Option<usize> {
-            usize::try_from(count).ok()?.checked_mul(unit)
+        // Sections follow the header in a fixed order; each length is count × unit.
+        let too_large = FormatError::Layout("too large");
+        let mut at = HEADER_LEN;
+        let mut next = |count: u64, unit: usize| -> Result<Range<usize>, FormatError> {
+            let len = usize::try_from(count)
+                .ok()
+                .and_then(|c| c.checked_mul(unit))
+                .ok_or(FormatError::Layout("too large"))?;
+            let end = at
+                .checked_add(len)
+                .ok_or(FormatError::Layout("too large"))?;
+            let range = at..end;
+            at = end;
+            Ok(range)
         };
-        let bad = FormatError::Layout("truncated or has inconsistent section sizes");
-        let inodes_len = section(u64_at(b, 16), INODE_LEN).ok_or(bad)?;
-        let dirents_len =
-            section(u64_at(b, 24), DIRENT_LEN).ok_or(FormatError::Layout("too large"))?;
-        let names_len = section(u64_at(b, 32), 1).ok_or(FormatError::Layout("too large"))?;
-        let blob_len = section(u64_at(b, 40), 1).ok_or(FormatError::Layout("too large"))?;
-        let inodes = HEADER_LEN
-            ..HEADER_LEN
-                .checked_add(inodes_len)
-                .ok_or(FormatError::Layout("too large"))?;
-        let dirents = inodes.end
-            ..inodes
-                .end
-                .checked_add(dirents_len)
-                .ok_or(FormatError::Layout("too large"))?;
-        let names = dirents.end
-            ..dirents
-                .end
-                .checked_add(names_len)
-                .ok_or(FormatError::Layout("too large"))?;
-        let blob = names.end
-            ..names
-                .end
-                .checked_add(blob_len)
-                .ok_or(FormatError::Layout("too large"))?;
+        let inodes = next(u64_at(b, 16), INODE_LEN)?;
+        let dirents = next(u64_at(b, 24), DIRENT_LEN)?;
+        let owners = next(u64_at(b, 64), OWNER_LEN)?;
+        let names = next(u64_at(b, 32), 1)?;
+        let blob = next(u64_at(b, 40), 1)?;
         if blob.end != b.len() {
             return Err(FormatError::Layout(
                 "truncated or has inconsistent section sizes",
             ));
+        }
+        if u64_at(b, 64) > u64::from(u16::MAX) + 1 {
+            return Err(too_large);
         }
         let inode_count =
             u32::try_from(u64_at(b, 16)).map_err(|_| FormatError::Layout("too large"))?;
@@ -297,6 +332,7 @@ impl<B: AsRef<[u8]>> Index<B> {
             dirent_count: u64_at(b, 24),
             inodes,
             dirents,
+            owners,
             names,
             blob,
             archive_size: u64_at(b, 48),
@@ -335,24 +371,54 @@ impl<B: AsRef<[u8]>> Index<B> {
         if record >= self.inode_count {
             return None;
         }
+        let bytes = self.bytes.as_ref();
         let at = self.inodes.start + record as usize * INODE_LEN;
-        let b = self.bytes.as_ref().get(at..at + INODE_LEN)?;
-        Some(InodeRecord {
-            mode: u32_at(b, 0),
-            uid: u32_at(b, 4),
-            gid: u32_at(b, 8),
-            nlink: u32_at(b, 12),
-            size: u64_at(b, 16),
-            mtime: u64_at(b, 24) as i64,
-            mtime_nsec: u32_at(b, 32),
-            parent: u32_at(b, 36),
-            data: u64_at(b, 40),
-            extra_off: u64_at(b, 48),
-            extra_len: u32_at(b, 56),
-            xattr_len: u32_at(b, 60),
-            xattr_off: u64_at(b, 64),
-            blocks: u64_at(b, 72),
-        })
+        let b = bytes.get(at..at + INODE_LEN)?;
+        let mode = u32::from(u16::from_le_bytes([b[0], b[1]]));
+        let owner = usize::from(u16::from_le_bytes([b[2], b[3]]));
+        let o = self.owners.start.checked_add(owner * OWNER_LEN)?;
+        if o + OWNER_LEN > self.owners.end {
+            return None;
+        }
+        let (uid, gid) = (u32_at(bytes, o), u32_at(bytes, o + 4));
+        let xattrs = u32_at(b, 28);
+        let (xattr_off, xattr_len) = match xattrs.checked_sub(1) {
+            None => (0, 0),
+            Some(off) => {
+                let len = self.section_slice(&self.blob, u64::from(off), 4)?;
+                (u64::from(off) + 4, u32::from_le_bytes(len.try_into().ok()?))
+            }
+        };
+        let extra_off = u32_at(b, 40);
+        let mut r = InodeRecord {
+            mode,
+            uid,
+            gid,
+            nlink: u32_at(b, 4),
+            size: u64_at(b, 8),
+            mtime: u64_at(b, 16) as i64,
+            mtime_nsec: u32_at(b, 24),
+            parent: 0,
+            data: u64_at(b, 32),
+            extra_off: u64::from(extra_off),
+            extra_len: u32_at(b, 44),
+            xattr_len,
+            xattr_off,
+            blocks: 0,
+        };
+        match r.file_type() {
+            libc::S_IFDIR => {
+                r.parent = extra_off;
+                r.extra_off = 0;
+                r.blocks = DIR_SIZE / 512;
+            }
+            libc::S_IFREG if r.is_sparse() => {
+                r.blocks = self.segments(&r)?.map(|s| s.len.div_ceil(512)).sum();
+            }
+            libc::S_IFREG => r.blocks = r.size.div_ceil(512),
+            _ => {}
+        }
+        Some(r)
     }
 
     fn section_slice(&self, section: &Range<usize>, off: u64, len: u64) -> Option<&[u8]> {
@@ -368,9 +434,17 @@ impl<B: AsRef<[u8]>> Index<B> {
         if i >= self.dirent_count {
             return None;
         }
+        let bytes = self.bytes.as_ref();
         let at = self.dirents.start + usize::try_from(i).ok()? * DIRENT_LEN;
-        let b = self.bytes.as_ref().get(at..at + DIRENT_LEN)?;
-        let name = self.section_slice(&self.names, u64_at(b, 8), u64::from(u32_at(b, 4)))?;
+        let b = bytes.get(at..at + DIRENT_LEN)?;
+        let start = u64::from(u32_at(b, 4));
+        // A name ends where the next one begins.
+        let end = if i + 1 < self.dirent_count {
+            u64::from(u32_at(bytes, at + DIRENT_LEN + 4))
+        } else {
+            (self.names.end - self.names.start) as u64
+        };
+        let name = self.section_slice(&self.names, start, end.checked_sub(start)?)?;
         Some(Dirent {
             record: u32_at(b, 0),
             name,
@@ -461,20 +535,25 @@ mod tests {
             xattr_off: xo,
             xattr_len: xl,
             ..Default::default()
-        });
+        })
+        .unwrap();
         let t = w.push_blob(b"target").unwrap();
         w.push_inode(&InodeRecord {
             mode: libc::S_IFLNK | 0o777,
             extra_off: t,
             extra_len: 6,
             ..Default::default()
-        });
+        })
+        .unwrap();
         w.push_inode(&InodeRecord {
             mode: libc::S_IFREG | 0o644,
             size: 5,
             data: 512,
+            uid: 1000,
+            gid: 100,
             ..Default::default()
-        });
+        })
+        .unwrap();
         w.push_dirent(2, b"a").unwrap();
         w.push_dirent(1, b"b").unwrap();
         w.finish(2048).unwrap()
@@ -484,6 +563,12 @@ mod tests {
     fn round_trip() {
         let idx = Index::new(sample()).unwrap();
         let root = idx.inode(0).unwrap();
+        let file = idx.inode(2).unwrap();
+        assert_eq!(
+            (file.uid, file.gid, file.size, file.blocks),
+            (1000, 100, 5, 1)
+        );
+        assert_eq!((root.uid, root.nlink, root.parent), (0, 2, 0));
         assert_eq!(idx.lookup(&root, b"a"), Some(2));
         assert_eq!(idx.lookup(&root, b"b"), Some(1));
         assert_eq!(idx.lookup(&root, b"c"), None);
@@ -502,27 +587,36 @@ mod tests {
     #[test]
     fn layout_matches_the_spec() {
         let b = sample();
+        let u16le = |at: usize| u16::from_le_bytes(b[at..at + 2].try_into().unwrap());
         let u32le = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
         let u64le = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
         assert_eq!(&b[0..8], b"IMGFSIDX");
-        assert_eq!((u32le(8), u32le(12)), (1, 128));
-        assert_eq!((u64le(16), u64le(24), u64le(32)), (3, 2, 2)); // inodes, dirents, names
-        let blob_len = 4 + 4 + 6 + 3 + 6; // one xattr record, then the symlink target
+        assert_eq!((u32le(8), u32le(12)), (2, 128));
+        // inodes, dirents, names, owners
+        assert_eq!((u64le(16), u64le(24), u64le(32), u64le(64)), (3, 2, 2, 2));
+        let xattr_record = 4 + 4 + 4 + 6 + 3; // length prefix, lengths, name, value
+        let blob_len = xattr_record + 6; // then the symlink target
         assert_eq!((u64le(40), u64le(48)), (blob_len, 2048));
-        assert_eq!(b.len(), 128 + 3 * 80 + 2 * 16 + 2 + blob_len as usize);
-        let root = 128;
-        assert_eq!(u32le(root), libc::S_IFDIR | 0o755);
-        assert_eq!(u32le(root + 12), 2); // nlink
-        assert_eq!(u32le(root + 56), 2); // child count
-        assert_eq!((u32le(root + 60), u64le(root + 64)), (17, 0)); // xattr length, offset
-        let file = 128 + 2 * 80;
-        assert_eq!((u64le(file + 16), u64le(file + 40)), (5, 512)); // size, data offset
-        let dirents = 128 + 3 * 80;
         assert_eq!(
-            (u32le(dirents), u32le(dirents + 4), u64le(dirents + 8)),
-            (2, 1, 0)
+            b.len(),
+            128 + 3 * 48 + 2 * 8 + 2 * 8 + 2 + blob_len as usize
         );
-        assert_eq!(&b[dirents + 32..dirents + 34], b"ab");
+        let root = 128;
+        assert_eq!(u16le(root), (libc::S_IFDIR | 0o755) as u16);
+        assert_eq!((u16le(root + 2), u32le(root + 4)), (0, 2)); // owner 0, nlink
+        assert_eq!(u32le(root + 28), 1); // xattrs at blob offset 0, plus one
+        assert_eq!((u32le(root + 40), u32le(root + 44)), (0, 2)); // parent, child count
+        let file = 128 + 2 * 48;
+        assert_eq!(u16le(file + 2), 1); // second owner
+        assert_eq!((u64le(file + 8), u64le(file + 32)), (5, 512)); // size, data offset
+        let dirents = 128 + 3 * 48;
+        assert_eq!((u32le(dirents), u32le(dirents + 4)), (2, 0));
+        assert_eq!((u32le(dirents + 8), u32le(dirents + 12)), (1, 1));
+        let owners = dirents + 16;
+        assert_eq!((u32le(owners), u32le(owners + 4)), (0, 0));
+        assert_eq!((u32le(owners + 8), u32le(owners + 12)), (1000, 100));
+        assert_eq!(&b[owners + 16..owners + 18], b"ab");
+        assert_eq!(u32le(owners + 18), 4 + 4 + 6 + 3); // xattr run length
         let crc = u32le(124);
         let mut zeroed = b.clone();
         zeroed[124..128].fill(0);

@@ -376,7 +376,7 @@ impl Tree {
                 }
                 Kind::Fifo | Kind::HardLink => r.blocks = 0,
             }
-            w.push_inode(&r);
+            w.push_inode(&r)?;
         }
         for &id in &order {
             let node = &self.nodes[id as usize];

@@ -892,3 +892,52 @@ fn killed_server_gives_errors_and_is_cleaned_up() {
         }
     }
 }
+
+/// A user other than root mounts a tar archive too (through fusermount3), and unmounts it.
+#[test]
+fn unprivileged_user_mounts_a_tar() {
+    let user = "imgfs-test";
+    let exists = Command::new("id")
+        .arg(user)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    if !exists.success() {
+        let made = Command::new("useradd")
+            .args(["-M", "-s", "/bin/sh", user])
+            .status()
+            .unwrap();
+        require(made.success(), "useradd of the unprivileged test user");
+    }
+    let work = TempDir::new("imgfs-user");
+    let _ = Command::new("chmod").arg("0777").arg(work.path()).status();
+    let archive = work.path().join("image.tar");
+    std::fs::copy(fixture_archives().join("ustar.tar"), &archive).unwrap();
+    let _ = Command::new("chmod").arg("0644").arg(&archive).status();
+    let mnt = work.path().join("mnt");
+    let script = format!(
+        "set -e; mkdir {mnt}; {imgfs} mount --cache-dir {cache} {archive} {mnt}; \
+         ls {mnt} > {out}; {imgfs} umount {mnt}",
+        imgfs = env!("CARGO_BIN_EXE_imgfs"),
+        cache = work.path().join("cache").display(),
+        archive = archive.display(),
+        mnt = mnt.display(),
+        out = work.path().join("listing").display(),
+    );
+    let out = run(Command::new("setpriv").args([
+        "--reuid",
+        user,
+        "--regid",
+        user,
+        "--init-groups",
+        "--reset-env",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listing = std::fs::read_to_string(work.path().join("listing")).unwrap();
+    assert!(!listing.is_empty());
+    assert!(!is_mounted(&mnt));
+}

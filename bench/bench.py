@@ -1,0 +1,1409 @@
+#!/usr/bin/env python3
+"""imgfs benchmark driver (started by bench/run.sh, which installs the peers first).
+
+Measures imgfs side by side with the native extracted tree, ratarmount, archivemount,
+squashfuse, bubblewrap and docker, on two images:
+
+  python     imgfs-test/debian-python:bookworm (tests/fixtures/make-debian-image.sh)
+  synthetic  imgfs-bench/synthetic:1: the python rootfs plus 200,000 small files in 1000
+             directories and one 2 GiB file, built once and cached under $IMGFS_BENCH_WORK
+
+Writes bench/RESULTS.md and bench/chart.png (--quick: bench/results/RESULTS-quick.md and
+bench/results/chart-quick.png), the summary as JSON and hyperfine's raw JSON under
+bench/results/.
+
+Usage: bench.py [--quick] [--images python,synthetic] [--no-correctness]
+       bench.py _prep ACTION...   (internal: hyperfine --prepare steps, see prep())
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+WORK = Path(os.environ.get("IMGFS_BENCH_WORK", "/var/tmp/imgfs-bench"))
+FIX = Path(os.environ.get("IMGFS_FIXTURES", "/var/tmp/imgfs-fixtures"))
+IMGFS = ROOT / "target" / "release" / "imgfs"
+PY = Path(sys.executable)  # the venv's python (ratarmount, matplotlib)
+RATARMOUNT = PY.parent / "ratarmount"
+MNT = WORK / "mnt"
+LOGS = WORK / "logs"
+RESULTS = BENCH / "results"
+
+PYTHON_REF = "imgfs-test/debian-python:bookworm"
+SYNTH_REF = "imgfs-bench/synthetic:1"
+SYNTH_VERSION = "1 dirs=1000 files=200 max=4096 big=2GiB links xattrs"
+SYNTH_DIRS, SYNTH_FILES, SYNTH_MAX_SIZE = 1000, 200, 4096
+BIG_MIB = 2048
+BIG_PATH = "bench/big/blob.bin"
+RANDREAD_COUNT, RANDREAD_SEED = 2000, 1234
+CONTAINER_LABEL = "imgfs-bench=1"
+EXPORT_CONTAINER = "imgfs-bench-export"
+IDLE_THRESHOLD, IDLE_WINDOW_S, IDLE_MAX_WAIT_S = 0.90, 3.0, 900
+DISK_NEEDED_GB = {"python": 3, "synthetic": 22}
+
+BWRAP_FLAGS = ["--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev",
+               "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net"]
+WALK_CMD = "find {m} -printf '%s %m %u\\n'"
+READALL_CMD = "tar -C {m} -cf - . | cat >/dev/null"
+
+
+class BenchError(Exception):
+    pass
+
+
+_log_file = None
+
+
+def log(msg):
+    line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+    print(line, file=sys.stderr, flush=True)
+    if _log_file:
+        _log_file.write(line + "\n")
+        _log_file.flush()
+
+
+def q(args):
+    return shlex.join(str(a) for a in args)
+
+
+def run(cmd, *, timeout=None, capture=False, check=True, what=None, stdout=None, stderr=None):
+    """Run cmd (a list, or a str for sh -c) in its own process group; kill the group on timeout."""
+    shell = isinstance(cmd, str)
+    desc = what or (cmd if shell else q(cmd))
+    if capture:
+        stdout, stderr = subprocess.PIPE, subprocess.PIPE
+    p = subprocess.Popen(cmd if shell else [str(c) for c in cmd], shell=shell,
+                         stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                         start_new_session=True, text=capture)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(p)
+        raise BenchError(f"{desc}: did not finish within {timeout:.0f} s") from None
+    except BaseException:
+        kill_group(p)
+        raise
+    if check and p.returncode != 0:
+        tail = (err or "").strip().splitlines()[-5:]
+        raise BenchError(f"{desc}: exit {p.returncode}" + (": " + " | ".join(tail) if tail else ""))
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
+def kill_group(p):
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        p.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def out(cmd, **kw):
+    return run(cmd, capture=True, **kw).stdout.strip()
+
+
+def drop_caches():
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def cpu_idle_fraction(window):
+    def sample():
+        f = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        v = [int(x) for x in f]
+        return v[3] + v[4], sum(v[:8])  # idle + iowait, total (guest time is in user)
+    i0, t0 = sample()
+    time.sleep(window)
+    i1, t1 = sample()
+    return (i1 - i0) / max(1, t1 - t0)
+
+
+def wait_idle(what):
+    """Wait until the machine is idle (other work, like a compile, disturbs timings)."""
+    start = time.time()
+    said = 0.0
+    while True:
+        f = cpu_idle_fraction(IDLE_WINDOW_S)
+        if f >= IDLE_THRESHOLD:
+            return f
+        waited = time.time() - start
+        if waited > IDLE_MAX_WAIT_S:
+            log(f"WARNING: machine still busy (idle {f:.0%}) after {waited:.0f} s; measuring {what} anyway")
+            return f
+        if waited - said >= 30 or said == 0:
+            log(f"waiting for an idle machine before {what} (idle {f:.0%} over {IDLE_WINDOW_S:.0f} s)")
+            said = max(waited, 1e-9)
+        time.sleep(2)
+
+
+def du_bytes(path):
+    return int(out(["du", "-s", "--block-size=1", path]).split()[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Images and peers
+
+class Image:
+    def __init__(self, key):
+        self.key = key
+        self.dir = WORK / key
+        if key == "python":
+            self.label = "Debian python"
+            self.ref = PYTHON_REF
+            self.tar = FIX / "debian-python.tar"
+            self.tree = self.dir / "rootfs"
+        elif key == "synthetic":
+            self.label = "synthetic (200k files + 2 GiB)"
+            self.ref = SYNTH_REF
+            self.tar = self.dir / "synthetic.tar"
+            self.tree = self.dir / "rootfs"
+        else:
+            raise BenchError(f"unknown image {key}")
+        self.sqfs = self.dir / "image.sqfs"
+        self.ratar_index = self.dir / "ratarmount.index.sqlite"
+        self.ratar_build_index = self.dir / "ratarmount-build.index.sqlite"
+        self.entries = None
+        self.tar_size = None
+
+    def cache(self, kind):
+        return WORK / "cache" / f"{self.key}-{kind}"
+
+    def mnt(self, peer):
+        if peer == "native":
+            return self.tree
+        return MNT / f"{self.key}-{peer}"
+
+
+class Peer:
+    def __init__(self, key, label, mount=None, umount=None, proc=None):
+        self.key, self.label = key, label
+        self.mount_argv, self.umount_argv, self.proc = mount, umount, proc
+
+    @property
+    def fuse(self):
+        return self.mount_argv is not None
+
+
+def _imgfs_mount(kind):
+    def argv(img, m):
+        src = img.ref if kind == "docker" else str(img.tar)
+        return [IMGFS, "mount", "-q", "--cache-dir", img.cache(kind), src, m]
+    return argv
+
+
+def _fusermount_u(m):
+    return ["fusermount", "-u", m]
+
+
+PEERS = {p.key: p for p in [
+    Peer("native", "native extracted tree"),
+    Peer("imgfs", "imgfs (docker ref)", _imgfs_mount("docker"), lambda m: [IMGFS, "umount", m], "__serve"),
+    Peer("imgfs-tar", "imgfs (tar path)", _imgfs_mount("tar"), lambda m: [IMGFS, "umount", m], "__serve"),
+    Peer("imgfs-build", "imgfs index build", _imgfs_mount("build"), lambda m: [IMGFS, "umount", m], "__serve"),
+    Peer("ratarmount", "ratarmount",
+         lambda img, m: [RATARMOUNT, "--index-file", img.ratar_index, img.tar, m], _fusermount_u, "ratarmount"),
+    Peer("ratarmount-build", "ratarmount index build",
+         lambda img, m: [RATARMOUNT, "--index-file", img.ratar_build_index, img.tar, m], _fusermount_u, "ratarmount"),
+    Peer("archivemount", "archivemount",
+         lambda img, m: ["archivemount", "-o", "readonly", img.tar, m], _fusermount_u, "archivemount"),
+    Peer("squashfuse", "squashfuse", lambda img, m: ["squashfuse", img.sqfs, m], _fusermount_u, "squashfuse"),
+]}
+FS_PEERS = ["native", "imgfs", "ratarmount", "archivemount", "squashfuse"]
+
+
+def mountpoints():
+    pts = set()
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        p = line.split()[4]
+        pts.add(re.sub(r"\\([0-7]{3})", lambda mo: chr(int(mo.group(1), 8)), p))
+    return pts
+
+
+def server_pids(img, peer):
+    """The server processes of a mount: their command line ends with the mount point and names
+    the server program as the program run (not merely as an argument, as hyperfine's does)."""
+    m = str(img.mnt(peer))
+    prog = PEERS[peer].proc
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            argv = (d / "cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+        except OSError:
+            continue
+        if len(argv) < 2 or argv[-1] != m:
+            continue
+        if prog == "__serve":
+            hit = argv[1] == "__serve"
+        elif prog == "ratarmount":  # a python script: python3 .../ratarmount ...
+            hit = Path(argv[0]).name == "ratarmount" or (
+                Path(argv[0]).name.startswith("python") and Path(argv[1]).name == "ratarmount")
+        else:
+            hit = Path(argv[0]).name == prog
+        if hit and not _zombie(int(d.name)):
+            pids.append(int(d.name))
+    return pids
+
+
+def mount(img, peer, timeout=900):
+    p = PEERS[peer]
+    if not p.fuse:
+        return
+    m = img.mnt(peer)
+    if str(m) in mountpoints():
+        umount(img, peer)
+    m.mkdir(parents=True, exist_ok=True)
+    LOGS.mkdir(parents=True, exist_ok=True)
+    logf = LOGS / f"{img.key}-{peer}.log"
+    with open(logf, "a") as lf:
+        try:
+            run(p.mount_argv(img, m), timeout=timeout, stdout=lf, stderr=lf, what=f"mounting {img.key} with {peer}")
+        except BenchError as e:
+            tail = logf.read_text(errors="replace").strip().splitlines()[-3:]
+            raise BenchError(f"{e}; {logf}: {' | '.join(tail)}") from None
+    deadline = time.time() + 30
+    while str(m) not in mountpoints():
+        if time.time() > deadline:
+            raise BenchError(f"mounting {img.key} with {peer}: {m} is not a mount point 30 s after the command returned")
+        time.sleep(0.01)
+    os.stat(m)
+
+
+def umount(img, peer, force=False):
+    p = PEERS[peer]
+    if not p.fuse:
+        return
+    m = img.mnt(peer)
+    pids = server_pids(img, peer)
+    if str(m) in mountpoints():
+        if force:
+            for pid in pids:
+                _kill(pid)
+        else:
+            try:
+                run(p.umount_argv(m), timeout=60, capture=True, what=f"unmounting {m}")
+            except BenchError as e:
+                log(f"WARNING: {e}; killing the server and unmounting lazily")
+                for pid in pids:
+                    _kill(pid)
+        if str(m) in mountpoints():
+            run(["umount", "-l", m], check=False, capture=True, timeout=60)
+    m.mkdir(parents=True, exist_ok=True)  # a timed mount command may come next
+    deadline = time.time() + 30
+    while pids and time.time() < deadline:
+        pids = [pid for pid in pids if Path(f"/proc/{pid}").exists() and not _zombie(pid)]
+        time.sleep(0.02)
+    for pid in pids:
+        log(f"WARNING: {peer} server {pid} for {m} still running 30 s after unmount; killing it")
+        _kill(pid)
+
+
+def _zombie(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def _kill(pid):
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def cleanup_all():
+    """Unmount everything this suite mounted (all under WORK/mnt) and remove its containers."""
+    for m in sorted(mountpoints(), reverse=True):
+        if not m.startswith(str(MNT) + "/"):
+            continue
+        name = Path(m).name
+        key, _, peer = name.partition("-")
+        try:
+            umount(Image(key), peer)
+        except Exception as e:  # keep going: every mount must go
+            log(f"WARNING: cleanup of {m}: {e}")
+            run(["umount", "-l", m], check=False, capture=True, timeout=60)
+    docker_clean()
+
+
+def docker_clean():
+    r = run(["docker", "ps", "-aq", "--filter", f"label={CONTAINER_LABEL}"], capture=True, check=False, timeout=60)
+    ids = r.stdout.split() if r.returncode == 0 else []
+    r = run(["docker", "ps", "-aq", "--filter", f"name=^{EXPORT_CONTAINER}$"], capture=True, check=False, timeout=60)
+    ids += r.stdout.split() if r.returncode == 0 else []
+    if ids:
+        run(["docker", "rm", "-f", *ids], capture=True, check=False, timeout=120)
+
+
+def prep(actions):
+    """Steps run by hyperfine --prepare (through `bench.py _prep ...`):
+    umount:IMG:PEER  mount:IMG:PEER  drop  rm:PATH  warm:PATH  docker-clean  docker-create:IMG"""
+    for a in actions:
+        verb, _, rest = a.partition(":")
+        if verb in ("umount", "mount"):
+            key, peer = rest.split(":")
+            (umount if verb == "umount" else mount)(Image(key), peer)
+        elif verb == "drop":
+            drop_caches()
+        elif verb == "rm":
+            p = Path(rest)
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            elif p.exists() or p.is_symlink():
+                p.unlink()
+        elif verb == "mkdir":
+            Path(rest).mkdir(parents=True, exist_ok=True)
+        elif verb == "warm":
+            with open(rest, "rb") as f:
+                while f.read(1 << 22):
+                    pass
+        elif verb == "docker-clean":
+            docker_clean()
+        elif verb == "docker-create":
+            docker_clean()
+            run(["docker", "create", "--name", EXPORT_CONTAINER, "--label", CONTAINER_LABEL,
+                 Image(rest).ref, "/bin/true"], capture=True, timeout=120)
+        else:
+            raise BenchError(f"_prep: unknown action {a}")
+
+
+def prep_cmd(*actions):
+    return q([PY, BENCH / "bench.py", "_prep", *actions])
+
+
+def remount_actions(img, peer):
+    if PEERS[peer].fuse:
+        return [f"umount:{img.key}:{peer}", "drop", f"mount:{img.key}:{peer}", "drop"]
+    return ["drop"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the inputs
+
+def ensure_python(img):
+    marker = img.dir / "rootfs.done"
+    st = img.tar.stat()
+    stamp = f"{st.st_size} {st.st_mtime_ns}"
+    if not (marker.exists() and marker.read_text() == stamp):
+        log(f"extracting {img.tar} into {img.tree} (the native tree)")
+        tmp = img.dir / "rootfs.tmp"
+        for p in (tmp, img.tree):
+            if p.exists():
+                shutil.rmtree(p)
+        tmp.mkdir(parents=True)
+        run(["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf", img.tar, "-C", tmp], capture=True)
+        tmp.rename(img.tree)
+        marker.write_text(stamp)
+
+
+def ensure_synthetic(img, python_tree):
+    marker = img.dir / "done"
+    have_image = run(["docker", "image", "inspect", img.ref], capture=True, check=False).returncode == 0
+    if marker.exists() and marker.read_text() == SYNTH_VERSION and img.tar.exists() and have_image:
+        return
+    img.dir.mkdir(parents=True, exist_ok=True)
+    tree_marker = img.dir / "rootfs.done"
+    if not (tree_marker.exists() and tree_marker.read_text() == SYNTH_VERSION and img.tree.is_dir()):
+        build_synthetic_tree(img, python_tree)
+        tree_marker.write_text(SYNTH_VERSION)
+    if not (marker.exists() and marker.read_text() == SYNTH_VERSION and img.tar.exists()):
+        log(f"tarring {img.tree} into {img.tar}")
+        tmp = img.tar.with_suffix(".tar.tmp")
+        t0 = time.time()
+        run(["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-C", img.tree, "-cf", tmp, "."], capture=True)
+        tmp.rename(img.tar)
+        log(f"tar done in {time.time() - t0:.0f} s ({img.tar.stat().st_size / 1e9:.2f} GB)")
+        run(["docker", "image", "rm", "-f", img.ref], capture=True, check=False)
+        have_image = False
+    if not have_image:
+        log(f"docker import {img.tar} {img.ref}")
+        t0 = time.time()
+        run(["docker", "import", img.tar, img.ref], capture=True, timeout=3600)
+        log(f"docker import done in {time.time() - t0:.0f} s")
+    marker.write_text(SYNTH_VERSION)
+
+
+def build_synthetic_tree(img, python_tree):
+    tmp = img.dir / "rootfs.tmp"
+    for p in (tmp, img.tree):
+        if p.exists():
+            shutil.rmtree(p)
+    log(f"building the synthetic tree in {tmp}: copy of the python rootfs, "
+        f"{SYNTH_DIRS} x {SYNTH_FILES} files of 0-{SYNTH_MAX_SIZE} bytes, one {BIG_MIB} MiB file")
+    t0 = time.time()
+    run(["cp", "-a", python_tree, tmp], capture=True)
+    rng = random.Random(42)
+    pool = rng.randbytes(1 << 16)
+    small = tmp / "bench" / "small"
+    for d in range(SYNTH_DIRS):
+        dp = small / f"d{d:04d}"
+        dp.mkdir(parents=True)
+        for f in range(SYNTH_FILES):
+            n = rng.randrange(SYNTH_MAX_SIZE + 1)
+            off = rng.randrange(len(pool) - SYNTH_MAX_SIZE)
+            with open(dp / f"f{f:03d}", "wb") as fh:
+                fh.write(pool[off:off + n])
+    # A few hard links and xattrs, so that the correctness checks have something to check.
+    links = tmp / "bench" / "links"
+    links.mkdir()
+    for i in range(100):
+        os.link(small / f"d{i:04d}" / "f000", links / f"l{i:03d}")
+    for i in range(100):
+        os.setxattr(small / f"d{i:04d}" / "f001", "user.imgfs.bench", f"value {i}".encode())
+    cap = tmp / "bench" / "cap-file"
+    cap.write_bytes(b"capability holder\n")
+    # security.capability v2: cap_net_raw (bit 13) permitted + effective
+    os.setxattr(cap, "security.capability",
+                (0x02000001).to_bytes(4, "little") + (1 << 13).to_bytes(4, "little") + bytes(12))
+    big = tmp / BIG_PATH
+    big.parent.mkdir(parents=True)
+    block = bytearray(random.Random(7).randbytes(1 << 20))
+    with open(big, "wb") as fh:
+        for i in range(BIG_MIB):
+            block[:8] = i.to_bytes(8, "little")  # every 1 MiB block differs
+            fh.write(block)
+    tmp.rename(img.tree)
+    log(f"synthetic tree built in {time.time() - t0:.0f} s")
+
+
+def count_entries(img):
+    cache = img.dir / "entries"
+    st = img.tar.stat()
+    stamp = f"{st.st_size} {st.st_mtime_ns}"
+    if cache.exists():
+        s, _, n = cache.read_text().partition("\n")
+        if s == stamp:
+            return int(n)
+    r = run(f"tar -tf {shlex.quote(str(img.tar))} | wc -l", capture=True)
+    n = int(r.stdout.strip())
+    img.dir.mkdir(parents=True, exist_ok=True)
+    cache.write_text(f"{stamp}\n{n}")
+    return n
+
+
+def ensure_mounted_once(img, peer):
+    """First (untimed) mount, which fills imgfs' cache or builds ratarmount's index."""
+    mount(img, peer)
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+
+class Runner:
+    def __init__(self, quick, raw_dir):
+        self.quick = quick
+        self.raw = raw_dir
+        self.raw.mkdir(parents=True, exist_ok=True)
+        self.max_runs = 5 if quick else 15
+        self.min_runs = 3
+        self.budget = 8 if quick else 40   # seconds per measurement, prepare steps included
+
+    def measure(self, tag, cmd, *, shell=False, prepare=None, cap=300, min_runs=None, max_runs=None,
+                warmup=0):
+        """hyperfine on cmd after one untimed probe (which sizes the run count and catches hangs)."""
+        min_runs = min_runs or self.min_runs
+        max_runs = max_runs or self.max_runs
+        idle = wait_idle(tag)
+        try:
+            t0 = time.perf_counter()
+            if prepare:
+                run(prepare, timeout=cap, capture=True, what=f"{tag}: prepare")
+            t1 = time.perf_counter()
+            run(cmd if shell else shlex.split(cmd), timeout=cap, capture=True, what=f"{tag}")
+            t2 = time.perf_counter()
+        except BenchError as e:
+            log(f"FAILED {e}")
+            return {"error": str(e), "timeout": "did not finish" in str(e)}
+        per_run = (t2 - t0) + 0.05
+        runs = max(min_runs, min(max_runs, int(self.budget / per_run)))
+        probe = None
+        if t2 - t1 > 20 and not warmup:
+            # A slow one: the probe (same prepare, same command) counts as the first run.
+            probe = t2 - t1
+            runs = max(1, min_runs - 1)
+        js = self.raw / f"{tag}.json"
+        args = ["hyperfine", "--style", "basic", "--export-json", js, "--runs", runs,
+                "--command-name", tag]
+        if warmup:
+            args += ["--warmup", warmup]
+        if not shell:
+            args.append("-N")
+        if prepare:
+            args += ["--prepare", prepare]
+        args.append(cmd)
+        try:
+            r = run(args, timeout=(runs + warmup) * (per_run * 3 + 5) + 120, capture=True, what=f"hyperfine {tag}")
+        except BenchError as e:
+            log(f"FAILED {e}")
+            return {"error": str(e), "timeout": "did not finish" in str(e)}
+        if _log_file:
+            _log_file.write(r.stdout)
+        res = json.loads(js.read_text())["results"][0]
+        times = ([probe] if probe is not None else []) + res["times"]
+        if probe is not None:
+            res = dict(res, median=statistics.median(times), mean=statistics.mean(times),
+                       stddev=statistics.stdev(times) if len(times) > 1 else 0.0,
+                       min=min(times), max=max(times))
+        st = {"median": res["median"], "mean": res["mean"], "stddev": res.get("stddev") or 0.0,
+              "min": res["min"], "max": res["max"], "runs": len(times), "times": times,
+              "idle_before": round(idle, 3), "command": cmd, "prepare": prepare}
+        log(f"{tag}: median {fmt_time(st['median'])} over {st['runs']} runs (probe {fmt_time(t2 - t1)})")
+        return st
+
+
+def fmt_time(s):
+    if s is None:
+        return "—"
+    if s >= 1:
+        return f"{s:.2f} s"
+    if s >= 0.1:
+        return f"{s * 1e3:.0f} ms"
+    if s >= 0.01:
+        return f"{s * 1e3:.1f} ms"
+    return f"{s * 1e3:.2f} ms"
+
+
+# ---------------------------------------------------------------------------------------------
+# The measurements, one image at a time; every result lands in R[image][section][what].
+
+def bench_image(img, R, runner, correctness):
+    r = R.setdefault(img.key, {})
+    quick = runner.quick
+    big = img.key == "synthetic"
+    cap = 900 if big else 120  # seconds one run of a peer may take before it counts as failed
+    info = r.setdefault("info", {})
+    info.update(entries=img.entries, tar_bytes=img.tar_size, ref=img.ref, tar=str(img.tar))
+
+    # squashfs image (timed once), ratarmount's persistent index, imgfs caches.
+    wait_idle("mksquashfs")
+    if img.sqfs.exists():
+        img.sqfs.unlink()
+    t0 = time.perf_counter()
+    run(["mksquashfs", img.tree, img.sqfs, "-noappend", "-no-progress", "-quiet",
+         "-noI", "-noD", "-noF", "-noX"], capture=True, timeout=3600)
+    info["mksquashfs_s"] = time.perf_counter() - t0
+    log(f"{img.key}: mksquashfs {fmt_time(info['mksquashfs_s'])}")
+    for peer in ("imgfs", "imgfs-tar", "ratarmount", "archivemount", "squashfuse"):
+        try:
+            ensure_mounted_once(img, peer)
+        except BenchError as e:
+            log(f"FAILED {e}")
+            r.setdefault("setup_errors", {})[peer] = str(e)
+
+    def ok(peer):
+        return peer not in r.get("setup_errors", {})
+
+    # 7. Index build from a tar on disk with a warm page cache.
+    sec = r.setdefault("index_build", {})
+    for peer, rm in (("imgfs-build", img.cache("build")), ("ratarmount-build", img.ratar_build_index)):
+        m = img.mnt(peer)
+        sec[peer] = runner.measure(
+            f"{img.key}-index-build-{peer}", q(PEERS[peer].mount_argv(img, m)),
+            prepare=prep_cmd(f"umount:{img.key}:{peer}", f"rm:{rm}", f"warm:{img.tar}"),
+            cap=cap, max_runs=5 if big else None)
+        umount(img, peer)
+
+    # 1. Cold start: image only in dockerd -> python3 -c pass done.
+    sec = r.setdefault("cold_start", {})
+    cold = WORK / "cold"
+    cold.mkdir(parents=True, exist_ok=True)
+    cold_runs = dict(max_runs=3 if big else 7)
+    sec["imgfs"] = runner.measure(
+        f"{img.key}-cold-imgfs",
+        q([IMGFS, "run", "--cache-dir", cold / "cache", img.ref, "--", "python3", "-c", "pass"]),
+        prepare=prep_cmd(f"rm:{cold / 'cache'}", "drop"), cap=cap, **cold_runs)
+    sec["export"] = runner.measure(
+        f"{img.key}-cold-docker-export",
+        q(["docker", "export", "-o", cold / "export.tar", EXPORT_CONTAINER]),
+        prepare=prep_cmd(f"rm:{cold / 'export.tar'}", f"docker-create:{img.key}", "drop"), cap=cap, **cold_runs)
+    d = cold / "unpack"
+    unpack = (f"c=$(docker create --label {CONTAINER_LABEL} {q([img.ref])} /bin/true) && "
+              f"docker export \"$c\" | tar -x -C {d} && docker rm \"$c\" >/dev/null && "
+              + q(["bwrap", "--bind", d, "/", *BWRAP_FLAGS, "python3", "-c", "pass"]))
+    sec["unpack"] = runner.measure(
+        f"{img.key}-cold-export-untar-bwrap", unpack, shell=True,
+        prepare=prep_cmd("docker-clean", f"rm:{d}", f"mkdir:{d}", "drop"), cap=cap, **cold_runs)
+    prep(["docker-clean", f"rm:{cold}"])
+
+    # 2. Warm mount ready.
+    sec = r.setdefault("mount_ready", {})
+    for peer in ("imgfs", "imgfs-tar", "ratarmount", "archivemount", "squashfuse"):
+        if not ok(peer):
+            sec[peer] = {"error": r["setup_errors"][peer]}
+            continue
+        sec[peer] = runner.measure(
+            f"{img.key}-mount-{peer}", q(PEERS[peer].mount_argv(img, img.mnt(peer))),
+            prepare=prep_cmd(f"umount:{img.key}:{peer}"), cap=cap,
+            max_runs=(10 if quick else 30) if peer.startswith("imgfs") else None)
+        if str(img.mnt(peer)) not in mountpoints():
+            mount(img, peer)
+    umount(img, "imgfs-tar")
+
+    # 3. Warm run.
+    # imgfs twice: with the image kept mounted by `imgfs mount` (a root run then uses that live
+    # mount and its warm kernel caches), and with the cache alone (the run serves the image
+    # with its own FUSE server, starting from cold kernel caches).
+    sec = r.setdefault("warm_run", {})
+    run_argv = q([IMGFS, "run", "--cache-dir", img.cache("docker"), img.ref, "--", "python3", "-c", "pass"])
+    if str(img.mnt("imgfs")) not in mountpoints():
+        mount(img, "imgfs")
+    sec["imgfs-mounted"] = runner.measure(
+        f"{img.key}-run-imgfs-mounted", run_argv, cap=cap, max_runs=10 if quick else 30, warmup=1)
+    umount(img, "imgfs")
+    sec["imgfs"] = runner.measure(
+        f"{img.key}-run-imgfs", run_argv, cap=cap, max_runs=10 if quick else 30, warmup=1)
+    sec["bwrap"] = runner.measure(
+        f"{img.key}-run-bwrap", q(["bwrap", "--ro-bind", img.tree, "/", *BWRAP_FLAGS, "python3", "-c", "pass"]),
+        cap=cap, max_runs=10 if quick else 30, warmup=1)
+    sec["docker"] = runner.measure(
+        f"{img.key}-run-docker", q(["docker", "run", "--rm", img.ref, "python3", "-c", "pass"]),
+        cap=cap, warmup=1)
+
+    # 4./5. Metadata walk and read-all, cold (remount + drop caches before each run) and warm.
+    for section, template, shell in (("walk", WALK_CMD, False), ("readall", READALL_CMD, True)):
+        for temp in ("cold", "warm"):
+            sec = r.setdefault(f"{section}_{temp}", {})
+            for peer in FS_PEERS:
+                if not ok(peer):
+                    sec[peer] = {"error": r["setup_errors"][peer]}
+                    continue
+                if temp == "warm" and r[f"{section}_cold"].get(peer, {}).get("timeout"):
+                    sec[peer] = {"error": "skipped: the cold run did not finish", "timeout": True}
+                    continue
+                m = img.mnt(peer)
+                try:
+                    if PEERS[peer].fuse and str(m) not in mountpoints():
+                        mount(img, peer)
+                except BenchError as e:
+                    sec[peer] = {"error": str(e)}
+                    continue
+                res = runner.measure(
+                    f"{img.key}-{section}-{temp}-{peer}", template.format(m=shlex.quote(str(m))), shell=shell,
+                    prepare=prep_cmd(*remount_actions(img, peer)) if temp == "cold" else None,
+                    cap=600 if big else 120, warmup=1 if temp == "warm" else 0)
+                if res.get("error"):
+                    umount(img, peer, force=True)
+                sec[peer] = res
+
+    # 5b. Random 4 KiB reads in the 2 GiB file (cold: remount + drop caches first).
+    if big:
+        sec = r.setdefault("randread", {})
+        limit = 20 if quick else 60
+        for peer in FS_PEERS:
+            if not ok(peer):
+                sec[peer] = {"error": r["setup_errors"][peer]}
+                continue
+            sec[peer] = randread(img, peer, runs=3 if quick else 5, limit=limit)
+
+    # 6. Server memory after a walk and a read-all on a fresh mount.
+    sec = r.setdefault("memory", {})
+    for peer in FS_PEERS[1:]:
+        if not ok(peer):
+            sec[peer] = {"error": r["setup_errors"][peer]}
+            continue
+        sec[peer] = memory_after_use(img, peer, r, cap)
+
+    # 6b. Index size and disk use.
+    r["sizes"] = sizes(img)
+    if correctness:
+        r["correctness"] = check_correctness(img, r)
+    for peer in FS_PEERS + ["imgfs-tar"]:
+        umount(img, peer)
+
+
+def randread(img, peer, runs, limit):
+    m = img.mnt(peer)
+    res = []
+    for i in range(runs):
+        wait_idle(f"{img.key} random reads on {peer}")
+        try:
+            prep(remount_actions(img, peer))
+            o = out([PY, BENCH / "randread.py", m / BIG_PATH, RANDREAD_COUNT, RANDREAD_SEED, limit],
+                    timeout=limit + 120)
+        except BenchError as e:
+            log(f"FAILED random reads on {peer}: {e}")
+            umount(img, peer, force=True)
+            return {"error": str(e)}
+        res.append(json.loads(o))
+        if res[-1]["reads"] < RANDREAD_COUNT:
+            break  # hit the time limit: one run says enough
+    per_read = [x["seconds"] / x["reads"] for x in res]
+    st = {"median_per_read": statistics.median(per_read), "runs": len(res), "raw": res,
+          "complete": all(x["reads"] == RANDREAD_COUNT for x in res)}
+    st["median"] = st["median_per_read"] * RANDREAD_COUNT if st["complete"] else None
+    log(f"{img.key} random reads on {peer}: {st['median_per_read'] * 1e6:.0f} us/read"
+        + ("" if st["complete"] else f" (only {res[-1]['reads']} reads in {limit} s)"))
+    return st
+
+
+def memory_after_use(img, peer, r, cap):
+    m = img.mnt(peer)
+    note = []
+    try:
+        prep([f"umount:{img.key}:{peer}", f"mount:{img.key}:{peer}"])
+        run(["find", m, "-printf", "%s %m %u\n"], capture=True, timeout=cap, what=f"walk of {m}")
+        if r.get("readall_cold", {}).get(peer, {}).get("timeout"):
+            note.append("read-all skipped (it did not finish in the timed runs)")
+        else:
+            res = run(f"tar -C {shlex.quote(str(m))} -cf - . | wc -c", capture=True, check=False, timeout=cap,
+                      what=f"read-all of {m}")
+            note.append(f"tar stream {int(res.stdout.split()[0])} bytes")
+            errs = [l for l in res.stderr.splitlines() if "socket ignored" not in l]
+            if errs:
+                note.append(f"tar said: {errs[0]}" + (f" (+{len(errs) - 1} more)" if len(errs) > 1 else ""))
+    except BenchError as e:
+        log(f"FAILED memory run on {peer}: {e}")
+        note.append(f"failed: {e}")
+    pids = server_pids(img, peer)
+    if not pids:
+        umount(img, peer, force=True)
+        return {"error": "no server process found", "note": note}
+    mem = {"private": 0, "rss": 0, "hwm": 0, "pids": pids, "note": note}
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                k, _, v = line.partition(":")
+                if k in ("Private_Clean", "Private_Dirty"):
+                    mem["private"] += int(v.split()[0]) * 1024
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                k, _, v = line.partition(":")
+                if k == "VmRSS":
+                    mem["rss"] += int(v.split()[0]) * 1024
+                elif k == "VmHWM":
+                    mem["hwm"] += int(v.split()[0]) * 1024
+        except OSError as e:
+            note.append(f"reading /proc/{pid}: {e}")
+    log(f"{img.key} {peer} server: private {mem['private'] / 2**20:.1f} MiB, VmRSS {mem['rss'] / 2**20:.1f} MiB")
+    return mem
+
+
+def sizes(img):
+    s = {}
+    idx = list((img.cache("docker") / "images").glob("*/index"))
+    if idx:
+        s["imgfs_index"] = idx[0].stat().st_size
+    if img.ratar_index.exists():
+        s["ratarmount_index"] = img.ratar_index.stat().st_size
+    s["disk"] = {
+        "imgfs cache, docker source (archive.tar + index)": du_bytes(img.cache("docker")),
+        "imgfs cache, tar source (index only)": du_bytes(img.cache("tar")),
+        "ratarmount index": du_bytes(img.ratar_index) if img.ratar_index.exists() else None,
+        "squashfs image (uncompressed)": du_bytes(img.sqfs),
+        "extracted tree": du_bytes(img.tree),
+        "tar archive": du_bytes(img.tar),
+    }
+    return s
+
+
+# ---------------------------------------------------------------------------------------------
+# Correctness of each peer's view against the extracted tree
+
+LIST_FMT = "%P\\t%y\\t%m\\t%U\\t%G\\t%s\\t%T@\\t%l\\t%i\\t%n\\0"
+FIELDS = ["type", "mode", "uid", "gid", "size", "mtime", "link"]
+
+
+def listing(root, timeout):
+    o = run(["find", root, "-printf", LIST_FMT.replace("\\t", "\t").replace("\\0", "\0")],
+            capture=True, timeout=timeout, what=f"listing {root}").stdout
+    entries = {}
+    for rec in o.split("\0"):
+        if not rec:
+            continue
+        p, y, mo, u, g, sz, mt, l, ino, n = rec.split("\t")
+        if p == "":
+            continue  # the mount point itself
+        entries[p] = {"type": y, "mode": mo, "uid": u, "gid": g, "size": sz if y != "d" else "-",
+                      "mtime": mt, "link": l, "ino": ino, "nlink": n}
+    return entries
+
+
+def xattrs(root, timeout):
+    r = run(["getfattr", "-R", "-P", "-h", "-d", "-m", "-", "-e", "hex", "--absolute-names", root],
+            capture=True, check=False, timeout=timeout, what=f"getfattr on {root}")
+    res, cur = {}, None
+    prefix = str(root).rstrip("/") + "/"
+    for line in r.stdout.splitlines():
+        if line.startswith("# file: "):
+            f = line[8:]
+            cur = f[len(prefix):] if f.startswith(prefix) else ""
+        elif "=" in line and cur is not None:
+            k, _, v = line.partition("=")
+            if k != "security.selinux":
+                res.setdefault(cur, {})[k] = v
+    return res
+
+
+def check_correctness(img, r):
+    log(f"{img.key}: correctness checks against the extracted tree")
+    timeout = 900
+    native = listing(img.tree, timeout)
+    nx = xattrs(img.tree, timeout)
+    groups = {}
+    for p, e in native.items():
+        if e["type"] != "d" and int(e["nlink"]) > 1:
+            groups.setdefault(e["ino"], []).append(p)
+    groups = [g for g in groups.values() if len(g) > 1]
+    regular = sorted(p for p, e in native.items() if e["type"] == "f")
+    sample = regular[:: max(1, len(regular) // 200)]
+    res = {"native": {"entries": len(native), "xattr_files": len(nx), "hardlink_groups": len(groups)}}
+    for peer in ["imgfs", "imgfs-tar", "ratarmount", "archivemount", "squashfuse"]:
+        notes = []
+        m = img.mnt(peer)
+        try:
+            mount(img, peer)
+            got = listing(m, timeout)
+        except BenchError as e:
+            res[peer] = {"ok": False, "notes": [f"could not list: {e}"]}
+            umount(img, peer, force=True)
+            continue
+        missing = sorted(set(native) - set(got))
+        extra = sorted(set(got) - set(native))
+        if missing:
+            notes.append(f"{len(missing)} entries missing (e.g. {', '.join(missing[:3])})")
+        if extra:
+            notes.append(f"{len(extra)} entries not in the tree (e.g. {', '.join(extra[:3])})")
+        for f in FIELDS:
+            bad = [p for p in native if p in got and native[p][f] != got[p][f]]
+            if bad:
+                p = bad[0]
+                notes.append(f"{f} differs on {len(bad)} entries (e.g. {p}: tree {native[p][f]!r}, "
+                             f"{peer} {got[p][f]!r})")
+        broken = nl = 0
+        for g in groups:
+            if any(p not in got for p in g):
+                continue
+            if len({got[p]["ino"] for p in g}) > 1:
+                broken += 1
+            if any(got[p]["nlink"] != native[p]["nlink"] for p in g):
+                nl += 1
+        if broken:
+            notes.append(f"hard links not shared: {broken} of {len(groups)} groups have distinct inodes")
+        if nl:
+            notes.append(f"link count wrong in {nl} of {len(groups)} hard-link groups")
+        if nx:
+            try:
+                gx = xattrs(m, timeout)
+                miss = [p for p in nx if gx.get(p) != nx[p]]
+                if miss:
+                    notes.append(f"xattrs missing or different on {len(miss)} of {len(nx)} files "
+                                 f"(e.g. {miss[0]}: tree {sorted(nx[miss[0]])}, {peer} {sorted(gx.get(miss[0], {}))})")
+            except BenchError as e:
+                notes.append(f"xattrs: {e}")
+        bad = []
+        try:
+            t_end = time.time() + 120
+            for p in sample:
+                if p not in got:
+                    continue
+                if time.time() > t_end:
+                    notes.append("content sample cut short after 120 s")
+                    break
+                a = (img.tree / p).read_bytes()
+                try:
+                    b = (m / p).read_bytes()
+                except OSError as e:
+                    b = f"error {e}"
+                if a != b:
+                    bad.append(p)
+        except OSError as e:
+            notes.append(f"content check: {e}")
+        if bad:
+            notes.append(f"content differs in {len(bad)} of {len(sample)} sampled files (e.g. {bad[0]})")
+        res[peer] = {"ok": not notes, "notes": notes or
+                     [f"identical: {len(native)} entries (type, mode, owner, size, mtime, link target)"
+                      + (f", {len(groups)} hard-link groups" if groups else "")
+                      + (f", xattrs on {len(nx)} files" if nx else "")
+                      + f", contents of {len(sample)} sampled files"]}
+        log(f"{img.key} {peer}: {'; '.join(res[peer]['notes'])}")
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+def versions():
+    def first(cmd):
+        try:
+            r = run(cmd, capture=True, check=False, timeout=60)
+            return ((r.stdout or "") + (r.stderr or "")).strip().splitlines()[0]
+        except (BenchError, IndexError, OSError):
+            return "?"
+    import importlib.metadata as md
+    v = {
+        "imgfs": f"{out(['git', '-C', ROOT, 'describe', '--always', '--dirty', '--tags'])} "
+                 f"(commit {out(['git', '-C', ROOT, 'rev-parse', '--short', 'HEAD'])}; {first([IMGFS, '--version'])})",
+        "docker": f"client {first(['docker', 'version', '--format', '{{.Client.Version}}'])}, "
+                  f"daemon {first(['docker', 'version', '--format', '{{.Server.Version}}'])} "
+                  f"({first(['docker', 'info', '--format', '{{.Driver}}'])})",
+        "ratarmount": ", ".join(f"{p} {md.version(p)}" for p in ("ratarmount", "ratarmountcore", "mfusepy")),
+        "archivemount": first(["archivemount", "--version"]),
+        "squashfuse": "squashfuse " + first(["dpkg-query", "-W", "-f", "${Version}", "squashfuse"])
+                      + "; " + first(["mksquashfs", "-version"]),
+        "bwrap": first(["bwrap", "--version"]),
+        "hyperfine": first(["hyperfine", "--version"]),
+        "libfuse": first(["fusermount3", "-V"]),
+        "GNU tar": first(["tar", "--version"]),
+    }
+    return v
+
+
+def machine():
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), "?")
+    mem = next(int(l.split()[1]) for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal"))
+    fs = out(["findmnt", "-no", "FSTYPE,SOURCE", "-T", WORK])
+    deb = Path("/etc/debian_version").read_text().strip() if Path("/etc/debian_version").exists() else "?"
+    return {"cpu": cpu, "cores": os.cpu_count(), "ram": f"{mem / 2**20:.1f} GiB", "kernel": platform.release(),
+            "disk": f"{fs} (work dir {WORK})", "os": f"Debian {deb}"}
+
+
+TITLES = {
+    "native": "native extracted tree", "imgfs": "imgfs (docker ref)", "imgfs-tar": "imgfs (tar path)",
+    "ratarmount": "ratarmount", "archivemount": "archivemount", "squashfuse": "squashfuse",
+    "imgfs-build": "imgfs mount, fresh cache", "ratarmount-build": "ratarmount first mount",
+    "export": "docker export -o FILE (floor)", "unpack": "docker export | tar -x, then bwrap",
+    "bwrap": "bwrap on the extracted tree", "docker": "docker run --rm",
+}
+
+
+def cell(st, key="median"):
+    if st is None:
+        return "not measured"
+    if st.get("error"):
+        return "FAILED: " + st["error"].replace("|", "/")[:120] if not st.get("timeout") else \
+            "did not finish: " + st["error"].split(": ", 1)[-1][:80]
+    v = st.get(key)
+    if v is None:
+        return "—"
+    sd = st.get("stddev")
+    return f"{fmt_time(v)}" + (f" ± {fmt_time(sd)}" if sd else "") + f" ({st['runs']})"
+
+
+def ratio_cell(a, b):
+    """imgfs time a divided by peer time b."""
+    if not a or not b or a.get("error") or b.get("error") or not a.get("median") or not b.get("median"):
+        return "—"
+    x = a["median"] / b["median"]
+    return f"{x:.3g}" + (f" ({1 / x:.3g}× faster)" if x < 1 else "")
+
+
+def time_table(R, images, cols, rows, imgfs_row):
+    """cols: [(section, header)], rows: peers; one column pair (time, imgfs ÷ this) per image × section."""
+    hdr = ["what"]
+    for k in images:
+        for _, h in cols:
+            hdr += [f"{k} {h}".strip(), "imgfs ÷ this"]
+    lines = ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
+    for peer in rows:
+        row = [TITLES.get(peer, peer)]
+        for k in images:
+            for sec, _ in cols:
+                st = R.get(k, {}).get(sec, {}).get(peer)
+                row.append(cell(st))
+                ref = R.get(k, {}).get(sec, {}).get(imgfs_row)
+                row.append("—" if peer == imgfs_row else ratio_cell(ref, st))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def mib(b):
+    return "—" if b is None else f"{b / 2**20:.1f} MiB"
+
+
+def evaluate_targets(R, images):
+    T = []
+
+    def med(k, sec, peer):
+        st = R.get(k, {}).get(sec, {}).get(peer) or {}
+        return None if st.get("error") else st.get("median")
+
+    def add(name, k, value, ok, detail):
+        T.append({"target": name, "image": k, "value": value, "met": ok, "detail": detail})
+
+    for k in images:
+        for peer in ("imgfs", "imgfs-tar"):
+            a = med(k, "mount_ready", peer)
+            add(f"warm mount ready ≤ 10 ms ({TITLES[peer]})", k, fmt_time(a), None if a is None else a <= 0.010, "")
+        a, b = med(k, "mount_ready", "imgfs"), med(k, "mount_ready", "ratarmount")
+        add("warm mount ≥ 15× faster than ratarmount's warm remount", k,
+            f"{b / a:.1f}×" if a and b else "—", None if not (a and b) else b / a >= 15,
+            f"{fmt_time(a)} vs {fmt_time(b)}")
+        for temp in ("cold", "warm"):
+            a, b = med(k, f"walk_{temp}", "imgfs"), med(k, f"walk_{temp}", "native")
+            add(f"metadata walk ≤ 2× native ({temp})", k, f"{a / b:.2f}×" if a and b else "—",
+                None if not (a and b) else a / b <= 2, f"{fmt_time(a)} vs {fmt_time(b)}")
+        for temp in ("cold", "warm"):
+            a, b = med(k, f"readall_{temp}", "imgfs"), med(k, f"readall_{temp}", "native")
+            add(f"read every file ≤ 1.5× native ({temp})", k, f"{a / b:.2f}×" if a and b else "—",
+                None if not (a and b) else a / b <= 1.5, f"{fmt_time(a)} vs {fmt_time(b)}")
+        a, b, c = med(k, "warm_run", "imgfs"), med(k, "warm_run", "bwrap"), med(k, "warm_run", "docker")
+        add("warm imgfs run ≤ 1.5× bwrap", k, f"{a / b:.2f}×" if a and b else "—",
+            None if not (a and b) else a / b <= 1.5, f"{fmt_time(a)} vs {fmt_time(b)}")
+        m = med(k, "warm_run", "imgfs-mounted")
+        add("warm imgfs run ≤ 1.5× bwrap (image kept mounted)", k, f"{m / b:.2f}×" if m and b else "—",
+            None if not (m and b) else m / b <= 1.5, f"{fmt_time(m)} vs {fmt_time(b)}")
+        add("warm imgfs run ≥ 10× faster than docker run --rm", k, f"{c / a:.1f}×" if a and c else "—",
+            None if not (a and c) else c / a >= 10, f"{fmt_time(a)} vs {fmt_time(c)}")
+        a, b, c = med(k, "cold_start", "imgfs"), med(k, "cold_start", "export"), med(k, "cold_start", "unpack")
+        add("cold start ≤ 1.1× docker export to a file alone", k, f"{a / b:.2f}×" if a and b else "—",
+            None if not (a and b) else a / b <= 1.1, f"{fmt_time(a)} vs {fmt_time(b)}")
+        add("cold start clearly faster than export + tar -x (≤ 0.8×)", k, f"{a / c:.2f}×" if a and c else "—",
+            None if not (a and c) else a / c <= 0.8, f"{fmt_time(a)} vs {fmt_time(c)}")
+        s = R.get(k, {}).get("sizes", {})
+        a, b = s.get("imgfs_index"), s.get("ratarmount_index")
+        add("index ≤ half of ratarmount's index", k, f"{a / b:.2f}×" if a and b else "—",
+            None if not (a and b) else a / b <= 0.5, f"{a} B vs {b} B" if a and b else "")
+        t = med(k, "index_build", "imgfs-build")
+        size = R.get(k, {}).get("info", {}).get("tar_bytes")
+        add("index build ≥ 1 GB/s (tar on disk, warm page cache)", k,
+            f"{size / t / 1e9:.2f} GB/s" if t and size else "—", None if not (t and size) else size / t >= 1e9,
+            f"{size / 1e6:.0f} MB in {fmt_time(t)}" if t and size else "")
+    mp = (R.get("python", {}).get("memory", {}).get("imgfs") or {}).get("private")
+    ms = (R.get("synthetic", {}).get("memory", {}).get("imgfs") or {}).get("private")
+    if "python" in images:
+        add("server private memory ≤ 16 MiB (python image)", "python", mib(mp),
+            None if mp is None else mp <= 16 * 2**20, "")
+    if "synthetic" in images:
+        add("server private memory not growing with image size (synthetic ≤ 1.25× python)", "synthetic",
+            mib(ms), None if not (mp and ms) else ms <= 1.25 * mp, f"python {mib(mp)}")
+    return T
+
+
+def render(R, meta, images, path):
+    L = []
+    A = L.append
+    A("# imgfs benchmark results\n")
+    A(f"Generated by `bench/run.sh{' --quick' if meta['quick'] else ''}` on {meta['date']} "
+      f"(run took {meta['duration_min']:.0f} min). Do not edit by hand: run the suite again.\n")
+    A("Times are medians over the number of runs in parentheses (± standard deviation), measured with "
+      "hyperfine unless said otherwise. **imgfs ÷ this** is the imgfs figure of the same table and "
+      "image divided by that row's figure, from the same run: below 1 imgfs is faster. *Cold* means "
+      "page cache dropped (`sync; echo 3 > /proc/sys/vm/drop_caches`) and, for the FUSE file systems, "
+      "a fresh mount before each run; *warm* means a mount already used once.\n")
+    A("## Machine and versions\n")
+    A("| | |\n|---|---|")
+    for k, v in meta["machine"].items():
+        A(f"| {k} | {v} |")
+    for k, v in meta["versions"].items():
+        A(f"| {k} | {v} |")
+    A("")
+    A("| image | entries | tar size | docker ref |\n|---|---|---|---|")
+    for k in images:
+        i = R[k]["info"]
+        A(f"| {k} | {i['entries']} | {i['tar_bytes'] / 1e6:.0f} MB | `{i['ref']}` |")
+    A("")
+    if meta.get("busy"):
+        A(f"Note: the machine was still busy before {len(meta['busy'])} measurement(s): "
+          + ", ".join(meta["busy"][:10]) + ".\n")
+
+    A("## Targets\n")
+    A("| target | image | imgfs | met? | detail |\n|---|---|---|---|---|")
+    for t in meta["targets"]:
+        met = "not measured" if t["met"] is None else ("**met**" if t["met"] else "**missed**")
+        A(f"| {t['target']} | {t['image']} | {t['value']} | {met} | {t['detail']} |")
+    A("")
+
+    A("## 1. Cold start: image only in dockerd → `python3 -c pass` done\n")
+    A("`imgfs run --cache-dir EMPTY IMAGE -- python3 -c pass` against unpacking "
+      "(`docker create` + `docker export | tar -x -C DIR` + `docker rm` + `bwrap --bind DIR / ... "
+      "python3 -c pass`) and against `docker export -o FILE` of an already created container alone "
+      "(the floor: any cold start must read the whole image out of dockerd once). Page cache dropped "
+      "before each run.\n")
+    A(time_table(R, images, [("cold_start", "")], ["imgfs", "export", "unpack"], "imgfs"))
+    A("")
+    A("## 2. Warm mount ready (cache or index already there)\n")
+    A("Time for the mount command to return with the mount point usable: `imgfs mount` (returns once "
+      "the mount answers), `ratarmount ARCHIVE MNT` with its index present (daemon mode: returns once "
+      "mounted), `archivemount -o readonly ARCHIVE MNT` (no persistent index: reads every header "
+      "each time), `squashfuse IMG.sqfs MNT`. Unmount between runs.\n")
+    A(time_table(R, images, [("mount_ready", "")], ["imgfs", "imgfs-tar", "ratarmount", "archivemount",
+                                                     "squashfuse"], "imgfs"))
+    A("")
+    A("mksquashfs (uncompressed: `-noI -noD -noF -noX`, so that reads compare formats, not "
+      "decompression) from the extracted tree, one timed run: "
+      + ", ".join(f"{k} {fmt_time(R[k]['info'].get('mksquashfs_s'))}" for k in images) + ".\n")
+    A("## 3. Warm run: `python3 -c pass` in a sandbox\n")
+    A("`imgfs run IMAGE -- python3 -c pass` (cache filled) against `docker run --rm IMAGE python3 -c "
+      "pass` and `bwrap --ro-bind EXTRACTED / --tmpfs /tmp --proc /proc --dev /dev --unshare-pid "
+      "--unshare-ipc --unshare-uts --unshare-net python3 -c pass`. `imgfs` serves the image with "
+      "the run's own FUSE server (cold kernel caches); `imgfs-mounted` is the same command while "
+      "the image is kept mounted by `imgfs mount`, whose live mount the run then uses.\n")
+    A(time_table(R, images, [("warm_run", "")], ["imgfs", "imgfs-mounted", "bwrap", "docker"], "imgfs"))
+    A("")
+    A("## 4. Metadata walk: `find MNT -printf '%s %m %u\\n' >/dev/null`\n")
+    A(time_table(R, images, [("walk_cold", "cold"), ("walk_warm", "warm")], FS_PEERS, "imgfs"))
+    A("")
+    A("## 5. Read every file: `tar -C MNT -cf - . | cat >/dev/null`\n")
+    A(time_table(R, images, [("readall_cold", "cold"), ("readall_warm", "warm")], FS_PEERS, "imgfs"))
+    A("")
+    if "synthetic" in images:
+        A(f"### Random 4 KiB reads in the 2 GiB file (synthetic image)\n")
+        A(f"{RANDREAD_COUNT} `pread`s of 4 KiB at random aligned offsets (same offsets everywhere, "
+          f"bench/randread.py), page cache dropped and file system remounted before each run; median "
+          f"time per read (a run stops after its time limit).\n")
+        A("| what | per read | runs | imgfs ÷ this |\n|---|---|---|---|")
+        sec = R["synthetic"].get("randread", {})
+        a = (sec.get("imgfs") or {}).get("median_per_read")
+        for peer in FS_PEERS:
+            st = sec.get(peer) or {}
+            if st.get("error"):
+                A(f"| {TITLES[peer]} | FAILED: {st['error'][:100]} | | |")
+                continue
+            v = st.get("median_per_read")
+            extra = "" if st.get("complete", True) else \
+                f" (only {st['raw'][-1]['reads']} reads in {st['raw'][-1]['seconds']:.0f} s)"
+            rt = "—" if peer == "imgfs" or not (a and v) else f"{a / v:.3g}" + (f" ({v / a:.3g}× faster)" if a < v else "")
+            A(f"| {TITLES[peer]} | {v * 1e6:.0f} µs{extra} | {st.get('runs')} | {rt} |")
+        A("")
+    A("## 6. Server memory, index size, disk use\n")
+    A("Memory of the file-system server process after a walk and a read-all on a fresh mount: "
+      "private = Private_Clean + Private_Dirty from /proc/PID/smaps_rollup; VmRSS and VmHWM (peak) "
+      "from /proc/PID/status.\n")
+    hdr = ["server"] + [f"{k} {c}" for k in images for c in ("private", "VmRSS", "VmHWM")]
+    A("| " + " | ".join(hdr) + " |\n|" + "---|" * len(hdr))
+    for peer in FS_PEERS[1:]:
+        row = [TITLES[peer]]
+        for k in images:
+            st = R[k].get("memory", {}).get(peer) or {}
+            if st.get("error"):
+                row += [f"FAILED: {st['error']}", "", ""]
+            else:
+                row += [mib(st.get("private")), mib(st.get("rss")), mib(st.get("hwm"))]
+        A("| " + " | ".join(row) + " |")
+    A("")
+    notes = [f"{k} {TITLES[p]}: {'; '.join(n)}" for k in images for p in FS_PEERS[1:]
+             for n in [(R[k].get("memory", {}).get(p) or {}).get("note") or []] if n]
+    if notes:
+        A("Read-all during the memory run: " + " · ".join(notes) + "\n")
+    A("| index | " + " | ".join(f"{k} size | {k} per entry" for k in images) + " |\n|" + "---|" * (1 + 2 * len(images)))
+    for key, title in (("imgfs_index", "imgfs `index`"), ("ratarmount_index", "ratarmount `.index.sqlite`")):
+        row = [title]
+        for k in images:
+            v = R[k].get("sizes", {}).get(key)
+            n = R[k]["info"]["entries"]
+            row += [mib(v), "—" if v is None else f"{v / n:.1f} B"]
+        A("| " + " | ".join(row) + " |")
+    A("")
+    A("| disk used (du) | " + " | ".join(images) + " |\n|" + "---|" * (1 + len(images)))
+    rows = list((R[images[0]].get("sizes", {}).get("disk") or {}).keys())
+    for rk in rows:
+        A(f"| {rk} | " + " | ".join(mib((R[k].get('sizes', {}).get('disk') or {}).get(rk)) for k in images) + " |")
+    A("")
+    A("## 7. Index build from a tar on disk (warm page cache)\n")
+    A("`imgfs mount --cache-dir FRESH TAR MNT` against ratarmount's first mount of the same tar "
+      "(index written to a fresh `--index-file`); the tar is read into the page cache before each run.\n")
+    A(time_table(R, images, [("index_build", "")], ["imgfs-build", "ratarmount-build"], "imgfs-build"))
+    A("")
+    A("| rate (tar bytes / median time) | " + " | ".join(images) + " |\n|" + "---|" * (1 + len(images)))
+    for peer in ("imgfs-build", "ratarmount-build"):
+        row = []
+        for k in images:
+            st = R[k].get("index_build", {}).get(peer) or {}
+            row.append("—" if not st.get("median") else f"{R[k]['info']['tar_bytes'] / st['median'] / 1e6:.0f} MB/s")
+        A(f"| {TITLES[peer]} | " + " | ".join(row) + " |")
+    A("")
+    A("## Correctness of each view against the extracted tree\n")
+    A("Each mount listed with `find -printf '%P %y %m %U %G %s %T@ %l'` (directory sizes not compared) "
+      "and compared entry by entry with the tar -x tree; hard-link groups (same inode, right link "
+      "count), xattrs (`getfattr -R -d -m-`), and the bytes of about 200 sampled regular files.\n")
+    for k in images:
+        c = R[k].get("correctness")
+        if not c:
+            continue
+        nat = c["native"]
+        A(f"**{k}** ({nat['entries']} entries, {nat['hardlink_groups']} hard-link groups, "
+          f"xattrs on {nat['xattr_files']} files):\n")
+        for peer in ("imgfs", "imgfs-tar", "ratarmount", "archivemount", "squashfuse"):
+            st = c.get(peer)
+            if st:
+                A(f"- {TITLES[peer]}: {'OK' if st['ok'] else 'DIFFERS'} — " + "; ".join(st["notes"]))
+        A("")
+    errs = [f"{k} {p}: {e}" for k in images for p, e in (R[k].get("setup_errors") or {}).items()]
+    if errs:
+        A("## Peer failures during set-up\n")
+        for e in errs:
+            A(f"- {e}")
+        A("")
+    A("## How to reproduce\n")
+    A("```\nbench/run.sh            # full run: both images\nbench/run.sh --quick    # python image only, fewer runs\n```\n")
+    A("Raw hyperfine JSON and the summary are written under `bench/results/`.\n")
+    path.write_text("\n".join(L))
+
+
+COLORS = {"native": "#7f7f7f", "imgfs": "#1f77b4", "imgfs-tar": "#9ecae1", "ratarmount": "#ff7f0e",
+          "archivemount": "#d62728", "squashfuse": "#2ca02c", "bwrap": "#9467bd", "docker": "#8c564b",
+          "export": "#bcbd22", "unpack": "#e377c2", "imgfs-build": "#1f77b4", "ratarmount-build": "#ff7f0e"}
+
+
+def chart(R, images, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    groups = [("cold start", "cold_start", ["imgfs", "export", "unpack"]),
+              ("warm mount", "mount_ready", ["imgfs", "ratarmount", "archivemount", "squashfuse"]),
+              ("warm run", "warm_run", ["imgfs", "imgfs-mounted", "bwrap", "docker"]),
+              ("walk cold", "walk_cold", FS_PEERS), ("walk warm", "walk_warm", FS_PEERS),
+              ("read-all cold", "readall_cold", FS_PEERS), ("read-all warm", "readall_warm", FS_PEERS),
+              ("index build", "index_build", ["imgfs-build", "ratarmount-build"])]
+    fig, axes = plt.subplots(len(images), 1, figsize=(15, 5.2 * len(images)), squeeze=False)
+    seen = {}
+    for ax, k in zip(axes[:, 0], images):
+        x = 0.0
+        ticks, labels = [], []
+        for title, sec, peers in groups:
+            start = x
+            for peer in peers:
+                st = R.get(k, {}).get(sec, {}).get(peer)
+                if st is None:
+                    continue
+                color = COLORS[peer]
+                name = {"imgfs-build": "imgfs", "ratarmount-build": "ratarmount"}.get(peer, peer)
+                if st.get("median"):
+                    b = ax.bar(x, st["median"] * 1e3, width=0.8, color=color)
+                    v = st["median"]
+                    ax.text(x, st["median"] * 1e3 * 1.08, fmt_time(v).replace(" ", ""), ha="center",
+                            va="bottom", fontsize=6.5, rotation=90)
+                    seen.setdefault(TITLES.get(name, name) if name not in ("export", "unpack") else TITLES[peer], b)
+                else:
+                    ax.text(x, 1, "timeout" if st.get("timeout") else "failed", ha="center", va="bottom",
+                            fontsize=7, rotation=90, color=color)
+                x += 1
+            ticks.append((start + x - 1) / 2)
+            labels.append(title)
+            x += 1.2
+        ax.set_yscale("log")
+        ax.set_ylabel("median time (ms, log scale)")
+        ax.set_xticks(ticks, labels)
+        info = R[k]["info"]
+        ax.set_title(f"{k} image: {info['entries']} entries, {info['tar_bytes'] / 1e6:.0f} MB tar")
+        ax.grid(axis="y", which="major", alpha=0.3)
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(lo, hi * 6)
+    fig.legend(list(seen.values()), list(seen.keys()), loc="lower center", ncol=min(6, len(seen)), fontsize=9)
+    fig.suptitle("imgfs vs peers — lower is better (bench/run.sh)")
+    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "_prep":
+        try:
+            prep(sys.argv[2:])
+        except BenchError as e:
+            sys.exit(f"bench.py _prep: {e}")
+        return
+
+    ap = argparse.ArgumentParser(description="imgfs benchmark suite (run it through bench/run.sh)")
+    ap.add_argument("--quick", action="store_true", help="fewer runs, python image only")
+    ap.add_argument("--images", help="comma-separated: python,synthetic (default: both; --quick: python)")
+    ap.add_argument("--no-correctness", action="store_true", help="skip the correctness checks")
+    args = ap.parse_args()
+    images = args.images.split(",") if args.images else (["python"] if args.quick else ["python", "synthetic"])
+    for k in images:
+        if k not in ("python", "synthetic"):
+            ap.error(f"unknown image {k}")
+    if os.geteuid() != 0:
+        sys.exit("bench.py: must run as root")
+    for tool in ("hyperfine", "bwrap", "archivemount", "squashfuse", "mksquashfs", "docker", "getfattr"):
+        if not shutil.which(tool):
+            sys.exit(f"bench.py: {tool} not found (bench/run.sh installs it)")
+    if not IMGFS.exists() or not RATARMOUNT.exists():
+        sys.exit(f"bench.py: {IMGFS} or {RATARMOUNT} missing (bench/run.sh builds and installs them)")
+
+    global _log_file
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    suffix = "-quick" if args.quick else ""
+    _log_file = open(RESULTS / f"bench{suffix}.log", "w")
+    raw = RESULTS / ("raw-quick" if args.quick else "raw")
+    if raw.exists():
+        shutil.rmtree(raw)
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+
+    start = time.time()
+    R = {}
+    meta = {"quick": args.quick, "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M %Z").strip()}
+    try:
+        WORK.mkdir(parents=True, exist_ok=True)
+        cleanup_all()
+        need = sum(DISK_NEEDED_GB[k] for k in images)
+        if "synthetic" in images and (WORK / "synthetic" / "done").exists():
+            need -= 8  # tree, tar and docker copy already there
+        free = shutil.disk_usage(WORK).free / 1e9
+        if free < need:
+            sys.exit(f"bench.py: {free:.0f} GB free under {WORK}, the run needs about {need} GB "
+                     f"(synthetic image: tree, tar, docker copy, squashfs, imgfs cache, cold-start copies)")
+        log(f"{free:.0f} GB free under {WORK}; images: {', '.join(images)}")
+        py = Image("python")
+        py.dir.mkdir(parents=True, exist_ok=True)
+        ensure_python(py)
+        imgs = []
+        for k in images:
+            img = py if k == "python" else Image(k)
+            if k == "synthetic":
+                ensure_synthetic(img, py.tree)
+            img.entries = count_entries(img)
+            img.tar_size = img.tar.stat().st_size
+            imgs.append(img)
+        meta["machine"] = machine()
+        meta["versions"] = versions()
+        runner = Runner(args.quick, raw)
+        for img in imgs:
+            log(f"=== {img.key} image: {img.entries} entries, {img.tar_size / 1e6:.0f} MB tar")
+            bench_image(img, R, runner, not args.no_correctness)
+    except KeyboardInterrupt:
+        log("interrupted; unmounting")
+        cleanup_all()
+        sys.exit(130)
+    except BenchError as e:
+        log(f"ERROR: {e}")
+        cleanup_all()
+        sys.exit(1)
+    finally:
+        cleanup_all()
+    meta["duration_min"] = (time.time() - start) / 60
+    meta["targets"] = evaluate_targets(R, images)
+    meta["busy"] = []
+    for k in images:
+        for sec in R[k].values():
+            if isinstance(sec, dict):
+                for peer, st in sec.items():
+                    if isinstance(st, dict) and st.get("idle_before", 1) < IDLE_THRESHOLD:
+                        meta["busy"].append(f"{k} {peer}")
+    (RESULTS / f"results{suffix}.json").write_text(json.dumps({"meta": meta, "results": R}, indent=1, default=str))
+    md = (RESULTS / "RESULTS-quick.md") if args.quick else (BENCH / "RESULTS.md")
+    png = (RESULTS / "chart-quick.png") if args.quick else (BENCH / "chart.png")
+    render(R, meta, images, md)
+    chart(R, images, png)
+    log(f"wrote {md} and {png} in {meta['duration_min']:.1f} min")
+    for t in meta["targets"]:
+        log(f"target {'MET   ' if t['met'] else 'MISSED' if t['met'] is False else 'n/a   '} "
+            f"{t['image']}: {t['target']}: {t['value']}")
+
+
+if __name__ == "__main__":
+    main()

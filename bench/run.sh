@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# imgfs benchmark suite: imgfs side by side with the native extracted tree, ratarmount,
+# archivemount, squashfuse, bubblewrap and docker, on the Debian python test image and on a
+# large synthetic image (200,000 small files + one 2 GiB file).
+#
+#   bench/run.sh            full run (about an hour; needs ~25 GB free under $IMGFS_BENCH_WORK)
+#   bench/run.sh --quick    fewer runs, python image only
+#
+# Run as root on Debian 12. Writes bench/RESULTS.md, bench/chart.png and raw data under
+# bench/results/. Work files (synthetic image, squashfs images, caches, venv) live in
+# $IMGFS_BENCH_WORK (default /var/tmp/imgfs-bench) and are reused by later runs.
+set -euo pipefail
+
+die() { echo "bench/run.sh: $*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "must run as root"
+ROOT=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
+WORK=${IMGFS_BENCH_WORK:-/var/tmp/imgfs-bench}
+export IMGFS_BENCH_WORK=$WORK
+cd "$ROOT"
+
+contrib/setup.sh || die "contrib/setup.sh failed"
+tests/fixtures/make-debian-image.sh || die "tests/fixtures/make-debian-image.sh failed"
+
+# The peers, from Debian's packages.
+pkgs=(hyperfine bubblewrap archivemount libfuse2 squashfuse squashfs-tools python3-venv attr
+      util-linux findutils coreutils)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "bench/run.sh: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq || die "apt-get update failed"
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+        || die "apt-get install ${missing[*]} failed"
+fi
+
+# ratarmount and matplotlib, in a venv of Debian's python3.
+RATARMOUNT_VERSION=1.3.0
+MATPLOTLIB_VERSION=3.11.2
+VENV=$WORK/venv
+mkdir -p "$WORK"
+if [ ! -x "$VENV/bin/python3" ]; then
+    /usr/bin/python3 -m venv "$VENV" || die "python3 -m venv $VENV failed"
+fi
+if ! "$VENV/bin/python3" -c 'import ratarmount, matplotlib' 2>/dev/null \
+   || [ "$("$VENV/bin/python3" -c 'import importlib.metadata as m; print(m.version("ratarmount"), m.version("matplotlib"))')" \
+        != "$RATARMOUNT_VERSION $MATPLOTLIB_VERSION" ]; then
+    echo "bench/run.sh: installing ratarmount $RATARMOUNT_VERSION and matplotlib $MATPLOTLIB_VERSION into $VENV"
+    "$VENV/bin/pip" install -q "ratarmount==$RATARMOUNT_VERSION" "matplotlib==$MATPLOTLIB_VERSION" \
+        || die "pip install ratarmount matplotlib failed"
+fi
+
+[ -d "$HOME/.cargo/bin" ] && PATH=$PATH:$HOME/.cargo/bin
+echo "bench/run.sh: cargo build --release"
+cargo build --release --quiet || die "cargo build --release failed"
+[ -x target/release/imgfs ] || die "target/release/imgfs missing after the build"
+
+# A plain PATH: the sandboxed commands must find the image's python3, not a host shim.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+exec "$VENV/bin/python3" "$ROOT/bench/bench.py" "$@"

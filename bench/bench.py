@@ -52,7 +52,8 @@ BIG_PATH = "bench/big/blob.bin"
 RANDREAD_COUNT, RANDREAD_SEED = 2000, 1234
 CONTAINER_LABEL = "imgfs-bench=1"
 EXPORT_CONTAINER = "imgfs-bench-export"
-IDLE_THRESHOLD, IDLE_WINDOW_S, IDLE_MAX_WAIT_S = 0.90, 3.0, 900
+IDLE_THRESHOLD = float(os.environ.get("IMGFS_BENCH_IDLE", "0.90"))  # 0 disables the wait
+IDLE_WINDOW_S, IDLE_MAX_WAIT_S = 3.0, 900
 DISK_NEEDED_GB = {"python": 3, "synthetic": 22}
 
 BWRAP_FLAGS = ["--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev",
@@ -588,7 +589,8 @@ def bench_image(img, R, runner, correctness):
     r = R.setdefault(img.key, {})
     quick = runner.quick
     big = img.key == "synthetic"
-    cap = 900 if big else 120  # seconds one run of a peer may take before it counts as failed
+    # Seconds one run of a peer may take before it counts as failed (shorter in a quick run).
+    cap = 900 if big else (30 if quick else 120)
     info = r.setdefault("info", {})
     info.update(entries=img.entries, tar_bytes=img.tar_size, ref=img.ref, tar=str(img.tar))
 
@@ -609,7 +611,7 @@ def bench_image(img, R, runner, correctness):
             r.setdefault("setup_errors", {})[peer] = str(e)
 
     def ok(peer):
-        return peer not in r.get("setup_errors", {})
+        return peer not in r.get("setup_errors", {}) and peer not in r.get("hung", {})
 
     # 7. Index build from a tar on disk with a warm page cache.
     sec = r.setdefault("index_build", {})
@@ -647,7 +649,7 @@ def bench_image(img, R, runner, correctness):
     sec = r.setdefault("mount_ready", {})
     for peer in ("imgfs", "imgfs-tar", "ratarmount", "archivemount", "squashfuse"):
         if not ok(peer):
-            sec[peer] = {"error": r["setup_errors"][peer]}
+            sec[peer] = skipped(r, peer)
             continue
         sec[peer] = runner.measure(
             f"{img.key}-mount-{peer}", q(PEERS[peer].mount_argv(img, img.mnt(peer))),
@@ -683,7 +685,7 @@ def bench_image(img, R, runner, correctness):
             sec = r.setdefault(f"{section}_{temp}", {})
             for peer in FS_PEERS:
                 if not ok(peer):
-                    sec[peer] = {"error": r["setup_errors"][peer]}
+                    sec[peer] = skipped(r, peer)
                     continue
                 if temp == "warm" and r[f"{section}_cold"].get(peer, {}).get("timeout"):
                     sec[peer] = {"error": "skipped: the cold run did not finish", "timeout": True}
@@ -701,6 +703,10 @@ def bench_image(img, R, runner, correctness):
                     cap=600 if big else 120, warmup=1 if temp == "warm" else 0)
                 if res.get("error"):
                     umount(img, peer, force=True)
+                    if section == "walk" and res.get("timeout"):
+                        # A server that cannot finish a walk hangs every later step too.
+                        r.setdefault("hung", {})[peer] = (f"its metadata walk did not finish within "
+                                                          f"{600 if big else 120} s")
                 sec[peer] = res
 
     # 5b. Random 4 KiB reads in the 2 GiB file (cold: remount + drop caches first).
@@ -709,7 +715,7 @@ def bench_image(img, R, runner, correctness):
         limit = 20 if quick else 60
         for peer in FS_PEERS:
             if not ok(peer):
-                sec[peer] = {"error": r["setup_errors"][peer]}
+                sec[peer] = skipped(r, peer)
                 continue
             sec[peer] = randread(img, peer, runs=3 if quick else 5, limit=limit)
 
@@ -717,7 +723,7 @@ def bench_image(img, R, runner, correctness):
     sec = r.setdefault("memory", {})
     for peer in FS_PEERS[1:]:
         if not ok(peer):
-            sec[peer] = {"error": r["setup_errors"][peer]}
+            sec[peer] = skipped(r, peer)
             continue
         sec[peer] = memory_after_use(img, peer, r, cap)
 
@@ -727,6 +733,12 @@ def bench_image(img, R, runner, correctness):
         r["correctness"] = check_correctness(img, r)
     for peer in FS_PEERS + ["imgfs-tar"]:
         umount(img, peer)
+
+
+def skipped(r, peer):
+    if peer in r.get("setup_errors", {}):
+        return {"error": "set-up failed: " + r["setup_errors"][peer]}
+    return {"error": "skipped: " + r["hung"][peer], "skipped": True}
 
 
 def randread(img, peer, runs, limit):
@@ -821,7 +833,8 @@ FIELDS = ["type", "mode", "uid", "gid", "size", "mtime", "link"]
 
 
 def listing(root, timeout):
-    o = run(["find", root, "-printf", LIST_FMT.replace("\\t", "\t").replace("\\0", "\0")],
+    # find's -printf reads the \\t and \\0 escapes itself (a NUL cannot be in an argument).
+    o = run(["find", root, "-printf", LIST_FMT],
             capture=True, timeout=timeout, what=f"listing {root}").stdout
     entries = {}
     for rec in o.split("\0"):
@@ -853,7 +866,7 @@ def xattrs(root, timeout):
 
 def check_correctness(img, r):
     log(f"{img.key}: correctness checks against the extracted tree")
-    timeout = 900
+    timeout = 300
     native = listing(img.tree, timeout)
     nx = xattrs(img.tree, timeout)
     groups = {}
@@ -867,6 +880,9 @@ def check_correctness(img, r):
     for peer in ["imgfs", "imgfs-tar", "ratarmount", "archivemount", "squashfuse"]:
         notes = []
         m = img.mnt(peer)
+        if peer in r.get("hung", {}) or peer in r.get("setup_errors", {}):
+            res[peer] = {"ok": False, "notes": [skipped(r, peer)["error"]]}
+            continue
         try:
             mount(img, peer)
             got = listing(m, timeout)
@@ -1236,9 +1252,21 @@ def render(R, meta, images, path):
             if st:
                 A(f"- {TITLES[peer]}: {'OK' if st['ok'] else 'DIFFERS'} — " + "; ".join(st["notes"]))
         A("")
-    errs = [f"{k} {p}: {e}" for k in images for p, e in (R[k].get("setup_errors") or {}).items()]
+    errs = [f"{k}, set-up of {p}: {e}" for k in images for p, e in (R[k].get("setup_errors") or {}).items()]
+    for k in images:
+        for sec, d in R[k].items():
+            if sec in ("info", "sizes", "correctness", "setup_errors", "hung") or not isinstance(d, dict):
+                continue
+            for p, st in d.items():
+                if isinstance(st, dict) and st.get("error") and not st.get("skipped") \
+                        and not st["error"].startswith("skipped"):
+                    errs.append(f"{k}, {sec}, {TITLES.get(p, p)}: {st['error']}")
+    for k in images:
+        for p, why in (R[k].get("hung") or {}).items():
+            errs.append(f"{k}: {TITLES.get(p, p)} stopped answering ({why}); its later measurements "
+                        f"were skipped")
     if errs:
-        A("## Peer failures during set-up\n")
+        A("## Peer failures\n")
         for e in errs:
             A(f"- {e}")
         A("")
@@ -1318,6 +1346,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer runs, python image only")
     ap.add_argument("--images", help="comma-separated: python,synthetic (default: both; --quick: python)")
     ap.add_argument("--no-correctness", action="store_true", help="skip the correctness checks")
+    ap.add_argument("--prepare-only", action="store_true", help="build the images and trees, measure nothing")
     args = ap.parse_args()
     images = args.images.split(",") if args.images else (["python"] if args.quick else ["python", "synthetic"])
     for k in images:
@@ -1369,6 +1398,9 @@ def main():
             img.entries = count_entries(img)
             img.tar_size = img.tar.stat().st_size
             imgs.append(img)
+        if args.prepare_only:
+            log("inputs ready: " + ", ".join(f"{i.key} ({i.entries} entries)" for i in imgs))
+            return
         meta["machine"] = machine()
         meta["versions"] = versions()
         runner = Runner(args.quick, raw)

@@ -1361,6 +1361,13 @@ def main():
         sys.exit(f"bench.py: {IMGFS} or {RATARMOUNT} missing (bench/run.sh builds and installs them)")
 
     global _log_file
+    WORK.mkdir(parents=True, exist_ok=True)
+    import fcntl
+    lock = open(WORK / ".lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        sys.exit(f"bench.py: another run holds {WORK / '.lock'}; runs cannot share the machine")
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = "-quick" if args.quick else ""
     _log_file = open(RESULTS / f"bench{suffix}.log", "w")

@@ -896,20 +896,7 @@ fn killed_server_gives_errors_and_is_cleaned_up() {
 /// A user other than root mounts a tar archive too (through fusermount3), and unmounts it.
 #[test]
 fn unprivileged_user_mounts_a_tar() {
-    let user = "imgfs-test";
-    let exists = Command::new("id")
-        .arg(user)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    if !exists.success() {
-        let made = Command::new("useradd")
-            .args(["-M", "-s", "/bin/sh", user])
-            .status()
-            .unwrap();
-        require(made.success(), "useradd of the unprivileged test user");
-    }
+    let user = common::test_user();
     let work = TempDir::new("imgfs-user");
     let _ = Command::new("chmod").arg("0777").arg(work.path()).status();
     let archive = work.path().join("image.tar");

@@ -14,8 +14,6 @@ const DEBIAN_IMAGE: &str = "imgfs-test/debian-python:bookworm";
 /// The same with Env, WorkingDir, User and Cmd set, and CPython's test suite
 /// (tests/fixtures/python-app.Dockerfile).
 const APP_IMAGE: &str = "imgfs-test/python-app:bookworm";
-/// An unprivileged account the tests run imgfs as.
-const TEST_USER: &str = "imgfs-test";
 
 fn imgfs() -> Command {
     Command::new(env!("CARGO_BIN_EXE_imgfs"))
@@ -482,19 +480,7 @@ fn rw_dir_persists_between_runs() {
 #[test]
 fn unprivileged_user_gets_a_sandbox_too() {
     require_images();
-    let exists = Command::new("id")
-        .arg(TEST_USER)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    if !exists.success() {
-        let made = Command::new("useradd")
-            .args(["-M", "-s", "/bin/sh", TEST_USER])
-            .status()
-            .unwrap();
-        require(made.success(), "useradd of the unprivileged test user");
-    }
+    let user = common::test_user();
     let tar = fixtures_dir().join("debian-python.tar");
     require(
         tar.exists(),
@@ -502,15 +488,15 @@ fn unprivileged_user_gets_a_sandbox_too() {
     );
     let cache = shared_cache().join("unprivileged");
     std::fs::create_dir_all(&cache).unwrap();
-    let _ = Command::new("chown").arg(TEST_USER).arg(&cache).status();
+    let _ = Command::new("chown").arg(user).arg(&cache).status();
     let as_user = |opts: &[&str], args: &[&str]| {
         output(
             Command::new("setpriv")
                 .args([
                     "--reuid",
-                    TEST_USER,
+                    user,
                     "--regid",
-                    TEST_USER,
+                    user,
                     "--init-groups",
                     "--reset-env",
                 ])

@@ -574,3 +574,25 @@ pub fn cache_file(cache: &Path, name: &str) -> PathBuf {
         .find(|p| p.exists())
         .unwrap_or_else(|| panic!("no {name} in the cache {}", cache.display()))
 }
+
+/// An unprivileged account for the tests, made when missing.
+#[track_caller]
+pub fn test_user() -> &'static str {
+    const USER: &str = "imgfs-test";
+    let exists = Command::new("id")
+        .arg(USER)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !exists {
+        let made = Command::new("useradd")
+            .args(["-M", "-s", "/bin/sh", USER])
+            .status();
+        require(
+            made.is_ok_and(|s| s.success()),
+            "useradd of the unprivileged test user",
+        );
+    }
+    USER
+}

@@ -74,14 +74,19 @@ fn assert_ok(out: &Output) -> String {
 }
 
 /// Lines of the host's mount table that belong to imgfs.
+/// The one deliberate host mount of this binary (run_uses_a_live_mount_of_the_image, which may
+/// run beside the others) is left out.
 fn imgfs_mounts() -> Vec<String> {
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
-        .filter(|l| l.contains("imgfs"))
+        .filter(|l| l.contains("imgfs") && !l.contains(LIVE_MOUNT_PREFIX))
         .map(str::to_string)
         .collect()
 }
+
+/// Prefix of the mountpoint the live-mount test mounts on the host.
+const LIVE_MOUNT_PREFIX: &str = "imgfs-live-mount";
 
 /// Host processes whose command line mentions `needle`.
 fn processes_with(needle: &str) -> Vec<String> {
@@ -701,7 +706,7 @@ fn run_uses_a_live_mount_of_the_image() {
         run_serves_fuse(APP_IMAGE),
         "without a live mount the run serves the image itself"
     );
-    let mnt = TempDir::new("imgfs-live");
+    let mnt = TempDir::new(LIVE_MOUNT_PREFIX);
     let out = output(
         imgfs()
             .arg("mount")

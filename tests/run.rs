@@ -73,20 +73,51 @@ fn assert_ok(out: &Output) -> String {
     text(&out.stdout)
 }
 
-/// Lines of the host's mount table that belong to imgfs.
-/// The one deliberate host mount of this binary (run_uses_a_live_mount_of_the_image, which may
-/// run beside the others) is left out.
+/// Lines of the host's mount table that a sandbox left behind: anything mounted in a
+/// sandbox's scratch directories (the image's FUSE mount, the overlay, /proc, ...), whose
+/// parents are /run/imgfs for root and $XDG_RUNTIME_DIR/imgfs or /tmp/imgfs-UID otherwise.
+/// Other imgfs mounts on the host (a user's own, the live-mount test's) are not the runner's.
 fn imgfs_mounts() -> Vec<String> {
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
-        .filter(|l| l.contains("imgfs") && !l.contains(LIVE_MOUNT_PREFIX))
+        .filter(|l| {
+            let point = l.split(' ').nth(4).unwrap_or("");
+            is_scratch(point)
+        })
         .map(str::to_string)
         .collect()
 }
 
-/// Prefix of the mountpoint the live-mount test mounts on the host.
-const LIVE_MOUNT_PREFIX: &str = "imgfs-live-mount";
+fn is_scratch(point: &str) -> bool {
+    let digits_then_slash = |rest: &str| {
+        let n = rest.bytes().take_while(u8::is_ascii_digit).count();
+        n > 0 && (rest.len() == n || rest.as_bytes()[n] == b'/')
+    };
+    if point == "/run/imgfs" || point.starts_with("/run/imgfs/") {
+        return true;
+    }
+    if let Some(rest) = point.strip_prefix("/tmp/imgfs-") {
+        return digits_then_slash(rest);
+    }
+    if let Some(rest) = point.strip_prefix("/run/user/") {
+        let n = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let rest = &rest[n..];
+        return n > 0 && (rest == "/imgfs" || rest.starts_with("/imgfs/"));
+    }
+    false
+}
+
+#[test]
+fn scratch_mountpoints_are_recognised() {
+    assert!(is_scratch("/run/imgfs/123"));
+    assert!(is_scratch("/run/imgfs/123/lower"));
+    assert!(is_scratch("/tmp/imgfs-1000/55/lower"));
+    assert!(is_scratch("/run/user/1000/imgfs/55"));
+    assert!(!is_scratch("/tmp/imgfs-live-mount-1-2-3"));
+    assert!(!is_scratch("/var/tmp/imgfs-bench-full/mnt/python-imgfs"));
+    assert!(!is_scratch("/run/imgfsx"));
+}
 
 /// Host processes whose command line mentions `needle`.
 fn processes_with(needle: &str) -> Vec<String> {
@@ -706,7 +737,7 @@ fn run_uses_a_live_mount_of_the_image() {
         run_serves_fuse(APP_IMAGE),
         "without a live mount the run serves the image itself"
     );
-    let mnt = TempDir::new(LIVE_MOUNT_PREFIX);
+    let mnt = TempDir::new("imgfs-live-mount");
     let out = output(
         imgfs()
             .arg("mount")

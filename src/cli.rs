@@ -63,13 +63,9 @@ pub enum Command {
     #[command(name = "__serve", hide = true)]
     Serve(ServeArgs),
 
-    /// The sandbox supervisor (what `imgfs run` becomes once the plan is made).
+    /// The sandbox supervisor (what `imgfs run` re-executes when it has threads to shed).
     #[command(name = "__sandbox", hide = true)]
     Sandbox { plan: String },
-
-    /// The sandbox's init (PID 1 inside).
-    #[command(name = "__sandbox-init", hide = true)]
-    SandboxInit { scratch: PathBuf, plan: String },
 }
 
 #[derive(Debug, Args)]

@@ -26,8 +26,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Umount(args) => umount(args),
         Command::Serve(args) => serve_background(args),
         Command::Run(args) => run_sandbox(args),
-        Command::Sandbox { plan } => Ok(exec::supervisor(&parse_plan(&plan)?, &plan)),
-        Command::SandboxInit { scratch, plan } => Ok(exec::init(&parse_plan(&plan)?, &scratch)),
+        Command::Sandbox { plan } => Ok(exec::supervisor(&parse_plan(&plan)?)),
     }
 }
 
@@ -150,7 +149,7 @@ fn run_sandbox(args: RunArgs) -> Result<i32> {
     };
     let fsname = format!("{}{}", serve::SOURCE_PREFIX, args.image);
     let plan = runner::make_plan(&ready, fsname, &request)?;
-    Err(runner::exec_supervisor(&plan).into())
+    Ok(runner::supervise(&plan)?)
 }
 
 fn umount(args: UmountArgs) -> Result<i32> {

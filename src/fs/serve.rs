@@ -187,6 +187,16 @@ pub fn spawn(
     mountpoint: &Path,
     options: &ServeOptions,
 ) -> Result<fuser::BackgroundSession, ServeError> {
+    start(mount(fs, mountpoint, options)?, mountpoint)
+}
+
+/// Mounts `fs` without starting a thread: requests wait until [`start`]. The process stays
+/// single-threaded in between, so it may still fork and go on running Rust in the child.
+pub fn mount(
+    fs: ImageFs,
+    mountpoint: &Path,
+    options: &ServeOptions,
+) -> Result<fuser::Session<ImageFs>, ServeError> {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::RO,
@@ -204,11 +214,17 @@ pub fn spawn(
     };
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = true;
-    let session =
-        fuser::Session::new(fs, mountpoint, &config).map_err(|source| ServeError::Mount {
-            path: mountpoint.to_path_buf(),
-            source,
-        })?;
+    fuser::Session::new(fs, mountpoint, &config).map_err(|source| ServeError::Mount {
+        path: mountpoint.to_path_buf(),
+        source,
+    })
+}
+
+/// Starts the request threads of a session made by [`mount`].
+pub fn start(
+    session: fuser::Session<ImageFs>,
+    mountpoint: &Path,
+) -> Result<fuser::BackgroundSession, ServeError> {
     session.spawn().map_err(|source| ServeError::Session {
         path: mountpoint.to_path_buf(),
         source,

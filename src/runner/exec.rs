@@ -1,12 +1,12 @@
 //! Carries out a [`Plan`]: namespaces, the image mount, the overlay, pivot_root, exec.
 //!
-//! Two processes, both fresh images of imgfs (so no thread of another stage is ever forked):
+//! Two processes, neither of which ever forks while it has threads:
 //!
-//! - the **supervisor** (`imgfs run` after it re-executes itself) enters new user (when not
-//!   root), mount, UTS, IPC and network namespaces, makes every mount private, mounts a tmpfs
-//!   scratch area and the image with FUSE (serving it from its own threads), enters a new PID
-//!   namespace and starts the init. It forwards signals sent to it with kill(2) and exits with
-//!   the init's status.
+//! - the **supervisor** (`imgfs run` itself, single-threaded once the image is resolved)
+//!   enters new user (when not root), mount, UTS, IPC and network namespaces, makes every
+//!   mount private, mounts a tmpfs scratch area and the image with FUSE, forks the init into a
+//!   new PID namespace, and only then starts the threads serving the image. It forwards
+//!   signals sent to it with kill(2) and exits with the init's status.
 //! - the **init** (PID 1 of the new PID namespace, killed if the supervisor dies) puts the
 //!   overlay on the image, mounts /proc, a minimal /dev, /tmp, the volumes and the generated
 //!   /etc files, pivots into the root, and starts the command; it reaps orphans, forwards
@@ -201,8 +201,8 @@ fn mkdir(path: &Path) -> Result<(), String> {
 }
 
 /// The supervisor. Returns the exit status for `imgfs run`.
-pub fn supervisor(plan: &Plan, plan_json: &str) -> i32 {
-    match supervisor_inner(plan, plan_json) {
+pub fn supervisor(plan: &Plan) -> i32 {
+    match supervisor_inner(plan) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("imgfs: {e}");
@@ -211,7 +211,7 @@ pub fn supervisor(plan: &Plan, plan_json: &str) -> i32 {
     }
 }
 
-fn supervisor_inner(plan: &Plan, plan_json: &str) -> Result<i32, String> {
+fn supervisor_inner(plan: &Plan) -> Result<i32, String> {
     // Blocked before any thread exists, so every thread inherits it and only sigwaitinfo
     // takes these signals; the init inherits it across exec.
     let waited = waited_signals();
@@ -229,7 +229,7 @@ fn supervisor_inner(plan: &Plan, plan_json: &str) -> Result<i32, String> {
     remove_stale_scratch(&parent);
     let scratch = parent.join(std::process::id().to_string());
     mkdir(&scratch)?;
-    let result = supervise_in_namespaces(plan, plan_json, fs, &scratch);
+    let result = supervise_in_namespaces(plan, fs, &scratch);
     let _ = fs::remove_dir(&scratch);
     result
 }
@@ -268,7 +268,6 @@ fn enter_namespaces(plan: &Plan) -> Result<(), String> {
 
 fn supervise_in_namespaces(
     plan: &Plan,
-    plan_json: &str,
     fs: Option<ImageFs>,
     scratch: &Path,
 ) -> Result<i32, String> {
@@ -301,7 +300,8 @@ fn supervise_in_namespaces(
                 fsname: plan.fsname.clone(),
                 threads: SANDBOX_FS_THREADS,
             };
-            Some(serve::spawn(fs, &lower, &options).map_err(|e| e.to_string())?)
+            // Mounted now, served once the init is forked: requests wait until then.
+            Some(serve::mount(fs, &lower, &options).map_err(|e| e.to_string())?)
         }
         (None, Some(live)) => {
             let live = live.to_str().ok_or("the live mount's path is not UTF-8")?;
@@ -310,53 +310,40 @@ fn supervise_in_namespaces(
         }
         (None, None) => return Err("no image to serve".into()),
     };
-    // The terminal's copy threads must start before the PID namespace below.
-    let (terminal, output) = if plan.tty {
+    let terminal = if plan.tty {
         // SAFETY: blocking SIGWINCH, which supervise() takes with sigwaitinfo.
         unsafe {
             let winch = sigset(&[libc::SIGWINCH]);
             libc::sigprocmask(libc::SIG_BLOCK, &winch, std::ptr::null_mut());
         }
-        let t = Terminal::open(scratch)?;
-        let out = t
-            .spawn_copies(plan.interactive)
-            .map_err(|e| format!("cannot copy the terminal: {e}"))?;
-        (Some(t), Some(out))
+        Some(Terminal::open(scratch)?)
     } else {
-        (None, None)
+        None
     };
 
-    // Threads exist now, so the PID namespace comes last (a thread cannot be created once
-    // the children's PID namespace differs).
-    // SAFETY: unshare(CLONE_NEWPID) only affects children created later.
-    check(
-        unsafe { libc::unshare(libc::CLONE_NEWPID) },
-        "cannot create a PID namespace",
-    )?;
-
-    let exe = cstr("/proc/self/exe")?;
-    let args = [
-        cstr("imgfs")?,
-        cstr("__sandbox-init")?,
-        cstr(scratch.as_os_str().as_bytes())?,
-        cstr(plan_json)?,
-    ];
-    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    // SAFETY: the child only makes async-signal-safe calls (prctl, execv, _exit) on memory
-    // prepared before the fork.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(os_err("cannot start the sandbox"));
-    }
+    let pid = fork_init()?;
     if pid == 0 {
-        // SAFETY: see above; the init dies with the supervisor.
-        unsafe {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            libc::execv(exe.as_ptr(), argv.as_ptr());
-            libc::_exit(EXIT_SETUP);
-        }
+        // The init: PID 1 of a new PID namespace, a single-threaded copy of this process.
+        let code = init(plan, scratch);
+        // SAFETY: leaving the forked copy without running the supervisor's destructors.
+        unsafe { libc::_exit(code) };
     }
+    // Threads only now, in the supervisor alone.
+    let session = match session {
+        Some(s) => Some(serve::start(s, &lower).map_err(|e| {
+            // SAFETY: the init cannot go on without the image.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            e.to_string()
+        })?),
+        None => None,
+    };
+    let output = match &terminal {
+        Some(t) => Some(
+            t.spawn_copies(plan.interactive)
+                .map_err(|e| format!("cannot copy the terminal: {e}"))?,
+        ),
+        None => None,
+    };
     let resize = terminal.as_ref().map(|t| move || t.resize());
     let code = supervise(pid, resize.as_ref().map(|r| r as &dyn Fn()));
     if let Some(out) = output {
@@ -371,6 +358,59 @@ fn supervise_in_namespaces(
     }
     std::mem::forget(session);
     Ok(code)
+}
+
+/// Forks the init into a new PID namespace, where it is PID 1: 0 in the child, its pid in
+/// the parent. A raw clone, as bubblewrap does, so that the supervisor's own children (its
+/// threads) stay in its namespace. Only a single-threaded process may run Rust in such a
+/// child, which is checked first. The child dies with the supervisor (PDEATHSIG), and a
+/// supervisor that died before the child could ask for that shows as a closed pipe.
+fn fork_init() -> Result<libc::pid_t, String> {
+    if !super::single_threaded() {
+        return Err("cannot start the sandbox: the supervisor must be single-threaded".into());
+    }
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors.
+    check(
+        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) },
+        "cannot create a pipe",
+    )?;
+    // SAFETY: pipe2 returned two fresh descriptors that nothing else owns.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: clone without CLONE_VM and with a null stack behaves as fork: the child gets a
+    // copy of this (single-threaded) process and returns here with 0.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::CLONE_NEWPID | libc::SIGCHLD,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid < 0 {
+        return Err(os_err("cannot start the sandbox in a new PID namespace"));
+    }
+    if pid == 0 {
+        drop(write);
+        // SAFETY: no preconditions.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+        let mut poll = libc::pollfd {
+            fd: read.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd. The supervisor never writes: readiness means it is gone.
+        if unsafe { libc::poll(&mut poll, 1, 0) } != 0 {
+            // SAFETY: leaving the forked copy without running the parent's destructors.
+            unsafe { libc::_exit(EXIT_SETUP) };
+        }
+        return Ok(0);
+    }
+    // The write end stays open in the supervisor until it exits.
+    std::mem::forget(write);
+    Ok(pid as libc::pid_t)
 }
 
 /// Opens (creating if missing) `guest` inside the root open at `root`, never leaving it:

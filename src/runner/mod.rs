@@ -2,8 +2,8 @@
 //!
 //! Takes a prepared image (index stage) and the user's request; [`plan`] decides everything as
 //! plain data with docker run's rules (the image's Entrypoint, Cmd, Env, WorkingDir and User,
-//! names resolved in the image's own /etc/passwd and /etc/group), then `imgfs run` re-executes
-//! itself as the sandbox supervisor, which [`exec`] implements: the image is mounted with FUSE
+//! names resolved in the image's own /etc/passwd and /etc/group), then `imgfs run` becomes the
+//! sandbox supervisor, which [`exec`] implements: the image is mounted with FUSE
 //! inside private namespaces, an overlay (tmpfs or `--rw-dir`) makes it writable without ever
 //! touching the cache, and the command runs as PID 1's only child. Nothing outlives the sandbox.
 
@@ -86,13 +86,28 @@ fn effective_ids() -> (u32, u32) {
     unsafe { (libc::geteuid(), libc::getegid()) }
 }
 
-/// Replaces this process with the sandbox supervisor (same pid, no threads carried over).
-pub fn exec_supervisor(plan: &Plan) -> RunError {
+/// Whether this process has a single thread: only then may it become the supervisor itself
+/// (unshare and the init's fork need that); otherwise it re-executes itself first.
+pub fn single_threaded() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .is_some_and(|n| n.trim() == "1")
+    })
+}
+
+/// Runs the sandbox and returns the exit status for `imgfs run`: in this process when it is
+/// single-threaded (resolving the image starts no thread), else in a fresh copy of the binary
+/// that replaces it (same pid, no threads carried over).
+pub fn supervise(plan: &Plan) -> Result<i32, RunError> {
+    if single_threaded() {
+        return Ok(exec::supervisor(plan));
+    }
     let json = serde_json::to_string(plan).unwrap_or_default();
     let err = std::process::Command::new("/proc/self/exe")
         .arg0("imgfs")
         .arg("__sandbox")
         .arg(json)
         .exec();
-    RunError::Exec(err)
+    Err(RunError::Exec(err))
 }

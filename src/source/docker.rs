@@ -72,9 +72,9 @@ impl Docker {
             endpoint: endpoint.clone(),
             reason,
         };
-        // Two workers: one drives the HTTP stream while the calling thread consumes it.
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+        // One thread, the caller's: every request is driven by a block_on, so resolving an
+        // image starts no thread and the runner can build its sandbox in this very process.
+        let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(DockerError::Runtime)?;
@@ -149,7 +149,8 @@ impl Docker {
     }
 
     /// Exports the image's flattened filesystem: `consume` reads the tar stream on the calling
-    /// thread while the runtime fetches it, so memory stays bounded by the stream buffers. The
+    /// thread, each read driving the runtime until the stream has bytes for it, so memory stays
+    /// bounded by the stream buffers. The
     /// container is removed afterwards whatever happens; on SIGINT/SIGTERM it is removed,
     /// `on_signal` runs (to drop half-written files) and the process exits with 128+signal.
     pub fn export<T>(
@@ -200,11 +201,10 @@ impl Docker {
 
         let stream = self.client.export_container(&id).map_err(io::Error::other);
         let reader = tokio_util::io::StreamReader::new(stream);
-        let result = {
-            let _guard = self.rt.enter();
-            let mut bridge = tokio_util::io::SyncIoBridge::new(reader);
-            consume(&mut bridge)
-        };
+        let result = consume(&mut BlockingReader {
+            rt: &self.rt,
+            inner: reader,
+        });
         watcher.abort();
         let removed = self
             .rt
@@ -242,6 +242,20 @@ impl Docker {
                     .block_on(self.client.remove_container(&id, Some(force_remove())));
             }
         }
+    }
+}
+
+/// A synchronous reader over an asynchronous one: each read runs the runtime (the HTTP
+/// connection and the signal watcher with it) until the read completes.
+struct BlockingReader<'a, R> {
+    rt: &'a Runtime,
+    inner: R,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> Read for BlockingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use tokio::io::AsyncReadExt;
+        self.rt.block_on(self.inner.read(buf))
     }
 }
 

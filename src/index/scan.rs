@@ -234,7 +234,13 @@ struct Pending {
     long_name: Option<Vec<u8>>,
     long_link: Option<Vec<u8>>,
     pax: Vec<(Vec<u8>, Vec<u8>)>,
+    /// What the extension headers read so far cost in memory, bounded by [`MAX_META_LEN`]
+    /// however many headers precede the member.
+    cost: u64,
 }
+
+/// What one kept PAX record costs beyond its bytes (two vectors and their allocations).
+const PAX_RECORD_COST: u64 = 64;
 
 /// Scans the whole archive, calling `visit` for each member in archive order. Warnings about
 /// members that were read but are unusual go to `warn`.
@@ -250,6 +256,11 @@ pub fn scan<I: Input>(
         let n = input
             .read_full(&mut block)
             .map_err(|source| ScanError::Io { offset, source })?;
+        if n == 0 && offset == 0 {
+            return Err(ScanError::NotTar(
+                "not a tar archive (the file is empty)".into(),
+            ));
+        }
         if n == 0 && pending.first_offset.is_none() {
             return Ok(()); // end of input without end-of-archive blocks: accepted, as tar does
         }
@@ -281,6 +292,7 @@ pub fn scan<I: Input>(
             .map_err(|reason| bad_header(offset, &block, &reason))?;
         match typeflag {
             b'L' | b'K' => {
+                charge(&mut pending.cost, size, offset, &block)?;
                 let mut data = read_meta(input, size, offset, &block)?;
                 while data.last() == Some(&0) {
                     data.pop();
@@ -292,8 +304,9 @@ pub fn scan<I: Input>(
                 }
             }
             b'x' | b'X' => {
+                charge(&mut pending.cost, size, offset, &block)?;
                 let data = read_meta(input, size, offset, &block)?;
-                parse_pax(&data, &mut pending.pax)
+                parse_pax(&data, &mut pending.pax, &mut pending.cost)
                     .map_err(|reason| bad_header(offset, &block, &reason))?;
             }
             b'g' | b'V' => skip_data(input, size, offset, &block)?,
@@ -399,6 +412,24 @@ fn truncated(block: &[u8; BLOCK as usize], offset: u64) -> ScanError {
 }
 
 /// Reads a bounded extension record (PAX or GNU long name) and its padding.
+/// Adds `cost` to a member's extension budget; past [`MAX_META_LEN`] the archive is refused.
+fn charge(
+    total: &mut u64,
+    cost: u64,
+    offset: u64,
+    block: &[u8; BLOCK as usize],
+) -> Result<(), ScanError> {
+    *total = total.saturating_add(cost);
+    if *total > MAX_META_LEN {
+        return Err(bad_header(
+            offset,
+            block,
+            &format!("extension headers of one member exceed the {MAX_META_LEN}-byte limit"),
+        ));
+    }
+    Ok(())
+}
+
 fn read_meta<I: Input>(
     input: &mut I,
     size: u64,
@@ -433,7 +464,11 @@ fn read_meta<I: Input>(
 
 /// Parses PAX records (`LEN KEY=VALUE\n`) by their length prefix, so values may hold any
 /// byte (binary xattrs hold newlines and NULs). Later keys override earlier ones.
-fn parse_pax(mut data: &[u8], out: &mut Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), String> {
+fn parse_pax(
+    mut data: &[u8],
+    out: &mut Vec<(Vec<u8>, Vec<u8>)>,
+    cost: &mut u64,
+) -> Result<(), String> {
     while !data.is_empty() {
         if data.iter().all(|&b| b == 0) {
             break; // some writers pad the record set with NULs
@@ -455,10 +490,14 @@ fn parse_pax(mut data: &[u8], out: &mut Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), S
             .position(|&b| b == b'=')
             .ok_or("PAX record without '='")?;
         let (key, value) = (&record[..eq], &record[eq + 1..]);
-        // Sparse 0.0 repeats offset/numbytes pairs: those keep every occurrence, in order.
-        let repeatable = key == b"GNU.sparse.offset" || key == b"GNU.sparse.numbytes";
-        if !repeatable {
-            out.retain(|(k, _)| k != key);
+        // Every record is kept, in order (sparse 0.0 repeats its offset/numbytes pairs); a
+        // lookup takes the last record of a key, which overrides earlier ones. The member's
+        // extension budget bounds how many there are.
+        *cost = cost.saturating_add(PAX_RECORD_COST);
+        if *cost > MAX_META_LEN {
+            return Err(format!(
+                "extension headers of one member exceed the {MAX_META_LEN}-byte limit"
+            ));
         }
         out.push((key.to_vec(), value.to_vec()));
         data = &data[len..];
@@ -633,9 +672,14 @@ fn member<I: Input>(
             None => numeric(&block[337..345]).map_err(&err)?,
         };
     }
-    let xattrs = pax
+    // One value per name, the last one given.
+    let xattrs: std::collections::BTreeMap<&[u8], &[u8]> = pax
         .iter()
-        .filter_map(|(k, v)| Some((k.strip_prefix(b"SCHILY.xattr.")?.to_vec(), v.clone())))
+        .filter_map(|(k, v)| Some((k.strip_prefix(b"SCHILY.xattr.")?, v.as_slice())))
+        .collect();
+    let xattrs = xattrs
+        .into_iter()
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
         .collect();
 
     let mut entry = Entry {
@@ -892,11 +936,33 @@ mod tests {
         assert_eq!(rec.len(), 18);
         let rec = [b"18 SCHILY.x=".as_slice(), value, b"\n"].concat();
         let mut out = Vec::new();
-        parse_pax(&rec, &mut out).unwrap();
+        parse_pax(&rec, &mut out, &mut 0).unwrap();
         assert_eq!(out, vec![(b"SCHILY.x".to_vec(), value.to_vec())]);
         for bad in [&b"5 a=b\n"[..], b"99 a=b\n", b"x a=b\n", b"7 ab\nxx"] {
-            assert!(parse_pax(bad, &mut Vec::new()).is_err(), "{bad:?}");
+            assert!(parse_pax(bad, &mut Vec::new(), &mut 0).is_err(), "{bad:?}");
         }
+    }
+
+    /// Endless extension headers before one member cost bounded memory, then an error.
+    #[test]
+    fn extension_headers_are_bounded_per_member() {
+        let mut records = Vec::new();
+        for i in 0..300_000u32 {
+            let r = format!(" c{i}=x\n");
+            let n = (1..8)
+                .map(|d| r.len() + d)
+                .find(|n| n.to_string().len() + r.len() == *n)
+                .unwrap();
+            records.extend(format!("{n}{r}").into_bytes());
+        }
+        let mut out = Vec::new();
+        let e = parse_pax(&records, &mut out, &mut 0).unwrap_err();
+        assert!(e.contains("exceed"), "{e}");
+        assert!(
+            out.len() as u64 <= MAX_META_LEN / PAX_RECORD_COST,
+            "{}",
+            out.len()
+        );
     }
 
     #[test]

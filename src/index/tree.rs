@@ -62,7 +62,8 @@ impl Node {
         let kind = e.kind();
         Node {
             kind,
-            mode: e.mode,
+            // Linux gives every symlink rwxrwxrwx, whatever the archive stored (as tar -x).
+            mode: if kind == Kind::Symlink { 0o777 } else { e.mode },
             uid: e.uid,
             gid: e.gid,
             mtime: e.mtime,

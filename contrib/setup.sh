@@ -36,8 +36,15 @@ chmod 0666 /dev/fuse
 
 if ! docker info >/dev/null 2>&1; then
     log=/var/log/imgfs-dockerd.log
-    if ! pgrep -x dockerd >/dev/null; then
-        rm -f /var/run/docker.pid
+    # pidof skips zombies: a daemon that was just killed does not count as running.
+    if ! pidof dockerd >/dev/null; then
+        # A killed daemon leaves pid files that may name zombies (where PID 1 does not reap):
+        # dockerd would wait for that "running" containerd forever.
+        for f in /var/run/docker.pid /var/run/docker/containerd/containerd.pid; do
+            [ -f "$f" ] || continue
+            state=$(sed 's/.*) //' "/proc/$(cat "$f")/stat" 2>/dev/null | cut -c1 || true)
+            if [ -z "$state" ] || [ "$state" = Z ]; then rm -f "$f"; fi
+        done
         echo "setup.sh: starting dockerd (log: $log)"
         setsid dockerd --iptables=false >"$log" 2>&1 < /dev/null &
     fi

@@ -9,12 +9,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    CompareOptions, TempDir, assert_trees_equal, cache_file, extract_with_gnu_tar,
-    fixture_archives, fixtures_dir, read_path_list, require, text, wait_until,
+    CompareOptions, DEBIAN_IMAGE, TempDir, assert_trees_equal, cache_file, export_containers,
+    export_events, extract_with_gnu_tar, fixture_archives, fixtures_dir, now, read_path_list,
+    require, require_docker, text, wait_until,
 };
-
-/// The Debian bookworm + python3 image that tests/fixtures/make-debian-image.sh imports.
-const DEBIAN_IMAGE: &str = "imgfs-test/debian-python:bookworm";
 
 fn imgfs() -> Command {
     Command::new(env!("CARGO_BIN_EXE_imgfs"))
@@ -110,57 +108,6 @@ fn assert_mount_matches_tar_x(archive: &Path, mount: &Path) {
         ..Default::default()
     };
     assert_trees_equal(truth.path(), mount, &opts);
-}
-
-fn require_docker() {
-    let ok = Command::new("docker")
-        .arg("info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    require(
-        ok.is_ok_and(|s| s.success()),
-        "a running dockerd (tests/run.sh starts one via contrib/setup.sh)",
-    );
-    let img = Command::new("docker")
-        .args(["image", "inspect", DEBIAN_IMAGE])
-        .output();
-    require(
-        img.is_ok_and(|o| o.status.success()),
-        &format!("the image {DEBIAN_IMAGE} (tests/fixtures/make-debian-image.sh builds it)"),
-    );
-}
-
-/// Containers created for exports that are still in dockerd.
-fn export_containers() -> Vec<String> {
-    let out =
-        run(Command::new("docker").args(["ps", "-aq", "--filter", "label=io.imgfs.export-pid"]));
-    text(&out.stdout).lines().map(str::to_string).collect()
-}
-
-/// `export` events dockerd emitted since `since` (a unix time).
-fn export_events(since: &str) -> usize {
-    let until = now();
-    let out = run(Command::new("docker").args([
-        "events",
-        "--since",
-        since,
-        "--until",
-        &until,
-        "--filter",
-        "event=export",
-        "--format",
-        "{{.ID}}",
-    ]));
-    text(&out.stdout).lines().filter(|l| !l.is_empty()).count()
-}
-
-/// The time now, as docker's `--since` takes it (seconds with nanoseconds).
-fn now() -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    format!("{}.{:09}", t.as_secs(), t.subsec_nanos())
 }
 
 /// Serializes the tests that count dockerd's export events, so they count only their own.
@@ -266,14 +213,14 @@ fn docker_image_matches_tar_x_and_warm_mount_does_not_export() {
     );
 }
 
-/// Two processes mounting the same uncached image at once export it once.
+/// Eight processes mounting the same uncached image at once export it once, and all succeed.
 #[test]
 fn concurrent_cold_mounts_export_once() {
     require_docker();
     let _serial = docker_lock();
     let cache = TempDir::new("imgfs-cache");
     let since = now();
-    let dirs = [TempDir::new("imgfs-mnt"), TempDir::new("imgfs-mnt")];
+    let dirs: Vec<_> = (0..8).map(|_| TempDir::new("imgfs-mnt")).collect();
     let children: Vec<_> = dirs
         .iter()
         .map(|d| {

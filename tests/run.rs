@@ -768,3 +768,181 @@ fn run_uses_a_live_mount_of_the_image() {
         "a finished mount is still taken as live"
     );
 }
+
+/// Fifty sandboxes of one image started at once: all run, and none leaves a mount or a
+/// process behind.
+#[test]
+fn fifty_parallel_runs_all_succeed_and_leave_nothing() {
+    require_images();
+    // Fill the cache first, so the fifty are warm runs racing each other, not the export.
+    assert_ok(&run_in(DEBIAN_IMAGE, &[], &["true"]));
+    let marker = "imgfs-fifty-7121";
+    let children: Vec<_> = (0..50)
+        .map(|i| {
+            imgfs()
+                .arg("run")
+                .arg("--cache-dir")
+                .arg(shared_cache())
+                .arg(DEBIAN_IMAGE)
+                .args([
+                    "--",
+                    "sh",
+                    "-c",
+                    &format!(
+                        "echo {marker} >/dev/null; cat /etc/debian_version >/dev/null && echo {i}"
+                    ),
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(assert_ok(&out), format!("{i}\n"));
+    }
+    assert!(processes_with(marker).is_empty());
+    assert!(imgfs_mounts().is_empty(), "{:?}", imgfs_mounts());
+}
+
+/// The Debian image with hostile additions, as a tar file: symlinks aiming at a host file,
+/// a symlink where a volume goes, a memory device node and a setuid-root program.
+fn hostile_image(work: &std::path::Path, secret: &std::path::Path) -> PathBuf {
+    let tar = fixtures_dir().join("debian-python.tar");
+    require(
+        tar.exists(),
+        "debian-python.tar (tests/fixtures/make-debian-image.sh)",
+    );
+    let image = work.join("hostile.tar");
+    std::fs::copy(&tar, &image).unwrap();
+    let stage = work.join("stage");
+    std::fs::create_dir_all(&stage).unwrap();
+    let s = |cmd: &str| {
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .current_dir(&stage)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "{cmd}");
+    };
+    let secret = secret.display();
+    s(&format!("ln -s {secret} escape-abs"));
+    s(&format!("ln -s ../../../../../../../..{secret} escape-up"));
+    s("ln -s /etc vol");
+    s("mknod mem c 1 1");
+    s("cp /usr/bin/id suid-id && chown 0:0 suid-id && chmod 4755 suid-id");
+    let ok = Command::new("tar")
+        .arg("-rf")
+        .arg(&image)
+        .arg("-C")
+        .arg(&stage)
+        .args(["escape-abs", "escape-up", "vol", "mem", "suid-id"])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "tar -r");
+    image
+}
+
+/// Nothing in an image reaches the host: links resolve inside the sandbox, a volume lands
+/// where the image's own symlink says inside the root (never on the host's path), device
+/// nodes cannot be opened, a setuid program of the image gives no privilege, and an
+/// unprivileged caller stays unprivileged.
+#[test]
+fn nothing_in_an_image_reaches_the_host() {
+    require_images();
+    let work = TempDir::new("imgfs-escape");
+    let secret = work.path().join("host-secret");
+    std::fs::write(&secret, "host secret\n").unwrap();
+    let image = hostile_image(work.path(), &secret);
+    let image = image.to_str().unwrap();
+
+    // Links in the image resolve inside the sandbox.
+    let out = run_in(
+        image,
+        &[],
+        &["sh", "-c", "cat /escape-abs; cat /escape-up; true"],
+    );
+    assert!(!text(&out.stdout).contains("host secret"), "{out:?}");
+    assert!(text(&out.stderr).contains("No such file"), "{out:?}");
+
+    // A volume whose guest path is a symlink of the image (/vol -> /etc) lands on the
+    // image's /etc inside the root; the host's /etc is never touched.
+    let vol = TempDir::new("imgfs-escape-vol");
+    let spec = format!("{}:/vol", vol.path().display());
+    let out = run_in(
+        image,
+        &["-v", &spec],
+        &[
+            "sh",
+            "-c",
+            "echo v > /etc/imgfs-probe && cat /vol/imgfs-probe",
+        ],
+    );
+    assert_eq!(assert_ok(&out), "v\n");
+    assert!(vol.path().join("imgfs-probe").exists());
+    assert!(!std::path::Path::new("/etc/imgfs-probe").exists());
+
+    // A device node of the image cannot be opened, even by root in the sandbox.
+    let out = run_in(image, &[], &["head", "-c", "1", "/mem"]);
+    assert!(!out.status.success(), "/mem was readable");
+    assert!(
+        text(&out.stderr).contains("Permission denied"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The setuid program, run by an unprivileged user from a mount of the image, keeps
+    // that user's identity (the mount is nosuid).
+    let user = common::test_user();
+    let cache = TempDir::new("imgfs-escape-cache");
+    let mnt = TempDir::new("imgfs-escape-mnt");
+    for p in [work.path(), mnt.path()] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let out = output(
+        imgfs()
+            .args(["mount", "--cache-dir"])
+            .arg(cache.path())
+            .arg(image)
+            .arg(mnt.path()),
+    );
+    assert_ok(&out);
+    let as_user = |cmd: &str| {
+        output(
+            Command::new("setpriv")
+                .args(["--reuid", user, "--regid", user, "--init-groups", "--"])
+                .args(["sh", "-c", cmd]),
+        )
+    };
+    let uid = text(&as_user("id -u").stdout);
+    let euid = as_user(&format!("{}/suid-id -u", mnt.path().display()));
+    let _ = output(imgfs().arg("umount").arg(mnt.path()));
+    assert_eq!(assert_ok(&euid), uid, "the setuid bit gave privilege");
+
+    // An unprivileged caller's sandbox cannot write what the caller cannot write.
+    let user_cache = shared_cache().join("unprivileged");
+    std::fs::create_dir_all(&user_cache).unwrap();
+    let _ = Command::new("chown").arg(user).arg(&user_cache).status();
+    let out = output(
+        Command::new("setpriv")
+            .args([
+                "--reuid",
+                user,
+                "--regid",
+                user,
+                "--init-groups",
+                "--reset-env",
+            ])
+            .arg(env!("CARGO_BIN_EXE_imgfs"))
+            .arg("run")
+            .arg("--cache-dir")
+            .arg(&user_cache)
+            .args(["-v", "/etc:/hostetc"])
+            .arg(fixtures_dir().join("debian-python.tar"))
+            .args(["--", "sh", "-c", "touch /hostetc/imgfs-probe"]),
+    );
+    assert!(!out.status.success(), "an unprivileged sandbox wrote /etc");
+    assert!(!std::path::Path::new("/etc/imgfs-probe").exists());
+}

@@ -13,7 +13,7 @@ use std::io::{self, Read};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Where cached fixtures live: `$IMGFS_FIXTURES` or `/var/tmp/imgfs-fixtures`.
@@ -595,4 +595,63 @@ pub fn test_user() -> &'static str {
         );
     }
     USER
+}
+
+/// The Debian bookworm + python3 image that tests/fixtures/make-debian-image.sh imports.
+pub const DEBIAN_IMAGE: &str = "imgfs-test/debian-python:bookworm";
+
+pub fn require_docker() {
+    let ok = Command::new("docker")
+        .arg("info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    require(
+        ok.is_ok_and(|s| s.success()),
+        "a running dockerd (tests/run.sh starts one via contrib/setup.sh)",
+    );
+    let img = Command::new("docker")
+        .args(["image", "inspect", DEBIAN_IMAGE])
+        .output();
+    require(
+        img.is_ok_and(|o| o.status.success()),
+        &format!("the image {DEBIAN_IMAGE} (tests/fixtures/make-debian-image.sh builds it)"),
+    );
+}
+
+/// Containers created for exports that are still in dockerd.
+pub fn export_containers() -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--filter", "label=io.imgfs.export-pid"])
+        .output()
+        .expect("run docker ps");
+    text(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// `export` events dockerd emitted since `since` (a unix time).
+pub fn export_events(since: &str) -> usize {
+    let until = now();
+    let out = Command::new("docker")
+        .args([
+            "events",
+            "--since",
+            since,
+            "--until",
+            &until,
+            "--filter",
+            "event=export",
+            "--format",
+            "{{.ID}}",
+        ])
+        .output()
+        .expect("run docker events");
+    text(&out.stdout).lines().filter(|l| !l.is_empty()).count()
+}
+
+/// The time now, as docker's `--since` takes it (seconds with nanoseconds).
+pub fn now() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    format!("{}.{:09}", t.as_secs(), t.subsec_nanos())
 }

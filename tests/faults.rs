@@ -10,16 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{DEBIAN_IMAGE, TempDir, export_containers, repo_root, require_docker, text};
+use common::{DEBIAN_IMAGE, TempDir, export_containers, imgfs, repo_root, require_docker, text};
 
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn imgfs() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_imgfs"))
 }
 
 fn spawn_mount(cache: &Path, mnt: &Path) -> Child {

@@ -11,26 +11,12 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use archives::{Case, Check, Expect, Header, Tar};
-use common::{CompareOptions, TempDir, compare_trees_with, extract_with_gnu_tar, text};
-
-fn imgfs() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_imgfs"))
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
-}
-
-fn is_mounted(path: &Path) -> bool {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    let want = path.to_string_lossy().replace(' ', "\\040");
-    info.lines()
-        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
-}
+use common::{
+    CompareOptions, TempDir, compare_trees_with, extract_with_gnu_tar, imgfs, is_mounted, run, text,
+};
 
 fn mount(archive: &Path, cache: &Path, mnt: &Path) -> Output {
     run(imgfs()

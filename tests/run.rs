@@ -7,17 +7,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-use common::{TempDir, fixtures_dir, require, text, wait_until};
+use common::{TempDir, as_user, fixtures_dir, imgfs, require, text, wait_until};
 
 /// Debian bookworm + python3, imported from a debootstrap tree.
 const DEBIAN_IMAGE: &str = "imgfs-test/debian-python:bookworm";
 /// The same with Env, WorkingDir, User and Cmd set, and CPython's test suite
 /// (tests/fixtures/python-app.Dockerfile).
 const APP_IMAGE: &str = "imgfs-test/python-app:bookworm";
-
-fn imgfs() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_imgfs"))
-}
 
 fn output(cmd: &mut Command) -> Output {
     cmd.output()
@@ -527,15 +523,7 @@ fn unprivileged_user_gets_a_sandbox_too() {
     let _ = Command::new("chown").arg(user).arg(&cache).status();
     let as_user = |opts: &[&str], args: &[&str]| {
         output(
-            Command::new("setpriv")
-                .args([
-                    "--reuid",
-                    user,
-                    "--regid",
-                    user,
-                    "--init-groups",
-                    "--reset-env",
-                ])
+            as_user(user)
                 .arg(env!("CARGO_BIN_EXE_imgfs"))
                 .arg("run")
                 .arg("--cache-dir")
@@ -909,15 +897,9 @@ fn nothing_in_an_image_reaches_the_host() {
             .arg(mnt.path()),
     );
     assert_ok(&out);
-    let as_user = |cmd: &str| {
-        output(
-            Command::new("setpriv")
-                .args(["--reuid", user, "--regid", user, "--init-groups", "--"])
-                .args(["sh", "-c", cmd]),
-        )
-    };
-    let uid = text(&as_user("id -u").stdout);
-    let euid = as_user(&format!("{}/suid-id -u", mnt.path().display()));
+    let user_sh = |cmd: &str| output(as_user(user).args(["sh", "-c", cmd]));
+    let uid = text(&user_sh("id -u").stdout);
+    let euid = user_sh(&format!("{}/suid-id -u", mnt.path().display()));
     let _ = output(imgfs().arg("umount").arg(mnt.path()));
     assert_eq!(assert_ok(&euid), uid, "the setuid bit gave privilege");
 
@@ -926,15 +908,7 @@ fn nothing_in_an_image_reaches_the_host() {
     std::fs::create_dir_all(&user_cache).unwrap();
     let _ = Command::new("chown").arg(user).arg(&user_cache).status();
     let out = output(
-        Command::new("setpriv")
-            .args([
-                "--reuid",
-                user,
-                "--regid",
-                user,
-                "--init-groups",
-                "--reset-env",
-            ])
+        as_user(user)
             .arg(env!("CARGO_BIN_EXE_imgfs"))
             .arg("run")
             .arg("--cache-dir")

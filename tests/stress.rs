@@ -7,19 +7,14 @@ mod common;
 use std::collections::BTreeSet;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{TempDir, extract_with_gnu_tar, fixtures_dir, require, text};
+use common::{TempDir, extract_with_gnu_tar, fixtures_dir, imgfs, require, text};
 
 const THREADS: usize = 16;
 const DURATION: Duration = Duration::from_secs(20);
-
-fn imgfs() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_imgfs"))
-}
 
 /// Every path under `root`, relative, without following links.
 fn all_paths(root: &Path) -> Vec<PathBuf> {

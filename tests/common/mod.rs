@@ -655,3 +655,36 @@ pub fn now() -> String {
         .unwrap();
     format!("{}.{:09}", t.as_secs(), t.subsec_nanos())
 }
+
+/// The imgfs binary under test.
+pub fn imgfs() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_imgfs"))
+}
+
+/// Runs `cmd` to completion, capturing its output.
+pub fn run(cmd: &mut Command) -> std::process::Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Whether `path` is a mountpoint now, from the kernel's mount table.
+pub fn is_mounted(path: &Path) -> bool {
+    let info = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let want = path.to_string_lossy().replace(' ', "\\040");
+    info.lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+/// `setpriv` set to run what follows as `user` (uid, gid and groups), environment reset.
+pub fn as_user(user: &str) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--reuid",
+        user,
+        "--regid",
+        user,
+        "--init-groups",
+        "--reset-env",
+    ]);
+    c
+}

@@ -253,3 +253,39 @@ fn full_cache_disk() {
     assert!(mnt.path().join("usr/bin/python3").exists());
     umount(mnt.path());
 }
+
+/// A cached archive cut short (a disk that lost its tail, a tampered cache): a mount serving
+/// it answers reads past the cut with an error, never zeros, and the next mount notices and
+/// exports the image again.
+#[test]
+fn truncated_cached_archive_is_detected() {
+    require_docker();
+    let _serial = serial();
+    let cache = TempDir::new("imgfs-fault-cache");
+    let mnt = TempDir::new("imgfs-fault-mnt");
+    let out = mount(cache.path(), mnt.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let archives = archives_in(cache.path());
+    let (archive, len) = archives.first().expect("a cached archive").clone();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&archive)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    let python = mnt.path().join("usr/bin/python3.11");
+    let err = std::fs::read(&python).expect_err("read past the end of a truncated archive");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    umount(mnt.path());
+
+    let since = common::now();
+    let out = mount(cache.path(), mnt.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let bytes = std::fs::read(&python).unwrap();
+    umount(mnt.path());
+    assert_eq!(std::fs::metadata(&archive).unwrap().len(), len);
+    assert!(bytes.starts_with(b"\x7fELF") && bytes.len() > 1 << 20);
+    common::wait_until("dockerd reports the export", || {
+        common::export_events(&since) >= 1
+    });
+}

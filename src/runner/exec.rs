@@ -213,7 +213,7 @@ pub fn supervisor(plan: &Plan) -> i32 {
 
 fn supervisor_inner(plan: &Plan) -> Result<i32, String> {
     // Blocked before any thread exists, so every thread inherits it and only sigwaitinfo
-    // takes these signals; the init inherits it across exec.
+    // takes these signals; the init, forked from this process, inherits it.
     let waited = waited_signals();
     // SAFETY: `waited` is initialised.
     unsafe { libc::sigprocmask(libc::SIG_BLOCK, &waited, std::ptr::null_mut()) };
@@ -543,7 +543,7 @@ fn bind_in_root(root: &OwnedFd, source: &Path, guest: &str, read_only: bool) -> 
 }
 
 /// The init: PID 1 of the sandbox.
-pub fn init(plan: &Plan, scratch: &Path) -> i32 {
+fn init(plan: &Plan, scratch: &Path) -> i32 {
     // The command's status becomes ours; any error before it runs is one line.
     match init_inner(plan, scratch) {
         Ok(code) => code,

@@ -1,4 +1,4 @@
-//! The on-disk index format, version 2. The field docs below are the specification.
+//! The on-disk index format, version 3. The field docs below are the specification.
 //!
 //! All integers are little-endian. The file is six sections, back to back:
 //!
@@ -17,16 +17,18 @@
 //! blocks u64 (sum of the inodes' 512-byte blocks, for statfs), `64` owner count u64,
 //! `72`..`124` zero, `124` CRC-32 (IEEE) of the whole file with this field taken as zero.
 //!
-//! Inode record ([`INODE_LEN`] = 48 bytes): `0` mode u16 (type and permission bits, as
+//! Inode record ([`INODE_LEN`] = 40 bytes): `0` mode u16 (type and permission bits, as
 //! `st_mode`), `2` owner u16 (index into owners), `4` nlink u32, `8` size u64, `16` mtime i64
-//! seconds, `24` mtime nanoseconds u32, `28` xattrs u32 (blob offset + 1, or 0 for none),
-//! `32` data u64, `40` extra offset u32, `44` extra length u32. By type:
-//! regular file — data = archive offset of its bytes; extra = sparse map in the blob, `extra
-//! length` segments of (offset u64, length u64), or none. Directory — data = first dirent
-//! index, extra offset = parent record, extra length = child count. Symlink — extra = target
-//! bytes in the blob. Device — data = major << 32 | minor. `st_blocks` is not stored: it is
-//! the size in 512-byte units (for a sparse file, of its segments), [`DIR_SIZE`] for a
-//! directory, zero otherwise.
+//! seconds, `24` mtime nanoseconds (bits 0–29) and the sparse flag (bit 31) u32, `28` xattrs
+//! u32 (blob offset + 1, or 0 for none), `32` data u64. By type:
+//! regular file — size = its size, data = archive offset of its bytes; with the sparse flag,
+//! data = blob offset of (archive offset u64, map offset u64, segment count u32) and the map is
+//! that many segments of (offset u64, length u64) in the blob. Directory — size = parent
+//! record (low 32 bits) and child count (high 32 bits), data = first dirent index; its
+//! `st_size` is [`DIR_SIZE`]. Symlink — size = target length, data = blob offset of the
+//! target. Device — data = major << 32 | minor. `st_blocks` is not stored: it is the size in
+//! 512-byte units (for a sparse file, of its segments), [`DIR_SIZE`] for a directory, zero
+//! otherwise.
 //!
 //! Dirent ([`DIRENT_LEN`] = 8 bytes): `0` inode record u32, `4` name offset u32 (into names).
 //! A name ends where the next dirent's begins (the last one at the end of names).
@@ -45,12 +47,16 @@ use super::scan::{Kind, Segment};
 
 pub const MAGIC: &[u8; 8] = b"IMGFSIDX";
 /// Bumped on any change to the layout; an index of another version is rebuilt.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 pub const HEADER_LEN: usize = 128;
-pub const INODE_LEN: usize = 48;
+pub const INODE_LEN: usize = 40;
 pub const DIRENT_LEN: usize = 8;
 pub const OWNER_LEN: usize = 8;
 const CRC_AT: usize = 124;
+/// Bit of the nanoseconds field that marks a sparse file (nanoseconds need 30 bits).
+const SPARSE_FLAG: u32 = 1 << 31;
+/// Length of a sparse file's (archive offset, map offset, segment count) in the blob.
+const SPARSE_HEADER_LEN: u64 = 20;
 /// `st_size` reported for directories, as on most disk filesystems.
 pub const DIR_SIZE: u64 = 4096;
 
@@ -153,22 +159,29 @@ impl Writer {
         } else {
             fits_u32(r.xattr_off + 1, "blob bytes")?
         };
-        let extra_off = if r.is_dir() {
-            r.parent
-        } else {
-            fits_u32(r.extra_off, "blob bytes")?
+        let mut nsec = r.mtime_nsec.min(999_999_999);
+        let (size, data) = match r.file_type() {
+            libc::S_IFDIR => (u64::from(r.parent) | (u64::from(r.extra_len) << 32), r.data),
+            libc::S_IFLNK => (u64::from(r.extra_len), r.extra_off),
+            libc::S_IFREG if r.is_sparse() => {
+                nsec |= SPARSE_FLAG;
+                let at = self.blob.len() as u64;
+                self.blob.extend_from_slice(&r.data.to_le_bytes());
+                self.blob.extend_from_slice(&r.extra_off.to_le_bytes());
+                self.blob.extend_from_slice(&r.extra_len.to_le_bytes());
+                (r.size, at)
+            }
+            _ => (r.size, r.data),
         };
         let b = &mut self.inodes;
         b.extend_from_slice(&mode.to_le_bytes());
         b.extend_from_slice(&owner.to_le_bytes());
         b.extend_from_slice(&r.nlink.to_le_bytes());
-        b.extend_from_slice(&r.size.to_le_bytes());
+        b.extend_from_slice(&size.to_le_bytes());
         b.extend_from_slice(&r.mtime.to_le_bytes());
-        b.extend_from_slice(&r.mtime_nsec.to_le_bytes());
+        b.extend_from_slice(&nsec.to_le_bytes());
         b.extend_from_slice(&xattrs.to_le_bytes());
-        b.extend_from_slice(&r.data.to_le_bytes());
-        b.extend_from_slice(&extra_off.to_le_bytes());
-        b.extend_from_slice(&r.extra_len.to_le_bytes());
+        b.extend_from_slice(&data.to_le_bytes());
         Ok(())
     }
 
@@ -399,30 +412,44 @@ impl<B: AsRef<[u8]>> Index<B> {
                 (u64::from(off) + 4, u32::from_le_bytes(len.try_into().ok()?))
             }
         };
-        let extra_off = u32_at(b, 40);
+        let nsec = u32_at(b, 24);
+        let size = u64_at(b, 8);
         let mut r = InodeRecord {
             mode,
             uid,
             gid,
             nlink: u32_at(b, 4),
-            size: u64_at(b, 8),
+            size,
             mtime: u64_at(b, 16) as i64,
-            mtime_nsec: u32_at(b, 24),
+            mtime_nsec: nsec & !SPARSE_FLAG,
             parent: 0,
             data: u64_at(b, 32),
-            extra_off: u64::from(extra_off),
-            extra_len: u32_at(b, 44),
+            extra_off: 0,
+            extra_len: 0,
             xattr_len,
             xattr_off,
             blocks: 0,
         };
         match r.file_type() {
             libc::S_IFDIR => {
-                r.parent = extra_off;
-                r.extra_off = 0;
+                r.parent = size as u32;
+                r.extra_len = (size >> 32) as u32;
+                r.size = DIR_SIZE;
                 r.blocks = DIR_SIZE / 512;
             }
-            libc::S_IFREG if r.is_sparse() => {
+            libc::S_IFLNK => {
+                r.extra_off = r.data;
+                r.extra_len = u32::try_from(size).ok()?;
+                r.data = 0;
+            }
+            libc::S_IFREG if nsec & SPARSE_FLAG != 0 => {
+                let h = self.section_slice(&self.blob, r.data, SPARSE_HEADER_LEN)?;
+                r.data = u64_at(h, 0);
+                r.extra_off = u64_at(h, 8);
+                r.extra_len = u32_at(h, 16);
+                if r.extra_len == 0 {
+                    return None; // a sparse file always has a map
+                }
                 r.blocks = self.segments(&r)?.map(|s| s.len.div_ceil(512)).sum();
             }
             libc::S_IFREG => r.blocks = r.size.div_ceil(512),
@@ -601,7 +628,7 @@ mod tests {
         let u32le = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
         let u64le = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
         assert_eq!(&b[0..8], b"IMGFSIDX");
-        assert_eq!((u32le(8), u32le(12)), (2, 128));
+        assert_eq!((u32le(8), u32le(12)), (3, 128));
         // inodes, dirents, names, owners
         assert_eq!((u64le(16), u64le(24), u64le(32), u64le(64)), (3, 2, 2, 2));
         let xattr_record = 4 + 4 + 4 + 6 + 3; // length prefix, lengths, name, value
@@ -609,17 +636,18 @@ mod tests {
         assert_eq!((u64le(40), u64le(48)), (blob_len, 2048));
         assert_eq!(
             b.len(),
-            128 + 3 * 48 + 2 * 8 + 2 * 8 + 2 + blob_len as usize
+            128 + 3 * 40 + 2 * 8 + 2 * 8 + 2 + blob_len as usize
         );
         let root = 128;
         assert_eq!(u16le(root), (libc::S_IFDIR | 0o755) as u16);
         assert_eq!((u16le(root + 2), u32le(root + 4)), (0, 2)); // owner 0, nlink
         assert_eq!(u32le(root + 28), 1); // xattrs at blob offset 0, plus one
-        assert_eq!((u32le(root + 40), u32le(root + 44)), (0, 2)); // parent, child count
-        let file = 128 + 2 * 48;
+        assert_eq!((u32le(root + 8), u32le(root + 12)), (0, 2)); // parent, child count
+        assert_eq!(u64le(root + 32), 0); // first dirent
+        let file = 128 + 2 * 40;
         assert_eq!(u16le(file + 2), 1); // second owner
         assert_eq!((u64le(file + 8), u64le(file + 32)), (5, 512)); // size, data offset
-        let dirents = 128 + 3 * 48;
+        let dirents = 128 + 3 * 40;
         assert_eq!((u32le(dirents), u32le(dirents + 4)), (2, 0));
         assert_eq!((u32le(dirents + 8), u32le(dirents + 12)), (1, 1));
         let owners = dirents + 16;

@@ -1,6 +1,7 @@
 //! The command line, defined once: clap derives parsing, help and errors from it.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -142,6 +143,12 @@ pub struct RunArgs {
     /// Keep the writable layer in DIR (upper/ and work/) so a later run can go on from it
     #[arg(long, value_name = "DIR")]
     pub rw_dir: Option<PathBuf>,
+    /// As root, keep serving the image this long after its last use (0: a server per run)
+    ///
+    /// Sandboxes of one image share one server, which stays mounted under /run/imgfs/shared
+    /// while they run and for this long after, so the next run finds the kernel's caches warm.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub linger: Duration,
     #[command(flatten)]
     pub cache: CacheArgs,
 }
@@ -165,5 +172,47 @@ pub struct ServeArgs {
     pub fsname: String,
     #[arg(long)]
     pub threads: usize,
+    /// Unmount after this many milliseconds without use
+    #[arg(long)]
+    pub idle_exit_ms: Option<u64>,
     pub mountpoint: PathBuf,
+}
+
+/// Parses a duration: a number of seconds, or a number with s, m, h or d.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 90s, 5m, 1h, 0)"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
+    };
+    n.checked_mul(scale)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86400)));
+        for bad in ["", "m", "5x", "-1", "1.5m", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
 }

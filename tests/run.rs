@@ -90,7 +90,11 @@ fn is_scratch(point: &str) -> bool {
         let n = rest.bytes().take_while(u8::is_ascii_digit).count();
         n > 0 && (rest.len() == n || rest.as_bytes()[n] == b'/')
     };
-    if point == "/run/imgfs" || point.starts_with("/run/imgfs/") {
+    if let Some(rest) = point.strip_prefix("/run/imgfs/") {
+        // /run/imgfs/shared holds the shared servers' mounts, which outlive runs by design.
+        return digits_then_slash(rest);
+    }
+    if point == "/run/imgfs" {
         return true;
     }
     if let Some(rest) = point.strip_prefix("/tmp/imgfs-") {
@@ -113,6 +117,7 @@ fn scratch_mountpoints_are_recognised() {
     assert!(!is_scratch("/tmp/imgfs-live-mount-1-2-3"));
     assert!(!is_scratch("/var/tmp/imgfs-bench-full/mnt/python-imgfs"));
     assert!(!is_scratch("/run/imgfsx"));
+    assert!(!is_scratch("/run/imgfs/shared/sha256-9d5da1c6326e-77"));
 }
 
 /// Host processes whose command line mentions `needle`.
@@ -697,15 +702,34 @@ fn serves_fuse(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// Starts a sleeping sandbox on `image` and says whether `imgfs run` serves FUSE itself.
-fn run_serves_fuse(image: &str) -> bool {
-    let marker = "sleep 90001";
-    let mut child = imgfs()
-        .arg("run")
+/// The Debian image as a tar file (indexed in place in whichever cache is given: quick to
+/// give a test its own cache, and with it its own servers).
+fn debian_tar() -> PathBuf {
+    let tar = fixtures_dir().join("debian-python.tar");
+    require(
+        tar.exists(),
+        "debian-python.tar (tests/fixtures/make-debian-image.sh)",
+    );
+    tar
+}
+
+/// `imgfs run --cache-dir CACHE OPTS IMAGE -- ARGS`.
+fn run_cached(cache: &std::path::Path, image: &std::path::Path, opts: &[&str]) -> Command {
+    let mut cmd = imgfs();
+    cmd.arg("run")
         .arg("--cache-dir")
-        .arg(shared_cache())
+        .arg(cache)
+        .args(opts)
         .arg(image)
-        .args(["--", "sh", "-c", "n=9000; exec sleep ${n}1"])
+        .arg("--");
+    cmd
+}
+
+/// Starts a sleeping sandbox and says whether `imgfs run` serves FUSE itself.
+fn run_serves_fuse(cache: &std::path::Path, image: &std::path::Path, opts: &[&str]) -> bool {
+    let marker = "sleep 90001";
+    let mut child = run_cached(cache, image, opts)
+        .args(["sh", "-c", "n=9000; exec sleep ${n}1"])
         .spawn()
         .unwrap();
     wait_until("the command runs", || !processes_with(marker).is_empty());
@@ -720,9 +744,12 @@ fn run_serves_fuse(image: &str) -> bool {
 /// caches) instead of starting a FUSE server of its own, and leaves it mounted.
 #[test]
 fn run_uses_a_live_mount_of_the_image() {
-    require_images();
+    let tar = debian_tar();
+    let cache = TempDir::new("imgfs-live-cache");
+    let cache = cache.path();
+    let no_sharing = ["--linger", "0"];
     assert!(
-        run_serves_fuse(APP_IMAGE),
+        run_serves_fuse(cache, &tar, &no_sharing),
         "without a live mount the run serves the image itself"
     );
     let mnt = TempDir::new("imgfs-live-mount");
@@ -730,31 +757,156 @@ fn run_uses_a_live_mount_of_the_image() {
         imgfs()
             .arg("mount")
             .arg("--cache-dir")
-            .arg(shared_cache())
-            .arg(APP_IMAGE)
+            .arg(cache)
+            .arg(&tar)
             .arg(mnt.path()),
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        !run_serves_fuse(APP_IMAGE),
+        !run_serves_fuse(cache, &tar, &no_sharing),
         "the run started a FUSE server despite the live mount"
     );
     // The run's output is the image's, and the live mount is still there afterwards.
-    let out = output(
-        imgfs()
-            .arg("run")
-            .arg("--cache-dir")
-            .arg(shared_cache())
-            .arg(APP_IMAGE),
+    let out = output(run_cached(cache, &tar, &no_sharing).args(["cat", "/etc/debian_version"]));
+    assert_eq!(
+        assert_ok(&out),
+        std::fs::read_to_string(mnt.path().join("etc/debian_version")).unwrap()
     );
-    assert_eq!(assert_ok(&out), "hello fixture app /srv/app\n");
     assert!(mnt.path().join("usr/bin/python3").exists());
     let out = output(imgfs().arg("umount").arg(mnt.path()));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        run_serves_fuse(APP_IMAGE),
+        run_serves_fuse(cache, &tar, &no_sharing),
         "a finished mount is still taken as live"
     );
+}
+
+/// The shared servers (`imgfs __serve --idle-exit-ms`) of the images in `cache`: pid and
+/// mountpoint.
+fn shared_servers(cache: &std::path::Path) -> Vec<(u32, PathBuf)> {
+    let cache = std::fs::canonicalize(cache).unwrap();
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(text)
+            .collect();
+        let zombie = std::fs::read_to_string(e.path().join("stat"))
+            .unwrap_or_default()
+            .contains(") Z ");
+        let shared = args.iter().any(|a| a == "__serve")
+            && args.iter().any(|a| a == "--idle-exit-ms")
+            && args.iter().any(|a| a.starts_with(cache.to_str().unwrap()));
+        if shared && !zombie {
+            found.push((pid, PathBuf::from(args.last().unwrap())));
+        }
+    }
+    found
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+/// Sandboxes of one image share one server, which stays mounted after them for --linger,
+/// then unmounts; a sandbox still running then keeps being served until it ends, and
+/// the server exits after it and removes its mountpoint. `--linger 0` starts none.
+#[test]
+fn sandboxes_share_a_server_that_retires_when_idle() {
+    let tar = debian_tar();
+    let cache = TempDir::new("imgfs-shared-cache");
+    let cache = cache.path();
+    let linger = ["--linger", "2s"];
+
+    assert_ok(&output(
+        run_cached(cache, &tar, &["--linger", "0"]).arg("true"),
+    ));
+    assert!(shared_servers(cache).is_empty(), "--linger 0 left a server");
+
+    assert_ok(&output(run_cached(cache, &tar, &linger).arg("true")));
+    let servers = shared_servers(cache);
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    let (pid, mnt) = servers[0].clone();
+    assert!(mnt.starts_with("/run/imgfs/shared"), "{}", mnt.display());
+    assert!(common::is_mounted(&mnt), "{} is not mounted", mnt.display());
+
+    // Eight at once: all served by that one server.
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            run_cached(cache, &tar, &linger)
+                .args(["cat", "/etc/debian_version"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        assert_ok(&child.wait_with_output().unwrap());
+    }
+    assert_eq!(shared_servers(cache), vec![(pid, mnt.clone())]);
+    assert!(
+        !run_serves_fuse(cache, &tar, &linger),
+        "a run served FUSE itself despite the shared server"
+    );
+
+    // A sandbox that waits on a FIFO without touching the image: the server goes idle and
+    // unmounts meanwhile, yet goes on serving the sandbox bound to it.
+    let sig = TempDir::new("imgfs-shared-fifo");
+    let fifo = sig.path().join("go");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let file = "usr/share/common-licenses/GPL-3";
+    let waiting = run_cached(
+        cache,
+        &tar,
+        &[
+            "--linger",
+            "2s",
+            "-v",
+            &format!("{}:/sig", sig.path().display()),
+        ],
+    )
+    .args(["sh", "-c", &format!("read x < /sig/go; sha256sum /{file}")])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    wait_until("the idle server unmounts", || !common::is_mounted(&mnt));
+    assert!(alive(pid), "the server exited while a sandbox used it");
+    std::fs::write(&fifo, "go\n").unwrap();
+    let out = assert_ok(&waiting.wait_with_output().unwrap());
+    let truth = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "tar -xOf '{}' --wildcards '*{file}' | sha256sum",
+            tar.display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.split(' ').next(),
+        text(&truth.stdout).split(' ').next(),
+        "the sandbox read other bytes than GNU tar extracts"
+    );
+    wait_until("the server exits after its last sandbox", || !alive(pid));
+    assert!(!mnt.exists(), "{} was left behind", mnt.display());
+    assert!(shared_servers(cache).is_empty());
+
+    // The next run starts a new one.
+    assert_ok(&output(run_cached(cache, &tar, &linger).arg("true")));
+    let next = shared_servers(cache);
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert_ne!(next[0].0, pid);
+    wait_until("the new server retires", || !alive(next[0].0));
+    assert!(!next[0].1.exists());
 }
 
 /// Fifty sandboxes of one image started at once: all run, and none leaves a mount or a
@@ -792,6 +944,14 @@ fn fifty_parallel_runs_all_succeed_and_leave_nothing() {
     }
     assert!(processes_with(marker).is_empty());
     assert!(imgfs_mounts().is_empty(), "{:?}", imgfs_mounts());
+    // They shared one server (a test running beside this one may use the same).
+    let fsname = format!("imgfs:{DEBIAN_IMAGE}");
+    let servers: Vec<_> = processes_with("__serve")
+        .into_iter()
+        .filter(|c| c.contains("--idle-exit-ms") && c.contains(&fsname))
+        .filter(|c| c.contains(shared_cache().to_str().unwrap()))
+        .collect();
+    assert_eq!(servers.len(), 1, "{servers:#?}");
 }
 
 /// The Debian image with hostile additions, as a tar file: symlinks aiming at a host file,

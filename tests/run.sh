@@ -15,4 +15,10 @@ cargo fmt --check
 cargo clippy --all-targets --release --quiet -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
 echo "== tests"
+# Sandboxes leave a shared server per image for a few minutes (imgfs run --linger); stop
+# the ones serving the fixtures' caches when the suite ends.
+stop_shared() {
+    pkill -TERM -f -- "__serve .*${IMGFS_FIXTURES:-/var/tmp/imgfs-fixtures}.*--idle-exit-ms" || true
+}
+trap stop_shared EXIT
 cargo test --release -- --test-threads=2

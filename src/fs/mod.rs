@@ -17,6 +17,8 @@ use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -96,6 +98,8 @@ impl Failure {
 pub struct ImageFs {
     index: Index<memmap2::Mmap>,
     archive: File,
+    /// Requests answered so far, watched by a server that exits when idle.
+    requests: Arc<AtomicU64>,
 }
 
 fn to_time(secs: i64, nsec: u32) -> SystemTime {
@@ -146,7 +150,20 @@ impl ImageFs {
                 expected: index.archive_size(),
             });
         }
-        Ok(ImageFs { index, archive })
+        Ok(ImageFs {
+            index,
+            archive,
+            requests: Arc::default(),
+        })
+    }
+
+    /// A counter of the requests this filesystem answers, to tell when it is idle.
+    pub fn requests(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.requests)
+    }
+
+    fn count(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
     fn record(&self, ino: INodeNo) -> Result<(u32, InodeRecord), Failure> {
@@ -431,6 +448,7 @@ impl Filesystem for ImageFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.count();
         match self.do_lookup(parent, name) {
             Ok(Some(attr)) => reply.entry(&TTL, &attr, Generation(0)),
             Ok(None) => {
@@ -444,6 +462,7 @@ impl Filesystem for ImageFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.count();
         match self.record(ino) {
             Ok((rec, r)) => reply.attr(&TTL, &self.attr(rec, &r)),
             Err(f) => reply.error(f.errno("getattr", ino)),
@@ -451,6 +470,7 @@ impl Filesystem for ImageFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.count();
         let target = self.record(ino).and_then(|(_, r)| {
             if r.file_type() != libc::S_IFLNK {
                 return Err(Failure::Kind(Errno::EINVAL));
@@ -486,6 +506,7 @@ impl Filesystem for ImageFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
+        self.count();
         match self.do_read(ino, offset, size) {
             Ok(data) => reply.data(&data),
             Err(f) => reply.error(f.errno("read", ino)),
@@ -500,6 +521,7 @@ impl Filesystem for ImageFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.count();
         let result = self.dir_entries(ino, offset, |next, rec, name| {
             let kind = self
                 .index
@@ -526,6 +548,7 @@ impl Filesystem for ImageFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        self.count();
         let result = self.dir_entries(ino, offset, |next, rec, name| {
             let Some(r) = self.index.inode(rec) else {
                 return false;

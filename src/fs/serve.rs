@@ -11,6 +11,8 @@ use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use fuser::{Config, MountOption, SessionACL};
 
@@ -38,6 +40,8 @@ pub struct ServeOptions {
     pub fsname: String,
     /// Request-handling threads.
     pub threads: usize,
+    /// Unmount once unused for this long (shared servers of `imgfs run`).
+    pub idle_exit: Option<Duration>,
 }
 
 /// Signals that end serving; blocked in every thread and taken by one with sigwait.
@@ -83,9 +87,12 @@ pub fn check_mountpoint(path: &Path) -> Result<(), ServeError> {
 }
 
 /// Directory of an image's cache entry where its live mounts announce themselves: one file
-/// per server, named by its pid, holding the mountpoint. `imgfs run` uses such a mount, with
-/// its warm kernel caches, instead of starting a server of its own.
+/// per server, named by its pid, holding the identity of the index it serves and the
+/// mountpoint. `imgfs run` uses such a mount, with its warm kernel caches, instead of starting
+/// a server of its own.
 const REGISTRY_DIR: &str = "mounts";
+/// Lock file in [`REGISTRY_DIR`] taken while a shared server is being started.
+const SHARED_LOCK: &str = ".shared.lock";
 
 /// A live mount's announcement, withdrawn when dropped.
 struct Registration(PathBuf);
@@ -96,20 +103,73 @@ impl Drop for Registration {
     }
 }
 
-fn register(entry_dir: &Path, mountpoint: &Path) -> io::Result<Registration> {
+/// What tells one index file from another: a rebuilt index is a new file (written, then
+/// renamed over the old one), so a mount serving the old one is never taken for the new.
+fn index_identity(index: &Path) -> io::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(index)?;
+    Ok(format!("{}:{}", m.dev(), m.ino()))
+}
+
+fn register(entry_dir: &Path, index: &Path, mountpoint: &Path) -> io::Result<Registration> {
     let dir = entry_dir.join(REGISTRY_DIR);
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(std::process::id().to_string());
     let tmp = dir.join(format!(".{}.tmp", std::process::id()));
     let target = std::fs::canonicalize(mountpoint)?;
-    std::fs::write(&tmp, target.as_os_str().as_bytes())?;
+    let mut text = index_identity(index)?.into_bytes();
+    text.push(b'\n');
+    text.extend_from_slice(target.as_os_str().as_bytes());
+    std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, &path)?;
     Ok(Registration(path))
 }
 
-/// A live imgfs mount of the image whose cache entry is `entry_dir`, if one is announced and
-/// its server still runs. Announcements of dead servers are removed.
-pub fn live_mount(entry_dir: &Path) -> Option<PathBuf> {
+/// A live imgfs mount of an image, found through its announcement.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LiveMount {
+    pub mountpoint: PathBuf,
+    /// The announcement, which a user of the mount holds locked (see [`LiveMount::lease`]).
+    pub registry: PathBuf,
+}
+
+/// A hold on a live mount: while it lasts, a server that is idle does not go away, and
+/// taking it marks the mount as just used.
+pub struct Lease {
+    _announcement: std::fs::File,
+}
+
+impl LiveMount {
+    /// Takes a lease on the mount, or says why it is gone. Bind the mount while holding it:
+    /// once bound, the mount lives as long as the binding, whatever its server decides.
+    pub fn lease(&self) -> io::Result<Lease> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        let file = std::fs::File::open(&self.registry)?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // A server retiring unlinks its announcement under the exclusive lock.
+        if file.metadata()?.nlink() == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the mount went away",
+            ));
+        }
+        // SAFETY: a null times pointer sets both times to now.
+        unsafe { libc::futimens(file.as_raw_fd(), std::ptr::null()) };
+        Ok(Lease {
+            _announcement: file,
+        })
+    }
+}
+
+/// A live imgfs mount of the image whose cache entry is `entry_dir` and whose index is
+/// `index`, if one is announced and its server still runs. Announcements of dead servers are
+/// removed.
+pub fn live_mount(entry_dir: &Path, index: &Path) -> Option<LiveMount> {
+    let identity = index_identity(index).ok()?;
     let entries = std::fs::read_dir(entry_dir.join(REGISTRY_DIR)).ok()?;
     for e in entries.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
@@ -119,25 +179,193 @@ pub fn live_mount(entry_dir: &Path) -> Option<PathBuf> {
             let _ = std::fs::remove_file(e.path());
             continue;
         }
-        let Ok(target) = std::fs::read(e.path()) else {
+        let Ok(text) = std::fs::read(e.path()) else {
             continue;
         };
-        let mountpoint = PathBuf::from(std::ffi::OsStr::from_bytes(&target));
+        let Some(nl) = text.iter().position(|&b| b == b'\n') else {
+            continue;
+        };
+        if text[..nl] != *identity.as_bytes() {
+            continue;
+        }
+        let mountpoint = PathBuf::from(std::ffi::OsStr::from_bytes(&text[nl + 1..]));
         if find_mount(&mountpoint).is_some_and(|m| m.is_imgfs()) {
-            return Some(mountpoint);
+            return Some(LiveMount {
+                mountpoint,
+                registry: e.path(),
+            });
         }
     }
     None
 }
 
+/// Request threads for a server of its own: twice the CPUs, 2 to 8.
+pub fn default_threads() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (cpus * 2).clamp(2, 8)
+}
+
+/// What the background server prints on stdout once the mount answers.
+const READY: &str = "ready";
+
+/// Where the ready line or the error goes: the stdout of `imgfs __serve`.
+pub fn report(text: &str) {
+    use std::io::Write;
+    let mut out = io::stdout();
+    let _ = writeln!(out, "{text}");
+    let _ = out.flush();
+}
+
+/// Reports readiness (see [`spawn_detached`]).
+pub fn report_ready() {
+    report(READY);
+}
+
+/// Where to serve an image.
+pub struct Served<'a> {
+    pub index: &'a Path,
+    pub archive: &'a Path,
+    pub mountpoint: &'a Path,
+    pub options: &'a ServeOptions,
+}
+
+/// Starts `imgfs __serve` detached (own process group, no terminal) and waits until it says
+/// the mount is ready, or relays why it could not mount.
+pub fn spawn_detached(what: &Served) -> Result<(), String> {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find the imgfs executable: {e}"))?;
+    // Absolute paths, and `/` as the working directory: a server that lives on must not
+    // keep the caller's directory busy.
+    let absolute = |p: &Path| {
+        std::fs::canonicalize(p).map_err(|e| format!("cannot resolve {}: {e}", p.display()))
+    };
+    let mut cmd = Command::new(exe);
+    cmd.arg("__serve")
+        .arg("--index")
+        .arg(absolute(what.index)?)
+        .arg("--archive")
+        .arg(absolute(what.archive)?)
+        .arg("--fsname")
+        .arg(&what.options.fsname)
+        .arg("--threads")
+        .arg(what.options.threads.to_string());
+    if let Some(idle) = what.options.idle_exit {
+        let ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        cmd.arg("--idle-exit-ms").arg(ms.to_string());
+    }
+    let mut child = cmd
+        .arg(absolute(what.mountpoint)?)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot start the imgfs server: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no pipe to the imgfs server")?;
+    let mut line = String::new();
+    io::BufReader::new(stdout).read_line(&mut line).ok();
+    if line.trim_end() == READY {
+        return Ok(()); // the server lives on; its stdout pipe closes when we exit
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("lost the imgfs server: {e}"))?;
+    let message = line
+        .trim_end()
+        .strip_prefix("error: ")
+        .unwrap_or(line.trim_end());
+    if message.is_empty() {
+        return Err(format!(
+            "the imgfs server exited ({status}) before the mount was ready"
+        ));
+    }
+    Err(message.to_string())
+}
+
+/// Parent of the mountpoints of shared servers: root's only.
+const SHARED_DIR: &str = "/run/imgfs/shared";
+
+/// A live mount of the image for a sandbox: the one already announced, or a new shared
+/// server's, which exits once nothing has used it for `linger`. Serialized per image, so
+/// sandboxes started together share one server.
+pub fn shared_mount(
+    index: &Path,
+    archive: &Path,
+    fsname: &str,
+    linger: Duration,
+) -> Result<LiveMount, String> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let entry = index.parent().ok_or("the index has no directory")?;
+    let registry = entry.join(REGISTRY_DIR);
+    std::fs::create_dir_all(&registry)
+        .map_err(|e| format!("cannot create {}: {e}", registry.display()))?;
+    let lock_path = registry.join(SHARED_LOCK);
+    let lock = std::fs::File::create(&lock_path)
+        .map_err(|e| format!("cannot create {}: {e}", lock_path.display()))?;
+    // SAFETY: flock on a descriptor we own; released when `lock` is closed.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } < 0 {
+        return Err(format!(
+            "cannot lock {}: {}",
+            lock_path.display(),
+            io::Error::last_os_error()
+        ));
+    }
+    if let Some(live) = live_mount(entry, index) {
+        return Ok(live);
+    }
+    let parent = Path::new(SHARED_DIR);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(parent)
+        .and_then(|()| std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    // Mountpoints left by killed servers: removing a live one fails (EBUSY).
+    if let Ok(dirs) = std::fs::read_dir(parent) {
+        for d in dirs.flatten() {
+            let _ = std::fs::remove_dir(d.path());
+        }
+    }
+    let name = entry.file_name().map_or_else(
+        || "image".into(),
+        |n| n.to_string_lossy().chars().take(19).collect::<String>(),
+    );
+    let mountpoint = parent.join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir(&mountpoint)
+        .map_err(|e| format!("cannot create {}: {e}", mountpoint.display()))?;
+    let options = ServeOptions {
+        fsname: fsname.to_string(),
+        threads: default_threads(),
+        idle_exit: Some(linger),
+    };
+    let served = Served {
+        index,
+        archive,
+        mountpoint: &mountpoint,
+        options: &options,
+    };
+    if let Err(e) = spawn_detached(&served) {
+        let _ = std::fs::remove_dir(&mountpoint);
+        return Err(e);
+    }
+    live_mount(entry, index).ok_or_else(|| "the shared server did not announce itself".into())
+}
+
 /// Mounts `fs` at `mountpoint` and serves until unmounted or signalled. `on_ready` runs once
-/// the mount answers requests. With `entry_dir`, the mount is announced in that cache entry
-/// while it lives (see [`live_mount`]).
+/// the mount answers requests. The mount is announced in the cache entry of `index` while it
+/// lives (see [`live_mount`]). With `options.idle_exit`, a mount that no request and
+/// no lease has touched for that long is detached; the server ends when the last sandbox
+/// bound to it does, and removes its mountpoint.
 pub fn serve(
     fs: ImageFs,
+    index: &Path,
     mountpoint: &Path,
     options: &ServeOptions,
-    entry_dir: Option<&Path>,
     on_ready: impl FnOnce(),
 ) -> Result<(), ServeError> {
     let set = stop_signals();
@@ -145,7 +373,12 @@ pub fn serve(
     // inherit the mask, so only the sigwait thread below ever takes these signals.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 
+    let requests = fs.requests();
     let background = spawn(fs, mountpoint, options)?;
+    let thread_failed = |source| ServeError::Session {
+        path: mountpoint.to_path_buf(),
+        source,
+    };
 
     let target = mountpoint.to_path_buf();
     std::thread::Builder::new()
@@ -161,23 +394,80 @@ pub fn serve(
                 }
             }
         })
-        .map_err(|source| ServeError::Session {
-            path: mountpoint.to_path_buf(),
-            source,
-        })?;
+        .map_err(thread_failed)?;
 
-    let _announced = entry_dir.and_then(|dir| match register(dir, mountpoint) {
-        Ok(r) => Some(r),
-        Err(e) => {
-            log::warn!("cannot announce the mount in {}: {e}", dir.display());
-            None
-        }
-    });
+    let announced = index
+        .parent()
+        .and_then(|dir| match register(dir, index, mountpoint) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                log::warn!("cannot announce the mount in {}: {e}", dir.display());
+                None
+            }
+        });
+    if let Some(idle) = options.idle_exit {
+        let registry = announced.as_ref().map(|r| r.0.clone());
+        let target = mountpoint.to_path_buf();
+        std::thread::Builder::new()
+            .name("imgfs-idle".into())
+            .spawn(move || retire_when_idle(idle, &requests, registry.as_deref(), &target))
+            .map_err(thread_failed)?;
+    }
     on_ready();
-    background.join().map_err(|source| ServeError::Session {
-        path: mountpoint.to_path_buf(),
-        source,
-    })
+    let result = background.join().map_err(thread_failed);
+    if options.idle_exit.is_some() {
+        let _ = std::fs::remove_dir(mountpoint);
+    }
+    result
+}
+
+/// When the mount was last used: its request count and its announcement's mtime, which a
+/// lease sets.
+fn usage(requests: &AtomicU64, registry: Option<&Path>) -> (u64, Option<std::time::SystemTime>) {
+    let touched = registry.and_then(|r| std::fs::metadata(r).and_then(|m| m.modified()).ok());
+    (requests.load(Ordering::Relaxed), touched)
+}
+
+/// Detaches the mount once it has gone `idle` without a request or a lease. The exclusive
+/// lock on the announcement waits out a sandbox that is binding the mount right now.
+fn retire_when_idle(idle: Duration, requests: &AtomicU64, registry: Option<&Path>, target: &Path) {
+    use std::os::fd::AsRawFd;
+    let tick = (idle / 4).clamp(Duration::from_millis(20), Duration::from_secs(5));
+    let mut seen = usage(requests, registry);
+    let mut since = Instant::now();
+    loop {
+        std::thread::sleep(tick);
+        let now = usage(requests, registry);
+        if now != seen {
+            seen = now;
+            since = Instant::now();
+            continue;
+        }
+        if since.elapsed() < idle {
+            continue;
+        }
+        let held = registry.map(std::fs::File::open).transpose();
+        let free = match &held {
+            Ok(Some(f)) => {
+                // SAFETY: flock on a descriptor we own.
+                let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+                rc == 0
+            }
+            Ok(None) | Err(_) => true,
+        };
+        if !free {
+            since = Instant::now();
+            continue;
+        }
+        if let Some(r) = registry {
+            let _ = std::fs::remove_file(r);
+        }
+        log::info!("idle for {idle:?}: unmounting {}", target.display());
+        if let Err(e) = unmount(target, true) {
+            log::warn!("{e}");
+        }
+        return;
+    }
 }
 
 /// Mounts `fs` and starts its request threads; the mount lasts as long as the returned

@@ -4,8 +4,9 @@
 //!
 //! - the **supervisor** (`imgfs run` itself, single-threaded once the image is resolved)
 //!   enters new user (when not root), mount, UTS, IPC and network namespaces, makes every
-//!   mount private, mounts a tmpfs scratch area and the image with FUSE, forks the init into a
-//!   new PID namespace, and only then starts the threads serving the image. It forwards
+//!   mount private, mounts a tmpfs scratch area, binds the image's live mount there (under a
+//!   lease on it) or else mounts the image with FUSE itself, forks the init into a new PID
+//!   namespace, and only then starts the threads serving the image, if it serves it. It forwards
 //!   signals sent to it with kill(2) and exits with the init's status.
 //! - the **init** (PID 1 of the new PID namespace, killed if the supervisor dies) puts the
 //!   overlay on the image, mounts /proc, a minimal /dev, /tmp, the volumes and the generated
@@ -177,12 +178,11 @@ fn remove_stale_scratch(parent: &Path) {
         return;
     };
     for e in entries.flatten() {
-        let alive = e
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-        if !alive {
+        // Only directories named by a pid are scratch areas (not `shared`, for one).
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = fs::remove_dir(e.path());
         }
     }
@@ -294,21 +294,30 @@ fn supervise_in_namespaces(
     for d in ["lower", "root", "files"] {
         mkdir(&scratch.join(d))?;
     }
-    let session = match (fs, &plan.live_mount) {
-        (Some(fs), _) => {
-            let options = ServeOptions {
-                fsname: plan.fsname.clone(),
-                threads: SANDBOX_FS_THREADS,
-            };
-            // Mounted now, served once the init is forked: requests wait until then.
-            Some(serve::mount(fs, &lower, &options).map_err(|e| e.to_string())?)
-        }
-        (None, Some(live)) => {
-            let live = live.to_str().ok_or("the live mount's path is not UTF-8")?;
-            mount(Some(live), &lower, None, libc::MS_BIND | libc::MS_REC, None)?;
-            None
-        }
-        (None, None) => return Err("no image to serve".into()),
+    // A live mount is bound under a lease, which keeps its server from retiring meanwhile;
+    // once bound it lives as long as this namespace. If it is gone, serve the image here.
+    let bound = match &plan.live_mount {
+        Some(live) => bind_live(live, &lower)
+            .map_err(|e| log::info!("not using {}: {e}", live.mountpoint.display()))
+            .is_ok(),
+        None => false,
+    };
+    let session = if bound {
+        None
+    } else {
+        let fs = match fs {
+            Some(fs) => fs,
+            None => {
+                ImageFs::open(&plan.index_path, &plan.archive_path).map_err(|e| e.to_string())?
+            }
+        };
+        let options = ServeOptions {
+            fsname: plan.fsname.clone(),
+            threads: SANDBOX_FS_THREADS,
+            idle_exit: None,
+        };
+        // Mounted now, served once the init is forked: requests wait until then.
+        Some(serve::mount(fs, &lower, &options).map_err(|e| e.to_string())?)
     };
     let terminal = if plan.tty {
         // SAFETY: blocking SIGWINCH, which supervise() takes with sigwaitinfo.
@@ -358,6 +367,30 @@ fn supervise_in_namespaces(
     }
     std::mem::forget(session);
     Ok(code)
+}
+
+/// Binds a live imgfs mount at `lower`, and checks that what got bound is one.
+fn bind_live(live: &serve::LiveMount, lower: &Path) -> Result<(), String> {
+    let _lease = live.lease().map_err(|e| e.to_string())?;
+    let source = live
+        .mountpoint
+        .to_str()
+        .ok_or("the live mount's path is not UTF-8")?;
+    mount(
+        Some(source),
+        lower,
+        None,
+        libc::MS_BIND | libc::MS_REC,
+        None,
+    )?;
+    if serve::find_mount(lower).is_some_and(|m| m.is_imgfs()) {
+        return Ok(());
+    }
+    if let Ok(c) = cstr(lower.as_os_str().as_bytes()) {
+        // SAFETY: a valid NUL-terminated path.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+    Err("it is no longer an imgfs mount".into())
 }
 
 /// Forks the init into a new PID namespace, where it is PID 1: 0 in the child, its pid in

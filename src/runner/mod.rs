@@ -3,9 +3,11 @@
 //! Takes a prepared image (index stage) and the user's request; [`plan`] decides everything as
 //! plain data with docker run's rules (the image's Entrypoint, Cmd, Env, WorkingDir and User,
 //! names resolved in the image's own /etc/passwd and /etc/group), then `imgfs run` becomes the
-//! sandbox supervisor, which [`exec`] implements: the image is mounted with FUSE
-//! inside private namespaces, an overlay (tmpfs or `--rw-dir`) makes it writable without ever
-//! touching the cache, and the command runs as PID 1's only child. Nothing outlives the sandbox.
+//! sandbox supervisor, which [`exec`] implements: the image's FUSE mount is bound (or, without
+//! a live mount, mounted) inside private namespaces, an overlay (tmpfs or `--rw-dir`) makes it
+//! writable without ever touching the cache, and the command runs as PID 1's only child.
+//! Nothing of the sandbox outlives it; as root, the image's shared server (see
+//! [`serve::shared_mount`]) stays for `--linger` after the last sandbox using it.
 
 pub mod exec;
 pub mod plan;
@@ -14,6 +16,7 @@ pub mod pty;
 use std::os::unix::process::CommandExt;
 
 use crate::fs::ImageFs;
+use crate::fs::serve::{self, LiveMount};
 use crate::index::Ready;
 use plan::{ImageConfig, ImageFacts, Plan, PlanError, Request};
 
@@ -40,8 +43,15 @@ fn image_text(fs: &ImageFs, path: &str) -> Result<String, RunError> {
     }
 }
 
-/// Decides the plan for running `req` on a prepared image.
-pub fn make_plan(ready: &Ready, fsname: String, req: &Request) -> Result<Plan, RunError> {
+/// Decides the plan for running `req` on a prepared image. As root, the image is served by a
+/// live mount: a user's `imgfs mount` of it, or a shared server that stays `linger` after its
+/// last use (none when zero).
+pub fn make_plan(
+    ready: &Ready,
+    fsname: String,
+    req: &Request,
+    linger: std::time::Duration,
+) -> Result<Plan, RunError> {
     let config = match &ready.image_path {
         Some(p) => {
             let json = std::fs::read(p)
@@ -67,17 +77,28 @@ pub fn make_plan(ready: &Ready, fsname: String, req: &Request) -> Result<Plan, R
     let caller = effective_ids();
     let host_env = |k: &str| std::env::var(k).ok();
     let mut plan = plan::build(&facts, req, caller, &host_env)?;
-    // As root, a live mount of the image (imgfs mount) serves the sandbox with warm caches.
     if plan.unprivileged.is_none() {
-        plan.live_mount = ready
-            .index_path
-            .parent()
-            .and_then(crate::fs::serve::live_mount);
+        plan.live_mount = live_mount(ready, &plan.fsname, linger);
     }
     if plan.tty && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         return Err(RunError::NotATty);
     }
     Ok(plan)
+}
+
+/// A live mount of the image with warm kernel caches, if there is one or one can be started;
+/// failing that the sandbox serves the image itself, which is only slower.
+fn live_mount(ready: &Ready, fsname: &str, linger: std::time::Duration) -> Option<LiveMount> {
+    let entry = ready.index_path.parent()?;
+    if let Some(live) = serve::live_mount(entry, &ready.index_path) {
+        return Some(live);
+    }
+    if linger.is_zero() {
+        return None;
+    }
+    serve::shared_mount(&ready.index_path, &ready.archive_path, fsname, linger)
+        .map_err(|e| log::info!("no shared server for the image: {e}"))
+        .ok()
 }
 
 #[allow(unsafe_code)]

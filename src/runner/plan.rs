@@ -116,8 +116,8 @@ pub struct Plan {
     pub tty: bool,
     /// Set when the caller is not root: a user namespace maps root inside to this uid/gid.
     pub unprivileged: Option<(u32, u32)>,
-    /// A live `imgfs mount` of the image to use as the lower layer instead of a new server.
-    pub live_mount: Option<PathBuf>,
+    /// A live mount of the image to use as the lower layer instead of a new server.
+    pub live_mount: Option<crate::fs::serve::LiveMount>,
 }
 
 /// One `/etc/passwd` line.

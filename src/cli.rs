@@ -16,6 +16,10 @@ pub struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
+    /// No progress line and no warnings about the archive
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -60,6 +64,83 @@ pub enum Command {
     )]
     Run(RunArgs),
 
+    /// List directory contents of an image, as ls does, without mounting it.
+    ///
+    /// Answered from the cached index (the first use of an image exports and indexes it).
+    /// Owners are named from the image's /etc/passwd and /etc/group; times in local time.
+    #[command(
+        after_help = "Examples:\n  imgfs ls python:3.12 /usr/local/bin\n  imgfs ls -la python:3.12 /etc"
+    )]
+    Ls(LsArgs),
+
+    /// Print files of an image, as cat does, without mounting it.
+    #[command(after_help = "Example:\n  imgfs cat python:3.12 /etc/os-release")]
+    Cat(CatArgs),
+
+    /// Show the status of files in an image, as stat does, without mounting it.
+    #[command(
+        after_help = "Examples:\n  imgfs stat python:3.12 /usr/bin/python3\n  imgfs stat -c '%n %s %A %U' python:3.12 /etc/passwd /etc/group"
+    )]
+    Stat(StatArgs),
+
+    /// Search for files in an image, as find does, without mounting it.
+    ///
+    /// Walks each PATH (default /) depth first, symlinks not followed, printing every entry
+    /// that passes the tests. The tests may also be written as find writes them (-name,
+    /// -type).
+    #[command(after_help = "Example:\n  imgfs find python:3.12 /usr -name 'python3*' -type f")]
+    Find(FindArgs),
+
+    /// Show an image: id, references, config, entries by type, size, and its cache files.
+    #[command(
+        after_help = "Examples:\n  imgfs inspect python:3.12\n  imgfs inspect --json python:3.12 | jq .Config.Env"
+    )]
+    Inspect(InspectArgs),
+
+    /// List the images in the cache: id, references, size on disk, entries, last use.
+    #[command(after_help = "Example:\n  imgfs images")]
+    Images(ImagesArgs),
+
+    /// Remove images from the cache (never one that is mounted or in use).
+    ///
+    /// IMAGE is matched against the cache: a reference it was exported under (name:tag, a
+    /// missing tag meaning latest), an image id or a prefix of one, or a tar file's path.
+    #[command(after_help = "Example:\n  imgfs rm python:3.12")]
+    Rm(RmArgs),
+
+    /// Remove unused images from the cache: all of them, or the ones not used for a while,
+    /// or the least recently used until the cache fits a size.
+    ///
+    /// Images that are mounted or in use (a sandbox, an inspection) are never removed.
+    #[command(
+        after_help = "Examples:\n  imgfs prune --older-than 30d\n  imgfs prune --max-size 20G"
+    )]
+    Prune(PruneArgs),
+
+    /// List the imgfs mounts on this machine, with their images.
+    #[command(after_help = "Example:\n  imgfs mounts")]
+    Mounts(MountsArgs),
+
+    /// Print a shell completion script.
+    ///
+    /// contrib/install.sh installs them; by hand, e.g. for bash:
+    /// imgfs completions bash > /usr/share/bash-completion/completions/imgfs
+    #[command(after_help = "Example:\n  source <(imgfs completions bash)")]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+
+    /// Print the manual page (roff), or write one page per command into a directory.
+    #[command(
+        after_help = "Examples:\n  imgfs manpage | man -l -\n  imgfs manpage --dir /usr/local/share/man/man1"
+    )]
+    Manpage {
+        /// Write imgfs.1 and imgfs-COMMAND.1 for each command into DIR
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+
     /// Serve a prepared image (used by `imgfs mount` for its background server).
     #[command(name = "__serve", hide = true)]
     Serve(ServeArgs),
@@ -78,9 +159,9 @@ pub struct MountArgs {
     /// Stay attached to the terminal and serve until unmounted or interrupted
     #[arg(short, long)]
     pub foreground: bool,
-    /// Do not print warnings about the archive
-    #[arg(short, long)]
-    pub quiet: bool,
+    /// Pull the image from its registry when the daemon does not have it
+    #[arg(long)]
+    pub pull: bool,
     /// Request-handling threads [default: twice the CPUs, 2 to 8]
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -143,6 +224,9 @@ pub struct RunArgs {
     /// Keep the writable layer in DIR (upper/ and work/) so a later run can go on from it
     #[arg(long, value_name = "DIR")]
     pub rw_dir: Option<PathBuf>,
+    /// Pull the image from its registry when the daemon does not have it
+    #[arg(long)]
+    pub pull: bool,
     /// As root, keep serving the image this long after its last use (0: a server per run)
     ///
     /// Sandboxes of one image share one server, which stays mounted under /run/imgfs/shared
@@ -151,6 +235,176 @@ pub struct RunArgs {
     pub linger: Duration,
     #[command(flatten)]
     pub cache: CacheArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Docker image reference, or tar archive path
+    pub image: String,
+    /// Paths in the image [default: /]
+    pub paths: Vec<String>,
+    /// Long listing: mode, links, owner, group, size, time (long-iso), name
+    #[arg(short, long = "long")]
+    pub long: bool,
+    /// Show entries starting with . too, and . and ..
+    #[arg(short, long)]
+    pub all: bool,
+    /// List subdirectories recursively
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+    /// List directories themselves, not their contents
+    #[arg(short, long)]
+    pub directory: bool,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CatArgs {
+    /// Docker image reference, or tar archive path
+    pub image: String,
+    /// Files in the image (symlinks are followed inside the image)
+    #[arg(required = true)]
+    pub paths: Vec<String>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatArgs {
+    /// Docker image reference, or tar archive path
+    pub image: String,
+    /// Paths in the image
+    #[arg(required = true)]
+    pub paths: Vec<String>,
+    /// Follow a final symlink
+    #[arg(short = 'L', long)]
+    pub dereference: bool,
+    /// Print FORMAT for each path, in stat's language: %n %N %s %b %B %o %f %a %A %u %U %g %G
+    /// %h %i %Y %y %F %t %T %%, with widths as %-10s or %04a
+    #[arg(short = 'c', long, value_name = "FORMAT")]
+    pub format: Option<String>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct FindArgs {
+    /// Docker image reference, or tar archive path
+    pub image: String,
+    /// Starting points in the image [default: /]
+    pub paths: Vec<String>,
+    /// Only names (last component) matching this shell pattern
+    #[arg(long, value_name = "GLOB")]
+    pub name: Option<String>,
+    /// Only this type: f (file), d (directory), l (symlink), b, c, p or s
+    #[arg(long = "type", value_name = "C", value_parser = ["f", "d", "l", "b", "c", "p", "s"])]
+    pub kind: Option<String>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Docker image reference, or tar archive path
+    pub image: String,
+    /// Print one JSON object
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ImagesArgs {
+    /// Print one JSON array
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Images to remove from the cache
+    #[arg(required = true)]
+    pub images: Vec<String>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Only images not used for this long (e.g. 30d, 12h)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub older_than: Option<Duration>,
+    /// Only as many of the least recently used as it takes to bring the cache under SIZE
+    /// (bytes, or with K, M, G or T)
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_size: Option<u64>,
+    /// Say what would be removed, and remove nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MountsArgs {
+    /// Print one JSON array
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses a size: bytes, or a number with K, M, G or T (powers of 1024).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim_end_matches(['B', 'b']);
+    let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, ""),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 500M, 20G)"))?;
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("{text:?}: the unit must be K, M, G or T")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// Lets `imgfs find` take find's own spelling of its tests (`-name`, `-type`): rewritten to
+/// the long options, only in the arguments of a `find` command.
+pub fn find_style_args(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<_> = args.into_iter().collect();
+    // The command is the first argument that is neither an option nor an option's value.
+    let mut i = 1;
+    while i < args.len() {
+        let a = args[i].to_string_lossy();
+        if a == "--cache-dir" {
+            i += 2;
+        } else if a.starts_with('-') {
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    if args.get(i).is_some_and(|a| a == "find") {
+        for a in &mut args[i + 1..] {
+            if a == "-name" || a == "-type" {
+                let long = format!("-{}", a.to_string_lossy());
+                *a = long.into();
+            }
+        }
+    }
+    args
 }
 
 #[derive(Debug, Args)]
@@ -199,6 +453,82 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{text:?} is too long"))
 }
 
+/// When run as `mount.imgfs` (the helper mount(8) calls for `-t imgfs` and fstab entries of
+/// type imgfs, with `SPEC DIR [-sfnv] [-o OPTIONS]`), the equivalent `imgfs mount` arguments;
+/// `None` otherwise. Options: `cache-dir=DIR`, `threads=N`, `pull`; mount(8)'s generic ones
+/// (`defaults`, `ro`, `noauto`, `nofail`, `_netdev`, `x-*`, ...) are accepted and ignored.
+/// `Some(Err)` for anything else; `Some(Ok(None))` for `-f`, which only pretends to mount.
+pub fn mount_helper_args(
+    args: &[std::ffi::OsString],
+) -> Option<Result<Option<Vec<std::ffi::OsString>>, String>> {
+    let name = std::path::Path::new(args.first()?).file_name()?;
+    if name != "mount.imgfs" {
+        return None;
+    }
+    Some(helper_args(&args[1..]))
+}
+
+fn helper_args(args: &[std::ffi::OsString]) -> Result<Option<Vec<std::ffi::OsString>>, String> {
+    let mut positional = Vec::new();
+    let mut options = Vec::new();
+    let mut fake = false;
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].to_string_lossy();
+        if a == "-o" {
+            let o = args.get(i + 1).ok_or("-o needs options")?;
+            options.extend(o.to_string_lossy().split(',').map(str::to_string));
+            i += 2;
+            continue;
+        }
+        if let Some(o) = a.strip_prefix("-o") {
+            options.extend(o.split(',').map(str::to_string));
+        } else if a == "-t" {
+            i += 1; // the type: imgfs
+        } else if a.starts_with('-') && a.len() > 1 {
+            fake |= a.contains('f');
+            // -s (sloppy), -n (no mtab), -v (verbose): nothing to do
+        } else {
+            positional.push(args[i].clone());
+        }
+        i += 1;
+    }
+    let [spec, dir] = positional.as_slice() else {
+        return Err("usage: mount.imgfs IMAGE MOUNTPOINT [-o OPTIONS]".into());
+    };
+    let mut out: Vec<std::ffi::OsString> = vec!["imgfs".into(), "mount".into()];
+    for o in options.iter().filter(|o| !o.is_empty()) {
+        let (key, value) = match o.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (o.as_str(), None),
+        };
+        match (key, value) {
+            ("cache-dir", Some(v)) => out.extend(["--cache-dir".into(), v.into()]),
+            ("threads", Some(v)) => out.extend(["--threads".into(), v.into()]),
+            ("pull", None) => out.push("--pull".into()),
+            // An imgfs mount is read-only whatever `rw` mount(8) passes on.
+            (
+                "defaults" | "ro" | "rw" | "auto" | "noauto" | "nofail" | "_netdev" | "user"
+                | "users" | "nouser" | "owner" | "group" | "nosuid" | "nodev" | "noexec" | "exec"
+                | "suid" | "dev" | "noatime" | "relatime" | "atime" | "sync" | "async",
+                None,
+            ) => {}
+            (k, _) if k.starts_with("x-") || k.starts_with("comment=") => {}
+            _ => {
+                return Err(format!(
+                    "unknown mount option '{o}' (imgfs takes cache-dir=DIR, threads=N, pull)"
+                ));
+            }
+        }
+    }
+    if fake {
+        return Ok(None);
+    }
+    out.push(spec.clone());
+    out.push(dir.clone());
+    Ok(Some(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,5 +544,103 @@ mod tests {
         for bad in ["", "m", "5x", "-1", "1.5m", "99999999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn mount_helper() {
+        let args = |v: &[&str]| -> Vec<std::ffi::OsString> { v.iter().map(Into::into).collect() };
+        let got = |v: &[&str]| mount_helper_args(&args(v));
+        assert!(got(&["imgfs", "mount", "x", "/m"]).is_none());
+        assert_eq!(
+            got(&[
+                "/sbin/mount.imgfs",
+                "python:3.12",
+                "/mnt/py",
+                "-o",
+                "defaults,cache-dir=/c,x-systemd.automount,pull"
+            ]),
+            Some(Ok(Some(args(&[
+                "imgfs",
+                "mount",
+                "--cache-dir",
+                "/c",
+                "--pull",
+                "python:3.12",
+                "/mnt/py"
+            ]))))
+        );
+        assert_eq!(
+            got(&["mount.imgfs", "img", "/m", "-n", "-othreads=4"]),
+            Some(Ok(Some(args(&[
+                "imgfs",
+                "mount",
+                "--threads",
+                "4",
+                "img",
+                "/m"
+            ]))))
+        );
+        assert_eq!(got(&["mount.imgfs", "img", "/m", "-f"]), Some(Ok(None)));
+        assert!(matches!(
+            got(&["mount.imgfs", "img", "/m", "-o", "bogus=1"]),
+            Some(Err(_))
+        ));
+        assert!(matches!(got(&["mount.imgfs", "img"]), Some(Err(_))));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("500M"), Ok(500 << 20));
+        assert_eq!(parse_size("20G"), Ok(20 << 30));
+        assert_eq!(parse_size("1TB"), Ok(1 << 40));
+        assert_eq!(parse_size("2k"), Ok(2048));
+        for bad in ["", "G", "1.5G", "3X", "-1", "99999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn find_takes_finds_spelling() {
+        let args = |v: &[&str]| -> Vec<String> {
+            find_style_args(v.iter().map(std::ffi::OsString::from))
+                .into_iter()
+                .map(|a| a.into_string().unwrap())
+                .collect()
+        };
+        assert_eq!(
+            args(&[
+                "imgfs",
+                "-v",
+                "--cache-dir",
+                "/c",
+                "find",
+                "img",
+                "/",
+                "-name",
+                "*.py",
+                "-type",
+                "f"
+            ]),
+            [
+                "imgfs",
+                "-v",
+                "--cache-dir",
+                "/c",
+                "find",
+                "img",
+                "/",
+                "--name",
+                "*.py",
+                "--type",
+                "f"
+            ]
+        );
+        // Not in other commands' arguments.
+        assert_eq!(
+            args(&["imgfs", "run", "img", "--", "find", "/", "-name", "x"]),
+            ["imgfs", "run", "img", "--", "find", "/", "-name", "x"]
+        );
     }
 }

@@ -1,37 +1,151 @@
 //! What each command does, in terms of the library's stages.
 
+use std::path::Path;
+
 use anyhow::{Context, Result, bail};
 
 use imgfs::cache::Cache;
+use imgfs::cache::Removal;
 use imgfs::fs::ImageFs;
 use imgfs::fs::serve::{self, ServeOptions};
 use imgfs::index;
+use imgfs::inspect::{self, Image, catalog};
 use imgfs::source::ImageRef;
 
 use imgfs::runner::{self, exec, plan::Plan};
 
-use crate::cli::{Cli, Command, MountArgs, Net, RunArgs, ServeArgs, UmountArgs};
+use crate::cli::{
+    CacheArgs, CatArgs, Cli, Command, FindArgs, ImagesArgs, InspectArgs, LsArgs, MountArgs,
+    MountsArgs, Net, PruneArgs, RmArgs, RunArgs, ServeArgs, StatArgs, UmountArgs,
+};
 
 pub fn run(cli: Cli) -> Result<i32> {
+    QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
     match cli.command {
         Command::Mount(args) => mount(args),
         Command::Umount(args) => umount(args),
         Command::Serve(args) => serve_background(args),
         Command::Run(args) => run_sandbox(args),
+        Command::Ls(args) => ls(args),
+        Command::Cat(args) => cat(args),
+        Command::Stat(args) => stat(args),
+        Command::Find(args) => find(args),
+        Command::Inspect(args) => inspect_image(args),
+        Command::Images(args) => images(args),
+        Command::Rm(args) => rm(args),
+        Command::Prune(args) => prune(args),
+        Command::Mounts(args) => mounts(args),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            with_output(|out, _| {
+                clap_complete::generate(shell, &mut cmd, "imgfs", out);
+                Ok(0)
+            })
+        }
+        Command::Manpage { dir } => manpage(dir.as_deref()),
         Command::Sandbox { plan } => Ok(exec::supervisor(&parse_plan(&plan)?)),
     }
+}
+
+/// `-q`: no progress line, no warnings about the archive.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn quiet() -> bool {
+    QUIET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A progress line on stderr while an image is pulled or exported, when stderr is a
+/// terminal and not `-q`; cleared if the work fails, so that the error line stands alone.
+struct ProgressLine {
+    label: String,
+    shown: bool,
+}
+
+impl ProgressLine {
+    fn new(label: &str) -> Option<ProgressLine> {
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        (tty && !quiet()).then(|| ProgressLine {
+            label: label.to_string(),
+            shown: false,
+        })
+    }
+
+    fn show(&mut self, text: &str, done: bool) {
+        use std::io::Write;
+        let mut err = std::io::stderr().lock();
+        // Keep to one line of a narrow terminal: the line is redrawn in place.
+        let line: String = format!("imgfs: {text}").chars().take(150).collect();
+        let _ = write!(err, "\r\x1b[K{line}{}", if done { "\n" } else { "" });
+        let _ = err.flush();
+        self.shown = !done;
+    }
+
+    fn event(&mut self, e: index::Event) {
+        let mb = |b: u64| b as f64 / 1e6;
+        match e {
+            index::Event::Pulling(status) => {
+                self.show(&format!("pulling {}: {status}", self.label), false)
+            }
+            index::Event::Exporting(p) => {
+                let rate = mb(p.bytes) / p.elapsed.as_secs_f64().max(1e-3);
+                self.show(
+                    &format!(
+                        "exporting {}: {:.1} MB, {rate:.1} MB/s, {} entries",
+                        self.label,
+                        mb(p.bytes),
+                        p.entries
+                    ),
+                    false,
+                );
+            }
+            index::Event::Exported(p) => self.show(
+                &format!(
+                    "exported {}: {:.1} MB, {} entries in {:.1} s",
+                    self.label,
+                    mb(p.bytes),
+                    p.entries,
+                    p.elapsed.as_secs_f64()
+                ),
+                true,
+            ),
+        }
+    }
+}
+
+impl Drop for ProgressLine {
+    fn drop(&mut self) {
+        if self.shown {
+            use std::io::Write;
+            let _ = write!(std::io::stderr(), "\r\x1b[K");
+        }
+    }
+}
+
+/// Resolves `image` and fills its cache entry if needed, with a progress line.
+fn prepare(image: &str, cache: &Cache, pull: bool) -> Result<index::Ready> {
+    let mut line = ProgressLine::new(image);
+    let mut report = |e: index::Event| {
+        if let Some(l) = line.as_mut() {
+            l.event(e);
+        }
+    };
+    let options = index::Options {
+        pull,
+        report: Some(&mut report),
+    };
+    let ready = index::prepare_with(&ImageRef::parse(image), cache, options)?;
+    if !quiet() {
+        for w in &ready.warnings {
+            eprintln!("imgfs: warning: {w}");
+        }
+    }
+    Ok(ready)
 }
 
 fn mount(args: MountArgs) -> Result<i32> {
     let cache = Cache::locate(args.cache.cache_dir.clone())?;
     serve::check_mountpoint(&args.mountpoint)?;
-    let image = ImageRef::parse(&args.image);
-    let ready = index::prepare(&image, &cache)?;
-    if !args.quiet {
-        for w in &ready.warnings {
-            eprintln!("imgfs: warning: {w}");
-        }
-    }
+    let ready = prepare(&args.image, &cache, args.pull)?;
     let options = ServeOptions {
         fsname: format!("{}{}", serve::SOURCE_PREFIX, args.image),
         threads: args.threads.unwrap_or_else(serve::default_threads),
@@ -84,10 +198,7 @@ fn parse_plan(json: &str) -> Result<Plan> {
 
 fn run_sandbox(args: RunArgs) -> Result<i32> {
     let cache = Cache::locate(args.cache.cache_dir.clone())?;
-    let ready = index::prepare(&ImageRef::parse(&args.image), &cache)?;
-    for w in &ready.warnings {
-        log::warn!("{w}");
-    }
+    let ready = prepare(&args.image, &cache, args.pull)?;
     let request = runner::plan::Request {
         command: args.command,
         entrypoint: args.entrypoint,
@@ -133,4 +244,357 @@ pub fn message(e: &anyhow::Error) -> String {
         }
     }
     text
+}
+
+/// Resolves and prepares an image for the inspection commands, and opens its index.
+fn open_image(image: &str, cache: &CacheArgs) -> Result<(index::Ready, ImageFs)> {
+    let cache = Cache::locate(cache.cache_dir.clone())?;
+    let ready = prepare(image, &cache, false)?;
+    let fs = ImageFs::open(&ready.index_path, &ready.archive_path)?;
+    Ok((ready, fs))
+}
+
+/// Runs an inspection command with buffered stdout; a closed pipe (`| head`) ends it
+/// quietly with 141, as SIGPIPE ends the coreutils.
+fn with_output(
+    body: impl FnOnce(&mut dyn std::io::Write, &mut dyn std::io::Write) -> std::io::Result<i32>,
+) -> Result<i32> {
+    use std::io::Write;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut err = std::io::stderr();
+    let result = body(&mut out, &mut err).and_then(|code| out.flush().map(|()| code));
+    match result {
+        Ok(code) => Ok(code),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(141),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot write the output")),
+    }
+}
+
+fn ls(args: LsArgs) -> Result<i32> {
+    let (_, fs) = open_image(&args.image, &args.cache)?;
+    let img = Image::new(&fs);
+    let opts = inspect::LsOptions {
+        long: args.long,
+        all: args.all,
+        recursive: args.recursive,
+        directory: args.directory,
+    };
+    with_output(|out, err| inspect::ls(&img, &args.paths, &opts, out, err))
+}
+
+fn cat(args: CatArgs) -> Result<i32> {
+    let (_, fs) = open_image(&args.image, &args.cache)?;
+    let img = Image::new(&fs);
+    with_output(|out, err| inspect::cat(&img, &args.paths, out, err))
+}
+
+fn stat(args: StatArgs) -> Result<i32> {
+    let (_, fs) = open_image(&args.image, &args.cache)?;
+    let img = Image::new(&fs);
+    with_output(|out, err| {
+        inspect::stat(
+            &img,
+            &args.paths,
+            args.dereference,
+            args.format.as_deref(),
+            out,
+            err,
+        )
+    })
+}
+
+fn find(args: FindArgs) -> Result<i32> {
+    let (_, fs) = open_image(&args.image, &args.cache)?;
+    let img = Image::new(&fs);
+    let opts = inspect::FindOptions {
+        name: args.name,
+        kind: args.kind.and_then(|k| k.chars().next()),
+    };
+    with_output(|out, err| inspect::find(&img, &args.paths, &opts, out, err))
+}
+
+fn inspect_image(args: InspectArgs) -> Result<i32> {
+    let (ready, fs) = open_image(&args.image, &args.cache)?;
+    let config: serde_json::Value = match &ready.image_path {
+        Some(p) => serde_json::from_slice(
+            &std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
+        )
+        .with_context(|| format!("{}: not JSON", p.display()))?,
+        None => serde_json::Value::Null,
+    };
+    let counts = inspect::counts(&fs);
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let c = &config["Config"];
+    let summary = serde_json::json!({
+        "Id": ready.id,
+        "RepoTags": config["RepoTags"],
+        "RepoDigests": config["RepoDigests"],
+        "Created": config["Created"],
+        "Config": {
+            "Env": c["Env"],
+            "Cmd": c["Cmd"],
+            "Entrypoint": c["Entrypoint"],
+            "WorkingDir": c["WorkingDir"],
+            "User": c["User"],
+            "Labels": c["Labels"],
+        },
+        "Entries": counts,
+        "Cache": {
+            "Archive": ready.archive_path.display().to_string(),
+            "ArchiveBytes": size(&ready.archive_path),
+            "Index": ready.index_path.display().to_string(),
+            "IndexBytes": size(&ready.index_path),
+        },
+    });
+    with_output(|out, _| {
+        if args.json {
+            serde_json::to_writer_pretty(&mut *out, &summary)?;
+            writeln!(out)?;
+        } else {
+            out.write_all(inspect::describe_summary(&summary).as_bytes())?;
+        }
+        Ok(0)
+    })
+}
+
+/// The manual from the command-line definition: imgfs.1 on stdout, or every page in `dir`.
+fn manpage(dir: Option<&Path>) -> Result<i32> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    match dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            clap_mangen::generate_to(cmd, dir)
+                .with_context(|| format!("cannot write the pages to {}", dir.display()))?;
+            Ok(0)
+        }
+        None => with_output(|out, _| {
+            clap_mangen::Man::new(cmd).render(out)?;
+            Ok(0)
+        }),
+    }
+}
+
+/// How long ago, for people: `just now`, `5 minutes ago`, `3 days ago`.
+fn ago(t: Option<std::time::SystemTime>) -> String {
+    let Some(t) = t else {
+        return "-".into();
+    };
+    let s = std::time::SystemTime::now()
+        .duration_since(t)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (n, unit) = match s {
+        0..60 => return "just now".into(),
+        60..3600 => (s / 60, "minute"),
+        3600..86400 => (s / 3600, "hour"),
+        _ => (s / 86400, "day"),
+    };
+    format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" })
+}
+
+/// Prints rows as left-aligned columns under a header.
+fn table(out: &mut dyn std::io::Write, rows: &[Vec<String>]) -> std::io::Result<()> {
+    let cols = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            if c + 1 == cols {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}   ", w = widths[c]));
+            }
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}
+
+fn images(args: ImagesArgs) -> Result<i32> {
+    let cache = Cache::locate(args.cache.cache_dir.clone())?;
+    let all = catalog::images(&cache);
+    with_output(|out, _| {
+        if args.json {
+            let list: Vec<_> = all.iter().map(catalog::CachedImage::to_json).collect();
+            serde_json::to_writer_pretty(&mut *out, &list)?;
+            writeln!(out)?;
+            return Ok(0);
+        }
+        let mut rows = vec![vec![
+            "IMAGE ID".to_string(),
+            "SIZE".into(),
+            "ENTRIES".into(),
+            "LAST USED".into(),
+            "REFERENCES".into(),
+        ]];
+        for i in &all {
+            rows.push(vec![
+                i.short_id(),
+                inspect::bytes(i.disk_bytes),
+                i.inodes.map_or_else(|| "-".into(), |n| n.to_string()),
+                ago(i.last_used),
+                i.names(),
+            ]);
+        }
+        table(out, &rows)?;
+        Ok(0)
+    })
+}
+
+/// Why an image stays, in words.
+fn in_use(pids: &[u32]) -> String {
+    let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+    format!("in use by pid {}", list.join(", "))
+}
+
+fn rm(args: RmArgs) -> Result<i32> {
+    let cache = Cache::locate(args.cache.cache_dir.clone())?;
+    let all = catalog::images(&cache);
+    let mut status = 0;
+    for wanted in &args.images {
+        let found: Vec<_> = all.iter().filter(|i| i.matches(wanted)).collect();
+        let image = match found.as_slice() {
+            [one] => *one,
+            [] => {
+                eprintln!(
+                    "imgfs: rm: {wanted}: no such image in the cache {}",
+                    cache.root().display()
+                );
+                status = 1;
+                continue;
+            }
+            many => {
+                let ids: Vec<String> = many.iter().map(|i| i.short_id()).collect();
+                eprintln!("imgfs: rm: {wanted} is ambiguous: {}", ids.join(", "));
+                status = 1;
+                continue;
+            }
+        };
+        match image.entry.remove()? {
+            Removal::Removed(bytes) => {
+                println!(
+                    "removed {} ({}, {})",
+                    image.short_id(),
+                    image.names(),
+                    inspect::bytes(bytes)
+                );
+            }
+            Removal::InUse(pids) => {
+                eprintln!(
+                    "imgfs: rm: {wanted}: {} (a mount, a sandbox or an inspection); not removed",
+                    in_use(&pids)
+                );
+                status = 1;
+            }
+            Removal::Filling => {
+                eprintln!("imgfs: rm: {wanted}: being exported right now; not removed");
+                status = 1;
+            }
+        }
+    }
+    Ok(status)
+}
+
+fn prune(args: PruneArgs) -> Result<i32> {
+    let cache = Cache::locate(args.cache.cache_dir.clone())?;
+    cache.sweep_leftovers();
+    let all = catalog::images(&cache);
+    let done = catalog::prune(&all, args.older_than, args.max_size, args.dry_run);
+    let mut freed = 0;
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    for p in &done {
+        match &p.outcome {
+            Removal::Removed(bytes) => {
+                freed += bytes;
+                println!(
+                    "{verb} {} ({}, {})",
+                    p.image.short_id(),
+                    p.image.names(),
+                    inspect::bytes(*bytes)
+                );
+            }
+            Removal::InUse(pids) => {
+                println!(
+                    "kept {} ({}): {}",
+                    p.image.short_id(),
+                    p.image.names(),
+                    in_use(pids)
+                );
+            }
+            Removal::Filling => {
+                println!(
+                    "kept {} ({}): being exported",
+                    p.image.short_id(),
+                    p.image.names()
+                );
+            }
+        }
+    }
+    println!(
+        "{} {}",
+        if args.dry_run { "would free" } else { "freed" },
+        inspect::bytes(freed)
+    );
+    Ok(0)
+}
+
+fn mounts(args: MountsArgs) -> Result<i32> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")
+        .context("cannot read /proc/self/mountinfo")?;
+    let live: Vec<_> = serve::parse_mountinfo(&text)
+        .into_iter()
+        .filter(serve::MountInfo::is_imgfs)
+        .collect();
+    let image = |m: &serve::MountInfo| {
+        m.source
+            .strip_prefix(serve::SOURCE_PREFIX)
+            .unwrap_or(&m.source)
+            .to_string()
+    };
+    let kind = |m: &serve::MountInfo| {
+        if m.mountpoint.starts_with(serve::SHARED_DIR) {
+            "shared"
+        } else {
+            "mount"
+        }
+    };
+    with_output(|out, _| {
+        if args.json {
+            let list: Vec<_> = live
+                .iter()
+                .map(|m| {
+                    serde_json::json!({
+                        "Mountpoint": m.mountpoint.display().to_string(),
+                        "Image": image(m),
+                        "Kind": kind(m),
+                    })
+                })
+                .collect();
+            serde_json::to_writer_pretty(&mut *out, &list)?;
+            writeln!(out)?;
+            return Ok(0);
+        }
+        let mut rows = vec![vec![
+            "MOUNTPOINT".to_string(),
+            "KIND".into(),
+            "IMAGE".into(),
+        ]];
+        for m in &live {
+            rows.push(vec![
+                m.mountpoint.display().to_string(),
+                kind(m).into(),
+                image(m),
+            ]);
+        }
+        table(out, &rows)?;
+        Ok(0)
+    })
 }

@@ -14,6 +14,8 @@
 //!   checksummed index that is memory-mapped and used in place.
 //! - [`fs`] serves that index and archive as a read-only FUSE filesystem.
 //! - [`runner`] starts a sandbox rooted in that filesystem, with a writable overlay.
+//! - [`inspect`], beside the runner, answers `ls`, `cat`, `stat`, `find` and `inspect` from the
+//!   same index and archive without mounting anything.
 #![deny(unsafe_code)]
 
 // The stages in pipeline order (kept apart so formatting does not sort them).
@@ -26,3 +28,5 @@ pub mod index;
 pub mod fs;
 
 pub mod runner;
+
+pub mod inspect;

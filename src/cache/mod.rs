@@ -17,6 +17,10 @@ pub const ARCHIVE_FILE: &str = "archive.tar";
 pub const INDEX_FILE: &str = "index";
 pub const IMAGE_FILE: &str = "image.json";
 pub const MARKER_FILE: &str = "complete";
+/// Stamp of the index's last full checksum verification.
+pub const VERIFIED_FILE: &str = "index.verified";
+/// For an indexed tar file: the path it was indexed from.
+pub const SOURCE_FILE: &str = "source";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -63,6 +67,14 @@ impl Cache {
         };
         let _ = fs::create_dir_all(self.root.join("locks"));
         for dir in dirs.flatten() {
+            let name = dir.file_name();
+            if name.to_string_lossy().starts_with(".removing-") {
+                // An entry whose removal was interrupted.
+                if mapping_under(&dir.path()).is_empty() {
+                    let _ = fs::remove_dir_all(dir.path());
+                }
+                continue;
+            }
             if dir.path().join(MARKER_FILE).exists() {
                 continue;
             }
@@ -114,6 +126,82 @@ impl Cache {
             lock_path: self.root.join("locks").join(format!("{safe}.lock")),
         }
     }
+}
+
+impl Cache {
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The complete entries, in name order.
+    pub fn entries(&self) -> Vec<Entry> {
+        let Ok(dirs) = fs::read_dir(self.root.join("images")) else {
+            return Vec::new();
+        };
+        let mut names: Vec<_> = dirs
+            .flatten()
+            .filter(|d| d.path().join(MARKER_FILE).exists())
+            .map(|d| d.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        names.iter().map(|n| self.entry(n)).collect()
+    }
+}
+
+/// What became of a request to remove an entry.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Removal {
+    /// Gone; this many bytes freed.
+    Removed(u64),
+    /// These processes use it (a mount's server, a sandbox, an inspection).
+    InUse(Vec<u32>),
+    /// Another process is filling it right now.
+    Filling,
+}
+
+/// Processes with a file under `dir` mapped (every user of an entry maps its index).
+fn mapping_under(dir: &Path) -> Vec<u32> {
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut prefix = dir.as_os_str().as_encoded_bytes().to_vec();
+    prefix.push(b'/');
+    let mut pids = Vec::new();
+    for p in procs.flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(maps) = fs::read(p.path().join("maps")) else {
+            continue;
+        };
+        let uses = maps
+            .split(|&b| b == b'\n')
+            .any(|line| line.windows(prefix.len()).any(|w| w == prefix.as_slice()));
+        if uses {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Bytes a directory's files take on disk (allocated blocks), one level of subdirectories.
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(items) = fs::read_dir(dir) else {
+        return 0;
+    };
+    items
+        .flatten()
+        .filter_map(|i| i.metadata().ok().map(|m| (i, m)))
+        .map(|(i, m)| {
+            if m.is_dir() {
+                disk_usage(&i.path())
+            } else {
+                m.blocks() * 512
+            }
+        })
+        .sum()
 }
 
 /// One image's directory in the cache.
@@ -192,6 +280,72 @@ impl Entry {
             fs::rename(&tmp, &path)
         };
         write().map_err(io_err(&path))
+    }
+
+    /// The entry's name in the cache (its key, made safe for a file name).
+    pub fn name(&self) -> String {
+        self.dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Records a use now (the marker's modification time); best effort, as the cache may be
+    /// another user's, readable only.
+    pub fn touch(&self) {
+        if let Ok(f) = File::options().write(true).open(self.dir.join(MARKER_FILE)) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+    }
+
+    /// When the entry was last used (or filled).
+    pub fn last_used(&self) -> Option<std::time::SystemTime> {
+        fs::metadata(self.dir.join(MARKER_FILE))
+            .and_then(|m| m.modified())
+            .ok()
+    }
+
+    /// Bytes the entry takes on disk.
+    pub fn disk_usage(&self) -> u64 {
+        disk_usage(&self.dir)
+    }
+
+    /// Processes using the entry now.
+    pub fn users(&self) -> Vec<u32> {
+        mapping_under(&self.dir)
+    }
+
+    /// Removes the entry unless it is in use or being filled. It is first renamed out of the
+    /// way under the fill lock, so nothing starts using it meanwhile, and put back if a user
+    /// showed up just before.
+    pub fn remove(&self) -> Result<Removal, CacheError> {
+        let parent = self.lock_path.parent().unwrap_or(Path::new("/"));
+        fs::create_dir_all(parent).map_err(io_err(parent))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.lock_path)
+            .map_err(io_err(&self.lock_path))?;
+        if !sys::try_lock_exclusive(&lock).map_err(io_err(&self.lock_path))? {
+            return Ok(Removal::Filling);
+        }
+        let users = self.users();
+        if !users.is_empty() {
+            return Ok(Removal::InUse(users));
+        }
+        let size = self.disk_usage();
+        let aside =
+            self.dir
+                .with_file_name(format!(".removing-{}-{}", self.name(), std::process::id()));
+        fs::rename(&self.dir, &aside).map_err(io_err(&self.dir))?;
+        let users = mapping_under(&aside);
+        if !users.is_empty() {
+            fs::rename(&aside, &self.dir).map_err(io_err(&self.dir))?;
+            return Ok(Removal::InUse(users));
+        }
+        fs::remove_dir_all(&aside).map_err(io_err(&aside))?;
+        Ok(Removal::Removed(size))
     }
 
     /// Marks the entry complete; `contents` lets a source record what it was built from.

@@ -17,6 +17,11 @@ pub fn lock_exclusive(file: &File) -> io::Result<()> {
     flock(file, libc::LOCK_EX)
 }
 
+/// Blocks until this process holds a shared flock on `file`.
+pub fn lock_shared(file: &File) -> io::Result<()> {
+    flock(file, libc::LOCK_SH)
+}
+
 /// Takes the exclusive flock on `file` if nobody holds it; false when somebody does.
 pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
     match flock(file, libc::LOCK_EX | libc::LOCK_NB) {

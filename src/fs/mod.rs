@@ -129,7 +129,9 @@ fn record_of(ino: INodeNo) -> Option<u32> {
 }
 
 impl ImageFs {
-    /// Opens and validates the index, and checks that the archive is as long as it says.
+    /// Opens the index (its layout validated; its checksum was verified when the image was
+    /// prepared, see [`crate::index::prepare`]) and checks that the archive is as long as it
+    /// says.
     pub fn open(index_path: &Path, archive_path: &Path) -> Result<ImageFs, FsError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -137,7 +139,7 @@ impl ImageFs {
         };
         let file = File::open(index_path).map_err(io(index_path))?;
         let map = cache::sys::map(&file).map_err(io(index_path))?;
-        let index = Index::new(map).map_err(|source| FsError::Index {
+        let index = Index::unchecked(map).map_err(|source| FsError::Index {
             path: index_path.to_path_buf(),
             source,
         })?;
@@ -407,16 +409,68 @@ impl ImageFs {
     /// Reads a whole regular file of the image, following symlinks.
     pub fn read_file(&self, path: &[u8]) -> std::io::Result<Vec<u8>> {
         let rec = self.resolve(path, true)?;
-        let ino = INodeNo(u64::from(rec) + 1);
         let size = self.index.inode(rec).map_or(0, |r| r.size);
         let size = u32::try_from(size).map_err(|_| errno(libc::EFBIG))?;
-        self.do_read(ino, 0, size).map_err(|f| match f {
-            Failure::Missing => errno(libc::ENOENT),
-            Failure::Kind(e) => errno(e.code()),
-            Failure::Io(e) => e,
-            Failure::Corrupt(_) => errno(libc::EIO),
-            Failure::Range => errno(libc::ERANGE),
-        })
+        self.read_at(rec, 0, size)
+    }
+
+    /// Reads up to `size` bytes of the regular file `rec` from `offset`; empty at the end.
+    pub fn read_at(&self, rec: u32, offset: u64, size: u32) -> std::io::Result<Vec<u8>> {
+        self.do_read(ino_of(rec), offset, size).map_err(io_error)
+    }
+
+    /// The attributes of `rec`, as `stat` would show them on a mount.
+    pub fn metadata(&self, rec: u32) -> std::io::Result<FileAttr> {
+        let (rec, r) = self.record(ino_of(rec)).map_err(io_error)?;
+        Ok(self.attr(rec, &r))
+    }
+
+    /// The entries of the directory `rec` (without `.` and `..`), sorted by name.
+    pub fn children(&self, rec: u32) -> std::io::Result<Vec<(&[u8], u32)>> {
+        let (_, dir) = self.record(ino_of(rec)).map_err(io_error)?;
+        if !dir.is_dir() {
+            return Err(errno(libc::ENOTDIR));
+        }
+        Ok((0..)
+            .map_while(|i| self.index.child(&dir, i))
+            .map(|d| (d.name, d.record))
+            .collect())
+    }
+
+    /// The target of the symlink `rec`.
+    pub fn readlink(&self, rec: u32) -> std::io::Result<&[u8]> {
+        let (_, r) = self.record(ino_of(rec)).map_err(io_error)?;
+        if r.file_type() != libc::S_IFLNK {
+            return Err(errno(libc::EINVAL));
+        }
+        self.index
+            .symlink_target(&r)
+            .ok_or_else(|| errno(libc::EIO))
+    }
+
+    /// The extended attributes of `rec`: name and value.
+    pub fn xattrs(&self, rec: u32) -> std::io::Result<Vec<(&[u8], &[u8])>> {
+        let (_, r) = self.record(ino_of(rec)).map_err(io_error)?;
+        Ok(self.index.xattrs(&r).collect())
+    }
+
+    /// Records in the index (inodes, hard links counted once).
+    pub fn inode_count(&self) -> u32 {
+        self.index.inode_count()
+    }
+}
+
+fn ino_of(rec: u32) -> INodeNo {
+    INodeNo(u64::from(rec) + 1)
+}
+
+fn io_error(f: Failure) -> std::io::Error {
+    match f {
+        Failure::Missing => errno(libc::ENOENT),
+        Failure::Kind(e) => errno(e.code()),
+        Failure::Io(e) => e,
+        Failure::Corrupt(_) => errno(libc::EIO),
+        Failure::Range => errno(libc::ERANGE),
     }
 }
 

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use fuser::{Config, MountOption, SessionACL};
 
 use super::ImageFs;
+use crate::cache::sys;
 
 /// Filesystem subtype, and the prefix of the source name every imgfs mount shows in the
 /// mount table (`imgfs:IMAGE`), which is how an imgfs mount is recognised.
@@ -143,13 +144,9 @@ impl LiveMount {
     /// Takes a lease on the mount, or says why it is gone. Bind the mount while holding it:
     /// once bound, the mount lives as long as the binding, whatever its server decides.
     pub fn lease(&self) -> io::Result<Lease> {
-        use std::os::fd::AsRawFd;
         use std::os::unix::fs::MetadataExt;
         let file = std::fs::File::open(&self.registry)?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        sys::lock_shared(&file)?;
         // A server retiring unlinks its announcement under the exclusive lock.
         if file.metadata()?.nlink() == 0 {
             return Err(io::Error::new(
@@ -157,8 +154,8 @@ impl LiveMount {
                 "the mount went away",
             ));
         }
-        // SAFETY: a null times pointer sets both times to now.
-        unsafe { libc::futimens(file.as_raw_fd(), std::ptr::null()) };
+        // The server's idle clock; failing to set it only lets the server retire sooner.
+        let _ = file.set_modified(std::time::SystemTime::now());
         Ok(Lease {
             _announcement: file,
         })
@@ -287,7 +284,7 @@ pub fn spawn_detached(what: &Served) -> Result<(), String> {
 }
 
 /// Parent of the mountpoints of shared servers: root's only.
-const SHARED_DIR: &str = "/run/imgfs/shared";
+pub const SHARED_DIR: &str = "/run/imgfs/shared";
 
 /// A live mount of the image for a sandbox: the one already announced, or a new shared
 /// server's, which exits once nothing has used it for `linger`. Serialized per image, so
@@ -298,7 +295,6 @@ pub fn shared_mount(
     fsname: &str,
     linger: Duration,
 ) -> Result<LiveMount, String> {
-    use std::os::fd::AsRawFd;
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let entry = index.parent().ok_or("the index has no directory")?;
     let registry = entry.join(REGISTRY_DIR);
@@ -307,14 +303,8 @@ pub fn shared_mount(
     let lock_path = registry.join(SHARED_LOCK);
     let lock = std::fs::File::create(&lock_path)
         .map_err(|e| format!("cannot create {}: {e}", lock_path.display()))?;
-    // SAFETY: flock on a descriptor we own; released when `lock` is closed.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } < 0 {
-        return Err(format!(
-            "cannot lock {}: {}",
-            lock_path.display(),
-            io::Error::last_os_error()
-        ));
-    }
+    // Released when `lock` is closed.
+    sys::lock_exclusive(&lock).map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
     if let Some(live) = live_mount(entry, index) {
         return Ok(live);
     }
@@ -431,7 +421,6 @@ fn usage(requests: &AtomicU64, registry: Option<&Path>) -> (u64, Option<std::tim
 /// Detaches the mount once it has gone `idle` without a request or a lease. The exclusive
 /// lock on the announcement waits out a sandbox that is binding the mount right now.
 fn retire_when_idle(idle: Duration, requests: &AtomicU64, registry: Option<&Path>, target: &Path) {
-    use std::os::fd::AsRawFd;
     let tick = (idle / 4).clamp(Duration::from_millis(20), Duration::from_secs(5));
     let mut seen = usage(requests, registry);
     let mut since = Instant::now();
@@ -448,11 +437,7 @@ fn retire_when_idle(idle: Duration, requests: &AtomicU64, registry: Option<&Path
         }
         let held = registry.map(std::fs::File::open).transpose();
         let free = match &held {
-            Ok(Some(f)) => {
-                // SAFETY: flock on a descriptor we own.
-                let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-                rc == 0
-            }
+            Ok(Some(f)) => sys::try_lock_exclusive(f).unwrap_or(false),
             Ok(None) | Err(_) => true,
         };
         if !free {

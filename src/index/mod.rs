@@ -12,10 +12,12 @@ pub mod format;
 pub mod scan;
 pub mod tree;
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::cache::{self, Cache, CacheError, Entry};
 use crate::source::ImageRef;
@@ -58,24 +60,98 @@ pub struct Ready {
     pub warnings: Vec<String>,
 }
 
+/// What a cold start has done so far, for a progress line.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    /// Bytes of the export written to the cache.
+    pub bytes: u64,
+    /// Archive members scanned.
+    pub entries: u64,
+    pub elapsed: Duration,
+}
+
+/// What [`prepare_with`] reports while it works.
+pub enum Event<'a> {
+    /// A line of the daemon's pull progress.
+    Pulling(&'a str),
+    /// The export and its indexing, about every tenth of a second.
+    Exporting(Progress),
+    /// The export is complete and indexed.
+    Exported(Progress),
+}
+
+/// How [`prepare_with`] goes about it.
+#[derive(Default)]
+pub struct Options<'a> {
+    /// Ask the daemon to pull an image it does not have.
+    pub pull: bool,
+    /// Told of progress; nothing is reported without it.
+    pub report: Option<&'a mut dyn FnMut(Event)>,
+}
+
 /// Resolves `image` and makes sure its cache entry is complete.
 pub fn prepare(image: &ImageRef, cache: &Cache) -> Result<Ready, IndexError> {
-    match image {
-        ImageRef::Docker(reference) => prepare_docker(reference, cache),
+    prepare_with(image, cache, Options::default())
+}
+
+/// [`prepare`], pulling a missing image when asked to and reporting progress.
+pub fn prepare_with(
+    image: &ImageRef,
+    cache: &Cache,
+    options: Options,
+) -> Result<Ready, IndexError> {
+    let ready = match image {
+        ImageRef::Docker(reference) => prepare_docker(reference, cache, options),
         ImageRef::TarFile(path) => prepare_tar(path, cache),
+    }?;
+    // For `imgfs images` and `imgfs prune --older-than`.
+    if let Some(name) = ready.index_path.parent().and_then(Path::file_name) {
+        cache.entry(&name.to_string_lossy()).touch();
     }
+    Ok(ready)
 }
 
 /// A complete entry whose index validates against an archive at least as long as it says.
+/// The checksum is read in full only when the index changed since it was last verified, which
+/// a stamp beside it records (`index.verified`: the file's inode, size, mtime and ctime); a
+/// cache the caller cannot write to is verified every time.
 fn usable(index_path: &Path, archive_path: &Path) -> bool {
     let check = || -> io::Result<bool> {
-        let map = cache::sys::map(&File::open(index_path)?)?;
-        let Ok(index) = Index::new(&map[..]) else {
+        let file = File::open(index_path)?;
+        let stamp = verified_stamp(&file.metadata()?);
+        let stamp_path = index_path.with_file_name(cache::VERIFIED_FILE);
+        let map = cache::sys::map(&file)?;
+        let trusted = std::fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp);
+        let index = if trusted {
+            Index::unchecked(&map[..])
+        } else {
+            Index::new(&map[..])
+        };
+        let Ok(index) = index else {
             return Ok(false);
         };
-        Ok(std::fs::metadata(archive_path)?.len() >= index.archive_size())
+        if std::fs::metadata(archive_path)?.len() < index.archive_size() {
+            return Ok(false);
+        }
+        if !trusted {
+            let _ = std::fs::write(&stamp_path, stamp);
+        }
+        Ok(true)
     };
     check().unwrap_or(false)
+}
+
+/// What identifies an index file's current contents, for [`usable`]'s stamp.
+fn verified_stamp(m: &std::fs::Metadata) -> String {
+    format!(
+        "ino={} size={} mtime={}.{:09} ctime={}.{:09}",
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec()
+    )
 }
 
 /// The cache key of a reference that is a full image id (`sha256:` and 64 hex digits):
@@ -89,7 +165,39 @@ fn full_image_id(reference: &str) -> Option<&str> {
     .then_some(reference)
 }
 
-fn prepare_docker(reference: &str, cache: &Cache) -> Result<Ready, IndexError> {
+/// Rate-limits progress reports; shared by the archive writer and the scanner.
+struct Reporter<'a> {
+    report: Option<&'a mut dyn FnMut(Event)>,
+    progress: Progress,
+    start: Instant,
+    last: Instant,
+}
+
+/// Time between two progress reports.
+const REPORT_EVERY: Duration = Duration::from_millis(100);
+
+impl Reporter<'_> {
+    fn tick(&mut self) {
+        if self.report.is_some() && self.last.elapsed() >= REPORT_EVERY {
+            self.last = Instant::now();
+            self.progress.elapsed = self.start.elapsed();
+            if let Some(r) = self.report.as_mut() {
+                r(Event::Exporting(self.progress));
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        self.progress.elapsed = self.start.elapsed();
+        let p = self.progress;
+        if let Some(r) = self.report.as_mut() {
+            r(Event::Exported(p));
+        }
+    }
+}
+
+fn prepare_docker(reference: &str, cache: &Cache, options: Options) -> Result<Ready, IndexError> {
+    let Options { pull, mut report } = options;
     if let Some(id) = full_image_id(reference) {
         let entry = cache.entry(id);
         if entry.marker().is_some() && usable(&entry.index_path(), &entry.archive_path()) {
@@ -104,7 +212,17 @@ fn prepare_docker(reference: &str, cache: &Cache) -> Result<Ready, IndexError> {
         }
     }
     let mut docker = Docker::connect()?;
-    let image = docker.resolve(reference)?;
+    let image = match docker.resolve(reference) {
+        Err(DockerError::NotFound(_)) if pull => {
+            docker.pull(reference, &mut |line| {
+                if let Some(r) = report.as_mut() {
+                    r(Event::Pulling(line));
+                }
+            })?;
+            docker.resolve(reference)?
+        }
+        resolved => resolved?,
+    };
     let entry = cache.entry(&image.id);
     let ready = |built, warnings| Ready {
         index_path: entry.index_path(),
@@ -130,6 +248,17 @@ fn prepare_docker(reference: &str, cache: &Cache) -> Result<Ready, IndexError> {
         source,
     })?;
     let leftovers = entry.dir().to_path_buf();
+    let now = Instant::now();
+    let reporter = RefCell::new(Reporter {
+        report,
+        progress: Progress {
+            bytes: 0,
+            entries: 0,
+            elapsed: Duration::ZERO,
+        },
+        start: now,
+        last: now,
+    });
     let built = docker.export(
         &image,
         move || {
@@ -141,9 +270,14 @@ fn prepare_docker(reference: &str, cache: &Cache) -> Result<Ready, IndexError> {
                 CacheWriter {
                     file,
                     path: &archive_path,
+                    reporter: &reporter,
                 },
             );
-            let tree = build_tree(&mut input);
+            let tree = build_tree_with(&mut input, &mut || {
+                let mut r = reporter.borrow_mut();
+                r.progress.entries += 1;
+                r.tick();
+            });
             let (_, total) = input.finish()?;
             Ok(tree.map(|t| (t, total)))
         },
@@ -182,6 +316,7 @@ fn prepare_docker(reference: &str, cache: &Cache) -> Result<Ready, IndexError> {
         entry.commit(&lock, &image.id)?;
         Ok(())
     })();
+    reporter.borrow_mut().finish();
     if let Err(e) = result {
         entry.discard();
         return Err(e);
@@ -249,6 +384,7 @@ fn prepare_tar(path: &Path, cache: &Cache) -> Result<Ready, IndexError> {
                 source,
             })?;
         entry.write_file(cache::INDEX_FILE, &bytes)?;
+        entry.write_file(cache::SOURCE_FILE, path.as_os_str().as_encoded_bytes())?;
         entry.commit(&lock, &identity)?;
         Ok(tree.warnings())
     });
@@ -263,10 +399,19 @@ fn prepare_tar(path: &Path, cache: &Cache) -> Result<Ready, IndexError> {
 
 /// Scans an archive into a tree, collecting warnings.
 pub fn build_tree<I: Input>(input: &mut I) -> Result<Tree, ScanError> {
+    build_tree_with(input, &mut || {})
+}
+
+/// [`build_tree`], calling `on_entry` after each member.
+pub fn build_tree_with<I: Input>(
+    input: &mut I,
+    on_entry: &mut dyn FnMut(),
+) -> Result<Tree, ScanError> {
     let mut tree = Tree::new();
     let mut warnings = Vec::new();
     scan::scan(input, &mut |w| warnings.push(w), &mut |entry| {
         tree.insert(entry);
+        on_entry();
         Ok(())
     })?;
     for w in warnings {
@@ -275,20 +420,26 @@ pub fn build_tree<I: Input>(input: &mut I) -> Result<Tree, ScanError> {
     Ok(tree)
 }
 
-/// The cache's archive file, naming itself in write errors (a full disk says where).
-struct CacheWriter<'a> {
+/// The cache's archive file, naming itself in write errors (a full disk says where), and
+/// counting what it writes for the progress line.
+struct CacheWriter<'a, 'r> {
     file: File,
     path: &'a Path,
+    reporter: &'a RefCell<Reporter<'r>>,
 }
 
-impl io::Write for CacheWriter<'_> {
+impl io::Write for CacheWriter<'_, '_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file.write(buf).map_err(|e| {
+        let n = self.file.write(buf).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("cannot write {}: {e}", self.path.display()),
             )
-        })
+        })?;
+        let mut r = self.reporter.borrow_mut();
+        r.progress.bytes += n as u64;
+        r.tick();
+        Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()

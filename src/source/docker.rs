@@ -2,7 +2,7 @@
 //!
 //! Connects honouring `DOCKER_HOST` (unix and tcp) with a pinned API version (negotiated
 //! only when an older daemon refuses it); a dead daemon fails at once naming the endpoint.
-//! Images are resolved locally only (no pull). An export goes through a throwaway container that is created, never started, and
+//! Images are resolved among the daemon's own, and pulled only when asked. An export goes through a throwaway container that is created, never started, and
 //! removed in every case — success, error, or SIGINT/SIGTERM during the export. Containers are
 //! labelled with the exporting process id so that one left by a killed imgfs is removed by the
 //! next export.
@@ -10,7 +10,9 @@
 use std::io::{self, Read};
 
 use bollard::models::ContainerCreateBody;
-use bollard::query_parameters::{ListContainersOptions, RemoveContainerOptions};
+use bollard::query_parameters::{
+    CreateImageOptions, ListContainersOptions, RemoveContainerOptions,
+};
 use futures_util::TryStreamExt;
 use tokio::runtime::Runtime;
 
@@ -34,7 +36,7 @@ const REQUEST_TIMEOUT_SECS: u64 = 120;
 pub enum DockerError {
     #[error("cannot reach the Docker daemon at {endpoint}: {reason}")]
     Unreachable { endpoint: String, reason: String },
-    #[error("image '{0}' not found in local Docker storage")]
+    #[error("image '{0}' not found in local Docker storage (--pull fetches it from its registry)")]
     NotFound(String),
     #[error("Docker daemon at {endpoint} failed to {action}: {reason}")]
     Api {
@@ -148,6 +150,53 @@ impl Docker {
         Ok(Image { id, inspect_json })
     }
 
+    /// Asks the daemon to pull `reference` from its registry (a missing tag means `latest`,
+    /// as with docker pull); `status` gets each line of the daemon's progress.
+    pub fn pull(
+        &mut self,
+        reference: &str,
+        status: &mut dyn FnMut(&str),
+    ) -> Result<(), DockerError> {
+        let (name, tag) = split_tag(reference);
+        let options = CreateImageOptions {
+            from_image: Some(name.to_string()),
+            tag: tag.map(str::to_string),
+            ..Default::default()
+        };
+        let mut stream = Box::pin(self.client.create_image(Some(options), None, None));
+        loop {
+            match self.rt.block_on(stream.try_next()) {
+                Ok(Some(info)) => {
+                    let done = info
+                        .progress_detail
+                        .and_then(|p| match (p.current, p.total) {
+                            (Some(c), Some(t)) if t > 0 => {
+                                Some(format!("{:.1}/{:.1} MB", c as f64 / 1e6, t as f64 / 1e6))
+                            }
+                            _ => None,
+                        });
+                    let line: Vec<String> = [info.id, info.status, done]
+                        .into_iter()
+                        .flatten()
+                        .filter(|s| !s.is_empty())
+                        .collect();
+                    status(&line.join(" "));
+                }
+                Ok(None) => return Ok(()),
+                Err(e)
+                    if is_connection_error(&e)
+                        && !matches!(e, bollard::errors::Error::DockerStreamError { .. }) =>
+                {
+                    return Err(DockerError::Unreachable {
+                        endpoint: self.endpoint.clone(),
+                        reason: error_text(&e),
+                    });
+                }
+                Err(e) => return Err(self.api(&format!("pull '{reference}'"), e)),
+            }
+        }
+    }
+
     /// Exports the image's flattened filesystem: `consume` reads the tar stream on the calling
     /// thread, each read driving the runtime until the stream has bytes for it, so memory stays
     /// bounded by the stream buffers. The
@@ -259,6 +308,19 @@ impl<R: tokio::io::AsyncRead + Unpin> Read for BlockingReader<'_, R> {
     }
 }
 
+/// Splits `name[:tag]` as docker pull does: a digest reference (`name@sha256:…`) is pulled
+/// as it is, a name without a tag gets `latest`. A `:` before the last `/` is a registry port.
+fn split_tag(reference: &str) -> (&str, Option<&str>) {
+    if reference.contains('@') {
+        return (reference, None);
+    }
+    let last = reference.rfind('/').map_or(0, |i| i + 1);
+    match reference[last..].rfind(':') {
+        Some(i) => (&reference[..last + i], Some(&reference[last + i + 1..])),
+        None => (reference, Some("latest")),
+    }
+}
+
 /// Whether an error is about reaching the daemon rather than about the request.
 fn is_connection_error(e: &bollard::errors::Error) -> bool {
     !matches!(
@@ -294,5 +356,25 @@ fn error_text(e: &bollard::errors::Error) -> String {
             }
             s
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_as_docker_pull_reads_them() {
+        assert_eq!(split_tag("python"), ("python", Some("latest")));
+        assert_eq!(split_tag("python:3.12"), ("python", Some("3.12")));
+        assert_eq!(
+            split_tag("localhost:5000/a/b"),
+            ("localhost:5000/a/b", Some("latest"))
+        );
+        assert_eq!(
+            split_tag("localhost:5000/a/b:v1"),
+            ("localhost:5000/a/b", Some("v1"))
+        );
+        assert_eq!(split_tag("a/b@sha256:00"), ("a/b@sha256:00", None));
     }
 }

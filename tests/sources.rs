@@ -262,12 +262,14 @@ fn podman_serves_images_through_docker_host() {
     let dir = TempDir::new("imgfs-podman");
     let socket = dir.path().join("podman.sock");
     let endpoint = format!("unix://{}", socket.display());
-    let mut service = Command::new("podman")
-        .args(["system", "service", "--time=0", &endpoint])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start podman system service");
+    let _service = Stopped(
+        Command::new("podman")
+            .args(["system", "service", "--time=0", &endpoint])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start podman system service"),
+    );
     let start = Instant::now();
     while std::os::unix::net::UnixStream::connect(&socket).is_err() {
         assert!(
@@ -311,6 +313,14 @@ fn podman_serves_images_through_docker_host() {
         text(&left.stdout)
     );
     let _ = run(Command::new("podman").args(["rmi", TINY]));
-    let _ = service.kill();
-    let _ = service.wait();
+}
+
+/// A service process, killed when dropped (a failing test included).
+struct Stopped(Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

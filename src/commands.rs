@@ -247,11 +247,35 @@ pub fn message(e: &anyhow::Error) -> String {
 }
 
 /// Resolves and prepares an image for the inspection commands, and opens its index.
+/// Without access to the daemon, a reference the cache holds the image under is enough:
+/// what is cached by its id needs no daemon.
 fn open_image(image: &str, cache: &CacheArgs) -> Result<(index::Ready, ImageFs)> {
     let cache = Cache::locate(cache.cache_dir.clone())?;
-    let ready = prepare(image, &cache, false)?;
+    let ready = match prepare(image, &cache, false) {
+        Err(e) if unreachable_daemon(&e) => {
+            let all = catalog::images(&cache);
+            let found: Vec<_> = all.iter().filter(|i| i.matches(image)).collect();
+            match found.as_slice() {
+                [one] if one.id.starts_with("sha256:") => {
+                    log::info!("{e}; using the cached {}", one.id);
+                    prepare(&one.id, &cache, false)?
+                }
+                _ => return Err(e),
+            }
+        }
+        r => r?,
+    };
     let fs = ImageFs::open(&ready.index_path, &ready.archive_path)?;
     Ok((ready, fs))
+}
+
+fn unreachable_daemon(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<index::IndexError>(),
+        Some(index::IndexError::Docker(
+            imgfs::source::docker::DockerError::Unreachable { .. }
+        ))
+    )
 }
 
 /// Runs an inspection command with buffered stdout; a closed pipe (`| head`) ends it

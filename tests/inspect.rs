@@ -317,3 +317,29 @@ fn inspection_needs_neither_root_nor_fuse() {
         text(&theirs.stdout)
     );
 }
+
+/// With the daemon out of reach, an image the cache holds is still found by the reference it
+/// was exported under; one it does not hold fails naming the daemon.
+#[test]
+fn inspection_without_the_daemon_uses_the_cache() {
+    let _m = Mounted::new(); // makes sure the cache holds the image
+    let away = |args: &[&str]| {
+        run(imgfs()
+            .args(args)
+            .arg("--cache-dir")
+            .arg(cache())
+            .env("DOCKER_HOST", "unix:///nonexistent/docker.sock"))
+    };
+    let out = away(&["cat", DEBIAN_IMAGE, "/etc/debian_version"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let theirs = imgfs_cmd("cat", &[DEBIAN_IMAGE, "/etc/debian_version"]);
+    assert_eq!(out.stdout, theirs.stdout);
+    let missing = away(&["ls", "imgfs-test/not-cached:1", "/"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        text(&missing.stderr)
+            .contains("cannot reach the Docker daemon at unix:///nonexistent/docker.sock"),
+        "{}",
+        text(&missing.stderr)
+    );
+}

@@ -248,8 +248,30 @@ fn pull_fetches_a_missing_image_from_its_registry() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains(&missing), "{err}");
     assert!(!common::is_mounted(mnt.path()));
+
     let entries = std::fs::read_dir(cache.path().join("images")).map_or(0, |d| d.count());
     assert_eq!(entries, 1, "only the pulled image is cached");
+
+    // `imgfs run --pull`, with an image that has programs to run.
+    let remote_py = format!("{}/imgfs-test/debian-python:bookworm", registry.addr);
+    docker(&["tag", common::DEBIAN_IMAGE, &remote_py]);
+    docker(&["push", &remote_py]);
+    docker(&["rmi", &remote_py]);
+    let out = run(imgfs()
+        .args([
+            "run",
+            "--pull",
+            "--linger",
+            "0",
+            "--cache-dir",
+            c,
+            &remote_py,
+            "--",
+        ])
+        .args(["python3", "-c", "print(6 * 7)"]));
+    assert!(out.status.success(), "run --pull: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "42\n");
+    let _ = run(Command::new("docker").args(["rmi", &remote_py]));
     let _ = run(Command::new("docker").args(["rmi", &remote]));
 }
 

@@ -308,12 +308,17 @@ def umount(img, peer, force=False):
         if str(m) in mountpoints():
             run(["umount", "-l", m], check=False, capture=True, timeout=60)
     m.mkdir(parents=True, exist_ok=True)  # a timed mount command may come next
+    _wait_gone(pids, lambda pid: f"{peer} server {pid} for {m} still running 30 s after unmount")
+
+
+def _wait_gone(pids, still_running):
+    """Waits up to 30 s for the processes to exit, then kills the rest, saying so."""
     deadline = time.time() + 30
     while pids and time.time() < deadline:
         pids = [pid for pid in pids if Path(f"/proc/{pid}").exists() and not _zombie(pid)]
         time.sleep(0.02)
     for pid in pids:
-        log(f"WARNING: {peer} server {pid} for {m} still running 30 s after unmount; killing it")
+        log(f"WARNING: {still_running(pid)}; killing it")
         _kill(pid)
 
 
@@ -348,13 +353,7 @@ def stop_shared():
             os.kill(pid, signal.SIGTERM)  # the server unmounts and exits
         except ProcessLookupError:
             pass
-    deadline = time.time() + 30
-    while pids and time.time() < deadline:
-        pids = [pid for pid in pids if Path(f"/proc/{pid}").exists() and not _zombie(pid)]
-        time.sleep(0.02)
-    for pid in pids:
-        log(f"WARNING: shared server {pid} still running 30 s after SIGTERM; killing it")
-        _kill(pid)
+    _wait_gone(pids, lambda pid: f"shared server {pid} still running 30 s after SIGTERM")
 
 
 def cleanup_all():

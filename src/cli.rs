@@ -358,11 +358,7 @@ pub struct MountsArgs {
 
 /// Parses a size: bytes, or a number with K, M, G or T (powers of 1024).
 fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim_end_matches(['B', 'b']);
-    let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => t.split_at(i),
-        None => (t, ""),
-    };
+    let (digits, unit) = split_number(text.trim_end_matches(['B', 'b']));
     let n: u64 = digits
         .parse()
         .map_err(|_| format!("{text:?} is not a size (e.g. 500M, 20G)"))?;
@@ -432,11 +428,19 @@ pub struct ServeArgs {
     pub mountpoint: PathBuf,
 }
 
+/// The leading digits of `text`, and what follows them (a unit).
+fn split_number(text: &str) -> (&str, &str) {
+    let end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    text.split_at(end)
+}
+
 /// Parses a duration: a number of seconds, or a number with s, m, h or d.
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
+    let (digits, unit) = match split_number(text) {
+        (digits, "") => (digits, "s"),
+        split => split,
     };
     let n: u64 = digits
         .parse()

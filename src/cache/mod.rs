@@ -235,16 +235,21 @@ impl Entry {
         fs::read_to_string(self.dir.join(MARKER_FILE)).ok()
     }
 
-    /// Waits for the fill lock of this entry.
-    pub fn lock(&self) -> Result<Lock, CacheError> {
+    /// The file whose flock is the entry's fill lock, created when missing.
+    fn lock_file(&self) -> Result<File, CacheError> {
         let parent = self.lock_path.parent().unwrap_or(Path::new("/"));
         fs::create_dir_all(parent).map_err(io_err(parent))?;
-        let file = OpenOptions::new()
+        OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&self.lock_path)
-            .map_err(io_err(&self.lock_path))?;
+            .map_err(io_err(&self.lock_path))
+    }
+
+    /// Waits for the fill lock of this entry.
+    pub fn lock(&self) -> Result<Lock, CacheError> {
+        let file = self.lock_file()?;
         loop {
             match sys::lock_exclusive(&file) {
                 Ok(()) => return Ok(Lock { _file: file }),
@@ -319,14 +324,7 @@ impl Entry {
     /// way under the fill lock, so nothing starts using it meanwhile, and put back if a user
     /// showed up just before.
     pub fn remove(&self) -> Result<Removal, CacheError> {
-        let parent = self.lock_path.parent().unwrap_or(Path::new("/"));
-        fs::create_dir_all(parent).map_err(io_err(parent))?;
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&self.lock_path)
-            .map_err(io_err(&self.lock_path))?;
+        let lock = self.lock_file()?;
         if !sys::try_lock_exclusive(&lock).map_err(io_err(&self.lock_path))? {
             return Ok(Removal::Filling);
         }

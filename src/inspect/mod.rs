@@ -61,6 +61,15 @@ fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     p
 }
 
+/// The paths asked for, or the image's root when none was.
+fn or_root(paths: &[String]) -> Vec<String> {
+    if paths.is_empty() {
+        vec!["/".into()]
+    } else {
+        paths.to_vec()
+    }
+}
+
 /// The exit status of `ls`: 0, 1 (a minor problem, e.g. a subdirectory that cannot be
 /// listed) or 2 (a command-line path that cannot be accessed).
 pub fn ls(
@@ -70,11 +79,7 @@ pub fn ls(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> io::Result<i32> {
-    let paths: Vec<String> = if paths.is_empty() {
-        vec!["/".into()]
-    } else {
-        paths.to_vec()
-    };
+    let paths = or_root(paths);
     let mut status = 0;
     let mut files = Vec::new();
     let mut dirs = Vec::new();
@@ -452,11 +457,7 @@ pub fn find(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> io::Result<i32> {
-    let paths: Vec<String> = if paths.is_empty() {
-        vec!["/".into()]
-    } else {
-        paths.to_vec()
-    };
+    let paths = or_root(paths);
     let glob = match &opts.name {
         Some(g) => Some(
             std::ffi::CString::new(g.as_bytes())

@@ -62,7 +62,7 @@ pub enum Command {
     #[command(
         after_help = "Examples:\n  imgfs run python:3.12 -- python3 -c 'import sys; print(sys.version)'\n  imgfs run -it python:3.12\n  imgfs run -v \"$PWD:/work\" -w /work -e DEBUG=1 python:3.12 -- python3 script.py"
     )]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 
     /// List directory contents of an image, as ls does, without mounting it.
     ///
@@ -224,6 +224,30 @@ pub struct RunArgs {
     /// Keep the writable layer in DIR (upper/ and work/) so a later run can go on from it
     #[arg(long, value_name = "DIR")]
     pub rw_dir: Option<PathBuf>,
+    /// Add a capability to docker's default set (CHOWN or CAP_CHOWN; ALL for every one)
+    #[arg(long, value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// Drop a capability from docker's default set (ALL for every one)
+    #[arg(long, value_name = "CAP")]
+    pub cap_drop: Vec<String>,
+    /// Lift the confinement: every capability, no seccomp filter, /proc and /sys unmasked
+    #[arg(long)]
+    pub privileged: bool,
+    /// seccomp=unconfined, seccomp=PROFILE.json (docker's format) or no-new-privileges
+    #[arg(long, value_name = "OPT")]
+    pub security_opt: Vec<String>,
+    /// Memory limit (docker's units: 64m, 1g, ...)
+    #[arg(short, long, value_name = "BYTES")]
+    pub memory: Option<String>,
+    /// Memory plus swap limit (-1: unlimited swap) [default: twice --memory]
+    #[arg(long, value_name = "BYTES", allow_hyphen_values = true)]
+    pub memory_swap: Option<String>,
+    /// Most processes and threads the sandbox may have (-1: unlimited)
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub pids_limit: Option<String>,
+    /// CPU time, in CPUs (0.5: half of one)
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<String>,
     /// Pull the image from its registry when the daemon does not have it
     #[arg(long)]
     pub pull: bool,

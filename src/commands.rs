@@ -25,7 +25,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Mount(args) => mount(args),
         Command::Umount(args) => umount(args),
         Command::Serve(args) => serve_background(args),
-        Command::Run(args) => run_sandbox(args),
+        Command::Run(args) => run_sandbox(*args),
         Command::Ls(args) => ls(args),
         Command::Cat(args) => cat(args),
         Command::Stat(args) => stat(args),
@@ -196,7 +196,16 @@ fn parse_plan(json: &str) -> Result<Plan> {
     serde_json::from_str(json).context("bad sandbox plan")
 }
 
+/// `imgfs run`: as with docker run, any failure before the command starts is one line and
+/// exit status 125.
 fn run_sandbox(args: RunArgs) -> Result<i32> {
+    start_sandbox(args).or_else(|e| {
+        eprintln!("imgfs: {}", message(&e));
+        Ok(runner::sys::EXIT_SETUP)
+    })
+}
+
+fn start_sandbox(args: RunArgs) -> Result<i32> {
     let cache = Cache::locate(args.cache.cache_dir.clone())?;
     let ready = prepare(&args.image, &cache, args.pull)?;
     let request = runner::plan::Request {
@@ -213,9 +222,22 @@ fn run_sandbox(args: RunArgs) -> Result<i32> {
         read_only: args.read_only,
         net_host: args.net == Net::Host,
         rw_dir: args.rw_dir,
+        confine: runner::confine::Request {
+            cap_add: args.cap_add,
+            cap_drop: args.cap_drop,
+            privileged: args.privileged,
+            security_opt: args.security_opt,
+        },
+        limits: runner::plan::LimitFlags {
+            memory: args.memory,
+            memory_swap: args.memory_swap,
+            pids_limit: args.pids_limit,
+            cpus: args.cpus,
+        },
     };
     let fsname = format!("{}{}", serve::SOURCE_PREFIX, args.image);
-    let plan = runner::make_plan(&ready, fsname, &request, args.linger)?;
+    let seccomp_cache = cache.root().join("seccomp");
+    let plan = runner::make_plan(&ready, fsname, &request, args.linger, &seccomp_cache)?;
     Ok(runner::supervise(&plan)?)
 }
 

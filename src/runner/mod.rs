@@ -5,13 +5,24 @@
 //! names resolved in the image's own /etc/passwd and /etc/group), then `imgfs run` becomes the
 //! sandbox supervisor, which [`exec`] implements: the image's FUSE mount is bound (or, without
 //! a live mount, mounted) inside private namespaces, an overlay (tmpfs or `--rw-dir`) makes it
-//! writable without ever touching the cache, and the command runs as PID 1's only child.
+//! writable without ever touching the cache, and the command runs as PID 1's only child,
+//! confined as docker confines a container ([`confine`]: capabilities, seccomp, masked /proc
+//! paths) and, when asked, limited by a cgroup of its own ([`cgroup`]).
 //! Nothing of the sandbox outlives it; as root, the image's shared server (see
 //! [`serve::shared_mount`]) stays for `--linger` after the last sandbox using it.
 
-pub mod exec;
+// The stages of a sandbox start, in the order they run.
 pub mod plan;
+
+pub mod cgroup;
+pub mod confine;
+pub mod namespaces;
+pub mod rootfs;
+
+pub mod exec;
+pub mod process;
 pub mod pty;
+pub mod sys;
 
 use std::os::unix::process::CommandExt;
 
@@ -51,6 +62,7 @@ pub fn make_plan(
     fsname: String,
     req: &Request,
     linger: std::time::Duration,
+    seccomp_cache: &std::path::Path,
 ) -> Result<Plan, RunError> {
     let config = match &ready.image_path {
         Some(p) => {
@@ -73,8 +85,9 @@ pub fn make_plan(
         config: &config,
         passwd: &passwd,
         group: &group,
+        seccomp_cache,
     };
-    let caller = effective_ids();
+    let caller = sys::effective_ids();
     let host_env = |k: &str| std::env::var(k).ok();
     let mut plan = plan::build(&facts, req, caller, &host_env)?;
     if plan.unprivileged.is_none() {
@@ -101,27 +114,11 @@ fn live_mount(ready: &Ready, fsname: &str, linger: std::time::Duration) -> Optio
         .ok()
 }
 
-#[allow(unsafe_code)]
-fn effective_ids() -> (u32, u32) {
-    // SAFETY: geteuid and getegid have no preconditions.
-    unsafe { (libc::geteuid(), libc::getegid()) }
-}
-
-/// Whether this process has a single thread: only then may it become the supervisor itself
-/// (unshare and the init's fork need that); otherwise it re-executes itself first.
-pub fn single_threaded() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .find_map(|l| l.strip_prefix("Threads:"))
-            .is_some_and(|n| n.trim() == "1")
-    })
-}
-
 /// Runs the sandbox and returns the exit status for `imgfs run`: in this process when it is
 /// single-threaded (resolving the image starts no thread), else in a fresh copy of the binary
 /// that replaces it (same pid, no threads carried over).
 pub fn supervise(plan: &Plan) -> Result<i32, RunError> {
-    if single_threaded() {
+    if sys::single_threaded() {
         return Ok(exec::supervisor(plan));
     }
     let json = serde_json::to_string(plan).unwrap_or_default();

@@ -26,6 +26,10 @@ pub enum PlanError {
     EnvFile { path: PathBuf, reason: String },
     #[error("{0}")]
     Unsupported(String),
+    #[error(transparent)]
+    Confine(#[from] super::confine::ConfineError),
+    #[error(transparent)]
+    Limits(#[from] super::cgroup::LimitError),
 }
 
 /// The parts of an image config the runner applies (docker's `Config`).
@@ -83,6 +87,19 @@ pub struct Request {
     pub read_only: bool,
     pub net_host: bool,
     pub rw_dir: Option<PathBuf>,
+    /// `--cap-add`, `--cap-drop`, `--privileged`, `--security-opt`.
+    pub confine: super::confine::Request,
+    /// `--memory`, `--memory-swap`, `--pids-limit`, `--cpus`, as given.
+    pub limits: LimitFlags,
+}
+
+/// The resource limit flags as the user typed them.
+#[derive(Clone, Debug, Default)]
+pub struct LimitFlags {
+    pub memory: Option<String>,
+    pub memory_swap: Option<String>,
+    pub pids_limit: Option<String>,
+    pub cpus: Option<String>,
 }
 
 /// A host path bound into the sandbox.
@@ -118,6 +135,10 @@ pub struct Plan {
     pub unprivileged: Option<(u32, u32)>,
     /// A live mount of the image to use as the lower layer instead of a new server.
     pub live_mount: Option<crate::fs::serve::LiveMount>,
+    pub confine: super::confine::Confinement,
+    pub limits: super::cgroup::Limits,
+    /// Where compiled seccomp filters are kept between runs.
+    pub seccomp_cache: PathBuf,
 }
 
 /// One `/etc/passwd` line.
@@ -275,6 +296,8 @@ pub struct ImageFacts<'a> {
     pub config: &'a ImageConfig,
     pub passwd: &'a str,
     pub group: &'a str,
+    /// The cache's own directory for compiled seccomp filters.
+    pub seccomp_cache: &'a Path,
 }
 
 /// Decides everything, the way docker run would.
@@ -388,6 +411,14 @@ pub fn build(
         tty: req.tty,
         unprivileged,
         live_mount: None,
+        confine: super::confine::build(&req.confine)?,
+        limits: super::cgroup::Limits::from_flags(
+            req.limits.memory.as_deref(),
+            req.limits.memory_swap.as_deref(),
+            req.limits.pids_limit.as_deref(),
+            req.limits.cpus.as_deref(),
+        )?,
+        seccomp_cache: image.seccomp_cache.to_path_buf(),
     })
 }
 
@@ -409,6 +440,7 @@ mod tests {
             config,
             passwd: PASSWD,
             group: GROUP,
+            seccomp_cache: Path::new("/c/seccomp"),
         }
     }
 

@@ -1,0 +1,321 @@
+//! The sandbox's processes: the init (PID 1, which builds the root, starts the command,
+//! reaps orphans and passes signals on) and the command itself, confined and exec'd. Also
+//! the wait loop both the supervisor and the init use.
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, CString};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use super::confine::{self, Applier, ApplyError};
+use super::namespaces::{self, NamespaceError};
+use super::plan::Plan;
+use super::pty;
+use super::rootfs::{self, RootfsError};
+use super::sys::{
+    self, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_SETUP, SysError, cstr, exit_code, sigset,
+};
+
+/// Signals passed on to the command when they are sent with kill(2). Terminal-generated
+/// ones (Ctrl-C, Ctrl-\) reach the command directly, as it shares the caller's terminal.
+pub const FORWARDED: [i32; 6] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("cannot create a mount namespace: {0}")]
+    MountNamespace(SysError),
+    #[error(transparent)]
+    Rootfs(#[from] RootfsError),
+    #[error(transparent)]
+    Namespace(#[from] NamespaceError),
+    #[error("cannot create the working directory: {0}")]
+    Workdir(SysError),
+    #[error("exec: \"{0}\": no such file or directory")]
+    NoSuchFile(String),
+    #[error("exec: \"{0}\": executable file not found in $PATH")]
+    NotInPath(String),
+    #[error("cannot prepare the command: {0}")]
+    Prepare(SysError),
+    #[error("cannot start the command: {0}")]
+    Fork(SysError),
+}
+
+impl ProcessError {
+    /// The exit status docker gives the same failure.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ProcessError::NoSuchFile(_) | ProcessError::NotInPath(_) => EXIT_NOT_FOUND,
+            _ => EXIT_SETUP,
+        }
+    }
+}
+
+/// The signals the supervisor and the init take with sigwaitinfo.
+pub fn waited_signals() -> Vec<i32> {
+    let mut all = FORWARDED.to_vec();
+    all.push(libc::SIGCHLD);
+    all
+}
+
+/// Waits for `child`, passing on signals sent with kill(2). Returns its exit status.
+/// `on_winch` follows the caller's terminal size when the sandbox has a terminal.
+pub fn wait_for(child: libc::pid_t, on_winch: Option<&dyn Fn()>) -> i32 {
+    let mut signals = waited_signals();
+    if on_winch.is_some() {
+        signals.push(libc::SIGWINCH);
+    }
+    let set = sigset(&signals);
+    loop {
+        // SAFETY: siginfo_t is plain data; sigwaitinfo fills it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is initialised, `info` a valid out-pointer.
+        let sig = unsafe { libc::sigwaitinfo(&set, &mut info) };
+        if sig < 0 {
+            continue; // EINTR
+        }
+        if sig == libc::SIGWINCH {
+            if let Some(resize) = on_winch {
+                resize();
+            }
+        } else if sig == libc::SIGCHLD {
+            loop {
+                let mut status = 0;
+                // SAFETY: plain syscall with a valid out-pointer.
+                let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+                if pid <= 0 {
+                    break;
+                }
+                if pid == child {
+                    return exit_code(status);
+                }
+            }
+        } else if info.si_code <= 0 {
+            // SI_USER, SI_QUEUE, SI_TKILL: sent by a process, not by the terminal.
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child, sig) };
+        }
+    }
+}
+
+/// The init: PID 1 of the sandbox. Returns its exit status: the command's, or 125-127 with
+/// one line on stderr when the command could not be started.
+pub fn init(plan: &Plan, scratch: &Path, filter: Option<confine::seccomp::Program>) -> i32 {
+    match start_command(plan, scratch, filter) {
+        Ok(pid) => wait_for(pid, None),
+        Err(e) => {
+            eprintln!("imgfs: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// Builds the root, enters it and forks the command; returns its pid.
+fn start_command(
+    plan: &Plan,
+    scratch: &Path,
+    filter: Option<confine::seccomp::Program>,
+) -> Result<libc::pid_t, ProcessError> {
+    // PID 1 gets only the signals it has a handler for: install no-op handlers, then take
+    // the (still blocked) signals with sigwaitinfo.
+    for sig in waited_signals() {
+        // SAFETY: a zeroed sigaction with a valid handler function.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = ignore_signal as extern "C" fn(libc::c_int) as usize;
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+    // A mount namespace of its own, so that pivot_root moves only the sandbox: the
+    // supervisor keeps the host's root and can clean up after it.
+    // SAFETY: unshare only changes this single-threaded process's mount namespace.
+    sys::check(unsafe { libc::unshare(libc::CLONE_NEWNS) }, "unshare")
+        .map_err(ProcessError::MountNamespace)?;
+    if !plan.net_host {
+        namespaces::loopback_up()?;
+    }
+    rootfs::build_and_enter(plan, scratch)?;
+
+    // The working directory is made if missing, as docker does.
+    if !Path::new(&plan.cwd).is_dir() {
+        sys::mkdir(Path::new(&plan.cwd)).map_err(ProcessError::Workdir)?;
+        let c = cstr(plan.cwd.as_bytes()).map_err(ProcessError::Workdir)?;
+        // SAFETY: chown of a path we just created.
+        unsafe { libc::chown(c.as_ptr(), plan.uid, plan.gid) };
+    }
+    let program = find_program(plan)?;
+    let prepared = Prepared::new(plan, &program, filter).map_err(ProcessError::Prepare)?;
+
+    // SAFETY: single-threaded process; the child only uses data prepared above.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(ProcessError::Fork(SysError::last("fork")));
+    }
+    if pid == 0 {
+        prepared.exec();
+    }
+    Ok(pid)
+}
+
+/// Finds the command on the image's PATH (from the sandbox's environment, not the
+/// caller's), as docker does.
+fn find_program(plan: &Plan) -> Result<PathBuf, ProcessError> {
+    let name = &plan.argv[0];
+    let executable = |p: &Path| {
+        fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if name.contains('/') {
+        let p = Path::new(&plan.cwd).join(name);
+        return if p.exists() {
+            Ok(p)
+        } else {
+            Err(ProcessError::NoSuchFile(name.clone()))
+        };
+    }
+    let path = plan
+        .env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(super::plan::DEFAULT_PATH);
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(name))
+        .find(|p| executable(p))
+        .ok_or_else(|| ProcessError::NotInPath(name.clone()))
+}
+
+/// What the command's process needs, allocated before the fork.
+struct Prepared {
+    program: CString,
+    argv: Vec<CString>,
+    env: Vec<CString>,
+    cwd: CString,
+    dev_null: CString,
+    terminal: Option<CString>,
+    groups: Vec<libc::gid_t>,
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    interactive: bool,
+    confine: Applier,
+}
+
+impl Prepared {
+    fn new(
+        plan: &Plan,
+        program: &Path,
+        filter: Option<confine::seccomp::Program>,
+    ) -> Result<Prepared, SysError> {
+        Ok(Prepared {
+            program: sys::path_cstr(program)?,
+            argv: plan.argv.iter().map(cstr).collect::<Result<_, _>>()?,
+            env: plan.env.iter().map(cstr).collect::<Result<_, _>>()?,
+            cwd: cstr(plan.cwd.as_bytes())?,
+            dev_null: cstr("/dev/null")?,
+            terminal: if plan.tty {
+                Some(cstr(pty::SLAVE)?)
+            } else {
+                None
+            },
+            groups: plan.groups.clone(),
+            uid: plan.uid,
+            gid: plan.gid,
+            interactive: plan.interactive || plan.tty,
+            confine: Applier::new(&plan.confine, filter),
+        })
+    }
+
+    /// In the forked child: becomes the command. Never returns.
+    fn exec(&self) -> ! {
+        let fail = |msg: &CStr, code: i32| -> ! {
+            // SAFETY: write(2) and _exit are async-signal-safe; msg is NUL-terminated.
+            unsafe {
+                let b = msg.to_bytes();
+                libc::write(2, b.as_ptr().cast(), b.len());
+                libc::_exit(code)
+            }
+        };
+        let confine_failed = |e: ApplyError| -> ! {
+            match e {
+                ApplyError::Bounding => fail(c"imgfs: cannot drop capabilities\n", EXIT_SETUP),
+                ApplyError::NoNewPrivs => fail(c"imgfs: cannot set no_new_privs\n", EXIT_SETUP),
+                ApplyError::Seccomp => {
+                    fail(c"imgfs: cannot install the seccomp filter\n", EXIT_SETUP)
+                }
+                ApplyError::Capabilities => {
+                    fail(c"imgfs: cannot set the capabilities\n", EXIT_SETUP)
+                }
+            }
+        };
+        let argv: Vec<*const libc::c_char> = self
+            .argv
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain([std::ptr::null()])
+            .collect();
+        let env: Vec<*const libc::c_char> = self
+            .env
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain([std::ptr::null()])
+            .collect();
+        // SAFETY: the calls below are async-signal-safe and use memory prepared before fork.
+        unsafe {
+            let empty = sigset(&[]);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            for sig in waited_signals() {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+            if let Some(slave) = &self.terminal {
+                if !pty::attach(slave) {
+                    fail(c"imgfs: cannot attach the sandbox's terminal\n", EXIT_SETUP);
+                }
+            } else if !self.interactive {
+                let fd = libc::open(self.dev_null.as_ptr(), libc::O_RDONLY);
+                if fd >= 0 {
+                    libc::dup2(fd, 0);
+                    libc::close(fd);
+                }
+            }
+        }
+        if let Err(e) = self.confine.before_user_switch() {
+            confine_failed(e);
+        }
+        // SAFETY: as above.
+        unsafe {
+            if libc::setgroups(self.groups.len(), self.groups.as_ptr()) != 0
+                && libc::getuid() == 0
+                && self.groups != [0]
+            {
+                fail(c"imgfs: cannot set the supplementary groups\n", EXIT_SETUP);
+            }
+            if libc::setgid(self.gid) != 0 || libc::setuid(self.uid) != 0 {
+                fail(c"imgfs: cannot switch to the requested user\n", EXIT_SETUP);
+            }
+        }
+        if let Err(e) = self.confine.after_user_switch(self.uid) {
+            confine_failed(e);
+        }
+        // SAFETY: as above.
+        unsafe {
+            if libc::chdir(self.cwd.as_ptr()) != 0 {
+                fail(c"imgfs: cannot enter the working directory\n", EXIT_SETUP);
+            }
+            libc::execve(self.program.as_ptr(), argv.as_ptr(), env.as_ptr());
+            let code = if *libc::__errno_location() == libc::ENOENT {
+                EXIT_NOT_FOUND
+            } else {
+                EXIT_CANNOT_EXEC
+            };
+            fail(c"imgfs: cannot execute the command\n", code)
+        }
+    }
+}

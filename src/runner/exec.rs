@@ -46,6 +46,8 @@ pub enum SandboxError {
     Scratch(SysError),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    #[error("resource limits need root, or a cgroup v2 subtree delegated to you: {0}")]
+    LimitsNeedRoot(CgroupError),
     #[error("seccomp profile {profile}: {source}")]
     Seccomp {
         profile: String,
@@ -102,7 +104,17 @@ fn supervisor_inner(plan: &Plan) -> Result<i32, SandboxError> {
         None
     } else {
         cgroup::remove_stale();
-        let cg = Cgroup::create(&plan.limits, &std::process::id().to_string())?;
+        let cg = Cgroup::create(&plan.limits, &std::process::id().to_string()).map_err(|e| {
+            match &e {
+                CgroupError::Create { source, .. }
+                    if plan.unprivileged.is_some()
+                        && source.kind() == std::io::ErrorKind::PermissionDenied =>
+                {
+                    SandboxError::LimitsNeedRoot(e)
+                }
+                _ => e.into(),
+            }
+        })?;
         // Removes the cgroup once this process is gone, however it ends.
         let cleaner = match cg.spawn_cleaner() {
             Ok(c) => c,

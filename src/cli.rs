@@ -251,10 +251,12 @@ pub struct RunArgs {
     /// Pull the image from its registry when the daemon does not have it
     #[arg(long)]
     pub pull: bool,
-    /// As root, keep serving the image this long after its last use (0: a server per run)
+    /// Keep serving the image this long after its last use (0: a server per run)
     ///
-    /// Sandboxes of one image share one server, which stays mounted under /run/imgfs/shared
-    /// while they run and for this long after, so the next run finds the kernel's caches warm.
+    /// A user's sandboxes of one image share one server, which stays mounted while they run
+    /// and for this long after, so the next run finds the kernel's caches warm: root's under
+    /// /run/imgfs/shared, another user's under $XDG_RUNTIME_DIR/imgfs/shared (or
+    /// /tmp/imgfs-UID/shared), reachable by that user alone.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub linger: Duration,
     #[command(flatten)]
@@ -449,7 +451,21 @@ pub struct ServeArgs {
     /// Unmount after this many milliseconds without use
     #[arg(long)]
     pub idle_exit_ms: Option<u64>,
+    /// Show image root as this uid and gid and every other owner as unmapped (a user's
+    /// shared server, as their sandboxes see the image)
+    #[arg(long, value_name = "UID:GID", value_parser = parse_ids)]
+    pub root_as: Option<(u32, u32)>,
     pub mountpoint: PathBuf,
+}
+
+/// `UID:GID`.
+fn parse_ids(text: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("expected UID:GID, got {text:?}");
+    let (uid, gid) = text.split_once(':').ok_or_else(bad)?;
+    Ok((
+        uid.parse().map_err(|_| bad())?,
+        gid.parse().map_err(|_| bad())?,
+    ))
 }
 
 /// The leading digits of `text`, and what follows them (a unit).

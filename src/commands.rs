@@ -6,8 +6,8 @@ use anyhow::{Context, Result, bail};
 
 use imgfs::cache::Cache;
 use imgfs::cache::Removal;
-use imgfs::fs::ImageFs;
 use imgfs::fs::serve::{self, ServeOptions};
+use imgfs::fs::{ImageFs, Owners};
 use imgfs::index;
 use imgfs::inspect::{self, Image, catalog};
 use imgfs::source::ImageRef;
@@ -161,6 +161,7 @@ fn mount(args: MountArgs) -> Result<i32> {
         archive: &ready.archive_path,
         mountpoint: &args.mountpoint,
         options: &options,
+        owners: Owners::Recorded,
     })
     .map_err(anyhow::Error::msg)?;
     Ok(0)
@@ -173,11 +174,15 @@ fn serve_background(args: ServeArgs) -> Result<i32> {
         threads: args.threads,
         idle_exit: args.idle_exit_ms.map(std::time::Duration::from_millis),
     };
+    let owners = match args.root_as {
+        Some((uid, gid)) => Owners::RootAs { uid, gid },
+        None => Owners::Recorded,
+    };
     let result = ImageFs::open(&args.index, &args.archive)
         .map_err(anyhow::Error::from)
         .and_then(|fs| {
             serve::serve(
-                fs,
+                fs.with_owners(owners),
                 &args.index,
                 &args.mountpoint,
                 &options,
@@ -606,7 +611,7 @@ fn mounts(args: MountsArgs) -> Result<i32> {
             .to_string()
     };
     let kind = |m: &serve::MountInfo| {
-        if m.mountpoint.starts_with(serve::SHARED_DIR) {
+        if serve::is_shared_mountpoint(&m.mountpoint) {
             "shared"
         } else {
             "mount"

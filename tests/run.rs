@@ -98,12 +98,16 @@ fn is_scratch(point: &str) -> bool {
         return true;
     }
     if let Some(rest) = point.strip_prefix("/tmp/imgfs-") {
-        return digits_then_slash(rest);
+        // As root's, a user's shared servers (imgfs-UID/shared) outlive runs by design.
+        let n = rest.bytes().take_while(u8::is_ascii_digit).count();
+        return digits_then_slash(rest) && !rest[n..].starts_with("/shared/");
     }
     if let Some(rest) = point.strip_prefix("/run/user/") {
         let n = rest.bytes().take_while(u8::is_ascii_digit).count();
         let rest = &rest[n..];
-        return n > 0 && (rest == "/imgfs" || rest.starts_with("/imgfs/"));
+        return n > 0
+            && (rest == "/imgfs" || rest.starts_with("/imgfs/"))
+            && !rest.starts_with("/imgfs/shared/");
     }
     false
 }
@@ -118,6 +122,10 @@ fn scratch_mountpoints_are_recognised() {
     assert!(!is_scratch("/var/tmp/imgfs-bench-full/mnt/python-imgfs"));
     assert!(!is_scratch("/run/imgfsx"));
     assert!(!is_scratch("/run/imgfs/shared/sha256-9d5da1c6326e-77"));
+    assert!(!is_scratch("/tmp/imgfs-1000/shared/sha256-9d5da1c6326e-77"));
+    assert!(!is_scratch(
+        "/run/user/1000/imgfs/shared/sha256-9d5da1c6326e-77"
+    ));
 }
 
 /// Host processes whose command line mentions `needle`.
@@ -1079,4 +1087,187 @@ fn nothing_in_an_image_reaches_the_host() {
     );
     assert!(!out.status.success(), "an unprivileged sandbox wrote /etc");
     assert!(!std::path::Path::new("/etc/imgfs-probe").exists());
+}
+
+/// A second unprivileged account, for what one user must not reach of another's.
+fn second_test_user() -> &'static str {
+    const USER: &str = "imgfs-test2";
+    let exists = Command::new("id")
+        .arg(USER)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !exists {
+        let made = Command::new("useradd")
+            .args(["-M", "-s", "/bin/sh", USER])
+            .status();
+        require(
+            made.is_ok_and(|s| s.success()),
+            "useradd of a second unprivileged test user",
+        );
+    }
+    USER
+}
+
+fn uid_of(user: &str) -> u32 {
+    let out = output(Command::new("id").args(["-u", user]));
+    assert_ok(&out).trim().parse().unwrap()
+}
+
+/// A cache directory of `user`'s own.
+fn user_cache(user: &str, prefix: &str) -> TempDir {
+    let dir = TempDir::new(prefix);
+    let chown = Command::new("chown").arg(user).arg(dir.path()).status();
+    assert!(chown.is_ok_and(|s| s.success()));
+    dir
+}
+
+/// `imgfs run --cache-dir CACHE OPTS DEBIAN_TAR --` as `user`.
+fn run_as(user: &str, cache: &std::path::Path, opts: &[&str]) -> Command {
+    let mut cmd = as_user(user);
+    cmd.arg(env!("CARGO_BIN_EXE_imgfs"))
+        .arg("run")
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(opts)
+        .arg(debian_tar())
+        .arg("--");
+    cmd
+}
+
+/// Starts `run` (an `imgfs run ... --` without its command) with a sleeping command and says
+/// whether the run serves FUSE itself.
+fn sleeping_run_serves_fuse(mut run: Command) -> bool {
+    let marker = "sleep 90002";
+    let mut child = run
+        .args(["sh", "-c", "n=9000; exec sleep ${n}2"])
+        .spawn()
+        .unwrap();
+    wait_until("the command runs", || !processes_with(marker).is_empty());
+    let serving = serves_fuse(child.id());
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+    serving
+}
+
+/// The `user_id=` of the FUSE mount at `point` in the host's mount table.
+fn fuse_owner(point: &std::path::Path) -> Option<u32> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let point = point.to_str().unwrap();
+    table
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(point))
+        .find_map(|l| {
+            l.rsplit(' ')
+                .next()?
+                .split(',')
+                .find_map(|o| o.strip_prefix("user_id="))?
+                .parse()
+                .ok()
+        })
+}
+
+/// An unprivileged user's warm runs use a shared server of their own, mounted in a private
+/// directory of theirs, which shows the image exactly as a run serving it itself does
+/// (owners, modes, what may be written) and retires after --linger like root's. Another
+/// user can neither list that directory nor bind the mount, and never uses that server, even
+/// through the first user's cache.
+#[test]
+fn unprivileged_users_get_shared_servers_of_their_own() {
+    let (alice, bob) = (common::test_user(), second_test_user());
+    let (alice_uid, bob_uid) = (uid_of(alice), uid_of(bob));
+    let alice_cache = user_cache(alice, "imgfs-alice-cache");
+    let bob_cache = user_cache(bob, "imgfs-bob-cache");
+    let linger = ["--linger", "2s"];
+
+    // What the sandbox shows and allows, served by the run itself (as before) and by the
+    // shared server.
+    let probe = "id -u; id -g; \
+         stat -c '%u:%g %a %n' / /etc /etc/passwd /etc/shadow /var/mail /usr/bin/passwd /root; \
+         ls -ln /etc/shadow; \
+         echo extra >> /etc/passwd && tail -n 1 /etc/passwd && stat -c '%u:%g %a' /etc/passwd; \
+         echo x > /etc/shadow || echo shadow refused; \
+         touch /var/mail/x || echo mail refused; \
+         mkdir /new && stat -c '%u:%g %a' /new; \
+         python3 -c 'import os; print(os.stat(\"/usr/lib\").st_uid)'";
+    let alone =
+        output(run_as(alice, alice_cache.path(), &["--linger", "0"]).args(["sh", "-c", probe]));
+    let alone = assert_ok(&alone) + &text(&alone.stderr);
+    assert!(
+        shared_servers(alice_cache.path()).is_empty(),
+        "--linger 0 left a server"
+    );
+    let shared = output(run_as(alice, alice_cache.path(), &linger).args(["sh", "-c", probe]));
+    let shared = assert_ok(&shared) + &text(&shared.stderr);
+    assert_eq!(shared, alone, "the shared server shows the image otherwise");
+    for line in [
+        "0:0 644 /etc/passwd",
+        "0:65534 640 /etc/shadow",
+        "0:65534 2775 /var/mail",
+        "0:0 4755 /usr/bin/passwd",
+        "extra",
+        "shadow refused",
+        "mail refused",
+    ] {
+        assert!(
+            shared.lines().any(|l| l == line),
+            "no {line:?} in\n{shared}"
+        );
+    }
+
+    let servers = shared_servers(alice_cache.path());
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    let (pid, mnt) = servers[0].clone();
+    let dir = mnt.parent().unwrap().to_path_buf();
+    assert_eq!(dir, PathBuf::from(format!("/tmp/imgfs-{alice_uid}/shared")));
+    assert_eq!(fuse_owner(&mnt), Some(alice_uid), "{}", mnt.display());
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(&dir).unwrap();
+        assert_eq!((meta.uid(), meta.mode() & 0o777), (alice_uid, 0o700));
+    }
+    assert!(
+        !sleeping_run_serves_fuse(run_as(alice, alice_cache.path(), &linger)),
+        "a warm unprivileged run served FUSE itself despite the shared server"
+    );
+    assert_eq!(shared_servers(alice_cache.path()), vec![(pid, mnt.clone())]);
+
+    // Bob can neither list the directory nor bind the mount.
+    let out = output(as_user(bob).arg("ls").arg(&dir));
+    assert!(!out.status.success(), "bob listed {}", dir.display());
+    let bind = format!(
+        "mount --rbind '{}' '{}' && ls '{}'",
+        mnt.display(),
+        bob_cache.path().display(),
+        bob_cache.path().display()
+    );
+    let out = output(as_user(bob).args(["unshare", "-Urm", "sh", "-c", &bind]));
+    assert!(!out.status.success(), "bob bound {}", mnt.display());
+    // Through alice's cache, where her server is announced, bob's run serves the image
+    // itself; in his own cache it gets a server of his own.
+    assert!(
+        sleeping_run_serves_fuse(run_as(bob, alice_cache.path(), &linger)),
+        "bob's run used alice's server"
+    );
+    let out = output(run_as(bob, bob_cache.path(), &linger).args(["cat", "/etc/debian_version"]));
+    assert_ok(&out);
+    let bobs = shared_servers(bob_cache.path());
+    assert_eq!(bobs.len(), 1, "{bobs:?}");
+    assert!(
+        bobs[0]
+            .1
+            .starts_with(format!("/tmp/imgfs-{bob_uid}/shared")),
+        "{}",
+        bobs[0].1.display()
+    );
+    assert_ne!(bobs[0].0, pid);
+
+    // Both retire after --linger.
+    for (pid, mnt) in [(pid, mnt), bobs[0].clone()] {
+        wait_until("the idle server unmounts", || !common::is_mounted(&mnt));
+        wait_until("the idle server exits", || !alive(pid));
+        assert!(!mnt.exists(), "{} was left behind", mnt.display());
+    }
+    assert!(shared_servers(alice_cache.path()).is_empty());
+    assert!(shared_servers(bob_cache.path()).is_empty());
 }

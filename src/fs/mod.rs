@@ -37,6 +37,42 @@ const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 const BLOCK_SIZE: u32 = 4096;
 /// Longest name the index holds (`NAME_MAX`), reported by statfs.
 const NAME_MAX: u32 = 255;
+/// The id reported for an owner the viewer's user namespace does not map: the kernel turns
+/// `(uid_t)-1` into its invalid id, which every namespace shows as its overflow id (65534)
+/// and treats as unmapped (no writes to such a file, no copy-up of it) — what a FUSE mount
+/// made inside that namespace would give for the same owner.
+const UNMAPPED_ID: u32 = u32::MAX;
+
+/// Whose the image's files are, as the filesystem reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Owners {
+    /// The ids recorded in the image.
+    #[default]
+    Recorded,
+    /// As seen from a user namespace that maps root, and only root, to `uid`/`gid`: image
+    /// root is reported as `uid`/`gid`, every other id as unmapped. A mount made outside
+    /// that namespace then looks inside it exactly as one made inside it, so a sandbox of
+    /// an unprivileged user can use a server that outlives it.
+    RootAs { uid: u32, gid: u32 },
+}
+
+impl Owners {
+    fn uid(self, id: u32) -> u32 {
+        match self {
+            Owners::Recorded => id,
+            Owners::RootAs { uid, .. } if id == 0 => uid,
+            Owners::RootAs { .. } => UNMAPPED_ID,
+        }
+    }
+
+    fn gid(self, id: u32) -> u32 {
+        match self {
+            Owners::Recorded => id,
+            Owners::RootAs { gid, .. } if id == 0 => gid,
+            Owners::RootAs { .. } => UNMAPPED_ID,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
@@ -98,6 +134,7 @@ impl Failure {
 pub struct ImageFs {
     index: Index<memmap2::Mmap>,
     archive: File,
+    owners: Owners,
     /// Requests answered so far, watched by a server that exits when idle.
     requests: Arc<AtomicU64>,
 }
@@ -155,8 +192,20 @@ impl ImageFs {
         Ok(ImageFs {
             index,
             archive,
+            owners: Owners::Recorded,
             requests: Arc::default(),
         })
+    }
+
+    /// Reports the image's owners as `owners` says (the default: as recorded).
+    pub fn with_owners(mut self, owners: Owners) -> ImageFs {
+        self.owners = owners;
+        self
+    }
+
+    /// How the image's owners are reported.
+    pub fn owners(&self) -> Owners {
+        self.owners
     }
 
     /// A counter of the requests this filesystem answers, to tell when it is idle.
@@ -193,8 +242,8 @@ impl ImageFs {
             kind: file_type(r),
             perm: (r.mode & 0o7777) as u16,
             nlink: r.nlink,
-            uid: r.uid,
-            gid: r.gid,
+            uid: self.owners.uid(r.uid),
+            gid: self.owners.gid(r.gid),
             rdev,
             blksize: BLOCK_SIZE,
             flags: 0,
@@ -651,6 +700,37 @@ impl Filesystem for ImageFs {
         match self.do_listxattr(ino, size) {
             Ok(v) => reply_xattr(reply, size, v),
             Err(f) => reply.error(f.errno("listxattr", ino)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_as_a_namespace_mapping_only_root_shows_them() {
+        let caller = Owners::RootAs {
+            uid: 1001,
+            gid: 1002,
+        };
+        // (image id, uid shown, gid shown)
+        let table = [
+            (0, 1001, 1002),
+            (1001, UNMAPPED_ID, UNMAPPED_ID), // the caller's own id must not alias root
+            (42, UNMAPPED_ID, UNMAPPED_ID),
+            (65534, UNMAPPED_ID, UNMAPPED_ID),
+        ];
+        for (id, uid, gid) in table {
+            assert_eq!(
+                (caller.uid(id), caller.gid(id)),
+                (uid, gid),
+                "image id {id}"
+            );
+            assert_eq!(
+                (Owners::Recorded.uid(id), Owners::Recorded.gid(id)),
+                (id, id)
+            );
         }
     }
 }

@@ -5,6 +5,11 @@
 //! The mount is read-only, `nodev` and `nosuid` (an image's device nodes and setuid files
 //! give no power on the host), with `default_permissions` so the kernel checks the image's
 //! modes, and open to other users when the server runs as root.
+//!
+//! Shared servers for `imgfs run` are mounted where only their user reaches them: root's
+//! under [`SHARED_DIR`], another user's in a private directory of their own (see
+//! [`shared_dir`]), showing the image's owners as that user's sandboxes expect
+//! ([`Owners::RootAs`]). A caller only ever takes up its own announcements and mounts.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
@@ -16,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use fuser::{Config, MountOption, SessionACL};
 
-use super::ImageFs;
+use super::{ImageFs, Owners};
 use crate::cache::sys;
 
 /// Filesystem subtype, and the prefix of the source name every imgfs mount shows in the
@@ -34,6 +39,32 @@ pub enum ServeError {
     Session { path: PathBuf, source: io::Error },
     #[error("cannot unmount {path}: {reason}")]
     Unmount { path: PathBuf, reason: String },
+}
+
+/// Why no shared server could be found or started.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path} is not a private directory of uid {uid}: {reason}")]
+    NotPrivate {
+        path: PathBuf,
+        uid: u32,
+        reason: &'static str,
+    },
+    #[error("the index {0} has no cache entry directory")]
+    NoEntry(PathBuf),
+    #[error("{0}")]
+    Spawn(String),
+    #[error("the shared server did not announce itself")]
+    NotAnnounced,
+}
+
+fn shared_io(path: &Path) -> impl FnOnce(io::Error) -> SharedError + '_ {
+    move |source| SharedError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 pub struct ServeOptions {
@@ -58,9 +89,13 @@ fn stop_signals() -> libc::sigset_t {
     }
 }
 
-fn is_root() -> bool {
+fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    unsafe { libc::geteuid() }
+}
+
+fn is_root() -> bool {
+    euid() == 0
 }
 
 /// Checks the mountpoint before mounting: an existing directory, not already an imgfs mount.
@@ -92,8 +127,19 @@ pub fn check_mountpoint(path: &Path) -> Result<(), ServeError> {
 /// mountpoint. `imgfs run` uses such a mount, with its warm kernel caches, instead of starting
 /// a server of its own.
 const REGISTRY_DIR: &str = "mounts";
-/// Lock file in [`REGISTRY_DIR`] taken while a shared server is being started.
+/// Lock file in [`REGISTRY_DIR`] taken while root's shared server is being started; another
+/// user's is `.shared-UID.lock`, so that users of one cache never wait on each other.
 const SHARED_LOCK: &str = ".shared.lock";
+/// Mode of an announcement whatever the umask: others may read it, only its owner rewrite it.
+const ANNOUNCEMENT_MODE: u32 = 0o644;
+
+fn shared_lock_name(uid: u32) -> String {
+    if uid == 0 {
+        SHARED_LOCK.to_string()
+    } else {
+        format!(".shared-{uid}.lock")
+    }
+}
 
 /// A live mount's announcement, withdrawn when dropped.
 struct Registration(PathBuf);
@@ -112,18 +158,60 @@ fn index_identity(index: &Path) -> io::Result<String> {
     Ok(format!("{}:{}", m.dev(), m.ino()))
 }
 
-fn register(entry_dir: &Path, index: &Path, mountpoint: &Path) -> io::Result<Registration> {
+/// The first line of an announcement: which index is served, and how its owners are shown,
+/// so that a sandbox only takes up a mount that shows the image as it would itself.
+fn announcement_key(index: &Path, owners: Owners) -> io::Result<String> {
+    let identity = index_identity(index)?;
+    Ok(match owners {
+        Owners::Recorded => identity,
+        Owners::RootAs { uid, gid } => format!("{identity} root-as={uid}:{gid}"),
+    })
+}
+
+fn register(
+    entry_dir: &Path,
+    index: &Path,
+    mountpoint: &Path,
+    owners: Owners,
+) -> io::Result<Registration> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = entry_dir.join(REGISTRY_DIR);
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(std::process::id().to_string());
     let tmp = dir.join(format!(".{}.tmp", std::process::id()));
     let target = std::fs::canonicalize(mountpoint)?;
-    let mut text = index_identity(index)?.into_bytes();
+    let mut text = announcement_key(index, owners)?.into_bytes();
     text.push(b'\n');
     text.extend_from_slice(target.as_os_str().as_bytes());
-    std::fs::write(&tmp, text)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(ANNOUNCEMENT_MODE)
+        .open(&tmp)?
+        .write_all(&text)?;
     std::fs::rename(&tmp, &path)?;
     Ok(Registration(path))
+}
+
+/// Reads an announcement if it is the caller's own: a regular file owned by the caller
+/// (another user's could name any mount). Never blocks or follows a link planted there.
+fn read_own_announcement(path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || meta.uid() != euid() {
+        return None;
+    }
+    let mut text = Vec::new();
+    file.read_to_end(&mut text).ok()?;
+    Some(text)
 }
 
 /// A live imgfs mount of an image, found through its announcement.
@@ -163,10 +251,10 @@ impl LiveMount {
 }
 
 /// A live imgfs mount of the image whose cache entry is `entry_dir` and whose index is
-/// `index`, if one is announced and its server still runs. Announcements of dead servers are
-/// removed.
-pub fn live_mount(entry_dir: &Path, index: &Path) -> Option<LiveMount> {
-    let identity = index_identity(index).ok()?;
+/// `index`, showing its owners as `owners` says, if the caller announced one, its server
+/// still runs and the mount is the caller's. Announcements of dead servers are removed.
+pub fn live_mount(entry_dir: &Path, index: &Path, owners: Owners) -> Option<LiveMount> {
+    let identity = announcement_key(index, owners).ok()?;
     let entries = std::fs::read_dir(entry_dir.join(REGISTRY_DIR)).ok()?;
     for e in entries.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
@@ -176,7 +264,7 @@ pub fn live_mount(entry_dir: &Path, index: &Path) -> Option<LiveMount> {
             let _ = std::fs::remove_file(e.path());
             continue;
         }
-        let Ok(text) = std::fs::read(e.path()) else {
+        let Some(text) = read_own_announcement(&e.path()) else {
             continue;
         };
         let Some(nl) = text.iter().position(|&b| b == b'\n') else {
@@ -186,7 +274,7 @@ pub fn live_mount(entry_dir: &Path, index: &Path) -> Option<LiveMount> {
             continue;
         }
         let mountpoint = PathBuf::from(std::ffi::OsStr::from_bytes(&text[nl + 1..]));
-        if find_mount(&mountpoint).is_some_and(|m| m.is_imgfs()) {
+        if find_mount(&mountpoint).is_some_and(|m| m.is_imgfs() && m.user_id == Some(euid())) {
             return Some(LiveMount {
                 mountpoint,
                 registry: e.path(),
@@ -224,6 +312,7 @@ pub struct Served<'a> {
     pub archive: &'a Path,
     pub mountpoint: &'a Path,
     pub options: &'a ServeOptions,
+    pub owners: Owners,
 }
 
 /// Starts `imgfs __serve` detached (own process group, no terminal) and waits until it says
@@ -252,6 +341,9 @@ pub fn spawn_detached(what: &Served) -> Result<(), String> {
     if let Some(idle) = what.options.idle_exit {
         let ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
         cmd.arg("--idle-exit-ms").arg(ms.to_string());
+    }
+    if let Owners::RootAs { uid, gid } = what.owners {
+        cmd.arg("--root-as").arg(format!("{uid}:{gid}"));
     }
     let mut child = cmd
         .arg(absolute(what.mountpoint)?)
@@ -283,40 +375,121 @@ pub fn spawn_detached(what: &Served) -> Result<(), String> {
     Err(message.to_string())
 }
 
-/// Parent of the mountpoints of shared servers: root's only.
+/// Parent of the mountpoints of root's shared servers.
 pub const SHARED_DIR: &str = "/run/imgfs/shared";
+/// Name of the directory of shared servers in a runtime directory.
+const SHARED_LEAF: &str = "shared";
+/// Mode of the directory of shared servers: its owner's alone.
+const SHARED_DIR_MODE: u32 = 0o700;
+/// Mode bits that would let another user rename or replace what a directory holds.
+const WRITABLE_BY_OTHERS: u32 = 0o022;
 
-/// A live mount of the image for a sandbox: the one already announced, or a new shared
-/// server's, which exits once nothing has used it for `linger`. Serialized per image, so
-/// sandboxes started together share one server.
+/// Whether `path` is the mountpoint of a shared server (root's or a user's).
+pub fn is_shared_mountpoint(path: &Path) -> bool {
+    let Some(dir) = path.parent() else {
+        return false;
+    };
+    dir.file_name().is_some_and(|n| n == SHARED_LEAF)
+        && dir
+            .parent()
+            .and_then(Path::file_name)
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n == "imgfs" || n.starts_with("imgfs-"))
+}
+
+/// Where the caller's shared servers are mounted, created when missing: root's
+/// [`SHARED_DIR`]; for another user `$XDG_RUNTIME_DIR/imgfs/shared` when that runtime
+/// directory is theirs, else `imgfs-UID/shared` in the temporary directory. Each directory
+/// made here must be the caller's own, a real directory and not writable by others, and the
+/// last is 0700: no other user reaches a mount in it (nor could they use it: a user's FUSE
+/// mount answers its owner only). Anything else is refused rather than repaired.
+pub fn shared_dir() -> Result<PathBuf, SharedError> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = euid();
+    if uid == 0 {
+        let dir = PathBuf::from(SHARED_DIR);
+        private_dir(&dir, uid, true, true)?;
+        return Ok(dir);
+    }
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .filter(|d| std::fs::metadata(d).is_ok_and(|m| m.is_dir() && m.uid() == uid));
+    let (mut dir, own) = match runtime {
+        Some(d) => (d, "imgfs".to_string()),
+        None => (std::env::temp_dir(), format!("imgfs-{uid}")),
+    };
+    dir.push(own);
+    private_dir(&dir, uid, false, false)?;
+    dir.push(SHARED_LEAF);
+    private_dir(&dir, uid, false, true)?;
+    Ok(dir)
+}
+
+/// Makes `dir` (with its parents when `parents`) if missing and checks it is the caller's:
+/// see [`shared_dir`]. With `last`, its mode becomes [`SHARED_DIR_MODE`].
+fn private_dir(dir: &Path, uid: u32, parents: bool, last: bool) -> Result<(), SharedError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let refuse = |reason| SharedError::NotPrivate {
+        path: dir.to_path_buf(),
+        uid,
+        reason,
+    };
+    match std::fs::DirBuilder::new()
+        .recursive(parents)
+        .mode(SHARED_DIR_MODE)
+        .create(dir)
+    {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(shared_io(dir)(e)),
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(shared_io(dir))?;
+    if meta.file_type().is_symlink() {
+        return Err(refuse("it is a symbolic link"));
+    }
+    if !meta.is_dir() {
+        return Err(refuse("it is not a directory"));
+    }
+    if meta.uid() != uid {
+        return Err(refuse("another user owns it"));
+    }
+    if meta.mode() & WRITABLE_BY_OTHERS != 0 {
+        return Err(refuse("other users may write to it"));
+    }
+    if last && meta.mode() & 0o777 != SHARED_DIR_MODE {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(SHARED_DIR_MODE))
+            .map_err(shared_io(dir))?;
+    }
+    Ok(())
+}
+
+/// A live mount of the image for a sandbox: the caller's one already announced, or a new
+/// shared server's, which exits once nothing has used it for `linger`. Serialized per image
+/// and user, so sandboxes started together share one server. `owners` is how the sandbox
+/// sees the image's owners (see [`Owners`]).
 pub fn shared_mount(
     index: &Path,
     archive: &Path,
     fsname: &str,
     linger: Duration,
-) -> Result<LiveMount, String> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let entry = index.parent().ok_or("the index has no directory")?;
+    owners: Owners,
+) -> Result<LiveMount, SharedError> {
+    let entry = index
+        .parent()
+        .ok_or_else(|| SharedError::NoEntry(index.to_path_buf()))?;
     let registry = entry.join(REGISTRY_DIR);
-    std::fs::create_dir_all(&registry)
-        .map_err(|e| format!("cannot create {}: {e}", registry.display()))?;
-    let lock_path = registry.join(SHARED_LOCK);
-    let lock = std::fs::File::create(&lock_path)
-        .map_err(|e| format!("cannot create {}: {e}", lock_path.display()))?;
+    std::fs::create_dir_all(&registry).map_err(shared_io(&registry))?;
+    let lock_path = registry.join(shared_lock_name(euid()));
+    let lock = std::fs::File::create(&lock_path).map_err(shared_io(&lock_path))?;
     // Released when `lock` is closed.
-    sys::lock_exclusive(&lock).map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
-    if let Some(live) = live_mount(entry, index) {
+    sys::lock_exclusive(&lock).map_err(shared_io(&lock_path))?;
+    if let Some(live) = live_mount(entry, index, owners) {
         return Ok(live);
     }
-    let parent = Path::new(SHARED_DIR);
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(parent)
-        .and_then(|()| std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700)))
-        .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    let parent = shared_dir()?;
     // Mountpoints left by killed servers: removing a live one fails (EBUSY).
-    if let Ok(dirs) = std::fs::read_dir(parent) {
+    if let Ok(dirs) = std::fs::read_dir(&parent) {
         for d in dirs.flatten() {
             let _ = std::fs::remove_dir(d.path());
         }
@@ -326,8 +499,7 @@ pub fn shared_mount(
         |n| n.to_string_lossy().chars().take(19).collect::<String>(),
     );
     let mountpoint = parent.join(format!("{name}-{}", std::process::id()));
-    std::fs::create_dir(&mountpoint)
-        .map_err(|e| format!("cannot create {}: {e}", mountpoint.display()))?;
+    std::fs::create_dir(&mountpoint).map_err(shared_io(&mountpoint))?;
     let options = ServeOptions {
         fsname: fsname.to_string(),
         threads: default_threads(),
@@ -338,12 +510,13 @@ pub fn shared_mount(
         archive,
         mountpoint: &mountpoint,
         options: &options,
+        owners,
     };
     if let Err(e) = spawn_detached(&served) {
         let _ = std::fs::remove_dir(&mountpoint);
-        return Err(e);
+        return Err(SharedError::Spawn(e));
     }
-    live_mount(entry, index).ok_or_else(|| "the shared server did not announce itself".into())
+    live_mount(entry, index, owners).ok_or(SharedError::NotAnnounced)
 }
 
 /// Mounts `fs` at `mountpoint` and serves until unmounted or signalled. `on_ready` runs once
@@ -364,6 +537,7 @@ pub fn serve(
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 
     let requests = fs.requests();
+    let owners = fs.owners();
     let background = spawn(fs, mountpoint, options)?;
     let thread_failed = |source| ServeError::Session {
         path: mountpoint.to_path_buf(),
@@ -388,7 +562,7 @@ pub fn serve(
 
     let announced = index
         .parent()
-        .and_then(|dir| match register(dir, index, mountpoint) {
+        .and_then(|dir| match register(dir, index, mountpoint, owners) {
             Ok(r) => Some(r),
             Err(e) => {
                 log::warn!("cannot announce the mount in {}: {e}", dir.display());
@@ -550,6 +724,9 @@ pub struct MountInfo {
     pub mountpoint: PathBuf,
     pub fstype: String,
     pub source: String,
+    /// The owner of a FUSE mount (`user_id=` of its options): the one user it answers,
+    /// unless mounted to answer all.
+    pub user_id: Option<u32>,
 }
 
 impl MountInfo {
@@ -585,10 +762,17 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
             let fields: Vec<&str> = line.split(' ').collect();
             let sep = fields.iter().position(|f| *f == "-")?;
             let mountpoint = std::ffi::OsStr::from_bytes(&unescape(fields.get(4)?)).into();
+            let user_id = fields.get(sep + 3).and_then(|options| {
+                options
+                    .split(',')
+                    .find_map(|o| o.strip_prefix("user_id="))
+                    .and_then(|id| id.parse().ok())
+            });
             Some(MountInfo {
                 mountpoint,
                 fstype: fields.get(sep + 1)?.to_string(),
                 source: String::from_utf8_lossy(&unescape(fields.get(sep + 2)?)).into_owned(),
+                user_id,
             })
         })
         .collect()
@@ -610,13 +794,29 @@ mod tests {
 
     #[test]
     fn mountinfo_lines() {
-        let text = "36 35 98:0 / /mnt/a\\040b rw,noatime master:1 - fuse.imgfs imgfs:py rw\n\
+        let text = "36 35 98:0 / /mnt/a\\040b rw,noatime master:1 - fuse.imgfs imgfs:py ro,user_id=1001,group_id=1001\n\
                     37 35 98:0 / /x rw - ext4 /dev/vda rw\n";
         let m = parse_mountinfo(text);
         assert_eq!(m.len(), 2);
         assert_eq!(m[0].mountpoint, PathBuf::from("/mnt/a b"));
         assert_eq!(m[0].fstype, "fuse.imgfs");
         assert_eq!(m[0].source, "imgfs:py");
+        assert_eq!(m[0].user_id, Some(1001));
         assert_eq!(m[1].fstype, "ext4");
+        assert_eq!(m[1].user_id, None);
+    }
+
+    #[test]
+    fn shared_mountpoints() {
+        for (path, shared) in [
+            ("/run/imgfs/shared/abc-12", true),
+            ("/run/user/1001/imgfs/shared/abc-12", true),
+            ("/tmp/imgfs-1001/shared/abc-12", true),
+            ("/tmp/shared/abc-12", false),
+            ("/mnt/image", false),
+            ("/", false),
+        ] {
+            assert_eq!(is_shared_mountpoint(Path::new(path)), shared, "{path}");
+        }
     }
 }

@@ -104,8 +104,8 @@ fn supervisor_inner(plan: &Plan) -> Result<i32, SandboxError> {
         None
     } else {
         cgroup::remove_stale();
-        let cg = Cgroup::create(&plan.limits, &std::process::id().to_string()).map_err(|e| {
-            match &e {
+        let cg = Cgroup::create(&plan.limits, &std::process::id().to_string()).map_err(
+            |e| match &e {
                 CgroupError::Create { source, .. }
                     if plan.unprivileged.is_some()
                         && source.kind() == std::io::ErrorKind::PermissionDenied =>
@@ -113,8 +113,8 @@ fn supervisor_inner(plan: &Plan) -> Result<i32, SandboxError> {
                     SandboxError::LimitsNeedRoot(e)
                 }
                 _ => e.into(),
-            }
-        })?;
+            },
+        )?;
         // Removes the cgroup once this process is gone, however it ends.
         let cleaner = match cg.spawn_cleaner() {
             Ok(c) => c,

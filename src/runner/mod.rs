@@ -8,8 +8,10 @@
 //! writable without ever touching the cache, and the command runs as PID 1's only child,
 //! confined as docker confines a container ([`confine`]: capabilities, seccomp, masked /proc
 //! paths) and, when asked, limited by a cgroup of its own ([`cgroup`]).
-//! Nothing of the sandbox outlives it; as root, the image's shared server (see
-//! [`serve::shared_mount`]) stays for `--linger` after the last sandbox using it.
+//! Nothing of the sandbox outlives it; the image's shared server (see
+//! [`serve::shared_mount`]) stays for `--linger` after the last sandbox using it. Root's
+//! serves all of root's sandboxes; each other user gets their own, reachable by them alone,
+//! which shows the image's owners as their user namespace would (see [`Owners`]).
 
 // The stages of a sandbox start, in the order they run.
 pub mod plan;
@@ -26,8 +28,8 @@ pub mod sys;
 
 use std::os::unix::process::CommandExt;
 
-use crate::fs::ImageFs;
 use crate::fs::serve::{self, LiveMount};
+use crate::fs::{ImageFs, Owners};
 use crate::index::Ready;
 use plan::{ImageConfig, ImageFacts, Plan, PlanError, Request};
 
@@ -54,9 +56,9 @@ fn image_text(fs: &ImageFs, path: &str) -> Result<String, RunError> {
     }
 }
 
-/// Decides the plan for running `req` on a prepared image. As root, the image is served by a
-/// live mount: a user's `imgfs mount` of it, or a shared server that stays `linger` after its
-/// last use (none when zero).
+/// Decides the plan for running `req` on a prepared image. The image is served by a live
+/// mount of the caller's: as root an `imgfs mount` of it, or a shared server that stays
+/// `linger` after its last use (none when zero).
 pub fn make_plan(
     ready: &Ready,
     fsname: String,
@@ -90,9 +92,11 @@ pub fn make_plan(
     let caller = sys::effective_ids();
     let host_env = |k: &str| std::env::var(k).ok();
     let mut plan = plan::build(&facts, req, caller, &host_env)?;
-    if plan.unprivileged.is_none() {
-        plan.live_mount = live_mount(ready, &plan.fsname, linger);
-    }
+    let owners = match plan.unprivileged {
+        Some((uid, gid)) => Owners::RootAs { uid, gid },
+        None => Owners::Recorded,
+    };
+    plan.live_mount = live_mount(ready, &plan.fsname, linger, owners);
     if plan.tty && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         return Err(RunError::NotATty);
     }
@@ -101,17 +105,30 @@ pub fn make_plan(
 
 /// A live mount of the image with warm kernel caches, if there is one or one can be started;
 /// failing that the sandbox serves the image itself, which is only slower.
-fn live_mount(ready: &Ready, fsname: &str, linger: std::time::Duration) -> Option<LiveMount> {
+/// Without root, only a mount showing the image's owners as the sandbox's user namespace
+/// would will do: a shared server of the caller's, never a plain `imgfs mount`.
+fn live_mount(
+    ready: &Ready,
+    fsname: &str,
+    linger: std::time::Duration,
+    owners: Owners,
+) -> Option<LiveMount> {
     let entry = ready.index_path.parent()?;
-    if let Some(live) = serve::live_mount(entry, &ready.index_path) {
+    if let Some(live) = serve::live_mount(entry, &ready.index_path, owners) {
         return Some(live);
     }
     if linger.is_zero() {
         return None;
     }
-    serve::shared_mount(&ready.index_path, &ready.archive_path, fsname, linger)
-        .map_err(|e| log::info!("no shared server for the image: {e}"))
-        .ok()
+    serve::shared_mount(
+        &ready.index_path,
+        &ready.archive_path,
+        fsname,
+        linger,
+        owners,
+    )
+    .map_err(|e| log::info!("no shared server for the image: {e}"))
+    .ok()
 }
 
 /// Runs the sandbox and returns the exit status for `imgfs run`: in this process when it is

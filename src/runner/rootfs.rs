@@ -105,11 +105,18 @@ fn mount_root(plan: &Plan, scratch: &Path, root_dir: &Path) -> Result<(), SysErr
             libc::MS_BIND | libc::MS_REC,
             None,
         )?;
+        // A live mount bound from outside the user namespace has these flags locked: the
+        // remount must keep them (they change nothing for a user who owns no other id).
+        let locked = if plan.unprivileged.is_some() {
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOATIME
+        } else {
+            0
+        };
         return sys::mount(
             None,
             root_dir,
             None,
-            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | locked,
             None,
         );
     }

@@ -20,28 +20,25 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import random
 import re
 import shlex
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "bench"
-WORK = Path(os.environ.get("IMGFS_BENCH_WORK", "/var/tmp/imgfs-bench"))
-FIX = Path(os.environ.get("IMGFS_FIXTURES", "/var/tmp/imgfs-fixtures"))
-IMGFS = ROOT / "target" / "release" / "imgfs"
+import common
+from common import (BENCH, BWRAP_FLAGS, FIX, IDLE_THRESHOLD, IMGFS, RESULTS, ROOT, WORK, BenchError,
+                    Runner, _kill, _wait_gone, _zombie, drop_caches, fmt_time, log, machine, out,
+                    q, run, stop_shared, wait_idle)
+
 PY = Path(sys.executable)  # the venv's python (ratarmount, matplotlib)
 RATARMOUNT = PY.parent / "ratarmount"
 MNT = WORK / "mnt"
 LOGS = WORK / "logs"
-RESULTS = BENCH / "results"
 
 PYTHON_REF = "imgfs-test/debian-python:bookworm"
 SYNTH_REF = "imgfs-bench/synthetic:1"
@@ -52,106 +49,10 @@ BIG_PATH = "bench/big/blob.bin"
 RANDREAD_COUNT, RANDREAD_SEED = 2000, 1234
 CONTAINER_LABEL = "imgfs-bench=1"
 EXPORT_CONTAINER = "imgfs-bench-export"
-IDLE_THRESHOLD = float(os.environ.get("IMGFS_BENCH_IDLE", "0.90"))  # 0 disables the wait
-IDLE_WINDOW_S = 3.0
-IDLE_MAX_WAIT_S = float(os.environ.get("IMGFS_BENCH_IDLE_MAX_WAIT", "900"))  # then measure anyway, flagged
 DISK_NEEDED_GB = {"python": 3, "synthetic": 22}
 
-BWRAP_FLAGS = ["--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev",
-               "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net"]
 WALK_CMD = "find {m} -printf '%s %m %u\\n'"
 READALL_CMD = "tar -C {m} -cf - . | cat >/dev/null"
-
-
-class BenchError(Exception):
-    pass
-
-
-_log_file = None
-
-
-def log(msg):
-    line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-    print(line, file=sys.stderr, flush=True)
-    if _log_file:
-        _log_file.write(line + "\n")
-        _log_file.flush()
-
-
-def q(args):
-    return shlex.join(str(a) for a in args)
-
-
-def run(cmd, *, timeout=None, capture=False, check=True, what=None, stdout=None, stderr=None):
-    """Run cmd (a list, or a str for sh -c) in its own process group; kill the group on timeout."""
-    shell = isinstance(cmd, str)
-    desc = what or (cmd if shell else q(cmd))
-    if capture:
-        stdout, stderr = subprocess.PIPE, subprocess.PIPE
-    p = subprocess.Popen(cmd if shell else [str(c) for c in cmd], shell=shell,
-                         stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                         start_new_session=True, text=capture)
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_group(p)
-        raise BenchError(f"{desc}: did not finish within {timeout:.0f} s") from None
-    except BaseException:
-        kill_group(p)
-        raise
-    if check and p.returncode != 0:
-        tail = (err or "").strip().splitlines()[-5:]
-        raise BenchError(f"{desc}: exit {p.returncode}" + (": " + " | ".join(tail) if tail else ""))
-    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
-
-
-def kill_group(p):
-    try:
-        os.killpg(p.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        p.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        pass
-
-
-def out(cmd, **kw):
-    return run(cmd, capture=True, **kw).stdout.strip()
-
-
-def drop_caches():
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
-
-
-def cpu_idle_fraction(window):
-    def sample():
-        f = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-        v = [int(x) for x in f]
-        return v[3] + v[4], sum(v[:8])  # idle + iowait, total (guest time is in user)
-    i0, t0 = sample()
-    time.sleep(window)
-    i1, t1 = sample()
-    return (i1 - i0) / max(1, t1 - t0)
-
-
-def wait_idle(what):
-    """Wait until the machine is idle (other work, like a compile, disturbs timings)."""
-    start = time.time()
-    said = 0.0
-    while True:
-        f = cpu_idle_fraction(IDLE_WINDOW_S)
-        if f >= IDLE_THRESHOLD:
-            return f
-        waited = time.time() - start
-        if waited > IDLE_MAX_WAIT_S:
-            log(f"WARNING: machine still busy (idle {f:.0%}) after {waited:.0f} s; measuring {what} anyway")
-            return f
-        if waited - said >= 30 or said == 0:
-            log(f"waiting for an idle machine before {what} (idle {f:.0%} over {IDLE_WINDOW_S:.0f} s)")
-            said = max(waited, 1e-9)
-        time.sleep(2)
 
 
 def du_bytes(path):
@@ -309,51 +210,6 @@ def umount(img, peer, force=False):
             run(["umount", "-l", m], check=False, capture=True, timeout=60)
     m.mkdir(parents=True, exist_ok=True)  # a timed mount command may come next
     _wait_gone(pids, lambda pid: f"{peer} server {pid} for {m} still running 30 s after unmount")
-
-
-def _wait_gone(pids, still_running):
-    """Waits up to 30 s for the processes to exit, then kills the rest, saying so."""
-    deadline = time.time() + 30
-    while pids and time.time() < deadline:
-        pids = [pid for pid in pids if Path(f"/proc/{pid}").exists() and not _zombie(pid)]
-        time.sleep(0.02)
-    for pid in pids:
-        log(f"WARNING: {still_running(pid)}; killing it")
-        _kill(pid)
-
-
-def _zombie(pid):
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
-def _kill(pid):
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def stop_shared():
-    """Stop the shared servers `imgfs run` leaves behind (--linger) for the suite's caches."""
-    pids = []
-    for e in Path("/proc").iterdir():
-        if not e.name.isdigit():
-            continue
-        try:
-            args = (e / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"__serve" in args and b"--idle-exit-ms" in args and any(a.startswith(str(WORK).encode()) for a in args):
-            pids.append(int(e.name))
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)  # the server unmounts and exits
-        except ProcessLookupError:
-            pass
-    _wait_gone(pids, lambda pid: f"shared server {pid} still running 30 s after SIGTERM")
 
 
 def cleanup_all():
@@ -537,87 +393,6 @@ def ensure_mounted_once(img, peer):
 
 # ---------------------------------------------------------------------------------------------
 # Timing
-
-class Runner:
-    def __init__(self, quick, raw_dir):
-        self.quick = quick
-        self.raw = raw_dir
-        self.raw.mkdir(parents=True, exist_ok=True)
-        self.max_runs = 5 if quick else 15
-        self.min_runs = 3
-        self.budget = 8 if quick else 40   # seconds per measurement, prepare steps included
-
-    def measure(self, tag, cmd, *, shell=False, prepare=None, cap=300, min_runs=None, max_runs=None,
-                warmup=0):
-        """hyperfine on cmd after one untimed probe (which sizes the run count and catches hangs)."""
-        min_runs = min_runs or self.min_runs
-        max_runs = max_runs or self.max_runs
-        idle = wait_idle(tag)
-        try:
-            t0 = time.perf_counter()
-            if prepare:
-                run(prepare, timeout=cap, capture=True, what=f"{tag}: prepare")
-            t1 = time.perf_counter()
-            run(cmd if shell else shlex.split(cmd), timeout=cap, capture=True, what=f"{tag}")
-            t2 = time.perf_counter()
-        except BenchError as e:
-            log(f"FAILED {e}")
-            return {"error": str(e), "timeout": "did not finish" in str(e)}
-        per_run = (t2 - t0) + 0.05
-        runs = max(min_runs, min(max_runs, int(self.budget / per_run)))
-        probe = None
-        if t2 - t1 > 20 and not warmup:
-            # A slow one: the probe (same prepare, same command) counts as the first run, and
-            # one that takes over a minute is run once only.
-            probe = t2 - t1
-            runs = max(1, min_runs - 1) if probe <= 60 else 0
-        js = self.raw / f"{tag}.json"
-        if runs == 0:
-            st = {"median": probe, "mean": probe, "stddev": 0.0, "min": probe, "max": probe, "runs": 1,
-                  "times": [probe], "idle_before": round(idle, 3), "command": cmd, "prepare": prepare}
-            js.write_text(json.dumps({"results": [dict(st, note="single untimed-by-hyperfine run")]}))
-            log(f"{tag}: {fmt_time(probe)} (one run: too slow to repeat)")
-            return st
-        args = ["hyperfine", "--style", "basic", "--export-json", js, "--runs", runs,
-                "--command-name", tag]
-        if warmup:
-            args += ["--warmup", warmup]
-        if not shell:
-            args.append("-N")
-        if prepare:
-            args += ["--prepare", prepare]
-        args.append(cmd)
-        try:
-            r = run(args, timeout=(runs + warmup) * (per_run * 3 + 5) + 120, capture=True, what=f"hyperfine {tag}")
-        except BenchError as e:
-            log(f"FAILED {e}")
-            return {"error": str(e), "timeout": "did not finish" in str(e)}
-        if _log_file:
-            _log_file.write(r.stdout)
-        res = json.loads(js.read_text())["results"][0]
-        times = ([probe] if probe is not None else []) + res["times"]
-        if probe is not None:
-            res = dict(res, median=statistics.median(times), mean=statistics.mean(times),
-                       stddev=statistics.stdev(times) if len(times) > 1 else 0.0,
-                       min=min(times), max=max(times))
-        st = {"median": res["median"], "mean": res["mean"], "stddev": res.get("stddev") or 0.0,
-              "min": res["min"], "max": res["max"], "runs": len(times), "times": times,
-              "idle_before": round(idle, 3), "command": cmd, "prepare": prepare}
-        log(f"{tag}: median {fmt_time(st['median'])} over {st['runs']} runs (probe {fmt_time(t2 - t1)})")
-        return st
-
-
-def fmt_time(s):
-    if s is None:
-        return "—"
-    if s >= 1:
-        return f"{s:.2f} s"
-    if s >= 0.1:
-        return f"{s * 1e3:.0f} ms"
-    if s >= 0.01:
-        return f"{s * 1e3:.1f} ms"
-    return f"{s * 1e3:.2f} ms"
-
 
 # ---------------------------------------------------------------------------------------------
 # The measurements, one image at a time; every result lands in R[image][section][what].
@@ -1083,16 +858,6 @@ def archivemount_version():
     return "; ".join(l.strip() for l in lines if "archivemount" in l or "FUSE library" in l) or "?"
 
 
-def machine():
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), "?")
-    mem = next(int(l.split()[1]) for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal"))
-    fs = out(["findmnt", "-no", "FSTYPE,SOURCE", "-T", WORK])
-    deb = Path("/etc/debian_version").read_text().strip() if Path("/etc/debian_version").exists() else "?"
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram": f"{mem / 2**20:.1f} GiB", "kernel": platform.release(),
-            "disk": f"{fs} (work dir {WORK})", "os": f"Debian {deb}"}
-
-
 TITLES = {
     "native": "native extracted tree", "imgfs": "imgfs (docker ref)", "imgfs-tar": "imgfs (tar path)",
     "ratarmount": "ratarmount", "archivemount": "archivemount", "squashfuse": "squashfuse",
@@ -1415,7 +1180,7 @@ def render(R, meta, images, path):
     A("## How to reproduce\n")
     A("```\nbench/run.sh            # full run: both images\nbench/run.sh --quick    # python image only, fewer runs\n```\n")
     A("Raw hyperfine JSON and the summary are written under `bench/results/`.\n")
-    path.write_text("\n".join(L))
+    path.write_text(common.keep_sections(path, "\n".join(L)))
 
 
 COLORS = {"native": "#7f7f7f", "imgfs": "#1f77b4", "imgfs-tar": "#9ecae1", "ratarmount": "#ff7f0e",
@@ -1511,7 +1276,6 @@ def main():
     if not IMGFS.exists() or not RATARMOUNT.exists():
         sys.exit(f"bench.py: {IMGFS} or {RATARMOUNT} missing (bench/run.sh builds and installs them)")
 
-    global _log_file
     if args.render_only:
         saved = json.loads((RESULTS / f"results{'-quick' if args.quick else ''}.json").read_text())
         meta, R = saved["meta"], saved["results"]
@@ -1533,7 +1297,7 @@ def main():
         sys.exit(f"bench.py: another run holds {WORK / '.lock'}; runs cannot share the machine")
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = "-quick" if args.quick else ""
-    _log_file = open(RESULTS / f"bench{suffix}.log", "w")
+    common.set_log_file(open(RESULTS / f"bench{suffix}.log", "w"))
     raw = RESULTS / ("raw-quick" if args.quick else "raw")
     if raw.exists():
         shutil.rmtree(raw)

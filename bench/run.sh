@@ -5,6 +5,9 @@
 #
 #   bench/run.sh            full run (about an hour; needs ~25 GB free under $IMGFS_BENCH_WORK)
 #   bench/run.sh --quick    fewer runs, python image only
+#   bench/run.sh --sandbox [--quick]
+#                           sandbox start-up only (bench/sandbox.py: imgfs run beside bwrap and
+#                           docker run, as root and as an unprivileged account; a few minutes)
 #
 # Run as root on Debian 12. Writes bench/RESULTS.md, bench/chart.png and raw data under
 # bench/results/. Work files (synthetic image, squashfs images, caches, venv) live in
@@ -18,13 +21,22 @@ ROOT=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
 WORK=${IMGFS_BENCH_WORK:-/var/tmp/imgfs-bench}
 export IMGFS_BENCH_WORK=$WORK
 cd "$ROOT"
+SANDBOX=0
+if [ "${1:-}" = --sandbox ]; then
+    SANDBOX=1
+    shift
+fi
 
 contrib/setup.sh || die "contrib/setup.sh failed"
 tests/fixtures/make-debian-image.sh || die "tests/fixtures/make-debian-image.sh failed"
 
 # The peers, from Debian's packages.
-pkgs=(hyperfine bubblewrap archivemount libfuse2 squashfuse squashfs-tools python3-venv attr
-      util-linux findutils coreutils)
+if [ "$SANDBOX" -eq 1 ]; then
+    pkgs=(hyperfine bubblewrap util-linux passwd)
+else
+    pkgs=(hyperfine bubblewrap archivemount libfuse2 squashfuse squashfs-tools python3-venv attr
+          util-linux findutils coreutils)
+fi
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -37,27 +49,31 @@ if [ "${#missing[@]}" -gt 0 ]; then
         || die "apt-get install ${missing[*]} failed"
 fi
 
-# ratarmount and matplotlib, in a venv of Debian's python3.
+# ratarmount and matplotlib, in a venv of Debian's python3 (the sandbox part needs neither).
 RATARMOUNT_VERSION=1.3.0
 MATPLOTLIB_VERSION=3.11.2
 VENV=$WORK/venv
 mkdir -p "$WORK"
-if [ ! -x "$VENV/bin/python3" ]; then
-    /usr/bin/python3 -m venv "$VENV" || die "python3 -m venv $VENV failed"
-fi
-if ! "$VENV/bin/python3" -c 'import ratarmount, matplotlib' 2>/dev/null \
-   || [ "$("$VENV/bin/python3" -c 'import importlib.metadata as m; print(m.version("ratarmount"), m.version("matplotlib"))')" \
-        != "$RATARMOUNT_VERSION $MATPLOTLIB_VERSION" ]; then
-    echo "bench/run.sh: installing ratarmount $RATARMOUNT_VERSION and matplotlib $MATPLOTLIB_VERSION into $VENV"
-    "$VENV/bin/pip" install -q "ratarmount==$RATARMOUNT_VERSION" "matplotlib==$MATPLOTLIB_VERSION" \
-        || die "pip install ratarmount matplotlib failed"
+if [ "$SANDBOX" -eq 0 ]; then
+    if [ ! -x "$VENV/bin/python3" ]; then
+        /usr/bin/python3 -m venv "$VENV" || die "python3 -m venv $VENV failed"
+    fi
+    if ! "$VENV/bin/python3" -c 'import ratarmount, matplotlib' 2>/dev/null \
+       || [ "$("$VENV/bin/python3" -c 'import importlib.metadata as m; print(m.version("ratarmount"), m.version("matplotlib"))')" \
+            != "$RATARMOUNT_VERSION $MATPLOTLIB_VERSION" ]; then
+        echo "bench/run.sh: installing ratarmount $RATARMOUNT_VERSION and matplotlib $MATPLOTLIB_VERSION into $VENV"
+        "$VENV/bin/pip" install -q "ratarmount==$RATARMOUNT_VERSION" "matplotlib==$MATPLOTLIB_VERSION" \
+            || die "pip install ratarmount matplotlib failed"
+    fi
 fi
 
 [ -d "$HOME/.cargo/bin" ] && PATH=$PATH:$HOME/.cargo/bin
 echo "bench/run.sh: cargo build --release"
 cargo build --release --quiet || die "cargo build --release failed"
-[ -x target/release/imgfs ] || die "target/release/imgfs missing after the build"
+BIN=${CARGO_TARGET_DIR:-target}/release/imgfs
+[ -x "$BIN" ] || die "$BIN missing after the build"
 
 # A plain PATH: the sandboxed commands must find the image's python3, not a host shim.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+[ "$SANDBOX" -eq 1 ] && exec /usr/bin/python3 "$ROOT/bench/sandbox.py" "$@"
 exec "$VENV/bin/python3" "$ROOT/bench/bench.py" "$@"

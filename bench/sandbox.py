@@ -1,0 +1,362 @@
+#!/usr/bin/env python3
+"""Sandbox start-up: how long `python3 -c pass` takes in a sandbox of the Debian python test
+image, from warm caches, with imgfs run, bubblewrap on the extracted tree and docker run.
+
+  root  imgfs run IMAGE (docker's confinement, the shared server an earlier run left) beside
+        bwrap on the extracted tree (the flags of bench.py's warm-run row) and docker run --rm;
+        then what the confinement costs: --security-opt seccomp=unconfined, --privileged, and
+        the first run after the compiled seccomp filter is removed from the cache
+  user  an unprivileged account (created if missing): imgfs run on the image's tar beside
+        bwrap --unshare-all on the extracted tree, and imgfs run --linger 0
+
+Writes bench/results/sandbox.json and the `sandbox` section of bench/RESULTS.md (--quick:
+bench/results/sandbox-quick.json and bench/results/RESULTS-quick.md), hyperfine's raw JSON
+under bench/results/raw-sandbox/. Started by `bench/run.sh --sandbox`, which builds imgfs and
+the test image first.
+
+Usage: sandbox.py [--quick] [--user NAME] [--render-only]
+"""
+
+import argparse
+import datetime
+import fcntl
+import json
+import os
+import pwd
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+from common import (BWRAP_FLAGS, FIX, IDLE_THRESHOLD, IMGFS, RESULTS, ROOT, WORK, AsUser, BenchError,
+                    Runner, fmt_time, log, machine, out, q, run, set_log_file, stop_shared, write_section)
+
+IMAGE_REF = "imgfs-test/debian-python:bookworm"
+TREE = FIX / "rootfs-py"
+TAR = FIX / "debian-python.tar"
+CMD = ["python3", "-c", "pass"]
+CACHE = WORK / "cache" / "sandbox-docker"  # under WORK, so that stop_shared finds its server
+USER = os.environ.get("IMGFS_BENCH_USER", "imgfsbench")
+USER_DIR = Path(os.environ.get("IMGFS_BENCH_USER_DIR", "/var/tmp/imgfs-bench-user"))
+SECTION = "sandbox"
+
+# Runs per row: the start-up times are tens of milliseconds, so many runs cost little;
+# docker's are hundreds.
+RUNS = {"full": 40, "quick": 10}
+DOCKER_RUNS = {"full": 20, "quick": 5}
+WARMUP = {"full": 3, "quick": 1}
+
+# Targets: imgfs run within 1.5× of bwrap on an extracted tree (as root and without root),
+# and at least 10× faster than docker run.
+MAX_OVER_BWRAP = 1.5
+MIN_OVER_DOCKER = 10.0
+
+
+class Row:
+    def __init__(self, key, label, base=None, target=None, note=None):
+        self.key, self.label, self.base = key, label, base
+        # target: (text, ratio -> bool), the ratio being this row's median over its base's
+        # (for docker: docker's over imgfs's, see ratio()).
+        self.target = target
+        self.note = note
+
+
+ROWS = [
+    Row("root-bwrap", "root · bwrap on the extracted tree"),
+    Row("root-imgfs", "root · imgfs run IMAGE (default: docker's capabilities, seccomp, masked /proc)",
+        "root-bwrap", (f"≤ {MAX_OVER_BWRAP}× bwrap", lambda x: x <= MAX_OVER_BWRAP)),
+    Row("root-imgfs-unconfined", "root · imgfs run --security-opt seccomp=unconfined", "root-bwrap",
+        note="confinement"),
+    Row("root-imgfs-privileged", "root · imgfs run --privileged", "root-bwrap", note="confinement"),
+    Row("root-imgfs-seccomp-cold", "root · imgfs run, first after removing the cached seccomp filter",
+        "root-imgfs", note="compile"),
+    Row("root-docker", "root · docker run --rm IMAGE", "root-imgfs",
+        (f"imgfs ≥ {MIN_OVER_DOCKER:g}× faster", lambda x: x >= MIN_OVER_DOCKER)),
+    Row("user-bwrap", "user · bwrap --unshare-all on the extracted tree"),
+    Row("user-imgfs", "user · imgfs run TAR", "user-bwrap",
+        (f"≤ {MAX_OVER_BWRAP}× bwrap", lambda x: x <= MAX_OVER_BWRAP)),
+    Row("user-imgfs-linger0", "user · imgfs run --linger 0 TAR", "user-bwrap"),
+]
+
+
+def imgfs_run(cache, image, *flags):
+    return [IMGFS, "run", *flags, "--cache-dir", cache, image, "--", *CMD]
+
+
+# ---------------------------------------------------------------------------------------------
+# Set-up
+
+def check_inputs():
+    if os.geteuid() != 0:
+        sys.exit("sandbox.py: must run as root")
+    for tool in ("hyperfine", "bwrap", "docker", "setpriv", "useradd"):
+        if not shutil.which(tool):
+            sys.exit(f"sandbox.py: {tool} not found (bench/run.sh --sandbox installs it)")
+    if not IMGFS.exists():
+        sys.exit(f"sandbox.py: {IMGFS} missing (bench/run.sh --sandbox builds it)")
+    if not (TREE / "usr" / "bin" / "python3").exists() or not TAR.exists():
+        sys.exit(f"sandbox.py: {TREE} or {TAR} missing (tests/fixtures/make-debian-image.sh makes them)")
+    if run(["docker", "image", "inspect", IMAGE_REF], capture=True, check=False, timeout=60).returncode:
+        sys.exit(f"sandbox.py: docker has no {IMAGE_REF} (tests/fixtures/make-debian-image.sh imports it)")
+
+
+def ensure_user():
+    """The unprivileged account, a directory of its own (its imgfs cache) and the paths it must
+    read: the image's tar and the imgfs binary, copied into its directory when it cannot."""
+    try:
+        pwd.getpwnam(USER)
+    except KeyError:
+        log(f"creating the account {USER}")
+        run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", USER], capture=True)
+    user = AsUser(USER, USER_DIR)
+    USER_DIR.mkdir(parents=True, exist_ok=True)
+    (USER_DIR / "cache").mkdir(exist_ok=True)
+    run(["chown", "-R", f"{user.uid}:{user.gid}", USER_DIR], capture=True)
+    os.chmod(USER_DIR, 0o755)
+
+    def readable(path, how="-r"):
+        return run(user.argv() + ["test", how, path], check=False, capture=True).returncode == 0
+
+    tar, imgfs = TAR, IMGFS
+    if not readable(TAR):
+        tar = USER_DIR / TAR.name
+        if not tar.exists() or tar.stat().st_size != TAR.stat().st_size or tar.stat().st_mtime < TAR.stat().st_mtime:
+            log(f"{USER} cannot read {TAR}: copying it to {tar}")
+            shutil.copy2(TAR, tar)
+            os.chmod(tar, 0o644)
+    if not readable(IMGFS, "-x"):
+        imgfs = USER_DIR / "imgfs"
+        shutil.copy2(IMGFS, imgfs)
+        os.chmod(imgfs, 0o755)
+    if not readable(TREE / "usr" / "bin" / "python3", "-x"):
+        raise BenchError(f"{USER} cannot read {TREE}: unprivileged bwrap needs it")
+    return user, tar, imgfs
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+
+def stop_all():
+    stop_shared((WORK, USER_DIR))
+
+
+def shared_servers(uid):
+    """Pids of the shared servers (they exit when idle: --idle-exit-ms) run by uid for the
+    account's cache."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            if not d.name.isdigit() or d.stat().st_uid != uid:
+                continue
+            args = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"__serve" in args and b"--idle-exit-ms" in args and any(
+                a.startswith(str(USER_DIR).encode() + b"/") for a in args):
+            pids.append(int(d.name))
+    return pids
+
+
+def measure_all(runner, quick):
+    mode = "quick" if quick else "full"
+    n, warmup = RUNS[mode], WARMUP[mode]
+    res = {}
+
+    def m(key, argv, runs=n, **kw):
+        res[key] = runner.measure(f"sandbox-{key}", q(argv), min_runs=runs, max_runs=runs, warmup=warmup,
+                                  cap=120, **kw)
+
+    # Root. The first imgfs run (the probe) fills the cache from docker and leaves the shared
+    # server that later runs use, as a user's second run finds it.
+    stop_all()
+    m("root-imgfs", imgfs_run(CACHE, IMAGE_REF))
+    m("root-imgfs-unconfined", imgfs_run(CACHE, IMAGE_REF, "--security-opt", "seccomp=unconfined"))
+    m("root-imgfs-privileged", imgfs_run(CACHE, IMAGE_REF, "--privileged"))
+    m("root-imgfs-seccomp-cold", imgfs_run(CACHE, IMAGE_REF), prepare=q(["rm", "-rf", CACHE / "seccomp"]))
+    stop_all()
+    m("root-bwrap", ["bwrap", "--ro-bind", TREE, "/", *BWRAP_FLAGS, *CMD])
+    m("root-docker", ["docker", "run", "--rm", IMAGE_REF, *CMD], runs=DOCKER_RUNS[mode])
+
+    # Without root. --linger 0 first, with no shared server of the user's alive for it to use.
+    try:
+        user, tar, imgfs = ensure_user()
+    except BenchError as e:
+        log(f"FAILED setting up {USER}: {e}")
+        for k in ("user-bwrap", "user-imgfs", "user-imgfs-linger0"):
+            res[k] = {"error": f"set-up of {USER} failed: {e}"}
+        return res
+    ucache = USER_DIR / "cache"
+    ucmd = [imgfs, "run", "--cache-dir", ucache, tar, "--", *CMD]
+    stop_all()
+    m("user-imgfs-linger0", ucmd[:2] + ["--linger", "0"] + ucmd[2:], user=user)
+    m("user-imgfs", ucmd, user=user)
+    shared = bool(shared_servers(user.uid))
+    stop_all()
+    m("user-bwrap", ["bwrap", "--unshare-all", "--ro-bind", TREE, "/", "--proc", "/proc", "--dev", "/dev",
+                     "--tmpfs", "/tmp", *CMD], user=user)
+    res["_user"] = {"name": user.name, "uid": user.uid, "tar": str(tar), "imgfs": str(imgfs),
+                    "cache": str(ucache), "shared_server": shared}
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+def med(res, key):
+    st = res.get(key) or {}
+    return None if st.get("error") else st.get("median")
+
+
+def ratio(res, row):
+    """The row's median over its base's. docker's base is imgfs run: its ratio says how many
+    times faster imgfs is."""
+    a, b = med(res, row.key), med(res, row.base) if row.base else None
+    if not a or not b:
+        return None
+    return a / b
+
+
+def signed_ms(s):
+    return f"{s * 1e3:+.1f} ms"
+
+
+def versions():
+    def first(cmd):
+        r = run(cmd, capture=True, check=False, timeout=60)
+        lines = ((r.stdout or "") + (r.stderr or "")).strip().splitlines()
+        return lines[0] if lines else "?"
+    return {
+        "imgfs": f"{out(['git', '-C', ROOT, 'describe', '--always', '--dirty', '--tags'])} "
+                 f"(commit {out(['git', '-C', ROOT, 'rev-parse', '--short', 'HEAD'])}; {first([IMGFS, '--version'])})",
+        "bwrap": first(["bwrap", "--version"]),
+        "docker": f"daemon {first(['docker', 'version', '--format', '{{.Server.Version}}'])}",
+        "hyperfine": first(["hyperfine", "--version"]),
+    }
+
+
+def evaluate(res):
+    rows = []
+    for row in ROWS:
+        x = ratio(res, row)
+        met = None
+        if row.target and x is not None:
+            met = row.target[1](x)
+        rows.append({"row": row.key, "label": row.label, "median": med(res, row.key), "base": row.base,
+                     "ratio": x, "target": row.target[0] if row.target else None, "met": met})
+    return rows
+
+
+def render(res, meta):
+    mach, v = meta["machine"], meta["versions"]
+    L = []
+    A = L.append
+    A("## Sandbox start-up\n")
+    A(f"Generated by `bench/run.sh --sandbox{' --quick' if meta['quick'] else ''}` on {meta['date']}. "
+      f"Machine: {mach['cpu']}, {mach['cores']} cores, {mach['ram']}, kernel {mach['kernel']}, {mach['os']}; "
+      f"imgfs {v['imgfs']}; {v['bwrap']}; docker {v['docker']}; {v['hyperfine']}.\n")
+    A(f"`python3 -c pass` in a sandbox of `{IMAGE_REF}` ({TAR.name}, its extracted tree for bwrap), "
+      "warm: the image already in imgfs' cache. Medians with hyperfine after warm-up runs, runs "
+      "in parentheses. *root · imgfs run* is what a user gets by default: docker's capabilities, "
+      "its default seccomp profile and masked /proc paths, on the shared server the first run "
+      "leaves (`--linger`). "
+      + ("Without root too, the first run leaves a shared server of the user's for later runs. "
+         if (res.get("_user") or {}).get("shared_server") else
+         "Without root this imgfs leaves no shared server: each run serves the image itself. ")
+      + f"The unprivileged rows run as the account `{meta.get('user', USER)}`, with hyperfine itself "
+      "started as it.\n")
+    A("| row | median | ratio | target | met? | note |\n|---|---|---|---|---|---|")
+    titles = {"root-bwrap": "bwrap", "root-imgfs": "imgfs run", "user-bwrap": "bwrap"}
+    for row, e in zip(ROWS, meta["rows"]):
+        st = res.get(row.key) or {}
+        if st.get("error"):
+            cell = "FAILED: " + st["error"].replace("|", "/")[:120]
+        elif e["median"] is None:
+            cell = "not measured"
+        else:
+            cell = f"{fmt_time(e['median'])} ± {fmt_time(st.get('stddev') or 0)} ({st['runs']})"
+        x = e["ratio"]
+        if x is None:
+            rc = "baseline" if not row.base and not st.get("error") else "—"
+        elif row.key == "root-docker":
+            rc = f"{x:.1f}× {titles[row.base]}"
+        else:
+            rc = f"{x:.2f}× {titles[row.base]}"
+        met = {True: "**met**", False: "**missed**", None: "—"}[e["met"]] if row.target else "—"
+        note = ""
+        base = med(res, "root-imgfs")
+        if row.note == "confinement" and e["median"] and base:
+            note = f"the default's median minus this: {signed_ms(base - e['median'])}"
+        elif row.note == "compile" and e["median"] and base:
+            note = f"this minus the default's median (compiling the filter): {signed_ms(e['median'] - base)}"
+        if st.get("idle_before", 1) < IDLE_THRESHOLD:
+            note += ("; " if note else "") + f"machine busy before (idle {st['idle_before']:.0%})"
+        A(f"| {row.label} | {cell} | {rc} | {e['target'] or '—'} | {met} | {note} |")
+    A("")
+    A("Run it with `bench/run.sh --sandbox` (`--quick`: fewer runs, written to "
+      "`bench/results/RESULTS-quick.md`); raw figures in `bench/results/sandbox.json`.")
+    return "\n".join(L)
+
+
+def report(res, meta):
+    suffix = "-quick" if meta["quick"] else ""
+    meta["rows"] = evaluate(res)
+    (RESULTS / f"sandbox{suffix}.json").write_text(json.dumps({"meta": meta, "results": res}, indent=1, default=str))
+    md = RESULTS / "RESULTS-quick.md" if meta["quick"] else ROOT / "bench" / "RESULTS.md"
+    write_section(md, SECTION, render(res, meta))
+    log(f"wrote {RESULTS / f'sandbox{suffix}.json'} and the {SECTION} section of {md}")
+    for e in meta["rows"]:
+        if e["target"]:
+            word = {True: "MET   ", False: "MISSED", None: "n/a   "}[e["met"]]
+            x = "—" if e["ratio"] is None else f"{e['ratio']:.2f}×"
+            log(f"target {word} {e['label']}: {e['target']}: {x}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description="imgfs sandbox start-up benchmark (run it through bench/run.sh --sandbox)")
+    ap.add_argument("--quick", action="store_true", help="fewer runs; written to bench/results/RESULTS-quick.md")
+    ap.add_argument("--render-only", action="store_true",
+                    help="write the Markdown section again from bench/results/sandbox.json")
+    args = ap.parse_args()
+    suffix = "-quick" if args.quick else ""
+    if args.render_only:
+        saved = json.loads((RESULTS / f"sandbox{suffix}.json").read_text())
+        report(saved["results"], saved["meta"])
+        return
+    check_inputs()
+    WORK.mkdir(parents=True, exist_ok=True)
+    lock = open(WORK / ".lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        sys.exit(f"sandbox.py: another run holds {WORK / '.lock'}; runs cannot share the machine")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    set_log_file(open(RESULTS / f"sandbox{suffix}.log", "w"))
+    raw = RESULTS / f"raw-sandbox{suffix}"
+    if raw.exists():
+        shutil.rmtree(raw)
+    raw.mkdir(parents=True)
+    os.chmod(raw, 0o755)  # hyperfine writes here as the unprivileged account too
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+
+    start = time.time()
+    meta = {"quick": args.quick, "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M %Z").strip(),
+            "machine": machine(), "versions": versions(), "image": IMAGE_REF, "tree": str(TREE),
+            "tar": str(TAR), "command": CMD, "user": USER}
+    try:
+        res = measure_all(Runner(args.quick, raw), args.quick)
+    except KeyboardInterrupt:
+        log("interrupted; stopping the shared servers")
+        sys.exit(130)
+    finally:
+        stop_all()
+    meta["duration_min"] = (time.time() - start) / 60
+    report(res, meta)
+
+
+if __name__ == "__main__":
+    main()

@@ -735,17 +735,7 @@ fn run_cached(cache: &std::path::Path, image: &std::path::Path, opts: &[&str]) -
 
 /// Starts a sleeping sandbox and says whether `imgfs run` serves FUSE itself.
 fn run_serves_fuse(cache: &std::path::Path, image: &std::path::Path, opts: &[&str]) -> bool {
-    let marker = "sleep 90001";
-    let mut child = run_cached(cache, image, opts)
-        .args(["sh", "-c", "n=9000; exec sleep ${n}1"])
-        .spawn()
-        .unwrap();
-    wait_until("the command runs", || !processes_with(marker).is_empty());
-    let serving = serves_fuse(child.id());
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    child.wait().unwrap();
-    serving
+    sleeping_run_serves_fuse(run_cached(cache, image, opts), 1)
 }
 
 /// With the image already mounted by `imgfs mount`, a run uses that mount (and its warm
@@ -1091,21 +1081,7 @@ fn nothing_in_an_image_reaches_the_host() {
 
 /// A second unprivileged account, for what one user must not reach of another's.
 fn second_test_user() -> &'static str {
-    const USER: &str = "imgfs-test2";
-    let exists = Command::new("id")
-        .arg(USER)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !exists {
-        let made = Command::new("useradd")
-            .args(["-M", "-s", "/bin/sh", USER])
-            .status();
-        require(
-            made.is_ok_and(|s| s.success()),
-            "useradd of a second unprivileged test user",
-        );
-    }
-    USER
+    common::make_user("imgfs-test2")
 }
 
 fn uid_of(user: &str) -> u32 {
@@ -1136,13 +1112,15 @@ fn run_as(user: &str, cache: &std::path::Path, opts: &[&str]) -> Command {
 
 /// Starts `run` (an `imgfs run ... --` without its command) with a sleeping command and says
 /// whether the run serves FUSE itself.
-fn sleeping_run_serves_fuse(mut run: Command) -> bool {
-    let marker = "sleep 90002";
+/// `tag` tells its sleeper from those of tests running beside it.
+fn sleeping_run_serves_fuse(mut run: Command, tag: u32) -> bool {
+    // Written split in the command line, so only the sleep itself matches.
+    let marker = format!("sleep 9000{tag}");
     let mut child = run
-        .args(["sh", "-c", "n=9000; exec sleep ${n}2"])
+        .args(["sh", "-c", &format!("n=9000; exec sleep ${{n}}{tag}")])
         .spawn()
         .unwrap();
-    wait_until("the command runs", || !processes_with(marker).is_empty());
+    wait_until("the command runs", || !processes_with(&marker).is_empty());
     let serving = serves_fuse(child.id());
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -1227,7 +1205,7 @@ fn unprivileged_users_get_shared_servers_of_their_own() {
         assert_eq!((meta.uid(), meta.mode() & 0o777), (alice_uid, 0o700));
     }
     assert!(
-        !sleeping_run_serves_fuse(run_as(alice, alice_cache.path(), &linger)),
+        !sleeping_run_serves_fuse(run_as(alice, alice_cache.path(), &linger), 2),
         "a warm unprivileged run served FUSE itself despite the shared server"
     );
     assert_eq!(shared_servers(alice_cache.path()), vec![(pid, mnt.clone())]);
@@ -1246,7 +1224,7 @@ fn unprivileged_users_get_shared_servers_of_their_own() {
     // Through alice's cache, where her server is announced, bob's run serves the image
     // itself; in his own cache it gets a server of his own.
     assert!(
-        sleeping_run_serves_fuse(run_as(bob, alice_cache.path(), &linger)),
+        sleeping_run_serves_fuse(run_as(bob, alice_cache.path(), &linger), 2),
         "bob's run used alice's server"
     );
     let out = output(run_as(bob, bob_cache.path(), &linger).args(["cat", "/etc/debian_version"]));

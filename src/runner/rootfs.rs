@@ -249,16 +249,8 @@ fn write_etc_files(plan: &Plan, scratch: &Path, root: &OwnedFd) -> Result<(), Ro
 /// Hides `guest` as docker does: an empty read-only tmpfs over a directory, /dev/null over
 /// anything else. A path this kernel lacks needs no hiding.
 fn mask(root: &OwnedFd, guest: &str) -> Result<(), RootfsError> {
-    let target = match resolve_in_root(root, &guest[1..]) {
-        Ok(fd) => fd,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-        Err(source) => {
-            return Err(in_root(guest)(SysError::Path {
-                op: "open",
-                path: guest.into(),
-                source,
-            }));
-        }
+    let Some(target) = existing_in_root(root, guest)? else {
+        return Ok(());
     };
     let is_dir = fs::metadata(fd_path(&target)).is_ok_and(|m| m.is_dir());
     let path = fd_path(&target);
@@ -280,16 +272,8 @@ fn mask(root: &OwnedFd, guest: &str) -> Result<(), RootfsError> {
 /// Makes `guest` (under /proc) read-only: bound onto itself, then remounted read-only with
 /// the flags /proc already has (a user namespace may not clear them).
 fn make_read_only(root: &OwnedFd, guest: &str) -> Result<(), RootfsError> {
-    let target = match resolve_in_root(root, &guest[1..]) {
-        Ok(fd) => fd,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-        Err(source) => {
-            return Err(in_root(guest)(SysError::Path {
-                op: "open",
-                path: guest.into(),
-                source,
-            }));
-        }
+    let Some(target) = existing_in_root(root, guest)? else {
+        return Ok(());
     };
     let path = fd_path(&target);
     let source = path_str(&path).map_err(in_root(guest))?.to_string();
@@ -303,13 +287,9 @@ fn make_read_only(root: &OwnedFd, guest: &str) -> Result<(), RootfsError> {
     )
     .map_err(in_root(guest))?;
     // The bind now sits on the magic link's target; remount it through a fresh link.
-    let fresh = resolve_in_root(root, &guest[1..]).map_err(|source| {
-        in_root(guest)(SysError::Path {
-            op: "open",
-            path: guest.into(),
-            source,
-        })
-    })?;
+    let Some(fresh) = existing_in_root(root, guest)? else {
+        return Ok(());
+    };
     sys::mount_as(
         None,
         &fd_path(&fresh),
@@ -319,6 +299,19 @@ fn make_read_only(root: &OwnedFd, guest: &str) -> Result<(), RootfsError> {
         guest,
     )
     .map_err(in_root(guest))
+}
+
+/// `guest` inside the root, or `None` when it does not exist there (nothing created).
+fn existing_in_root(root: &OwnedFd, guest: &str) -> Result<Option<OwnedFd>, RootfsError> {
+    match resolve_in_root(root, guest.trim_start_matches('/')) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(source) => Err(in_root(guest)(SysError::Path {
+            op: "open",
+            path: guest.into(),
+            source,
+        })),
+    }
 }
 
 /// pivot_root into `root`, the host's root detached.

@@ -578,23 +578,28 @@ pub fn cache_file(cache: &Path, name: &str) -> PathBuf {
 /// An unprivileged account for the tests, made when missing.
 #[track_caller]
 pub fn test_user() -> &'static str {
-    const USER: &str = "imgfs-test";
+    make_user("imgfs-test")
+}
+
+/// The unprivileged account `name`, made when missing.
+#[track_caller]
+pub fn make_user(name: &'static str) -> &'static str {
     let exists = Command::new("id")
-        .arg(USER)
+        .arg(name)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if !exists {
         let made = Command::new("useradd")
-            .args(["-M", "-s", "/bin/sh", USER])
+            .args(["-M", "-s", "/bin/sh", name])
             .status();
         require(
             made.is_ok_and(|s| s.success()),
-            "useradd of the unprivileged test user",
+            &format!("useradd of the unprivileged test user {name}"),
         );
     }
-    USER
+    name
 }
 
 /// The Debian bookworm + python3 image that tests/fixtures/make-debian-image.sh imports.

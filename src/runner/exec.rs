@@ -19,7 +19,7 @@
 
 use std::path::Path;
 
-use super::cgroup::{self, Cgroup, CgroupError};
+use super::confine::cgroup::{self, Cgroup, CgroupError};
 use super::confine::{self, seccomp};
 use super::namespaces::{self, NamespaceError};
 use super::plan::Plan;

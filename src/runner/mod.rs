@@ -7,7 +7,7 @@
 //! a live mount, mounted) inside private namespaces, an overlay (tmpfs or `--rw-dir`) makes it
 //! writable without ever touching the cache, and the command runs as PID 1's only child,
 //! confined as docker confines a container ([`confine`]: capabilities, seccomp, masked /proc
-//! paths) and, when asked, limited by a cgroup of its own ([`cgroup`]).
+//! paths) and, when asked, limited by a cgroup of its own ([`confine::cgroup`]).
 //! Nothing of the sandbox outlives it; the image's shared server (see
 //! [`serve::shared_mount`]) stays for `--linger` after the last sandbox using it. Root's
 //! serves all of root's sandboxes; each other user gets their own, reachable by them alone,
@@ -16,7 +16,6 @@
 // The stages of a sandbox start, in the order they run.
 pub mod plan;
 
-pub mod cgroup;
 pub mod confine;
 pub mod namespaces;
 pub mod rootfs;

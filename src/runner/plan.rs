@@ -29,7 +29,7 @@ pub enum PlanError {
     #[error(transparent)]
     Confine(#[from] super::confine::ConfineError),
     #[error(transparent)]
-    Limits(#[from] super::cgroup::LimitError),
+    Limits(#[from] super::confine::cgroup::LimitError),
 }
 
 /// The parts of an image config the runner applies (docker's `Config`).
@@ -136,7 +136,7 @@ pub struct Plan {
     /// A live mount of the image to use as the lower layer instead of a new server.
     pub live_mount: Option<crate::fs::serve::LiveMount>,
     pub confine: super::confine::Confinement,
-    pub limits: super::cgroup::Limits,
+    pub limits: super::confine::cgroup::Limits,
     /// Where compiled seccomp filters are kept between runs.
     pub seccomp_cache: PathBuf,
 }
@@ -412,7 +412,7 @@ pub fn build(
         unprivileged,
         live_mount: None,
         confine: super::confine::build(&req.confine)?,
-        limits: super::cgroup::Limits::from_flags(
+        limits: super::confine::cgroup::Limits::from_flags(
             req.limits.memory.as_deref(),
             req.limits.memory_swap.as_deref(),
             req.limits.pids_limit.as_deref(),

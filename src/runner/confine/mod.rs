@@ -5,6 +5,7 @@
 //! tighten one part. [`Applier`] carries it out in the command's process, just before exec.
 #![allow(unsafe_code)]
 
+pub mod cgroup;
 pub mod seccomp;
 mod seccomp_default;
 

@@ -1673,21 +1673,21 @@ mod tests {
     // removing what they made.
 
     /// This machine's cgroups, when the tests may use them: as root, with memory, pids and cpu.
-    fn real_host() -> Option<Host> {
+    /// This machine's cgroups, which these tests need with memory, pids and cpu controllers
+    /// and root: they fail loudly, never skip, without them.
+    fn real_host() -> Host {
         // SAFETY: no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: needs root");
-            return None;
+        assert!(
+            unsafe { libc::geteuid() } == 0,
+            "REQUIREMENT NOT MET: the cgroup tests need root"
+        );
+        let host = Host::detect()
+            .unwrap_or_else(|e| panic!("REQUIREMENT NOT MET: no usable cgroups: {e}"));
+        let all = limits(Some("64m"), None, Some("64"), Some("0.5")).unwrap();
+        if let Err(e) = plan(&all, "probe", &host) {
+            panic!("REQUIREMENT NOT MET: the cgroup tests need memory, pids and cpu: {e}");
         }
-        let host = Host::detect().ok()?;
-        let all = limits(Some("64m"), None, Some("64"), Some("0.5")).ok()?;
-        match plan(&all, "probe", &host) {
-            Ok(_) => Some(host),
-            Err(e) => {
-                eprintln!("skipped: {e}");
-                None
-            }
-        }
+        host
     }
 
     fn contents(groups: &[PathBuf], file: &str) -> Option<String> {
@@ -1704,9 +1704,7 @@ mod tests {
 
     #[test]
     fn creates_adds_and_removes_a_cgroup() {
-        let Some(host) = real_host() else {
-            return;
-        };
+        let host = real_host();
         let l = Limits::from_flags(Some("64m"), None, Some("64"), Some("0.5")).unwrap();
         let name = format!("test-{}-create", std::process::id());
         let cg = Cgroup::create(&l, &name).unwrap();
@@ -1752,9 +1750,7 @@ mod tests {
 
     #[test]
     fn reports_an_oom_kill() {
-        if real_host().is_none() {
-            return;
-        }
+        real_host();
         let l = limits(Some("16m"), Some("16m"), None, None).unwrap();
         let name = format!("test-{}-oom", std::process::id());
         let cg = Cgroup::create(&l, &name).unwrap();
@@ -1780,9 +1776,7 @@ mod tests {
     /// A create that fails half-way removes the groups it made.
     #[test]
     fn leaves_nothing_when_create_fails() {
-        let Some(host) = real_host() else {
-            return;
-        };
+        let host = real_host();
         let l = limits(Some("64m"), None, Some("64"), None).unwrap();
         let name = format!("test-{}-fail", std::process::id());
         let mut p = plan(&l, &name, &host).unwrap();
@@ -1817,9 +1811,7 @@ mod tests {
     /// a pid that is gone are swept.
     #[test]
     fn replaces_and_sweeps_stale_groups() {
-        if real_host().is_none() {
-            return;
-        }
+        real_host();
         let mut done = std::process::Command::new("true").spawn().unwrap();
         done.wait().unwrap();
         let dead = done.id().to_string();
@@ -1839,9 +1831,7 @@ mod tests {
     /// Costs on this machine (see with --nocapture).
     #[test]
     fn measures_costs() {
-        if real_host().is_none() {
-            return;
-        }
+        real_host();
         const RUNS: u32 = 20;
         let l = limits(Some("64m"), None, Some("64"), Some("0.5")).unwrap();
         let name = format!("test-{}-cost", std::process::id());
@@ -1925,15 +1915,13 @@ mod tests {
 
     #[test]
     fn cleaner_removes_the_group_after_a_kill() {
-        if real_host().is_none() {
-            return;
-        }
+        real_host();
         use std::io::BufRead;
         let name = format!("test-{}-cleaner", std::process::id());
         let supervisor = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
-                "runner::cgroup::tests::fake_supervisor",
+                "runner::confine::cgroup::tests::fake_supervisor",
                 "--nocapture",
             ])
             .env(FAKE_SUPERVISOR, &name)

@@ -233,7 +233,8 @@ pub struct RunArgs {
     /// Lift the confinement: every capability, no seccomp filter, /proc and /sys unmasked
     #[arg(long)]
     pub privileged: bool,
-    /// seccomp=unconfined, seccomp=PROFILE.json (docker's format) or no-new-privileges
+    /// seccomp=unconfined, seccomp=PROFILE.json (docker's format), no-new-privileges or
+    /// systempaths=unconfined
     #[arg(long, value_name = "OPT")]
     pub security_opt: Vec<String>,
     /// Memory limit (docker's units: 64m, 1g, ...)

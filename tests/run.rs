@@ -34,14 +34,9 @@ fn require_images() {
     }
 }
 
-/// A cache shared by the tests of this binary, in a directory any user can use.
-/// It lives with the fixtures and is reused by later runs (a cache is safe to share), so the
-/// suite neither re-exports the images every time nor leaves copies of them behind.
+/// The cache the tests of this binary share.
 fn shared_cache() -> PathBuf {
-    let dir = fixtures_dir().join("run-cache");
-    std::fs::create_dir_all(&dir).unwrap();
-    let _ = Command::new("chmod").arg("1777").arg(&dir).status();
-    dir
+    common::shared_run_cache()
 }
 
 /// `imgfs run --cache-dir SHARED IMAGE -- ARGS`, as root.

@@ -206,6 +206,22 @@ pub fn fork_init(wait: bool) -> Result<Option<Init>, NamespaceError> {
     }))
 }
 
+/// What docker sets in a container's own network namespace, so that programs run as another
+/// user may still bind low ports and open ping sockets there (both are per namespace and
+/// reach nothing beyond it). Without root only the gids of the user namespace may be named.
+pub fn network_sysctls(unprivileged: bool) {
+    let ping_groups = if unprivileged { "0 0" } else { "0 2147483647" };
+    for (path, value) in [
+        ("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0"),
+        ("/proc/sys/net/ipv4/ping_group_range", ping_groups),
+    ] {
+        // A kernel without them only keeps the stricter defaults.
+        if let Err(e) = sys::write_file(Path::new(path), value) {
+            log::debug!("{e}");
+        }
+    }
+}
+
 /// Brings up `lo` in the new network namespace.
 pub fn loopback_up() -> Result<(), NamespaceError> {
     // SAFETY: a datagram socket only used for the interface ioctls below.

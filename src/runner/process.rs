@@ -142,6 +142,7 @@ fn start_command(
         .map_err(ProcessError::MountNamespace)?;
     if !plan.net_host {
         namespaces::loopback_up()?;
+        namespaces::network_sysctls(plan.unprivileged.is_some());
     }
     rootfs::build_and_enter(plan, scratch)?;
 

@@ -56,14 +56,6 @@ pub fn build_and_enter(plan: &Plan, scratch: &Path) -> Result<(), RootfsError> {
     let privileged = plan.confine.privileged;
 
     mount_in_root(&root, "/proc", Some("proc"), Some("proc"), NOEXEC, None)?;
-    if !privileged {
-        for path in confine::MASKED_PATHS {
-            mask(&root, path)?;
-        }
-        for path in confine::READ_ONLY_PATHS {
-            make_read_only(&root, path)?;
-        }
-    }
     // /sys cannot always be mounted in a new network namespace; it is optional.
     let sys_flags = if privileged {
         NOEXEC
@@ -71,6 +63,14 @@ pub fn build_and_enter(plan: &Plan, scratch: &Path) -> Result<(), RootfsError> {
         NOEXEC | libc::MS_RDONLY
     };
     let _ = mount_in_root(&root, "/sys", Some("sysfs"), Some("sysfs"), sys_flags, None);
+    if plan.confine.system_paths {
+        for path in confine::MASKED_PATHS {
+            mask(&root, path)?;
+        }
+        for path in confine::READ_ONLY_PATHS {
+            make_read_only(&root, path)?;
+        }
+    }
     mount_dev(plan, scratch, &root)?;
     mount_in_root(
         &root,

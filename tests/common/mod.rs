@@ -693,3 +693,13 @@ pub fn as_user(user: &str) -> Command {
     ]);
     c
 }
+
+/// The cache the `imgfs run` tests share, in a directory any user can use. It lives with the
+/// fixtures and is reused by later runs (a cache is safe to share), so the suite neither
+/// re-exports the images every time nor leaves copies of them behind.
+pub fn shared_run_cache() -> PathBuf {
+    let dir = fixtures_dir().join("run-cache");
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    let _ = Command::new("chmod").arg("1777").arg(&dir).status();
+    dir
+}

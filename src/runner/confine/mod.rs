@@ -66,7 +66,7 @@ pub enum ConfineError {
     #[error("cannot add {0}: imgfs itself does not hold it (it is not in its bounding set)")]
     Unavailable(String),
     #[error(
-        "unsupported security option {0:?} (supported: seccomp=unconfined, seccomp=PROFILE.json, no-new-privileges[=true|false])"
+        "unsupported security option {0:?} (supported: seccomp=unconfined, seccomp=PROFILE.json, no-new-privileges[=true|false], systempaths=unconfined)"
     )]
     SecurityOpt(String),
     #[error("cannot read the seccomp profile {path}: {reason}")]
@@ -95,6 +95,9 @@ pub struct Confinement {
     pub seccomp: Seccomp,
     /// `--security-opt no-new-privileges`: no setuid or file-capability gains on exec.
     pub no_new_privs: bool,
+    /// docker's masked and read-only /proc and /sys paths apply (lifted by `--privileged` or
+    /// `--security-opt systempaths=unconfined`).
+    pub system_paths: bool,
 }
 
 impl Default for Confinement {
@@ -104,6 +107,7 @@ impl Default for Confinement {
             caps: mask(DEFAULT_CAPS.iter().copied()),
             seccomp: Seccomp::Default,
             no_new_privs: false,
+            system_paths: true,
         }
     }
 }
@@ -195,10 +199,18 @@ pub fn capabilities(req: &Request) -> Result<u64, ConfineError> {
     Ok(caps)
 }
 
-/// Reads the `--security-opt` values docker takes for seccomp and no_new_privs.
-fn security_options(opts: &[String]) -> Result<(Seccomp, bool), ConfineError> {
+/// The `--security-opt` values docker takes for seccomp, no_new_privs and system paths.
+#[derive(Debug, PartialEq, Eq)]
+struct SecurityOptions {
+    seccomp: Seccomp,
+    no_new_privs: bool,
+    system_paths: bool,
+}
+
+fn security_options(opts: &[String]) -> Result<SecurityOptions, ConfineError> {
     let mut seccomp = Seccomp::Default;
     let mut no_new_privs = false;
+    let mut system_paths = true;
     for opt in opts {
         // docker still accepts the old `key:value` spelling.
         let (key, value) = opt
@@ -209,6 +221,7 @@ fn security_options(opts: &[String]) -> Result<(Seccomp, bool), ConfineError> {
             ("no-new-privileges", "" | "true") => no_new_privs = true,
             ("no-new-privileges", "false") => no_new_privs = false,
             ("seccomp", "unconfined") => seccomp = Seccomp::Unconfined,
+            ("systempaths", "unconfined") => system_paths = false,
             ("seccomp", path) if !path.is_empty() => {
                 let json =
                     std::fs::read_to_string(path).map_err(|e| ConfineError::ProfileFile {
@@ -223,13 +236,17 @@ fn security_options(opts: &[String]) -> Result<(Seccomp, bool), ConfineError> {
             _ => return Err(ConfineError::SecurityOpt(opt.clone())),
         }
     }
-    Ok((seccomp, no_new_privs))
+    Ok(SecurityOptions {
+        seccomp,
+        no_new_privs,
+        system_paths,
+    })
 }
 
 /// Decides the confinement, the way docker run would.
 pub fn build(req: &Request) -> Result<Confinement, ConfineError> {
     let caps = capabilities(req)?;
-    let (seccomp, no_new_privs) = security_options(&req.security_opt)?;
+    let opts = security_options(&req.security_opt)?;
     Ok(Confinement {
         privileged: req.privileged,
         caps,
@@ -237,9 +254,10 @@ pub fn build(req: &Request) -> Result<Confinement, ConfineError> {
         seccomp: if req.privileged {
             Seccomp::Unconfined
         } else {
-            seccomp
+            opts.seccomp
         },
-        no_new_privs,
+        no_new_privs: opts.no_new_privs,
+        system_paths: opts.system_paths && !req.privileged,
     })
 }
 
@@ -395,18 +413,23 @@ mod tests {
     fn security_options_read_like_docker() {
         let opts =
             |o: &[&str]| security_options(&o.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-        assert_eq!(opts(&[]).unwrap(), (Seccomp::Default, false));
+        let want = |seccomp, no_new_privs, system_paths| SecurityOptions {
+            seccomp,
+            no_new_privs,
+            system_paths,
+        };
+        assert_eq!(opts(&[]).unwrap(), want(Seccomp::Default, false, true));
         assert_eq!(
             opts(&["seccomp=unconfined", "no-new-privileges"]).unwrap(),
-            (Seccomp::Unconfined, true)
+            want(Seccomp::Unconfined, true, true)
         );
         assert_eq!(
             opts(&["no-new-privileges:true"]).unwrap(),
-            (Seccomp::Default, true)
+            want(Seccomp::Default, true, true)
         );
         assert_eq!(
-            opts(&["no-new-privileges=false"]).unwrap(),
-            (Seccomp::Default, false)
+            opts(&["no-new-privileges=false", "systempaths=unconfined"]).unwrap(),
+            want(Seccomp::Default, false, false)
         );
         assert!(matches!(
             opts(&["apparmor=foo"]),
@@ -428,6 +451,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.seccomp, Seccomp::Unconfined);
         assert!(c.no_new_privs);
+        assert!(!c.system_paths);
         assert_eq!(c.caps, all_caps());
     }
 }

@@ -184,8 +184,9 @@ pub fn fork_init(wait: bool) -> Result<Option<Init>, NamespaceError> {
         if let Some((go_read, go_write)) = go {
             drop(go_write);
             let mut byte = 0u8;
-            // SAFETY: reading one byte into a live buffer; EOF means the supervisor gave up.
+            // EOF means the supervisor gave up.
             let n = loop {
+                // SAFETY: reading one byte into a live buffer.
                 let n = unsafe { libc::read(go_read.as_raw_fd(), (&raw mut byte).cast(), 1) };
                 if n >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
                     break n;

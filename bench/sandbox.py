@@ -9,6 +9,10 @@ image, from warm caches, with imgfs run, bubblewrap on the extracted tree and do
   user  an unprivileged account (created if missing): imgfs run on the image's tar beside
         bwrap --unshare-all on the extracted tree, and imgfs run --linger 0
 
+The warm rows of a group (bwrap and the imgfs runs) run alternately, one run of each in
+turn, so that a machine whose speed drifts during the measurement (a shared VM) slows all of
+them alike and their ratios hold; the rest run with hyperfine.
+
 Writes bench/results/sandbox.json and the `sandbox` section of bench/RESULTS.md (--quick:
 bench/results/sandbox-quick.json and bench/results/RESULTS-quick.md), hyperfine's raw JSON
 under bench/results/raw-sandbox/. Started by `bench/run.sh --sandbox`, which builds imgfs and
@@ -25,6 +29,7 @@ import os
 import pwd
 import shutil
 import signal
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -66,6 +71,8 @@ ROWS = [
     Row("root-bwrap", "root · bwrap on the extracted tree"),
     Row("root-imgfs", "root · imgfs run IMAGE (default: docker's capabilities, seccomp, masked /proc)",
         "root-bwrap", (f"≤ {MAX_OVER_BWRAP}× bwrap", lambda x: x <= MAX_OVER_BWRAP)),
+    Row("root-imgfs-tar", "root · imgfs run TAR (the same image from its tar: no daemon to ask "
+        "which image the tag names)", "root-bwrap"),
     Row("root-imgfs-unconfined", "root · imgfs run --security-opt seccomp=unconfined", "root-bwrap",
         note="confinement"),
     Row("root-imgfs-privileged", "root · imgfs run --privileged", "root-bwrap", note="confinement"),
@@ -78,6 +85,48 @@ ROWS = [
         (f"≤ {MAX_OVER_BWRAP}× bwrap", lambda x: x <= MAX_OVER_BWRAP)),
     Row("user-imgfs-linger0", "user · imgfs run --linger 0 TAR", "user-bwrap"),
 ]
+
+
+# Runs the commands it is given in turn, each `rounds` times after `warmup` untimed rounds,
+# and prints every run's wall time, per command, as JSON. It runs as the account measured,
+# so switching to that account is in none of the times.
+ALTERNATE = r'''
+import json, os, sys, time
+cmds, rounds, warmup = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+null = os.open(os.devnull, os.O_RDWR)
+times = {k: [] for k in cmds}
+for i in range(warmup + rounds):
+    for key, argv in cmds.items():
+        start = time.perf_counter()
+        pid = os.posix_spawnp(argv[0], argv, os.environ,
+                              file_actions=[(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, null, 1)])
+        _, status = os.waitpid(pid, 0)
+        took = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status) != 0:
+            sys.exit(f"{key} exited with {os.waitstatus_to_exitcode(status)}")
+        if i >= warmup:
+            times[key].append(took)
+print(json.dumps(times))
+'''
+
+
+def alternate(cmds, rounds, warmup, user=None):
+    """Times `cmds` ({key: argv}) run in turn; {key: stats} as Runner.measure gives them."""
+    argv = (user.argv() if user else []) + [
+        "python3", "-c", ALTERNATE, json.dumps({k: [str(a) for a in v] for k, v in cmds.items()}),
+        str(rounds), str(warmup)]
+    log("alternating " + ", ".join(cmds) + f": {rounds} rounds after {warmup}")
+    p = run(argv, capture=True, check=False, timeout=600)
+    if p.returncode != 0:
+        err = (p.stderr or "").strip().splitlines()[-1:] or [f"exit {p.returncode}"]
+        return {k: {"error": err[0]} for k in cmds}
+    res = {}
+    for key, t in json.loads(p.stdout).items():
+        res[key] = {"median": statistics.median(t), "mean": statistics.fmean(t),
+                    "stddev": statistics.stdev(t) if len(t) > 1 else 0.0, "min": min(t), "max": max(t),
+                    "runs": len(t), "method": "alternating", "times": t}
+        log(f"sandbox-{key}: median {fmt_time(res[key]['median'])} over {len(t)} runs, alternating")
+    return res
 
 
 def imgfs_run(cache, image, *flags):
@@ -169,13 +218,18 @@ def measure_all(runner, quick):
 
     # Root. The first imgfs run (the probe) fills the cache from docker and leaves the shared
     # server that later runs use, as a user's second run finds it.
+    # The warm-up rounds leave the shared servers later runs use, as a user's second run
+    # finds them.
     stop_all()
-    m("root-imgfs", imgfs_run(CACHE, IMAGE_REF))
-    m("root-imgfs-unconfined", imgfs_run(CACHE, IMAGE_REF, "--security-opt", "seccomp=unconfined"))
-    m("root-imgfs-privileged", imgfs_run(CACHE, IMAGE_REF, "--privileged"))
+    res.update(alternate({
+        "root-bwrap": ["bwrap", "--ro-bind", TREE, "/", *BWRAP_FLAGS, *CMD],
+        "root-imgfs": imgfs_run(CACHE, IMAGE_REF),
+        "root-imgfs-tar": imgfs_run(CACHE, TAR),
+        "root-imgfs-unconfined": imgfs_run(CACHE, IMAGE_REF, "--security-opt", "seccomp=unconfined"),
+        "root-imgfs-privileged": imgfs_run(CACHE, IMAGE_REF, "--privileged"),
+    }, n, warmup))
     m("root-imgfs-seccomp-cold", imgfs_run(CACHE, IMAGE_REF), prepare=q(["rm", "-rf", CACHE / "seccomp"]))
     stop_all()
-    m("root-bwrap", ["bwrap", "--ro-bind", TREE, "/", *BWRAP_FLAGS, *CMD])
     m("root-docker", ["docker", "run", "--rm", IMAGE_REF, *CMD], runs=DOCKER_RUNS[mode])
 
     # Without root. --linger 0 first, with no shared server of the user's alive for it to use.
@@ -190,11 +244,13 @@ def measure_all(runner, quick):
     ucmd = [imgfs, "run", "--cache-dir", ucache, tar, "--", *CMD]
     stop_all()
     m("user-imgfs-linger0", ucmd[:2] + ["--linger", "0"] + ucmd[2:], user=user)
-    m("user-imgfs", ucmd, user=user)
+    res.update(alternate({
+        "user-bwrap": ["bwrap", "--unshare-all", "--ro-bind", TREE, "/", "--proc", "/proc", "--dev", "/dev",
+                       "--tmpfs", "/tmp", *CMD],
+        "user-imgfs": ucmd,
+    }, n, warmup, user=user))
     shared = bool(shared_servers(user.uid))
     stop_all()
-    m("user-bwrap", ["bwrap", "--unshare-all", "--ro-bind", TREE, "/", "--proc", "/proc", "--dev", "/dev",
-                     "--tmpfs", "/tmp", *CMD], user=user)
     res["_user"] = {"name": user.name, "uid": user.uid, "tar": str(tar), "imgfs": str(imgfs),
                     "cache": str(ucache), "shared_server": shared}
     return res
@@ -256,14 +312,15 @@ def render(res, meta):
       f"Machine: {mach['cpu']}, {mach['cores']} cores, {mach['ram']}, kernel {mach['kernel']}, {mach['os']}; "
       f"imgfs {v['imgfs']}; {v['bwrap']}; docker {v['docker']}; {v['hyperfine']}.\n")
     A(f"`python3 -c pass` in a sandbox of `{IMAGE_REF}` ({TAR.name}, its extracted tree for bwrap), "
-      "warm: the image already in imgfs' cache. Medians with hyperfine after warm-up runs, runs "
-      "in parentheses. *root · imgfs run* is what a user gets by default: docker's capabilities, "
+      "warm: the image already in imgfs' cache. Medians, runs in parentheses. The rows of "
+      "bwrap and the warm imgfs runs run alternately, one run of each in turn after warm-up rounds "
+      "(so drift of the machine falls on them alike); the others with hyperfine. *root · imgfs run* is what a user gets by default: docker's capabilities, "
       "its default seccomp profile and masked /proc paths, on the shared server the first run "
       "leaves (`--linger`). "
       + ("Without root too, the first run leaves a shared server of the user's for later runs. "
          if (res.get("_user") or {}).get("shared_server") else
          "Without root this imgfs leaves no shared server: each run serves the image itself. ")
-      + f"The unprivileged rows run as the account `{meta.get('user', USER)}`, with hyperfine itself "
+      + f"The unprivileged rows run as the account `{meta.get('user', USER)}`, with the measuring process itself "
       "started as it.\n")
     A("| row | median | ratio | target | met? | note |\n|---|---|---|---|---|---|")
     titles = {"root-bwrap": "bwrap", "root-imgfs": "imgfs run", "user-bwrap": "bwrap"}

@@ -14,6 +14,11 @@ PREFIX=${1:-/usr/local}
 cd "$ROOT"
 [ -d "$HOME/.cargo/bin" ] && PATH=$PATH:$HOME/.cargo/bin
 
+# The sandbox's seccomp filters are compiled by libseccomp: the build links it.
+if ! echo 'int main(void) { return 0; }' | cc -x c - -lseccomp -o /dev/null 2>/dev/null; then
+    echo "contrib/install.sh: libseccomp's development library is missing (Debian: apt-get install libseccomp-dev)" >&2
+    exit 1
+fi
 cargo build --release --quiet
 BIN=$ROOT/target/release/imgfs
 install -D -m 0755 "$BIN" "$PREFIX/bin/imgfs"

@@ -46,7 +46,7 @@ pub enum SandboxError {
     Scratch(SysError),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
-    #[error("resource limits need root, or a cgroup v2 subtree delegated to you: {0}")]
+    #[error("resource limits need root: {0}")]
     LimitsNeedRoot(CgroupError),
     #[error("seccomp profile {profile}: {source}")]
     Seccomp {

@@ -6,10 +6,10 @@ use anyhow::{Context, Result, bail};
 
 use imgfs::cache::Cache;
 use imgfs::cache::Removal;
-use imgfs::fs::serve::{self, ServeOptions};
 use imgfs::fs::{ImageFs, Owners};
 use imgfs::index;
 use imgfs::inspect::{self, Image, catalog};
+use imgfs::serve::{self, ServeOptions};
 use imgfs::source::ImageRef;
 
 use imgfs::runner::{self, exec, plan::Plan};

@@ -13,7 +13,10 @@
 //! - [`index`] scans the stream while it is written to the cache and lays out a compact,
 //!   checksummed index that is memory-mapped and used in place.
 //! - [`fs`] serves that index and archive as a read-only FUSE filesystem.
-//! - [`runner`] starts a sandbox rooted in that filesystem, with a writable overlay.
+//! - [`serve`] is the mount lifecycle: mounting, detached and shared servers, their
+//!   announcements in the cache, linger, unmounting.
+//! - [`runner`] starts a sandbox rooted in that filesystem, with a writable overlay, confined
+//!   as docker confines a container.
 //! - [`inspect`], beside the runner, answers `ls`, `cat`, `stat`, `find` and `inspect` from the
 //!   same index and archive without mounting anything.
 #![deny(unsafe_code)]
@@ -26,6 +29,8 @@ pub mod cache;
 pub mod index;
 
 pub mod fs;
+
+pub mod serve;
 
 pub mod runner;
 

@@ -10,8 +10,6 @@
 //! Guarantees: no request can panic the server or escape the index — every record access is
 //! bounds-checked, and any failure becomes an errno through one mapping (`Failure`), logged at debug.
 
-pub mod serve;
-
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;

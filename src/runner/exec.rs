@@ -27,7 +27,7 @@ use super::process;
 use super::pty::Terminal;
 use super::sys::{self, EXIT_SETUP, SysError};
 use crate::fs::ImageFs;
-use crate::fs::serve::{self, ServeOptions};
+use crate::serve::{self, ServeOptions};
 
 pub use super::sys::{EXIT_CANNOT_EXEC, EXIT_NOT_FOUND};
 

@@ -27,9 +27,9 @@ pub mod sys;
 
 use std::os::unix::process::CommandExt;
 
-use crate::fs::serve::{self, LiveMount};
 use crate::fs::{ImageFs, Owners};
 use crate::index::Ready;
+use crate::serve::{self, LiveMount};
 use plan::{ImageConfig, ImageFacts, Plan, PlanError, Request};
 
 #[derive(Debug, thiserror::Error)]

@@ -134,7 +134,7 @@ pub struct Plan {
     /// Set when the caller is not root: a user namespace maps root inside to this uid/gid.
     pub unprivileged: Option<(u32, u32)>,
     /// A live mount of the image to use as the lower layer instead of a new server.
-    pub live_mount: Option<crate::fs::serve::LiveMount>,
+    pub live_mount: Option<crate::serve::LiveMount>,
     pub confine: super::confine::Confinement,
     pub limits: super::confine::cgroup::Limits,
     /// Where compiled seccomp filters are kept between runs.

@@ -1,4 +1,4 @@
-//! Mounting and serving: runs an [`ImageFs`] on a mountpoint until it is unmounted or the
+//! The mount lifecycle, between the filesystem and its users: runs an [`ImageFs`] on a mountpoint until it is unmounted or the
 //! process gets SIGTERM, SIGINT or SIGHUP, and unmounts cleanly in every case. Also the
 //! `umount` side and the mount table queries both need.
 //!
@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use fuser::{Config, MountOption, SessionACL};
 
-use super::{ImageFs, Owners};
 use crate::cache::sys;
+use crate::fs::{ImageFs, Owners};
 
 /// Filesystem subtype, and the prefix of the source name every imgfs mount shows in the
 /// mount table (`imgfs:IMAGE`), which is how an imgfs mount is recognised.

@@ -1,6 +1,7 @@
 //! The fuzz targets' checks (tests/fuzz/checks.rs) on every input saved under
 //! tests/fuzz/regressions/ — each one an input that once crashed, hung or over-allocated —
-//! and on the fixture archives and the hostile cases that seed the fuzzing.
+//! and on the fixture archives, the hostile cases that seed the fuzzing, and indexes of the
+//! fixtures damaged in many places, so that the checks always see inputs, saved ones or not.
 
 #[path = "hostile/archives.rs"]
 mod archives;
@@ -9,6 +10,7 @@ mod checks;
 mod common;
 
 use common::{fixture_archives, repo_root};
+use imgfs::index::scan::SliceInput;
 
 fn saved(target: &str) -> Vec<(String, Vec<u8>)> {
     let dir = repo_root().join("tests/fuzz/regressions").join(target);
@@ -25,37 +27,81 @@ fn saved(target: &str) -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// Every input the archive check sees here: the saved regressions, the fixture archives and
+/// prefixes of them a truncation could leave, and the hostile cases.
 #[test]
-fn saved_scan_inputs_stay_fixed() {
+fn archive_inputs_pass_the_checks() {
+    let mut checked = 0;
     for (name, data) in saved("scan") {
         eprintln!("scan: {name}");
         checks::scan_any(&data);
+        checked += 1;
     }
-}
-
-#[test]
-fn saved_index_inputs_stay_fixed() {
-    for (name, data) in saved("index") {
-        eprintln!("index: {name}");
-        checks::read_any(&data);
-    }
-}
-
-#[test]
-fn seeds_pass_the_checks() {
-    let dir = fixture_archives();
-    for e in std::fs::read_dir(&dir).unwrap().flatten() {
-        if e.path().extension().is_some_and(|x| x == "tar") {
-            let data = std::fs::read(e.path()).unwrap();
-            checks::scan_any(&data);
-            // Prefixes a truncation could leave: 64 of them, mostly off block boundaries.
-            let step = (data.len() / 64).max(1);
-            for cut in (0..data.len()).step_by(step) {
-                checks::scan_any(&data[..cut.saturating_sub(cut % 7)]);
-            }
+    for data in fixture_tars() {
+        checks::scan_any(&data);
+        // Prefixes a truncation could leave: 64 of them, mostly off block boundaries.
+        let step = (data.len() / 64).max(1);
+        for cut in (0..data.len()).step_by(step) {
+            checks::scan_any(&data[..cut.saturating_sub(cut % 7)]);
+            checked += 1;
         }
     }
     for case in archives::cases() {
         checks::scan_any(&case.bytes);
+        checked += 1;
     }
+    assert!(checked > 64, "only {checked} archive inputs checked");
+}
+
+/// Every input the index check sees here: the saved regressions, and the index of every
+/// fixture archive damaged at 256 places spread through it (each byte inverted in turn, the
+/// checksum sealed again so that the damage reaches the reader) and cut short at 64.
+#[test]
+fn index_inputs_pass_the_checks() {
+    let mut checked = 0;
+    for (name, data) in saved("index") {
+        eprintln!("index: {name}");
+        checks::read_any(&data);
+        checked += 1;
+    }
+    for data in fixture_tars() {
+        let tree =
+            imgfs::index::build_tree(&mut SliceInput::new(&data)).expect("a fixture archive scans");
+        let index = tree
+            .write_index(data.len() as u64)
+            .expect("a fixture archive's tree writes its index");
+        checks::read_any(&index);
+        let step = (index.len() / 256).max(1);
+        for at in (0..index.len()).step_by(step) {
+            let mut damaged = index.clone();
+            damaged[at] ^= 0xff;
+            checks::read_any(&damaged);
+            checked += 1;
+        }
+        for cut in (0..index.len()).step_by((index.len() / 64).max(1)) {
+            checks::read_any(&index[..cut]);
+            checked += 1;
+        }
+    }
+    assert!(checked > 256, "only {checked} index inputs checked");
+}
+
+fn fixture_tars() -> Vec<Vec<u8>> {
+    let dir = fixture_archives();
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "tar"))
+        .collect();
+    paths.sort();
+    assert!(
+        !paths.is_empty(),
+        "no fixture archives in {}",
+        dir.display()
+    );
+    paths
+        .iter()
+        .map(|p| std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .collect()
 }

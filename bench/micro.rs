@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
-use imgfs::fs::ImageFs;
+use imgfs::image::ImageReader;
 use imgfs::index::format::Index;
 use imgfs::index::scan::SliceInput;
 use imgfs::index::{FileInput, build_tree};
@@ -104,7 +104,7 @@ fn bench(c: &mut Criterion) {
             i
         })
     });
-    let fs = ImageFs::open(&index_path, &archive_path).unwrap();
+    let fs = ImageReader::open(&index_path, &archive_path).unwrap();
     g.throughput(Throughput::Elements(1));
     g.bench_function("read_file (resolve + read ~2 KiB)", |b| {
         b.iter(|| {

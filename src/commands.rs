@@ -6,7 +6,8 @@ use anyhow::{Context, Result, bail};
 
 use imgfs::cache::Cache;
 use imgfs::cache::Removal;
-use imgfs::fs::{ImageFs, Owners};
+use imgfs::fs::ImageFs;
+use imgfs::image::{ImageReader, Owners};
 use imgfs::index;
 use imgfs::inspect::{self, Image, catalog};
 use imgfs::serve::{self, ServeOptions};
@@ -276,7 +277,7 @@ pub fn message(e: &anyhow::Error) -> String {
 /// Resolves and prepares an image for the inspection commands, and opens its index.
 /// Without access to the daemon, a reference the cache holds the image under is enough:
 /// what is cached by its id needs no daemon.
-fn open_image(image: &str, cache: &CacheArgs) -> Result<(index::Ready, ImageFs)> {
+fn open_image(image: &str, cache: &CacheArgs) -> Result<(index::Ready, ImageReader)> {
     let cache = Cache::locate(cache.cache_dir.clone())?;
     let ready = match prepare(image, &cache, false) {
         Err(e) if unreachable_daemon(&e) => {
@@ -292,7 +293,7 @@ fn open_image(image: &str, cache: &CacheArgs) -> Result<(index::Ready, ImageFs)>
         }
         r => r?,
     };
-    let fs = ImageFs::open(&ready.index_path, &ready.archive_path)?;
+    let fs = ImageReader::open(&ready.index_path, &ready.archive_path)?;
     Ok((ready, fs))
 }
 

@@ -12,7 +12,8 @@
 //! - [`cache`] owns the per-image directories, their locks and completion markers.
 //! - [`index`] scans the stream while it is written to the cache and lays out a compact,
 //!   checksummed index that is memory-mapped and used in place.
-//! - [`fs`] serves that index and archive as a read-only FUSE filesystem.
+//! - [`image`] reads a prepared image in place: resolve, attributes, directories, reads.
+//! - [`fs`] serves it as a read-only FUSE filesystem, a thin adapter over [`image`].
 //! - [`serve`] is the mount lifecycle: mounting, detached and shared servers, their
 //!   announcements in the cache, linger, unmounting.
 //! - [`runner`] starts a sandbox rooted in that filesystem, with a writable overlay, confined
@@ -27,6 +28,8 @@ pub mod source;
 pub mod cache;
 
 pub mod index;
+
+pub mod image;
 
 pub mod fs;
 

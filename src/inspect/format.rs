@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use fuser::{FileAttr, FileType};
+use crate::image::{Attr, Kind};
 
 use super::Image;
 
@@ -80,16 +80,16 @@ pub fn describe(e: &std::io::Error) -> String {
 
 /// `ls -l`'s ten-character mode: type, then rwx for owner, group and others with the
 /// setuid, setgid and sticky bits folded in (s/S, s/S, t/T).
-pub fn mode_string(kind: FileType, perm: u16) -> String {
+pub fn mode_string(kind: Kind, perm: u16) -> String {
     let mut s = String::with_capacity(10);
     s.push(match kind {
-        FileType::Directory => 'd',
-        FileType::Symlink => 'l',
-        FileType::CharDevice => 'c',
-        FileType::BlockDevice => 'b',
-        FileType::NamedPipe => 'p',
-        FileType::Socket => 's',
-        FileType::RegularFile => '-',
+        Kind::Directory => 'd',
+        Kind::Symlink => 'l',
+        Kind::CharDevice => 'c',
+        Kind::BlockDevice => 'b',
+        Kind::NamedPipe => 'p',
+        Kind::Socket => 's',
+        Kind::RegularFile => '-',
     });
     let bit = |b: u16, c: char| if perm & b != 0 { c } else { '-' };
     let special = |x: bool, sp: bool, on: char, off: char| match (x, sp) {
@@ -171,34 +171,34 @@ fn full_time(t: SystemTime) -> String {
 }
 
 /// stat's `%F`.
-fn kind_name(a: &FileAttr) -> &'static str {
+fn kind_name(a: &Attr) -> &'static str {
     match a.kind {
-        FileType::RegularFile if a.size == 0 => "regular empty file",
-        FileType::RegularFile => "regular file",
-        FileType::Directory => "directory",
-        FileType::Symlink => "symbolic link",
-        FileType::CharDevice => "character special file",
-        FileType::BlockDevice => "block special file",
-        FileType::NamedPipe => "fifo",
-        FileType::Socket => "socket",
+        Kind::RegularFile if a.size == 0 => "regular empty file",
+        Kind::RegularFile => "regular file",
+        Kind::Directory => "directory",
+        Kind::Symlink => "symbolic link",
+        Kind::CharDevice => "character special file",
+        Kind::BlockDevice => "block special file",
+        Kind::NamedPipe => "fifo",
+        Kind::Socket => "socket",
     }
 }
 
-fn type_bits(kind: FileType) -> u32 {
+fn type_bits(kind: Kind) -> u32 {
     match kind {
-        FileType::RegularFile => libc::S_IFREG,
-        FileType::Directory => libc::S_IFDIR,
-        FileType::Symlink => libc::S_IFLNK,
-        FileType::CharDevice => libc::S_IFCHR,
-        FileType::BlockDevice => libc::S_IFBLK,
-        FileType::NamedPipe => libc::S_IFIFO,
-        FileType::Socket => libc::S_IFSOCK,
+        Kind::RegularFile => libc::S_IFREG,
+        Kind::Directory => libc::S_IFDIR,
+        Kind::Symlink => libc::S_IFLNK,
+        Kind::CharDevice => libc::S_IFCHR,
+        Kind::BlockDevice => libc::S_IFBLK,
+        Kind::NamedPipe => libc::S_IFIFO,
+        Kind::Socket => libc::S_IFSOCK,
     }
 }
 
 /// Expands GNU stat's `-c` directives for one path. A directive may carry a width and `-`
 /// for left alignment (`%-10s`, `%5u`) or `0` for zero padding (`%04a`).
-pub fn stat_format(img: &Image, path: &str, rec: u32, a: &FileAttr, format: &str) -> String {
+pub fn stat_format(img: &Image, path: &str, rec: u32, a: &Attr, format: &str) -> String {
     let mut out = String::new();
     let mut chars = format.chars().peekable();
     while let Some(c) = chars.next() {
@@ -225,7 +225,7 @@ pub fn stat_format(img: &Image, path: &str, rec: u32, a: &FileAttr, format: &str
             'n' => path.to_string(),
             'N' => {
                 let mut v = format!("'{path}'");
-                if a.kind == FileType::Symlink
+                if a.kind == Kind::Symlink
                     && let Ok(t) = img.fs.readlink(rec)
                 {
                     let _ = write!(v, " -> '{}'", String::from_utf8_lossy(t));
@@ -244,7 +244,7 @@ pub fn stat_format(img: &Image, path: &str, rec: u32, a: &FileAttr, format: &str
             'g' => a.gid.to_string(),
             'G' => img.names.group_or_unknown(a.gid),
             'h' => a.nlink.to_string(),
-            'i' => a.ino.0.to_string(),
+            'i' => (u64::from(a.rec) + 1).to_string(),
             'Y' => epoch(a.mtime).0.to_string(),
             'y' => full_time(a.mtime),
             'F' => kind_name(a).to_string(),
@@ -280,13 +280,13 @@ mod tests {
 
     #[test]
     fn modes_as_ls_prints_them() {
-        assert_eq!(mode_string(FileType::RegularFile, 0o644), "-rw-r--r--");
-        assert_eq!(mode_string(FileType::Directory, 0o1777), "drwxrwxrwt");
-        assert_eq!(mode_string(FileType::Directory, 0o1776), "drwxrwxrwT");
-        assert_eq!(mode_string(FileType::RegularFile, 0o4755), "-rwsr-xr-x");
-        assert_eq!(mode_string(FileType::RegularFile, 0o2644), "-rw-r-Sr--");
-        assert_eq!(mode_string(FileType::Symlink, 0o777), "lrwxrwxrwx");
-        assert_eq!(mode_string(FileType::CharDevice, 0o600), "crw-------");
+        assert_eq!(mode_string(Kind::RegularFile, 0o644), "-rw-r--r--");
+        assert_eq!(mode_string(Kind::Directory, 0o1777), "drwxrwxrwt");
+        assert_eq!(mode_string(Kind::Directory, 0o1776), "drwxrwxrwT");
+        assert_eq!(mode_string(Kind::RegularFile, 0o4755), "-rwsr-xr-x");
+        assert_eq!(mode_string(Kind::RegularFile, 0o2644), "-rw-r-Sr--");
+        assert_eq!(mode_string(Kind::Symlink, 0o777), "lrwxrwxrwx");
+        assert_eq!(mode_string(Kind::CharDevice, 0o600), "crw-------");
     }
 
     #[test]

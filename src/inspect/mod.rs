@@ -2,7 +2,7 @@
 //! from the index and the archive (no FUSE, no namespaces), and a summary for `inspect`.
 //!
 //! Paths are resolved inside the image as the kernel would with the image as root (see
-//! [`ImageFs::resolve`]), owners are named from the image's own `/etc/passwd` and
+//! [`ImageReader::resolve`]), owners are named from the image's own `/etc/passwd` and
 //! `/etc/group`, and the output follows GNU coreutils and findutils (`ls -l` with
 //! `--time-style=long-iso`), including their exit statuses: what a script expects of them.
 
@@ -11,9 +11,9 @@ pub mod format;
 
 use std::io::{self, Write};
 
-use fuser::{FileAttr, FileType};
+use crate::image::{Attr, Kind};
 
-use crate::fs::ImageFs;
+use crate::image::ImageReader;
 use format::{Names, describe, mode_string};
 
 /// What `imgfs ls` was asked for.
@@ -27,13 +27,13 @@ pub struct LsOptions {
 
 /// An image opened for inspection, with its owners' names.
 pub struct Image<'a> {
-    pub fs: &'a ImageFs,
+    pub fs: &'a ImageReader,
     pub names: Names,
 }
 
 impl<'a> Image<'a> {
     /// Reads the image's passwd and group files for owner names.
-    pub fn new(fs: &'a ImageFs) -> Image<'a> {
+    pub fn new(fs: &'a ImageReader) -> Image<'a> {
         let text = |p: &str| {
             fs.read_file(p.as_bytes())
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -101,7 +101,7 @@ pub fn ls(
                 continue;
             }
         };
-        if rec.1.kind == FileType::Directory && !opts.directory {
+        if rec.1.kind == Kind::Directory && !opts.directory {
             dirs.push((p.as_bytes().to_vec(), rec.0));
         } else {
             files.push((p.as_bytes().to_vec(), rec.0, rec.1));
@@ -152,7 +152,7 @@ pub fn ls(
 struct Row {
     name: Vec<u8>,
     rec: u32,
-    attr: FileAttr,
+    attr: Attr,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -223,7 +223,7 @@ fn list_dir(
     print_rows(img, &rows, Widths::of(img, rows.iter()), opts.long, out)?;
     if opts.recursive {
         for row in &rows {
-            if row.attr.kind == FileType::Directory && row.name != b"." && row.name != b".." {
+            if row.attr.kind == Kind::Directory && row.name != b"." && row.name != b".." {
                 let sub = join(path, &row.name);
                 list_dir(img, &sub, row.rec, opts, true, first, status, out, err)?;
             }
@@ -232,8 +232,8 @@ fn list_dir(
     Ok(())
 }
 
-fn is_device(a: &FileAttr) -> bool {
-    matches!(a.kind, FileType::CharDevice | FileType::BlockDevice)
+fn is_device(a: &Attr) -> bool {
+    matches!(a.kind, Kind::CharDevice | Kind::BlockDevice)
 }
 
 /// Column widths of an `ls -l` listing: links, owner, group, size, and a device's major and
@@ -315,7 +315,7 @@ fn print_rows(
             size_w = w.size,
         )?;
         out.write_all(&r.name)?;
-        if a.kind == FileType::Symlink
+        if a.kind == Kind::Symlink
             && let Ok(target) = img.fs.readlink(r.rec)
         {
             out.write_all(b" -> ")?;
@@ -341,7 +341,7 @@ pub fn cat(
     for p in paths {
         let found = img.fs.resolve(p.as_bytes(), true).and_then(|rec| {
             let attr = img.fs.metadata(rec)?;
-            if attr.kind == FileType::Directory {
+            if attr.kind == Kind::Directory {
                 return Err(io::Error::from_raw_os_error(libc::EISDIR));
             }
             Ok((rec, attr.size))
@@ -426,15 +426,15 @@ pub struct FindOptions {
     pub kind: Option<char>,
 }
 
-fn type_letter(kind: FileType) -> char {
+fn type_letter(kind: Kind) -> char {
     match kind {
-        FileType::RegularFile => 'f',
-        FileType::Directory => 'd',
-        FileType::Symlink => 'l',
-        FileType::BlockDevice => 'b',
-        FileType::CharDevice => 'c',
-        FileType::NamedPipe => 'p',
-        FileType::Socket => 's',
+        Kind::RegularFile => 'f',
+        Kind::Directory => 'd',
+        Kind::Symlink => 'l',
+        Kind::BlockDevice => 'b',
+        Kind::CharDevice => 'c',
+        Kind::NamedPipe => 'p',
+        Kind::Socket => 's',
     }
 }
 
@@ -489,7 +489,7 @@ pub fn find(
                 out.write_all(&path)?;
                 out.write_all(b"\n")?;
             }
-            if attr.kind == FileType::Directory {
+            if attr.kind == Kind::Directory {
                 let children = img.fs.children(rec)?;
                 for (name, r) in children.into_iter().rev() {
                     stack.push((join(&path, name), r));
@@ -513,20 +513,20 @@ pub struct Counts {
 }
 
 /// Walks every inode of the index once.
-pub fn counts(fs: &ImageFs) -> Counts {
+pub fn counts(fs: &ImageReader) -> Counts {
     let mut c = Counts::default();
     for rec in 0..fs.inode_count() {
         let Ok(a) = fs.metadata(rec) else { continue };
         match a.kind {
-            FileType::Directory => c.directories += 1,
-            FileType::Symlink => c.symlinks += 1,
-            FileType::RegularFile => {
+            Kind::Directory => c.directories += 1,
+            Kind::Symlink => c.symlinks += 1,
+            Kind::RegularFile => {
                 c.files += 1;
                 c.file_bytes += a.size;
             }
             _ => c.other += 1,
         }
-        if a.kind != FileType::Directory {
+        if a.kind != Kind::Directory {
             c.hard_links += u64::from(a.nlink.saturating_sub(1));
         }
     }

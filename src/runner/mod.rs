@@ -27,7 +27,7 @@ pub mod sys;
 
 use std::os::unix::process::CommandExt;
 
-use crate::fs::{ImageFs, Owners};
+use crate::image::{ImageReader, Owners};
 use crate::index::Ready;
 use crate::serve::{self, LiveMount};
 use plan::{ImageConfig, ImageFacts, Plan, PlanError, Request};
@@ -45,7 +45,7 @@ pub enum RunError {
 }
 
 /// Reads a text file of the image, or nothing when it does not exist.
-fn image_text(fs: &ImageFs, path: &str) -> Result<String, RunError> {
+fn image_text(fs: &ImageReader, path: &str) -> Result<String, RunError> {
     match fs.read_file(path.as_bytes()) {
         Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(String::new()),
@@ -74,7 +74,7 @@ pub fn make_plan(
         }
         None => ImageConfig::default(),
     };
-    let fs = ImageFs::open(&ready.index_path, &ready.archive_path)
+    let fs = ImageReader::open(&ready.index_path, &ready.archive_path)
         .map_err(|e| RunError::Image(e.to_string()))?;
     let passwd = image_text(&fs, "/etc/passwd")?;
     let group = image_text(&fs, "/etc/group")?;

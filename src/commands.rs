@@ -8,8 +8,8 @@ use imgfs::cache::Cache;
 use imgfs::cache::Removal;
 use imgfs::fs::ImageFs;
 use imgfs::image::{ImageReader, Owners};
-use imgfs::index;
 use imgfs::inspect::{self, Image, catalog};
+use imgfs::prepare;
 use imgfs::serve::{self, ServeOptions};
 use imgfs::source::ImageRef;
 
@@ -81,13 +81,13 @@ impl ProgressLine {
         self.shown = !done;
     }
 
-    fn event(&mut self, e: index::Event) {
+    fn event(&mut self, e: prepare::Event) {
         let mb = |b: u64| b as f64 / 1e6;
         match e {
-            index::Event::Pulling(status) => {
+            prepare::Event::Pulling(status) => {
                 self.show(&format!("pulling {}: {status}", self.label), false)
             }
-            index::Event::Exporting(p) => {
+            prepare::Event::Exporting(p) => {
                 let rate = mb(p.bytes) / p.elapsed.as_secs_f64().max(1e-3);
                 self.show(
                     &format!(
@@ -99,7 +99,7 @@ impl ProgressLine {
                     false,
                 );
             }
-            index::Event::Exported(p) => self.show(
+            prepare::Event::Exported(p) => self.show(
                 &format!(
                     "exported {}: {:.1} MB, {} entries in {:.1} s",
                     self.label,
@@ -123,18 +123,18 @@ impl Drop for ProgressLine {
 }
 
 /// Resolves `image` and fills its cache entry if needed, with a progress line.
-fn prepare(image: &str, cache: &Cache, pull: bool) -> Result<index::Ready> {
+fn prepare(image: &str, cache: &Cache, pull: bool) -> Result<prepare::Ready> {
     let mut line = ProgressLine::new(image);
-    let mut report = |e: index::Event| {
+    let mut report = |e: prepare::Event| {
         if let Some(l) = line.as_mut() {
             l.event(e);
         }
     };
-    let options = index::Options {
+    let options = prepare::Options {
         pull,
         report: Some(&mut report),
     };
-    let ready = index::prepare_with(&ImageRef::parse(image), cache, options)?;
+    let ready = prepare::prepare_with(&ImageRef::parse(image), cache, options)?;
     if !quiet() {
         for w in &ready.warnings {
             eprintln!("imgfs: warning: {w}");
@@ -277,7 +277,7 @@ pub fn message(e: &anyhow::Error) -> String {
 /// Resolves and prepares an image for the inspection commands, and opens its index.
 /// Without access to the daemon, a reference the cache holds the image under is enough:
 /// what is cached by its id needs no daemon.
-fn open_image(image: &str, cache: &CacheArgs) -> Result<(index::Ready, ImageReader)> {
+fn open_image(image: &str, cache: &CacheArgs) -> Result<(prepare::Ready, ImageReader)> {
     let cache = Cache::locate(cache.cache_dir.clone())?;
     let ready = match prepare(image, &cache, false) {
         Err(e) if unreachable_daemon(&e) => {
@@ -299,8 +299,8 @@ fn open_image(image: &str, cache: &CacheArgs) -> Result<(index::Ready, ImageRead
 
 fn unreachable_daemon(e: &anyhow::Error) -> bool {
     matches!(
-        e.downcast_ref::<index::IndexError>(),
-        Some(index::IndexError::Docker(
+        e.downcast_ref::<prepare::PrepareError>(),
+        Some(prepare::PrepareError::Docker(
             imgfs::source::docker::DockerError::Unreachable { .. }
         ))
     )

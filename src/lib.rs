@@ -12,6 +12,7 @@
 //! - [`cache`] owns the per-image directories, their locks and completion markers.
 //! - [`index`] scans the stream while it is written to the cache and lays out a compact,
 //!   checksummed index that is memory-mapped and used in place.
+//! - [`prepare`] gets an image ready: fills the cache from its source and indexes it on the way.
 //! - [`image`] reads a prepared image in place: resolve, attributes, directories, reads.
 //! - [`fs`] serves it as a read-only FUSE filesystem, a thin adapter over [`image`].
 //! - [`serve`] is the mount lifecycle: mounting, detached and shared servers, their
@@ -28,6 +29,8 @@ pub mod source;
 pub mod cache;
 
 pub mod index;
+
+pub mod prepare;
 
 pub mod image;
 

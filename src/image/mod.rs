@@ -2,7 +2,7 @@
 //! image root, attributes, directory entries, symlink targets, xattrs and reads at an offset
 //! — over a memory-mapped index and the blob that holds the files' bytes.
 //!
-//! Takes a [`Ready`](crate::index::Ready) image. The FUSE adapter ([`crate::fs`]), the
+//! Takes a [`Ready`](crate::prepare::Ready) image. The FUSE adapter ([`crate::fs`]), the
 //! inspection commands and the runner all read images through it. Records are addressed by
 //! their index number (the root is record 0). The bytes come through [`Blob`], the seam a
 //! blob reader fills: today a local file; a decompressing view or remote ranges fit it too.
@@ -208,7 +208,7 @@ pub struct ImageReader {
 
 impl ImageReader {
     /// Opens the index (its layout validated; its checksum was verified when the image was
-    /// prepared, see [`crate::index::prepare`]) and checks that the archive is as long as it
+    /// prepared, see [`crate::prepare::prepare`]) and checks that the archive is as long as it
     /// says.
     pub fn open(index_path: &Path, archive_path: &Path) -> Result<ImageReader, ImageError> {
         let io = |path: &Path| {

@@ -28,7 +28,7 @@ pub mod sys;
 use std::os::unix::process::CommandExt;
 
 use crate::image::{ImageReader, Owners};
-use crate::index::Ready;
+use crate::prepare::Ready;
 use crate::serve::{self, LiveMount};
 use plan::{ImageConfig, ImageFacts, Plan, PlanError, Request};
 

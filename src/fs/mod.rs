@@ -194,7 +194,7 @@ impl Filesystem for ImageFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.count();
-        match record_of(ino).and_then(|rec| self.image.attr(rec)) {
+        match record_of(ino).and_then(|rec| self.image.metadata(rec)) {
             Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
             Err(e) => reply.error(errno(e, "getattr", ino)),
         }
@@ -202,7 +202,7 @@ impl Filesystem for ImageFs {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         self.count();
-        match record_of(ino).and_then(|rec| self.image.symlink_target(rec)) {
+        match record_of(ino).and_then(|rec| self.image.readlink(rec)) {
             Ok(t) => reply.data(t),
             Err(e) => reply.error(errno(e, "readlink", ino)),
         }
@@ -230,7 +230,7 @@ impl Filesystem for ImageFs {
         reply: ReplyData,
     ) {
         self.count();
-        match record_of(ino).and_then(|rec| self.image.read(rec, offset, size)) {
+        match record_of(ino).and_then(|rec| self.image.read_at(rec, offset, size)) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(e, "read", ino)),
         }

@@ -281,8 +281,8 @@ impl ImageReader {
         }
     }
 
-    /// The attributes of `rec`.
-    pub fn attr(&self, rec: u32) -> Result<Attr, ReadError> {
+    /// The attributes of `rec`, as `stat` shows them on a mount.
+    pub fn metadata(&self, rec: u32) -> Result<Attr, ReadError> {
         let r = self.record(rec)?;
         Ok(self.attr_of(rec, &r))
     }
@@ -304,7 +304,7 @@ impl ImageReader {
     }
 
     /// Up to `size` bytes of the regular file `rec` from `offset`; empty at the end.
-    pub fn read(&self, rec: u32, offset: u64, size: u32) -> Result<Vec<u8>, ReadError> {
+    pub fn read_at(&self, rec: u32, offset: u64, size: u32) -> Result<Vec<u8>, ReadError> {
         let r = self.record(rec)?;
         match r.file_type() {
             libc::S_IFREG => {}
@@ -406,7 +406,7 @@ impl ImageReader {
     }
 
     /// The target of the symlink `rec`.
-    pub fn symlink_target(&self, rec: u32) -> Result<&[u8], ReadError> {
+    pub fn readlink(&self, rec: u32) -> Result<&[u8], ReadError> {
         let r = self.record(rec)?;
         if r.file_type() != libc::S_IFLNK {
             return Err(ReadError::Kind(libc::EINVAL));
@@ -506,17 +506,7 @@ impl ImageReader {
         let rec = self.resolve(path, true)?;
         let size = self.index.inode(rec).map_or(0, |r| r.size);
         let size = u32::try_from(size).map_err(|_| errno(libc::EFBIG))?;
-        self.read_at(rec, 0, size)
-    }
-
-    /// Reads up to `size` bytes of the regular file `rec` from `offset`; empty at the end.
-    pub fn read_at(&self, rec: u32, offset: u64, size: u32) -> std::io::Result<Vec<u8>> {
-        Ok(self.read(rec, offset, size)?)
-    }
-
-    /// The attributes of `rec`, as `stat` would show them on a mount.
-    pub fn metadata(&self, rec: u32) -> std::io::Result<Attr> {
-        Ok(self.attr(rec)?)
+        Ok(self.read_at(rec, 0, size)?)
     }
 
     /// The entries of the directory `rec` (without `.` and `..`), sorted by name.
@@ -529,11 +519,6 @@ impl ImageReader {
             .map_while(|i| self.index.child(&dir, i))
             .map(|d| (d.name, d.record))
             .collect())
-    }
-
-    /// The target of the symlink `rec`.
-    pub fn readlink(&self, rec: u32) -> std::io::Result<&[u8]> {
-        Ok(self.symlink_target(rec)?)
     }
 
     /// The extended attributes of `rec`: name and value.

@@ -90,7 +90,7 @@ pub fn ls(
         let look = |follow| {
             img.fs
                 .resolve(p.as_bytes(), follow)
-                .and_then(|r| img.fs.metadata(r).map(|a| (r, a)))
+                .and_then(|r| Ok((r, img.fs.metadata(r)?)))
         };
         let found = look(follow).or_else(|e| if follow { look(false) } else { Err(e) });
         let rec = match found {
@@ -203,7 +203,7 @@ fn list_dir(
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     let mut rows = Vec::with_capacity(entries.len());
     for (name, r) in entries {
-        match img.fs.metadata(r) {
+        match img.fs.metadata(r).map_err(std::io::Error::from) {
             Ok(attr) => rows.push(Row { name, rec: r, attr }),
             Err(e) => {
                 let shown = String::from_utf8_lossy(&join(path, &name)).into_owned();
@@ -356,7 +356,11 @@ pub fn cat(
         };
         let mut offset = 0;
         while offset < size {
-            let chunk = match img.fs.read_at(rec, offset, CAT_CHUNK) {
+            let chunk = match img
+                .fs
+                .read_at(rec, offset, CAT_CHUNK)
+                .map_err(std::io::Error::from)
+            {
                 Ok(c) if c.is_empty() => break,
                 Ok(c) => c,
                 Err(e) => {
@@ -391,7 +395,7 @@ pub fn stat(
         let found = img
             .fs
             .resolve(p.as_bytes(), follow)
-            .and_then(|rec| img.fs.metadata(rec).map(|a| (rec, a)));
+            .and_then(|rec| Ok((rec, img.fs.metadata(rec)?)));
         match found {
             Ok((rec, attr)) => {
                 let text = match format {

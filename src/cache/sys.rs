@@ -1,4 +1,6 @@
-//! The cache's system calls that need `unsafe`: read-only memory maps and file locks.
+//! The cache's system calls that need `unsafe` — read-only memory maps and file locks — and
+//! the one test of whether a process a file or directory is named after still runs, which
+//! the cache's announcements and the runner's leftovers rely on.
 #![allow(unsafe_code)]
 
 use std::fs::File;
@@ -39,4 +41,14 @@ fn flock(file: &File, operation: libc::c_int) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// The process id a directory entry is named by (`1234`), if it is named by one.
+pub fn pid_name(name: &std::ffi::OsStr) -> Option<u32> {
+    name.to_str().and_then(|n| n.parse().ok())
+}
+
+/// Whether the process `pid` still runs (a zombie counts until it is reaped).
+pub fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }

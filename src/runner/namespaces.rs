@@ -55,10 +55,10 @@ pub fn remove_stale_scratch(parent: &Path) {
     };
     for e in entries.flatten() {
         // Only directories named by a pid are scratch areas (not `shared`, for one).
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = crate::cache::sys::pid_name(&e.file_name()) else {
             continue;
         };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if !crate::cache::sys::alive(pid) {
             let _ = fs::remove_dir(e.path());
         }
     }

@@ -257,10 +257,10 @@ pub fn live_mount(entry_dir: &Path, index: &Path, owners: Owners) -> Option<Live
     let identity = announcement_key(index, owners).ok()?;
     let entries = std::fs::read_dir(entry_dir.join(REGISTRY_DIR)).ok()?;
     for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = sys::pid_name(&e.file_name()) else {
             continue;
         };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if !sys::alive(pid) {
             let _ = std::fs::remove_file(e.path());
             continue;
         }

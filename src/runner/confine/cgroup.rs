@@ -762,10 +762,9 @@ fn needed_controllers(limits: &Limits) -> Vec<Controller> {
 /// created it: the copy a forked child holds never removes anything.
 ///
 /// The supervisor's order: [`remove_stale`]; `create` named by its pid; [`Cgroup::spawn_cleaner`]
-/// while it is still single-threaded and outside the sandbox's namespaces; then the init moves
-/// itself in with `add(0)` before it forks the command (a parent adding the child after the
-/// fork would race with the child's own forks); at the end [`Cgroup::oom_killed`],
-/// [`Cgroup::remove`] and [`Cleaner::finish`].
+/// while it is still single-threaded and outside the sandbox's namespaces; then it adds the
+/// init, which waits for that before it starts anything (so nothing it forks escapes the
+/// limits); at the end [`Cgroup::oom_killed`], [`Cgroup::remove`] and [`Cleaner::finish`].
 #[derive(Debug)]
 pub struct Cgroup {
     groups: Vec<PathBuf>,
@@ -1043,14 +1042,10 @@ pub fn remove_stale() {
             continue;
         };
         for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
+            let Some(pid) = crate::cache::sys::pid_name(&entry.file_name()) else {
                 continue;
             };
-            if !Path::new(&format!("/proc/{pid}")).exists() {
+            if !crate::cache::sys::alive(pid) {
                 // rmdir refuses a group that still holds a process.
                 match std::fs::remove_dir(entry.path()) {
                     Ok(()) => log::debug!("removed the stale cgroup {}", entry.path().display()),

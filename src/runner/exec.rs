@@ -138,6 +138,9 @@ fn supervisor_inner(plan: &Plan) -> Result<i32, SandboxError> {
             result
         });
     if let Some((cg, cleaner)) = cgroup {
+        if cg.oom_killed() {
+            log::info!("the sandbox reached its memory limit: the kernel killed a process of it");
+        }
         cg.remove();
         cleaner.finish();
     }

@@ -1288,13 +1288,7 @@ def main():
         chart(R, done, png)
         print(f"bench.py: wrote {md} and {png}")
         return
-    WORK.mkdir(parents=True, exist_ok=True)
-    import fcntl
-    lock = open(WORK / ".lock", "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        sys.exit(f"bench.py: another run holds {WORK / '.lock'}; runs cannot share the machine")
+    lock = common.hold_machine("bench.py")  # noqa: F841 (held until exit)
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = "-quick" if args.quick else ""
     common.set_log_file(open(RESULTS / f"bench{suffix}.log", "w"))

@@ -41,6 +41,19 @@ class BenchError(Exception):
 _log_file = None
 
 
+def hold_machine(who):
+    """Takes the lock under WORK that keeps two benchmark runs off the machine at once, or exits
+    naming who holds it. Returns the open lock file: the lock lasts as long as it stays open."""
+    import fcntl
+    WORK.mkdir(parents=True, exist_ok=True)
+    lock = open(WORK / ".lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        sys.exit(f"{who}: another run holds {WORK / '.lock'}; runs cannot share the machine")
+    return lock
+
+
 def set_log_file(f):
     """Also write the log lines, and hyperfine's reports, to the open file f."""
     global _log_file

@@ -23,7 +23,6 @@ Usage: sandbox.py [--quick] [--user NAME] [--render-only]
 
 import argparse
 import datetime
-import fcntl
 import json
 import os
 import pwd
@@ -34,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import (BWRAP_FLAGS, FIX, IDLE_THRESHOLD, IMGFS, RESULTS, ROOT, WORK, AsUser, BenchError,
+from common import (BWRAP_FLAGS, hold_machine, FIX, IDLE_THRESHOLD, IMGFS, RESULTS, ROOT, WORK, AsUser, BenchError,
                     Runner, fmt_time, log, machine, out, q, run, set_log_file, stop_shared, write_section)
 
 IMAGE_REF = "imgfs-test/debian-python:bookworm"
@@ -381,12 +380,7 @@ def main():
         report(saved["results"], saved["meta"])
         return
     check_inputs()
-    WORK.mkdir(parents=True, exist_ok=True)
-    lock = open(WORK / ".lock", "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        sys.exit(f"sandbox.py: another run holds {WORK / '.lock'}; runs cannot share the machine")
+    lock = hold_machine("sandbox.py")  # noqa: F841 (held until exit)
     RESULTS.mkdir(parents=True, exist_ok=True)
     set_log_file(open(RESULTS / f"sandbox{suffix}.log", "w"))
     raw = RESULTS / f"raw-sandbox{suffix}"

@@ -443,8 +443,9 @@ pub struct UmountArgs {
 pub struct ServeArgs {
     #[arg(long)]
     pub index: PathBuf,
-    #[arg(long)]
-    pub archive: PathBuf,
+    /// The index's blobs, in table order (repeated).
+    #[arg(long = "blob", required = true)]
+    pub blobs: Vec<PathBuf>,
     #[arg(long)]
     pub fsname: String,
     #[arg(long)]

@@ -153,13 +153,13 @@ fn mount(args: MountArgs) -> Result<i32> {
         idle_exit: None,
     };
     if args.foreground {
-        let fs = ImageFs::open(&ready.index_path, &ready.archive_path)?;
+        let fs = ImageFs::open(&ready.index_path, &ready.blobs)?;
         serve::serve(fs, &ready.index_path, &args.mountpoint, &options, || {})?;
         return Ok(0);
     }
     serve::spawn_detached(&serve::Served {
         index: &ready.index_path,
-        archive: &ready.archive_path,
+        blobs: &ready.blobs,
         mountpoint: &args.mountpoint,
         options: &options,
         owners: Owners::Recorded,
@@ -179,7 +179,7 @@ fn serve_background(args: ServeArgs) -> Result<i32> {
         Some((uid, gid)) => Owners::RootAs { uid, gid },
         None => Owners::Recorded,
     };
-    let result = ImageFs::open(&args.index, &args.archive)
+    let result = ImageFs::open(&args.index, &args.blobs)
         .map_err(anyhow::Error::from)
         .and_then(|fs| {
             serve::serve(
@@ -293,7 +293,7 @@ fn open_image(image: &str, cache: &CacheArgs) -> Result<(prepare::Ready, ImageRe
         }
         r => r?,
     };
-    let fs = ImageReader::open(&ready.index_path, &ready.archive_path)?;
+    let fs = ImageReader::open(&ready.index_path, &ready.blobs)?;
     Ok((ready, fs))
 }
 
@@ -393,8 +393,8 @@ fn inspect_image(args: InspectArgs) -> Result<i32> {
         },
         "Entries": counts,
         "Cache": {
-            "Archive": ready.archive_path.display().to_string(),
-            "ArchiveBytes": size(&ready.archive_path),
+            "Blobs": ready.blobs.iter().map(|b| b.display().to_string()).collect::<Vec<_>>(),
+            "BlobBytes": ready.blobs.iter().map(|b| size(b)).sum::<u64>(),
             "Index": ready.index_path.display().to_string(),
             "IndexBytes": size(&ready.index_path),
         },

@@ -115,7 +115,7 @@ fn bench(c: &mut Criterion) {
             i
         })
     });
-    let fs = ImageReader::open(&index_path, &[archive_path.clone()]).unwrap();
+    let fs = ImageReader::open(&index_path, std::slice::from_ref(&archive_path)).unwrap();
     g.throughput(Throughput::Elements(1));
     g.bench_function("read_file (resolve + read ~2 KiB)", |b| {
         b.iter(|| {

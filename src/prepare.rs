@@ -30,6 +30,8 @@ pub enum PrepareError {
     Docker(#[from] DockerError),
     #[error(transparent)]
     Cache(#[from] CacheError),
+    #[error("{0}: images of layers cannot be prepared yet")]
+    Unsupported(String),
     #[error("{path}: {source}")]
     Scan { path: String, source: ScanError },
     #[error("{path}: {source}")]
@@ -99,6 +101,7 @@ pub fn prepare_with(
     let ready = match image {
         ImageRef::Docker(reference) => prepare_docker(reference, cache, options),
         ImageRef::TarFile(path) => prepare_tar(path, cache),
+        layered => Err(PrepareError::Unsupported(layered.to_string())),
     }?;
     // For `imgfs images` and `imgfs prune --older-than`.
     if let Some(name) = ready.index_path.parent().and_then(Path::file_name) {

@@ -325,7 +325,7 @@ pub fn open_oci(
     let image = manifest::resolve(
         &layout,
         &what,
-        Some(&chosen.media_type().to_string()),
+        Some(chosen.media_type().as_ref()),
         bytes,
         chosen.digest().to_string(),
         platform,

@@ -29,6 +29,10 @@ pub struct CacheArgs {
     /// Cache directory [default: $IMGFS_CACHE_DIR, $XDG_CACHE_HOME/imgfs, ~/.cache/imgfs]
     #[arg(long, value_name = "DIR", global = true)]
     pub cache_dir: Option<PathBuf>,
+    /// Platform to pick from a multi-platform image, as OS/ARCH[/VARIANT] [default: this
+    /// machine's, e.g. linux/amd64]
+    #[arg(long, value_name = "PLATFORM", global = true)]
+    pub platform: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

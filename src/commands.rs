@@ -87,6 +87,20 @@ impl ProgressLine {
             prepare::Event::Pulling(status) => {
                 self.show(&format!("pulling {}: {status}", self.label), false)
             }
+            prepare::Event::Exporting(p) if p.layers_total > 0 => {
+                let rate = mb(p.bytes) / p.elapsed.as_secs_f64().max(1e-3);
+                self.show(
+                    &format!(
+                        "fetching {}: {}/{} layers, {:.1} MB, {rate:.1} MB/s, {} entries",
+                        self.label,
+                        p.layers_done,
+                        p.layers_total,
+                        mb(p.bytes),
+                        p.entries
+                    ),
+                    false,
+                );
+            }
             prepare::Event::Exporting(p) => {
                 let rate = mb(p.bytes) / p.elapsed.as_secs_f64().max(1e-3);
                 self.show(
@@ -99,6 +113,17 @@ impl ProgressLine {
                     false,
                 );
             }
+            prepare::Event::Exported(p) if p.layers_total > 0 => self.show(
+                &format!(
+                    "fetched {}: {} layers, {:.1} MB, {} entries in {:.1} s",
+                    self.label,
+                    p.layers_total,
+                    mb(p.bytes),
+                    p.entries,
+                    p.elapsed.as_secs_f64()
+                ),
+                true,
+            ),
             prepare::Event::Exported(p) => self.show(
                 &format!(
                     "exported {}: {:.1} MB, {} entries in {:.1} s",
@@ -123,7 +148,12 @@ impl Drop for ProgressLine {
 }
 
 /// Resolves `image` and fills its cache entry if needed, with a progress line.
-fn prepare(image: &str, cache: &Cache, pull: bool) -> Result<prepare::Ready> {
+fn prepare(image: &str, cache: &Cache, pull: bool, args: &CacheArgs) -> Result<prepare::Ready> {
+    let platform = args
+        .platform
+        .as_deref()
+        .map(imgfs::source::Platform::parse)
+        .transpose()?;
     let mut line = ProgressLine::new(image);
     let mut report = |e: prepare::Event| {
         if let Some(l) = line.as_mut() {
@@ -132,6 +162,7 @@ fn prepare(image: &str, cache: &Cache, pull: bool) -> Result<prepare::Ready> {
     };
     let options = prepare::Options {
         pull,
+        platform,
         report: Some(&mut report),
     };
     let ready = prepare::prepare_with(&ImageRef::parse(image), cache, options)?;
@@ -146,7 +177,7 @@ fn prepare(image: &str, cache: &Cache, pull: bool) -> Result<prepare::Ready> {
 fn mount(args: MountArgs) -> Result<i32> {
     let cache = Cache::locate(args.cache.cache_dir.clone())?;
     serve::check_mountpoint(&args.mountpoint)?;
-    let ready = prepare(&args.image, &cache, args.pull)?;
+    let ready = prepare(&args.image, &cache, args.pull, &args.cache)?;
     let options = ServeOptions {
         fsname: format!("{}{}", serve::SOURCE_PREFIX, args.image),
         threads: args.threads.unwrap_or_else(serve::default_threads),
@@ -213,7 +244,7 @@ fn run_sandbox(args: RunArgs) -> Result<i32> {
 
 fn start_sandbox(args: RunArgs) -> Result<i32> {
     let cache = Cache::locate(args.cache.cache_dir.clone())?;
-    let ready = prepare(&args.image, &cache, args.pull)?;
+    let ready = prepare(&args.image, &cache, args.pull, &args.cache)?;
     let request = runner::plan::Request {
         command: args.command,
         entrypoint: args.entrypoint,
@@ -277,16 +308,16 @@ pub fn message(e: &anyhow::Error) -> String {
 /// Resolves and prepares an image for the inspection commands, and opens its index.
 /// Without access to the daemon, a reference the cache holds the image under is enough:
 /// what is cached by its id needs no daemon.
-fn open_image(image: &str, cache: &CacheArgs) -> Result<(prepare::Ready, ImageReader)> {
-    let cache = Cache::locate(cache.cache_dir.clone())?;
-    let ready = match prepare(image, &cache, false) {
+fn open_image(image: &str, args: &CacheArgs) -> Result<(prepare::Ready, ImageReader)> {
+    let cache = Cache::locate(args.cache_dir.clone())?;
+    let ready = match prepare(image, &cache, false, args) {
         Err(e) if unreachable_daemon(&e) => {
             let all = catalog::images(&cache);
             let found: Vec<_> = all.iter().filter(|i| i.matches(image)).collect();
             match found.as_slice() {
                 [one] if one.id.starts_with("sha256:") => {
                     log::info!("{e}; using the cached {}", one.id);
-                    prepare(&one.id, &cache, false)?
+                    prepare(&one.id, &cache, false, args)?
                 }
                 _ => return Err(e),
             }

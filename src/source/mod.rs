@@ -248,6 +248,36 @@ pub struct Layer {
     pub annotations: HashMap<String, String>,
 }
 
+/// Annotation suffixes that mark a zstd:chunked layer (`io.containers.` or
+/// `io.github.containers.` before them).
+const ZSTD_CHUNKED_MARKS: [&str; 2] = [
+    "zstd-chunked.manifest-checksum",
+    "zstd-chunked.manifest-position",
+];
+
+impl Layer {
+    /// Whether the layer is zstd:chunked: its uncompressed stream is rewritten by the
+    /// converter, so it need not match the config's diff id.
+    pub fn is_zstd_chunked(&self) -> bool {
+        self.annotations.keys().any(|k| {
+            ZSTD_CHUNKED_MARKS
+                .iter()
+                .any(|m| k.ends_with(m) && k.contains("containers."))
+        })
+    }
+
+    /// What the store keeps the layer's uncompressed tar under, and what that tar is checked
+    /// against when it is not `None`: its diff id — or, for a layer whose uncompressed form
+    /// is not the diff id's (zstd:chunked), the digest of its stored bytes, which determine
+    /// it as well and are checked by the source.
+    pub fn store_key(&self) -> (String, Option<&oci_spec::image::Digest>) {
+        match &self.digest {
+            Some(d) if self.is_zstd_chunked() => (d.to_string(), None),
+            _ => (self.diff_id.to_string(), Some(&self.diff_id)),
+        }
+    }
+}
+
 /// An image made of layers.
 #[derive(Clone, Debug)]
 pub struct Image {

@@ -7,7 +7,12 @@
 //! rebuilt when the file changes. A complete entry is reused as long as its index validates
 //! and the archive is as long as the index says; anything else is rebuilt.
 //!
+//! An image of layers ([`layered`]) gets each missing layer decompressed into the store while
+//! it is scanned, layers in parallel, and an index merged from the layers' entries.
+//!
 //! Hands on [`Ready`]: the paths the image reader serves from.
+
+mod layered;
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -30,8 +35,10 @@ pub enum PrepareError {
     Docker(#[from] DockerError),
     #[error(transparent)]
     Cache(#[from] CacheError),
-    #[error("{0}: images of layers cannot be prepared yet")]
-    Unsupported(String),
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
+    #[error("{what}: {source}")]
+    Layer { what: String, source: ScanError },
     #[error("{path}: {source}")]
     Scan { path: String, source: ScanError },
     #[error("{path}: {source}")]
@@ -66,6 +73,9 @@ pub struct Progress {
     /// Archive members scanned.
     pub entries: u64,
     pub elapsed: Duration,
+    /// For an image of layers: how many are in the store, and how many it has (else 0).
+    pub layers_done: u32,
+    pub layers_total: u32,
 }
 
 /// What [`prepare_with`] reports while it works.
@@ -83,6 +93,8 @@ pub enum Event<'a> {
 pub struct Options<'a> {
     /// Ask the daemon to pull an image it does not have.
     pub pull: bool,
+    /// The platform to pick from a multi-platform image (the host's when `None`).
+    pub platform: Option<crate::source::Platform>,
     /// Told of progress; nothing is reported without it.
     pub report: Option<&'a mut dyn FnMut(Event)>,
 }
@@ -101,7 +113,7 @@ pub fn prepare_with(
     let ready = match image {
         ImageRef::Docker(reference) => prepare_docker(reference, cache, options),
         ImageRef::TarFile(path) => prepare_tar(path, cache),
-        layered => Err(PrepareError::Unsupported(layered.to_string())),
+        layered => layered::prepare(layered, cache, options),
     }?;
     // For `imgfs images` and `imgfs prune --older-than`.
     if let Some(name) = ready.index_path.parent().and_then(Path::file_name) {
@@ -114,7 +126,7 @@ pub fn prepare_with(
 /// The checksum is read in full only when the index changed since it was last verified, which
 /// a stamp beside it records (`index.verified`: the file's inode, size, mtime and ctime); a
 /// cache the caller cannot write to is verified every time.
-fn usable(index_path: &Path, blobs: &[PathBuf]) -> bool {
+pub(crate) fn usable(index_path: &Path, blobs: &[PathBuf]) -> bool {
     let check = || -> io::Result<bool> {
         let file = File::open(index_path)?;
         let stamp = verified_stamp(&file.metadata()?);
@@ -202,7 +214,9 @@ impl Reporter<'_> {
 }
 
 fn prepare_docker(reference: &str, cache: &Cache, options: Options) -> Result<Ready, PrepareError> {
-    let Options { pull, mut report } = options;
+    let Options {
+        pull, mut report, ..
+    } = options;
     if let Some(id) = full_image_id(reference) {
         let entry = cache.entry(id);
         if entry.marker().is_some() && usable(&entry.index_path(), &[entry.archive_path()]) {
@@ -260,6 +274,8 @@ fn prepare_docker(reference: &str, cache: &Cache, options: Options) -> Result<Re
             bytes: 0,
             entries: 0,
             elapsed: Duration::ZERO,
+            layers_done: 0,
+            layers_total: 0,
         },
         start: now,
         last: now,

@@ -165,7 +165,14 @@ fn prepare(image: &str, cache: &Cache, pull: bool, args: &CacheArgs) -> Result<p
         platform,
         report: Some(&mut report),
     };
-    let ready = prepare::prepare_with(&ImageRef::parse(image), cache, options)?;
+    let reference = ImageRef::parse(image);
+    let ready = match prepare::prepare_with(&reference, cache, options) {
+        Err(e @ prepare::PrepareError::Docker(_)) => match reference.file_hint() {
+            Some(hint) => return Err(anyhow::anyhow!("{e}; {hint}")),
+            None => return Err(e.into()),
+        },
+        r => r?,
+    };
     if !quiet() {
         for w in &ready.warnings {
             eprintln!("imgfs: warning: {w}");

@@ -39,6 +39,8 @@ pub enum PrepareError {
     Source(#[from] crate::source::SourceError),
     #[error("{what}: {source}")]
     Layer { what: String, source: ScanError },
+    #[error("{what}: {source}")]
+    LayerIo { what: String, source: io::Error },
     #[error("{path}: {source}")]
     Scan { path: String, source: ScanError },
     #[error("{path}: {source}")]

@@ -32,7 +32,33 @@ enum Files {
         file: File,
         /// Member name (without a leading `./`) → (data offset, size).
         members: HashMap<Vec<u8>, (u64, u64)>,
+        /// Symlink members → the member they name (`docker save` links a layer two images
+        /// share from the second image's directory to the first's).
+        links: HashMap<Vec<u8>, Vec<u8>>,
     },
+}
+
+/// Most symlinks between members followed to reach a file.
+const MAX_LINKS: usize = 8;
+
+/// The member a symlink member `name` pointing at `target` names, resolved lexically inside
+/// the archive; `None` if it would leave it.
+fn link_target(name: &[u8], target: &[u8]) -> Option<Vec<u8>> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    if !target.starts_with(b"/") {
+        parts.extend(name.split(|&b| b == b'/'));
+        parts.pop(); // the link's own name
+    }
+    for c in target.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop()?;
+            }
+            c => parts.push(c),
+        }
+    }
+    Some(parts.join(&b'/'))
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SourceError + '_ {
@@ -57,6 +83,7 @@ impl Files {
     fn tar(path: &Path) -> Result<Files, SourceError> {
         let file = File::open(path).map_err(io_err(path))?;
         let mut members = HashMap::new();
+        let mut links = HashMap::new();
         let bad = |source: io::Error| SourceError::Read {
             what: format!("{}: not a readable tar archive", path.display()),
             source,
@@ -64,7 +91,16 @@ impl Files {
         let mut archive = tar::Archive::new(&file);
         for entry in archive.entries_with_seek().map_err(bad)? {
             let entry = entry.map_err(bad)?;
-            if !entry.header().entry_type().is_file() {
+            let kind = entry.header().entry_type();
+            if kind.is_symlink() {
+                let name = entry.path_bytes();
+                let name = name.strip_prefix(b"./").unwrap_or(&name).to_vec();
+                if let Some(target) = entry.link_name_bytes().and_then(|t| link_target(&name, &t)) {
+                    links.insert(name, target);
+                }
+                continue;
+            }
+            if !kind.is_file() {
                 continue;
             }
             if members.len() >= MAX_MEMBERS {
@@ -81,6 +117,7 @@ impl Files {
             path: path.to_path_buf(),
             file,
             members,
+            links,
         })
     }
 
@@ -104,14 +141,19 @@ impl Files {
                 path,
                 file,
                 members,
+                links,
             } => {
-                let &(offset, size) =
-                    members
-                        .get(name.as_bytes())
-                        .ok_or_else(|| SourceError::Invalid {
-                            what: path.display().to_string(),
-                            why: format!("has no member '{name}'"),
-                        })?;
+                let mut member = name.as_bytes();
+                for _ in 0..MAX_LINKS {
+                    match links.get(member) {
+                        Some(target) => member = target,
+                        None => break,
+                    }
+                }
+                let &(offset, size) = members.get(member).ok_or_else(|| SourceError::Invalid {
+                    what: path.display().to_string(),
+                    why: format!("has no member '{name}'"),
+                })?;
                 Ok((
                     Box::new(Slice {
                         file,
@@ -481,4 +523,26 @@ pub fn open_docker_archive(
         by_member: true,
     };
     Ok((image, layout))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::link_target;
+
+    #[test]
+    fn links_between_members_stay_inside() {
+        let t = |n: &str, to: &str| {
+            link_target(n.as_bytes(), to.as_bytes()).map(|v| String::from_utf8(v).unwrap())
+        };
+        assert_eq!(
+            t("b/layer.tar", "../a/layer.tar").as_deref(),
+            Some("a/layer.tar")
+        );
+        assert_eq!(
+            t("b/layer.tar", "/a/layer.tar").as_deref(),
+            Some("a/layer.tar")
+        );
+        assert_eq!(t("b/layer.tar", "x.tar").as_deref(), Some("b/x.tar"));
+        assert_eq!(t("b/layer.tar", "../../etc/passwd"), None);
+    }
 }

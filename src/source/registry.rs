@@ -870,6 +870,13 @@ impl Registry {
                     status,
                 });
             }
+            401 | 403 => {
+                return Err(RegistryError::NoCredentials {
+                    what: what.to_string(),
+                    host: self.host().to_string(),
+                    status,
+                });
+            }
             _ => {
                 return Err(RegistryError::TokenStatus {
                     what: what.to_string(),

@@ -1038,8 +1038,16 @@ fn odd_answers_are_one_clear_line() {
 }
 
 /// A registry whose blob connections break: `resume` breaks once and then ignores `Range`,
-/// `badrange` answers the resumption with the wrong part, `dead` never sends a byte.
+/// `badrange` answers the resumption with the wrong part, `dead` never sends a byte,
+/// `expired` redirects to storage that refuses the link.
 fn breaking_registry(layer: Vec<u8>, seen: Arc<std::sync::Mutex<Vec<Request>>>) -> String {
+    let storage = serve(Arc::new(|_: &Request| {
+        respond(
+            403,
+            &[("Content-Type", "application/xml")],
+            "<Error>Request has expired</Error>",
+        )
+    }));
     let layer_digest = sha256(&layer);
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": Platform::host().architecture, "os": "linux",
@@ -1079,6 +1087,11 @@ fn breaking_registry(layer: Vec<u8>, seen: Arc<std::sync::Mutex<Vec<Request>>>) 
             head: Vec::new(),
         });
         match (repo, tries) {
+            ("expired", _) => respond(
+                307,
+                &[("Location", &format!("http://{storage}/blob?signature=x"))],
+                "",
+            ),
             ("dead", _) => Reply::Cut {
                 headers: Vec::new(),
                 body: layer.clone(),
@@ -1152,5 +1165,13 @@ fn broken_blob_streams_resume_or_give_up() {
         )),
         "{dead}"
     );
-    println!("{bad}\n{dead}");
+    let expired = read("expired").unwrap_err().to_string();
+    assert!(
+        expired.starts_with(&format!(
+            "docker://{addr}/expired:1: blob {digest}: 127.0.0.1:"
+        )),
+        "{expired}"
+    );
+    assert!(expired.ends_with(" answered 403: forbidden"), "{expired}");
+    println!("{bad}\n{dead}\n{expired}");
 }

@@ -457,10 +457,10 @@ struct AuthState {
     secret: Option<Option<Secret>>,
 }
 
-/// One exchange's result before it is judged: an answer (and whether the registry itself
-/// gave it, rather than a host it redirected to) or a transport failure.
+/// One exchange's result before it is judged: an answer (and, when a host the registry
+/// redirected to gave it, that host) or a transport failure.
 enum Attempt {
-    Answer(Response<Body>, bool),
+    Answer(Response<Body>, Option<String>),
     Failed(ureq::Error),
 }
 
@@ -624,20 +624,20 @@ impl Registry {
             };
             let attempt = self.follow(what, &url, kind, range_from, authorization.as_deref())?;
             let retry_after = match attempt {
-                Attempt::Answer(resp, from_registry) => {
+                Attempt::Answer(resp, elsewhere) => {
                     self.answered.store(true, Ordering::Relaxed);
                     let status = resp.status().as_u16();
                     if status == 200 || status == 206 {
                         return Ok(resp);
                     }
-                    if status == 401 && from_registry && !reauthenticated {
+                    if status == 401 && elsewhere.is_none() && !reauthenticated {
                         // Anonymous first; a refused token once more (it may have expired).
                         reauthenticated = true;
                         self.authenticate(what, &resp, generation)?;
                         continue;
                     }
                     if !(retryable(status) && failures + 1 < self.retry.tries) {
-                        return Err(self.status_error(what, kind, resp, failures + 1));
+                        return Err(self.status_error(what, kind, resp, elsewhere, failures + 1));
                     }
                     log::debug!("{what}: {url} answered {status}; trying again");
                     retry_after(&resp)
@@ -691,7 +691,12 @@ impl Registry {
                 Err(e) => return Ok(Attempt::Failed(e)),
             };
             if !matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308) {
-                return Ok(Attempt::Answer(resp, to_registry));
+                let elsewhere = if to_registry {
+                    None
+                } else {
+                    Some(uri.authority().map(|a| a.to_string()).unwrap_or_default())
+                };
+                return Ok(Attempt::Answer(resp, elsewhere));
             }
             let location = resp
                 .headers()
@@ -950,10 +955,21 @@ impl Registry {
         what: &str,
         kind: Kind,
         resp: Response<Body>,
+        elsewhere: Option<String>,
         tries: u32,
     ) -> RegistryError {
         let status = resp.status().as_u16();
         let what = what.to_string();
+        if let Some(host) = elsewhere {
+            // Blob storage the registry sent us to: its words are its own, not the registry's.
+            return RegistryError::Status {
+                what,
+                host,
+                status,
+                tries,
+                message: error_message(resp),
+            };
+        }
         let host = self.host().to_string();
         match status {
             401 => {

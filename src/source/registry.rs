@@ -910,21 +910,27 @@ impl Registry {
 
     /// Whether a transport failure may pass if tried again.
     fn transient(&self, e: &ureq::Error) -> bool {
+        let answered = self.answered.load(Ordering::Relaxed);
         match e {
             ureq::Error::Io(io) => match io.kind() {
-                io::ErrorKind::ConnectionRefused => self.answered.load(Ordering::Relaxed),
-                io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied => false,
-                _ => true,
+                io::ErrorKind::ConnectionRefused | io::ErrorKind::NotConnected => answered,
+                k => dropped(k),
             },
-            ureq::Error::ConnectionFailed => self.answered.load(Ordering::Relaxed),
+            ureq::Error::ConnectionFailed => answered,
             ureq::Error::Timeout(_) | ureq::Error::Protocol(_) => true,
             _ => false,
         }
     }
 
     fn transport_error(&self, what: &str, url: &str, e: ureq::Error, tries: u32) -> RegistryError {
+        // Before the registry ever answered, what is neither a dropped connection nor a
+        // garbled answer failed to reach it: no such name, no route, refused, a TLS handshake.
+        let first_contact = !self.answered.load(Ordering::Relaxed);
         let connecting = match &e {
-            ureq::Error::Io(io) => io.kind() == io::ErrorKind::ConnectionRefused,
+            ureq::Error::Io(io) => {
+                io.kind() == io::ErrorKind::ConnectionRefused
+                    || (first_contact && !dropped(io.kind()))
+            }
             ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => true,
             _ => false,
         };
@@ -1078,6 +1084,21 @@ fn probe(agent: &ureq::Agent, what: &str, authority: &str) -> Result<&'static st
             Ok("http")
         }
     }
+}
+
+/// Whether an I/O error is a connection that dropped or stalled (worth another try), rather
+/// than one that could not be made.
+fn dropped(kind: io::ErrorKind) -> bool {
+    matches!(
+        kind,
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::TimedOut
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
 }
 
 /// Answers worth a second try: the server is busy, restarting or throttling.

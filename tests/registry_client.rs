@@ -206,6 +206,11 @@ struct RealRegistry {
 impl RealRegistry {
     /// Starts one; with `htpasswd`, it asks for Basic credentials.
     fn start(htpasswd: bool) -> RealRegistry {
+        RealRegistry::start_with(htpasswd, false)
+    }
+
+    /// With `tls`, it speaks only HTTPS, with a self-signed certificate.
+    fn start_with(htpasswd: bool, tls: bool) -> RealRegistry {
         require(
             Path::new("/usr/bin/docker-registry").exists(),
             "Debian's docker-registry package (contrib/setup.sh installs it)",
@@ -217,6 +222,33 @@ impl RealRegistry {
              http:\n  addr: {addr}\n",
             dir.path().join("storage").display()
         );
+        if tls {
+            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+            let out = Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ])
+                .args([
+                    "-subj",
+                    "/CN=imgfs-test",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                ])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .output();
+            require(
+                out.as_ref().is_ok_and(|o| o.status.success()),
+                "openssl (Debian's openssl package) to make a certificate",
+            );
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ));
+        }
         if htpasswd {
             let out = Command::new("htpasswd")
                 .args(["-Bbn", USER, PASSWORD])
@@ -1174,4 +1206,16 @@ fn broken_blob_streams_resume_or_give_up() {
     );
     assert!(expired.ends_with(" answered 403: forbidden"), "{expired}");
     println!("{bad}\n{dead}\n{expired}");
+}
+
+#[test]
+fn a_loopback_registry_speaking_https_is_used_over_https() {
+    let work = TempDir::new("imgfs-registry-tls");
+    let fixture = write_layout(&work.path().join("layout"));
+    // It refuses plain HTTP, so a pull that works went over TLS (unverified, as docker treats
+    // loopback registries).
+    let reg = RealRegistry::start_with(false, true);
+    reg.push(&fixture, "1", false);
+    let opts = options(auth_file(work.path(), &reg.addr, None));
+    pull_and_check(&format!("{}/{REPO}:1", reg.addr), &opts, &fixture);
 }

@@ -408,8 +408,8 @@ fn valid_component(c: &str) -> bool {
         while i < b.len() && !alnum(b[i]) {
             i += 1;
         }
-        let sep = &c[start..i];
-        let ok = matches!(sep, "." | "_" | "__") || sep.bytes().all(|x| x == b'-');
+        let sep = &b[start..i];
+        let ok = matches!(sep, b"." | b"_" | b"__") || sep.iter().all(|&x| x == b'-');
         if !ok {
             return false;
         }

@@ -578,6 +578,7 @@ struct Request {
     headers: HashMap<String, String>,
     /// The head as received, to forward.
     head: Vec<String>,
+    body: Vec<u8>,
 }
 
 /// What a test server does with a request.
@@ -653,17 +654,19 @@ fn handle(conn: TcpStream, handler: &dyn Fn(&Request) -> Reply) -> std::io::Resu
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
+    let mut body = Vec::new();
     if let Some(len) = headers
         .get("content-length")
         .and_then(|l| l.parse::<u64>().ok())
     {
-        std::io::copy(&mut (&mut reader).take(len), &mut std::io::sink())?;
+        (&mut reader).take(len).read_to_end(&mut body)?;
     }
     let request = Request {
         method,
         path,
         headers,
         head,
+        body,
     };
     let mut conn = conn;
     match handler(&request) {
@@ -754,6 +757,27 @@ fn token_front(registry: &str) -> Arc<TokenFront> {
             .get("authorization")
             .cloned()
             .unwrap_or_default();
+        if req.method == "POST" && req.path == "/token" {
+            // OAuth2: an identity token (a refresh token) traded for an access token.
+            let form = String::from_utf8_lossy(&req.body);
+            let fields: HashMap<&str, &str> = form
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .collect();
+            if fields.get("grant_type") != Some(&"refresh_token")
+                || fields.get("refresh_token") != Some(&"refresh-me")
+                || fields.get("service") != Some(&"imgfs-test")
+            {
+                return respond(401, &[], "{}");
+            }
+            front.tokens_issued.fetch_add(1, Ordering::SeqCst);
+            let token = format!("tok-{}", front.generation.load(Ordering::SeqCst));
+            return respond(
+                200,
+                &[("Content-Type", "application/json")],
+                format!(r#"{{"access_token":"{token}"}}"#),
+            );
+        }
         if req.path.starts_with("/token?") {
             let want = format!(
                 "Basic {}",
@@ -822,6 +846,20 @@ fn bearer_tokens_are_fetched_renewed_and_kept_from_other_hosts() {
     // Blobs (the config and both layers) went through the redirect, never with the token.
     assert!(front.redirected.load(Ordering::SeqCst) >= 3);
     assert_eq!(front.redirected_with_auth.load(Ordering::SeqCst), 0);
+
+    // `docker login` against an OAuth2 service leaves an identity token instead.
+    let identity = work.path().join("identity.json");
+    std::fs::write(
+        &identity,
+        serde_json::to_vec(&serde_json::json!(
+            {"auths": {front.addr.clone(): {"identitytoken": "refresh-me"}}}
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let issued = front.tokens_issued.load(Ordering::SeqCst);
+    pull_and_check(&reference, &options(identity), &fixture);
+    assert_eq!(front.tokens_issued.load(Ordering::SeqCst), issued + 1);
 
     let wrong = error_of(registry::open(
         &reference,
@@ -1117,6 +1155,7 @@ fn breaking_registry(layer: Vec<u8>, seen: Arc<std::sync::Mutex<Vec<Request>>>) 
             path: req.path.clone(),
             headers: req.headers.clone(),
             head: Vec::new(),
+            body: Vec::new(),
         });
         match (repo, tries) {
             ("expired", _) => respond(

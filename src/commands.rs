@@ -165,7 +165,14 @@ fn prepare(image: &str, cache: &Cache, pull: bool, args: &CacheArgs) -> Result<p
         platform,
         report: Some(&mut report),
     };
-    let ready = prepare::prepare_with(&ImageRef::parse(image), cache, options)?;
+    let reference = ImageRef::parse(image);
+    let ready = match prepare::prepare_with(&reference, cache, options) {
+        Err(e @ prepare::PrepareError::Docker(_)) => match reference.file_hint() {
+            Some(hint) => return Err(anyhow::anyhow!("{e}; {hint}")),
+            None => return Err(e.into()),
+        },
+        r => r?,
+    };
     if !quiet() {
         for w in &ready.warnings {
             eprintln!("imgfs: warning: {w}");
@@ -510,6 +517,8 @@ fn images(args: ImagesArgs) -> Result<i32> {
         let mut rows = vec![vec![
             "IMAGE ID".to_string(),
             "SIZE".into(),
+            "SHARED".into(),
+            "UNIQUE".into(),
             "ENTRIES".into(),
             "LAST USED".into(),
             "REFERENCES".into(),
@@ -518,6 +527,8 @@ fn images(args: ImagesArgs) -> Result<i32> {
             rows.push(vec![
                 i.short_id(),
                 inspect::bytes(i.disk_bytes),
+                inspect::bytes(i.disk_bytes - i.unique_bytes),
+                inspect::bytes(i.unique_bytes),
                 i.inodes.map_or_else(|| "-".into(), |n| n.to_string()),
                 ago(i.last_used),
                 i.names(),
@@ -559,6 +570,7 @@ fn rm(args: RmArgs) -> Result<i32> {
         };
         match image.entry.remove()? {
             Removal::Removed(bytes) => {
+                let bytes = bytes + cache.collect_layers();
                 println!(
                     "removed {} ({}, {})",
                     image.short_id(),
@@ -586,7 +598,7 @@ fn prune(args: PruneArgs) -> Result<i32> {
     let cache = Cache::locate(args.cache.cache_dir.clone())?;
     cache.sweep_leftovers();
     let all = catalog::images(&cache);
-    let done = catalog::prune(&all, args.older_than, args.max_size, args.dry_run);
+    let done = catalog::prune(&cache, &all, args.older_than, args.max_size, args.dry_run);
     let mut freed = 0;
     let verb = if args.dry_run {
         "would remove"

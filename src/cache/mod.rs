@@ -197,7 +197,48 @@ impl Cache {
         names
     }
 
-    /// The layers that complete images list (their diff ids).
+    /// Removes every complete layer no complete image lists and nothing uses; returns the
+    /// bytes freed. Run after images are removed.
+    /// While an image is being filled, nothing is collected: the layers it will list are not
+    /// listed by a complete image yet.
+    pub fn collect_layers(&self) -> u64 {
+        if self.filling() {
+            return 0;
+        }
+        let listed = self.layers_in_use();
+        let mut freed = 0;
+        for layer in self.layers() {
+            let key = layer.marker().unwrap_or_default();
+            if listed.contains(&key) {
+                continue;
+            }
+            match layer.remove() {
+                Ok(Removal::Removed(bytes)) => freed += bytes,
+                Ok(_) => {}
+                Err(e) => log::warn!("{e}"),
+            }
+        }
+        freed
+    }
+
+    /// Whether some process is filling an image entry now (its fill lock is held).
+    fn filling(&self) -> bool {
+        let Ok(dirs) = fs::read_dir(self.root.join(IMAGES_DIR)) else {
+            return false;
+        };
+        dirs.flatten()
+            .filter(|d| !d.path().join(MARKER_FILE).exists())
+            .any(|d| {
+                let name = d.file_name().to_string_lossy().into_owned();
+                let lock = self.root.join("locks").join(format!("{name}.lock"));
+                OpenOptions::new()
+                    .write(true)
+                    .open(lock)
+                    .is_ok_and(|f| !sys::try_lock_exclusive(&f).unwrap_or(true))
+            })
+    }
+
+    /// The layers that complete images list (their store keys).
     pub fn layers_in_use(&self) -> std::collections::HashSet<String> {
         self.entries()
             .iter()
@@ -218,7 +259,8 @@ pub enum Removal {
     Filling,
 }
 
-/// Processes with a file under `dir` mapped (every user of an entry maps its index).
+/// Processes with a file under `dir` mapped (every user of an image entry maps its index)
+/// or open (a server reads layers through open files).
 fn mapping_under(dir: &Path) -> Vec<u32> {
     let Ok(procs) = fs::read_dir("/proc") else {
         return Vec::new();
@@ -235,7 +277,13 @@ fn mapping_under(dir: &Path) -> Vec<u32> {
         };
         let uses = maps
             .split(|&b| b == b'\n')
-            .any(|line| line.windows(prefix.len()).any(|w| w == prefix.as_slice()));
+            .any(|line| line.windows(prefix.len()).any(|w| w == prefix.as_slice()))
+            || fs::read_dir(p.path().join("fd")).is_ok_and(|fds| {
+                fds.flatten().any(|fd| {
+                    fs::read_link(fd.path())
+                        .is_ok_and(|t| t.as_os_str().as_encoded_bytes().starts_with(&prefix))
+                })
+            });
         if uses {
             pids.push(pid);
         }

@@ -230,6 +230,10 @@ fn layer_members(
             what: what(),
             source,
         },
+        Fill::Io(source) => PrepareError::LayerIo {
+            what: what(),
+            source,
+        },
     });
     let committed = filled.and_then(|s| {
         entry.commit(&lock, &key)?;
@@ -262,6 +266,7 @@ fn scan_stored(path: &Path) -> Result<Scanned, ScanError> {
 enum Fill {
     Source(SourceError),
     Scan(ScanError),
+    Io(io::Error),
 }
 
 /// Streams `layer` from its source into `path`, decompressed, scanning it on the way, and
@@ -272,7 +277,7 @@ fn fill(
     path: &Path,
     counters: &Counters,
 ) -> Result<Scanned, Fill> {
-    let io = |source| Fill::Scan(ScanError::Io { offset: 0, source });
+    let io = Fill::Io;
     let mut raw = source.open_layer(layer).map_err(Fill::Source)?;
     let file = File::create(path).map_err(|e| io(named(path, e)))?;
     let sink = LayerWriter {
@@ -283,7 +288,7 @@ fn fill(
     };
     let mut members = Vec::new();
     let mut warnings = Vec::new();
-    let (sink, size) = {
+    let scanned = (|| {
         let reader = layer
             .compression
             .decompress(Box::new(&mut raw))
@@ -295,7 +300,18 @@ fn fill(
             Ok(())
         })
         .map_err(Fill::Scan)?;
-        input.finish().map_err(io)?
+        input.finish().map_err(io)
+    })();
+    let (sink, size) = match scanned {
+        Ok(done) => done,
+        Err(e) => {
+            // Bytes that do not match their digest explain any failure to read them as a
+            // compressed tar: say that rather than what the damage looked like.
+            return Err(match io::copy(&mut raw, &mut io::sink()) {
+                Err(d) if d.kind() == io::ErrorKind::InvalidData => io(d),
+                _ => e,
+            });
+        }
     };
     // What the decompressor left unread (a trailer, padding) still counts for the digest
     // of the stored bytes, which the source checks at their end.

@@ -7,7 +7,7 @@
 //! rebuilt when the file changes. A complete entry is reused as long as its index validates
 //! and the archive is as long as the index says; anything else is rebuilt.
 //!
-//! An image of layers ([`layered`]) gets each missing layer decompressed into the store while
+//! An image of layers (`layered.rs`) gets each missing layer decompressed into the store while
 //! it is scanned, layers in parallel, and an index merged from the layers' entries.
 //!
 //! Hands on [`Ready`]: the paths the image reader serves from.
@@ -39,6 +39,8 @@ pub enum PrepareError {
     Source(#[from] crate::source::SourceError),
     #[error("{what}: {source}")]
     Layer { what: String, source: ScanError },
+    #[error("{what}: {source}")]
+    LayerIo { what: String, source: io::Error },
     #[error("{path}: {source}")]
     Scan { path: String, source: ScanError },
     #[error("{path}: {source}")]

@@ -14,7 +14,7 @@
 //! pauses; `Authorization` goes only to the registry itself, never to a host it redirects to.
 //! Loopback registries, and any when TLS verification is off, are tried over unverified HTTPS
 //! and then plain HTTP, as docker treats insecure registries. Credentials are looked up only
-//! when a registry asks ([`auth`]), and never appear in a message.
+//! when a registry asks (the `auth` submodule), and never appear in a message.
 
 mod auth;
 
@@ -212,7 +212,7 @@ fn tries_note(tries: u32) -> String {
 pub struct Retry {
     /// Tries in all, the first included.
     pub tries: u32,
-    /// The pause after the first failure; each next one doubles, up to [`MAX_DELAY`].
+    /// The pause after the first failure; each next one doubles, up to 8 s.
     pub first_delay: Duration,
 }
 

@@ -15,6 +15,7 @@ pub mod digest;
 pub mod docker;
 pub mod layout;
 pub mod manifest;
+pub mod registry;
 
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -321,6 +322,8 @@ pub enum SourceError {
     MediaType { what: String, media_type: String },
     #[error("{what}: {why}")]
     Invalid { what: String, why: String },
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
     #[error("{what}: no image for platform {wanted} (the index has: {available})")]
     Platform {
         what: String,

@@ -11,6 +11,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use imgfs::image::ImageReader;
 use imgfs::index::format::Index;
 use imgfs::index::scan::SliceInput;
+use imgfs::index::tree::BlobRef;
 use imgfs::index::{FileInput, build_tree};
 
 /// Files in the synthetic archive: 100 directories of 100 small files.
@@ -47,7 +48,12 @@ fn on_disk(tar: &[u8]) -> (PathBuf, PathBuf) {
     let index = dir.join("index");
     std::fs::write(&archive, tar).unwrap();
     let tree = build_tree(&mut SliceInput::new(tar)).unwrap();
-    std::fs::write(&index, tree.write_index(tar.len() as u64).unwrap()).unwrap();
+    std::fs::write(
+        &index,
+        tree.write_index(&[BlobRef::new(tar.len() as u64, "archive")])
+            .unwrap(),
+    )
+    .unwrap();
     (index, archive)
 }
 
@@ -68,9 +74,14 @@ fn bench(c: &mut Criterion) {
     let tree = build_tree(&mut SliceInput::new(&tar)).unwrap();
     g.throughput(Throughput::Elements(entries));
     g.bench_function("write_index", |b| {
-        b.iter(|| tree.write_index(tar.len() as u64).unwrap())
+        b.iter(|| {
+            tree.write_index(&[BlobRef::new(tar.len() as u64, "archive")])
+                .unwrap()
+        })
     });
-    let bytes = tree.write_index(tar.len() as u64).unwrap();
+    let bytes = tree
+        .write_index(&[BlobRef::new(tar.len() as u64, "archive")])
+        .unwrap();
     g.throughput(Throughput::Bytes(bytes.len() as u64));
     g.bench_function("open (validate + checksum)", |b| {
         b.iter(|| Index::new(black_box(&bytes[..])).unwrap().inode_count())
@@ -104,7 +115,7 @@ fn bench(c: &mut Criterion) {
             i
         })
     });
-    let fs = ImageReader::open(&index_path, &archive_path).unwrap();
+    let fs = ImageReader::open(&index_path, std::slice::from_ref(&archive_path)).unwrap();
     g.throughput(Throughput::Elements(1));
     g.bench_function("read_file (resolve + read ~2 KiB)", |b| {
         b.iter(|| {

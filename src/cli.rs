@@ -29,6 +29,10 @@ pub struct CacheArgs {
     /// Cache directory [default: $IMGFS_CACHE_DIR, $XDG_CACHE_HOME/imgfs, ~/.cache/imgfs]
     #[arg(long, value_name = "DIR", global = true)]
     pub cache_dir: Option<PathBuf>,
+    /// Platform to pick from a multi-platform image, as OS/ARCH[/VARIANT] [default: this
+    /// machine's, e.g. linux/amd64]
+    #[arg(long, value_name = "PLATFORM", global = true)]
+    pub platform: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -443,8 +447,9 @@ pub struct UmountArgs {
 pub struct ServeArgs {
     #[arg(long)]
     pub index: PathBuf,
-    #[arg(long)]
-    pub archive: PathBuf,
+    /// The index's blobs, in table order (repeated).
+    #[arg(long = "blob", required = true)]
+    pub blobs: Vec<PathBuf>,
     #[arg(long)]
     pub fsname: String,
     #[arg(long)]

@@ -87,6 +87,20 @@ impl ProgressLine {
             prepare::Event::Pulling(status) => {
                 self.show(&format!("pulling {}: {status}", self.label), false)
             }
+            prepare::Event::Exporting(p) if p.layers_total > 0 => {
+                let rate = mb(p.bytes) / p.elapsed.as_secs_f64().max(1e-3);
+                self.show(
+                    &format!(
+                        "fetching {}: {}/{} layers, {:.1} MB, {rate:.1} MB/s, {} entries",
+                        self.label,
+                        p.layers_done,
+                        p.layers_total,
+                        mb(p.bytes),
+                        p.entries
+                    ),
+                    false,
+                );
+            }
             prepare::Event::Exporting(p) => {
                 let rate = mb(p.bytes) / p.elapsed.as_secs_f64().max(1e-3);
                 self.show(
@@ -99,6 +113,17 @@ impl ProgressLine {
                     false,
                 );
             }
+            prepare::Event::Exported(p) if p.layers_total > 0 => self.show(
+                &format!(
+                    "fetched {}: {} layers, {:.1} MB, {} entries in {:.1} s",
+                    self.label,
+                    p.layers_total,
+                    mb(p.bytes),
+                    p.entries,
+                    p.elapsed.as_secs_f64()
+                ),
+                true,
+            ),
             prepare::Event::Exported(p) => self.show(
                 &format!(
                     "exported {}: {:.1} MB, {} entries in {:.1} s",
@@ -123,7 +148,12 @@ impl Drop for ProgressLine {
 }
 
 /// Resolves `image` and fills its cache entry if needed, with a progress line.
-fn prepare(image: &str, cache: &Cache, pull: bool) -> Result<prepare::Ready> {
+fn prepare(image: &str, cache: &Cache, pull: bool, args: &CacheArgs) -> Result<prepare::Ready> {
+    let platform = args
+        .platform
+        .as_deref()
+        .map(imgfs::source::Platform::parse)
+        .transpose()?;
     let mut line = ProgressLine::new(image);
     let mut report = |e: prepare::Event| {
         if let Some(l) = line.as_mut() {
@@ -132,9 +162,17 @@ fn prepare(image: &str, cache: &Cache, pull: bool) -> Result<prepare::Ready> {
     };
     let options = prepare::Options {
         pull,
+        platform,
         report: Some(&mut report),
     };
-    let ready = prepare::prepare_with(&ImageRef::parse(image), cache, options)?;
+    let reference = ImageRef::parse(image);
+    let ready = match prepare::prepare_with(&reference, cache, options) {
+        Err(e @ prepare::PrepareError::Docker(_)) => match reference.file_hint() {
+            Some(hint) => return Err(anyhow::anyhow!("{e}; {hint}")),
+            None => return Err(e.into()),
+        },
+        r => r?,
+    };
     if !quiet() {
         for w in &ready.warnings {
             eprintln!("imgfs: warning: {w}");
@@ -146,20 +184,20 @@ fn prepare(image: &str, cache: &Cache, pull: bool) -> Result<prepare::Ready> {
 fn mount(args: MountArgs) -> Result<i32> {
     let cache = Cache::locate(args.cache.cache_dir.clone())?;
     serve::check_mountpoint(&args.mountpoint)?;
-    let ready = prepare(&args.image, &cache, args.pull)?;
+    let ready = prepare(&args.image, &cache, args.pull, &args.cache)?;
     let options = ServeOptions {
         fsname: format!("{}{}", serve::SOURCE_PREFIX, args.image),
         threads: args.threads.unwrap_or_else(serve::default_threads),
         idle_exit: None,
     };
     if args.foreground {
-        let fs = ImageFs::open(&ready.index_path, &ready.archive_path)?;
+        let fs = ImageFs::open(&ready.index_path, &ready.blobs)?;
         serve::serve(fs, &ready.index_path, &args.mountpoint, &options, || {})?;
         return Ok(0);
     }
     serve::spawn_detached(&serve::Served {
         index: &ready.index_path,
-        archive: &ready.archive_path,
+        blobs: &ready.blobs,
         mountpoint: &args.mountpoint,
         options: &options,
         owners: Owners::Recorded,
@@ -179,7 +217,7 @@ fn serve_background(args: ServeArgs) -> Result<i32> {
         Some((uid, gid)) => Owners::RootAs { uid, gid },
         None => Owners::Recorded,
     };
-    let result = ImageFs::open(&args.index, &args.archive)
+    let result = ImageFs::open(&args.index, &args.blobs)
         .map_err(anyhow::Error::from)
         .and_then(|fs| {
             serve::serve(
@@ -213,7 +251,7 @@ fn run_sandbox(args: RunArgs) -> Result<i32> {
 
 fn start_sandbox(args: RunArgs) -> Result<i32> {
     let cache = Cache::locate(args.cache.cache_dir.clone())?;
-    let ready = prepare(&args.image, &cache, args.pull)?;
+    let ready = prepare(&args.image, &cache, args.pull, &args.cache)?;
     let request = runner::plan::Request {
         command: args.command,
         entrypoint: args.entrypoint,
@@ -277,23 +315,23 @@ pub fn message(e: &anyhow::Error) -> String {
 /// Resolves and prepares an image for the inspection commands, and opens its index.
 /// Without access to the daemon, a reference the cache holds the image under is enough:
 /// what is cached by its id needs no daemon.
-fn open_image(image: &str, cache: &CacheArgs) -> Result<(prepare::Ready, ImageReader)> {
-    let cache = Cache::locate(cache.cache_dir.clone())?;
-    let ready = match prepare(image, &cache, false) {
+fn open_image(image: &str, args: &CacheArgs) -> Result<(prepare::Ready, ImageReader)> {
+    let cache = Cache::locate(args.cache_dir.clone())?;
+    let ready = match prepare(image, &cache, false, args) {
         Err(e) if unreachable_daemon(&e) => {
             let all = catalog::images(&cache);
             let found: Vec<_> = all.iter().filter(|i| i.matches(image)).collect();
             match found.as_slice() {
                 [one] if one.id.starts_with("sha256:") => {
                     log::info!("{e}; using the cached {}", one.id);
-                    prepare(&one.id, &cache, false)?
+                    prepare(&one.id, &cache, false, args)?
                 }
                 _ => return Err(e),
             }
         }
         r => r?,
     };
-    let fs = ImageReader::open(&ready.index_path, &ready.archive_path)?;
+    let fs = ImageReader::open(&ready.index_path, &ready.blobs)?;
     Ok((ready, fs))
 }
 
@@ -393,8 +431,8 @@ fn inspect_image(args: InspectArgs) -> Result<i32> {
         },
         "Entries": counts,
         "Cache": {
-            "Archive": ready.archive_path.display().to_string(),
-            "ArchiveBytes": size(&ready.archive_path),
+            "Blobs": ready.blobs.iter().map(|b| b.display().to_string()).collect::<Vec<_>>(),
+            "BlobBytes": ready.blobs.iter().map(|b| size(b)).sum::<u64>(),
             "Index": ready.index_path.display().to_string(),
             "IndexBytes": size(&ready.index_path),
         },
@@ -479,6 +517,8 @@ fn images(args: ImagesArgs) -> Result<i32> {
         let mut rows = vec![vec![
             "IMAGE ID".to_string(),
             "SIZE".into(),
+            "SHARED".into(),
+            "UNIQUE".into(),
             "ENTRIES".into(),
             "LAST USED".into(),
             "REFERENCES".into(),
@@ -487,6 +527,8 @@ fn images(args: ImagesArgs) -> Result<i32> {
             rows.push(vec![
                 i.short_id(),
                 inspect::bytes(i.disk_bytes),
+                inspect::bytes(i.disk_bytes - i.unique_bytes),
+                inspect::bytes(i.unique_bytes),
                 i.inodes.map_or_else(|| "-".into(), |n| n.to_string()),
                 ago(i.last_used),
                 i.names(),
@@ -528,6 +570,7 @@ fn rm(args: RmArgs) -> Result<i32> {
         };
         match image.entry.remove()? {
             Removal::Removed(bytes) => {
+                let bytes = bytes + cache.collect_layers();
                 println!(
                     "removed {} ({}, {})",
                     image.short_id(),
@@ -555,7 +598,7 @@ fn prune(args: PruneArgs) -> Result<i32> {
     let cache = Cache::locate(args.cache.cache_dir.clone())?;
     cache.sweep_leftovers();
     let all = catalog::images(&cache);
-    let done = catalog::prune(&all, args.older_than, args.max_size, args.dry_run);
+    let done = catalog::prune(&cache, &all, args.older_than, args.max_size, args.dry_run);
     let mut freed = 0;
     let verb = if args.dry_run {
         "would remove"

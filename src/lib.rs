@@ -1,18 +1,21 @@
 //! imgfs makes a container image usable as a directory in milliseconds, without unpacking it.
 //!
-//! Data flows one way through five stages; each module uses only the ones before it:
+//! Data flows one way through the stages; each module uses only the ones before it:
 //!
 //! ```text
-//! source ──tar stream──▶ cache ──archive file──▶ index ──▶ fs (FUSE) ──▶ runner
-//! (docker, tar file)     (one copy per image,    (scanned    (serves reads    (namespaces,
-//!                         keyed by image id)      once)       from offsets)    overlay, exec)
+//! source ──config + layers──▶ cache ──blobs──▶ index ──▶ image ──▶ fs (FUSE) ──▶ runner
+//! (daemon, OCI layouts,       (layers kept    (scanned    (reads at   (thin adapter)  (namespaces,
+//!  archives, tar file)         once by digest) once,       offsets in                  overlay, exec)
+//!                                              merged)     the blobs)
 //! ```
 //!
-//! - [`source`] resolves a reference to an image id, its config and an export stream.
-//! - [`cache`] owns the per-image directories, their locks and completion markers.
-//! - [`index`] scans the stream while it is written to the cache and lays out a compact,
-//!   checksummed index that is memory-mapped and used in place.
-//! - [`prepare`] gets an image ready: fills the cache from its source and indexes it on the way.
+//! - [`source`] resolves a reference: a daemon image's id, config and export stream, a tar
+//!   file, or an image of layers (OCI layouts and archives, `docker save` output) with its
+//!   config and verified layer streams.
+//! - [`cache`] owns the image and layer entries, their locks and completion markers.
+//! - [`index`] scans archives, merges layers (whiteouts, opaque directories) and lays out a
+//!   compact, checksummed index with a blob table, memory-mapped and used in place.
+//! - [`prepare`] gets an image ready: fills the cache from its source and indexes on the way.
 //! - [`image`] reads a prepared image in place: resolve, attributes, directories, reads.
 //! - [`fs`] serves it as a read-only FUSE filesystem, a thin adapter over [`image`].
 //! - [`serve`] is the mount lifecycle: mounting, detached and shared servers, their
@@ -20,7 +23,7 @@
 //! - [`runner`] starts a sandbox rooted in that filesystem, with a writable overlay, confined
 //!   as docker confines a container.
 //! - [`inspect`], beside the runner, answers `ls`, `cat`, `stat`, `find` and `inspect` from the
-//!   same index and archive without mounting anything.
+//!   same index and blobs without mounting anything.
 #![deny(unsafe_code)]
 
 // The stages in pipeline order (kept apart so formatting does not sort them).

@@ -11,6 +11,7 @@ mod common;
 
 use common::{fixture_archives, repo_root};
 use imgfs::index::scan::SliceInput;
+use imgfs::index::tree::BlobRef;
 
 fn saved(target: &str) -> Vec<(String, Vec<u8>)> {
     let dir = repo_root().join("tests/fuzz/regressions").join(target);
@@ -68,7 +69,7 @@ fn index_inputs_pass_the_checks() {
         let tree =
             imgfs::index::build_tree(&mut SliceInput::new(&data)).expect("a fixture archive scans");
         let index = tree
-            .write_index(data.len() as u64)
+            .write_index(&[BlobRef::new(data.len() as u64, "archive")])
             .expect("a fixture archive's tree writes its index");
         checks::read_any(&index);
         let step = (index.len() / 256).max(1);

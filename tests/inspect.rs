@@ -254,9 +254,11 @@ fn inspect_reports_the_daemons_config_and_the_trees_counts() {
     assert_eq!(e["files"], count("f"));
     assert_eq!(e["directories"], count("d"));
     assert_eq!(e["symlinks"], count("l"));
-    let archive = PathBuf::from(ours["Cache"]["Archive"].as_str().unwrap());
+    let blobs = ours["Cache"]["Blobs"].as_array().unwrap();
+    assert_eq!(blobs.len(), 1, "an export is one blob: {blobs:?}");
+    let archive = PathBuf::from(blobs[0].as_str().unwrap());
     assert_eq!(
-        ours["Cache"]["ArchiveBytes"],
+        ours["Cache"]["BlobBytes"],
         std::fs::metadata(&archive).unwrap().len()
     );
     // The human form names the same things.

@@ -6,6 +6,11 @@
 //! A directory without the marker is leftovers of an interrupted fill: never used, removed by
 //! the next fill. An exclusive lock (`locks/<key>.lock`, flock) keeps two processes from
 //! filling the same entry; the second one waits and then finds the entry complete.
+//!
+//! Images made of layers share them: each layer's uncompressed tar is kept once, under
+//! `layers/<diff id>/` ([`Cache::layer`]), with the same protocol (lock, marker written last),
+//! and an image's entry holds only its merged index, its config and the list of its layers
+//! ([`LAYERS_FILE`]). A layer goes only when no complete image lists it.
 
 pub mod sys;
 
@@ -21,6 +26,17 @@ pub const MARKER_FILE: &str = "complete";
 pub const VERIFIED_FILE: &str = "index.verified";
 /// For an indexed tar file: the path it was indexed from.
 pub const SOURCE_FILE: &str = "source";
+/// For an image of layers: its layers' diff ids, bottom first, one per line.
+pub const LAYERS_FILE: &str = "layers";
+/// A layer's uncompressed tar, in its own entry.
+pub const LAYER_FILE: &str = "layer.tar";
+/// Where image entries live, under the root.
+const IMAGES_DIR: &str = "images";
+/// Where layer entries live, under the root.
+const LAYERS_DIR: &str = "layers";
+
+/// Layer fill locks are named apart from image ones.
+const LAYER_LOCK_PREFIX: &str = "layer-";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -62,7 +78,12 @@ impl Cache {
     /// Removes what interrupted fills left: entry directories without a completion marker
     /// whose fill lock nobody holds. Best effort; called before a new fill.
     pub fn sweep_leftovers(&self) {
-        let Ok(dirs) = fs::read_dir(self.root.join("images")) else {
+        self.sweep(IMAGES_DIR, "");
+        self.sweep(LAYERS_DIR, LAYER_LOCK_PREFIX);
+    }
+
+    fn sweep(&self, kind: &str, lock_prefix: &str) {
+        let Ok(dirs) = fs::read_dir(self.root.join(kind)) else {
             return;
         };
         let _ = fs::create_dir_all(self.root.join("locks"));
@@ -82,7 +103,7 @@ impl Cache {
             let lock_path = self
                 .root
                 .join("locks")
-                .join(format!("{}.lock", name.to_string_lossy()));
+                .join(format!("{lock_prefix}{}.lock", name.to_string_lossy()));
             let Ok(lock) = OpenOptions::new()
                 .create(true)
                 .truncate(false)
@@ -104,6 +125,23 @@ impl Cache {
     /// The entry for a key such as `sha256:0123...`; characters other than
     /// `[A-Za-z0-9._-]` become `-` so a key can never name a path outside the cache.
     pub fn entry(&self, key: &str) -> Entry {
+        self.item(IMAGES_DIR, "", key)
+    }
+
+    /// The entry of the layer whose uncompressed tar has digest `diff_id`.
+    pub fn layer(&self, diff_id: &str) -> Entry {
+        self.item(LAYERS_DIR, LAYER_LOCK_PREFIX, diff_id)
+    }
+
+    /// The complete layer entries, in name order.
+    pub fn layers(&self) -> Vec<Entry> {
+        self.complete(LAYERS_DIR)
+            .iter()
+            .map(|n| self.item(LAYERS_DIR, LAYER_LOCK_PREFIX, n))
+            .collect()
+    }
+
+    fn item(&self, kind: &str, lock_prefix: &str, key: &str) -> Entry {
         let safe: String = key
             .chars()
             .map(|c| {
@@ -122,8 +160,11 @@ impl Cache {
             safe
         };
         Entry {
-            dir: self.root.join("images").join(&safe),
-            lock_path: self.root.join("locks").join(format!("{safe}.lock")),
+            dir: self.root.join(kind).join(&safe),
+            lock_path: self
+                .root
+                .join("locks")
+                .join(format!("{lock_prefix}{safe}.lock")),
         }
     }
 }
@@ -135,7 +176,15 @@ impl Cache {
 
     /// The complete entries, in name order.
     pub fn entries(&self) -> Vec<Entry> {
-        let Ok(dirs) = fs::read_dir(self.root.join("images")) else {
+        self.complete(IMAGES_DIR)
+            .iter()
+            .map(|n| self.entry(n))
+            .collect()
+    }
+
+    /// The names of the complete entries of one kind, sorted.
+    fn complete(&self, kind: &str) -> Vec<String> {
+        let Ok(dirs) = fs::read_dir(self.root.join(kind)) else {
             return Vec::new();
         };
         let mut names: Vec<_> = dirs
@@ -145,7 +194,57 @@ impl Cache {
             .filter(|n| !n.starts_with('.'))
             .collect();
         names.sort();
-        names.iter().map(|n| self.entry(n)).collect()
+        names
+    }
+
+    /// Removes every complete layer no complete image lists and nothing uses; returns the
+    /// bytes freed. Run after images are removed.
+    /// While an image is being filled, nothing is collected: the layers it will list are not
+    /// listed by a complete image yet.
+    pub fn collect_layers(&self) -> u64 {
+        if self.filling() {
+            return 0;
+        }
+        let listed = self.layers_in_use();
+        let mut freed = 0;
+        for layer in self.layers() {
+            let key = layer.marker().unwrap_or_default();
+            if listed.contains(&key) {
+                continue;
+            }
+            match layer.remove() {
+                Ok(Removal::Removed(bytes)) => freed += bytes,
+                Ok(_) => {}
+                Err(e) => log::warn!("{e}"),
+            }
+        }
+        freed
+    }
+
+    /// Whether some process is filling an image entry now (its fill lock is held).
+    fn filling(&self) -> bool {
+        let Ok(dirs) = fs::read_dir(self.root.join(IMAGES_DIR)) else {
+            return false;
+        };
+        dirs.flatten()
+            .filter(|d| !d.path().join(MARKER_FILE).exists())
+            .any(|d| {
+                let name = d.file_name().to_string_lossy().into_owned();
+                let lock = self.root.join("locks").join(format!("{name}.lock"));
+                OpenOptions::new()
+                    .write(true)
+                    .open(lock)
+                    .is_ok_and(|f| !sys::try_lock_exclusive(&f).unwrap_or(true))
+            })
+    }
+
+    /// The layers that complete images list (their store keys).
+    pub fn layers_in_use(&self) -> std::collections::HashSet<String> {
+        self.entries()
+            .iter()
+            .filter_map(|e| fs::read_to_string(e.dir().join(LAYERS_FILE)).ok())
+            .flat_map(|l| l.lines().map(str::to_string).collect::<Vec<_>>())
+            .collect()
     }
 }
 
@@ -160,7 +259,8 @@ pub enum Removal {
     Filling,
 }
 
-/// Processes with a file under `dir` mapped (every user of an entry maps its index).
+/// Processes with a file under `dir` mapped (every user of an image entry maps its index)
+/// or open (a server reads layers through open files).
 fn mapping_under(dir: &Path) -> Vec<u32> {
     let Ok(procs) = fs::read_dir("/proc") else {
         return Vec::new();
@@ -177,7 +277,13 @@ fn mapping_under(dir: &Path) -> Vec<u32> {
         };
         let uses = maps
             .split(|&b| b == b'\n')
-            .any(|line| line.windows(prefix.len()).any(|w| w == prefix.as_slice()));
+            .any(|line| line.windows(prefix.len()).any(|w| w == prefix.as_slice()))
+            || fs::read_dir(p.path().join("fd")).is_ok_and(|fds| {
+                fds.flatten().any(|fd| {
+                    fs::read_link(fd.path())
+                        .is_ok_and(|t| t.as_os_str().as_encoded_bytes().starts_with(&prefix))
+                })
+            });
         if uses {
             pids.push(pid);
         }

@@ -95,8 +95,8 @@ fn errno(e: ReadError, op: &str, ino: INodeNo) -> Errno {
 
 impl ImageFs {
     /// Opens the image to serve (see [`ImageReader::open`]).
-    pub fn open(index_path: &Path, archive_path: &Path) -> Result<ImageFs, FsError> {
-        Ok(ImageFs::new(ImageReader::open(index_path, archive_path)?))
+    pub fn open(index_path: &Path, blobs: &[std::path::PathBuf]) -> Result<ImageFs, FsError> {
+        Ok(ImageFs::new(ImageReader::open(index_path, blobs)?))
     }
 
     pub fn new(image: ImageReader) -> ImageFs {

@@ -1,6 +1,7 @@
 //! The image reader: the library's view of one prepared image — resolve a path inside the
 //! image root, attributes, directory entries, symlink targets, xattrs and reads at an offset
-//! — over a memory-mapped index and the blob that holds the files' bytes.
+//! — over a memory-mapped index and the blobs that hold the files' bytes (one archive, or
+//! one per layer).
 //!
 //! Takes a [`Ready`](crate::prepare::Ready) image. The FUSE adapter ([`crate::fs`]), the
 //! inspection commands and the runner all read images through it. Records are addressed by
@@ -13,7 +14,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::cache;
@@ -90,6 +91,12 @@ pub enum ImageError {
     Index {
         path: std::path::PathBuf,
         source: crate::index::format::FormatError,
+    },
+    #[error("{path} names {expected} blobs but {actual} were given")]
+    BlobCount {
+        path: std::path::PathBuf,
+        actual: usize,
+        expected: u32,
     },
     #[error(
         "{path} is {actual} bytes but its index expects at least {expected}: the archive is truncated"
@@ -202,15 +209,16 @@ fn to_time(secs: i64, nsec: u32) -> SystemTime {
 /// One prepared image, read in place.
 pub struct ImageReader {
     index: Index<memmap2::Mmap>,
-    blob: Box<dyn Blob>,
+    /// The index's blob table, opened: blob `i` holds the bytes of files whose record says `i`.
+    blobs: Vec<Box<dyn Blob>>,
     owners: Owners,
 }
 
 impl ImageReader {
     /// Opens the index (its layout validated; its checksum was verified when the image was
-    /// prepared, see [`crate::prepare::prepare`]) and checks that the archive is as long as it
-    /// says.
-    pub fn open(index_path: &Path, archive_path: &Path) -> Result<ImageReader, ImageError> {
+    /// prepared, see [`crate::prepare::prepare`]) and the files of its blob table, in table
+    /// order, checking that each is as long as the table says.
+    pub fn open(index_path: &Path, blob_paths: &[PathBuf]) -> Result<ImageReader, ImageError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| ImageError::Io { path, source }
@@ -221,18 +229,30 @@ impl ImageReader {
             path: index_path.to_path_buf(),
             source,
         })?;
-        let archive = File::open(archive_path).map_err(io(archive_path))?;
-        let actual = archive.size().map_err(io(archive_path))?;
-        if actual < index.archive_size() {
-            return Err(ImageError::Truncated {
-                path: archive_path.to_path_buf(),
-                actual,
-                expected: index.archive_size(),
+        if blob_paths.len() != index.blob_count() as usize {
+            return Err(ImageError::BlobCount {
+                path: index_path.to_path_buf(),
+                actual: blob_paths.len(),
+                expected: index.blob_count(),
             });
+        }
+        let mut blobs: Vec<Box<dyn Blob>> = Vec::with_capacity(blob_paths.len());
+        for (i, path) in blob_paths.iter().enumerate() {
+            let file = File::open(path).map_err(io(path))?;
+            let actual = file.size().map_err(io(path))?;
+            let expected = index.blob(i as u32).map_or(u64::MAX, |(size, _)| size);
+            if actual < expected {
+                return Err(ImageError::Truncated {
+                    path: path.to_path_buf(),
+                    actual,
+                    expected,
+                });
+            }
+            blobs.push(Box::new(file));
         }
         Ok(ImageReader {
             index,
-            blob: Box::new(archive),
+            blobs,
             owners: Owners::Recorded,
         })
     }
@@ -323,14 +343,18 @@ impl ImageReader {
                 .data
                 .checked_add(offset)
                 .ok_or(ReadError::Corrupt("data offset overflows"))?;
-            self.read_blob(at, &mut buf)?;
+            self.read_blob(r.blob, at, &mut buf)?;
         }
         Ok(buf)
     }
 
-    fn read_blob(&self, mut at: u64, mut buf: &mut [u8]) -> Result<(), ReadError> {
+    fn read_blob(&self, blob: u32, mut at: u64, mut buf: &mut [u8]) -> Result<(), ReadError> {
+        let blob = self
+            .blobs
+            .get(blob as usize)
+            .ok_or(ReadError::Corrupt("a file names a blob the table lacks"))?;
         while !buf.is_empty() {
-            match self.blob.read_at(buf, at) {
+            match blob.read_at(buf, at) {
                 Ok(0) => return Err(ReadError::Corrupt("data lies past the end of the archive")),
                 Ok(n) => {
                     buf = &mut buf[n..];
@@ -363,7 +387,7 @@ impl ImageReader {
                 let src = stored
                     .checked_add(from - s.offset)
                     .ok_or(ReadError::Corrupt("segment overflows"))?;
-                self.read_blob(src, dst)?;
+                self.read_blob(r.blob, src, dst)?;
             }
             if s.offset >= end {
                 break;

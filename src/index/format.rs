@@ -1,6 +1,6 @@
-//! The on-disk index format, version 3. The field docs below are the specification.
+//! The on-disk index format, version 4. The field docs below are the specification.
 //!
-//! All integers are little-endian. The file is six sections, back to back:
+//! All integers are little-endian. The file is seven sections, back to back:
 //!
 //! | section  | size                    | contents                                        |
 //! |----------|-------------------------|-------------------------------------------------|
@@ -8,24 +8,32 @@
 //! | inodes   | count × [`INODE_LEN`]   | one record per inode; record 0 is the root      |
 //! | dirents  | count × [`DIRENT_LEN`]  | each directory's children, contiguous, sorted   |
 //! | owners   | count × [`OWNER_LEN`]   | the distinct (uid, gid) pairs                   |
+//! | blobs    | count × [`BLOB_LEN`]    | the blobs holding the files' bytes (the table)  |
 //! | names    | `names_len` bytes       | directory entry names, raw bytes, in dirent order |
-//! | blob     | `blob_len` bytes        | symlink targets, sparse maps, xattrs            |
+//! | extra    | `extra_len` bytes       | symlink targets, sparse maps, xattrs, blob keys |
 //!
 //! Header: `0` magic `b"IMGFSIDX"`, `8` version u32, `12` header length u32, `16` inode count
-//! u64, `24` dirent count u64, `32` names length u64, `40` blob length u64, `48` archive size
-//! u64 (the archive must be at least this long: a truncated cache is refused), `56` total
-//! blocks u64 (sum of the inodes' 512-byte blocks, for statfs), `64` owner count u64,
-//! `72`..`124` zero, `124` CRC-32 (IEEE) of the whole file with this field taken as zero.
+//! u64, `24` dirent count u64, `32` names length u64, `40` extra length u64, `48` blob count
+//! u64, `56` total blocks u64 (sum of the inodes' 512-byte blocks, for statfs), `64` owner
+//! count u64, `72`..`124` zero, `124` CRC-32 (IEEE) of the whole file with this field taken
+//! as zero.
 //!
-//! Inode record ([`INODE_LEN`] = 40 bytes): `0` mode u16 (type and permission bits, as
+//! Blob record ([`BLOB_LEN`] = 16 bytes): `0` size u64 (the blob must be at least this long:
+//! a truncated one is refused), `8` key offset u32 and `12` key length u32 (into extra). The
+//! key names the blob to whoever opens the index: an uncompressed layer's digest
+//! (`sha256:…`), or what a single-archive image was built from. A flat archive is one blob;
+//! an image of layers has one blob per layer, bottom first.
+//!
+//! Inode record ([`INODE_LEN`] = 48 bytes): `0` mode u16 (type and permission bits, as
 //! `st_mode`), `2` owner u16 (index into owners), `4` nlink u32, `8` size u64, `16` mtime i64
 //! seconds, `24` mtime nanoseconds (bits 0–29) and the sparse flag (bit 31) u32, `28` xattrs
-//! u32 (blob offset + 1, or 0 for none), `32` data u64. By type:
-//! regular file — size = its size, data = archive offset of its bytes; with the sparse flag,
-//! data = blob offset of (archive offset u64, map offset u64, segment count u32) and the map is
-//! that many segments of (offset u64, length u64) in the blob. Directory — size = parent
+//! u32 (extra offset + 1, or 0 for none), `32` data u64, `40` blob u32 (index into the blob
+//! table; zero for anything but a regular file), `44` zero u32. By type:
+//! regular file — size = its size, data = offset of its bytes in its blob; with the sparse
+//! flag, data = extra offset of (blob offset u64, map offset u64, segment count u32) and the
+//! map is that many segments of (offset u64, length u64) in extra. Directory — size = parent
 //! record (low 32 bits) and child count (high 32 bits), data = first dirent index; its
-//! `st_size` is [`DIR_SIZE`]. Symlink — size = target length, data = blob offset of the
+//! `st_size` is [`DIR_SIZE`]. Symlink — size = target length, data = extra offset of the
 //! target. Device — data = major << 32 | minor. `st_blocks` is not stored: it is the size in
 //! 512-byte units (for a sparse file, of its segments), [`DIR_SIZE`] for a directory, zero
 //! otherwise.
@@ -48,15 +56,18 @@ use super::scan::{Kind, Segment};
 
 pub const MAGIC: &[u8; 8] = b"IMGFSIDX";
 /// Bumped on any change to the layout; an index of another version is rebuilt.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 pub const HEADER_LEN: usize = 128;
-pub const INODE_LEN: usize = 40;
+pub const INODE_LEN: usize = 48;
 pub const DIRENT_LEN: usize = 8;
 pub const OWNER_LEN: usize = 8;
+pub const BLOB_LEN: usize = 16;
+/// Most blobs one index may name: far above the 127 layers an image can have.
+pub const MAX_BLOBS: u64 = 4096;
 const CRC_AT: usize = 124;
 /// Bit of the nanoseconds field that marks a sparse file (nanoseconds need 30 bits).
 const SPARSE_FLAG: u32 = 1 << 31;
-/// Length of a sparse file's (archive offset, map offset, segment count) in the blob.
+/// Length of a sparse file's (blob offset, map offset, segment count) in extra.
 const SPARSE_HEADER_LEN: u64 = 20;
 /// `st_size` reported for directories, as on most disk filesystems.
 pub const DIR_SIZE: u64 = 4096;
@@ -88,6 +99,8 @@ pub struct InodeRecord {
     pub mtime_nsec: u32,
     pub parent: u32,
     pub data: u64,
+    /// The blob (its number in the table) that holds a regular file's bytes.
+    pub blob: u32,
     pub extra_off: u64,
     pub extra_len: u32,
     pub xattr_len: u32,
@@ -134,7 +147,8 @@ pub struct Writer {
     owners: Vec<(u32, u32)>,
     owner_index: std::collections::HashMap<(u32, u32), u16>,
     names: Vec<u8>,
-    blob: Vec<u8>,
+    extra: Vec<u8>,
+    blobs: Vec<(u64, u32, u32)>,
 }
 
 fn fits_u32(v: u64, what: &'static str) -> Result<u32, FormatError> {
@@ -158,7 +172,7 @@ impl Writer {
         let xattrs = if r.xattr_len == 0 {
             0
         } else {
-            fits_u32(r.xattr_off + 1, "blob bytes")?
+            fits_u32(r.xattr_off + 1, "extra bytes")?
         };
         let mut nsec = r.mtime_nsec.min(999_999_999);
         let (size, data) = match r.file_type() {
@@ -166,10 +180,10 @@ impl Writer {
             libc::S_IFLNK => (u64::from(r.extra_len), r.extra_off),
             libc::S_IFREG if r.is_sparse() => {
                 nsec |= SPARSE_FLAG;
-                let at = self.blob.len() as u64;
-                self.blob.extend_from_slice(&r.data.to_le_bytes());
-                self.blob.extend_from_slice(&r.extra_off.to_le_bytes());
-                self.blob.extend_from_slice(&r.extra_len.to_le_bytes());
+                let at = self.extra.len() as u64;
+                self.extra.extend_from_slice(&r.data.to_le_bytes());
+                self.extra.extend_from_slice(&r.extra_off.to_le_bytes());
+                self.extra.extend_from_slice(&r.extra_len.to_le_bytes());
                 (r.size, at)
             }
             _ => (r.size, r.data),
@@ -183,6 +197,13 @@ impl Writer {
         b.extend_from_slice(&nsec.to_le_bytes());
         b.extend_from_slice(&xattrs.to_le_bytes());
         b.extend_from_slice(&data.to_le_bytes());
+        let blob = if r.file_type() == libc::S_IFREG {
+            r.blob
+        } else {
+            0
+        };
+        b.extend_from_slice(&blob.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
         Ok(())
     }
 
@@ -195,18 +216,30 @@ impl Writer {
         Ok(())
     }
 
-    pub fn push_blob(&mut self, bytes: &[u8]) -> Result<u64, FormatError> {
-        let off = self.blob.len() as u64;
-        self.blob.extend_from_slice(bytes);
+    /// Adds a blob to the table: one that must be at least `size` bytes long, named `key`.
+    /// Blobs are numbered in the order they are added, from zero.
+    pub fn push_blob_ref(&mut self, size: u64, key: &[u8]) -> Result<u32, FormatError> {
+        if self.blobs.len() as u64 >= MAX_BLOBS {
+            return Err(FormatError::TooLarge("blobs"));
+        }
+        let len = fits_u32(key.len() as u64, "extra bytes")?;
+        let off = fits_u32(self.push_extra(key)?, "extra bytes")?;
+        self.blobs.push((size, off, len));
+        Ok((self.blobs.len() - 1) as u32)
+    }
+
+    pub fn push_extra(&mut self, bytes: &[u8]) -> Result<u64, FormatError> {
+        let off = self.extra.len() as u64;
+        self.extra.extend_from_slice(bytes);
         Ok(off)
     }
 
     pub fn push_segments(&mut self, segments: &[Segment]) -> Result<(u64, u32), FormatError> {
         let n = u32::try_from(segments.len()).map_err(|_| FormatError::TooLarge("segments"))?;
-        let off = self.blob.len() as u64;
+        let off = self.extra.len() as u64;
         for s in segments {
-            self.blob.extend_from_slice(&s.offset.to_le_bytes());
-            self.blob.extend_from_slice(&s.len.to_le_bytes());
+            self.extra.extend_from_slice(&s.offset.to_le_bytes());
+            self.extra.extend_from_slice(&s.len.to_le_bytes());
         }
         Ok((off, n))
     }
@@ -227,19 +260,23 @@ impl Writer {
             run.extend_from_slice(value);
         }
         let len = fits_u32(run.len() as u64, "xattr bytes")?;
-        let off = self.blob.len() as u64;
-        self.blob.extend_from_slice(&len.to_le_bytes());
-        self.blob.extend_from_slice(&run);
+        let off = self.extra.len() as u64;
+        self.extra.extend_from_slice(&len.to_le_bytes());
+        self.extra.extend_from_slice(&run);
         Ok((off, len))
     }
 
-    pub fn finish(self, archive_size: u64) -> Result<Vec<u8>, FormatError> {
+    pub fn finish(self) -> Result<Vec<u8>, FormatError> {
+        if self.blobs.is_empty() {
+            return Err(FormatError::TooLarge("files without a blob"));
+        }
         let total = HEADER_LEN
             + self.inodes.len()
             + self.dirents.len()
             + self.owners.len() * OWNER_LEN
+            + self.blobs.len() * BLOB_LEN
             + self.names.len()
-            + self.blob.len();
+            + self.extra.len();
         let mut out = Vec::with_capacity(total);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
@@ -247,8 +284,8 @@ impl Writer {
         out.extend_from_slice(&((self.inodes.len() / INODE_LEN) as u64).to_le_bytes());
         out.extend_from_slice(&((self.dirents.len() / DIRENT_LEN) as u64).to_le_bytes());
         out.extend_from_slice(&(self.names.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(self.blob.len() as u64).to_le_bytes());
-        out.extend_from_slice(&archive_size.to_le_bytes());
+        out.extend_from_slice(&(self.extra.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(self.blobs.len() as u64).to_le_bytes());
         out.extend_from_slice(&self.total_blocks.to_le_bytes());
         out.extend_from_slice(&(self.owners.len() as u64).to_le_bytes());
         out.resize(HEADER_LEN, 0);
@@ -258,8 +295,13 @@ impl Writer {
             out.extend_from_slice(&uid.to_le_bytes());
             out.extend_from_slice(&gid.to_le_bytes());
         }
+        for (size, off, len) in &self.blobs {
+            out.extend_from_slice(&size.to_le_bytes());
+            out.extend_from_slice(&off.to_le_bytes());
+            out.extend_from_slice(&len.to_le_bytes());
+        }
         out.extend_from_slice(&self.names);
-        out.extend_from_slice(&self.blob);
+        out.extend_from_slice(&self.extra);
         seal(&mut out);
         Ok(out)
     }
@@ -297,9 +339,10 @@ pub struct Index<B> {
     inodes: Range<usize>,
     dirents: Range<usize>,
     owners: Range<usize>,
+    blobs: Range<usize>,
     names: Range<usize>,
-    blob: Range<usize>,
-    archive_size: u64,
+    extra: Range<usize>,
+    blob_count: u32,
 }
 
 /// One directory entry.
@@ -354,9 +397,13 @@ impl<B: AsRef<[u8]>> Index<B> {
         let inodes = next(u64_at(b, 16), INODE_LEN)?;
         let dirents = next(u64_at(b, 24), DIRENT_LEN)?;
         let owners = next(u64_at(b, 64), OWNER_LEN)?;
+        if u64_at(b, 48) == 0 || u64_at(b, 48) > MAX_BLOBS {
+            return Err(FormatError::Layout("without a valid blob table"));
+        }
+        let blobs = next(u64_at(b, 48), BLOB_LEN)?;
         let names = next(u64_at(b, 32), 1)?;
-        let blob = next(u64_at(b, 40), 1)?;
-        if blob.end != b.len() {
+        let extra = next(u64_at(b, 40), 1)?;
+        if extra.end != b.len() {
             return Err(FormatError::Layout(
                 "truncated or has inconsistent section sizes",
             ));
@@ -375,9 +422,10 @@ impl<B: AsRef<[u8]>> Index<B> {
             inodes,
             dirents,
             owners,
+            blobs,
             names,
-            blob,
-            archive_size: u64_at(b, 48),
+            extra,
+            blob_count: u64_at(b, 48) as u32, // at most MAX_BLOBS
             bytes,
         };
         if !index.inode(0).is_some_and(|r| r.is_dir()) {
@@ -390,9 +438,21 @@ impl<B: AsRef<[u8]>> Index<B> {
         self.inode_count
     }
 
-    /// The archive length the index was built from.
-    pub fn archive_size(&self) -> u64 {
-        self.archive_size
+    /// How many blobs the table names (at least one).
+    pub fn blob_count(&self) -> u32 {
+        self.blob_count
+    }
+
+    /// Blob `i` of the table: the length it must have at least, and its key.
+    pub fn blob(&self, i: u32) -> Option<(u64, &[u8])> {
+        if i >= self.blob_count {
+            return None;
+        }
+        let at = self.blobs.start + i as usize * BLOB_LEN;
+        let b = self.bytes.as_ref();
+        let (size, off, len) = (u64_at(b, at), u32_at(b, at + 8), u32_at(b, at + 12));
+        let key = self.section_slice(&self.extra, off.into(), len.into())?;
+        Some((size, key))
     }
 
     /// Sum of all inodes' 512-byte blocks.
@@ -427,7 +487,7 @@ impl<B: AsRef<[u8]>> Index<B> {
         let (xattr_off, xattr_len) = match xattrs.checked_sub(1) {
             None => (0, 0),
             Some(off) => {
-                let len = self.section_slice(&self.blob, u64::from(off), 4)?;
+                let len = self.section_slice(&self.extra, u64::from(off), 4)?;
                 (u64::from(off) + 4, u32::from_le_bytes(len.try_into().ok()?))
             }
         };
@@ -443,6 +503,7 @@ impl<B: AsRef<[u8]>> Index<B> {
             mtime_nsec: nsec & !SPARSE_FLAG,
             parent: 0,
             data: u64_at(b, 32),
+            blob: u32_at(b, 40),
             extra_off: 0,
             extra_len: 0,
             xattr_len,
@@ -462,7 +523,7 @@ impl<B: AsRef<[u8]>> Index<B> {
                 r.data = 0;
             }
             libc::S_IFREG if nsec & SPARSE_FLAG != 0 => {
-                let h = self.section_slice(&self.blob, r.data, SPARSE_HEADER_LEN)?;
+                let h = self.section_slice(&self.extra, r.data, SPARSE_HEADER_LEN)?;
                 r.data = u64_at(h, 0);
                 r.extra_off = u64_at(h, 8);
                 r.extra_len = u32_at(h, 16);
@@ -546,12 +607,12 @@ impl<B: AsRef<[u8]>> Index<B> {
         if r.file_type() != libc::S_IFLNK {
             return None;
         }
-        self.section_slice(&self.blob, r.extra_off, u64::from(r.extra_len))
+        self.section_slice(&self.extra, r.extra_off, u64::from(r.extra_len))
     }
 
     /// A sparse file's data segments; `None` if the map is out of bounds.
     pub fn segments(&self, r: &InodeRecord) -> Option<impl Iterator<Item = Segment> + '_> {
-        let b = self.section_slice(&self.blob, r.extra_off, u64::from(r.extra_len) * 16)?;
+        let b = self.section_slice(&self.extra, r.extra_off, u64::from(r.extra_len) * 16)?;
         Some(b.chunks_exact(16).map(|c| Segment {
             offset: u64_at(c, 0),
             len: u64_at(c, 8),
@@ -561,7 +622,7 @@ impl<B: AsRef<[u8]>> Index<B> {
     /// The inode's xattrs as (name, value); stops at the first malformed one.
     pub fn xattrs(&self, r: &InodeRecord) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
         let mut rest = self
-            .section_slice(&self.blob, r.xattr_off, u64::from(r.xattr_len))
+            .section_slice(&self.extra, r.xattr_off, u64::from(r.xattr_len))
             .unwrap_or(&[]);
         std::iter::from_fn(move || {
             let nl = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
@@ -593,7 +654,7 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        let t = w.push_blob(b"target").unwrap();
+        let t = w.push_extra(b"target").unwrap();
         w.push_inode(&InodeRecord {
             mode: libc::S_IFLNK | 0o777,
             extra_off: t,
@@ -607,12 +668,15 @@ mod tests {
             data: 512,
             uid: 1000,
             gid: 100,
+            blob: 1,
             ..Default::default()
         })
         .unwrap();
         w.push_dirent(2, b"a").unwrap();
         w.push_dirent(1, b"b").unwrap();
-        w.finish(2048).unwrap()
+        w.push_blob_ref(100, b"first").unwrap();
+        w.push_blob_ref(2048, b"sha256:ab").unwrap();
+        w.finish().unwrap()
     }
 
     #[test]
@@ -635,7 +699,10 @@ mod tests {
         assert_eq!(idx.symlink_target(&link), Some(&b"target"[..]));
         let x: Vec<_> = idx.xattrs(&root).collect();
         assert_eq!(x, vec![(&b"user.a"[..], &b"1\n2"[..])]);
-        assert_eq!(idx.archive_size(), 2048);
+        assert_eq!(idx.blob_count(), 2);
+        assert_eq!(idx.blob(1), Some((2048, &b"sha256:ab"[..])));
+        assert_eq!(file.blob, 1);
+        assert_eq!(idx.blob(2), None);
         assert_eq!(idx.inode(3), None);
     }
 
@@ -647,15 +714,15 @@ mod tests {
         let u32le = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
         let u64le = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
         assert_eq!(&b[0..8], b"IMGFSIDX");
-        assert_eq!((u32le(8), u32le(12)), (3, 128));
+        assert_eq!((u32le(8), u32le(12)), (4, 128));
         // inodes, dirents, names, owners
         assert_eq!((u64le(16), u64le(24), u64le(32), u64le(64)), (3, 2, 2, 2));
         let xattr_record = 4 + 4 + 4 + 6 + 3; // length prefix, lengths, name, value
-        let blob_len = xattr_record + 6; // then the symlink target
-        assert_eq!((u64le(40), u64le(48)), (blob_len, 2048));
+        let extra_len = xattr_record + 6 + 5 + 9; // then the symlink target, the blob keys
+        assert_eq!((u64le(40), u64le(48)), (extra_len, 2));
         assert_eq!(
             b.len(),
-            128 + 3 * 40 + 2 * 8 + 2 * 8 + 2 + blob_len as usize
+            128 + 3 * 48 + 2 * 8 + 2 * 8 + 2 * 16 + 2 + extra_len as usize
         );
         let root = 128;
         assert_eq!(u16le(root), (libc::S_IFDIR | 0o755) as u16);
@@ -663,17 +730,30 @@ mod tests {
         assert_eq!(u32le(root + 28), 1); // xattrs at blob offset 0, plus one
         assert_eq!((u32le(root + 8), u32le(root + 12)), (0, 2)); // parent, child count
         assert_eq!(u64le(root + 32), 0); // first dirent
-        let file = 128 + 2 * 40;
+        let file = 128 + 2 * 48;
         assert_eq!(u16le(file + 2), 1); // second owner
         assert_eq!((u64le(file + 8), u64le(file + 32)), (5, 512)); // size, data offset
-        let dirents = 128 + 3 * 40;
+        assert_eq!((u32le(file + 40), u32le(file + 44)), (1, 0)); // blob, zero
+        let dirents = 128 + 3 * 48;
         assert_eq!((u32le(dirents), u32le(dirents + 4)), (2, 0));
         assert_eq!((u32le(dirents + 8), u32le(dirents + 12)), (1, 1));
         let owners = dirents + 16;
         assert_eq!((u32le(owners), u32le(owners + 4)), (0, 0));
         assert_eq!((u32le(owners + 8), u32le(owners + 12)), (1000, 100));
-        assert_eq!(&b[owners + 16..owners + 18], b"ab");
-        assert_eq!(u32le(owners + 18), 4 + 4 + 6 + 3); // xattr run length
+        let blobs = owners + 16;
+        let keys = xattr_record + 6;
+        assert_eq!(
+            (u64le(blobs), u32le(blobs + 8), u32le(blobs + 12)),
+            (100, keys as u32, 5)
+        );
+        let second = (2048, keys as u32 + 5, 9);
+        assert_eq!(
+            (u64le(blobs + 16), u32le(blobs + 24), u32le(blobs + 28)),
+            second
+        );
+        let names = blobs + 32;
+        assert_eq!(&b[names..names + 2], b"ab");
+        assert_eq!(u32le(names + 2), 4 + 4 + 6 + 3); // xattr run length
         let crc = u32le(124);
         let mut zeroed = b.clone();
         zeroed[124..128].fill(0);

@@ -9,6 +9,13 @@
 //! a non-directory standing where a parent must be is replaced by one. A hard link shares the
 //! inode its target has at that point of the archive; a link to a missing target or to a
 //! directory is dropped with a warning. Only nodes still reachable at the end are laid out.
+//!
+//! An image of layers is applied a layer at a time ([`Tree::apply_layer`]), bottom first, as
+//! the OCI image spec says: a layer's whiteouts (`.wh.NAME`) and opaque markers
+//! (`.wh..wh..opq`) remove what the layers below put there — never what the same layer
+//! adds, so they are applied before the layer's other entries — and are not themselves in
+//! the tree; other `.wh..wh.` names are AUFS bookkeeping and are skipped. A hard link may
+//! name a file of a lower layer. Every file remembers which layer (blob) holds its bytes.
 
 use std::collections::HashMap;
 
@@ -22,6 +29,28 @@ const SYNTH_DIR_MODE: u32 = 0o755;
 /// Warnings kept in full; past this only a count is kept, so a hostile archive cannot
 /// fill memory with messages.
 const MAX_WARNINGS: usize = 100;
+/// A layer entry with this name prefix deletes the rest of its name from the layers below.
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+/// A layer entry with this name makes its directory opaque: nothing below shows through.
+const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+/// Whiteout names with this prefix are metadata of the layer format, never files.
+const WHITEOUT_META_PREFIX: &[u8] = b".wh..wh.";
+
+/// A blob named in the index's blob table: the length it must have and its key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobRef {
+    pub size: u64,
+    pub key: Vec<u8>,
+}
+
+impl BlobRef {
+    pub fn new(size: u64, key: impl Into<Vec<u8>>) -> BlobRef {
+        BlobRef {
+            size,
+            key: key.into(),
+        }
+    }
+}
 
 struct Node {
     kind: Kind,
@@ -32,6 +61,8 @@ struct Node {
     mtime_nsec: u32,
     size: u64,
     data_offset: u64,
+    /// The blob holding the data.
+    blob: u32,
     sparse: Option<Vec<Segment>>,
     link: Vec<u8>,
     rdev: (u32, u32),
@@ -50,6 +81,7 @@ impl Node {
             mtime_nsec: 0,
             size: 0,
             data_offset: 0,
+            blob: 0,
             sparse: None,
             link: Vec::new(),
             rdev: (0, 0),
@@ -58,7 +90,7 @@ impl Node {
         }
     }
 
-    fn from_entry(e: Entry) -> Node {
+    fn from_entry(e: Entry, blob: u32) -> Node {
         let kind = e.kind();
         Node {
             kind,
@@ -70,6 +102,7 @@ impl Node {
             mtime_nsec: e.mtime_nsec,
             size: e.size,
             data_offset: e.data_offset,
+            blob,
             sparse: e.sparse,
             link: if kind == Kind::Symlink {
                 e.link
@@ -92,6 +125,8 @@ pub struct Tree {
     /// The parent directory of the previous entry: archives list siblings together, so most
     /// entries skip the walk from the root. Dropped whenever a name is replaced.
     last_parent: Option<(Vec<Vec<u8>>, u32)>,
+    /// The blob the entries being inserted come from.
+    blob: u32,
 }
 
 impl Default for Tree {
@@ -112,7 +147,65 @@ impl Tree {
             dropped_warnings: 0,
             stripped_absolute: false,
             last_parent: None,
+            blob: 0,
         }
+    }
+
+    /// Applies one layer of an image, whose data is in blob `blob`: its whiteouts and opaque
+    /// markers first, then its other entries in archive order.
+    pub fn apply_layer(&mut self, blob: u32, entries: Vec<Entry>) {
+        self.blob = blob;
+        self.last_parent = None;
+        let mut rest = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let name = entry.path.rsplit(|&b| b == b'/').find(|c| !c.is_empty());
+            match name {
+                Some(name) if name.starts_with(WHITEOUT_PREFIX) => self.whiteout(&entry),
+                _ => rest.push(entry),
+            }
+        }
+        for entry in rest {
+            self.insert(entry);
+        }
+    }
+
+    /// Removes from the layers below what a whiteout or an opaque marker names.
+    fn whiteout(&mut self, entry: &Entry) {
+        let at = entry.header_offset;
+        let comps = match self.components(&entry.path) {
+            Ok(c) => c,
+            Err(why) => {
+                let path = lossy(&entry.path);
+                self.warn(format!("skipped whiteout '{path}' at byte {at}: {why}"));
+                return;
+            }
+        };
+        let Some((name, parents)) = comps.split_last() else {
+            return;
+        };
+        // A whiteout in a directory the layers below lack removes nothing.
+        let Some(dir) = self.find_dir(parents) else {
+            return;
+        };
+        self.last_parent = None;
+        let children = &mut self.nodes[dir as usize].children;
+        if *name == OPAQUE_MARKER {
+            children.clear();
+        } else if !name.starts_with(WHITEOUT_META_PREFIX) {
+            children.remove(&name[WHITEOUT_PREFIX.len()..]);
+        }
+    }
+
+    /// The directory `comps` names, if the tree has it.
+    fn find_dir(&self, comps: &[&[u8]]) -> Option<u32> {
+        let mut id = 0u32;
+        for comp in comps {
+            id = *self.nodes[id as usize].children.get(*comp)?;
+            if self.nodes[id as usize].kind != Kind::Directory {
+                return None;
+            }
+        }
+        Some(id)
     }
 
     pub fn warn(&mut self, message: String) {
@@ -174,7 +267,7 @@ impl Tree {
             if entry.kind() == Kind::Directory {
                 let root = &mut self.nodes[0];
                 let children = std::mem::take(&mut root.children);
-                *root = Node::from_entry(entry);
+                *root = Node::from_entry(entry, self.blob);
                 root.children = children;
             } else {
                 self.warn(format!(
@@ -242,13 +335,13 @@ impl Tree {
                 Some(id) if self.nodes[id as usize].kind == Kind::Directory => {
                     let node = &mut self.nodes[id as usize];
                     let children = std::mem::take(&mut node.children);
-                    *node = Node::from_entry(entry);
+                    *node = Node::from_entry(entry, self.blob);
                     node.children = children;
                     return;
                 }
-                _ => self.add_node(Node::from_entry(entry)),
+                _ => self.add_node(Node::from_entry(entry, self.blob)),
             },
-            _ => self.add_node(Node::from_entry(entry)),
+            _ => self.add_node(Node::from_entry(entry, self.blob)),
         };
         if existing.is_some_and(|old| old != id) {
             // A replaced name may have been a directory the cache points into.
@@ -280,7 +373,7 @@ impl Tree {
     /// Lays the reachable tree out as an index: records in breadth-first order (root first,
     /// so inode number = record number + 1), each directory's children contiguous and sorted
     /// by name, hard links sharing one record.
-    pub fn write_index(&self, archive_size: u64) -> Result<Vec<u8>, format::FormatError> {
+    pub fn write_index(&self, blobs: &[BlobRef]) -> Result<Vec<u8>, format::FormatError> {
         const UNASSIGNED: u32 = u32::MAX;
         let mut record_of = vec![UNASSIGNED; self.nodes.len()];
         let mut order: Vec<u32> = vec![0]; // node ids in record order
@@ -335,10 +428,12 @@ impl Tree {
                 xattr_off,
                 xattr_len,
                 blocks: node.size.div_ceil(512),
+                blob: 0,
             };
             match node.kind {
                 Kind::File => {
                     r.data = node.data_offset;
+                    r.blob = node.blob;
                     if let Some(segments) = &node.sparse {
                         // A file that is all hole still needs a map to be read as sparse.
                         let hole = [Segment {
@@ -357,7 +452,7 @@ impl Tree {
                     }
                 }
                 Kind::Symlink => {
-                    r.extra_off = w.push_blob(&node.link)?;
+                    r.extra_off = w.push_extra(&node.link)?;
                     r.extra_len = u32::try_from(node.link.len())
                         .map_err(|_| format::FormatError::TooLarge("symlink target"))?;
                     r.size = node.link.len() as u64;
@@ -391,7 +486,10 @@ impl Tree {
                 w.push_dirent(record_of[child as usize], name)?;
             }
         }
-        w.finish(archive_size)
+        for blob in blobs {
+            w.push_blob_ref(blob.size, &blob.key)?;
+        }
+        w.finish()
     }
 }
 
@@ -433,7 +531,11 @@ mod tests {
         for e in entries {
             t.insert(e);
         }
-        let idx = Index::new(t.write_index(0).unwrap()).unwrap();
+        let blob = BlobRef {
+            size: 0,
+            key: b"archive".to_vec(),
+        };
+        let idx = Index::new(t.write_index(&[blob]).unwrap()).unwrap();
         let mut out = Vec::new();
         let mut stack = vec![(String::new(), 0u32)];
         while let Some((path, rec)) = stack.pop() {
@@ -536,5 +638,109 @@ mod tests {
         assert_eq!(l[0].3, 3); // root: ".", its entry in itself, and a/..
         assert_eq!(l[1].3, 3);
         assert_eq!(l[2].3, 2);
+    }
+
+    /// Applies layers bottom first; rows as [`listing`], data as (blob, offset).
+    fn layered(layers: Vec<Vec<Entry>>) -> Vec<(String, u32, u64)> {
+        let mut t = Tree::new();
+        let mut blobs = Vec::new();
+        for (i, entries) in layers.into_iter().enumerate() {
+            t.apply_layer(i as u32, entries);
+            blobs.push(BlobRef {
+                size: 0,
+                key: format!("layer{i}").into_bytes(),
+            });
+        }
+        let idx = Index::new(t.write_index(&blobs).unwrap()).unwrap();
+        assert_eq!(idx.blob_count() as usize, blobs.len());
+        let mut out = Vec::new();
+        let mut stack = vec![(String::new(), 0u32)];
+        while let Some((path, rec)) = stack.pop() {
+            let r = idx.inode(rec).unwrap();
+            out.push((path.clone(), r.blob, r.data));
+            if r.is_dir() {
+                let mut i = 0;
+                while let Some(d) = idx.child(&r, i) {
+                    let name = String::from_utf8(d.name.to_vec()).unwrap();
+                    stack.push((format!("{path}/{name}"), d.record));
+                    i += 1;
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn names(rows: &[(String, u32, u64)]) -> Vec<&str> {
+        rows.iter().map(|r| r.0.as_str()).collect()
+    }
+
+    #[test]
+    fn layers_merge_with_whiteouts_and_opaque_directories() {
+        let base = vec![
+            entry("d", Kind::Directory),
+            file("d/a", 1),
+            file("d/b", 2),
+            entry("o", Kind::Directory),
+            file("o/old", 3),
+            file("keep", 4),
+            file("gone", 5),
+        ];
+        let upper = vec![
+            file("d/b", 10),           // later layers win
+            file("o/new", 11),         // comes before the marker: same layer, stays
+            file("o/.wh..wh..opq", 0), // hides o/old only
+            file(".wh.gone", 0),
+            file(".wh.nothing", 0),  // names nothing: harmless
+            file("x/.wh.y", 0),      // in a directory nobody made: harmless
+            file(".wh..wh.plnk", 0), // AUFS bookkeeping
+        ];
+        let rows = layered(vec![base, upper]);
+        assert_eq!(
+            names(&rows),
+            ["", "/d", "/d/a", "/d/b", "/keep", "/o", "/o/new"]
+        );
+        let data = |p: &str| rows.iter().find(|r| r.0 == p).map(|r| (r.1, r.2));
+        assert_eq!(data("/d/a"), Some((0, 1)));
+        assert_eq!(data("/d/b"), Some((1, 10)));
+        assert_eq!(data("/o/new"), Some((1, 11)));
+        assert_eq!(data("/keep"), Some((0, 4)));
+    }
+
+    #[test]
+    fn a_whiteout_hides_only_lower_layers() {
+        // The same layer deletes and re-creates a name: the new one stays, in either order.
+        for upper in [
+            vec![file(".wh.f", 0), file("f", 9)],
+            vec![file("f", 9), file(".wh.f", 0)],
+        ] {
+            let rows = layered(vec![vec![file("f", 1)], upper]);
+            assert_eq!(rows[1], ("/f".to_string(), 1, 9));
+        }
+        // A directory removed and re-created holds only what its new layer puts in it.
+        let rows = layered(vec![
+            vec![entry("d", Kind::Directory), file("d/old", 1)],
+            vec![
+                file(".wh.d", 0),
+                entry("d", Kind::Directory),
+                file("d/new", 2),
+            ],
+        ]);
+        assert_eq!(names(&rows), ["", "/d", "/d/new"]);
+        // A whiteout in a third layer removes what the second added.
+        let rows = layered(vec![
+            vec![file("a", 1)],
+            vec![file("b", 2)],
+            vec![file(".wh.b", 0), file(".wh.a", 0)],
+        ]);
+        assert_eq!(names(&rows), [""]);
+    }
+
+    #[test]
+    fn hard_links_reach_lower_layers() {
+        let rows = layered(vec![vec![file("a", 7)], vec![link("b", "a")]]);
+        assert_eq!(rows[1..], [("/a".into(), 0, 7), ("/b".into(), 0, 7)]);
+        // A flat archive keeps whiteout names as the files they are.
+        assert_eq!(paths(vec![file(".wh.x", 0)]), ["", "/.wh.x"]);
     }
 }

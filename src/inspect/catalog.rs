@@ -1,5 +1,7 @@
 //! What the cache holds, for `imgfs images`, `rm` and `prune`: each complete entry with the
-//! references it was exported under, its size on disk, entries, last use and users.
+//! references it was exported under, its size on disk, entries, last use and users. An image
+//! of layers counts the layers it lists: those no other image lists are its unique bytes,
+//! the others shared.
 
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
@@ -17,7 +19,14 @@ pub struct CachedImage {
     pub references: Vec<String>,
     /// For an indexed tar file: its path.
     pub source: Option<PathBuf>,
+    /// Its layers' store keys, for an image of layers.
+    pub layers: Vec<String>,
+    /// Bytes its own entry takes on disk (index, config; an export's archive).
+    pub own_bytes: u64,
+    /// Bytes its entry and all its layers take on disk.
     pub disk_bytes: u64,
+    /// Of those, what no other image shares: what removing it frees.
+    pub unique_bytes: u64,
     pub inodes: Option<u32>,
     pub last_used: Option<SystemTime>,
 }
@@ -44,12 +53,19 @@ impl CachedImage {
             .map(str::to_string)
             .or_else(|| entry.marker().filter(|m| m.starts_with("sha256:")))
             .unwrap_or_else(|| entry.name());
+        let layers = std::fs::read_to_string(entry.dir().join(cache::LAYERS_FILE))
+            .map(|l| l.lines().map(str::to_string).collect())
+            .unwrap_or_default();
         let inodes = std::fs::File::open(entry.index_path())
             .and_then(|f| cache::sys::map(&f))
             .ok()
             .and_then(|m| Index::unchecked(&m[..]).ok().map(|i| i.inode_count()));
+        let own = entry.disk_usage();
         CachedImage {
-            disk_bytes: entry.disk_usage(),
+            own_bytes: own,
+            disk_bytes: own,
+            unique_bytes: own,
+            layers,
             last_used: entry.last_used(),
             entry,
             id,
@@ -124,6 +140,9 @@ impl CachedImage {
             "RepoTags": self.references,
             "Source": self.source.as_ref().map(|s| s.display().to_string()),
             "DiskBytes": self.disk_bytes,
+            "UniqueBytes": self.unique_bytes,
+            "SharedBytes": self.disk_bytes - self.unique_bytes,
+            "Layers": self.layers,
             "Inodes": self.inodes,
             "LastUsed": self.last_used.map(secs),
             "Directory": self.entry.dir().display().to_string(),
@@ -134,6 +153,27 @@ impl CachedImage {
 /// Every complete image in the cache, most recently used first.
 pub fn images(cache: &Cache) -> Vec<CachedImage> {
     let mut all: Vec<_> = cache.entries().into_iter().map(CachedImage::read).collect();
+    let mut listed: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+    for key in all.iter().flat_map(|i| &i.layers) {
+        *listed.entry(key.as_str()).or_default() += 1;
+    }
+    let sizes: std::collections::HashMap<String, u64> = listed
+        .keys()
+        .map(|k| (k.to_string(), cache.layer(k).disk_usage()))
+        .collect();
+    let counts: std::collections::HashMap<String, u32> = listed
+        .into_iter()
+        .map(|(k, n)| (k.to_string(), n))
+        .collect();
+    for image in &mut all {
+        for key in &image.layers {
+            let size = sizes.get(key).copied().unwrap_or(0);
+            image.disk_bytes += size;
+            if counts.get(key) == Some(&1) {
+                image.unique_bytes += size;
+            }
+        }
+    }
     all.sort_by_key(|i| std::cmp::Reverse(i.last_used));
     all
 }
@@ -149,13 +189,15 @@ pub struct Pruned<'a> {
 /// unused one. `dry_run` decides without removing (the outcome then says what would be
 /// freed).
 pub fn prune<'a>(
+    cache: &Cache,
     images: &'a [CachedImage],
     older_than: Option<Duration>,
     max_size: Option<u64>,
     dry_run: bool,
 ) -> Vec<Pruned<'a>> {
     let now = SystemTime::now();
-    let mut total: u64 = images.iter().map(|i| i.disk_bytes).sum();
+    let layers: u64 = cache.layers().iter().map(Entry::disk_usage).sum();
+    let mut total: u64 = images.iter().map(|i| i.own_bytes).sum::<u64>() + layers;
     let mut done = Vec::new();
     // Least recently used first.
     let mut order: Vec<&CachedImage> = images.iter().collect();
@@ -177,12 +219,13 @@ pub fn prune<'a>(
         let outcome = if dry_run {
             let users = image.entry.users();
             if users.is_empty() {
-                Removal::Removed(image.disk_bytes)
+                Removal::Removed(image.unique_bytes)
             } else {
                 Removal::InUse(users)
             }
         } else {
             match image.entry.remove() {
+                Ok(Removal::Removed(bytes)) => Removal::Removed(bytes + cache.collect_layers()),
                 Ok(r) => r,
                 Err(e) => {
                     log::warn!("{e}");

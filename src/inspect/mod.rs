@@ -605,10 +605,19 @@ pub fn describe_summary(v: &serde_json::Value) -> String {
     );
     let cache = &v["Cache"];
     let b = |k: &str| cache[k].as_u64().unwrap_or(0);
-    line(
-        "Archive:",
-        format!("{} ({})", text(&cache["Archive"]), bytes(b("ArchiveBytes"))),
-    );
+    let blobs: Vec<String> = cache["Blobs"]
+        .as_array()
+        .map(|a| a.iter().map(text).collect())
+        .unwrap_or_default();
+    let total = bytes(b("BlobBytes"));
+    if let [one] = blobs.as_slice() {
+        line("Archive:", format!("{one} ({total})"));
+    } else {
+        line("Layers:", format!("{} ({total})", blobs.len()));
+        for blob in &blobs {
+            line("", blob.clone());
+        }
+    }
     line(
         "Index:",
         format!("{} ({})", text(&cache["Index"]), bytes(b("IndexBytes"))),

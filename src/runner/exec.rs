@@ -96,7 +96,7 @@ fn supervisor_inner(plan: &Plan) -> Result<i32, SandboxError> {
     let fs = match plan.live_mount {
         Some(_) => None,
         None => Some(
-            ImageFs::open(&plan.index_path, &plan.archive_path)
+            ImageFs::open(&plan.index_path, &plan.blobs)
                 .map_err(|e| SandboxError::Image(e.to_string()))?,
         ),
     };
@@ -183,7 +183,7 @@ fn supervise_in_namespaces(
     } else {
         let fs = match fs {
             Some(fs) => fs,
-            None => ImageFs::open(&plan.index_path, &plan.archive_path)
+            None => ImageFs::open(&plan.index_path, &plan.blobs)
                 .map_err(|e| SandboxError::Image(e.to_string()))?,
         };
         let options = ServeOptions {

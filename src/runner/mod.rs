@@ -74,13 +74,13 @@ pub fn make_plan(
         }
         None => ImageConfig::default(),
     };
-    let fs = ImageReader::open(&ready.index_path, &ready.archive_path)
+    let fs = ImageReader::open(&ready.index_path, &ready.blobs)
         .map_err(|e| RunError::Image(e.to_string()))?;
     let passwd = image_text(&fs, "/etc/passwd")?;
     let group = image_text(&fs, "/etc/group")?;
     let facts = ImageFacts {
         index_path: &ready.index_path,
-        archive_path: &ready.archive_path,
+        blobs: &ready.blobs,
         fsname,
         id: &ready.id,
         config: &config,
@@ -119,15 +119,9 @@ fn live_mount(
     if linger.is_zero() {
         return None;
     }
-    serve::shared_mount(
-        &ready.index_path,
-        &ready.archive_path,
-        fsname,
-        linger,
-        owners,
-    )
-    .map_err(|e| log::info!("no shared server for the image: {e}"))
-    .ok()
+    serve::shared_mount(&ready.index_path, &ready.blobs, fsname, linger, owners)
+        .map_err(|e| log::info!("no shared server for the image: {e}"))
+        .ok()
 }
 
 /// Runs the sandbox and returns the exit status for `imgfs run`: in this process when it is

@@ -116,7 +116,8 @@ pub struct Volume {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     pub index_path: PathBuf,
-    pub archive_path: PathBuf,
+    /// The image's blobs, in the index's table order.
+    pub blobs: Vec<PathBuf>,
     pub fsname: String,
     pub argv: Vec<String>,
     pub env: Vec<String>,
@@ -290,7 +291,7 @@ pub fn parse_volume(spec: &str) -> Result<Volume, PlanError> {
 /// Inputs about the image that the plan needs.
 pub struct ImageFacts<'a> {
     pub index_path: &'a Path,
-    pub archive_path: &'a Path,
+    pub blobs: &'a [PathBuf],
     pub fsname: String,
     pub id: &'a str,
     pub config: &'a ImageConfig,
@@ -394,7 +395,7 @@ pub fn build(
 
     Ok(Plan {
         index_path: image.index_path.to_path_buf(),
-        archive_path: image.archive_path.to_path_buf(),
+        blobs: image.blobs.to_vec(),
         fsname: image.fsname.clone(),
         argv,
         env,
@@ -434,7 +435,7 @@ mod tests {
     fn facts(config: &ImageConfig) -> ImageFacts<'_> {
         ImageFacts {
             index_path: Path::new("/c/index"),
-            archive_path: Path::new("/c/archive.tar"),
+            blobs: &[],
             fsname: "imgfs:test".into(),
             id: "sha256:0123456789abcdef",
             config,

@@ -309,7 +309,8 @@ pub fn report_ready() {
 /// Where to serve an image.
 pub struct Served<'a> {
     pub index: &'a Path,
-    pub archive: &'a Path,
+    /// The index's blobs, in table order.
+    pub blobs: &'a [std::path::PathBuf],
     pub mountpoint: &'a Path,
     pub options: &'a ServeOptions,
     pub owners: Owners,
@@ -329,12 +330,11 @@ pub fn spawn_detached(what: &Served) -> Result<(), String> {
         std::fs::canonicalize(p).map_err(|e| format!("cannot resolve {}: {e}", p.display()))
     };
     let mut cmd = Command::new(exe);
-    cmd.arg("__serve")
-        .arg("--index")
-        .arg(absolute(what.index)?)
-        .arg("--archive")
-        .arg(absolute(what.archive)?)
-        .arg("--fsname")
+    cmd.arg("__serve").arg("--index").arg(absolute(what.index)?);
+    for blob in what.blobs {
+        cmd.arg("--blob").arg(absolute(blob)?);
+    }
+    cmd.arg("--fsname")
         .arg(&what.options.fsname)
         .arg("--threads")
         .arg(what.options.threads.to_string());
@@ -470,7 +470,7 @@ fn private_dir(dir: &Path, uid: u32, parents: bool, last: bool) -> Result<(), Sh
 /// sees the image's owners (see [`Owners`]).
 pub fn shared_mount(
     index: &Path,
-    archive: &Path,
+    blobs: &[std::path::PathBuf],
     fsname: &str,
     linger: Duration,
     owners: Owners,
@@ -507,7 +507,7 @@ pub fn shared_mount(
     };
     let served = Served {
         index,
-        archive,
+        blobs,
         mountpoint: &mountpoint,
         options: &options,
         owners,

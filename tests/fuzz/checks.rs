@@ -3,6 +3,7 @@
 
 use imgfs::index::format::{self, HEADER_LEN, Index, MAGIC, VERSION};
 use imgfs::index::scan::SliceInput;
+use imgfs::index::tree::BlobRef;
 
 /// Any bytes as a tar archive. Whatever the scan makes of them, a tree that builds must write
 /// an index that reads back, and every record of it must be reachable without a panic.
@@ -11,7 +12,7 @@ pub fn scan_any(data: &[u8]) {
         return;
     };
     let bytes = tree
-        .write_index(data.len() as u64)
+        .write_index(&[BlobRef::new(data.len() as u64, "archive")])
         .expect("a tree built from an archive writes its index");
     let index = Index::new(bytes).expect("a freshly written index reads back");
     walk(&index, true);

@@ -2,6 +2,7 @@
 //! as seeds for the index fuzz target.
 
 use imgfs::index::scan::SliceInput;
+use imgfs::index::tree::BlobRef;
 
 fn main() {
     let mut args = std::env::args_os().skip(1);
@@ -11,7 +12,7 @@ fn main() {
         let Ok(tree) = imgfs::index::build_tree(&mut SliceInput::new(&data)) else {
             continue;
         };
-        let index = tree.write_index(data.len() as u64).expect("write the index");
+        let index = tree.write_index(&[BlobRef::new(data.len() as u64, "archive")]).expect("write the index");
         let name = std::path::Path::new(&tar).file_name().expect("a file name");
         std::fs::write(out.join(name).with_extension("index"), index).expect("write the seed");
     }

@@ -7,7 +7,12 @@
 //! rebuilt when the file changes. A complete entry is reused as long as its index validates
 //! and the archive is as long as the index says; anything else is rebuilt.
 //!
+//! An image of layers (`layered.rs`) gets each missing layer decompressed into the store while
+//! it is scanned, layers in parallel, and an index merged from the layers' entries.
+//!
 //! Hands on [`Ready`]: the paths the image reader serves from.
+
+mod layered;
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -19,6 +24,7 @@ use std::time::{Duration, Instant};
 use crate::cache::{self, Cache, CacheError, Entry};
 use crate::index::format::{FormatError, Index};
 use crate::index::scan::{ScanError, TeeInput};
+use crate::index::tree::BlobRef;
 use crate::index::{FileInput, build_tree, build_tree_with};
 use crate::source::ImageRef;
 use crate::source::docker::{Docker, DockerError};
@@ -29,6 +35,12 @@ pub enum PrepareError {
     Docker(#[from] DockerError),
     #[error(transparent)]
     Cache(#[from] CacheError),
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
+    #[error("{what}: {source}")]
+    Layer { what: String, source: ScanError },
+    #[error("{what}: {source}")]
+    LayerIo { what: String, source: io::Error },
     #[error("{path}: {source}")]
     Scan { path: String, source: ScanError },
     #[error("{path}: {source}")]
@@ -43,7 +55,8 @@ pub enum PrepareError {
 #[derive(Clone, Debug)]
 pub struct Ready {
     pub index_path: PathBuf,
-    pub archive_path: PathBuf,
+    /// The files holding the index's blobs, in its table order.
+    pub blobs: Vec<PathBuf>,
     /// The image description from the daemon, when the source has one.
     pub image_path: Option<PathBuf>,
     /// The image id, or the tar file's path.
@@ -62,6 +75,9 @@ pub struct Progress {
     /// Archive members scanned.
     pub entries: u64,
     pub elapsed: Duration,
+    /// For an image of layers: how many are in the store, and how many it has (else 0).
+    pub layers_done: u32,
+    pub layers_total: u32,
 }
 
 /// What [`prepare_with`] reports while it works.
@@ -79,6 +95,8 @@ pub enum Event<'a> {
 pub struct Options<'a> {
     /// Ask the daemon to pull an image it does not have.
     pub pull: bool,
+    /// The platform to pick from a multi-platform image (the host's when `None`).
+    pub platform: Option<crate::source::Platform>,
     /// Told of progress; nothing is reported without it.
     pub report: Option<&'a mut dyn FnMut(Event)>,
 }
@@ -97,6 +115,7 @@ pub fn prepare_with(
     let ready = match image {
         ImageRef::Docker(reference) => prepare_docker(reference, cache, options),
         ImageRef::TarFile(path) => prepare_tar(path, cache),
+        layered => layered::prepare(layered, cache, options),
     }?;
     // For `imgfs images` and `imgfs prune --older-than`.
     if let Some(name) = ready.index_path.parent().and_then(Path::file_name) {
@@ -105,11 +124,11 @@ pub fn prepare_with(
     Ok(ready)
 }
 
-/// A complete entry whose index validates against an archive at least as long as it says.
+/// A complete entry whose index validates against blobs at least as long as it says.
 /// The checksum is read in full only when the index changed since it was last verified, which
 /// a stamp beside it records (`index.verified`: the file's inode, size, mtime and ctime); a
 /// cache the caller cannot write to is verified every time.
-fn usable(index_path: &Path, archive_path: &Path) -> bool {
+pub(crate) fn usable(index_path: &Path, blobs: &[PathBuf]) -> bool {
     let check = || -> io::Result<bool> {
         let file = File::open(index_path)?;
         let stamp = verified_stamp(&file.metadata()?);
@@ -124,8 +143,14 @@ fn usable(index_path: &Path, archive_path: &Path) -> bool {
         let Ok(index) = index else {
             return Ok(false);
         };
-        if std::fs::metadata(archive_path)?.len() < index.archive_size() {
+        if blobs.len() != index.blob_count() as usize {
             return Ok(false);
+        }
+        for (i, path) in blobs.iter().enumerate() {
+            let size = index.blob(i as u32).map_or(u64::MAX, |(size, _)| size);
+            if std::fs::metadata(path)?.len() < size {
+                return Ok(false);
+            }
         }
         if !trusted {
             let _ = std::fs::write(&stamp_path, stamp);
@@ -191,13 +216,15 @@ impl Reporter<'_> {
 }
 
 fn prepare_docker(reference: &str, cache: &Cache, options: Options) -> Result<Ready, PrepareError> {
-    let Options { pull, mut report } = options;
+    let Options {
+        pull, mut report, ..
+    } = options;
     if let Some(id) = full_image_id(reference) {
         let entry = cache.entry(id);
-        if entry.marker().is_some() && usable(&entry.index_path(), &entry.archive_path()) {
+        if entry.marker().is_some() && usable(&entry.index_path(), &[entry.archive_path()]) {
             return Ok(Ready {
                 index_path: entry.index_path(),
-                archive_path: entry.archive_path(),
+                blobs: vec![entry.archive_path()],
                 image_path: Some(entry.image_path()),
                 id: id.to_string(),
                 built: false,
@@ -220,13 +247,13 @@ fn prepare_docker(reference: &str, cache: &Cache, options: Options) -> Result<Re
     let entry = cache.entry(&image.id);
     let ready = |built, warnings| Ready {
         index_path: entry.index_path(),
-        archive_path: entry.archive_path(),
+        blobs: vec![entry.archive_path()],
         image_path: Some(entry.image_path()),
         id: image.id.clone(),
         built,
         warnings,
     };
-    let complete = |e: &Entry| e.marker().is_some() && usable(&e.index_path(), &e.archive_path());
+    let complete = |e: &Entry| e.marker().is_some() && usable(&e.index_path(), &[e.archive_path()]);
     if complete(&entry) {
         return Ok(ready(false, Vec::new()));
     }
@@ -249,6 +276,8 @@ fn prepare_docker(reference: &str, cache: &Cache, options: Options) -> Result<Re
             bytes: 0,
             entries: 0,
             elapsed: Duration::ZERO,
+            layers_done: 0,
+            layers_total: 0,
         },
         start: now,
         last: now,
@@ -300,7 +329,10 @@ fn prepare_docker(reference: &str, cache: &Cache, options: Options) -> Result<Re
     };
     let result = (|| {
         let bytes = tree
-            .write_index(total)
+            .write_index(&[BlobRef {
+                size: total,
+                key: cache::ARCHIVE_FILE.as_bytes().to_vec(),
+            }])
             .map_err(|source| PrepareError::Format {
                 path: describe(),
                 source,
@@ -347,14 +379,15 @@ fn prepare_tar(path: &Path, cache: &Cache) -> Result<Ready, PrepareError> {
     let entry = cache.entry(&format!("tar-{:x}-{:x}", meta.dev(), meta.ino()));
     let ready = |built, warnings| Ready {
         index_path: entry.index_path(),
-        archive_path: path.clone(),
+        blobs: vec![path.clone()],
         image_path: None,
         id: path.display().to_string(),
         built,
         warnings,
     };
     let complete = |e: &Entry| {
-        e.marker().as_deref() == Some(identity.as_str()) && usable(&e.index_path(), &path)
+        e.marker().as_deref() == Some(identity.as_str())
+            && usable(&e.index_path(), std::slice::from_ref(&path))
     };
     if complete(&entry) {
         return Ok(ready(false, Vec::new()));
@@ -372,7 +405,10 @@ fn prepare_tar(path: &Path, cache: &Cache) -> Result<Ready, PrepareError> {
     });
     let result = tree.and_then(|tree| {
         let bytes = tree
-            .write_index(meta.len())
+            .write_index(&[BlobRef {
+                size: meta.len(),
+                key: path.as_os_str().as_encoded_bytes().to_vec(),
+            }])
             .map_err(|source| PrepareError::Format {
                 path: path.display().to_string(),
                 source,

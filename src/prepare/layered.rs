@@ -1,0 +1,420 @@
+//! Preparing an image of layers: each layer the store lacks is read from its source,
+//! checked against its digest, decompressed into the store and scanned in the same pass;
+//! layers already stored (shared with another image) are only scanned, by their headers.
+//! Layers are filled in parallel; the image's index is merged from their entries, bottom
+//! first, and its entry records the config and which layers it uses.
+//!
+//! Every layer is verified twice over: its bytes as stored against the digest its source
+//! names (when it names one), and its uncompressed tar against the config's diff id, which
+//! is also its key in the store. A layer that fails either is discarded, never committed.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::{Event, Options, PrepareError, Progress, Ready, usable};
+use crate::cache::{self, Cache, Entry};
+use crate::index::FileInput;
+use crate::index::scan::{self, Entry as Member, ScanError, TeeInput};
+use crate::index::tree::{BlobRef, Tree};
+use crate::source::digest::Hasher;
+use crate::source::layout;
+use crate::source::{Image, ImageRef, Layer, LayerSource, Platform, SourceError};
+
+/// Layers fetched at once: enough to keep a link or both cores busy, few enough not to
+/// thrash a disk or open a registry's rate limits.
+const PARALLEL_LAYERS: usize = 4;
+/// Time between two progress reports.
+const REPORT_EVERY: Duration = Duration::from_millis(100);
+
+/// Opens a layered source.
+fn open(
+    image: &ImageRef,
+    platform: &Platform,
+) -> Result<(Image, Box<dyn LayerSource>), SourceError> {
+    let (image, source) = match image {
+        ImageRef::Oci { dir, name } => layout::open_oci(dir, false, name.as_deref(), platform)?,
+        ImageRef::OciArchive { file, name } => {
+            layout::open_oci(file, true, name.as_deref(), platform)?
+        }
+        ImageRef::DockerArchive { file, name } => {
+            layout::open_docker_archive(file, name.as_deref())?
+        }
+        other => {
+            return Err(SourceError::Invalid {
+                what: other.to_string(),
+                why: "not an image of layers".into(),
+            });
+        }
+    };
+    Ok((image, Box::new(source)))
+}
+
+/// What the layer fills have done, shared with the thread that reports progress.
+#[derive(Default)]
+struct Counters {
+    bytes: AtomicU64,
+    entries: AtomicU64,
+    done: AtomicU32,
+}
+
+/// One layer's members, in archive order, and what its scan noticed.
+struct Scanned {
+    members: Vec<Member>,
+    warnings: Vec<String>,
+    size: u64,
+}
+
+pub(super) fn prepare(
+    image: &ImageRef,
+    cache: &Cache,
+    options: Options,
+) -> Result<Ready, PrepareError> {
+    let Options {
+        platform,
+        mut report,
+        ..
+    } = options;
+    let platform = platform.unwrap_or_else(Platform::host);
+    let (img, source) = open(image, &platform)?;
+    let entry = cache.entry(&format!("oci-{}", img.config_digest));
+    let blobs: Vec<PathBuf> = img.layers.iter().map(|l| layer_path(cache, l)).collect();
+    let ready = |built, warnings| Ready {
+        index_path: entry.index_path(),
+        blobs: blobs.clone(),
+        image_path: Some(entry.image_path()),
+        id: img.config_digest.clone(),
+        built,
+        warnings,
+    };
+    let complete = |e: &Entry| e.marker().is_some() && usable(&e.index_path(), &blobs);
+    if complete(&entry) {
+        return Ok(ready(false, Vec::new()));
+    }
+    cache.sweep_leftovers();
+    let lock = entry.lock()?;
+    if complete(&entry) {
+        return Ok(ready(false, Vec::new()));
+    }
+    entry.reset(&lock)?;
+    let start = Instant::now();
+    let counters = Counters::default();
+    let total = img.layers.len() as u32;
+    let progress = |c: &Counters| Progress {
+        bytes: c.bytes.load(Ordering::Relaxed),
+        entries: c.entries.load(Ordering::Relaxed),
+        elapsed: start.elapsed(),
+        layers_done: c.done.load(Ordering::Relaxed),
+        layers_total: total,
+    };
+    let scanned = fill_layers(cache, &*source, &img.layers, &counters, &mut |c| {
+        if let Some(r) = report.as_mut() {
+            r(Event::Exporting(progress(c)));
+        }
+    });
+    let result = scanned.and_then(|scanned| {
+        let warnings = write_image(image, &img, &entry, &lock, scanned)?;
+        Ok(warnings)
+    });
+    match result {
+        Ok(warnings) => {
+            if let Some(r) = report.as_mut() {
+                r(Event::Exported(progress(&counters)));
+            }
+            Ok(ready(true, warnings))
+        }
+        Err(e) => {
+            entry.discard();
+            Err(e)
+        }
+    }
+}
+
+/// Where the store keeps a layer's uncompressed tar.
+fn layer_path(cache: &Cache, layer: &Layer) -> PathBuf {
+    cache
+        .layer(&layer.store_key().0)
+        .dir()
+        .join(cache::LAYER_FILE)
+}
+
+/// Makes sure every layer is in the store and returns their members, bottom first. Runs
+/// [`PARALLEL_LAYERS`] workers; the calling thread reports progress meanwhile.
+fn fill_layers(
+    cache: &Cache,
+    source: &dyn LayerSource,
+    layers: &[Layer],
+    counters: &Counters,
+    report: &mut dyn FnMut(&Counters),
+) -> Result<Vec<Scanned>, PrepareError> {
+    let results: Vec<Mutex<Option<Result<Scanned, PrepareError>>>> =
+        layers.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let finished = AtomicUsize::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..PARALLEL_LAYERS.min(layers.len()) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= layers.len() || failed.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let r = layer_members(cache, source, &layers[i], counters);
+                    if r.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    *results[i].lock() = Some(r);
+                    counters.done.fetch_add(1, Ordering::Relaxed);
+                    finished.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        let mut last = Instant::now();
+        while finished.load(Ordering::Relaxed) < layers.len() && !failed.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(10));
+            if last.elapsed() >= REPORT_EVERY {
+                last = Instant::now();
+                report(counters);
+            }
+        }
+    });
+    // The first failure in layer order is the one reported.
+    let mut out = Vec::with_capacity(layers.len());
+    for r in results {
+        match r.into_inner() {
+            Some(Ok(s)) => out.push(s),
+            Some(Err(e)) => return Err(e),
+            None => continue,
+        }
+    }
+    if out.len() != layers.len() {
+        return Err(PrepareError::Source(SourceError::Invalid {
+            what: source.describe(),
+            why: "a layer could not be read".into(),
+        }));
+    }
+    Ok(out)
+}
+
+/// One layer's members: scanned from the store if it is there, else filled from `source`.
+fn layer_members(
+    cache: &Cache,
+    source: &dyn LayerSource,
+    layer: &Layer,
+    counters: &Counters,
+) -> Result<Scanned, PrepareError> {
+    let (key, _) = layer.store_key();
+    let entry = cache.layer(&key);
+    let path = entry.dir().join(cache::LAYER_FILE);
+    let what = || format!("{}: layer {}", source.describe(), layer.diff_id);
+    if entry.marker().is_some()
+        && let Ok(s) = scan_stored(&path)
+    {
+        return Ok(s);
+    }
+    let lock = entry.lock()?;
+    if entry.marker().is_some()
+        && let Ok(s) = scan_stored(&path)
+    {
+        return Ok(s); // another process filled it while we waited
+    }
+    entry.reset(&lock)?;
+    let filled = fill(source, layer, &path, counters).map_err(|e| match e {
+        Fill::Source(e) => PrepareError::Source(e),
+        Fill::Scan(source) => PrepareError::Layer {
+            what: what(),
+            source,
+        },
+        Fill::Io(source) => PrepareError::LayerIo {
+            what: what(),
+            source,
+        },
+    });
+    let committed = filled.and_then(|s| {
+        entry.commit(&lock, &key)?;
+        Ok(s)
+    });
+    if committed.is_err() {
+        entry.discard();
+    }
+    committed
+}
+
+fn scan_stored(path: &Path) -> Result<Scanned, ScanError> {
+    let io = |source| ScanError::Io { offset: 0, source };
+    let file = File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    let mut input = FileInput::new(&file, size);
+    let mut members = Vec::new();
+    let mut warnings = Vec::new();
+    scan::scan(&mut input, &mut |w| warnings.push(w), &mut |m| {
+        members.push(m);
+        Ok(())
+    })?;
+    Ok(Scanned {
+        members,
+        warnings,
+        size,
+    })
+}
+
+enum Fill {
+    Source(SourceError),
+    Scan(ScanError),
+    Io(io::Error),
+}
+
+/// Streams `layer` from its source into `path`, decompressed, scanning it on the way, and
+/// checks its diff id.
+fn fill(
+    source: &dyn LayerSource,
+    layer: &Layer,
+    path: &Path,
+    counters: &Counters,
+) -> Result<Scanned, Fill> {
+    let io = Fill::Io;
+    let mut raw = source.open_layer(layer).map_err(Fill::Source)?;
+    let file = File::create(path).map_err(|e| io(named(path, e)))?;
+    let sink = LayerWriter {
+        file: BufWriter::with_capacity(1 << 20, file),
+        hasher: Hasher::sha256(),
+        path,
+        counters,
+    };
+    let mut members = Vec::new();
+    let mut warnings = Vec::new();
+    let scanned = (|| {
+        let reader = layer
+            .compression
+            .decompress(Box::new(&mut raw))
+            .map_err(io)?;
+        let mut input = TeeInput::new(reader, sink);
+        scan::scan(&mut input, &mut |w| warnings.push(w), &mut |m| {
+            members.push(m);
+            counters.entries.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        })
+        .map_err(Fill::Scan)?;
+        input.finish().map_err(io)
+    })();
+    let (sink, size) = match scanned {
+        Ok(done) => done,
+        Err(e) => {
+            // Bytes that do not match their digest explain any failure to read them as a
+            // compressed tar: say that rather than what the damage looked like.
+            return Err(match io::copy(&mut raw, &mut io::sink()) {
+                Err(d) if d.kind() == io::ErrorKind::InvalidData => io(d),
+                _ => e,
+            });
+        }
+    };
+    // What the decompressor left unread (a trailer, padding) still counts for the digest
+    // of the stored bytes, which the source checks at their end.
+    io::copy(&mut raw, &mut io::sink()).map_err(io)?;
+    let LayerWriter { file, hasher, .. } = sink;
+    let actual = hasher.finish();
+    if let (_, Some(diff_id)) = layer.store_key()
+        && actual != diff_id.to_string()
+    {
+        return Err(io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "uncompressed, it does not match its diff id: expected {}, got {actual}",
+                layer.diff_id
+            ),
+        )));
+    }
+    let file = file
+        .into_inner()
+        .map_err(|e| io(named(path, e.into_error())))?;
+    file.sync_all().map_err(|e| io(named(path, e)))?;
+    Ok(Scanned {
+        members,
+        warnings,
+        size,
+    })
+}
+
+fn named(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display()))
+}
+
+/// The store's copy of a layer: hashes what it writes and counts it for progress.
+struct LayerWriter<'a> {
+    file: BufWriter<File>,
+    hasher: Hasher,
+    path: &'a Path,
+    counters: &'a Counters,
+}
+
+impl Write for LayerWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf).map_err(|e| named(self.path, e))?;
+        self.hasher.update(&buf[..n]);
+        self.counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush().map_err(|e| named(self.path, e))
+    }
+}
+
+/// Merges the layers into the image's index and writes the image's entry: index, config
+/// (in the shape `docker inspect` gives, which the runner and `inspect` read) and layer
+/// list, then its marker.
+fn write_image(
+    image: &ImageRef,
+    img: &Image,
+    entry: &Entry,
+    lock: &cache::Lock,
+    scanned: Vec<Scanned>,
+) -> Result<Vec<String>, PrepareError> {
+    let what = image.to_string();
+    let mut tree = Tree::new();
+    let mut blobs = Vec::with_capacity(scanned.len());
+    let mut warnings = Vec::new();
+    for (i, (s, layer)) in scanned.into_iter().zip(&img.layers).enumerate() {
+        for w in s.warnings {
+            warnings.push(format!("layer {}: {w}", layer.diff_id));
+        }
+        tree.apply_layer(i as u32, s.members);
+        blobs.push(BlobRef::new(s.size, layer.store_key().0));
+    }
+    warnings.extend(tree.warnings());
+    let index = tree
+        .write_index(&blobs)
+        .map_err(|source| PrepareError::Format {
+            path: what.clone(),
+            source,
+        })?;
+    let config: serde_json::Value =
+        serde_json::from_slice(&img.config).map_err(|source| SourceError::Json {
+            what: what.clone(),
+            doc: "image config",
+            source,
+        })?;
+    let inspect = serde_json::json!({
+        "Id": img.config_digest,
+        "RepoTags": [what],
+        "RepoDigests": img.manifest_digest.iter().collect::<Vec<_>>(),
+        "Created": config["created"],
+        "Architecture": config["architecture"],
+        "Os": config["os"],
+        "Config": config.get("config").cloned().unwrap_or_else(|| serde_json::json!({})),
+    });
+    let layers: String = img
+        .layers
+        .iter()
+        .map(|l| format!("{}\n", l.store_key().0))
+        .collect();
+    entry.write_file(cache::INDEX_FILE, &index)?;
+    entry.write_file(cache::IMAGE_FILE, inspect.to_string().as_bytes())?;
+    entry.write_file(cache::LAYERS_FILE, layers.as_bytes())?;
+    entry.commit(lock, &img.config_digest)?;
+    Ok(warnings)
+}

@@ -10,6 +10,7 @@ cd "$ROOT"
 contrib/setup.sh
 tests/fixtures/make-debian-image.sh
 tests/fixtures/make-archives.sh "${IMGFS_FIXTURES:-/var/tmp/imgfs-fixtures}/archives"
+tests/fixtures/make-layered.sh
 echo "== checks: format, lints, docs"
 cargo fmt --check
 cargo clippy --all-targets --release --quiet -- -D warnings

@@ -703,3 +703,506 @@ pub fn shared_run_cache() -> PathBuf {
     let _ = Command::new("chmod").arg("1777").arg(&dir).status();
     dir
 }
+
+/// The layered-image fixtures of tests/fixtures/make-layered.sh (built once, then reused), as
+/// its `fixtures.env` names them.
+pub struct Layered {
+    vars: BTreeMap<String, String>,
+}
+
+impl Layered {
+    /// The value of `key` in fixtures.env.
+    #[track_caller]
+    pub fn var(&self, key: &str) -> &str {
+        self.vars
+            .get(key)
+            .unwrap_or_else(|| panic!("no {key} in the layered fixtures' fixtures.env"))
+    }
+
+    /// The path `key` names, which must exist.
+    #[track_caller]
+    pub fn path(&self, key: &str) -> PathBuf {
+        let p = PathBuf::from(self.var(key));
+        require(
+            p.exists(),
+            &format!("fixture {key} = {} (make-layered.sh)", p.display()),
+        );
+        p
+    }
+}
+
+/// Builds (or reuses) the layered-image fixtures; once per test process.
+#[track_caller]
+pub fn layered_fixtures() -> &'static Layered {
+    static LAYERED: std::sync::OnceLock<Layered> = std::sync::OnceLock::new();
+    LAYERED.get_or_init(|| {
+        let script = repo_root().join("tests/fixtures/make-layered.sh");
+        let out = Command::new(&script)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        require(
+            out.status.success(),
+            &format!(
+                "{} failed: {}",
+                script.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        );
+        let env = fixtures_dir().join("layered/fixtures.env");
+        let data = fs::read_to_string(&env).unwrap_or_else(|e| panic!("{}: {e}", env.display()));
+        let vars = data
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Layered { vars }
+    })
+}
+
+/// Runs `cmd` to completion like [`run`], but kills it and fails the test after `limit`.
+#[track_caller]
+pub fn run_within(cmd: &mut Command, limit: std::time::Duration) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = stdout.read_to_end(&mut b);
+        b
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = stderr.read_to_end(&mut b);
+        b
+    });
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let status = match rx.recv_timeout(limit) {
+        Ok(status) => status.expect("wait for the child"),
+        Err(_) => {
+            // SAFETY: kill(2) with a pid this test spawned and has not reaped yet.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+    };
+    std::process::Output {
+        status,
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+    }
+}
+
+/// A free TCP port on 127.0.0.1 now (another process may take it before it is used).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// An HTTP response: status, headers (lowercase names) and body.
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// A plain HTTP/1.0 GET of `path` from `addr` (HOST:PORT); None when nothing answers.
+pub fn http_get(addr: &str, path: &str, headers: &[(&str, &str)]) -> Option<HttpReply> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .ok()?;
+    let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Some(HttpReply {
+        status,
+        headers,
+        body: buf[end + 4..].to_vec(),
+    })
+}
+
+/// Base64 (standard alphabet, padded), for the `auth` field of credential files.
+pub fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A credentials file naming `user:password` for `registry` (HOST:PORT): the format of both
+/// `~/.docker/config.json` and containers' `$REGISTRY_AUTH_FILE`.
+pub fn write_auth_file(path: &Path, registry: &str, user: &str, password: &str) {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    }
+    let auth = base64(format!("{user}:{password}").as_bytes());
+    fs::write(
+        path,
+        format!("{{\"auths\":{{\"{registry}\":{{\"auth\":\"{auth}\"}}}}}}\n"),
+    )
+    .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// `skopeo copy` with `args`; fails the test with skopeo's error.
+#[track_caller]
+pub fn skopeo_copy(args: &[&str]) {
+    require(
+        Path::new("/usr/bin/skopeo").exists(),
+        "Debian's skopeo package (contrib/setup.sh installs it)",
+    );
+    let out = run(Command::new("skopeo").args(["copy", "-q"]).args(args));
+    assert!(
+        out.status.success(),
+        "skopeo copy {args:?}: {}",
+        text(&out.stderr)
+    );
+}
+
+/// Debian's docker-registry (2.8) on a free loopback port with its own storage directory;
+/// killed when dropped.
+pub struct Registry {
+    child: std::process::Child,
+    /// HOST:PORT it listens on.
+    pub addr: String,
+    dir: TempDir,
+    creds: Option<(String, String)>,
+}
+
+impl Registry {
+    /// A registry anyone may read and write.
+    #[track_caller]
+    pub fn start() -> Registry {
+        Registry::launch(None)
+    }
+
+    /// A registry that asks for `user:password` (HTTP basic, checked against an htpasswd
+    /// file: registry 2.8 takes bcrypt entries only).
+    #[track_caller]
+    pub fn start_with_htpasswd(user: &str, password: &str) -> Registry {
+        Registry::launch(Some((user.to_string(), password.to_string())))
+    }
+
+    #[track_caller]
+    fn launch(creds: Option<(String, String)>) -> Registry {
+        require(
+            Path::new("/usr/bin/docker-registry").exists(),
+            "Debian's docker-registry package (contrib/setup.sh installs it)",
+        );
+        let dir = TempDir::new("imgfs-registry");
+        let mut auth = String::new();
+        if let Some((user, password)) = &creds {
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", user, password])
+                .output();
+            let out = match out {
+                Ok(o) if o.status.success() => o.stdout,
+                _ => panic!(
+                    "REQUIREMENT NOT MET: htpasswd -B (apache2-utils; contrib/setup.sh installs it)"
+                ),
+            };
+            let file = dir.path().join("htpasswd");
+            fs::write(&file, out).expect("write htpasswd");
+            auth = format!(
+                "auth:\n  htpasswd:\n    realm: imgfs-test\n    path: {}\n",
+                file.display()
+            );
+        }
+        // A port found free may be taken before the registry binds it: try a few.
+        for _ in 0..5 {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let config = dir.path().join("config.yml");
+            fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{auth}",
+                    dir.path().join("data").display()
+                ),
+            )
+            .expect("write registry config");
+            let log = File::create(dir.path().join("registry.log")).expect("registry log");
+            let mut child = Command::new("/usr/bin/docker-registry")
+                .arg("serve")
+                .arg(&config)
+                .stdout(log.try_clone().expect("dup log"))
+                .stderr(log)
+                .spawn()
+                .expect("start docker-registry");
+            let start = std::time::Instant::now();
+            loop {
+                if let Some(reply) = http_get(&addr, "/v2/", &[]) {
+                    assert!(
+                        reply.status == 200 || reply.status == 401,
+                        "the registry on {addr} answers /v2/ with {}",
+                        reply.status
+                    );
+                    return Registry {
+                        child,
+                        addr,
+                        dir,
+                        creds,
+                    };
+                }
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                assert!(
+                    start.elapsed() < std::time::Duration::from_secs(20),
+                    "the registry does not answer on {addr}: {}",
+                    fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+        panic!(
+            "docker-registry did not start: {}",
+            fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default()
+        );
+    }
+
+    /// `docker://HOST:PORT/NAME` for `name` (NAME[:TAG|@DIGEST]).
+    pub fn reference(&self, name: &str) -> String {
+        format!("docker://{}/{name}", self.addr)
+    }
+
+    /// Pushes a skopeo source (`oci:DIR:REF`, `oci-archive:FILE`, ...) as `name` (NAME:TAG),
+    /// every platform of an index included; returns [`Registry::reference`] of it.
+    #[track_caller]
+    pub fn push(&self, source: &str, name: &str) -> String {
+        let dest = self.reference(name);
+        let mut args = vec!["--all", "--dest-tls-verify=false"];
+        let creds = self.creds.as_ref().map(|(u, p)| format!("{u}:{p}"));
+        if let Some(c) = &creds {
+            args.extend(["--dest-creds", c.as_str()]);
+        }
+        args.extend([source, dest.as_str()]);
+        skopeo_copy(&args);
+        dest
+    }
+
+    /// The storage root (its `docker/registry/v2/...` tree).
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The file holding the blob `digest` (sha256:HEX) in the registry's storage.
+    pub fn blob_data(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        self.storage()
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
+    /// Stops the registry now (as if it died).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What [`Front`] adds in front of a registry (see tests/fixtures/registry-front.py).
+#[derive(Clone, Debug, Default)]
+pub struct FrontOptions {
+    /// Token authentication with these basic credentials at `/token`.
+    pub credentials: Option<(String, String)>,
+    /// Seconds a token stays valid.
+    pub token_ttl: Option<f64>,
+    /// Wait between checking a manifest request's token and answering it.
+    pub manifest_delay_ms: u64,
+    /// Most bytes per second of a response body (0: no limit).
+    pub rate: u64,
+    /// Exit abruptly once this many bytes of blob bodies were sent in all (0: never).
+    pub die_after: u64,
+}
+
+/// tests/fixtures/registry-front.py in front of a registry: token authentication, slowness
+/// or a death mid-blob; killed when dropped.
+pub struct Front {
+    child: std::process::Child,
+    /// HOST:PORT it listens on.
+    pub addr: String,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Front {
+    #[track_caller]
+    pub fn start(backend: &str, opts: &FrontOptions) -> Front {
+        let python = ["/usr/bin/python3", "/bin/python3"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("python3");
+        let dir = TempDir::new("imgfs-front");
+        let port_file = dir.path().join("port");
+        let log = dir.path().join("front.log");
+        let mut cmd = Command::new(python);
+        cmd.arg(repo_root().join("tests/fixtures/registry-front.py"))
+            .args(["--backend", backend, "--port-file"])
+            .arg(&port_file)
+            .arg("--log")
+            .arg(&log);
+        if let Some((user, password)) = &opts.credentials {
+            cmd.args(["--user", user, "--password", password]);
+        }
+        if let Some(ttl) = opts.token_ttl {
+            cmd.args(["--token-ttl", &ttl.to_string()]);
+        }
+        cmd.args(["--manifest-delay-ms", &opts.manifest_delay_ms.to_string()])
+            .args(["--rate", &opts.rate.to_string()])
+            .args(["--die-after", &opts.die_after.to_string()]);
+        let stderr = File::create(dir.path().join("front.err")).expect("front stderr");
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("REQUIREMENT NOT MET: python3 for the registry front: {e}"));
+        let start = std::time::Instant::now();
+        let port = loop {
+            if let Ok(p) = fs::read_to_string(&port_file) {
+                break p.trim().to_string();
+            }
+            if child.try_wait().ok().flatten().is_some() || start.elapsed().as_secs() > 20 {
+                panic!(
+                    "the registry front did not start: {}",
+                    fs::read_to_string(dir.path().join("front.err")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        Front {
+            child,
+            addr: format!("127.0.0.1:{port}"),
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// The lines it logged so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// How many logged lines start with `prefix` (`token `, `401 `, `blob-start `, `die `).
+    pub fn count(&self, prefix: &str) -> usize {
+        self.log_lines()
+            .iter()
+            .filter(|l| l.starts_with(prefix))
+            .count()
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a failed fill must not leave in a cache directory: any file, and any directory below
+/// the top level (the top-level directories themselves, e.g. `images/`, may stay); the fill
+/// locks (`locks/`) aside.
+pub fn cache_leftovers(cache: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![(cache.to_path_buf(), 0)];
+    while let Some((dir, depth)) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&dir) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p == cache.join("locks") {
+                continue;
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                if depth >= 1 {
+                    found.push(p.clone());
+                }
+                stack.push((p, depth + 1));
+            } else {
+                found.push(p);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Bytes a tree takes on disk (allocated blocks; a file with several links counted once).
+pub fn disk_usage(root: &Path) -> u64 {
+    let mut seen = BTreeSet::new();
+    let mut total = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(m) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if seen.insert((m.dev(), m.ino())) {
+            total += m.blocks() * 512;
+        }
+        if m.is_dir()
+            && let Ok(rd) = fs::read_dir(&p)
+        {
+            stack.extend(rd.flatten().map(|e| e.path()));
+        }
+    }
+    total
+}
+
+/// The sha256 of a file, as `sha256:HEX`.
+#[track_caller]
+pub fn sha256_file(path: &Path) -> String {
+    let out = run(Command::new("sha256sum").arg(path));
+    assert!(out.status.success(), "sha256sum {}", path.display());
+    format!(
+        "sha256:{}",
+        text(&out.stdout).split(' ').next().unwrap_or_default()
+    )
+}

@@ -33,6 +33,14 @@ pub struct CacheArgs {
     /// machine's, e.g. linux/amd64]
     #[arg(long, value_name = "PLATFORM", global = true)]
     pub platform: Option<String>,
+    /// Registries: verify TLS certificates and use HTTPS only (loopback registries are
+    /// reached over plain HTTP regardless, as docker does) [default: true]
+    #[arg(long, value_name = "BOOL", global = true, num_args = 0..=1, default_missing_value = "true")]
+    pub tls_verify: Option<bool>,
+    /// Registries: read credentials from this file only, in docker's config.json format
+    /// [default: $REGISTRY_AUTH_FILE, then ~/.docker/config.json and its credential helpers]
+    #[arg(long, value_name = "FILE", global = true)]
+    pub authfile: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -163,6 +163,8 @@ fn prepare(image: &str, cache: &Cache, pull: bool, args: &CacheArgs) -> Result<p
     let options = prepare::Options {
         pull,
         platform,
+        insecure: args.tls_verify == Some(false),
+        auth_file: args.authfile.clone(),
         report: Some(&mut report),
     };
     let reference = ImageRef::parse(image);

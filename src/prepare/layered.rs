@@ -23,6 +23,7 @@ use crate::index::scan::{self, Entry as Member, ScanError, TeeInput};
 use crate::index::tree::{BlobRef, Tree};
 use crate::source::digest::Hasher;
 use crate::source::layout;
+use crate::source::registry::{self, RegistryOptions};
 use crate::source::{Image, ImageRef, Layer, LayerSource, Platform, SourceError};
 
 /// Layers fetched at once: enough to keep a link or both cores busy, few enough not to
@@ -35,7 +36,18 @@ const REPORT_EVERY: Duration = Duration::from_millis(100);
 fn open(
     image: &ImageRef,
     platform: &Platform,
+    options: &Options,
 ) -> Result<(Image, Box<dyn LayerSource>), SourceError> {
+    if let ImageRef::Registry(reference) = image {
+        let options = RegistryOptions {
+            platform: platform.clone(),
+            tls_verify: !options.insecure,
+            auth_file: options.auth_file.clone(),
+            ..RegistryOptions::default()
+        };
+        let (image, registry) = registry::open(reference, &options)?;
+        return Ok((image, Box::new(registry)));
+    }
     let (image, source) = match image {
         ImageRef::Oci { dir, name } => layout::open_oci(dir, false, name.as_deref(), platform)?,
         ImageRef::OciArchive { file, name } => {
@@ -74,13 +86,9 @@ pub(super) fn prepare(
     cache: &Cache,
     options: Options,
 ) -> Result<Ready, PrepareError> {
-    let Options {
-        platform,
-        mut report,
-        ..
-    } = options;
-    let platform = platform.unwrap_or_else(Platform::host);
-    let (img, source) = open(image, &platform)?;
+    let platform = options.platform.clone().unwrap_or_else(Platform::host);
+    let (img, source) = open(image, &platform, &options)?;
+    let Options { mut report, .. } = options;
     let entry = cache.entry(&format!("oci-{}", img.config_digest));
     let blobs: Vec<PathBuf> = img.layers.iter().map(|l| layer_path(cache, l)).collect();
     let ready = |built, warnings| Ready {

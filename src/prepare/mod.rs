@@ -97,6 +97,10 @@ pub struct Options<'a> {
     pub pull: bool,
     /// The platform to pick from a multi-platform image (the host's when `None`).
     pub platform: Option<crate::source::Platform>,
+    /// Registries: accept any certificate, and plain HTTP (`--tls-verify=false`).
+    pub insecure: bool,
+    /// Registries: take credentials from this file only (`--authfile`).
+    pub auth_file: Option<PathBuf>,
     /// Told of progress; nothing is reported without it.
     pub report: Option<&'a mut dyn FnMut(Event)>,
 }

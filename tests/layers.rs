@@ -945,6 +945,37 @@ fn unknown_tag_fails_cleanly_and_the_next_mount_works() {
     m.umount();
 }
 
+/// A registry that cannot be reached: an image mounted from it before still mounts from the
+/// cache (tag and digest alike, equal to the truth), one never mounted fails in one line; a
+/// digest reference needs no registry at all once cached.
+#[test]
+fn cached_registry_images_mount_while_the_registry_is_down() {
+    let fx = fx();
+    let mut registry = Registry::start();
+    let tagged = registry.push(&oci(&fx.path("OCI_GZIP"), "layers"), "imgfs-test/layers:1");
+    let (_, digest) = manifest_of(&fx.path("OCI_GZIP"), "layers");
+    let pinned = registry.reference(&format!("imgfs-test/layers@{digest}"));
+    let never = registry.reference("imgfs-test/layers:never-mounted");
+    let cache = TempDir::new("imgfs-layers-cache");
+    mount(cache.path(), &tagged).umount();
+    mount(cache.path(), &pinned).umount();
+    registry.kill();
+    for source in [&tagged, &pinned] {
+        let m = mount(cache.path(), source);
+        assert_matches(&fx.path("TRUTH_LAYERS"), &m);
+        m.umount();
+    }
+    mount_fails(cache.path(), &never, &[], &[], &["cannot connect"]);
+    // Another platform was never resolved: not taken from the cache for this one.
+    mount_fails(
+        cache.path(),
+        &pinned,
+        &["--platform", "linux/arm64"],
+        &[],
+        &["cannot connect"],
+    );
+}
+
 /// The layer a wrong-digest test damages (the COPY layer of /data/copied: small, so any
 /// reading strategy fetches all of it), and the first 12 hex digits of its digest.
 fn victim_layer(layout: &Path) -> (String, String) {

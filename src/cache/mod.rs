@@ -35,6 +35,26 @@ const IMAGES_DIR: &str = "images";
 /// Where layer entries live, under the root.
 const LAYERS_DIR: &str = "layers";
 
+/// Where registry references are mapped to the entries they last resolved to.
+const REFS_DIR: &str = "refs";
+
+/// A reference's file name in [`REFS_DIR`]: its characters made safe, and a hash so that
+/// two references made the same by that never share a file.
+fn ref_file(reference: &str) -> String {
+    let safe: String = reference
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(100)
+        .collect();
+    format!("{safe}-{:08x}", crc32fast::hash(reference.as_bytes()))
+}
+
 /// Layer fill locks are named apart from image ones.
 const LAYER_LOCK_PREFIX: &str = "layer-";
 
@@ -236,6 +256,26 @@ impl Cache {
                     .open(lock)
                     .is_ok_and(|f| !sys::try_lock_exclusive(&f).unwrap_or(true))
             })
+    }
+
+    /// Records that `reference` (a registry image) last resolved to the image entry `key`,
+    /// so that it can be mounted from the cache while its registry cannot be reached.
+    /// Best effort: a cache the caller cannot write to records nothing.
+    pub fn remember_ref(&self, reference: &str, key: &str) {
+        let dir = self.root.join(REFS_DIR);
+        let path = dir.join(ref_file(reference));
+        if fs::read_to_string(&path).is_ok_and(|k| k == key) {
+            return;
+        }
+        let tmp = dir.join(format!(".{}.tmp", std::process::id()));
+        let _ = fs::create_dir_all(&dir)
+            .and_then(|()| fs::write(&tmp, key))
+            .and_then(|()| fs::rename(&tmp, &path));
+    }
+
+    /// The image entry key `reference` last resolved to, if recorded.
+    pub fn recall_ref(&self, reference: &str) -> Option<String> {
+        fs::read_to_string(self.root.join(REFS_DIR).join(ref_file(reference))).ok()
     }
 
     /// The layers that complete images list (their store keys).

@@ -87,7 +87,24 @@ pub(super) fn prepare(
     options: Options,
 ) -> Result<Ready, PrepareError> {
     let platform = options.platform.clone().unwrap_or_else(Platform::host);
-    let (img, source) = open(image, &platform, &options)?;
+    // A digest names immutable content: what it resolved to before needs no registry.
+    if let ImageRef::Registry(reference) = image
+        && reference.contains("@sha256:")
+        && let Some(ready) = cached(image, &platform, cache)
+    {
+        return Ok(ready);
+    }
+    let opened = open(image, &platform, &options);
+    let (img, source) = match opened {
+        Err(e) if unreachable(&e) => match cached(image, &platform, cache) {
+            Some(ready) => {
+                log::warn!("{e}; using the image cached under that name");
+                return Ok(ready);
+            }
+            None => return Err(e.into()),
+        },
+        r => r?,
+    };
     let Options { mut report, .. } = options;
     let entry = cache.entry(&format!("oci-{}", img.config_digest));
     let blobs: Vec<PathBuf> = img.layers.iter().map(|l| layer_path(cache, l)).collect();
@@ -100,6 +117,9 @@ pub(super) fn prepare(
         warnings,
     };
     let complete = |e: &Entry| e.marker().is_some() && usable(&e.index_path(), &blobs);
+    if let ImageRef::Registry(reference) = image {
+        cache.remember_ref(&format!("{reference} {platform}"), &entry.name());
+    }
     if complete(&entry) {
         return Ok(ready(false, Vec::new()));
     }
@@ -140,6 +160,42 @@ pub(super) fn prepare(
             Err(e)
         }
     }
+}
+
+/// Whether a registry could not be reached at all (as opposed to answering no).
+fn unreachable(e: &SourceError) -> bool {
+    use crate::source::registry::RegistryError;
+    matches!(
+        e,
+        SourceError::Registry(RegistryError::Connect { .. } | RegistryError::Transport { .. })
+    )
+}
+
+/// The complete entry a registry reference last resolved to for `platform`: for when its
+/// registry cannot be reached, or the reference is a digest.
+fn cached(image: &ImageRef, platform: &Platform, cache: &Cache) -> Option<Ready> {
+    let ImageRef::Registry(reference) = image else {
+        return None;
+    };
+    let entry = cache.entry(&cache.recall_ref(&format!("{reference} {platform}"))?);
+    entry.marker()?;
+    let layers = std::fs::read_to_string(entry.dir().join(cache::LAYERS_FILE)).ok()?;
+    let blobs: Vec<PathBuf> = layers
+        .lines()
+        .map(|key| cache.layer(key).dir().join(cache::LAYER_FILE))
+        .collect();
+    if !usable(&entry.index_path(), &blobs) {
+        return None;
+    }
+    let id = entry.marker()?;
+    Some(Ready {
+        index_path: entry.index_path(),
+        blobs,
+        image_path: Some(entry.image_path()),
+        id,
+        built: false,
+        warnings: Vec::new(),
+    })
 }
 
 /// Where the store keeps a layer's uncompressed tar.

@@ -229,30 +229,48 @@ impl ImageReader {
             path: index_path.to_path_buf(),
             source,
         })?;
-        if blob_paths.len() != index.blob_count() as usize {
+        let mut blobs: Vec<(Box<dyn Blob>, PathBuf)> = Vec::with_capacity(blob_paths.len());
+        for path in blob_paths {
+            let file = File::open(path).map_err(io(path))?;
+            blobs.push((Box::new(file), path.clone()));
+        }
+        ImageReader::with_blobs(index, index_path, blobs)
+    }
+
+    /// An index already opened, over blob readers of any kind (local files, decompressing
+    /// views, remote ranges), each named by a path for messages; checks that each is as long
+    /// as the index's blob table says.
+    pub fn with_blobs(
+        index: Index<memmap2::Mmap>,
+        index_path: &Path,
+        blobs: Vec<(Box<dyn Blob>, PathBuf)>,
+    ) -> Result<ImageReader, ImageError> {
+        if blobs.len() != index.blob_count() as usize {
             return Err(ImageError::BlobCount {
                 path: index_path.to_path_buf(),
-                actual: blob_paths.len(),
+                actual: blobs.len(),
                 expected: index.blob_count(),
             });
         }
-        let mut blobs: Vec<Box<dyn Blob>> = Vec::with_capacity(blob_paths.len());
-        for (i, path) in blob_paths.iter().enumerate() {
-            let file = File::open(path).map_err(io(path))?;
-            let actual = file.size().map_err(io(path))?;
+        let mut readers = Vec::with_capacity(blobs.len());
+        for (i, (blob, path)) in blobs.into_iter().enumerate() {
+            let actual = blob.size().map_err(|source| ImageError::Io {
+                path: path.clone(),
+                source,
+            })?;
             let expected = index.blob(i as u32).map_or(u64::MAX, |(size, _)| size);
             if actual < expected {
                 return Err(ImageError::Truncated {
-                    path: path.to_path_buf(),
+                    path,
                     actual,
                     expected,
                 });
             }
-            blobs.push(Box::new(file));
+            readers.push(blob);
         }
         Ok(ImageReader {
             index,
-            blobs,
+            blobs: readers,
             owners: Owners::Recorded,
         })
     }

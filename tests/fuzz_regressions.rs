@@ -87,6 +87,73 @@ fn index_inputs_pass_the_checks() {
     assert!(checked > 256, "only {checked} index inputs checked");
 }
 
+/// Every input the layer-merge check sees here: the saved regressions, and each fixture
+/// archive laid over every other one as two layers (and over itself).
+#[test]
+fn layer_inputs_pass_the_checks() {
+    let mut checked = 0;
+    for (name, data) in saved("layers") {
+        eprintln!("layers: {name}");
+        checks::layers_any(&data);
+        checked += 1;
+    }
+    let tars = fixture_tars();
+    for lower in &tars {
+        for upper in &tars {
+            let mut data = (lower.len() as u32).to_le_bytes().to_vec();
+            data.extend_from_slice(lower);
+            data.extend_from_slice(upper);
+            checks::layers_any(&data);
+            checked += 1;
+        }
+    }
+    assert!(checked > 16, "only {checked} layer inputs checked");
+}
+
+/// Every input the manifest check sees here: the saved regressions, and the layered
+/// fixtures' index.json files and JSON blobs (indexes, manifests, configs), each also damaged
+/// at 32 places and cut short at 16.
+#[test]
+fn manifest_inputs_pass_the_checks() {
+    let mut checked = 0;
+    for (name, data) in saved("manifest") {
+        eprintln!("manifest: {name}");
+        checks::manifest_any(&data);
+        checked += 1;
+    }
+    let mut docs = Vec::new();
+    let layered = common::layered_fixtures();
+    for key in ["OCI_GZIP", "MULTI_NESTED", "MULTI_FLAT"] {
+        let dir = layered.path(key);
+        docs.push(std::fs::read(dir.join("index.json")).unwrap());
+        for blob in std::fs::read_dir(dir.join("blobs/sha256"))
+            .unwrap()
+            .flatten()
+        {
+            let data = std::fs::read(blob.path()).unwrap();
+            if data.len() < 65536 && data.first() == Some(&b'{') {
+                docs.push(data);
+            }
+        }
+    }
+    assert!(docs.len() > 8, "only {} documents found", docs.len());
+    for doc in &docs {
+        checks::manifest_any(doc);
+        for at in (0..doc.len()).step_by((doc.len() / 32).max(1)) {
+            let mut damaged = doc.clone();
+            let alphabet = b"{}[]\":,0 ";
+            damaged[at] = alphabet[at % alphabet.len()];
+            checks::manifest_any(&damaged);
+            checked += 1;
+        }
+        for cut in (0..doc.len()).step_by((doc.len() / 16).max(1)) {
+            checks::manifest_any(&doc[..cut]);
+            checked += 1;
+        }
+    }
+    assert!(checked > 256, "only {checked} manifest inputs checked");
+}
+
 fn fixture_tars() -> Vec<Vec<u8>> {
     let dir = fixture_archives();
     let mut paths: Vec<_> = std::fs::read_dir(&dir)

@@ -33,6 +33,71 @@ pub fn read_any(data: &[u8]) {
     }
 }
 
+/// Any bytes as two layers of an image — a u32 (little-endian) saying where the first ends,
+/// then the layers back to back: each that scans is merged over the one below with whiteouts
+/// applied, and the merged index reads back whole.
+pub fn layers_any(data: &[u8]) {
+    let Some((head, data)) = data.split_first_chunk::<4>() else {
+        return;
+    };
+    let cut = (u32::from_le_bytes(*head) as usize).min(data.len());
+    let mut tree = imgfs::index::tree::Tree::new();
+    let mut blobs = Vec::new();
+    for (i, part) in [&data[..cut], &data[cut..]].into_iter().enumerate() {
+        let mut members = Vec::new();
+        let scanned = imgfs::index::scan::scan(&mut SliceInput::new(part), &mut |_| {}, &mut |m| {
+            members.push(m);
+            Ok(())
+        });
+        if scanned.is_err() {
+            continue;
+        }
+        tree.apply_layer(i as u32, members);
+        blobs.push(BlobRef::new(part.len() as u64, format!("layer{i}")));
+    }
+    if blobs.is_empty() {
+        return;
+    }
+    let bytes = tree
+        .write_index(&blobs)
+        .expect("merged layers write their index");
+    let index = Index::new(bytes).expect("a freshly written index reads back");
+    walk(&index, true);
+}
+
+/// Documents that are all the same bytes, whatever their digest says: the parsers see
+/// hostile JSON at every level of an index, a manifest and a config.
+struct Same<'a>(&'a [u8]);
+
+impl imgfs::source::manifest::Documents for Same<'_> {
+    fn document(
+        &self,
+        _: &oci_spec::image::Descriptor,
+    ) -> Result<Vec<u8>, imgfs::source::SourceError> {
+        Ok(self.0.to_vec())
+    }
+}
+
+/// Any bytes as a manifest, an index or a config: an image or a clear error, never a panic
+/// or a loop.
+pub fn manifest_any(data: &[u8]) {
+    use imgfs::source::{Platform, manifest};
+    for media_type in [
+        None,
+        Some(manifest::OCI_INDEX),
+        Some(manifest::DOCKER_MANIFEST),
+    ] {
+        let _ = manifest::resolve(
+            &Same(data),
+            "fuzz",
+            media_type,
+            data.to_vec(),
+            String::new(),
+            &Platform::host(),
+        );
+    }
+}
+
 /// Visits every directory reachable from the root once, and every accessor of every entry.
 /// An index imgfs wrote (`written`) must also find each listed name by lookup; a forged one
 /// may have unsorted names, which only makes lookups miss.

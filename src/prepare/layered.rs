@@ -9,7 +9,7 @@
 //! is also its key in the store. A layer that fails either is discarded, never committed.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -334,7 +334,8 @@ enum Fill {
 }
 
 /// Streams `layer` from its source into `path`, decompressed, scanning it on the way, and
-/// checks its diff id.
+/// checks its diff id. Two threads share the work, so that decompression is what bounds it:
+/// one reads, checks and decompresses; the other hashes, writes and scans what comes out.
 fn fill(
     source: &dyn LayerSource,
     layer: &Layer,
@@ -345,27 +346,56 @@ fn fill(
     let mut raw = source.open_layer(layer).map_err(Fill::Source)?;
     let file = File::create(path).map_err(|e| io(named(path, e)))?;
     let sink = LayerWriter {
-        file: BufWriter::with_capacity(1 << 20, file),
+        file: BufWriter::with_capacity(WRITE_BUFFER, file),
         hasher: Hasher::sha256(),
         path,
         counters,
     };
     let mut members = Vec::new();
     let mut warnings = Vec::new();
-    let scanned = (|| {
-        let reader = layer
-            .compression
-            .decompress(Box::new(&mut raw))
-            .map_err(io)?;
-        let mut input = TeeInput::new(reader, sink);
-        scan::scan(&mut input, &mut |w| warnings.push(w), &mut |m| {
-            members.push(m);
-            counters.entries.fetch_add(1, Ordering::Relaxed);
-            Ok(())
-        })
-        .map_err(Fill::Scan)?;
-        input.finish().map_err(io)
-    })();
+    let (chunks, received) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(PIPELINE_DEPTH);
+    let scanned = std::thread::scope(|s| {
+        let raw = &mut raw;
+        let decompressor = s.spawn(move || {
+            let send = |r| chunks.send(r).is_ok();
+            let mut reader = match layer.compression.decompress(Box::new(&mut *raw)) {
+                Ok(r) => r,
+                Err(e) => {
+                    send(Err(e));
+                    return;
+                }
+            };
+            loop {
+                let mut chunk = vec![0u8; CHUNK];
+                match read_full(&mut reader, &mut chunk) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        chunk.truncate(n);
+                        if !send(Ok(chunk)) {
+                            return; // the scan stopped
+                        }
+                    }
+                    Err(e) => {
+                        send(Err(e));
+                        return;
+                    }
+                }
+            }
+        });
+        let result = (|| {
+            let mut input = TeeInput::new(Chunks::new(received), sink);
+            scan::scan(&mut input, &mut |w| warnings.push(w), &mut |m| {
+                members.push(m);
+                counters.entries.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            })
+            .map_err(Fill::Scan)?;
+            input.finish().map_err(io)
+        })();
+        // The receiver is gone with `input`: a decompressor still sending stops.
+        let _ = decompressor.join();
+        result
+    });
     let (sink, size) = match scanned {
         Ok(done) => done,
         Err(e) => {
@@ -393,15 +423,73 @@ fn fill(
             ),
         )));
     }
-    let file = file
-        .into_inner()
+    // Flushed, not synced: like docker's, containerd's and umoci's unpacking, and imgfs's
+    // own exports, a layer is as durable as the page cache makes it. An fsync here cost
+    // about as much as decompressing the layer (0.3 s of 0.6 s for the python image's
+    // zstd layers), and what it guards against is a power loss, not an interrupted fill.
+    file.into_inner()
         .map_err(|e| io(named(path, e.into_error())))?;
-    file.sync_all().map_err(|e| io(named(path, e)))?;
     Ok(Scanned {
         members,
         warnings,
         size,
     })
+}
+
+/// Decompressed bytes handed from one thread to the other at a time.
+const CHUNK: usize = 1 << 20;
+/// Chunks in flight between the two threads: enough to ride out a slow write.
+const PIPELINE_DEPTH: usize = 8;
+/// The layer file's write buffer.
+const WRITE_BUFFER: usize = 1 << 20;
+
+/// Fills `buf` as far as `r` goes.
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match r.read(&mut buf[done..]) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// The decompressed stream as the other thread hands it over, read as a stream again.
+struct Chunks {
+    received: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl Chunks {
+    fn new(received: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>) -> Chunks {
+        Chunks {
+            received,
+            chunk: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl Read for Chunks {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.chunk.len() {
+            match self.received.recv() {
+                Ok(chunk) => {
+                    self.chunk = chunk?;
+                    self.at = 0;
+                }
+                Err(_) => return Ok(0), // the sender is done: the end of the stream
+            }
+        }
+        let n = (self.chunk.len() - self.at).min(buf.len());
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 fn named(path: &Path, e: io::Error) -> io::Error {

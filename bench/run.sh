@@ -8,6 +8,11 @@
 #   bench/run.sh --sandbox [--quick]
 #                           sandbox start-up only (bench/sandbox.py: imgfs run beside bwrap and
 #                           docker run, as root and as an unprivileged account; a few minutes)
+#   bench/run.sh --sources [--quick]
+#                           images of layers without a daemon only (bench/sources.py: cold
+#                           mounts of OCI layouts beside decompression and umoci unpack; warm
+#                           mount, run and walk; cold start from a loopback registry shaped to
+#                           100 Mbit/s beside docker pull and skopeo + umoci; about 10 minutes)
 #
 # Run as root on Debian 12. Writes bench/RESULTS.md, bench/chart.png and raw data under
 # bench/results/. Work files (synthetic image, squashfs images, caches, venv) live in
@@ -21,18 +26,20 @@ ROOT=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
 WORK=${IMGFS_BENCH_WORK:-/var/tmp/imgfs-bench}
 export IMGFS_BENCH_WORK=$WORK
 cd "$ROOT"
-SANDBOX=0
-if [ "${1:-}" = --sandbox ]; then
-    SANDBOX=1
-    shift
-fi
+PART=all
+case "${1:-}" in
+    --sandbox) PART=sandbox; shift ;;
+    --sources) PART=sources; shift ;;
+esac
 
 contrib/setup.sh || die "contrib/setup.sh failed"
 tests/fixtures/make-debian-image.sh || die "tests/fixtures/make-debian-image.sh failed"
 
 # The peers, from Debian's packages.
-if [ "$SANDBOX" -eq 1 ]; then
+if [ "$PART" = sandbox ]; then
     pkgs=(hyperfine bubblewrap util-linux passwd)
+elif [ "$PART" = sources ]; then
+    pkgs=(hyperfine bubblewrap umoci skopeo zstd gzip iproute2 curl util-linux findutils)
 else
     pkgs=(hyperfine bubblewrap archivemount libfuse2 squashfuse squashfs-tools python3-venv attr
           util-linux findutils coreutils)
@@ -49,12 +56,18 @@ if [ "${#missing[@]}" -gt 0 ]; then
         || die "apt-get install ${missing[*]} failed"
 fi
 
-# ratarmount and matplotlib, in a venv of Debian's python3 (the sandbox part needs neither).
+# The image of layers in OCI layouts (reused when up to date).
+if [ "$PART" = sources ]; then
+    tests/fixtures/make-layered.sh || die "tests/fixtures/make-layered.sh failed"
+fi
+
+# ratarmount and matplotlib, in a venv of Debian's python3 (the sandbox and sources parts need
+# neither).
 RATARMOUNT_VERSION=1.3.0
 MATPLOTLIB_VERSION=3.11.2
 VENV=$WORK/venv
 mkdir -p "$WORK"
-if [ "$SANDBOX" -eq 0 ]; then
+if [ "$PART" = all ]; then
     if [ ! -x "$VENV/bin/python3" ]; then
         /usr/bin/python3 -m venv "$VENV" || die "python3 -m venv $VENV failed"
     fi
@@ -75,5 +88,6 @@ BIN=${CARGO_TARGET_DIR:-target}/release/imgfs
 
 # A plain PATH: the sandboxed commands must find the image's python3, not a host shim.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-[ "$SANDBOX" -eq 1 ] && exec /usr/bin/python3 "$ROOT/bench/sandbox.py" "$@"
+[ "$PART" = sandbox ] && exec /usr/bin/python3 "$ROOT/bench/sandbox.py" "$@"
+[ "$PART" = sources ] && exec /usr/bin/python3 "$ROOT/bench/sources.py" "$@"
 exec "$VENV/bin/python3" "$ROOT/bench/bench.py" "$@"

@@ -47,8 +47,11 @@ pub struct CacheArgs {
 pub enum Command {
     /// Mount an image read-only at MOUNTPOINT.
     ///
-    /// IMAGE is a local Docker image (name[:tag], name@sha256:..., or an image id) or a tar
-    /// archive of a root filesystem: a path starting with /, ./ or ../, or tar:PATH.
+    /// IMAGE is a local Docker image (name[:tag], name@sha256:..., an image id, or
+    /// docker-daemon:REF), an OCI image layout (oci:DIR[:REF]) or a tar of one
+    /// (oci-archive:FILE[:REF]), docker save output (docker-archive:FILE[:NAME:TAG]), an image
+    /// in a registry (docker://HOST[:PORT]/NAME[:TAG|@DIGEST]), or a tar archive of a root
+    /// filesystem: a path starting with /, ./ or ../, or tar:PATH.
     /// The first mount of an image exports and indexes it into the cache; later mounts are
     /// immediate. Returns once the mount is ready; the server runs in the background until
     /// `imgfs umount`.
@@ -164,7 +167,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct MountArgs {
-    /// Docker image reference, or tar archive path
+    /// Image: a Docker reference, oci:DIR[:REF], oci-archive:FILE[:REF],
+    /// docker-archive:FILE[:NAME:TAG], docker://REF, or a tar archive path
     pub image: String,
     /// Existing directory to mount on
     pub mountpoint: PathBuf,
@@ -191,7 +195,8 @@ pub enum Net {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Docker image reference, or tar archive path
+    /// Image: a Docker reference, oci:DIR[:REF], oci-archive:FILE[:REF],
+    /// docker-archive:FILE[:NAME:TAG], docker://REF, or a tar archive path
     pub image: String,
     /// Command and arguments (default: the image's Entrypoint and Cmd)
     #[arg(
@@ -278,7 +283,8 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct LsArgs {
-    /// Docker image reference, or tar archive path
+    /// Image: a Docker reference, oci:DIR[:REF], oci-archive:FILE[:REF],
+    /// docker-archive:FILE[:NAME:TAG], docker://REF, or a tar archive path
     pub image: String,
     /// Paths in the image [default: /]
     pub paths: Vec<String>,
@@ -300,7 +306,8 @@ pub struct LsArgs {
 
 #[derive(Debug, Args)]
 pub struct CatArgs {
-    /// Docker image reference, or tar archive path
+    /// Image: a Docker reference, oci:DIR[:REF], oci-archive:FILE[:REF],
+    /// docker-archive:FILE[:NAME:TAG], docker://REF, or a tar archive path
     pub image: String,
     /// Files in the image (symlinks are followed inside the image)
     #[arg(required = true)]
@@ -311,7 +318,8 @@ pub struct CatArgs {
 
 #[derive(Debug, Args)]
 pub struct StatArgs {
-    /// Docker image reference, or tar archive path
+    /// Image: a Docker reference, oci:DIR[:REF], oci-archive:FILE[:REF],
+    /// docker-archive:FILE[:NAME:TAG], docker://REF, or a tar archive path
     pub image: String,
     /// Paths in the image
     #[arg(required = true)]
@@ -329,7 +337,8 @@ pub struct StatArgs {
 
 #[derive(Debug, Args)]
 pub struct FindArgs {
-    /// Docker image reference, or tar archive path
+    /// Image: a Docker reference, oci:DIR[:REF], oci-archive:FILE[:REF],
+    /// docker-archive:FILE[:NAME:TAG], docker://REF, or a tar archive path
     pub image: String,
     /// Starting points in the image [default: /]
     pub paths: Vec<String>,
@@ -345,7 +354,8 @@ pub struct FindArgs {
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// Docker image reference, or tar archive path
+    /// Image: a Docker reference, oci:DIR[:REF], oci-archive:FILE[:REF],
+    /// docker-archive:FILE[:NAME:TAG], docker://REF, or a tar archive path
     pub image: String,
     /// Print one JSON object
     #[arg(long)]

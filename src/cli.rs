@@ -175,7 +175,8 @@ pub struct MountArgs {
     /// Stay attached to the terminal and serve until unmounted or interrupted
     #[arg(short, long)]
     pub foreground: bool,
-    /// Pull the image from its registry when the daemon does not have it
+    /// Pull the image from its registry when the daemon does not have it; for a docker://
+    /// image, ask its registry again what the tag names, even if it is cached
     #[arg(long)]
     pub pull: bool,
     /// Request-handling threads [default: twice the CPUs, 2 to 8]
@@ -266,7 +267,8 @@ pub struct RunArgs {
     /// CPU time, in CPUs (0.5: half of one)
     #[arg(long, value_name = "N")]
     pub cpus: Option<String>,
-    /// Pull the image from its registry when the daemon does not have it
+    /// Pull the image from its registry when the daemon does not have it; for a docker://
+    /// image, ask its registry again what the tag names, even if it is cached
     #[arg(long)]
     pub pull: bool,
     /// Keep serving the image this long after its last use (0: a server per run)

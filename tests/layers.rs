@@ -945,6 +945,31 @@ fn unknown_tag_fails_cleanly_and_the_next_mount_works() {
     m.umount();
 }
 
+/// A tag that moves in the registry: a mount takes what the cache has under it, as `docker
+/// run` takes a local image, until `--pull` asks the registry again.
+#[test]
+fn a_moved_tag_is_seen_with_pull() {
+    let fx = fx();
+    let registry = Registry::start();
+    let tag = registry.push(&oci(&fx.path("OCI_GZIP"), "layers"), "imgfs-test/moving:1");
+    let cache = TempDir::new("imgfs-layers-cache");
+    mount(cache.path(), &tag).umount();
+    registry.push(
+        &oci(&fx.path("OCI_GZIP"), "layers-app"),
+        "imgfs-test/moving:1",
+    );
+    let m = mount(cache.path(), &tag);
+    assert_matches(&fx.path("TRUTH_LAYERS"), &m);
+    m.umount();
+    let m = mount_with(cache.path(), &tag, &["--pull"], &[]);
+    assert_matches(&fx.path("TRUTH_APP"), &m);
+    m.umount();
+    // And from then on, without --pull, the tag names the new image.
+    let m = mount(cache.path(), &tag);
+    assert_matches(&fx.path("TRUTH_APP"), &m);
+    m.umount();
+}
+
 /// A registry that cannot be reached: an image mounted from it before still mounts from the
 /// cache (tag and digest alike, equal to the truth), one never mounted fails in one line; a
 /// digest reference needs no registry at all once cached.
@@ -965,6 +990,25 @@ fn cached_registry_images_mount_while_the_registry_is_down() {
         assert_matches(&fx.path("TRUTH_LAYERS"), &m);
         m.umount();
     }
+    // Asked to look again, and the registry gone: the cached image, with a warning.
+    let dir = TempDir::new("imgfs-layers-mnt");
+    let out = run(imgfs_nodaemon()
+        .args(["mount", "--pull", "--cache-dir"])
+        .arg(cache.path())
+        .arg(&tagged)
+        .arg(dir.path()));
+    let stderr = text(&out.stderr);
+    assert!(
+        out.status.success(),
+        "--pull with the registry down: {stderr}"
+    );
+    assert!(stderr.contains("cannot connect"), "no warning: {stderr}");
+    assert_trees_equal(
+        &fx.path("TRUTH_LAYERS"),
+        dir.path(),
+        &CompareOptions::default(),
+    );
+    run(imgfs_nodaemon().arg("umount").arg(dir.path()));
     mount_fails(cache.path(), &never, &[], &[], &["cannot connect"]);
     // Another platform was never resolved: not taken from the cache for this one.
     mount_fails(

@@ -87,9 +87,11 @@ pub(super) fn prepare(
     options: Options,
 ) -> Result<Ready, PrepareError> {
     let platform = options.platform.clone().unwrap_or_else(Platform::host);
-    // A digest names immutable content: what it resolved to before needs no registry.
+    // What a reference resolved to before is used without asking the registry, as `docker
+    // run` uses a local image (its pull policy "missing"): a digest names immutable content,
+    // and a tag is looked up again only with `--pull`.
     if let ImageRef::Registry(reference) = image
-        && reference.contains("@sha256:")
+        && (reference.contains("@sha256:") || !options.pull)
         && let Some(ready) = cached(image, &platform, cache)
     {
         return Ok(ready);

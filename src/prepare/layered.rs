@@ -425,10 +425,10 @@ fn fill(
             ),
         )));
     }
-    // Flushed, not synced: like docker's, containerd's and umoci's unpacking, and imgfs's
-    // own exports, a layer is as durable as the page cache makes it. An fsync here cost
-    // about as much as decompressing the layer (0.3 s of 0.6 s for the python image's
-    // zstd layers), and what it guards against is a power loss, not an interrupted fill.
+    // Flushed, not synced: like imgfs's own exports, a layer is as durable as the page cache
+    // makes it. An fsync here cost about as much as decompressing the layer (0.3 s of 0.6 s
+    // for the python image's zstd layers), and what it guards against is a power loss, not
+    // an interrupted fill.
     file.into_inner()
         .map_err(|e| io(named(path, e.into_error())))?;
     Ok(Scanned {

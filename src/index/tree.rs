@@ -536,11 +536,20 @@ mod tests {
             key: b"archive".to_vec(),
         };
         let idx = Index::new(t.write_index(&[blob]).unwrap()).unwrap();
+        let mut out: Vec<Row> = walk(&idx)
+            .into_iter()
+            .map(|(path, rec, r)| (path, rec, r.mode, r.nlink, r.data))
+            .collect();
+        out.sort();
+        (out, t.warnings())
+    }
+
+    /// Every entry reachable from the root: its path, record number and record.
+    fn walk(idx: &Index<Vec<u8>>) -> Vec<(String, u32, InodeRecord)> {
         let mut out = Vec::new();
         let mut stack = vec![(String::new(), 0u32)];
         while let Some((path, rec)) = stack.pop() {
             let r = idx.inode(rec).unwrap();
-            out.push((path.clone(), rec, r.mode, r.nlink, r.data));
             if r.is_dir() {
                 let mut i = 0;
                 while let Some(d) = idx.child(&r, i) {
@@ -549,9 +558,9 @@ mod tests {
                     i += 1;
                 }
             }
+            out.push((path, rec, r));
         }
-        out.sort();
-        (out, t.warnings())
+        out
     }
 
     fn paths(entries: Vec<Entry>) -> Vec<String> {
@@ -653,20 +662,10 @@ mod tests {
         }
         let idx = Index::new(t.write_index(&blobs).unwrap()).unwrap();
         assert_eq!(idx.blob_count() as usize, blobs.len());
-        let mut out = Vec::new();
-        let mut stack = vec![(String::new(), 0u32)];
-        while let Some((path, rec)) = stack.pop() {
-            let r = idx.inode(rec).unwrap();
-            out.push((path.clone(), r.blob, r.data));
-            if r.is_dir() {
-                let mut i = 0;
-                while let Some(d) = idx.child(&r, i) {
-                    let name = String::from_utf8(d.name.to_vec()).unwrap();
-                    stack.push((format!("{path}/{name}"), d.record));
-                    i += 1;
-                }
-            }
-        }
+        let mut out: Vec<_> = walk(&idx)
+            .into_iter()
+            .map(|(path, _, r)| (path, r.blob, r.data))
+            .collect();
         out.sort();
         out
     }

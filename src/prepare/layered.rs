@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::{Event, Options, PrepareError, Progress, Ready, usable};
+use super::{Event, Options, PrepareError, Progress, Ready, claim, usable};
 use crate::cache::{self, Cache, Entry};
 use crate::index::FileInput;
 use crate::index::scan::{self, Entry as Member, ScanError, TeeInput};
@@ -122,15 +122,9 @@ pub(super) fn prepare(
     if let ImageRef::Registry(reference) = image {
         cache.remember_ref(&format!("{reference} {platform}"), &entry.name());
     }
-    if complete(&entry) {
+    let Some(lock) = claim(cache, &entry, complete)? else {
         return Ok(ready(false, Vec::new()));
-    }
-    cache.sweep_leftovers();
-    let lock = entry.lock()?;
-    if complete(&entry) {
-        return Ok(ready(false, Vec::new()));
-    }
-    entry.reset(&lock)?;
+    };
     let start = Instant::now();
     let counters = Counters::default();
     let total = img.layers.len() as u32;

@@ -164,6 +164,26 @@ pub(crate) fn usable(index_path: &Path, blobs: &[PathBuf]) -> bool {
     check().unwrap_or(false)
 }
 
+/// The start of the fill protocol, the same for every kind of entry: `None` when the entry
+/// is complete (already, or once another process filled it while this one waited for the
+/// lock); else the held fill lock, leftovers swept and the entry emptied.
+pub(crate) fn claim(
+    cache: &Cache,
+    entry: &Entry,
+    complete: impl Fn(&Entry) -> bool,
+) -> Result<Option<cache::Lock>, PrepareError> {
+    if complete(entry) {
+        return Ok(None);
+    }
+    cache.sweep_leftovers();
+    let lock = entry.lock()?;
+    if complete(entry) {
+        return Ok(None);
+    }
+    entry.reset(&lock)?;
+    Ok(Some(lock))
+}
+
 /// What identifies an index file's current contents, for [`usable`]'s stamp.
 fn verified_stamp(m: &std::fs::Metadata) -> String {
     format!(
@@ -258,15 +278,9 @@ fn prepare_docker(reference: &str, cache: &Cache, options: Options) -> Result<Re
         warnings,
     };
     let complete = |e: &Entry| e.marker().is_some() && usable(&e.index_path(), &[e.archive_path()]);
-    if complete(&entry) {
+    let Some(lock) = claim(cache, &entry, complete)? else {
         return Ok(ready(false, Vec::new()));
-    }
-    cache.sweep_leftovers();
-    let lock = entry.lock()?;
-    if complete(&entry) {
-        return Ok(ready(false, Vec::new())); // another process filled it while we waited
-    }
-    entry.reset(&lock)?;
+    };
     let archive_path = entry.archive_path();
     let file = File::create(&archive_path).map_err(|source| PrepareError::Io {
         path: archive_path.clone(),
@@ -393,15 +407,9 @@ fn prepare_tar(path: &Path, cache: &Cache) -> Result<Ready, PrepareError> {
         e.marker().as_deref() == Some(identity.as_str())
             && usable(&e.index_path(), std::slice::from_ref(&path))
     };
-    if complete(&entry) {
+    let Some(lock) = claim(cache, &entry, complete)? else {
         return Ok(ready(false, Vec::new()));
-    }
-    cache.sweep_leftovers();
-    let lock = entry.lock()?;
-    if complete(&entry) {
-        return Ok(ready(false, Vec::new()));
-    }
-    entry.reset(&lock)?;
+    };
     let mut input = FileInput::new(&file, meta.len());
     let tree = build_tree(&mut input).map_err(|source| PrepareError::Scan {
         path: path.display().to_string(),

@@ -2,10 +2,12 @@
 //! by its headers alone ([`FileInput`]) — into a [`Tree`] of entries, and lays
 //! that out as the on-disk index ([`mod@format`], its specification), which is memory-mapped and
 //! used in place. Parsing is kept apart from I/O: the scanner takes an [`Input`], the writer
-//! returns bytes, the reader takes a slice.
+//! returns bytes, the reader takes a slice. Beside it, [`seek`] indexes a compressed layer
+//! itself, so that its spans can be fetched and inflated one at a time.
 
 pub mod format;
 pub mod scan;
+pub mod seek;
 pub mod tree;
 
 use std::fs::File;

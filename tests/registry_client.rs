@@ -1666,3 +1666,43 @@ fn pushes_with_basic_auth() {
         "{e}"
     );
 }
+
+#[test]
+fn pushes_with_a_token_that_allows_push() {
+    let work = TempDir::new("imgfs-registry-push-token");
+    let fixture = write_layout(&work.path().join("layout"));
+    let reg = RealRegistry::start(false);
+    reg.push(&fixture, "1", false);
+    let front = Front::start(
+        &reg.addr,
+        &FrontOptions {
+            credentials: Some((USER.into(), PASSWORD.into())),
+            ..FrontOptions::default()
+        },
+    );
+    let opts = options(auth_file(work.path(), &front.addr, Some((USER, PASSWORD))));
+    let registry = Registry::connect_repository(&format!("{}/{REPO}", front.addr), &opts).unwrap();
+    let subject = digest_of(&fixture.manifest_digest);
+    let (bytes, media_type) = registry.manifest_by_digest(&subject).unwrap();
+    let descriptor = serde_json::json!({
+        "mediaType": media_type.unwrap(), "digest": fixture.manifest_digest, "size": bytes.len(),
+    });
+    let (_, d) = push_artifact(&registry, &descriptor, ARTIFACT, b"through a token", 1);
+    let found = registry.referrers(&subject, ARTIFACT).unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].digest().to_string(), d);
+    // A pull token first; the first write is refused and a token for both is fetched.
+    let tokens: Vec<String> = front
+        .log_lines()
+        .into_iter()
+        .filter(|l| l.starts_with("token "))
+        .collect();
+    assert_eq!(
+        tokens,
+        [
+            format!("token repository:{REPO}:pull"),
+            format!("token repository:{REPO}:pull,push")
+        ]
+    );
+    assert!(front.count("REQ PUT ") >= 4, "{:?}", front.log_lines());
+}

@@ -8,6 +8,16 @@
 //! Faults are real: a blob's file corrupted in the registry's storage, the registry killed in
 //! the middle of a blob (and started again, or not), and a fake registry for answers a real
 //! one does not give (too large, a lying digest, 5xx, 429, 403).
+//!
+//! Byte ranges of a blob are read from the registry itself (which answers several ranges as
+//! multipart) and through tests/fixtures/registry-front.py, which answers them as other
+//! servers do: the whole blob, a refusal of several ranges, parts out of order, merged or not
+//! asked for, and blobs redirected to storage links that expire. Artifacts are pushed to the
+//! registry and found again as referrers of an image (it lacks the referrers API, so through
+//! the tag fallback).
+
+// Lists of one byte range are what several tests ask for.
+#![allow(clippy::single_range_in_vec_init)]
 
 mod common;
 
@@ -20,9 +30,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{TempDir, require, text};
+use common::{Front, FrontOptions, TempDir, require, text};
 use imgfs::source::registry::{self, Registry, RegistryOptions, Retry};
 use imgfs::source::{Image, LayerSource, Platform, SourceError};
+use oci_spec::image::Digest;
 use sha2::Digest as _;
 
 /// Size of the big layer's one file: well beyond what loopback socket buffers hold, so that a
@@ -1257,4 +1268,441 @@ fn a_loopback_registry_speaking_https_is_used_over_https() {
     reg.push(&fixture, "1", false);
     let opts = options(auth_file(work.path(), &reg.addr, None));
     pull_and_check(&format!("{}/{REPO}:1", reg.addr), &opts, &fixture);
+}
+
+fn digest_of(s: &str) -> Digest {
+    Digest::try_from(s).unwrap()
+}
+
+/// Reads `ranges` of `blob` (stored under `digest`) and checks each against its slice.
+#[track_caller]
+fn check_ranges(registry: &Registry, digest: &str, blob: &[u8], ranges: &[std::ops::Range<u64>]) {
+    let got = registry
+        .fetch_ranges(&digest_of(digest), blob.len() as u64, ranges)
+        .unwrap_or_else(|e| panic!("{ranges:?}: {e}"));
+    assert_eq!(got.len(), ranges.len());
+    for (g, r) in got.iter().zip(ranges) {
+        assert!(
+            g[..] == blob[r.start as usize..r.end as usize],
+            "{r:?} differs"
+        );
+    }
+}
+
+/// Ranges spread over a blob of `size` bytes: the first and the last byte, and some between.
+fn spread(size: u64) -> Vec<std::ops::Range<u64>> {
+    vec![
+        0..1,
+        100..4196,
+        (1 << 20)..(1 << 20) + 7,
+        size / 2..size / 2 + 65_536,
+        size - 5..size,
+    ]
+}
+
+#[test]
+fn reads_byte_ranges_of_a_blob() {
+    let work = TempDir::new("imgfs-registry-ranges");
+    let fixture = write_layout(&work.path().join("layout"));
+    let reg = RealRegistry::start(false);
+    reg.push(&fixture, "1", false);
+    let opts = options(auth_file(work.path(), &reg.addr, None));
+    let registry = Registry::connect_repository(&format!("{}/{REPO}", reg.addr), &opts).unwrap();
+    assert_eq!(registry.reference().repository, REPO);
+    let (digest, blob) = &fixture.layers[1];
+    let size = blob.len() as u64;
+    check_ranges(&registry, digest, blob, &[10..20]);
+    check_ranges(&registry, digest, blob, &[0..1]);
+    check_ranges(&registry, digest, blob, &[size - 1..size]);
+    check_ranges(&registry, digest, blob, &[size - 100_000..size]);
+    check_ranges(&registry, digest, blob, &spread(size));
+    // More ranges than one request asks for.
+    let many: Vec<_> = (0..60u64)
+        .map(|i| i * 500_000..i * 500_000 + 100 + i)
+        .collect();
+    check_ranges(&registry, digest, blob, &many);
+    assert!(
+        reg.log().contains("\" 206 "),
+        "no partial answers in the registry's log"
+    );
+    // A small blob, whole.
+    let (small_digest, small) = &fixture.layers[0];
+    let s = small.len() as u64;
+    check_ranges(&registry, small_digest, small, &[0..s]);
+    // What cannot be asked.
+    let d = digest_of(digest);
+    for (bad, why) in [
+        (vec![0..size + 1], "goes past the blob's end"),
+        (vec![5..5], "is empty"),
+        (vec![10..20, 0..5], "overlaps or precedes"),
+    ] {
+        let e = registry
+            .fetch_ranges(&d, size, &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!("docker://{}/{REPO}: blob {digest}: ", reg.addr))
+                && e.contains(why),
+            "{e}"
+        );
+    }
+    // A size larger than the blob's: the registry refuses the range past its end.
+    let past = registry
+        .fetch_ranges(&d, size + 100, &[size + 10..size + 20])
+        .unwrap_err()
+        .to_string();
+    assert!(past.contains("416"), "{past}");
+    println!("{past}");
+}
+
+/// A front answering ranges in `mode` (and optionally redirecting to expiring storage links)
+/// in front of a registry holding the fixture; a client for it.
+fn ranges_front(
+    reg: &RealRegistry,
+    work: &Path,
+    ranges: Option<&str>,
+    storage: bool,
+) -> (Front, Registry) {
+    let front = Front::start(
+        &reg.addr,
+        &FrontOptions {
+            ranges: ranges.map(str::to_string),
+            storage,
+            expired_links: u32::from(storage),
+            ..FrontOptions::default()
+        },
+    );
+    let opts = options(auth_file(work, &front.addr, None));
+    let registry = Registry::connect_repository(&format!("{}/{REPO}", front.addr), &opts).unwrap();
+    (front, registry)
+}
+
+#[test]
+fn byte_ranges_from_servers_that_answer_otherwise() {
+    let work = TempDir::new("imgfs-registry-ranges-odd");
+    let fixture = write_layout(&work.path().join("layout"));
+    let reg = RealRegistry::start(false);
+    reg.push(&fixture, "1", false);
+    let (digest, blob) = &fixture.layers[1];
+    let size = blob.len() as u64;
+    let ranges = spread(size);
+    let lines = |front: &Front, prefix: &str| -> Vec<String> {
+        front
+            .log_lines()
+            .into_iter()
+            .filter(|l| l.starts_with(prefix))
+            .collect()
+    };
+
+    // Range ignored: the whole blob, read as far as the last range; the registry is then
+    // asked once for everything.
+    let (front, registry) = ranges_front(&reg, work.path(), Some("ignore"), false);
+    check_ranges(&registry, digest, blob, &ranges);
+    check_ranges(&registry, digest, blob, &[0..10, 20..30]);
+    let ignored = lines(&front, "ranges ignore ");
+    assert_eq!(ignored.len(), 2, "{ignored:?}");
+    assert!(ignored[1].ends_with(" bytes=0-29"), "{ignored:?}");
+
+    // Several ranges refused: one request per range, from then on.
+    let (front, registry) = ranges_front(&reg, work.path(), Some("single-only"), false);
+    check_ranges(&registry, digest, blob, &ranges);
+    check_ranges(&registry, digest, blob, &[0..10, 20..30]);
+    assert_eq!(lines(&front, "ranges single-only ").len(), 1);
+    let blob_gets = lines(&front, "REQ GET ")
+        .iter()
+        .filter(|l| l.contains("/blobs/") && l.ends_with(" 206"))
+        .count();
+    assert_eq!(blob_gets, ranges.len() + 2);
+
+    // Parts last first, or merged into one.
+    for mode in ["shuffle", "coalesce"] {
+        let (front, registry) = ranges_front(&reg, work.path(), Some(mode), false);
+        check_ranges(&registry, digest, blob, &ranges[..3]);
+        assert_eq!(lines(&front, &format!("ranges {mode} ")).len(), 1);
+    }
+
+    // A part that was not asked for.
+    let (_front, registry) = ranges_front(&reg, work.path(), Some("outside"), false);
+    let e = registry
+        .fetch_ranges(&digest_of(digest), size, &[10..20, 30..40])
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        format!(
+            "docker://{}/{REPO}: blob {digest}: reading bytes=10-19,30-39: the answer holds \
+             bytes 40-49 where bytes=10-19,30-39 was asked for",
+            registry.reference().registry
+        )
+    );
+    println!("{e}");
+
+    // Blobs in storage on another origin, behind a signed link that has expired at the first
+    // try: the registry is asked again, and storage never sees the registry's Authorization.
+    let (front, registry) = ranges_front(&reg, work.path(), None, true);
+    check_ranges(&registry, digest, blob, &ranges);
+    check_ranges(&registry, digest, blob, &[7..8]);
+    assert_eq!(
+        front.count("storage-expired "),
+        1,
+        "{:?}",
+        front.log_lines()
+    );
+    assert_eq!(front.count("redirect "), 3, "{:?}", front.log_lines());
+    assert_eq!(
+        front.count("storage /storage/v2/"),
+        2,
+        "{:?}",
+        front.log_lines()
+    );
+    assert_eq!(front.count("storage-auth "), 0);
+}
+
+#[test]
+fn byte_ranges_through_token_auth_and_storage() {
+    let work = TempDir::new("imgfs-registry-ranges-auth");
+    let fixture = write_layout(&work.path().join("layout"));
+    let reg = RealRegistry::start(false);
+    reg.push(&fixture, "1", false);
+    let front = Front::start(
+        &reg.addr,
+        &FrontOptions {
+            credentials: Some((USER.into(), PASSWORD.into())),
+            token_ttl: Some(1.0),
+            storage: true,
+            ranges: Some("shuffle".into()),
+            ..FrontOptions::default()
+        },
+    );
+    let opts = options(auth_file(work.path(), &front.addr, Some((USER, PASSWORD))));
+    let registry = Registry::connect_repository(&format!("{}/{REPO}", front.addr), &opts).unwrap();
+    let (digest, blob) = &fixture.layers[1];
+    let ranges = spread(blob.len() as u64);
+    check_ranges(&registry, digest, blob, &ranges);
+    // The token expires: renewed on the 401, and still kept from storage.
+    std::thread::sleep(Duration::from_millis(1200));
+    check_ranges(&registry, digest, blob, &ranges);
+    assert_eq!(front.count("token "), 2, "{:?}", front.log_lines());
+    assert_eq!(front.count("ranges shuffle "), 2);
+    assert_eq!(front.count("storage-auth "), 0);
+}
+
+const ARTIFACT: &str = "application/vnd.imgfs.test.index.v1";
+const OTHER_ARTIFACT: &str = "application/vnd.imgfs.test.other.v1";
+const EMPTY: &str = "application/vnd.oci.empty.v1+json";
+
+/// An artifact manifest with one layer of `payload` (pushed here) and `subject`.
+fn push_artifact(
+    registry: &Registry,
+    subject: &serde_json::Value,
+    artifact_type: &str,
+    payload: &[u8],
+    n: u32,
+) -> (Vec<u8>, String) {
+    let empty = registry.push_blob(b"{}").unwrap();
+    let layer = registry.push_blob(payload).unwrap();
+    assert_eq!(layer.to_string(), sha256(payload));
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": artifact_type,
+        "config": {"mediaType": EMPTY, "digest": empty.to_string(), "size": 2},
+        "layers": [{"mediaType": "application/octet-stream", "digest": layer.to_string(),
+                    "size": payload.len()}],
+        "subject": subject,
+        "annotations": {"org.imgfs.test.n": n.to_string()},
+    }))
+    .unwrap();
+    let subject_digest = digest_of(subject["digest"].as_str().unwrap());
+    let d = registry
+        .push_referrer(&subject_digest, &manifest, artifact_type)
+        .unwrap();
+    assert_eq!(d.to_string(), sha256(&manifest));
+    (manifest, d.to_string())
+}
+
+#[test]
+fn pushes_artifacts_and_finds_them_as_referrers() {
+    let work = TempDir::new("imgfs-registry-push");
+    let fixture = write_layout(&work.path().join("layout"));
+    let reg = RealRegistry::start(false);
+    reg.push(&fixture, "1", false);
+    let opts = options(auth_file(work.path(), &reg.addr, None));
+    let (image, _) = registry::open(&format!("{}/{REPO}:1", reg.addr), &opts).unwrap();
+    let subject = serde_json::json!({
+        "mediaType": image.manifest_media_type.as_deref().unwrap(),
+        "digest": image.manifest_digest.as_deref().unwrap(),
+        "size": image.manifest_size.unwrap(),
+    });
+    assert_eq!(
+        subject["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    let registry = Registry::connect_repository(&format!("{}/{REPO}", reg.addr), &opts).unwrap();
+    let subject_digest = digest_of(&fixture.manifest_digest);
+    // The subject descriptor is the manifest's own.
+    let (bytes, media_type) = registry.manifest_by_digest(&subject_digest).unwrap();
+    assert_eq!(bytes.len() as u64, image.manifest_size.unwrap());
+    assert_eq!(media_type.as_deref(), image.manifest_media_type.as_deref());
+    assert!(
+        registry
+            .referrers(&subject_digest, ARTIFACT)
+            .unwrap()
+            .is_empty()
+    );
+
+    let (first, d1) = push_artifact(&registry, &subject, ARTIFACT, b"first index", 1);
+    let found = registry.referrers(&subject_digest, ARTIFACT).unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].digest().to_string(), d1);
+    assert_eq!(found[0].size(), first.len() as u64);
+    assert_eq!(
+        found[0]
+            .artifact_type()
+            .as_ref()
+            .map(|t| t.to_string())
+            .as_deref(),
+        Some(ARTIFACT)
+    );
+    assert_eq!(
+        found[0].annotations().as_ref().unwrap()["org.imgfs.test.n"],
+        "1"
+    );
+    // What a referrer names reads back, verified.
+    let (bytes, media_type) = registry.manifest_by_digest(found[0].digest()).unwrap();
+    assert!(bytes == first);
+    assert_eq!(
+        media_type.as_deref(),
+        Some("application/vnd.oci.image.manifest.v1+json")
+    );
+    let layer = digest_of(&sha256(b"first index"));
+    assert_eq!(
+        registry.blob_bytes(&layer, 11, 1 << 20).unwrap(),
+        b"first index"
+    );
+    let big = registry.blob_bytes(&layer, 11, 10).unwrap_err().to_string();
+    assert!(
+        big.ends_with("11 bytes, more than the 10 read whole"),
+        "{big}"
+    );
+
+    // A second of the same type, one of another type, and the first pushed again.
+    let (_, d2) = push_artifact(&registry, &subject, ARTIFACT, b"second index", 2);
+    let (_, d3) = push_artifact(&registry, &subject, OTHER_ARTIFACT, b"other", 3);
+    push_artifact(&registry, &subject, ARTIFACT, b"first index", 1);
+    let mut found: Vec<String> = registry
+        .referrers(&subject_digest, ARTIFACT)
+        .unwrap()
+        .iter()
+        .map(|d| d.digest().to_string())
+        .collect();
+    found.sort();
+    let mut want = vec![d1.clone(), d2];
+    want.sort();
+    assert_eq!(found, want);
+    let other = registry.referrers(&subject_digest, OTHER_ARTIFACT).unwrap();
+    assert_eq!(other.len(), 1);
+    assert_eq!(other[0].digest().to_string(), d3);
+    // The registry lacks the API: the index tagged after the subject holds them.
+    let tag = fixture.manifest_digest.replacen(':', "-", 1);
+    let body = ureq::get(format!("http://{}/v2/{REPO}/manifests/{tag}", reg.addr))
+        .header("Accept", "application/vnd.oci.image.index.v1+json")
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_vec()
+        .unwrap();
+    let index: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        index["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 3, "{index}");
+    assert!(
+        reg.log().contains("/referrers/"),
+        "the referrers API was not tried"
+    );
+
+    // A subject that is not the manifest's is refused before anything is pushed.
+    let (manifest, _) = registry.manifest_by_digest(&digest_of(&d1)).unwrap();
+    let wrong = registry
+        .push_referrer(&digest_of(&fixture.layers[0].0), &manifest, ARTIFACT)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        wrong.contains("the manifest's subject is sha256:"),
+        "{wrong}"
+    );
+    // A tag pushed plainly: the registry does not index subjects itself.
+    let (d, indexed) = registry
+        .push_manifest(
+            "pushed",
+            "application/vnd.oci.image.manifest.v1+json",
+            &manifest,
+        )
+        .unwrap();
+    assert_eq!((d.to_string(), indexed), (d1, false));
+}
+
+#[test]
+fn pushes_with_basic_auth() {
+    let work = TempDir::new("imgfs-registry-push-basic");
+    let reg = RealRegistry::start(true);
+    let opts = options(auth_file(work.path(), &reg.addr, Some((USER, PASSWORD))));
+    let registry = Registry::connect_repository(&format!("{}/{REPO}", reg.addr), &opts).unwrap();
+    let d = registry.push_blob(b"pushed with a password").unwrap();
+    assert_eq!(
+        registry.blob_bytes(&d, 22, 100).unwrap(),
+        b"pushed with a password"
+    );
+    let none = Registry::connect_repository(
+        &format!("{}/{REPO}", reg.addr),
+        &options(auth_file(work.path(), &reg.addr, None)),
+    )
+    .unwrap();
+    let e = none.push_blob(b"x").unwrap_err().to_string();
+    assert!(
+        e.contains("asks for credentials and none are configured"),
+        "{e}"
+    );
+}
+
+#[test]
+fn pushes_with_a_token_that_allows_push() {
+    let work = TempDir::new("imgfs-registry-push-token");
+    let fixture = write_layout(&work.path().join("layout"));
+    let reg = RealRegistry::start(false);
+    reg.push(&fixture, "1", false);
+    let front = Front::start(
+        &reg.addr,
+        &FrontOptions {
+            credentials: Some((USER.into(), PASSWORD.into())),
+            ..FrontOptions::default()
+        },
+    );
+    let opts = options(auth_file(work.path(), &front.addr, Some((USER, PASSWORD))));
+    let registry = Registry::connect_repository(&format!("{}/{REPO}", front.addr), &opts).unwrap();
+    let subject = digest_of(&fixture.manifest_digest);
+    let (bytes, media_type) = registry.manifest_by_digest(&subject).unwrap();
+    let descriptor = serde_json::json!({
+        "mediaType": media_type.unwrap(), "digest": fixture.manifest_digest, "size": bytes.len(),
+    });
+    let (_, d) = push_artifact(&registry, &descriptor, ARTIFACT, b"through a token", 1);
+    let found = registry.referrers(&subject, ARTIFACT).unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].digest().to_string(), d);
+    // A pull token first; the first write is refused and a token for both is fetched.
+    let tokens: Vec<String> = front
+        .log_lines()
+        .into_iter()
+        .filter(|l| l.starts_with("token "))
+        .collect();
+    assert_eq!(
+        tokens,
+        [
+            format!("token repository:{REPO}:pull"),
+            format!("token repository:{REPO}:pull,push")
+        ]
+    );
+    assert!(front.count("REQ PUT ") >= 4, "{:?}", front.log_lines());
 }

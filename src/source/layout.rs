@@ -513,6 +513,8 @@ pub fn open_docker_archive(
     }
     let image = Image {
         manifest_digest: None,
+        manifest_media_type: None,
+        manifest_size: None,
         config_digest,
         config,
         layers,

@@ -79,7 +79,15 @@ pub fn resolve(
             _ => sniff(&bytes),
         };
         match kind {
-            Some(Kind::Manifest) => return image_of(docs, what, &bytes, digest),
+            Some(Kind::Manifest) => {
+                return image_of(
+                    docs,
+                    what,
+                    &bytes,
+                    digest,
+                    media_type.filter(|m| !m.is_empty()),
+                );
+            }
             Some(Kind::Index) => {
                 let index: ImageIndex = parse(what, "image index", &bytes)?;
                 let d = choose(what, index.manifests(), platform)?;
@@ -147,8 +155,10 @@ fn image_of(
     what: &str,
     bytes: &[u8],
     manifest_digest: String,
+    media_type: Option<String>,
 ) -> Result<Image, SourceError> {
     let manifest: ImageManifest = parse(what, "image manifest", bytes)?;
+    let media_type = media_type.or_else(|| manifest.media_type().as_ref().map(|m| m.to_string()));
     let config_d = manifest.config();
     let config = docs.document(config_d)?;
     let parsed: ImageConfiguration = parse(what, "image config", &config)?;
@@ -186,6 +196,8 @@ fn image_of(
     }
     Ok(Image {
         manifest_digest: Some(manifest_digest),
+        manifest_media_type: media_type,
+        manifest_size: Some(bytes.len() as u64),
         config_digest: config_d.digest().to_string(),
         config,
         layers,

@@ -282,8 +282,15 @@ impl Layer {
 /// An image made of layers.
 #[derive(Clone, Debug)]
 pub struct Image {
-    /// The manifest's digest, when there is a manifest.
+    /// The manifest's digest, when there is a manifest (the platform's image manifest, not
+    /// the index above it).
     pub manifest_digest: Option<String>,
+    /// That manifest's media type, as its descriptor or the registry states it, or its own
+    /// `mediaType` field.
+    pub manifest_media_type: Option<String>,
+    /// That manifest's size in bytes: with the digest and media type, the descriptor an
+    /// artifact names as its `subject`.
+    pub manifest_size: Option<u64>,
     /// The config's digest: the image id.
     pub config_digest: String,
     /// The config document itself, verified.

@@ -17,6 +17,8 @@
 //! when a registry asks (the `auth` submodule), and never appear in a message.
 
 mod auth;
+mod push;
+mod ranges;
 
 use std::io::{self, Read};
 use std::net::IpAddr;
@@ -63,6 +65,10 @@ const MAX_DELAY: Duration = Duration::from_secs(8);
 const MAX_ERROR_BODY: u64 = 64 << 10;
 /// Largest token service answer read: tokens are a few kB.
 const MAX_TOKEN_BODY: u64 = 1 << 20;
+/// Most ranges asked for in one request: their `Range` header stays under 1 kB (a range is up
+/// to ~40 bytes), far below the 4-8 kB header limits of proxies and CDNs, and a server's
+/// multipart answer stays a few dozen parts.
+pub const MAX_RANGES_PER_REQUEST: usize = 24;
 /// The client the token service is told about (OAuth2 `client_id`).
 const CLIENT_ID: &str = "imgfs";
 const USER_AGENT: &str = concat!("imgfs/", env!("CARGO_PKG_VERSION"));
@@ -167,6 +173,24 @@ pub enum RegistryError {
     },
     #[error("{what}: {why}")]
     Range { what: String, why: String },
+    #[error("{what}: reading {ranges}: the connection broke {tries} times: {source}")]
+    RangesBroken {
+        what: String,
+        ranges: String,
+        tries: u32,
+        source: io::Error,
+    },
+    #[error("{what}: {size} bytes, more than the {limit} read whole")]
+    Oversized { what: String, size: u64, limit: u64 },
+    #[error("{what}: {source}")]
+    Content {
+        what: String,
+        source: digest::DigestError,
+    },
+    #[error("{what}: {source}")]
+    Body { what: String, source: io::Error },
+    #[error("{what}: {why}")]
+    Invalid { what: String, why: String },
     #[error("{what}: redirected more than {MAX_REDIRECTS} times")]
     Redirects { what: String },
     #[error("{what}: cannot follow the redirect to '{location}'")]
@@ -429,6 +453,45 @@ enum Kind {
     Blob,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+}
+
+/// The answers a plain GET takes.
+const FETCHED: &[u16] = &[200, 206];
+
+/// One request to the registry, as [`Registry::exchange`] sends it.
+#[derive(Clone, Copy, Debug)]
+struct Call<'a> {
+    method: Method,
+    kind: Kind,
+    /// The `Range` value, if any.
+    range: Option<&'a str>,
+    /// The content type and body of a PUT or POST.
+    body: Option<(&'a str, &'a [u8])>,
+    /// The statuses handed back as answers; every other one is an error.
+    ok: &'a [u16],
+    /// Whether the request writes to the repository (its token must allow `push`).
+    push: bool,
+}
+
+impl Call<'_> {
+    fn get(kind: Kind) -> Call<'static> {
+        Call {
+            method: Method::Get,
+            kind,
+            range: None,
+            body: None,
+            ok: FETCHED,
+            push: false,
+        }
+    }
+}
+
 /// A registry an image was found in: reads its documents and layers.
 pub struct Registry {
     /// `docker://` and the reference as typed: names the image in messages.
@@ -444,6 +507,10 @@ pub struct Registry {
     /// Whether the registry has answered once: from then on a refused connection means it is
     /// restarting, and is tried again.
     answered: AtomicBool,
+    /// Whether it refused a request for several ranges at once: ask one range at a time.
+    single_ranges: AtomicBool,
+    /// Whether it answered a ranged request with the whole blob: ask once for all ranges.
+    ignores_ranges: AtomicBool,
 }
 
 #[derive(Default)]
@@ -456,6 +523,9 @@ struct AuthState {
     /// The credentials, once looked up: `Some(None)` when there are none.
     secret: Option<Option<Secret>>,
 }
+
+/// A manifest as fetched: its bytes, media type (when the answer says) and digest.
+type Manifest = (Vec<u8>, Option<String>, String);
 
 /// One exchange's result before it is judged: an answer (and, when a host the registry
 /// redirected to gave it, that host) or a transport failure.
@@ -521,17 +591,42 @@ impl Registry {
             auth_file: options.auth_file.clone(),
             auth: Mutex::new(AuthState::default()),
             answered: AtomicBool::new(false),
+            single_ranges: AtomicBool::new(false),
+            ignores_ranges: AtomicBool::new(false),
         })
     }
 
     /// The manifest or index the reference names: its bytes, media type and digest.
-    fn top_manifest(&self) -> Result<(Vec<u8>, Option<String>, String), RegistryError> {
-        let path = format!(
-            "/v2/{}/manifests/{}",
-            self.reference.repository,
-            self.reference.target()
-        );
-        let resp = self.exchange(&self.what, &path, Kind::Manifest, 0)?;
+    fn top_manifest(&self) -> Result<Manifest, RegistryError> {
+        let target = self.reference.target();
+        let found = self.manifest_at(&self.what, &target, self.reference.digest.as_ref(), false)?;
+        Ok(found.expect("a 404 is an error here"))
+    }
+
+    /// The manifest `/manifests/TARGET` names: its bytes, media type (from the answer's
+    /// `Content-Type`, when it says something) and digest, checked against `expected` and
+    /// the registry's `Docker-Content-Digest`. With `missing_ok`, a 404 is `None`.
+    fn manifest_at(
+        &self,
+        what: &str,
+        target: &str,
+        expected: Option<&Digest>,
+        missing_ok: bool,
+    ) -> Result<Option<Manifest>, RegistryError> {
+        let path = format!("/v2/{}/manifests/{target}", self.reference.repository);
+        let ok: &[u16] = if missing_ok {
+            &[200, 206, 404]
+        } else {
+            FETCHED
+        };
+        let call = Call {
+            ok,
+            ..Call::get(Kind::Manifest)
+        };
+        let resp = self.exchange(what, &path, &call)?;
+        if resp.status().as_u16() == 404 {
+            return Ok(None);
+        }
         let header = |name: &str| {
             resp.headers()
                 .get(name)
@@ -543,11 +638,56 @@ impl Registry {
             // A generic type says nothing: the document's own mediaType field will.
             .filter(|ct| !matches!(ct.as_str(), "" | "application/json" | "text/plain"));
         let announced = header("docker-content-digest");
+        let bytes = self.read_bounded(what, &path, resp)?;
+        let mismatch = |against, expected: &Digest| {
+            let actual = match digest::Hasher::new(expected) {
+                Ok(mut h) => {
+                    h.update(&bytes);
+                    h.finish()
+                }
+                Err(_) => digest::sha256(&bytes),
+            };
+            RegistryError::ManifestDigest {
+                what: what.to_string(),
+                against,
+                expected: expected.to_string(),
+                actual,
+            }
+        };
+        if let Some(expected) = expected
+            && digest::verify(expected, &bytes).is_err()
+        {
+            return Err(mismatch("the reference", expected));
+        }
+        match announced.as_deref().map(digest::parse) {
+            Some(Ok(expected)) if digest::verify(&expected, &bytes).is_err() => {
+                return Err(mismatch("its Docker-Content-Digest", &expected));
+            }
+            Some(Err(e)) => log::debug!("{what}: ignoring Docker-Content-Digest: {e}"),
+            _ => {}
+        }
+        let digest = match expected {
+            Some(d) => d.to_string(),
+            None => digest::sha256(&bytes),
+        };
+        Ok(Some((bytes, media_type, digest)))
+    }
+
+    /// A document-sized answer's body, at most [`MAX_DOCUMENT`] bytes.
+    fn read_bounded(
+        &self,
+        what: &str,
+        path: &str,
+        resp: Response<Body>,
+    ) -> Result<Vec<u8>, RegistryError> {
         let too_large = || RegistryError::TooLarge {
-            what: self.what.clone(),
+            what: what.to_string(),
             limit: MAX_DOCUMENT,
         };
-        if header("content-length")
+        if resp
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
             .and_then(|l| l.parse::<u64>().ok())
             .is_some_and(|l| l > MAX_DOCUMENT)
         {
@@ -559,7 +699,7 @@ impl Registry {
             .take(MAX_DOCUMENT + 1)
             .read_to_end(&mut bytes)
             .map_err(|source| RegistryError::Transport {
-                what: self.what.clone(),
+                what: what.to_string(),
                 url: format!("{}{path}", self.base),
                 tries: 1,
                 source,
@@ -567,77 +707,63 @@ impl Registry {
         if bytes.len() as u64 > MAX_DOCUMENT {
             return Err(too_large());
         }
-        let mismatch = |against, expected: &Digest| {
-            let actual = match digest::Hasher::new(expected) {
-                Ok(mut h) => {
-                    h.update(&bytes);
-                    h.finish()
-                }
-                Err(_) => digest::sha256(&bytes),
-            };
-            RegistryError::ManifestDigest {
-                what: self.what.clone(),
-                against,
-                expected: expected.to_string(),
-                actual,
-            }
-        };
-        if let Some(expected) = &self.reference.digest
-            && digest::verify(expected, &bytes).is_err()
-        {
-            return Err(mismatch("the reference", expected));
-        }
-        match announced.as_deref().map(digest::parse) {
-            Some(Ok(expected)) if digest::verify(&expected, &bytes).is_err() => {
-                return Err(mismatch("its Docker-Content-Digest", &expected));
-            }
-            Some(Err(e)) => log::debug!("{}: ignoring Docker-Content-Digest: {e}", self.what),
-            _ => {}
-        }
-        let digest = match &self.reference.digest {
-            Some(d) => d.to_string(),
-            None => digest::sha256(&bytes),
-        };
-        Ok((bytes, media_type, digest))
+        Ok(bytes)
     }
 
     fn host(&self) -> &str {
         &self.reference.registry
     }
 
-    /// One request to the registry, answered with 200 or 206: authenticates when asked,
-    /// follows redirects, tries again on transient failures; every other answer is an error.
+    /// One request to the registry (`target` is a path under it, or a URL it gave), answered
+    /// with one of `call.ok`: authenticates when asked, follows redirects, goes back to the
+    /// registry once when the storage it redirected to refuses a link (a signed URL that
+    /// expired), tries again on transient failures; every other answer is an error.
     fn exchange(
         &self,
         what: &str,
-        path: &str,
-        kind: Kind,
-        range_from: u64,
+        target: &str,
+        call: &Call<'_>,
     ) -> Result<Response<Body>, RegistryError> {
-        let url = format!("{}{path}", self.base);
+        let url = if target.starts_with("http://") || target.starts_with("https://") {
+            target.to_string()
+        } else {
+            format!("{}{target}", self.base)
+        };
         let mut reauthenticated = false;
+        let mut reresolved = false;
         let mut failures = 0u32;
         loop {
             let (generation, authorization) = {
                 let state = self.auth.lock();
                 (state.generation, state.header.clone())
             };
-            let attempt = self.follow(what, &url, kind, range_from, authorization.as_deref())?;
+            let attempt = self.follow(what, &url, call, authorization.as_deref())?;
             let retry_after = match attempt {
                 Attempt::Answer(resp, elsewhere) => {
                     self.answered.store(true, Ordering::Relaxed);
                     let status = resp.status().as_u16();
-                    if status == 200 || status == 206 {
+                    if call.ok.contains(&status) {
                         return Ok(resp);
                     }
                     if status == 401 && elsewhere.is_none() && !reauthenticated {
                         // Anonymous first; a refused token once more (it may have expired).
                         reauthenticated = true;
-                        self.authenticate(what, &resp, generation)?;
+                        self.authenticate(what, &resp, generation, call.push)?;
+                        continue;
+                    }
+                    if matches!(status, 401 | 403 | 410) && elsewhere.is_some() && !reresolved {
+                        reresolved = true;
+                        log::debug!("{what}: storage refused the link ({status}); asking again");
                         continue;
                     }
                     if !(retryable(status) && failures + 1 < self.retry.tries) {
-                        return Err(self.status_error(what, kind, resp, elsewhere, failures + 1));
+                        return Err(self.status_error(
+                            what,
+                            call.kind,
+                            resp,
+                            elsewhere,
+                            failures + 1,
+                        ));
                     }
                     log::debug!("{what}: {url} answered {status}; trying again");
                     retry_after(&resp)
@@ -655,13 +781,12 @@ impl Registry {
         }
     }
 
-    /// Sends a GET and follows its redirects; `Authorization` only goes to the registry.
+    /// Sends a request and follows its redirects; `Authorization` only goes to the registry.
     fn follow(
         &self,
         what: &str,
         url: &str,
-        kind: Kind,
-        range_from: u64,
+        call: &Call<'_>,
         authorization: Option<&str>,
     ) -> Result<Attempt, RegistryError> {
         let base: Uri = self.base.parse().map_err(|_| RegistryError::Location {
@@ -675,18 +800,25 @@ impl Registry {
                 location: printable(&url),
             })?;
             let to_registry = same_origin(&uri, &base);
-            let mut req = self.agent.get(&url);
-            req = match kind {
-                Kind::Manifest => req.header("Accept", manifest::ACCEPT.join(", ")),
-                Kind::Blob => req.header("Accept-Encoding", "identity"),
+            let authorization = authorization.filter(|_| to_registry);
+            let result = match call.method {
+                Method::Get => decorate(self.agent.get(&url), call, authorization).call(),
+                Method::Head => decorate(self.agent.head(&url), call, authorization).call(),
+                Method::Post | Method::Put => {
+                    let req = match call.method {
+                        Method::Post => self.agent.post(&url),
+                        _ => self.agent.put(&url),
+                    };
+                    let req = decorate(req, call, authorization);
+                    match call.body {
+                        Some((content_type, body)) => {
+                            req.header("Content-Type", content_type).send(body)
+                        }
+                        None => req.send_empty(),
+                    }
+                }
             };
-            if range_from > 0 {
-                req = req.header("Range", format!("bytes={range_from}-"));
-            }
-            if let (true, Some(a)) = (to_registry, authorization) {
-                req = req.header("Authorization", a);
-            }
-            let resp = match req.call() {
+            let resp = match result {
                 Ok(resp) => resp,
                 Err(e) => return Ok(Attempt::Failed(e)),
             };
@@ -715,12 +847,13 @@ impl Registry {
     }
 
     /// Answers a 401: looks the credentials up (once) and makes the `Authorization` value
-    /// the challenge asks for.
+    /// the challenge asks for (a token that allows `push` too when `push`).
     fn authenticate(
         &self,
         what: &str,
         resp: &Response<Body>,
         generation: u64,
+        push: bool,
     ) -> Result<(), RegistryError> {
         let mut state = self.auth.lock();
         if state.generation != generation {
@@ -742,7 +875,10 @@ impl Registry {
             }
         };
         let header = if let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") {
-            format!("Bearer {}", self.token(what, bearer, secret.as_ref())?)
+            format!(
+                "Bearer {}",
+                self.token(what, bearer, secret.as_ref(), push)?
+            )
         } else if challenges.iter().any(|c| c.scheme == "basic") {
             match secret {
                 Some(Secret::Basic { username, password }) => {
@@ -779,6 +915,7 @@ impl Registry {
         what: &str,
         challenge: &Challenge,
         secret: Option<&Secret>,
+        push: bool,
     ) -> Result<String, RegistryError> {
         let realm = challenge.param("realm").unwrap_or_default().to_string();
         let realm_uri: Option<Uri> = realm.parse().ok();
@@ -813,8 +950,8 @@ impl Registry {
                 realm: realm_host,
             });
         }
-        let default_scope = format!("repository:{}:pull", self.reference.repository);
-        let scope = challenge.param("scope").unwrap_or(&default_scope);
+        let scope = token_scope(challenge.param("scope"), &self.reference.repository, push);
+        let scope = scope.as_str();
         let service = challenge.param("service");
         let mut failures = 0u32;
         let resp = loop {
@@ -1051,6 +1188,302 @@ impl Registry {
     }
 }
 
+/// `req` with the headers `call` asks for, and `authorization` when it goes to the registry.
+fn decorate<B>(
+    mut req: ureq::RequestBuilder<B>,
+    call: &Call<'_>,
+    authorization: Option<&str>,
+) -> ureq::RequestBuilder<B> {
+    req = match call.kind {
+        Kind::Manifest => req.header("Accept", manifest::ACCEPT.join(", ")),
+        Kind::Blob => req.header("Accept-Encoding", "identity"),
+    };
+    if let Some(range) = call.range {
+        req = req.header("Range", range);
+    }
+    if let Some(a) = authorization {
+        req = req.header("Authorization", a);
+    }
+    req
+}
+
+/// The scope a token is asked for: the challenge's (a registry names what the refused request
+/// needs), or the repository's; when pushing, `push` is added for the repository, so that one
+/// token serves the whole push.
+fn token_scope(challenged: Option<&str>, repository: &str, push: bool) -> String {
+    let ours = format!("repository:{repository}:");
+    let actions = if push { "pull,push" } else { "pull" };
+    let Some(challenged) = challenged.filter(|s| !s.trim().is_empty()) else {
+        return format!("{ours}{actions}");
+    };
+    if !push {
+        return challenged.to_string();
+    }
+    let mut found = false;
+    let mut scopes: Vec<String> = challenged
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(|s| match s.strip_prefix(&ours) {
+            Some(granted) => {
+                found = true;
+                let mut all: Vec<&str> = granted.split(',').filter(|a| !a.is_empty()).collect();
+                for a in ["pull", "push"] {
+                    if !all.contains(&a) {
+                        all.push(a);
+                    }
+                }
+                format!("{ours}{}", all.join(","))
+            }
+            None => s.to_string(),
+        })
+        .collect();
+    if !found {
+        scopes.push(format!("{ours}{actions}"));
+    }
+    scopes.join(" ")
+}
+
+/// How a group of ranges went.
+enum Fetched {
+    Done,
+    /// The registry refused several ranges at once (with this status).
+    SeveralRefused(u16),
+}
+
+impl Registry {
+    /// A client for the repository of `reference` (what followed `docker://`), without
+    /// resolving any manifest.
+    pub fn connect_repository(
+        reference: &str,
+        options: &RegistryOptions,
+    ) -> Result<Registry, SourceError> {
+        let parsed = Reference::parse(reference)?;
+        Ok(Registry::connect(
+            format!("docker://{reference}"),
+            parsed,
+            options,
+        )?)
+    }
+
+    /// The repository reference as parsed.
+    pub fn reference(&self) -> &Reference {
+        &self.reference
+    }
+
+    /// Reads the byte ranges `ranges` (sorted, non-overlapping, each non-empty, within
+    /// `blob_size`) of blob `digest`: one buffer per range, each exactly the range's length.
+    ///
+    /// Several ranges go in one request (at most [`MAX_RANGES_PER_REQUEST`]); a registry that
+    /// refuses that (400, 416, 501) is asked one range at a time from then on, and one that
+    /// answers with the whole blob is asked once for all of them, the blob read only as far
+    /// as the last range. The bytes are not checked against the digest (only the whole blob
+    /// could be): the caller checks what it builds from them.
+    pub fn fetch_ranges(
+        &self,
+        digest: &Digest,
+        blob_size: u64,
+        ranges: &[std::ops::Range<u64>],
+    ) -> Result<Vec<Vec<u8>>, RegistryError> {
+        let what = format!("{}: blob {digest}", self.what);
+        ranges::check(ranges, blob_size).map_err(|why| RegistryError::Range {
+            what: what.clone(),
+            why,
+        })?;
+        let mut out = vec![Vec::new(); ranges.len()];
+        let mut pos = 0;
+        while pos < ranges.len() {
+            if self.ignores_ranges.load(Ordering::Relaxed) {
+                // One read of the blob's start serves all the rest.
+                let rest = &ranges[pos..];
+                let hull = ranges::header(std::slice::from_ref(&ranges::hull(rest)));
+                self.fetch_group(&what, digest, blob_size, rest, &mut out[pos..], &hull)?;
+                break;
+            }
+            let end = if self.single_ranges.load(Ordering::Relaxed) {
+                pos + 1
+            } else {
+                (pos + MAX_RANGES_PER_REQUEST).min(ranges.len())
+            };
+            let group = &ranges[pos..end];
+            let header = ranges::header(group);
+            match self.fetch_group(&what, digest, blob_size, group, &mut out[pos..end], &header)? {
+                Fetched::Done => pos = end,
+                Fetched::SeveralRefused(status) => {
+                    log::debug!(
+                        "{what}: {} refuses several ranges at once ({status}); asking one at a \
+                         time",
+                        self.host()
+                    );
+                    self.single_ranges.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One request for `group` (asked with the `Range` value `header`) into `slots`; a
+    /// connection that breaks in the middle is asked again, up to the retry count.
+    fn fetch_group(
+        &self,
+        what: &str,
+        digest: &Digest,
+        blob_size: u64,
+        group: &[std::ops::Range<u64>],
+        slots: &mut [Vec<u8>],
+        header: &str,
+    ) -> Result<Fetched, RegistryError> {
+        let path = format!("/v2/{}/blobs/{digest}", self.reference.repository);
+        let several = header.contains(',');
+        let call = Call {
+            range: Some(header),
+            ok: if several {
+                &[200, 206, 400, 416, 501]
+            } else {
+                FETCHED
+            },
+            ..Call::get(Kind::Blob)
+        };
+        let mut breaks = 0;
+        loop {
+            let resp = self.exchange(what, &path, &call)?;
+            let status = resp.status().as_u16();
+            if !matches!(status, 200 | 206) {
+                return Ok(Fetched::SeveralRefused(status));
+            }
+            let fault = match self.collect(resp, group, slots, blob_size) {
+                Ok(()) => return Ok(Fetched::Done),
+                Err(ranges::Fault::Bad(why)) => {
+                    return Err(RegistryError::Range {
+                        what: format!("{what}: reading {header}"),
+                        why,
+                    });
+                }
+                Err(ranges::Fault::Io(e)) => e,
+            };
+            breaks += 1;
+            if breaks >= self.retry.tries {
+                return Err(RegistryError::RangesBroken {
+                    what: what.to_string(),
+                    ranges: header.to_string(),
+                    tries: breaks,
+                    source: fault,
+                });
+            }
+            log::debug!("{what}: reading {header}: {fault}; asking again");
+            std::thread::sleep(self.retry.delay(breaks, None));
+        }
+    }
+
+    /// Reads an answer (200 or 206) to a ranged request into `slots`.
+    fn collect(
+        &self,
+        resp: Response<Body>,
+        group: &[std::ops::Range<u64>],
+        slots: &mut [Vec<u8>],
+        blob_size: u64,
+    ) -> Result<(), ranges::Fault> {
+        use ranges::Fault;
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let (content_type, content_range) = (header("content-type"), header("content-range"));
+        let length = header("content-length").and_then(|l| l.trim().parse::<u64>().ok());
+        let whole = resp.status().as_u16() == 200;
+        let mut body = io::BufReader::with_capacity(64 << 10, resp.into_body().into_reader());
+        let mut collector = ranges::Collector::new(group, slots, blob_size);
+        if whole {
+            if let Some(length) = length.filter(|&l| l != blob_size) {
+                return Err(Fault::Bad(format!(
+                    "the whole blob came as {length} bytes, but it has {blob_size}"
+                )));
+            }
+            if !self.ignores_ranges.swap(true, Ordering::Relaxed) {
+                log::debug!(
+                    "{}: {} ignores Range and sends whole blobs",
+                    self.what,
+                    self.host()
+                );
+            }
+            let needed = ranges::hull(group).end;
+            collector.read_span(0..needed, &mut body)?;
+        } else if let Some(boundary) = content_type.as_deref().and_then(ranges::boundary) {
+            let boundary = boundary.map_err(Fault::Bad)?;
+            ranges::read_multipart(&mut body, &boundary, &mut collector)?;
+        } else {
+            let value = content_range.unwrap_or_default();
+            let part = ranges::content_range(&value).ok_or_else(|| {
+                Fault::Bad(format!(
+                    "a partial answer with Content-Range '{}'",
+                    printable(&value)
+                ))
+            })?;
+            if let Some(length) = length.filter(|&l| l != part.span.end - part.span.start) {
+                return Err(Fault::Bad(format!(
+                    "a partial answer of {length} bytes for Content-Range '{}'",
+                    printable(&value)
+                )));
+            }
+            collector.admit(&part).map_err(Fault::Bad)?;
+            collector.read_span(part.span, &mut body)?;
+        }
+        collector.finish().map_err(Fault::Bad)
+    }
+
+    /// A manifest by digest, bounded and verified against the digest; its media type when
+    /// the answer or the document states one.
+    pub fn manifest_by_digest(
+        &self,
+        digest: &Digest,
+    ) -> Result<(Vec<u8>, Option<String>), RegistryError> {
+        let what = format!("{}: manifest {digest}", self.what);
+        let found = self.manifest_at(&what, digest.as_ref(), Some(digest), false)?;
+        let (bytes, media_type, _) = found.expect("a 404 is an error here");
+        let media_type = media_type.or_else(|| {
+            let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+            v.get("mediaType")?.as_str().map(str::to_string)
+        });
+        Ok((bytes, media_type))
+    }
+
+    /// A whole small blob by digest, verified, refused when `size` is more than `max`.
+    pub fn blob_bytes(
+        &self,
+        digest: &Digest,
+        size: u64,
+        max: u64,
+    ) -> Result<Vec<u8>, RegistryError> {
+        let what = format!("{}: blob {digest}", self.what);
+        if size > max {
+            return Err(RegistryError::Oversized {
+                what,
+                size,
+                limit: max,
+            });
+        }
+        let stream = self.stream(what.clone(), Kind::Blob, digest, Some(size))?;
+        let mut verified =
+            Verified::new(stream, digest, Some(size)).map_err(|source| RegistryError::Content {
+                what: what.clone(),
+                source,
+            })?;
+        let mut out = Vec::with_capacity(size as usize);
+        verified.read_to_end(&mut out).map_err(|e| {
+            let e = match e.downcast::<RegistryError>() {
+                Ok(inner) => return inner,
+                Err(e) => e,
+            };
+            match e.downcast::<digest::DigestError>() {
+                Ok(source) => RegistryError::Content { what, source },
+                Err(source) => RegistryError::Body { what, source },
+            }
+        })?;
+        Ok(out)
+    }
+}
+
 /// Finds whether an insecure registry speaks HTTPS (without checking its certificate), as
 /// docker does; a registry that cannot be reached at all is reported here.
 fn probe(agent: &ureq::Agent, what: &str, authority: &str) -> Result<&'static str, RegistryError> {
@@ -1221,9 +1654,14 @@ impl Stream<'_> {
         } else {
             format!("{}: resuming at byte {}", self.what, self.offset)
         };
+        let range = format!("bytes={}-", self.offset);
+        let call = Call {
+            range: Some(&range).filter(|_| self.offset > 0).map(String::as_str),
+            ..Call::get(self.kind)
+        };
         let resp = self
             .registry
-            .exchange(&what, &self.path, self.kind, self.offset)
+            .exchange(&what, &self.path, &call)
             .map_err(Reconnect::Failed)?;
         let partial = resp.status().as_u16() == 206;
         let range = resp
@@ -1512,6 +1950,39 @@ mod tests {
         );
         assert_eq!(parse_registry_message(b"<html>"), None);
         assert_eq!(parse_registry_message(br#"{"errors":[]}"#), None);
+    }
+
+    #[test]
+    fn asks_for_push_when_pushing() {
+        let cases = [
+            (None, false, "repository:a/b:pull"),
+            (None, true, "repository:a/b:pull,push"),
+            (Some("repository:a/b:pull"), false, "repository:a/b:pull"),
+            (
+                Some("repository:a/b:pull"),
+                true,
+                "repository:a/b:pull,push",
+            ),
+            (
+                Some("repository:a/b:push"),
+                true,
+                "repository:a/b:push,pull",
+            ),
+            (
+                Some("repository:c:pull repository:a/b:pull"),
+                true,
+                "repository:c:pull repository:a/b:pull,push",
+            ),
+            (
+                Some("registry:catalog:*"),
+                true,
+                "registry:catalog:* repository:a/b:pull,push",
+            ),
+            (Some(" "), false, "repository:a/b:pull"),
+        ];
+        for (challenged, push, want) in cases {
+            assert_eq!(token_scope(challenged, "a/b", push), want, "{challenged:?}");
+        }
     }
 
     #[test]

@@ -1054,6 +1054,13 @@ pub struct FrontOptions {
     pub rate: u64,
     /// Exit abruptly once this many bytes of blob bodies were sent in all (0: never).
     pub die_after: u64,
+    /// How ranged blob requests are answered: `ignore`, `single-only`, `shuffle`, `coalesce`
+    /// or `outside` (see the script).
+    pub ranges: Option<String>,
+    /// Redirect blobs to a second port with signed links that expire.
+    pub storage: bool,
+    /// The first this many storage links have expired already.
+    pub expired_links: u32,
 }
 
 /// tests/fixtures/registry-front.py in front of a registry: token authentication, slowness
@@ -1091,6 +1098,16 @@ impl Front {
         cmd.args(["--manifest-delay-ms", &opts.manifest_delay_ms.to_string()])
             .args(["--rate", &opts.rate.to_string()])
             .args(["--die-after", &opts.die_after.to_string()]);
+        if let Some(mode) = &opts.ranges {
+            cmd.args(["--ranges", mode]);
+        }
+        if opts.storage {
+            cmd.args([
+                "--storage",
+                "--expired-links",
+                &opts.expired_links.to_string(),
+            ]);
+        }
         let stderr = File::create(dir.path().join("front.err")).expect("front stderr");
         let mut child = cmd
             .stdout(Stdio::null())

@@ -12,6 +12,7 @@
 //! and an image's entry holds only its merged index, its config and the list of its layers
 //! ([`LAYERS_FILE`]). A layer goes only when no complete image lists it.
 
+pub mod sparse;
 pub mod sys;
 
 use std::fs::{self, File, OpenOptions};

@@ -12,6 +12,8 @@
 //! access is bounds-checked, every failure is a [`ReadError`] that says which errno it is,
 //! and [`ImageReader::resolve`] keeps symlinks and `..` inside the image root.
 
+pub mod lazy;
+
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -219,6 +221,16 @@ impl ImageReader {
     /// prepared, see [`crate::prepare::prepare`]) and the files of its blob table, in table
     /// order, checking that each is as long as the table says.
     pub fn open(index_path: &Path, blob_paths: &[PathBuf]) -> Result<ImageReader, ImageError> {
+        ImageReader::open_with(index_path, blob_paths, &lazy::LazyOptions::default())
+    }
+
+    /// [`open`](Self::open), where a blob path naming a lazy layer's
+    /// [`REMOTE_FILE`](crate::cache::sparse::REMOTE_FILE) opens that layer lazily, as `lazy` says.
+    pub fn open_with(
+        index_path: &Path,
+        blob_paths: &[PathBuf],
+        lazy: &lazy::LazyOptions,
+    ) -> Result<ImageReader, ImageError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| ImageError::Io { path, source }
@@ -230,11 +242,24 @@ impl ImageReader {
             source,
         })?;
         let mut blobs: Vec<(Box<dyn Blob>, PathBuf)> = Vec::with_capacity(blob_paths.len());
-        for path in blob_paths {
+        let spans = std::sync::Arc::new(lazy::SpanCache::new(lazy::SPAN_CACHE_BYTES));
+        let mut lazy_blobs = Vec::new();
+        for (i, path) in blob_paths.iter().enumerate() {
+            if path.file_name() == Some(std::ffi::OsStr::new(crate::cache::sparse::REMOTE_FILE)) {
+                let blob = lazy::open(path, i as u32, &spans, lazy).map_err(io(path))?;
+                let blob = std::sync::Arc::new(blob);
+                lazy_blobs.push(blob.clone());
+                blobs.push((Box::new(blob), path.clone()));
+                continue;
+            }
             let file = File::open(path).map_err(io(path))?;
             blobs.push((Box::new(file), path.clone()));
         }
-        ImageReader::with_blobs(index, index_path, blobs)
+        let reader = ImageReader::with_blobs(index, index_path, blobs)?;
+        if lazy.prefetch == lazy::Prefetch::All && !lazy_blobs.is_empty() {
+            lazy::prefetch_all(lazy_blobs);
+        }
+        Ok(reader)
     }
 
     /// An index already opened, over blob readers of any kind (local files, decompressing

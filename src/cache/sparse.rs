@@ -1,0 +1,171 @@
+//! A blob that fills piece by piece: the compressed bytes of a layer read lazily from a
+//! registry, kept at their own offsets in a sparse file ([`SPARSE_FILE`]), with a map of
+//! which spans are there ([`PRESENT_FILE`], one byte per span).
+//!
+//! Takes the blob's size and its number of spans; hands out a span's stored bytes and takes
+//! a fetched span's. A span's map byte is written only after its bytes, so a span marked
+//! present has been written in full by some process; the bytes are still checked against the
+//! span's digest each time they are read back (see [`crate::image::lazy`]), so a damaged
+//! file is fetched again, never served. Several processes may fill the same blob: they write
+//! the same verified bytes at the same offsets, and marking a span present twice is harmless.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The compressed bytes fetched so far, at their offsets in the blob.
+pub const SPARSE_FILE: &str = "blob";
+/// One byte per span: 1 once the span's bytes are in [`SPARSE_FILE`].
+pub const PRESENT_FILE: &str = "present";
+
+/// What a lazy layer's entry in the store says about where its blob lives ([`REMOTE_FILE`]).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Remote {
+    /// The repository, as `HOST[:PORT]/NAME` (what follows `docker://`, without tag).
+    pub repository: String,
+    /// The compressed blob's digest and size, as the image manifest states them.
+    pub digest: String,
+    pub size: u64,
+    /// The length of the layer's uncompressed tar.
+    pub uncompressed_size: u64,
+    /// `--tls-verify=false` was given when the image was prepared.
+    pub insecure: bool,
+    /// `--authfile` given when the image was prepared.
+    pub auth_file: Option<std::path::PathBuf>,
+}
+
+/// A lazy layer's description of its blob, in its entry.
+pub const REMOTE_FILE: &str = "remote.json";
+/// A lazy layer's seek table (its encoding, see `index::seek`), in its entry.
+pub const SEEK_FILE: &str = "seek";
+
+/// One layer's sparse blob in the store.
+pub struct SparseBlob {
+    data: File,
+    map: File,
+    /// What this process knows to be present; a span not marked here is looked up in the map
+    /// file, which another process may have filled meanwhile.
+    present: Vec<AtomicBool>,
+}
+
+impl SparseBlob {
+    /// Creates the files of an empty blob of `size` bytes and `spans` spans in `dir`.
+    pub fn create(dir: &Path, size: u64, spans: usize) -> io::Result<()> {
+        let data = File::create(dir.join(SPARSE_FILE))?;
+        data.set_len(size)?;
+        let map = File::create(dir.join(PRESENT_FILE))?;
+        map.set_len(spans as u64)?;
+        Ok(())
+    }
+
+    /// Opens the blob in `dir`, which must have `size` bytes and `spans` spans.
+    pub fn open(dir: &Path, size: u64, spans: usize) -> io::Result<SparseBlob> {
+        let open = |name: &str| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(dir.join(name))
+        };
+        let data = open(SPARSE_FILE)?;
+        let map = open(PRESENT_FILE)?;
+        let mismatch = |what: &str, actual: u64, expected: u64| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: {what} is {actual} bytes, not {expected}",
+                    dir.display()
+                ),
+            )
+        };
+        let data_len = data.metadata()?.len();
+        if data_len != size {
+            return Err(mismatch(SPARSE_FILE, data_len, size));
+        }
+        let map_len = map.metadata()?.len();
+        if map_len != spans as u64 {
+            return Err(mismatch(PRESENT_FILE, map_len, spans as u64));
+        }
+        let mut bytes = vec![0u8; spans];
+        map.read_exact_at(&mut bytes, 0)?;
+        let present = bytes.iter().map(|&b| AtomicBool::new(b == 1)).collect();
+        Ok(SparseBlob { data, map, present })
+    }
+
+    /// Whether span `i`'s bytes are stored (by this process or another).
+    pub fn has(&self, i: usize) -> bool {
+        let Some(known) = self.present.get(i) else {
+            return false;
+        };
+        if known.load(Ordering::Acquire) {
+            return true;
+        }
+        let mut b = [0u8];
+        if self.map.read_exact_at(&mut b, i as u64).is_ok() && b[0] == 1 {
+            known.store(true, Ordering::Release);
+            return true;
+        }
+        false
+    }
+
+    /// How many spans are stored, as this process last saw them.
+    pub fn count(&self) -> usize {
+        (0..self.present.len()).filter(|&i| self.has(i)).count()
+    }
+
+    /// The stored bytes at `offset`, `len` long (span `i`'s, when [`has`](Self::has) says so).
+    pub fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.data.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+
+    /// Stores span `i`'s verified bytes at `offset`, then marks the span present.
+    pub fn write(&self, i: usize, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let Some(known) = self.present.get(i) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("span {i} is past the blob's map"),
+            ));
+        };
+        self.data.write_all_at(bytes, offset)?;
+        self.map.write_all_at(&[1], i as u64)?;
+        known.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Forgets span `i` (its stored bytes did not match its digest): it is fetched again.
+    pub fn forget(&self, i: usize) {
+        if let Some(known) = self.present.get(i) {
+            let _ = self.map.write_all_at(&[0], i as u64);
+            known.store(false, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fills_and_refuses_wrong_sizes() {
+        let dir = std::env::temp_dir().join(format!("imgfs-sparse-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        SparseBlob::create(&dir, 100, 3).unwrap();
+        let a = SparseBlob::open(&dir, 100, 3).unwrap();
+        let b = SparseBlob::open(&dir, 100, 3).unwrap();
+        assert!(!a.has(1) && !b.has(1));
+        a.write(1, 40, b"span one").unwrap();
+        assert!(b.has(1), "another opener sees the span");
+        assert_eq!(b.read(40, 8).unwrap(), b"span one");
+        assert_eq!(b.count(), 1);
+        b.forget(1);
+        assert!(!SparseBlob::open(&dir, 100, 3).unwrap().has(1));
+        assert!(!a.has(7));
+        assert!(a.write(7, 0, b"x").is_err());
+        assert!(SparseBlob::open(&dir, 101, 3).is_err());
+        assert!(SparseBlob::open(&dir, 100, 4).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

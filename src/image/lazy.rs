@@ -1,0 +1,555 @@
+//! A layer read lazily: the bytes of its uncompressed tar, served from spans of its
+//! compressed blob fetched only when a read needs them.
+//!
+//! Takes the layer's seek table ([`SeekTable`]: spans of the compressed blob, each with its
+//! digest and the state to decompress it on its own), a [`SparseBlob`] in the store that
+//! keeps every span fetched, and a [`Fetch`] that reads ranges of the blob (a registry). Hands
+//! on a [`Blob`] of the uncompressed tar, which is what the index's offsets address.
+//!
+//! Guarantees: a span's bytes are served only after they matched the span's digest — when
+//! fetched, and again each time they are read back from the store; a span that does not
+//! match is never stored, and a stored one that no longer matches is fetched again. A span is
+//! fetched once per store: concurrent reads of one span wait for the one fetch, and later
+//! mounts find it in the store. When the source cannot be reached, a read of a missing span
+//! is tried again with backoff for a bounded time ([`LazyOptions::fetch_timeout`]), then
+//! fails with EIO and one log line naming the layer and the range; reads of spans already
+//! present never touch the network. Decompressed spans are kept in a bounded LRU
+//! ([`SpanCache`]) shared by the image's layers.
+
+use std::collections::HashSet;
+use std::io;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use sha2::Digest as _;
+
+use super::Blob;
+use crate::cache::sparse::{Remote, SEEK_FILE, SparseBlob};
+use crate::index::seek::SeekTable;
+
+/// Bytes of decompressed spans kept in memory for one server: enough for the working set of
+/// a program's start (a few dozen spans), small beside the page cache the kernel keeps of
+/// what was read.
+pub const SPAN_CACHE_BYTES: u64 = 128 << 20;
+/// The first pause after a failed fetch; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// The longest pause between tries of a fetch.
+const MAX_BACKOFF: Duration = Duration::from_secs(4);
+/// Most bytes asked for in one range: a bigger run of missing spans is split, so that one
+/// slow answer does not hold every reader of the run.
+const MAX_RANGE: u64 = 32 << 20;
+
+/// Reads byte ranges of one compressed blob from where it lives.
+pub trait Fetch: Send + Sync {
+    /// The bytes of each range (sorted, disjoint, within the blob), exactly as long as asked.
+    fn fetch(&self, ranges: &[Range<u64>]) -> io::Result<Vec<Vec<u8>>>;
+}
+
+/// What a server fetches of its lazy layers before reads ask for it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Prefetch {
+    /// Only what reads need.
+    #[default]
+    None,
+    /// Everything, in the background, one range at a time, once the mount is ready.
+    All,
+}
+
+/// How lazy layers behave.
+#[derive(Clone, Debug)]
+pub struct LazyOptions {
+    /// How long a read of a missing span keeps trying before it fails with EIO.
+    pub fetch_timeout: Duration,
+    pub prefetch: Prefetch,
+}
+
+impl Default for LazyOptions {
+    /// A fetch timeout of thirty seconds: a registry that restarts is back well within it,
+    /// and a program that reads a file of an image whose registry is gone learns so in the
+    /// time a network filesystem would take.
+    fn default() -> LazyOptions {
+        LazyOptions {
+            fetch_timeout: Duration::from_secs(30),
+            prefetch: Prefetch::None,
+        }
+    }
+}
+
+/// Compressed bytes a background prefetch asks for in one range: large enough to keep a link
+/// busy, small enough that a read needing the link waits behind at most this much.
+const PREFETCH_RANGE: u64 = 8 << 20;
+
+/// Fetches every span of `blobs` missing from the store, one range at a time, on a thread of
+/// its own; reads meanwhile fetch what they need themselves. Failures are logged and end the
+/// prefetch of that layer (reads still try on their own).
+pub fn prefetch_all(blobs: Vec<Arc<LazyBlob>>) {
+    let spawned = std::thread::Builder::new()
+        .name("imgfs-prefetch".into())
+        .spawn(move || {
+            let start = Instant::now();
+            for blob in &blobs {
+                let spans = blob.table.spans();
+                let mut i = 0;
+                while i < spans.len() {
+                    let first = i;
+                    let from = spans[i].compressed.start;
+                    while i < spans.len() && spans[i].compressed.end - from <= PREFETCH_RANGE {
+                        i += 1;
+                    }
+                    i = i.max(first + 1);
+                    if let Err(e) = blob.ensure(first..i) {
+                        log::warn!("prefetch of layer {} stopped: {e}", blob.name);
+                        break;
+                    }
+                }
+            }
+            let fetched: u64 = blobs.iter().map(|b| b.fetched_bytes()).sum();
+            log::info!(
+                "prefetch done in {:?}: {fetched} bytes fetched",
+                start.elapsed()
+            );
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot start the prefetch: {e}");
+    }
+}
+
+/// Decompressed spans of an image's lazy layers, least recently used dropped first once
+/// they hold more than a set number of bytes.
+pub struct SpanCache {
+    inner: Mutex<SpanCacheInner>,
+}
+
+struct SpanCacheInner {
+    spans: lru::LruCache<(u32, usize), Arc<Vec<u8>>>,
+    bytes: u64,
+    limit: u64,
+}
+
+impl SpanCache {
+    /// A cache holding at most about `limit` bytes of spans.
+    pub fn new(limit: u64) -> SpanCache {
+        SpanCache {
+            inner: Mutex::new(SpanCacheInner {
+                spans: lru::LruCache::unbounded(),
+                bytes: 0,
+                limit,
+            }),
+        }
+    }
+
+    fn get(&self, key: (u32, usize)) -> Option<Arc<Vec<u8>>> {
+        self.inner.lock().spans.get(&key).cloned()
+    }
+
+    fn put(&self, key: (u32, usize), span: Arc<Vec<u8>>) {
+        let mut inner = self.inner.lock();
+        inner.bytes += span.len() as u64;
+        if let Some(old) = inner.spans.put(key, span) {
+            inner.bytes -= old.len() as u64;
+        }
+        // The newest span stays even when it alone is over the limit.
+        while inner.bytes > inner.limit && inner.spans.len() > 1 {
+            match inner.spans.pop_lru() {
+                Some((_, old)) => inner.bytes -= old.len() as u64,
+                None => break,
+            }
+        }
+    }
+}
+
+/// Why a span could not be had.
+enum SpanError {
+    /// The source did not give it (unreachable, refusing, broken): worth trying again.
+    Fetch(io::Error),
+    /// It gave bytes that do not match the span's digest: never served.
+    Mismatch,
+}
+
+/// One layer's uncompressed tar, read lazily.
+pub struct LazyBlob {
+    /// Names the layer in messages (its digest).
+    name: String,
+    /// The layer's number in the span cache.
+    id: u32,
+    table: SeekTable,
+    store: SparseBlob,
+    fetch: Box<dyn Fetch>,
+    cache: Arc<SpanCache>,
+    options: LazyOptions,
+    /// Spans some thread of this process is fetching now.
+    fetching: Mutex<HashSet<usize>>,
+    fetched: Condvar,
+    /// Compressed bytes fetched by this process.
+    fetched_bytes: AtomicU64,
+    /// Spans a read has needed (for a record of what a program reads).
+    used: Mutex<HashSet<usize>>,
+}
+
+impl LazyBlob {
+    pub fn new(
+        name: String,
+        id: u32,
+        table: SeekTable,
+        store: SparseBlob,
+        fetch: Box<dyn Fetch>,
+        cache: Arc<SpanCache>,
+        options: LazyOptions,
+    ) -> LazyBlob {
+        LazyBlob {
+            name,
+            id,
+            table,
+            store,
+            fetch,
+            cache,
+            options,
+            fetching: Mutex::new(HashSet::new()),
+            fetched: Condvar::new(),
+            fetched_bytes: AtomicU64::new(0),
+            used: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn table(&self) -> &SeekTable {
+        &self.table
+    }
+
+    /// Compressed bytes this process has fetched.
+    pub fn fetched_bytes(&self) -> u64 {
+        self.fetched_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The spans reads have needed so far, in order.
+    pub fn used_spans(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = self.used.lock().iter().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Makes sure spans `spans` are in the store, fetching the missing ones (neighbours in
+    /// one range, all ranges in one request), within the fetch timeout.
+    pub fn ensure(&self, spans: Range<usize>) -> io::Result<()> {
+        let start = Instant::now();
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let missing: Vec<usize> = spans.clone().filter(|&i| !self.store.has(i)).collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            let (mine, theirs): (Vec<usize>, Vec<usize>) = {
+                let mut fetching = self.fetching.lock();
+                let (theirs, mine): (Vec<usize>, Vec<usize>) =
+                    missing.iter().partition(|i| fetching.contains(i));
+                fetching.extend(mine.iter().copied());
+                (mine, theirs)
+            };
+            let result = if mine.is_empty() {
+                Ok(())
+            } else {
+                let result = self.fetch_spans(&mine);
+                let mut fetching = self.fetching.lock();
+                for i in &mine {
+                    fetching.remove(i);
+                }
+                self.fetched.notify_all();
+                result
+            };
+            if !theirs.is_empty() {
+                let mut fetching = self.fetching.lock();
+                while theirs.iter().any(|i| fetching.contains(i)) {
+                    let left = self.options.fetch_timeout.saturating_sub(start.elapsed());
+                    if left.is_zero() {
+                        break;
+                    }
+                    self.fetched.wait_for(&mut fetching, left);
+                }
+            }
+            match result {
+                Ok(()) => {
+                    if start.elapsed() >= self.options.fetch_timeout {
+                        // Another thread's fetch failed and time is up.
+                        return Err(self.give_up(&missing, "another read's fetch failed"));
+                    }
+                }
+                Err(SpanError::Mismatch) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{}: a span does not match its digest", self.name),
+                    ));
+                }
+                Err(SpanError::Fetch(e)) => {
+                    if start.elapsed() + backoff > self.options.fetch_timeout {
+                        return Err(self.give_up(&missing, &e.to_string()));
+                    }
+                    log::debug!("{}: {e}; trying again in {backoff:?}", self.name);
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// The error a read gets once the timeout is spent, logged once with the layer and range.
+    fn give_up(&self, missing: &[usize], why: &str) -> io::Error {
+        let spans = self.table.spans();
+        let range = match (missing.first(), missing.last()) {
+            (Some(&a), Some(&b)) => format!(
+                "bytes {}-{}",
+                spans[a].compressed.start,
+                spans[b].compressed.end.saturating_sub(1)
+            ),
+            _ => String::from("no bytes"),
+        };
+        log::error!(
+            "layer {} {range}: cannot be fetched within {:?}: {why}",
+            self.name,
+            self.options.fetch_timeout
+        );
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("layer {} {range}: {why}", self.name),
+        )
+    }
+
+    /// Fetches spans `mine` (sorted), verifies each against its digest and stores it.
+    fn fetch_spans(&self, mine: &[usize]) -> Result<(), SpanError> {
+        let spans = self.table.spans();
+        // Runs of neighbouring spans, each fetched as one range.
+        let mut runs: Vec<Range<usize>> = Vec::new();
+        for &i in mine {
+            match runs.last_mut() {
+                Some(run)
+                    if run.end == i
+                        && spans[i].compressed.end - spans[run.start].compressed.start
+                            <= MAX_RANGE =>
+                {
+                    run.end = i + 1
+                }
+                _ => runs.push(i..i + 1),
+            }
+        }
+        let ranges: Vec<Range<u64>> = runs
+            .iter()
+            .map(|r| spans[r.start].compressed.start..spans[r.end - 1].compressed.end)
+            .collect();
+        let bodies = self.fetch.fetch(&ranges).map_err(SpanError::Fetch)?;
+        if bodies.len() != ranges.len() {
+            return Err(SpanError::Fetch(io::Error::other(format!(
+                "{} ranges asked, {} answered",
+                ranges.len(),
+                bodies.len()
+            ))));
+        }
+        let mut result = Ok(());
+        for ((run, range), body) in runs.iter().zip(&ranges).zip(&bodies) {
+            if body.len() as u64 != range.end - range.start {
+                return Err(SpanError::Fetch(io::Error::other(format!(
+                    "{} bytes answered for a range of {}",
+                    body.len(),
+                    range.end - range.start
+                ))));
+            }
+            for i in run.clone() {
+                let c = &spans[i].compressed;
+                let bytes = &body[(c.start - range.start) as usize..(c.end - range.start) as usize];
+                if sha2::Sha256::digest(bytes).as_slice() != spans[i].digest {
+                    log::error!(
+                        "layer {} bytes {}-{}: the registry's bytes do not match the span's digest; not served",
+                        self.name,
+                        c.start,
+                        c.end.saturating_sub(1)
+                    );
+                    result = Err(SpanError::Mismatch);
+                    continue;
+                }
+                self.store
+                    .write(i, c.start, bytes)
+                    .map_err(|e| SpanError::Fetch(io::Error::other(format!("the store: {e}"))))?;
+                self.fetched_bytes
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    /// Span `i` decompressed: from the cache, else from the store (verified again).
+    fn span(&self, i: usize) -> io::Result<Arc<Vec<u8>>> {
+        if let Some(s) = self.cache.get((self.id, i)) {
+            return Ok(s);
+        }
+        let span = &self.table.spans()[i];
+        let len = (span.compressed.end - span.compressed.start) as usize;
+        let mut tries = 0;
+        let bytes = loop {
+            self.ensure(i..i + 1)?;
+            let bytes = self.store.read(span.compressed.start, len)?;
+            if sha2::Sha256::digest(&bytes).as_slice() == span.digest {
+                break bytes;
+            }
+            tries += 1;
+            log::warn!(
+                "layer {} bytes {}-{}: the stored span is damaged; fetching it again",
+                self.name,
+                span.compressed.start,
+                span.compressed.end.saturating_sub(1)
+            );
+            self.store.forget(i);
+            if tries > 1 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: span {i} keeps failing its digest", self.name),
+                ));
+            }
+        };
+        let data = self.table.decompress_span(i, &bytes).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", self.name))
+        })?;
+        let data = Arc::new(data);
+        self.cache.put((self.id, i), data.clone());
+        Ok(data)
+    }
+}
+
+impl Blob for Arc<LazyBlob> {
+    fn size(&self) -> io::Result<u64> {
+        <LazyBlob as Blob>::size(self)
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        <LazyBlob as Blob>::read_at(self, buf, offset)
+    }
+}
+
+impl Blob for LazyBlob {
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.table.uncompressed_size())
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let size = self.table.uncompressed_size();
+        if offset >= size || buf.is_empty() {
+            return Ok(0);
+        }
+        let end = size.min(offset.saturating_add(buf.len() as u64));
+        let (Some(first), Some(last)) = (self.table.span_at(offset), self.table.span_at(end - 1))
+        else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: no span holds byte {offset}", self.name),
+            ));
+        };
+        {
+            let mut used = self.used.lock();
+            used.extend(first..=last);
+        }
+        self.ensure(first..last + 1)?;
+        let mut at = offset;
+        for i in first..=last {
+            let span = &self.table.spans()[i];
+            let data = self.span(i)?;
+            let from = (at - span.uncompressed.start) as usize;
+            let to = ((end.min(span.uncompressed.end)) - span.uncompressed.start) as usize;
+            let piece = data.get(from..to).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: span {i} is shorter than its table says", self.name),
+                )
+            })?;
+            let dst = (at - offset) as usize;
+            buf[dst..dst + piece.len()].copy_from_slice(piece);
+            at += piece.len() as u64;
+        }
+        Ok((end - offset) as usize)
+    }
+}
+
+/// Reads ranges of a blob from its registry, connecting on first use (so that a mount never
+/// waits for the network, and a registry down at mount time is tried again at each read).
+pub struct RegistryFetch {
+    remote: Remote,
+    digest: oci_spec::image::Digest,
+    registry: Mutex<Option<Arc<crate::source::registry::Registry>>>,
+}
+
+impl RegistryFetch {
+    pub fn new(remote: Remote) -> io::Result<RegistryFetch> {
+        let digest = crate::source::digest::parse(&remote.digest)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        Ok(RegistryFetch {
+            remote,
+            digest,
+            registry: Mutex::new(None),
+        })
+    }
+
+    fn registry(&self) -> io::Result<Arc<crate::source::registry::Registry>> {
+        use crate::source::registry::{Registry, RegistryOptions, Retry};
+        if let Some(r) = &*self.registry.lock() {
+            return Ok(r.clone());
+        }
+        let options = RegistryOptions {
+            tls_verify: !self.remote.insecure,
+            auth_file: self.remote.auth_file.clone(),
+            // The lazy reader tries again itself, within its own timeout.
+            retry: Retry {
+                tries: 2,
+                first_delay: Duration::from_millis(200),
+            },
+            ..RegistryOptions::default()
+        };
+        let registry = Registry::connect_repository(&self.remote.repository, &options)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let registry = Arc::new(registry);
+        *self.registry.lock() = Some(registry.clone());
+        Ok(registry)
+    }
+}
+
+impl Fetch for RegistryFetch {
+    fn fetch(&self, ranges: &[Range<u64>]) -> io::Result<Vec<Vec<u8>>> {
+        self.registry()?
+            .fetch_ranges(&self.digest, self.remote.size, ranges)
+            .map_err(|e| io::Error::other(e.to_string()))
+    }
+}
+
+/// Opens the lazy layer whose entry holds `remote_file` (its [`REMOTE_FILE`]), as blob `id`
+/// of an image whose layers share `cache`.
+pub fn open(
+    remote_file: &std::path::Path,
+    id: u32,
+    cache: &Arc<SpanCache>,
+    options: &LazyOptions,
+) -> io::Result<LazyBlob> {
+    let dir = remote_file.parent().unwrap_or(std::path::Path::new("/"));
+    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    let remote: Remote = serde_json::from_slice(&std::fs::read(remote_file)?)
+        .map_err(|e| invalid(format!("{}: {e}", remote_file.display())))?;
+    let seek_path = dir.join(SEEK_FILE);
+    let table = SeekTable::decode(&std::fs::read(&seek_path)?)
+        .map_err(|e| invalid(format!("{}: {e}", seek_path.display())))?;
+    if table.compressed_size() != remote.size {
+        return Err(invalid(format!(
+            "{}: the seek table is for {} bytes, the blob has {}",
+            seek_path.display(),
+            table.compressed_size(),
+            remote.size
+        )));
+    }
+    let store = SparseBlob::open(dir, remote.size, table.spans().len())?;
+    let name = remote.digest.clone();
+    let fetch = Box::new(RegistryFetch::new(remote)?);
+    Ok(LazyBlob::new(
+        name,
+        id,
+        table,
+        store,
+        fetch,
+        cache.clone(),
+        options.clone(),
+    ))
+}

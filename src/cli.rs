@@ -41,6 +41,20 @@ pub struct CacheArgs {
     /// [default: $REGISTRY_AUTH_FILE, then ~/.docker/config.json and its credential helpers]
     #[arg(long, value_name = "FILE", global = true)]
     pub authfile: Option<PathBuf>,
+    /// Lazy registry images: how long a read of data not yet fetched keeps trying an
+    /// unreachable registry before it fails with EIO [default: 30]
+    #[arg(long, value_name = "SECONDS", global = true)]
+    pub fetch_timeout: Option<f64>,
+    /// Lazy registry images: what to fetch before reads ask for it: none, or all (the rest
+    /// of the image in the background once the mount is ready) [default: none]
+    #[arg(long, value_name = "WHAT", global = true)]
+    pub prefetch: Option<PrefetchArg>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrefetchArg {
+    None,
+    All,
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,6 +149,14 @@ pub enum Command {
     /// List the imgfs mounts on this machine, with their images.
     #[command(after_help = "Example:\n  imgfs mounts")]
     Mounts(MountsArgs),
+
+    /// Build imgfs's index of a registry image and publish it beside the image, so that
+    /// every later mount or run of the image starts from a fraction of its bytes.
+    #[command(
+        subcommand,
+        after_help = "Example:\n  imgfs index push docker://registry.example/app:1"
+    )]
+    Index(IndexCommand),
 
     /// Print a shell completion script.
     ///
@@ -400,6 +422,34 @@ pub struct PruneArgs {
     pub cache: CacheArgs,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum IndexCommand {
+    /// Index a registry image and push the index to its repository.
+    ///
+    /// The index is the image's merged file tree and, for each layer, where its compressed
+    /// bytes can be entered (a checkpoint every SPAN of output, each span with its own
+    /// digest). It is pushed as an OCI artifact whose subject is the image's manifest, found
+    /// through the referrers API or its tag fallback (sha256-HEX). A mount or run of the
+    /// image that finds it is ready once it is fetched, and fetches only the spans that
+    /// reads need.
+    #[command(
+        after_help = "Example:\n  imgfs index push docker://registry.example/app:1\n  imgfs run docker://registry.example/app:1 -- app --version"
+    )]
+    Push(IndexPushArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IndexPushArgs {
+    /// The image: docker://HOST[:PORT]/NAME[:TAG|@DIGEST]
+    pub image: String,
+    /// Uncompressed bytes between two checkpoints: smaller spans fetch less beyond what a
+    /// read needs, larger ones make a smaller index (K, M or G)
+    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
+    pub span: u64,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
 #[derive(Debug, Args)]
 pub struct MountsArgs {
     /// Print one JSON array
@@ -477,6 +527,10 @@ pub struct ServeArgs {
     /// Unmount after this many milliseconds without use
     #[arg(long)]
     pub idle_exit_ms: Option<u64>,
+    #[arg(long)]
+    pub fetch_timeout_ms: Option<u64>,
+    #[arg(long)]
+    pub prefetch: Option<PrefetchArg>,
     /// Show image root as this uid and gid and every other owner as unmapped (a user's
     /// shared server, as their sandboxes see the image)
     #[arg(long, value_name = "UID:GID", value_parser = parse_ids)]

@@ -16,8 +16,9 @@ use imgfs::source::ImageRef;
 use imgfs::runner::{self, exec, plan::Plan};
 
 use crate::cli::{
-    CacheArgs, CatArgs, Cli, Command, FindArgs, ImagesArgs, InspectArgs, LsArgs, MountArgs,
-    MountsArgs, Net, PruneArgs, RmArgs, RunArgs, ServeArgs, StatArgs, UmountArgs,
+    CacheArgs, CatArgs, Cli, Command, FindArgs, ImagesArgs, IndexCommand, IndexPushArgs,
+    InspectArgs, LsArgs, MountArgs, MountsArgs, Net, PruneArgs, RmArgs, RunArgs, ServeArgs,
+    StatArgs, UmountArgs,
 };
 
 pub fn run(cli: Cli) -> Result<i32> {
@@ -36,6 +37,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Rm(args) => rm(args),
         Command::Prune(args) => prune(args),
         Command::Mounts(args) => mounts(args),
+        Command::Index(IndexCommand::Push(args)) => index_push(args),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             with_output(|out, _| {
@@ -147,6 +149,26 @@ impl Drop for ProgressLine {
     }
 }
 
+fn prefetch_of(arg: Option<crate::cli::PrefetchArg>) -> imgfs::image::lazy::Prefetch {
+    match arg {
+        Some(crate::cli::PrefetchArg::All) => imgfs::image::lazy::Prefetch::All,
+        _ => imgfs::image::lazy::Prefetch::None,
+    }
+}
+
+/// How lazily read layers wait for their registry, as the options say.
+fn lazy_options(args: &CacheArgs) -> imgfs::image::lazy::LazyOptions {
+    let mut lazy = imgfs::image::lazy::LazyOptions::default();
+    if let Some(secs) = args.fetch_timeout
+        && secs.is_finite()
+        && secs >= 0.0
+    {
+        lazy.fetch_timeout = std::time::Duration::from_secs_f64(secs.min(1e6));
+    }
+    lazy.prefetch = prefetch_of(args.prefetch);
+    lazy
+}
+
 /// Resolves `image` and fills its cache entry if needed, with a progress line.
 fn prepare(image: &str, cache: &Cache, pull: bool, args: &CacheArgs) -> Result<prepare::Ready> {
     let platform = args
@@ -183,6 +205,55 @@ fn prepare(image: &str, cache: &Cache, pull: bool, args: &CacheArgs) -> Result<p
     Ok(ready)
 }
 
+fn index_push(args: IndexPushArgs) -> Result<i32> {
+    let cache = Cache::locate(args.cache.cache_dir.clone())?;
+    let ImageRef::Registry(reference) = ImageRef::parse(&args.image) else {
+        bail!(
+            "{}: only a registry image (docker://HOST/NAME[:TAG]) can have an imgfs index pushed",
+            args.image
+        );
+    };
+    if !(64 << 10..=64 << 20).contains(&args.span) {
+        bail!("--span {}: must be between 64K and 64M", args.span);
+    }
+    let platform = args
+        .cache
+        .platform
+        .as_deref()
+        .map(imgfs::source::Platform::parse)
+        .transpose()?;
+    let mut line = ProgressLine::new(&args.image);
+    let mut report = |e: prepare::Event| {
+        if let Some(l) = line.as_mut() {
+            l.event(e);
+        }
+    };
+    let options = prepare::Options {
+        platform,
+        insecure: args.cache.tls_verify == Some(false),
+        auth_file: args.cache.authfile.clone(),
+        report: Some(&mut report),
+        ..Default::default()
+    };
+    let pushed = prepare::lazy::push(&reference, &cache, options, args.span)?;
+    drop(line);
+    if !quiet() {
+        let total = pushed.tree_bytes + pushed.seek_bytes;
+        eprintln!(
+            "imgfs: pushed the index of {} as {}: {} bytes ({:.2}% of the image's {} compressed bytes; tree {}, {} spans)",
+            args.image,
+            pushed.digest,
+            total,
+            total as f64 * 100.0 / pushed.image_bytes.max(1) as f64,
+            pushed.image_bytes,
+            pushed.tree_bytes,
+            pushed.spans
+        );
+    }
+    println!("{}", pushed.digest);
+    Ok(0)
+}
+
 fn mount(args: MountArgs) -> Result<i32> {
     let cache = Cache::locate(args.cache.cache_dir.clone())?;
     serve::check_mountpoint(&args.mountpoint)?;
@@ -191,9 +262,10 @@ fn mount(args: MountArgs) -> Result<i32> {
         fsname: format!("{}{}", serve::SOURCE_PREFIX, args.image),
         threads: args.threads.unwrap_or_else(serve::default_threads),
         idle_exit: None,
+        lazy: lazy_options(&args.cache),
     };
     if args.foreground {
-        let fs = ImageFs::open(&ready.index_path, &ready.blobs)?;
+        let fs = ImageFs::open_with(&ready.index_path, &ready.blobs, &options.lazy)?;
         serve::serve(fs, &ready.index_path, &args.mountpoint, &options, || {})?;
         return Ok(0);
     }
@@ -214,12 +286,22 @@ fn serve_background(args: ServeArgs) -> Result<i32> {
         fsname: args.fsname,
         threads: args.threads,
         idle_exit: args.idle_exit_ms.map(std::time::Duration::from_millis),
+        lazy: imgfs::image::lazy::LazyOptions {
+            fetch_timeout: std::time::Duration::from_millis(
+                args.fetch_timeout_ms.unwrap_or(
+                    imgfs::image::lazy::LazyOptions::default()
+                        .fetch_timeout
+                        .as_millis() as u64,
+                ),
+            ),
+            prefetch: prefetch_of(args.prefetch),
+        },
     };
     let owners = match args.root_as {
         Some((uid, gid)) => Owners::RootAs { uid, gid },
         None => Owners::Recorded,
     };
-    let result = ImageFs::open(&args.index, &args.blobs)
+    let result = ImageFs::open_with(&args.index, &args.blobs, &options.lazy)
         .map_err(anyhow::Error::from)
         .and_then(|fs| {
             serve::serve(

@@ -99,6 +99,17 @@ impl ImageFs {
         Ok(ImageFs::new(ImageReader::open(index_path, blobs)?))
     }
 
+    /// [`open`](Self::open), with lazily read layers behaving as `lazy` says.
+    pub fn open_with(
+        index_path: &Path,
+        blobs: &[std::path::PathBuf],
+        lazy: &crate::image::lazy::LazyOptions,
+    ) -> Result<ImageFs, FsError> {
+        Ok(ImageFs::new(ImageReader::open_with(
+            index_path, blobs, lazy,
+        )?))
+    }
+
     pub fn new(image: ImageReader) -> ImageFs {
         ImageFs {
             image,

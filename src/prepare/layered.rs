@@ -86,6 +86,24 @@ pub(super) fn prepare(
     cache: &Cache,
     options: Options,
 ) -> Result<Ready, PrepareError> {
+    prepare_as(image, cache, options, true)
+}
+
+/// [`prepare`], fetching every layer whole even when the image could be mounted lazily.
+pub(super) fn prepare_whole(
+    image: &ImageRef,
+    cache: &Cache,
+    options: Options,
+) -> Result<Ready, PrepareError> {
+    prepare_as(image, cache, options, false)
+}
+
+fn prepare_as(
+    image: &ImageRef,
+    cache: &Cache,
+    options: Options,
+    lazily: bool,
+) -> Result<Ready, PrepareError> {
     let platform = options.platform.clone().unwrap_or_else(Platform::host);
     // What a reference resolved to before is used without asking the registry, as `docker
     // run` uses a local image (its pull policy "missing"): a digest names immutable content,
@@ -107,7 +125,6 @@ pub(super) fn prepare(
         },
         r => r?,
     };
-    let Options { mut report, .. } = options;
     let entry = cache.entry(&format!("oci-{}", img.config_digest));
     let blobs: Vec<PathBuf> = img.layers.iter().map(|l| layer_path(cache, l)).collect();
     let ready = |built, warnings| Ready {
@@ -120,11 +137,27 @@ pub(super) fn prepare(
     };
     let complete = |e: &Entry| e.marker().is_some() && usable(&e.index_path(), &blobs);
     if let ImageRef::Registry(reference) = image {
+        if lazily
+            && !complete(&entry)
+            && let Some(registry) = source.as_registry()
+            && let Some(ready) = super::lazy::prepare(
+                &image.to_string(),
+                reference,
+                &platform,
+                registry,
+                &img,
+                cache,
+                &options,
+            )?
+        {
+            return Ok(ready);
+        }
         cache.remember_ref(&format!("{reference} {platform}"), &entry.name());
     }
     let Some(lock) = claim(cache, &entry, complete)? else {
         return Ok(ready(false, Vec::new()));
     };
+    let Options { mut report, .. } = options;
     let start = Instant::now();
     let counters = Counters::default();
     let total = img.layers.len() as u32;
@@ -178,7 +211,7 @@ fn cached(image: &ImageRef, platform: &Platform, cache: &Cache) -> Option<Ready>
     let layers = std::fs::read_to_string(entry.dir().join(cache::LAYERS_FILE)).ok()?;
     let blobs: Vec<PathBuf> = layers
         .lines()
-        .map(|key| cache.layer(key).dir().join(cache::LAYER_FILE))
+        .map(|key| super::lazy::blob_path(cache, key))
         .collect();
     if !usable(&entry.index_path(), &blobs) {
         return None;
@@ -540,9 +573,24 @@ fn write_image(
             path: what.clone(),
             source,
         })?;
+    let keys: Vec<String> = img.layers.iter().map(|l| l.store_key().0).collect();
+    write_records(&what, img, entry, lock, &index, &keys)?;
+    Ok(warnings)
+}
+
+/// Writes an image entry's records — its merged index, its config as `docker inspect`
+/// shows it, the store keys of its layers — and commits it.
+pub(super) fn write_records(
+    what: &str,
+    img: &Image,
+    entry: &Entry,
+    lock: &cache::Lock,
+    index: &[u8],
+    keys: &[String],
+) -> Result<(), PrepareError> {
     let config: serde_json::Value =
         serde_json::from_slice(&img.config).map_err(|source| SourceError::Json {
-            what: what.clone(),
+            what: what.to_string(),
             doc: "image config",
             source,
         })?;
@@ -555,14 +603,10 @@ fn write_image(
         "Os": config["os"],
         "Config": config.get("config").cloned().unwrap_or_else(|| serde_json::json!({})),
     });
-    let layers: String = img
-        .layers
-        .iter()
-        .map(|l| format!("{}\n", l.store_key().0))
-        .collect();
-    entry.write_file(cache::INDEX_FILE, &index)?;
+    let layers: String = keys.iter().map(|k| format!("{k}\n")).collect();
+    entry.write_file(cache::INDEX_FILE, index)?;
     entry.write_file(cache::IMAGE_FILE, inspect.to_string().as_bytes())?;
     entry.write_file(cache::LAYERS_FILE, layers.as_bytes())?;
     entry.commit(lock, &img.config_digest)?;
-    Ok(warnings)
+    Ok(())
 }

@@ -12,7 +12,9 @@
 //!
 //! Hands on [`Ready`]: the paths the image reader serves from.
 
+pub mod artifact;
 mod layered;
+pub mod lazy;
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -152,7 +154,7 @@ pub(crate) fn usable(index_path: &Path, blobs: &[PathBuf]) -> bool {
         }
         for (i, path) in blobs.iter().enumerate() {
             let size = index.blob(i as u32).map_or(u64::MAX, |(size, _)| size);
-            if std::fs::metadata(path)?.len() < size {
+            if blob_len(path)? < size {
                 return Ok(false);
             }
         }
@@ -182,6 +184,18 @@ pub(crate) fn claim(
     }
     entry.reset(&lock)?;
     Ok(Some(lock))
+}
+
+/// The length of the blob at `path`: a file's, or for a lazy layer, its tar's as its entry
+/// records it.
+fn blob_len(path: &Path) -> io::Result<u64> {
+    use crate::cache::sparse::{REMOTE_FILE, Remote};
+    if path.file_name() == Some(std::ffi::OsStr::new(REMOTE_FILE)) {
+        let remote: Remote = serde_json::from_slice(&std::fs::read(path)?)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        return Ok(remote.uncompressed_size);
+    }
+    Ok(std::fs::metadata(path)?.len())
 }
 
 /// What identifies an index file's current contents, for [`usable`]'s stamp.

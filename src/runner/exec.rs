@@ -190,6 +190,7 @@ fn supervise_in_namespaces(
             fsname: plan.fsname.clone(),
             threads: SANDBOX_FS_THREADS,
             idle_exit: None,
+            lazy: Default::default(),
         };
         // Mounted now, served once the init is forked: requests wait until then.
         Some(serve::mount(fs, &lower, &options).map_err(|e| SandboxError::Serve(e.to_string()))?)

@@ -67,6 +67,9 @@ fn shared_io(path: &Path) -> impl FnOnce(io::Error) -> SharedError + '_ {
     }
 }
 
+/// Where a detached server of a lazily read image writes its log, in the image's entry.
+pub const SERVER_LOG: &str = "server.log";
+
 pub struct ServeOptions {
     /// Source name shown in the mount table, e.g. `imgfs:python:3.12`.
     pub fsname: String,
@@ -74,6 +77,8 @@ pub struct ServeOptions {
     pub threads: usize,
     /// Unmount once unused for this long (shared servers of `imgfs run`).
     pub idle_exit: Option<Duration>,
+    /// How reads of lazily fetched layers wait for their registry.
+    pub lazy: crate::image::lazy::LazyOptions,
 }
 
 /// Signals that end serving; blocked in every thread and taken by one with sigwait.
@@ -345,12 +350,40 @@ pub fn spawn_detached(what: &Served) -> Result<(), String> {
     if let Owners::RootAs { uid, gid } = what.owners {
         cmd.arg("--root-as").arg(format!("{uid}:{gid}"));
     }
+    let timeout = u64::try_from(what.options.lazy.fetch_timeout.as_millis()).unwrap_or(u64::MAX);
+    cmd.arg("--fetch-timeout-ms").arg(timeout.to_string());
+    if what.options.lazy.prefetch == crate::image::lazy::Prefetch::All {
+        cmd.arg("--prefetch").arg("all");
+    }
+    // A server reading layers lazily logs what it could not fetch beside the image's index.
+    let log = what
+        .index
+        .parent()
+        .map(|d| d.join(SERVER_LOG))
+        .and_then(|p| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .ok()
+        });
+    let stderr = match log {
+        Some(f)
+            if what
+                .blobs
+                .iter()
+                .any(|b| b.ends_with(crate::cache::sparse::REMOTE_FILE)) =>
+        {
+            Stdio::from(f)
+        }
+        _ => Stdio::null(),
+    };
     let mut child = cmd
         .arg(absolute(what.mountpoint)?)
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .process_group(0)
         .spawn()
         .map_err(|e| format!("cannot start the imgfs server: {e}"))?;
@@ -504,6 +537,7 @@ pub fn shared_mount(
         fsname: fsname.to_string(),
         threads: default_threads(),
         idle_exit: Some(linger),
+        lazy: Default::default(),
     };
     let served = Served {
         index,

@@ -306,6 +306,10 @@ pub trait LayerSource: Sync {
     fn open_layer(&self, layer: &Layer) -> Result<Box<dyn Read + Send + '_>, SourceError>;
     /// Names the source in messages.
     fn describe(&self) -> String;
+    /// The registry, when the layers come from one (which may also read them lazily).
+    fn as_registry(&self) -> Option<&registry::Registry> {
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1784,6 +1784,10 @@ impl LayerSource for Registry {
     fn describe(&self) -> String {
         self.what.clone()
     }
+
+    fn as_registry(&self) -> Option<&Registry> {
+        Some(self)
+    }
 }
 
 #[cfg(test)]

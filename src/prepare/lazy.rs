@@ -1,0 +1,378 @@
+//! Lazy images from a registry: an image that has an imgfs index artifact beside it
+//! ([`super::artifact`]) is ready once its manifest, config, merged index and seek tables are
+//! fetched; its layers' bytes come later, span by span, as reads need them
+//! ([`crate::image::lazy`]). And `imgfs index push`, which makes that artifact.
+//!
+//! A lazy image gets an image entry (`images/lazy-<config digest>/`: the merged index, the
+//! config, the list of its layers) and one entry per layer (`layers/lazy-<blob digest>/`: the
+//! seek table, where the blob lives, the sparse blob and its map of present spans), with the
+//! store's fill protocol. Spans fetched later go into those complete layer entries: they only
+//! ever gain verified bytes.
+//!
+//! An artifact that cannot be used — damaged, for another image, of a version imgfs does
+//! not read, or not fetched — is reported in one warning, and the image is fetched whole.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use super::artifact::{self, Artifact, ArtifactError};
+use super::{Options, PrepareError, Ready, claim, usable};
+use crate::cache::sparse::SparseBlob;
+use crate::cache::sparse::{REMOTE_FILE, Remote, SEEK_FILE};
+use crate::cache::{self, Cache};
+use crate::index::seek::SeekTable;
+use crate::source::registry::{Registry, RegistryOptions};
+use crate::source::{Image, Layer, LayerSource, Platform, SourceError};
+
+/// What the store keys a lazy layer under: its compressed blob's digest, which the seek
+/// table addresses (a whole layer is keyed by its diff id).
+pub fn layer_key(layer: &Layer) -> Option<String> {
+    layer.digest.as_ref().map(|d| format!("lazy-{d}"))
+}
+
+/// Where a store key's blob is read from: a lazy layer's description, or a layer's tar.
+pub fn blob_path(cache: &Cache, key: &str) -> PathBuf {
+    let dir = cache.layer(key).dir().to_path_buf();
+    if key.starts_with("lazy-") {
+        dir.join(REMOTE_FILE)
+    } else {
+        dir.join(cache::LAYER_FILE)
+    }
+}
+
+/// Why the artifact of an image could not be used.
+#[derive(Debug, thiserror::Error)]
+enum Unusable {
+    #[error("{0}")]
+    Artifact(#[from] ArtifactError),
+    #[error("{0}")]
+    Registry(#[from] crate::source::registry::RegistryError),
+    #[error("the image has no manifest digest")]
+    NoManifest,
+}
+
+/// Prepares `img` lazily if its registry holds an imgfs index for it; `None` when it holds
+/// none, or one that cannot be used (said in a warning): the caller then fetches it whole.
+pub(super) fn prepare(
+    what: &str,
+    reference: &str,
+    platform: &Platform,
+    registry: &Registry,
+    img: &Image,
+    cache: &Cache,
+    options: &Options,
+) -> Result<Option<Ready>, PrepareError> {
+    let found = match find(registry, img) {
+        Ok(Some(found)) => found,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            log::warn!("{what}: its imgfs index cannot be used ({e}); fetching the whole image");
+            return Ok(None);
+        }
+    };
+    let (tree, tables) = found;
+    let entry = cache.entry(&format!("lazy-{}", img.config_digest));
+    let keys: Vec<String> = img.layers.iter().filter_map(layer_key).collect();
+    let blobs: Vec<PathBuf> = keys.iter().map(|k| blob_path(cache, k)).collect();
+    for ((layer, key), table) in img.layers.iter().zip(&keys).zip(&tables) {
+        store_layer(cache, registry, layer, key, table, options)?;
+    }
+    let ready = |built| Ready {
+        index_path: entry.index_path(),
+        blobs: blobs.clone(),
+        image_path: Some(entry.image_path()),
+        id: img.config_digest.clone(),
+        built,
+        warnings: Vec::new(),
+    };
+    cache.remember_ref(&format!("{reference} {platform}"), &entry.name());
+    let complete = |e: &cache::Entry| e.marker().is_some() && usable(&e.index_path(), &blobs);
+    let Some(lock) = claim(cache, &entry, complete)? else {
+        return Ok(Some(ready(false)));
+    };
+    let written = super::layered::write_records(what, img, &entry, &lock, &tree, &keys);
+    if let Err(e) = written {
+        entry.discard();
+        return Err(e);
+    }
+    Ok(Some(ready(true)))
+}
+
+/// The image's artifact, fetched and checked: the merged index and the layers' seek tables
+/// (encoded, as the store keeps them).
+#[allow(clippy::type_complexity)]
+fn find(registry: &Registry, img: &Image) -> Result<Option<(Vec<u8>, Vec<Vec<u8>>)>, Unusable> {
+    let subject = img.manifest_digest.as_deref().ok_or(Unusable::NoManifest)?;
+    let subject_digest = crate::source::digest::parse(subject).map_err(|_| Unusable::NoManifest)?;
+    let found = registry.referrers(&subject_digest, artifact::ARTIFACT_TYPE)?;
+    // The newest is listed last in the tag fallback; a registry's own list is unordered, so
+    // any will do there.
+    let Some(descriptor) = found.last() else {
+        return Ok(None);
+    };
+    let (bytes, _) = registry.manifest_by_digest(descriptor.digest())?;
+    let Artifact { tree, seeks } = artifact::parse(&bytes, img, subject)?;
+    let compressed = registry.blob_bytes(tree.digest(), tree.size(), artifact::MAX_TREE)?;
+    let tree_bytes = artifact::open_tree(&compressed, img)?;
+    let mut tables = Vec::with_capacity(seeks.len());
+    for (i, d) in seeks.iter().enumerate() {
+        let bytes = registry.blob_bytes(d.digest(), d.size(), artifact::MAX_SEEK)?;
+        artifact::open_seek(&bytes, img, i, &tree_bytes)?;
+        tables.push(bytes);
+    }
+    Ok(Some((tree_bytes, tables)))
+}
+
+/// Makes the store entry of one lazy layer: its seek table, where its blob lives, and an
+/// empty sparse blob — unless it is there already, perhaps with spans fetched.
+fn store_layer(
+    cache: &Cache,
+    registry: &Registry,
+    layer: &Layer,
+    key: &str,
+    table: &[u8],
+    options: &Options,
+) -> Result<(), PrepareError> {
+    let entry = cache.layer(key);
+    let complete = |e: &cache::Entry| e.marker().is_some() && e.dir().join(REMOTE_FILE).exists();
+    let Some(lock) = claim(cache, &entry, complete)? else {
+        return Ok(());
+    };
+    let io = |source| PrepareError::Io {
+        path: entry.dir().to_path_buf(),
+        source,
+    };
+    let decoded = SeekTable::decode(table).map_err(|e| {
+        io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            e.to_string(),
+        ))
+    })?;
+    let remote = Remote {
+        repository: {
+            let r = registry.reference();
+            format!("{}/{}", r.registry, r.repository)
+        },
+        digest: layer
+            .digest
+            .as_ref()
+            .map(|d| d.to_string())
+            .unwrap_or_default(),
+        size: decoded.compressed_size(),
+        uncompressed_size: decoded.uncompressed_size(),
+        insecure: options.insecure,
+        auth_file: options.auth_file.clone(),
+    };
+    let filled = (|| {
+        entry.write_file(SEEK_FILE, table)?;
+        let json = serde_json::to_vec(&remote).unwrap_or_default();
+        SparseBlob::create(entry.dir(), remote.size, decoded.spans().len()).map_err(io)?;
+        entry.write_file(REMOTE_FILE, &json)?;
+        entry.commit(&lock, key)?;
+        Ok(())
+    })();
+    if filled.is_err() {
+        entry.discard();
+    }
+    filled
+}
+
+/// What `imgfs index push` did.
+pub struct Pushed {
+    /// The artifact manifest's digest.
+    pub digest: String,
+    /// Bytes of the merged index (compressed) and of the seek tables.
+    pub tree_bytes: u64,
+    pub seek_bytes: u64,
+    /// The image's layers' compressed bytes, for scale.
+    pub image_bytes: u64,
+    pub spans: usize,
+}
+
+/// Layers whose seek tables are built at once (each streams its blob from the registry).
+const PARALLEL_SEEKS: usize = 4;
+
+/// Builds the imgfs index of the registry image `reference` — its merged index from the
+/// store (filled first if missing), a seek table per layer from its blob — and pushes it to
+/// the image's repository as an artifact referring to the image's manifest.
+pub fn push(
+    reference: &str,
+    cache: &Cache,
+    options: Options,
+    span: u64,
+) -> Result<Pushed, PrepareError> {
+    let platform = options.platform.clone().unwrap_or_else(Platform::host);
+    let registry_options = RegistryOptions {
+        platform: platform.clone(),
+        tls_verify: !options.insecure,
+        auth_file: options.auth_file.clone(),
+        ..RegistryOptions::default()
+    };
+    let (img, registry) = crate::source::registry::open(reference, &registry_options)?;
+    let what = format!("docker://{reference}");
+    let subject = subject_of(&img, &what)?;
+    // The merged index, as a whole mount would make it (and reused if one did).
+    let digest_ref = match reference.split_once('@') {
+        Some((name, _)) => format!("{name}@{}", subject.digest()),
+        None => {
+            let name = strip_tag(reference);
+            format!("{name}@{}", subject.digest())
+        }
+    };
+    let full = super::layered::prepare_whole(
+        &crate::source::ImageRef::Registry(digest_ref),
+        cache,
+        Options {
+            platform: Some(platform),
+            insecure: options.insecure,
+            auth_file: options.auth_file.clone(),
+            report: options.report,
+            ..Options::default()
+        },
+    )?;
+    if full.id != img.config_digest {
+        return Err(PrepareError::Source(SourceError::Invalid {
+            what,
+            why: format!(
+                "the image changed while it was indexed ({} became {})",
+                img.config_digest, full.id
+            ),
+        }));
+    }
+    let tree = std::fs::read(&full.index_path).map_err(|source| PrepareError::Io {
+        path: full.index_path.clone(),
+        source,
+    })?;
+    let tables = build_tables(&registry, &img, span)?;
+    let tree_blob = zstd::bulk::compress(&tree, 19).map_err(|source| PrepareError::Io {
+        path: full.index_path.clone(),
+        source,
+    })?;
+    let tree_desc = artifact::descriptor(artifact::TREE_MEDIA_TYPE, &tree_blob);
+    let mut seek_descs = Vec::with_capacity(tables.len());
+    let mut seek_bytes = 0;
+    let mut spans = 0;
+    let pushing = |e| PrepareError::Source(SourceError::from(e));
+    registry.push_blob(artifact::EMPTY).map_err(pushing)?;
+    registry.push_blob(&tree_blob).map_err(pushing)?;
+    for (layer, table) in img.layers.iter().zip(&tables) {
+        let bytes = table.encode();
+        seek_bytes += bytes.len() as u64;
+        spans += table.spans().len();
+        registry.push_blob(&bytes).map_err(pushing)?;
+        let mut d = artifact::descriptor(artifact::SEEK_MEDIA_TYPE, &bytes);
+        let layer_digest = layer
+            .digest
+            .as_ref()
+            .map(|d| d.to_string())
+            .unwrap_or_default();
+        d.set_annotations(Some(
+            [(artifact::LAYER_ANNOTATION.to_string(), layer_digest)].into(),
+        ));
+        seek_descs.push(d);
+    }
+    let manifest = artifact::manifest(&subject, &tree_desc, &seek_descs, span);
+    let digest = registry
+        .push_referrer(subject.digest(), &manifest, artifact::ARTIFACT_TYPE)
+        .map_err(pushing)?;
+    Ok(Pushed {
+        digest: digest.to_string(),
+        tree_bytes: tree_blob.len() as u64,
+        seek_bytes,
+        image_bytes: img.layers.iter().filter_map(|l| l.size).sum(),
+        spans,
+    })
+}
+
+/// `NAME[:TAG]` without its tag (a port's colon is not a tag's).
+fn strip_tag(reference: &str) -> &str {
+    match reference.rfind(':') {
+        Some(i) if !reference[i..].contains('/') => &reference[..i],
+        _ => reference,
+    }
+}
+
+/// The descriptor of the image's (platform) manifest: what the artifact refers to.
+fn subject_of(img: &Image, what: &str) -> Result<oci_spec::image::Descriptor, PrepareError> {
+    let invalid = |why: &str| {
+        PrepareError::Source(SourceError::Invalid {
+            what: what.to_string(),
+            why: why.to_string(),
+        })
+    };
+    let (Some(digest), Some(size), Some(media_type)) = (
+        img.manifest_digest.as_deref(),
+        img.manifest_size,
+        img.manifest_media_type.as_deref(),
+    ) else {
+        return Err(invalid(
+            "the registry did not describe the image's manifest",
+        ));
+    };
+    let digest =
+        crate::source::digest::parse(digest).map_err(|_| invalid("bad manifest digest"))?;
+    Ok(oci_spec::image::Descriptor::new(
+        oci_spec::image::MediaType::from(media_type),
+        size,
+        digest,
+    ))
+}
+
+/// Streams every layer's blob from the registry once, building its seek table.
+fn build_tables(
+    registry: &Registry,
+    img: &Image,
+    span: u64,
+) -> Result<Vec<SeekTable>, PrepareError> {
+    let results: Vec<Mutex<Option<Result<SeekTable, PrepareError>>>> =
+        img.layers.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..PARALLEL_SEEKS.min(img.layers.len()) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(layer) = img.layers.get(i) else {
+                        break;
+                    };
+                    let r = (|| {
+                        let what = || format!("{}: layer {}", registry.describe(), layer.locator);
+                        let mut stream = registry.open_layer(layer)?;
+                        let kind = artifact::seek_compression(layer.compression);
+                        let table = SeekTable::build(kind, &mut stream, span).map_err(|e| {
+                            PrepareError::Source(SourceError::Invalid {
+                                what: what(),
+                                why: e.to_string(),
+                            })
+                        })?;
+                        // The rest (if any) still counts for the blob's digest, checked at its end.
+                        std::io::copy(&mut stream, &mut std::io::sink()).map_err(|source| {
+                            PrepareError::LayerIo {
+                                what: what(),
+                                source,
+                            }
+                        })?;
+                        Ok(table)
+                    })();
+                    *results[i].lock() = Some(r);
+                }
+            });
+        }
+    });
+    log::info!("seek tables built in {:?}", start.elapsed());
+    results
+        .into_iter()
+        .map(|r| {
+            r.into_inner().unwrap_or_else(|| {
+                Err(PrepareError::Source(SourceError::Invalid {
+                    what: registry.describe(),
+                    why: "a layer was not read".into(),
+                }))
+            })
+        })
+        .collect()
+}

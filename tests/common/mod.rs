@@ -1028,6 +1028,42 @@ impl Registry {
             .join("data")
     }
 
+    /// Starts the registry again after [`kill`](Self::kill), on the same port with the same
+    /// storage.
+    #[track_caller]
+    pub fn restart(&mut self) {
+        let config = self.dir.path().join("config.yml");
+        let log = File::options()
+            .append(true)
+            .open(self.dir.path().join("registry.log"))
+            .expect("registry log");
+        let start = std::time::Instant::now();
+        loop {
+            self.child = Command::new("/usr/bin/docker-registry")
+                .arg("serve")
+                .arg(&config)
+                .stdout(log.try_clone().expect("dup log"))
+                .stderr(log.try_clone().expect("dup log"))
+                .spawn()
+                .expect("start docker-registry");
+            while start.elapsed() < std::time::Duration::from_secs(20) {
+                if http_get(&self.addr, "/v2/", &[]).is_some() {
+                    return;
+                }
+                if self.child.try_wait().ok().flatten().is_some() {
+                    break; // the port is not free yet: try again
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "the registry did not come back on {}",
+                self.addr
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
     /// Stops the registry now (as if it died).
     pub fn kill(&mut self) {
         let _ = self.child.kill();

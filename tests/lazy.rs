@@ -1,0 +1,482 @@
+//! Lazy mounts from a registry: `imgfs index push` publishes an image's index beside it, and a
+//! mount from an empty cache is then ready with none of the layers' bytes, fetches the spans
+//! reads need and nothing more, and still equals umoci's unpacking of the image on every
+//! property. The registry is Debian's docker-registry; a front (tests/fixtures/registry-front.py)
+//! counts the bytes of each blob it serves. Faults: the registry gone after the mount, a span
+//! damaged in the registry, a damaged index, several cold mounts at once.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{
+    CompareOptions, Front, FrontOptions, Layered, Registry, TempDir, assert_trees_equal, imgfs,
+    is_mounted, layered_fixtures, run, run_within, text,
+};
+
+/// How long a mount or an index push may take, downloads included.
+const LIMIT: Duration = Duration::from_secs(300);
+
+fn fx() -> &'static Layered {
+    layered_fixtures()
+}
+
+/// `imgfs` with dockerd out of reach.
+fn imgfs_nodaemon() -> Command {
+    let mut c = imgfs();
+    c.env("DOCKER_HOST", "unix:///nonexistent");
+    c
+}
+
+fn oci(dir: &Path, reference: &str) -> String {
+    format!("oci:{}:{reference}", dir.display())
+}
+
+/// The layers (digest, size) of `reference` in the OCI layout `dir`, and its manifest digest.
+fn layers_of(dir: &Path, reference: &str) -> (Vec<(String, u64)>, String) {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let entry = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == reference)
+        .unwrap_or_else(|| panic!("no ref {reference} in {}", dir.display()))
+        .clone();
+    let digest = entry["digest"].as_str().unwrap().to_string();
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("blobs/sha256").join(hex)).unwrap())
+            .unwrap();
+    let layers = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["digest"].as_str().unwrap().to_string(),
+                l["size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    (layers, digest)
+}
+
+/// `imgfs index push` of `source` with a cache of its own; the artifact's digest.
+#[track_caller]
+fn push_index(source: &str, opts: &[&str]) -> String {
+    let cache = TempDir::new("imgfs-lazy-push");
+    let out = run_within(
+        imgfs_nodaemon()
+            .args(["index", "push", "--cache-dir"])
+            .arg(cache.path())
+            .args(opts)
+            .arg(source),
+        LIMIT,
+    );
+    assert!(
+        out.status.success(),
+        "index push {source}: {}",
+        text(&out.stderr)
+    );
+    let digest = text(&out.stdout).trim().to_string();
+    assert!(
+        digest.starts_with("sha256:"),
+        "index push printed {digest:?}"
+    );
+    digest
+}
+
+/// An image mounted by `imgfs mount`.
+struct Mounted {
+    dir: TempDir,
+}
+
+impl Mounted {
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if is_mounted(self.path()) {
+            let _ = run(imgfs_nodaemon().arg("umount").arg(self.path()));
+        }
+        if is_mounted(self.path()) {
+            let _ = Command::new("umount").arg("-l").arg(self.path()).status();
+        }
+    }
+}
+
+/// Mounts `source` with `cache`; the mount and what the command printed on stderr.
+#[track_caller]
+fn mount(cache: &Path, source: &str, opts: &[&str]) -> (Mounted, String) {
+    let dir = TempDir::new("imgfs-lazy-mnt");
+    let out = run_within(
+        imgfs_nodaemon()
+            .arg("mount")
+            .arg("--cache-dir")
+            .arg(cache)
+            .args(opts)
+            .arg(source)
+            .arg(dir.path()),
+        LIMIT,
+    );
+    assert!(
+        out.status.success(),
+        "mount {source}: {}",
+        text(&out.stderr)
+    );
+    assert!(is_mounted(dir.path()));
+    (Mounted { dir }, text(&out.stderr))
+}
+
+/// Bytes of the blobs `digests` the front sent, in all, since it started: the lengths of the
+/// ranges asked for (multipart framing not counted), or the whole body.
+fn blob_bytes(front: &Front, digests: &HashSet<String>) -> u64 {
+    front
+        .log_lines()
+        .iter()
+        .filter_map(|l| {
+            let mut w = l.split(' ');
+            (w.next() == Some("sent")).then_some(())?;
+            let path = w.next()?;
+            let sent: u64 = w.next()?.parse().ok()?;
+            let range = w.next()?;
+            let digest = path.rsplit('/').next()?;
+            if !(path.contains("/blobs/") && digests.contains(digest)) {
+                return None;
+            }
+            Some(match range.strip_prefix("bytes=") {
+                Some(spec) => spec
+                    .split(',')
+                    .map(|r| {
+                        let (a, b) = r.trim().split_once('-').unwrap();
+                        b.parse::<u64>().unwrap() - a.parse::<u64>().unwrap() + 1
+                    })
+                    .sum(),
+                None => sent,
+            })
+        })
+        .sum()
+}
+
+/// Every entry under `root`, stat'ed without reading any file.
+fn walk_metadata(root: &Path) -> usize {
+    let mut n = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            n += 1;
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    n
+}
+
+/// The regular files under `root`, largest first.
+fn files_by_size(root: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if m.is_file() {
+                out.push((e.path().strip_prefix(root).unwrap().to_path_buf(), m.len()));
+            }
+        }
+    }
+    out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    out
+}
+
+/// Drops the page cache, so that reads reach the filesystem again.
+fn drop_caches() {
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+/// The registry image of the gzip layout, with an imgfs index pushed, behind a counting front.
+struct LazyImage {
+    registry: Registry,
+    front: Front,
+    /// `docker://FRONT/imgfs-test/layers:1`.
+    source: String,
+    layers: HashSet<String>,
+    total: u64,
+}
+
+fn lazy_image(layout: &str, reference: &str, name: &str) -> LazyImage {
+    let fx = fx();
+    let registry = Registry::start();
+    let direct = registry.push(&oci(&fx.path(layout), reference), name);
+    push_index(&direct, &[]);
+    let front = Front::start(&registry.addr, &FrontOptions::default());
+    let (layers, _) = layers_of(&fx.path(layout), reference);
+    LazyImage {
+        registry,
+        source: format!("docker://{}/{name}", front.addr),
+        front,
+        total: layers.iter().map(|(_, s)| s).sum(),
+        layers: layers.into_iter().map(|(d, _)| d).collect(),
+    }
+}
+
+/// After `imgfs index push`, a cold mount fetches no layer bytes until a file is read; a
+/// program's few reads fetch a fraction; reading everything equals umoci's unpacking and
+/// fetches each byte of each layer exactly once; a second mount with the same cache fetches
+/// nothing.
+#[test]
+fn lazy_mount_fetches_only_what_is_read_and_matches_umoci() {
+    let img = lazy_image("OCI_GZIP", "layers", "imgfs-test/layers:1");
+    let cache = TempDir::new("imgfs-lazy-cache");
+    let (m, _) = mount(cache.path(), &img.source, &[]);
+    let entries = walk_metadata(m.path());
+    assert!(entries > 1000, "{entries} entries");
+    assert_eq!(
+        blob_bytes(&img.front, &img.layers),
+        0,
+        "a metadata walk fetched layer bytes"
+    );
+    let truth = fx().path("TRUTH_LAYERS");
+    for f in ["etc/os-release", "usr/bin/python3"] {
+        let got = std::fs::read(m.path().join(f)).unwrap();
+        let want = std::fs::read(truth.join(f)).unwrap();
+        assert!(got == want, "{f} differs from umoci's");
+    }
+    let some = blob_bytes(&img.front, &img.layers);
+    assert!(
+        some > 0 && some * 5 <= img.total,
+        "reading two files fetched {some} of {} bytes",
+        img.total
+    );
+    assert_trees_equal(&truth, m.path(), &CompareOptions::default());
+    let all = blob_bytes(&img.front, &img.layers);
+    assert_eq!(
+        all, img.total,
+        "reading everything must fetch every layer byte exactly once"
+    );
+    drop(m);
+    let (m, _) = mount(cache.path(), &img.source, &[]);
+    drop_caches();
+    assert_trees_equal(&truth, m.path(), &CompareOptions::default());
+    assert_eq!(
+        blob_bytes(&img.front, &img.layers),
+        all,
+        "a second mount fetched again"
+    );
+}
+
+/// zstd:chunked layers (many zstd frames) with an imgfs index: the same equality.
+#[test]
+fn lazy_mount_of_zstd_chunked_layers_matches_umoci() {
+    let img = lazy_image(
+        "OCI_ZSTD_CHUNKED",
+        "layers-app",
+        "imgfs-test/layers-app:chunked",
+    );
+    let cache = TempDir::new("imgfs-lazy-cache");
+    let (m, _) = mount(cache.path(), &img.source, &[]);
+    walk_metadata(m.path());
+    assert_eq!(blob_bytes(&img.front, &img.layers), 0);
+    assert_trees_equal(
+        &fx().path("TRUTH_APP"),
+        m.path(),
+        &CompareOptions::default(),
+    );
+    // Every file read, each span fetched once: no more than the layers, and all of them but
+    // the frames no file lies in (the chunked TOC, the tar's end).
+    let got = blob_bytes(&img.front, &img.layers);
+    assert!(
+        got <= img.total && got * 100 >= img.total * 99,
+        "{got} of {} bytes fetched",
+        img.total
+    );
+}
+
+/// `--prefetch all` fills the rest of the image in the background after the mount: every
+/// layer byte once; reads then fetch nothing.
+#[test]
+fn prefetch_all_fetches_the_image_once_in_the_background() {
+    let img = lazy_image("OCI_GZIP", "layers", "imgfs-test/layers:1");
+    let cache = TempDir::new("imgfs-lazy-cache");
+    let (m, _) = mount(cache.path(), &img.source, &["--prefetch", "all"]);
+    let start = Instant::now();
+    while blob_bytes(&img.front, &img.layers) < img.total {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "prefetch fetched {} of {} bytes",
+            blob_bytes(&img.front, &img.layers),
+            img.total
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_trees_equal(
+        &fx().path("TRUTH_LAYERS"),
+        m.path(),
+        &CompareOptions::default(),
+    );
+    assert_eq!(blob_bytes(&img.front, &img.layers), img.total);
+}
+
+/// The registry gone after the mount: what was fetched is still served; what was not fails
+/// with EIO once --fetch-timeout is spent, naming the layer in the server's log; once the
+/// registry is back, the same read succeeds.
+#[test]
+fn registry_gone_after_a_lazy_mount() {
+    let mut img = lazy_image("OCI_GZIP", "layers", "imgfs-test/layers:1");
+    // Straight to the registry: it is the one that goes away and comes back on its port.
+    let source = img.registry.reference("imgfs-test/layers:1");
+    let cache = TempDir::new("imgfs-lazy-cache");
+    let (m, _) = mount(cache.path(), &source, &["--fetch-timeout", "3"]);
+    let truth = fx().path("TRUTH_LAYERS");
+    let present = "etc/os-release";
+    let want = std::fs::read(truth.join(present)).unwrap();
+    assert_eq!(std::fs::read(m.path().join(present)).unwrap(), want);
+    let (missing, _) = files_by_size(&truth).into_iter().next().unwrap();
+    img.registry.kill();
+    drop_caches();
+    assert_eq!(
+        std::fs::read(m.path().join(present)).unwrap(),
+        want,
+        "data already fetched must be served without the registry"
+    );
+    let start = Instant::now();
+    let err = std::fs::read(m.path().join(&missing)).expect_err("read of a missing span");
+    let took = start.elapsed();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(60),
+        "EIO after {took:?}"
+    );
+    let log = std::fs::read_dir(cache.path().join("images"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("server.log"))
+        .find(|p| p.exists())
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .unwrap_or_default();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("layer sha256:") && l.contains("bytes ")),
+        "no log line naming the layer and range: {log:?}"
+    );
+    // Metadata never waits for the network.
+    let start = Instant::now();
+    walk_metadata(m.path());
+    assert!(start.elapsed() < Duration::from_secs(5));
+    img.registry.restart();
+    let got = std::fs::read(m.path().join(&missing)).expect("the registry is back");
+    assert!(got == std::fs::read(truth.join(&missing)).unwrap());
+}
+
+/// A span damaged in the registry is never served: reads of files in it fail with EIO and
+/// every file that reads at all reads right; once the blob is repaired they read again.
+#[test]
+fn damaged_span_in_the_registry_is_never_served() {
+    let img = lazy_image("OCI_GZIP", "layers", "imgfs-test/layers:1");
+    let (layers, _) = layers_of(&fx().path("OCI_GZIP"), "layers");
+    let (victim, size) = layers.iter().max_by_key(|(_, s)| *s).unwrap().clone();
+    let data = img.registry.blob_data(&victim);
+    let original = std::fs::read(&data).unwrap();
+    assert_eq!(original.len() as u64, size);
+    let mut damaged = original.clone();
+    damaged[original.len() / 2] ^= 0x55;
+    std::fs::write(&data, &damaged).unwrap();
+    let cache = TempDir::new("imgfs-lazy-cache");
+    let (m, _) = mount(cache.path(), &img.source, &["--fetch-timeout", "2"]);
+    let truth = fx().path("TRUTH_LAYERS");
+    let mut failed = Vec::new();
+    for (f, _) in files_by_size(&truth) {
+        match std::fs::read(m.path().join(&f)) {
+            Ok(got) => assert!(
+                got == std::fs::read(truth.join(&f)).unwrap(),
+                "{} read wrong bytes",
+                f.display()
+            ),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EIO), "{}: {e}", f.display());
+                failed.push(f);
+            }
+        }
+    }
+    assert!(!failed.is_empty(), "no read met the damaged span");
+    std::fs::write(&data, &original).unwrap();
+    for f in &failed {
+        let got = std::fs::read(m.path().join(f)).expect("repaired");
+        assert!(got == std::fs::read(truth.join(f)).unwrap());
+    }
+}
+
+/// An index whose seek table was damaged in the registry is refused with a warning, and the
+/// image is fetched whole instead — and still equals umoci's.
+#[test]
+fn damaged_index_falls_back_to_a_whole_fetch() {
+    let fx = fx();
+    let registry = Registry::start();
+    let direct = registry.push(&oci(&fx.path("OCI_GZIP"), "layers"), "imgfs-test/layers:1");
+    let artifact = push_index(&direct, &[]);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(registry.blob_data(&artifact)).unwrap()).unwrap();
+    let seek = manifest["layers"][1]["digest"].as_str().unwrap();
+    let data = registry.blob_data(seek);
+    let mut bytes = std::fs::read(&data).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&data, &bytes).unwrap();
+    let cache = TempDir::new("imgfs-lazy-cache");
+    let (m, stderr) = mount(cache.path(), &direct, &[]);
+    assert!(
+        stderr.contains("imgfs index") && stderr.contains("whole image"),
+        "no warning: {stderr}"
+    );
+    assert_trees_equal(
+        &fx.path("TRUTH_LAYERS"),
+        m.path(),
+        &CompareOptions::default(),
+    );
+}
+
+/// Eight cold mounts of one image at once, each with its own cache: each reads right, and
+/// together they fetch eight times what one does.
+#[test]
+fn eight_concurrent_cold_mounts() {
+    let img = lazy_image("OCI_GZIP", "layers", "imgfs-test/layers:1");
+    let truth = fx().path("TRUTH_LAYERS");
+    let files = ["etc/os-release", "usr/bin/python3", "etc/passwd"];
+    let read_all = |m: &Mounted| {
+        for f in files {
+            let got = std::fs::read(m.path().join(f)).unwrap();
+            assert!(got == std::fs::read(truth.join(f)).unwrap(), "{f}");
+        }
+    };
+    let cache = TempDir::new("imgfs-lazy-cache");
+    let (m, _) = mount(cache.path(), &img.source, &[]);
+    read_all(&m);
+    let one = blob_bytes(&img.front, &img.layers);
+    drop(m);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                let cache = TempDir::new("imgfs-lazy-cache");
+                let (m, _) = mount(cache.path(), &img.source, &[]);
+                read_all(&m);
+            });
+        }
+    });
+    let eight = blob_bytes(&img.front, &img.layers) - one;
+    assert!(
+        eight <= 8 * one,
+        "8 cold mounts fetched {eight} bytes, one fetched {one}"
+    );
+}

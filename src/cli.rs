@@ -45,8 +45,10 @@ pub struct CacheArgs {
     /// unreachable registry before it fails with EIO [default: 30]
     #[arg(long, value_name = "SECONDS", global = true)]
     pub fetch_timeout: Option<f64>,
-    /// Lazy registry images: what to fetch before reads ask for it: none, or all (the rest
-    /// of the image in the background once the mount is ready) [default: none]
+    /// Lazy registry images: what to fetch before reads ask for it: none; recorded (the
+    /// spans a run recorded by `imgfs index push --record` read, all at once as the server
+    /// starts); or all (the whole image in the background once the mount is ready)
+    /// [default: recorded]
     #[arg(long, value_name = "WHAT", global = true)]
     pub prefetch: Option<PrefetchArg>,
 }
@@ -54,6 +56,7 @@ pub struct CacheArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PrefetchArg {
     None,
+    Recorded,
     All,
 }
 
@@ -444,8 +447,16 @@ pub struct IndexPushArgs {
     pub image: String,
     /// Uncompressed bytes between two checkpoints: smaller spans fetch less beyond what a
     /// read needs, larger ones make a smaller index (K, M or G)
-    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "2M", value_parser = parse_size)]
     pub span: u64,
+    /// Then run COMMAND (the image's own command when none is given) in a sandbox over a
+    /// lazy mount of the image, record which spans it reads, and push the index again with
+    /// that list: cold starts fetch those spans first, all at once
+    #[arg(long)]
+    pub record: bool,
+    /// The command to record (after --)
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
     #[command(flatten)]
     pub cache: CacheArgs,
 }

@@ -152,7 +152,8 @@ impl Drop for ProgressLine {
 fn prefetch_of(arg: Option<crate::cli::PrefetchArg>) -> imgfs::image::lazy::Prefetch {
     match arg {
         Some(crate::cli::PrefetchArg::All) => imgfs::image::lazy::Prefetch::All,
-        _ => imgfs::image::lazy::Prefetch::None,
+        Some(crate::cli::PrefetchArg::None) => imgfs::image::lazy::Prefetch::None,
+        _ => imgfs::image::lazy::Prefetch::Recorded,
     }
 }
 
@@ -235,23 +236,82 @@ fn index_push(args: IndexPushArgs) -> Result<i32> {
         report: Some(&mut report),
         ..Default::default()
     };
-    let pushed = prepare::lazy::push(&reference, &cache, options, args.span)?;
+    if !args.command.is_empty() && !args.record {
+        bail!("a COMMAND is only taken with --record");
+    }
+    let mut record = |config: &str| record_run(&args, config);
+    let recorder: Option<&mut dyn FnMut(&str) -> Result<String, prepare::PrepareError>> =
+        if args.record { Some(&mut record) } else { None };
+    let pushed = prepare::lazy::push(&reference, &cache, options, args.span, recorder)?;
     drop(line);
     if !quiet() {
         let total = pushed.tree_bytes + pushed.seek_bytes;
         eprintln!(
-            "imgfs: pushed the index of {} as {}: {} bytes ({:.2}% of the image's {} compressed bytes; tree {}, {} spans)",
+            "imgfs: pushed the index of {} as {}: {} bytes ({:.2}% of the image's {} compressed bytes; tree {}, {} spans, {} to prefetch)",
             args.image,
             pushed.digest,
             total,
             total as f64 * 100.0 / pushed.image_bytes.max(1) as f64,
             pushed.image_bytes,
             pushed.tree_bytes,
-            pushed.spans
+            pushed.spans,
+            pushed.prefetch_spans
         );
     }
     println!("{}", pushed.digest);
     Ok(0)
+}
+
+/// `imgfs index push --record`: runs the command over a lazy mount of the image (just pushed)
+/// with a cache of its own, and returns the spans it read.
+fn record_run(args: &IndexPushArgs, config: &str) -> Result<String, prepare::PrepareError> {
+    let failed = |why: String| {
+        prepare::PrepareError::Source(imgfs::source::SourceError::Invalid {
+            what: args.image.clone(),
+            why,
+        })
+    };
+    let exe = std::env::current_exe().map_err(|e| failed(format!("cannot find imgfs: {e}")))?;
+    let dir = std::env::temp_dir().join(format!("imgfs-record-{}", std::process::id()));
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("run")
+        .arg("--cache-dir")
+        .arg(&dir)
+        .args(["--linger", "0", "--prefetch", "none"]);
+    if let Some(p) = &args.cache.platform {
+        cmd.args(["--platform", p]);
+    }
+    if args.cache.tls_verify == Some(false) {
+        cmd.arg("--tls-verify=false");
+    }
+    if let Some(f) = &args.cache.authfile {
+        cmd.arg("--authfile").arg(f);
+    }
+    cmd.arg(&args.image);
+    if !args.command.is_empty() {
+        cmd.arg("--").args(&args.command);
+    }
+    let status = cmd.status();
+    let recorded = Cache::locate(Some(dir.clone()))
+        .map_err(|e| failed(e.to_string()))?
+        .entry(&format!("lazy-{config}"))
+        .dir()
+        .join(imgfs::image::lazy::RECORD_FILE);
+    let text = std::fs::read_to_string(&recorded);
+    let _ = std::fs::remove_dir_all(&dir);
+    match status {
+        Ok(s) if !s.success() && !quiet() => {
+            eprintln!("imgfs: warning: the recorded command exited with {s}");
+        }
+        Err(e) => return Err(failed(format!("cannot run the command to record: {e}"))),
+        _ => {}
+    }
+    text.map_err(|e| {
+        failed(format!(
+            "no record of the run ({}): {e}",
+            recorded.display()
+        ))
+    })
 }
 
 fn mount(args: MountArgs) -> Result<i32> {

@@ -41,6 +41,26 @@ pub const REMOTE_FILE: &str = "remote.json";
 /// A lazy layer's seek table (its encoding, see `index::seek`), in its entry.
 pub const SEEK_FILE: &str = "seek";
 
+/// In an image entry: the spans a recorded run read, as the index's prefetch list gives
+/// them (`LAYER SPAN` lines, first read first).
+pub const PREFETCH_FILE: &str = "prefetch";
+/// In an image entry: the spans reads of this image have needed, as `LAYER SPAN` lines in the
+/// order they were first needed, appended by every server of the image.
+pub const RECORD_FILE: &str = "recorded";
+/// Parses `LAYER SPAN` lines, keeping the pairs within `blobs` (a layer count) and the first
+/// of each pair only.
+pub fn parse_spans(text: &str, blobs: usize) -> Vec<(u32, usize)> {
+    let mut seen = std::collections::HashSet::new();
+    text.lines()
+        .filter_map(|l| {
+            let (a, b) = l.trim().split_once(' ')?;
+            Some((a.parse::<u32>().ok()?, b.parse::<usize>().ok()?))
+        })
+        .filter(|&(l, _)| (l as usize) < blobs)
+        .filter(|p| seen.insert(*p))
+        .collect()
+}
+
 /// One layer's sparse blob in the store.
 pub struct SparseBlob {
     data: File,

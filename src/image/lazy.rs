@@ -27,6 +27,7 @@ use parking_lot::{Condvar, Mutex};
 use sha2::Digest as _;
 
 use super::Blob;
+pub use crate::cache::sparse::{PREFETCH_FILE, RECORD_FILE, parse_spans};
 use crate::cache::sparse::{Remote, SEEK_FILE, SparseBlob};
 use crate::index::seek::SeekTable;
 
@@ -52,10 +53,81 @@ pub trait Fetch: Send + Sync {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Prefetch {
     /// Only what reads need.
-    #[default]
     None,
+    /// The spans a recorded run of a program read (the index's prefetch list), all at once,
+    /// as soon as the server starts; nothing when the index has no list.
+    #[default]
+    Recorded,
     /// Everything, in the background, one range at a time, once the mount is ready.
     All,
+}
+
+/// Ranges a recorded prefetch keeps in flight: the spans a start needs are wanted at once.
+const PREFETCH_PARALLEL: usize = 4;
+
+/// Appends the spans reads first need to the image's [`RECORD_FILE`].
+pub struct Recorder {
+    file: Option<std::fs::File>,
+}
+
+impl Recorder {
+    /// A recorder appending to `path`; one that records nothing when it cannot be opened (a
+    /// cache another user owns).
+    pub fn open(path: &std::path::Path) -> Recorder {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .ok();
+        Recorder { file }
+    }
+
+    fn record(&self, layer: u32, spans: &[usize]) {
+        use std::io::Write;
+        if let Some(mut f) = self.file.as_ref() {
+            let lines: String = spans.iter().map(|s| format!("{layer} {s}\n")).collect();
+            // One write of whole lines: appends of several servers never interleave inside one.
+            let _ = f.write_all(lines.as_bytes());
+        }
+    }
+}
+
+/// Fetches the spans `list` names (layer index into `blobs`, span) on threads of their own,
+/// [`PREFETCH_PARALLEL`] ranges at a time, neighbours of one layer in one range.
+pub fn prefetch_recorded(blobs: Vec<Arc<LazyBlob>>, list: Vec<(u32, usize)>) {
+    let mut runs: Vec<(usize, Range<usize>)> = Vec::new();
+    for (layer, span) in list {
+        let layer = layer as usize;
+        let Some(blob) = blobs.get(layer) else {
+            continue;
+        };
+        if span >= blob.table.spans().len() {
+            continue;
+        }
+        match runs.iter_mut().find(|(l, r)| *l == layer && r.end == span) {
+            Some((_, r)) => r.end = span + 1,
+            None => runs.push((layer, span..span + 1)),
+        }
+    }
+    let runs = Arc::new(Mutex::new(runs.into_iter()));
+    for _ in 0..PREFETCH_PARALLEL {
+        let runs = runs.clone();
+        let blobs = blobs.clone();
+        let spawned = std::thread::Builder::new()
+            .name("imgfs-prefetch".into())
+            .spawn(move || {
+                loop {
+                    let next = runs.lock().next();
+                    let Some((layer, spans)) = next else { break };
+                    if let Err(e) = blobs[layer].ensure(spans) {
+                        log::warn!("prefetch of layer {}: {e}", blobs[layer].name);
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("cannot start the prefetch: {e}");
+        }
+    }
 }
 
 /// How lazy layers behave.
@@ -187,6 +259,7 @@ pub struct LazyBlob {
     fetched_bytes: AtomicU64,
     /// Spans a read has needed (for a record of what a program reads).
     used: Mutex<HashSet<usize>>,
+    recorder: Option<Arc<Recorder>>,
 }
 
 impl LazyBlob {
@@ -211,7 +284,14 @@ impl LazyBlob {
             fetched: Condvar::new(),
             fetched_bytes: AtomicU64::new(0),
             used: Mutex::new(HashSet::new()),
+            recorder: None,
         }
+    }
+
+    /// Records the spans reads first need with `recorder`.
+    pub fn with_recorder(mut self, recorder: Arc<Recorder>) -> LazyBlob {
+        self.recorder = Some(recorder);
+        self
     }
 
     pub fn table(&self) -> &SeekTable {
@@ -444,7 +524,12 @@ impl Blob for LazyBlob {
         };
         {
             let mut used = self.used.lock();
-            used.extend(first..=last);
+            let new: Vec<usize> = (first..=last).filter(|i| used.insert(*i)).collect();
+            if let Some(r) = &self.recorder
+                && !new.is_empty()
+            {
+                r.record(self.id, &new);
+            }
         }
         self.ensure(first..last + 1)?;
         let mut at = offset;

@@ -244,9 +244,19 @@ impl ImageReader {
         let mut blobs: Vec<(Box<dyn Blob>, PathBuf)> = Vec::with_capacity(blob_paths.len());
         let spans = std::sync::Arc::new(lazy::SpanCache::new(lazy::SPAN_CACHE_BYTES));
         let mut lazy_blobs = Vec::new();
+        let is_lazy = |p: &PathBuf| {
+            p.file_name() == Some(std::ffi::OsStr::new(crate::cache::sparse::REMOTE_FILE))
+        };
+        let recorder = blob_paths.iter().any(is_lazy).then(|| {
+            let dir = index_path.parent().unwrap_or(Path::new("/"));
+            std::sync::Arc::new(lazy::Recorder::open(&dir.join(lazy::RECORD_FILE)))
+        });
         for (i, path) in blob_paths.iter().enumerate() {
-            if path.file_name() == Some(std::ffi::OsStr::new(crate::cache::sparse::REMOTE_FILE)) {
-                let blob = lazy::open(path, i as u32, &spans, lazy).map_err(io(path))?;
+            if is_lazy(path) {
+                let mut blob = lazy::open(path, i as u32, &spans, lazy).map_err(io(path))?;
+                if let Some(r) = &recorder {
+                    blob = blob.with_recorder(r.clone());
+                }
                 let blob = std::sync::Arc::new(blob);
                 lazy_blobs.push(blob.clone());
                 blobs.push((Box::new(blob), path.clone()));
@@ -256,8 +266,18 @@ impl ImageReader {
             blobs.push((Box::new(file), path.clone()));
         }
         let reader = ImageReader::with_blobs(index, index_path, blobs)?;
-        if lazy.prefetch == lazy::Prefetch::All && !lazy_blobs.is_empty() {
-            lazy::prefetch_all(lazy_blobs);
+        if lazy_blobs.len() == blob_paths.len() && !lazy_blobs.is_empty() {
+            let dir = index_path.parent().unwrap_or(Path::new("/"));
+            match lazy.prefetch {
+                lazy::Prefetch::All => lazy::prefetch_all(lazy_blobs),
+                lazy::Prefetch::Recorded => {
+                    if let Ok(text) = std::fs::read_to_string(dir.join(lazy::PREFETCH_FILE)) {
+                        let list = lazy::parse_spans(&text, lazy_blobs.len());
+                        lazy::prefetch_recorded(lazy_blobs, list);
+                    }
+                }
+                lazy::Prefetch::None => {}
+            }
         }
         Ok(reader)
     }

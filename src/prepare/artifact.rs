@@ -29,6 +29,10 @@ pub const ARTIFACT_TYPE: &str = "application/vnd.imgfs.index.v1";
 pub const TREE_MEDIA_TYPE: &str = "application/vnd.imgfs.index.tree.v1+zstd";
 /// A layer's seek table.
 pub const SEEK_MEDIA_TYPE: &str = "application/vnd.imgfs.index.seek.v1";
+/// The spans a recorded run of a program read, to fetch first: `LAYER SPAN` lines.
+pub const PREFETCH_MEDIA_TYPE: &str = "application/vnd.imgfs.index.prefetch.v1";
+/// Largest prefetch list accepted.
+pub const MAX_PREFETCH: u64 = 16 << 20;
 /// On a seek table's descriptor: the digest of the layer blob it describes.
 pub const LAYER_ANNOTATION: &str = "io.imgfs.layer.digest";
 /// On the artifact: the span size it was built with, for people reading it.
@@ -84,6 +88,8 @@ pub struct Artifact {
     pub tree: Descriptor,
     /// One per layer of the image, bottom first.
     pub seeks: Vec<Descriptor>,
+    /// The prefetch list, when a run was recorded.
+    pub prefetch: Option<Descriptor>,
 }
 
 /// The artifact's manifest for an image whose manifest is `subject`.
@@ -91,9 +97,10 @@ pub fn manifest(
     subject: &Descriptor,
     tree: &Descriptor,
     seeks: &[Descriptor],
+    prefetch: Option<&Descriptor>,
     span: u64,
 ) -> Vec<u8> {
-    let layers: Vec<&Descriptor> = std::iter::once(tree).chain(seeks).collect();
+    let layers: Vec<&Descriptor> = std::iter::once(tree).chain(seeks).chain(prefetch).collect();
     let config = serde_json::json!({
         "mediaType": EMPTY_MEDIA_TYPE,
         "digest": crate::source::digest::sha256(EMPTY),
@@ -134,7 +141,21 @@ pub fn parse(bytes: &[u8], image: &Image, subject: &str) -> Result<Artifact, Art
             expected: subject.to_string(),
         });
     }
-    let blobs = m.layers();
+    let mut blobs = m.layers().as_slice();
+    let prefetch = match blobs.last() {
+        Some(d) if d.media_type().to_string() == PREFETCH_MEDIA_TYPE => {
+            if d.size() > MAX_PREFETCH {
+                return Err(ArtifactError::TooBig {
+                    index: blobs.len() - 1,
+                    size: d.size(),
+                    limit: MAX_PREFETCH,
+                });
+            }
+            blobs = &blobs[..blobs.len() - 1];
+            Some(d.clone())
+        }
+        _ => None,
+    };
     if blobs.len() != image.layers.len() + 1 {
         return Err(ArtifactError::LayerCount {
             actual: blobs.len(),
@@ -185,6 +206,7 @@ pub fn parse(bytes: &[u8], image: &Image, subject: &str) -> Result<Artifact, Art
     Ok(Artifact {
         tree: blobs[0].clone(),
         seeks: blobs[1..].to_vec(),
+        prefetch,
     })
 }
 

@@ -73,7 +73,11 @@ pub(super) fn prepare(
             return Ok(None);
         }
     };
-    let (tree, tables) = found;
+    let Found {
+        tree,
+        tables,
+        prefetch,
+    } = found;
     let entry = cache.entry(&format!("lazy-{}", img.config_digest));
     let keys: Vec<String> = img.layers.iter().filter_map(layer_key).collect();
     let blobs: Vec<PathBuf> = keys.iter().map(|k| blob_path(cache, k)).collect();
@@ -93,7 +97,13 @@ pub(super) fn prepare(
     let Some(lock) = claim(cache, &entry, complete)? else {
         return Ok(Some(ready(false)));
     };
-    let written = super::layered::write_records(what, img, &entry, &lock, &tree, &keys);
+    let written = match prefetch {
+        Some(list) => entry
+            .write_file(crate::cache::sparse::PREFETCH_FILE, list.as_bytes())
+            .map_err(PrepareError::from),
+        None => Ok(()),
+    }
+    .and_then(|()| super::layered::write_records(what, img, &entry, &lock, &tree, &keys));
     if let Err(e) = written {
         entry.discard();
         return Err(e);
@@ -101,10 +111,18 @@ pub(super) fn prepare(
     Ok(Some(ready(true)))
 }
 
-/// The image's artifact, fetched and checked: the merged index and the layers' seek tables
-/// (encoded, as the store keeps them).
-#[allow(clippy::type_complexity)]
-fn find(registry: &Registry, img: &Image) -> Result<Option<(Vec<u8>, Vec<Vec<u8>>)>, Unusable> {
+/// An image's artifact, fetched and checked.
+struct Found {
+    /// The merged index.
+    tree: Vec<u8>,
+    /// The layers' seek tables, encoded as the store keeps them.
+    tables: Vec<Vec<u8>>,
+    /// The prefetch list (`LAYER SPAN` lines, checked), when a run was recorded.
+    prefetch: Option<String>,
+}
+
+/// The image's artifact, fetched and checked.
+fn find(registry: &Registry, img: &Image) -> Result<Option<Found>, Unusable> {
     let subject = img.manifest_digest.as_deref().ok_or(Unusable::NoManifest)?;
     let subject_digest = crate::source::digest::parse(subject).map_err(|_| Unusable::NoManifest)?;
     let found = registry.referrers(&subject_digest, artifact::ARTIFACT_TYPE)?;
@@ -114,16 +132,39 @@ fn find(registry: &Registry, img: &Image) -> Result<Option<(Vec<u8>, Vec<Vec<u8>
         return Ok(None);
     };
     let (bytes, _) = registry.manifest_by_digest(descriptor.digest())?;
-    let Artifact { tree, seeks } = artifact::parse(&bytes, img, subject)?;
+    let Artifact {
+        tree,
+        seeks,
+        prefetch,
+    } = artifact::parse(&bytes, img, subject)?;
     let compressed = registry.blob_bytes(tree.digest(), tree.size(), artifact::MAX_TREE)?;
     let tree_bytes = artifact::open_tree(&compressed, img)?;
     let mut tables = Vec::with_capacity(seeks.len());
+    let mut span_counts = Vec::with_capacity(seeks.len());
     for (i, d) in seeks.iter().enumerate() {
         let bytes = registry.blob_bytes(d.digest(), d.size(), artifact::MAX_SEEK)?;
-        artifact::open_seek(&bytes, img, i, &tree_bytes)?;
+        let table = artifact::open_seek(&bytes, img, i, &tree_bytes)?;
+        span_counts.push(table.spans().len());
         tables.push(bytes);
     }
-    Ok(Some((tree_bytes, tables)))
+    let prefetch = match prefetch {
+        Some(d) => {
+            let bytes = registry.blob_bytes(d.digest(), d.size(), artifact::MAX_PREFETCH)?;
+            let text = String::from_utf8_lossy(&bytes);
+            let list: String = crate::cache::sparse::parse_spans(&text, span_counts.len())
+                .into_iter()
+                .filter(|&(l, s)| s < span_counts[l as usize])
+                .map(|(l, s)| format!("{l} {s}\n"))
+                .collect();
+            Some(list)
+        }
+        None => None,
+    };
+    Ok(Some(Found {
+        tree: tree_bytes,
+        tables,
+        prefetch,
+    }))
 }
 
 /// Makes the store entry of one lazy layer: its seek table, where its blob lives, and an
@@ -190,6 +231,8 @@ pub struct Pushed {
     /// The image's layers' compressed bytes, for scale.
     pub image_bytes: u64,
     pub spans: usize,
+    /// Spans in the prefetch list (0 without `--record`).
+    pub prefetch_spans: usize,
 }
 
 /// Layers whose seek tables are built at once (each streams its blob from the registry).
@@ -198,11 +241,16 @@ const PARALLEL_SEEKS: usize = 4;
 /// Builds the imgfs index of the registry image `reference` — its merged index from the
 /// store (filled first if missing), a seek table per layer from its blob — and pushes it to
 /// the image's repository as an artifact referring to the image's manifest.
+///
+/// With `record`, the index is pushed, then `record` is called with the image's config
+/// digest to run a program over a lazy mount of it and return the spans it read (`LAYER SPAN`
+/// lines), and the index is pushed again with that list, for cold starts to fetch first.
 pub fn push(
     reference: &str,
     cache: &Cache,
     options: Options,
     span: u64,
+    record: Option<&mut dyn FnMut(&str) -> Result<String, PrepareError>>,
 ) -> Result<Pushed, PrepareError> {
     let platform = options.platform.clone().unwrap_or_else(Platform::host);
     let registry_options = RegistryOptions {
@@ -274,16 +322,40 @@ pub fn push(
         ));
         seek_descs.push(d);
     }
-    let manifest = artifact::manifest(&subject, &tree_desc, &seek_descs, span);
-    let digest = registry
+    let manifest = artifact::manifest(&subject, &tree_desc, &seek_descs, None, span);
+    let mut digest = registry
         .push_referrer(subject.digest(), &manifest, artifact::ARTIFACT_TYPE)
         .map_err(pushing)?;
+    let mut prefetch_spans = 0;
+    if let Some(record) = record {
+        let text = record(&img.config_digest)?;
+        let counts: Vec<usize> = tables.iter().map(|t| t.spans().len()).collect();
+        let list: Vec<(u32, usize)> = crate::cache::sparse::parse_spans(&text, counts.len())
+            .into_iter()
+            .filter(|&(l, s)| s < counts[l as usize])
+            .collect();
+        if list.is_empty() {
+            return Err(PrepareError::Source(SourceError::Invalid {
+                what,
+                why: "the recorded run read nothing from the image".into(),
+            }));
+        }
+        prefetch_spans = list.len();
+        let bytes: String = list.iter().map(|(l, s)| format!("{l} {s}\n")).collect();
+        registry.push_blob(bytes.as_bytes()).map_err(pushing)?;
+        let d = artifact::descriptor(artifact::PREFETCH_MEDIA_TYPE, bytes.as_bytes());
+        let manifest = artifact::manifest(&subject, &tree_desc, &seek_descs, Some(&d), span);
+        digest = registry
+            .push_referrer(subject.digest(), &manifest, artifact::ARTIFACT_TYPE)
+            .map_err(pushing)?;
+    }
     Ok(Pushed {
         digest: digest.to_string(),
         tree_bytes: tree_blob.len() as u64,
         seek_bytes,
         image_bytes: img.layers.iter().filter_map(|l| l.size).sum(),
         spans,
+        prefetch_spans,
     })
 }
 

@@ -102,6 +102,9 @@ pub fn make_plan(
     Ok(plan)
 }
 
+/// How long the server of a lazily read image run with `--linger 0` stays after the run.
+const LAZY_MIN_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A live mount of the image with warm kernel caches, if there is one or one can be started;
 /// failing that the sandbox serves the image itself, which is only slower.
 /// Without root, only a mount showing the image's owners as the sandbox's user namespace
@@ -116,9 +119,18 @@ fn live_mount(
     if let Some(live) = serve::live_mount(entry, &ready.index_path, owners) {
         return Some(live);
     }
-    if linger.is_zero() {
-        return None;
-    }
+    // A sandbox serving the image itself does so from inside its network namespace, where a
+    // lazily read image's registry cannot be reached: such an image always gets a server of
+    // its own outside, which goes as soon as the run is over.
+    let lazy = ready
+        .blobs
+        .iter()
+        .any(|b| b.ends_with(crate::cache::sparse::REMOTE_FILE));
+    let linger = match (linger.is_zero(), lazy) {
+        (true, false) => return None,
+        (true, true) => LAZY_MIN_LINGER,
+        (false, _) => linger,
+    };
     serve::shared_mount(&ready.index_path, &ready.blobs, fsname, linger, owners)
         .map_err(|e| log::info!("no shared server for the image: {e}"))
         .ok()

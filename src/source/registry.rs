@@ -7,6 +7,12 @@
 //! reads the config through [`Registry`]'s [`Documents`]. Layers are opened by digest
 //! ([`LayerSource::open_layer`]) as streams checked against their digest and size.
 //!
+//! For lazy mounts and for imgfs's own artifacts, a [`Registry`] is also made for a repository
+//! alone ([`Registry::connect_repository`]): it reads byte ranges of a blob
+//! ([`Registry::fetch_ranges`], the answers parsed in the `ranges` submodule, whatever shape a
+//! server gives them), small documents by digest, and pushes blobs, manifests and referrers
+//! (the `push` submodule), keeping the referrers tag fallback where a registry lacks the API.
+//!
 //! What it guarantees: every document is bounded and verified (the top manifest against the
 //! digest it was asked by, or the registry's `Docker-Content-Digest`); a blob stream that breaks
 //! is resumed from the byte it broke at (`Range`), so its hash runs on unbroken; transient
@@ -492,7 +498,8 @@ impl Call<'_> {
     }
 }
 
-/// A registry an image was found in: reads its documents and layers.
+/// A client of one repository in a registry: reads its documents, layers and byte ranges of
+/// blobs, and pushes to it.
 pub struct Registry {
     /// `docker://` and the reference as typed: names the image in messages.
     what: String,
@@ -1413,7 +1420,8 @@ impl Registry {
             let boundary = boundary.map_err(Fault::Bad)?;
             ranges::read_multipart(&mut body, &boundary, &mut collector)?;
         } else {
-            let value = content_range.unwrap_or_default();
+            let value = content_range
+                .ok_or_else(|| Fault::Bad("a partial answer without Content-Range".into()))?;
             let part = ranges::content_range(&value).ok_or_else(|| {
                 Fault::Bad(format!(
                     "a partial answer with Content-Range '{}'",

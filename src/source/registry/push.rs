@@ -48,21 +48,23 @@ impl Registry {
         };
         let uploads = format!("/v2/{repo}/blobs/uploads/");
         let resp = self.exchange(&what, &uploads, &start)?;
-        let location = resp
+        let Some(location) = resp
             .headers()
             .get("location")
             .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        let base: Option<Uri> = format!("{}{uploads}", self.base).parse().ok();
-        let url = base
-            .and_then(|b| resolve_location(&b, &location))
-            .ok_or_else(|| RegistryError::Location {
+            .map(str::to_string)
+        else {
+            return Err(RegistryError::Invalid {
+                what,
+                why: format!("{} started the upload without a Location", self.host()),
+            });
+        };
+        let url = upload_url(&format!("{}{uploads}", self.base), &location, &digest).ok_or_else(
+            || RegistryError::Location {
                 what: what.clone(),
                 location: printable(&location),
-            })?;
-        let separator = if url.contains('?') { '&' } else { '?' };
-        let url = format!("{url}{separator}digest={}", query_encode(digest.as_ref()));
+            },
+        )?;
         let put = Call {
             method: Method::Put,
             body: Some(("application/octet-stream", bytes)),
@@ -216,6 +218,18 @@ impl Registry {
     }
 }
 
+/// Where an upload session's `location` (relative to `started`, the URL it was started at, or
+/// absolute, with a query or without) takes the blob `digest` in one PUT.
+fn upload_url(started: &str, location: &str, digest: &Digest) -> Option<String> {
+    let base: Uri = started.parse().ok()?;
+    let url = resolve_location(&base, location)?;
+    let separator = if url.contains('?') { '&' } else { '?' };
+    Some(format!(
+        "{url}{separator}digest={}",
+        query_encode(digest.as_ref())
+    ))
+}
+
 fn sha256_digest(bytes: &[u8]) -> Digest {
     digest::parse(&digest::sha256(bytes)).expect("a sha256 digest parses")
 }
@@ -315,6 +329,38 @@ mod tests {
         assert!(of_type(&again, "x/none").unwrap().is_empty());
         assert!(with_referrer(Some(b"[]"), descriptor(&a, None)).is_err());
         assert!(of_type(b"{", "x").is_err());
+    }
+
+    #[test]
+    fn completes_upload_locations() {
+        let d = digest::parse(&format!("sha256:{}", "ab".repeat(32))).unwrap();
+        let q = format!("digest=sha256%3A{}", "ab".repeat(32));
+        let started = "http://127.0.0.1:5000/v2/a/b/blobs/uploads/";
+        let cases = [
+            (
+                "/v2/a/b/blobs/uploads/u1?_state=x",
+                format!("http://127.0.0.1:5000/v2/a/b/blobs/uploads/u1?_state=x&{q}"),
+            ),
+            (
+                "/v2/a/b/blobs/uploads/u1",
+                format!("http://127.0.0.1:5000/v2/a/b/blobs/uploads/u1?{q}"),
+            ),
+            (
+                "u2",
+                format!("http://127.0.0.1:5000/v2/a/b/blobs/uploads/u2?{q}"),
+            ),
+            (
+                "https://upload.example/s/u3?sig=1",
+                format!("https://upload.example/s/u3?sig=1&{q}"),
+            ),
+        ];
+        for (location, want) in cases {
+            assert_eq!(
+                upload_url(started, location, &d).as_deref(),
+                Some(want.as_str())
+            );
+        }
+        assert_eq!(upload_url(started, "", &d), None);
     }
 
     #[test]

@@ -606,8 +606,8 @@ impl Registry {
     /// The manifest or index the reference names: its bytes, media type and digest.
     fn top_manifest(&self) -> Result<Manifest, RegistryError> {
         let target = self.reference.target();
-        let found = self.manifest_at(&self.what, &target, self.reference.digest.as_ref(), false)?;
-        Ok(found.expect("a 404 is an error here"))
+        self.manifest_at(&self.what, &target, self.reference.digest.as_ref(), false)?
+            .ok_or_else(|| unknown_manifest(&self.what))
     }
 
     /// The manifest `/manifests/TARGET` names: its bytes, media type (from the answer's
@@ -1195,6 +1195,15 @@ impl Registry {
     }
 }
 
+/// A 404 for a manifest (`manifest_at` gives it as an error already unless asked not to).
+fn unknown_manifest(what: &str) -> RegistryError {
+    RegistryError::NotFound {
+        what: what.to_string(),
+        status: 404,
+        message: "manifest unknown".into(),
+    }
+}
+
 /// `req` with the headers `call` asks for, and `authorization` when it goes to the registry.
 fn decorate<B>(
     mut req: ureq::RequestBuilder<B>,
@@ -1447,8 +1456,9 @@ impl Registry {
         digest: &Digest,
     ) -> Result<(Vec<u8>, Option<String>), RegistryError> {
         let what = format!("{}: manifest {digest}", self.what);
-        let found = self.manifest_at(&what, digest.as_ref(), Some(digest), false)?;
-        let (bytes, media_type, _) = found.expect("a 404 is an error here");
+        let (bytes, media_type, _) = self
+            .manifest_at(&what, digest.as_ref(), Some(digest), false)?
+            .ok_or_else(|| unknown_manifest(&what))?;
         let media_type = media_type.or_else(|| {
             let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
             v.get("mediaType")?.as_str().map(str::to_string)

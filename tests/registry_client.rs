@@ -1809,3 +1809,59 @@ fn byte_ranges_survive_drops_and_refuse_wrong_answers() {
     assert_eq!(calls.lock().unwrap()["expired"], 2);
     assert_eq!(calls.lock().unwrap()["storage"], 2);
 }
+
+#[test]
+fn referrers_from_the_api_are_paged_and_filtered_here() {
+    let work = TempDir::new("imgfs-registry-referrers-api");
+    let wanted = "application/vnd.imgfs.test.paged.v1+json";
+    let subject = sha256(b"subject");
+    let descriptor = |n: u8, artifact_type: &str| {
+        serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": sha256(&[n]), "size": n, "artifactType": artifact_type,
+        })
+    };
+    let pages = [
+        serde_json::json!({"schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [descriptor(1, wanted), descriptor(2, OTHER_ARTIFACT)]}),
+        serde_json::json!({"schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [descriptor(3, wanted)]}),
+    ];
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let addr = serve(Arc::new(move |req: &Request| {
+        log.lock().unwrap().push(req.path.clone());
+        let index = ("Content-Type", "application/vnd.oci.image.index.v1+json");
+        if req.path.ends_with("&page=2") {
+            return respond(200, &[index], serde_json::to_vec(&pages[1]).unwrap());
+        }
+        if req.path.starts_with("/v2/api/referrers/") {
+            let next = format!("<{}&page=2>; rel=\"next\"", req.path);
+            return respond(
+                200,
+                &[index, ("Link", &next)],
+                serde_json::to_vec(&pages[0]).unwrap(),
+            );
+        }
+        respond(404, &[], "")
+    }));
+    let opts = options(auth_file(work.path(), &addr, None));
+    let registry = Registry::connect_repository(&format!("{addr}/api"), &opts).unwrap();
+    let found: Vec<String> = registry
+        .referrers(&digest_of(&subject), wanted)
+        .unwrap()
+        .iter()
+        .map(|d| d.digest().to_string())
+        .collect();
+    assert_eq!(found, [sha256(&[1]), sha256(&[3])]);
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        seen[0],
+        format!(
+            "/v2/api/referrers/{subject}?artifactType=application/vnd.imgfs.test.paged.v1%2Bjson"
+        )
+    );
+    assert_eq!(seen.len(), 2);
+}

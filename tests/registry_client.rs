@@ -1706,3 +1706,162 @@ fn pushes_with_a_token_that_allows_push() {
     );
     assert!(front.count("REQ PUT ") >= 4, "{:?}", front.log_lines());
 }
+
+/// A registry whose ranged blob answers are busy, dropped, too long or without their range.
+fn ranges_faker(blob: Vec<u8>, calls: Arc<std::sync::Mutex<HashMap<String, usize>>>) -> String {
+    let storage_calls = calls.clone();
+    let storage = serve(Arc::new(move |_: &Request| {
+        *storage_calls
+            .lock()
+            .unwrap()
+            .entry("storage".into())
+            .or_default() += 1;
+        respond(403, &[], "<Error>Request has expired</Error>")
+    }));
+    serve(Arc::new(move |req: &Request| {
+        let repo = req.path.split('/').nth(2).unwrap_or_default().to_string();
+        let n = {
+            let mut calls = calls.lock().unwrap();
+            let n = calls.entry(repo.clone()).or_default();
+            *n += 1;
+            *n - 1
+        };
+        let range = |r: std::ops::Range<usize>, extra: usize| {
+            let header = format!("bytes {}-{}/{}", r.start, r.end - 1, blob.len());
+            respond(
+                206,
+                &[("Content-Range", &header)],
+                blob[r.start..r.end + extra].to_vec(),
+            )
+        };
+        match (repo.as_str(), n) {
+            ("flaky", 0) => respond(503, &[], "busy"),
+            ("flaky", 1) | ("dropping", _) => Reply::Cut {
+                headers: Vec::new(),
+                body: blob.clone(),
+                cut: 50,
+            },
+            ("flaky", _) => range(100..200, 0),
+            ("long", _) => range(100..200, 50),
+            ("norange", _) => respond(206, &[], blob[100..200].to_vec()),
+            ("wrongsize", _) => respond(200, &[], blob[..5000].to_vec()),
+            ("expired", _) => respond(
+                307,
+                &[("Location", &format!("http://{storage}/blob?expires=1"))],
+                "",
+            ),
+            _ => respond(404, &[], ""),
+        }
+    }))
+}
+
+#[test]
+fn byte_ranges_survive_drops_and_refuse_wrong_answers() {
+    let work = TempDir::new("imgfs-registry-ranges-fake");
+    let blob = noise(10_000, 11);
+    let calls = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let addr = ranges_faker(blob.clone(), calls.clone());
+    let opts = options(auth_file(work.path(), &addr, None));
+    let digest = sha256(&blob);
+    let fetch = |repo: &str| {
+        let registry = Registry::connect_repository(&format!("{addr}/{repo}"), &opts).unwrap();
+        registry.fetch_ranges(&digest_of(&digest), blob.len() as u64, &[100..200])
+    };
+    // A 503, then a whole blob that stops short, then the range.
+    let got = fetch("flaky").unwrap();
+    assert!(got[0] == blob[100..200]);
+    assert_eq!(calls.lock().unwrap()["flaky"], 3);
+    let head = format!("docker://{addr}/");
+    let cases = [
+        (
+            "long",
+            "reading bytes=100-199: a partial answer of 150 bytes for Content-Range 'bytes \
+             100-199/10000'"
+                .to_string(),
+        ),
+        (
+            "norange",
+            "reading bytes=100-199: a partial answer without Content-Range".to_string(),
+        ),
+        (
+            "wrongsize",
+            "reading bytes=100-199: the whole blob came as 5000 bytes, but it has 10000"
+                .to_string(),
+        ),
+        (
+            "dropping",
+            "reading bytes=100-199: the connection broke 4 times: ".to_string(),
+        ),
+    ];
+    for (repo, want) in cases {
+        let e = fetch(repo).unwrap_err().to_string();
+        let want = format!("{head}{repo}: blob {digest}: {want}");
+        if want.ends_with(": ") {
+            assert!(e.starts_with(&want), "{e}");
+        } else {
+            assert_eq!(e, want);
+        }
+        println!("{e}");
+    }
+    // Storage that refuses its link is tried twice, the registry asked again in between.
+    let e = fetch("expired").unwrap_err().to_string();
+    assert!(e.ends_with(" answered 403: forbidden"), "{e}");
+    assert_eq!(calls.lock().unwrap()["expired"], 2);
+    assert_eq!(calls.lock().unwrap()["storage"], 2);
+}
+
+#[test]
+fn referrers_from_the_api_are_paged_and_filtered_here() {
+    let work = TempDir::new("imgfs-registry-referrers-api");
+    let wanted = "application/vnd.imgfs.test.paged.v1+json";
+    let subject = sha256(b"subject");
+    let descriptor = |n: u8, artifact_type: &str| {
+        serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": sha256(&[n]), "size": n, "artifactType": artifact_type,
+        })
+    };
+    let pages = [
+        serde_json::json!({"schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [descriptor(1, wanted), descriptor(2, OTHER_ARTIFACT)]}),
+        serde_json::json!({"schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [descriptor(3, wanted)]}),
+    ];
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let addr = serve(Arc::new(move |req: &Request| {
+        log.lock().unwrap().push(req.path.clone());
+        let index = ("Content-Type", "application/vnd.oci.image.index.v1+json");
+        if req.path.ends_with("&page=2") {
+            return respond(200, &[index], serde_json::to_vec(&pages[1]).unwrap());
+        }
+        if req.path.starts_with("/v2/api/referrers/") {
+            let next = format!("<{}&page=2>; rel=\"next\"", req.path);
+            return respond(
+                200,
+                &[index, ("Link", &next)],
+                serde_json::to_vec(&pages[0]).unwrap(),
+            );
+        }
+        respond(404, &[], "")
+    }));
+    let opts = options(auth_file(work.path(), &addr, None));
+    let registry = Registry::connect_repository(&format!("{addr}/api"), &opts).unwrap();
+    let found: Vec<String> = registry
+        .referrers(&digest_of(&subject), wanted)
+        .unwrap()
+        .iter()
+        .map(|d| d.digest().to_string())
+        .collect();
+    assert_eq!(found, [sha256(&[1]), sha256(&[3])]);
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        seen[0],
+        format!(
+            "/v2/api/referrers/{subject}?artifactType=application/vnd.imgfs.test.paged.v1%2Bjson"
+        )
+    );
+    assert_eq!(seen.len(), 2);
+}

@@ -7,6 +7,12 @@
 //! reads the config through [`Registry`]'s [`Documents`]. Layers are opened by digest
 //! ([`LayerSource::open_layer`]) as streams checked against their digest and size.
 //!
+//! For lazy mounts and for imgfs's own artifacts, a [`Registry`] is also made for a repository
+//! alone ([`Registry::connect_repository`]): it reads byte ranges of a blob
+//! ([`Registry::fetch_ranges`], the answers parsed in the `ranges` submodule, whatever shape a
+//! server gives them), small documents by digest, and pushes blobs, manifests and referrers
+//! (the `push` submodule), keeping the referrers tag fallback where a registry lacks the API.
+//!
 //! What it guarantees: every document is bounded and verified (the top manifest against the
 //! digest it was asked by, or the registry's `Docker-Content-Digest`); a blob stream that breaks
 //! is resumed from the byte it broke at (`Range`), so its hash runs on unbroken; transient
@@ -492,7 +498,8 @@ impl Call<'_> {
     }
 }
 
-/// A registry an image was found in: reads its documents and layers.
+/// A client of one repository in a registry: reads its documents, layers and byte ranges of
+/// blobs, and pushes to it.
 pub struct Registry {
     /// `docker://` and the reference as typed: names the image in messages.
     what: String,
@@ -599,8 +606,8 @@ impl Registry {
     /// The manifest or index the reference names: its bytes, media type and digest.
     fn top_manifest(&self) -> Result<Manifest, RegistryError> {
         let target = self.reference.target();
-        let found = self.manifest_at(&self.what, &target, self.reference.digest.as_ref(), false)?;
-        Ok(found.expect("a 404 is an error here"))
+        self.manifest_at(&self.what, &target, self.reference.digest.as_ref(), false)?
+            .ok_or_else(|| unknown_manifest(&self.what))
     }
 
     /// The manifest `/manifests/TARGET` names: its bytes, media type (from the answer's
@@ -1188,6 +1195,15 @@ impl Registry {
     }
 }
 
+/// A 404 for a manifest (`manifest_at` gives it as an error already unless asked not to).
+fn unknown_manifest(what: &str) -> RegistryError {
+    RegistryError::NotFound {
+        what: what.to_string(),
+        status: 404,
+        message: "manifest unknown".into(),
+    }
+}
+
 /// `req` with the headers `call` asks for, and `authorization` when it goes to the registry.
 fn decorate<B>(
     mut req: ureq::RequestBuilder<B>,
@@ -1413,7 +1429,8 @@ impl Registry {
             let boundary = boundary.map_err(Fault::Bad)?;
             ranges::read_multipart(&mut body, &boundary, &mut collector)?;
         } else {
-            let value = content_range.unwrap_or_default();
+            let value = content_range
+                .ok_or_else(|| Fault::Bad("a partial answer without Content-Range".into()))?;
             let part = ranges::content_range(&value).ok_or_else(|| {
                 Fault::Bad(format!(
                     "a partial answer with Content-Range '{}'",
@@ -1439,8 +1456,9 @@ impl Registry {
         digest: &Digest,
     ) -> Result<(Vec<u8>, Option<String>), RegistryError> {
         let what = format!("{}: manifest {digest}", self.what);
-        let found = self.manifest_at(&what, digest.as_ref(), Some(digest), false)?;
-        let (bytes, media_type, _) = found.expect("a 404 is an error here");
+        let (bytes, media_type, _) = self
+            .manifest_at(&what, digest.as_ref(), Some(digest), false)?
+            .ok_or_else(|| unknown_manifest(&what))?;
         let media_type = media_type.or_else(|| {
             let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
             v.get("mediaType")?.as_str().map(str::to_string)

@@ -23,6 +23,9 @@ const STORED: &[u16] = &[200, 201, 202, 204];
 const MAX_TAG_ALGORITHM: usize = 32;
 /// Longest digest part of a fallback tag, as the distribution spec truncates it.
 const MAX_TAG_HEX: usize = 64;
+/// Most pages of a referrers answer read: a page holds hundreds of descriptors, so more is a
+/// registry that goes round in circles.
+const MAX_REFERRER_PAGES: usize = 16;
 
 impl Registry {
     /// Uploads `bytes` as a blob unless the registry has it already; its digest.
@@ -48,21 +51,23 @@ impl Registry {
         };
         let uploads = format!("/v2/{repo}/blobs/uploads/");
         let resp = self.exchange(&what, &uploads, &start)?;
-        let location = resp
+        let Some(location) = resp
             .headers()
             .get("location")
             .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        let base: Option<Uri> = format!("{}{uploads}", self.base).parse().ok();
-        let url = base
-            .and_then(|b| resolve_location(&b, &location))
-            .ok_or_else(|| RegistryError::Location {
+            .map(str::to_string)
+        else {
+            return Err(RegistryError::Invalid {
+                what,
+                why: format!("{} started the upload without a Location", self.host()),
+            });
+        };
+        let url = upload_url(&format!("{}{uploads}", self.base), &location, &digest).ok_or_else(
+            || RegistryError::Location {
                 what: what.clone(),
                 location: printable(&location),
-            })?;
-        let separator = if url.contains('?') { '&' } else { '?' };
-        let url = format!("{url}{separator}digest={}", query_encode(digest.as_ref()));
+            },
+        )?;
         let put = Call {
             method: Method::Put,
             body: Some(("application/octet-stream", bytes)),
@@ -202,18 +207,74 @@ impl Registry {
             ok: &[200, 404],
             ..Call::get(Kind::Manifest)
         };
-        let resp = self.exchange(&what, &path, &call)?;
-        let index = if resp.status().as_u16() == 200 {
-            self.read_bounded(&what, &path, resp)?
-        } else {
-            let tag = fallback_tag(subject);
-            match self.manifest_at(&what, &tag, None, true)? {
-                Some((bytes, _, _)) => bytes,
-                None => return Ok(Vec::new()),
-            }
+        let invalid = |why| RegistryError::Invalid {
+            what: what.clone(),
+            why,
         };
-        of_type(&index, artifact_type).map_err(|why| RegistryError::Invalid { what, why })
+        let resp = self.exchange(&what, &path, &call)?;
+        if resp.status().as_u16() == 404 {
+            let tag = fallback_tag(subject);
+            return match self.manifest_at(&what, &tag, None, true)? {
+                Some((index, _, _)) => of_type(&index, artifact_type).map_err(invalid),
+                None => Ok(Vec::new()),
+            };
+        }
+        // The API's answer may come in pages, each naming the next in `Link`.
+        let mut found = Vec::new();
+        let mut url = format!("{}{path}", self.base);
+        let mut resp = resp;
+        for page in 1.. {
+            let next = resp
+                .headers()
+                .get("link")
+                .and_then(|v| v.to_str().ok())
+                .and_then(next_link)
+                .map(str::to_string);
+            let index = self.read_bounded(&what, &url, resp)?;
+            found.extend(of_type(&index, artifact_type).map_err(invalid)?);
+            let Some(next) = next else { break };
+            if page >= MAX_REFERRER_PAGES {
+                return Err(invalid(format!(
+                    "the registry gives more than {MAX_REFERRER_PAGES} pages of referrers"
+                )));
+            }
+            let base: Option<Uri> = url.parse().ok();
+            url = base
+                .and_then(|b| resolve_location(&b, &next))
+                .ok_or_else(|| RegistryError::Location {
+                    what: what.clone(),
+                    location: printable(&next),
+                })?;
+            resp = self.exchange(&what, &url, &Call::get(Kind::Manifest))?;
+        }
+        Ok(found)
     }
+}
+
+/// The target of a `Link` value's `rel="next"` (RFC 8288: `<URL>; rel="next", <URL2>; ...`).
+fn next_link(value: &str) -> Option<&str> {
+    value.split(',').find_map(|link| {
+        let (target, params) = link.trim().strip_prefix('<')?.split_once('>')?;
+        let next = params.split(';').any(|p| {
+            p.split_once('=').is_some_and(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("rel")
+                    && v.trim().trim_matches('"').split(' ').any(|r| r == "next")
+            })
+        });
+        next.then_some(target)
+    })
+}
+
+/// Where an upload session's `location` (relative to `started`, the URL it was started at, or
+/// absolute, with a query or without) takes the blob `digest` in one PUT.
+fn upload_url(started: &str, location: &str, digest: &Digest) -> Option<String> {
+    let base: Uri = started.parse().ok()?;
+    let url = resolve_location(&base, location)?;
+    let separator = if url.contains('?') { '&' } else { '?' };
+    Some(format!(
+        "{url}{separator}digest={}",
+        query_encode(digest.as_ref())
+    ))
 }
 
 fn sha256_digest(bytes: &[u8]) -> Digest {
@@ -315,6 +376,59 @@ mod tests {
         assert!(of_type(&again, "x/none").unwrap().is_empty());
         assert!(with_referrer(Some(b"[]"), descriptor(&a, None)).is_err());
         assert!(of_type(b"{", "x").is_err());
+    }
+
+    #[test]
+    fn completes_upload_locations() {
+        let d = digest::parse(&format!("sha256:{}", "ab".repeat(32))).unwrap();
+        let q = format!("digest=sha256%3A{}", "ab".repeat(32));
+        let started = "http://127.0.0.1:5000/v2/a/b/blobs/uploads/";
+        let cases = [
+            (
+                "/v2/a/b/blobs/uploads/u1?_state=x",
+                format!("http://127.0.0.1:5000/v2/a/b/blobs/uploads/u1?_state=x&{q}"),
+            ),
+            (
+                "/v2/a/b/blobs/uploads/u1",
+                format!("http://127.0.0.1:5000/v2/a/b/blobs/uploads/u1?{q}"),
+            ),
+            (
+                "u2",
+                format!("http://127.0.0.1:5000/v2/a/b/blobs/uploads/u2?{q}"),
+            ),
+            (
+                "https://upload.example/s/u3?sig=1",
+                format!("https://upload.example/s/u3?sig=1&{q}"),
+            ),
+        ];
+        for (location, want) in cases {
+            assert_eq!(
+                upload_url(started, location, &d).as_deref(),
+                Some(want.as_str())
+            );
+        }
+        assert_eq!(upload_url(started, "", &d), None);
+    }
+
+    #[test]
+    fn finds_next_pages() {
+        let cases = [
+            (
+                r#"</v2/a/referrers/x?n=1>; rel="next""#,
+                Some("/v2/a/referrers/x?n=1"),
+            ),
+            (
+                r#"<https://r.example/p2>;rel=next"#,
+                Some("https://r.example/p2"),
+            ),
+            (r#"<a>; rel="prev", <b>; rel="next""#, Some("b")),
+            (r#"<a>; rel="prev""#, None),
+            ("", None),
+            ("<unterminated; rel=next", None),
+        ];
+        for (value, want) in cases {
+            assert_eq!(next_link(value), want, "{value}");
+        }
     }
 
     #[test]

@@ -291,6 +291,10 @@ fn record_run(args: &IndexPushArgs, config: &str) -> Result<String, prepare::Pre
     if !args.command.is_empty() {
         cmd.arg("--").args(&args.command);
     }
+    // What the command prints is the user's to see, not part of push's output (the digest).
+    if let Ok(fd) = std::os::fd::AsFd::as_fd(&std::io::stderr()).try_clone_to_owned() {
+        cmd.stdout(std::process::Stdio::from(fd));
+    }
     let status = cmd.status();
     let recorded = Cache::locate(Some(dir.clone()))
         .map_err(|e| failed(e.to_string()))?
@@ -425,7 +429,14 @@ fn start_sandbox(args: RunArgs) -> Result<i32> {
     };
     let fsname = format!("{}{}", serve::SOURCE_PREFIX, args.image);
     let seccomp_cache = cache.root().join("seccomp");
-    let plan = runner::make_plan(&ready, fsname, &request, args.linger, &seccomp_cache)?;
+    let plan = runner::make_plan(
+        &ready,
+        fsname,
+        &request,
+        args.linger,
+        &seccomp_cache,
+        &lazy_options(&args.cache),
+    )?;
     Ok(runner::supervise(&plan)?)
 }
 

@@ -73,8 +73,8 @@ fn push_index(source: &str, opts: &[&str]) -> String {
         imgfs_nodaemon()
             .args(["index", "push", "--cache-dir"])
             .arg(cache.path())
-            .args(opts)
-            .arg(source),
+            .arg(source)
+            .args(opts),
         LIMIT,
     );
     assert!(
@@ -479,4 +479,118 @@ fn eight_concurrent_cold_mounts() {
         eight <= 8 * one,
         "8 cold mounts fetched {eight} bytes, one fetched {one}"
     );
+}
+
+/// Registries answer ranges in their own ways: ignoring Range (the whole blob), refusing
+/// several ranges in one request, sending parts out of order, redirecting blobs to storage
+/// links that expire, tokens that expire. A lazy mount through each reads right.
+#[test]
+fn lazy_mounts_through_odd_registries() {
+    let fx = fx();
+    let registry = Registry::start();
+    let direct = registry.push(&oci(&fx.path("OCI_GZIP"), "layers"), "imgfs-test/layers:1");
+    push_index(&direct, &[]);
+    let truth = fx.path("TRUTH_LAYERS");
+    let files = ["etc/os-release", "usr/bin/python3", "etc/passwd"];
+    let fronts = [
+        (
+            "ignore",
+            FrontOptions {
+                ranges: Some("ignore".into()),
+                ..FrontOptions::default()
+            },
+        ),
+        (
+            "single-only",
+            FrontOptions {
+                ranges: Some("single-only".into()),
+                ..FrontOptions::default()
+            },
+        ),
+        (
+            "shuffle",
+            FrontOptions {
+                ranges: Some("shuffle".into()),
+                ..FrontOptions::default()
+            },
+        ),
+        (
+            "storage",
+            FrontOptions {
+                storage: true,
+                expired_links: 1,
+                credentials: Some(("imgfs".into(), "s3cret".into())),
+                token_ttl: Some(1.0),
+                ..FrontOptions::default()
+            },
+        ),
+    ];
+    for (name, opts) in fronts {
+        let front = Front::start(&registry.addr, &opts);
+        let dir = TempDir::new("imgfs-lazy-auth");
+        let mut env: Vec<(&str, &std::ffi::OsStr)> = Vec::new();
+        let auth = dir.path().join("auth.json");
+        if opts.credentials.is_some() {
+            common::write_auth_file(&auth, &front.addr, "imgfs", "s3cret");
+            env.push(("REGISTRY_AUTH_FILE", auth.as_os_str()));
+        }
+        let cache = TempDir::new("imgfs-lazy-cache");
+        let mnt = TempDir::new("imgfs-lazy-mnt");
+        let mut cmd = imgfs_nodaemon();
+        cmd.arg("mount")
+            .arg("--cache-dir")
+            .arg(cache.path())
+            .arg(format!("docker://{}/imgfs-test/layers:1", front.addr))
+            .arg(mnt.path());
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let out = run_within(&mut cmd, LIMIT);
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        let m = Mounted { dir: mnt };
+        std::thread::sleep(Duration::from_millis(1500)); // the token expires meanwhile
+        for f in files {
+            let got =
+                std::fs::read(m.path().join(f)).unwrap_or_else(|e| panic!("{name}: {f}: {e}"));
+            assert!(got == std::fs::read(truth.join(f)).unwrap(), "{name}: {f}");
+        }
+        if name == "single-only" || name == "storage" {
+            assert_trees_equal(&truth, m.path(), &CompareOptions::default());
+        }
+    }
+}
+
+/// `imgfs index push --record -- CMD` publishes the spans CMD read; a cold mount then fetches
+/// them at once, before any read (`--prefetch recorded`, the default), and `--prefetch none`
+/// fetches nothing until a read.
+#[test]
+fn recorded_spans_are_fetched_first() {
+    let fx = fx();
+    let registry = Registry::start();
+    let direct = registry.push(&oci(&fx.path("OCI_GZIP"), "layers"), "imgfs-test/layers:1");
+    push_index(&direct, &["--record", "--", "python3", "-c", "pass"]);
+    let front = Front::start(&registry.addr, &FrontOptions::default());
+    let source = format!("docker://{}/imgfs-test/layers:1", front.addr);
+    let (layers, _) = layers_of(&fx.path("OCI_GZIP"), "layers");
+    let layers: HashSet<String> = layers.into_iter().map(|(d, _)| d).collect();
+    let cache = TempDir::new("imgfs-lazy-cache");
+    let (m, _) = mount(cache.path(), &source, &["--prefetch", "none"]);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(blob_bytes(&front, &layers), 0, "--prefetch none fetched");
+    drop(m);
+    let cache = TempDir::new("imgfs-lazy-cache");
+    let (_m, _) = mount(cache.path(), &source, &[]);
+    let start = Instant::now();
+    while blob_bytes(&front, &layers) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "nothing prefetched"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let listed = std::fs::read_dir(cache.path().join("images"))
+        .unwrap()
+        .flatten()
+        .any(|e| e.path().join("prefetch").exists());
+    assert!(listed, "the image entry has no prefetch list");
 }

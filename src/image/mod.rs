@@ -221,7 +221,12 @@ impl ImageReader {
     /// prepared, see [`crate::prepare::prepare`]) and the files of its blob table, in table
     /// order, checking that each is as long as the table says.
     pub fn open(index_path: &Path, blob_paths: &[PathBuf]) -> Result<ImageReader, ImageError> {
-        ImageReader::open_with(index_path, blob_paths, &lazy::LazyOptions::default())
+        // Only a server fetches ahead of reads: a reader for one look fetches what it reads.
+        let lazy = lazy::LazyOptions {
+            prefetch: lazy::Prefetch::None,
+            ..lazy::LazyOptions::default()
+        };
+        ImageReader::open_with(index_path, blob_paths, &lazy)
     }
 
     /// [`open`](Self::open), where a blob path naming a lazy layer's

@@ -64,6 +64,7 @@ pub fn make_plan(
     req: &Request,
     linger: std::time::Duration,
     seccomp_cache: &std::path::Path,
+    lazy: &crate::image::lazy::LazyOptions,
 ) -> Result<Plan, RunError> {
     let config = match &ready.image_path {
         Some(p) => {
@@ -95,7 +96,7 @@ pub fn make_plan(
         Some((uid, gid)) => Owners::RootAs { uid, gid },
         None => Owners::Recorded,
     };
-    plan.live_mount = live_mount(ready, &plan.fsname, linger, owners);
+    plan.live_mount = live_mount(ready, &plan.fsname, linger, owners, lazy);
     if plan.tty && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         return Err(RunError::NotATty);
     }
@@ -114,6 +115,7 @@ fn live_mount(
     fsname: &str,
     linger: std::time::Duration,
     owners: Owners,
+    lazy: &crate::image::lazy::LazyOptions,
 ) -> Option<LiveMount> {
     let entry = ready.index_path.parent()?;
     if let Some(live) = serve::live_mount(entry, &ready.index_path, owners) {
@@ -122,18 +124,25 @@ fn live_mount(
     // A sandbox serving the image itself does so from inside its network namespace, where a
     // lazily read image's registry cannot be reached: such an image always gets a server of
     // its own outside, which goes as soon as the run is over.
-    let lazy = ready
+    let is_lazy = ready
         .blobs
         .iter()
         .any(|b| b.ends_with(crate::cache::sparse::REMOTE_FILE));
-    let linger = match (linger.is_zero(), lazy) {
+    let linger = match (linger.is_zero(), is_lazy) {
         (true, false) => return None,
         (true, true) => LAZY_MIN_LINGER,
         (false, _) => linger,
     };
-    serve::shared_mount(&ready.index_path, &ready.blobs, fsname, linger, owners)
-        .map_err(|e| log::info!("no shared server for the image: {e}"))
-        .ok()
+    serve::shared_mount(
+        &ready.index_path,
+        &ready.blobs,
+        fsname,
+        linger,
+        owners,
+        lazy,
+    )
+    .map_err(|e| log::info!("no shared server for the image: {e}"))
+    .ok()
 }
 
 /// Runs the sandbox and returns the exit status for `imgfs run`: in this process when it is

@@ -352,9 +352,11 @@ pub fn spawn_detached(what: &Served) -> Result<(), String> {
     }
     let timeout = u64::try_from(what.options.lazy.fetch_timeout.as_millis()).unwrap_or(u64::MAX);
     cmd.arg("--fetch-timeout-ms").arg(timeout.to_string());
-    if what.options.lazy.prefetch == crate::image::lazy::Prefetch::All {
-        cmd.arg("--prefetch").arg("all");
-    }
+    cmd.arg("--prefetch").arg(match what.options.lazy.prefetch {
+        crate::image::lazy::Prefetch::None => "none",
+        crate::image::lazy::Prefetch::Recorded => "recorded",
+        crate::image::lazy::Prefetch::All => "all",
+    });
     // A server reading layers lazily logs what it could not fetch beside the image's index.
     let log = what
         .index
@@ -507,6 +509,7 @@ pub fn shared_mount(
     fsname: &str,
     linger: Duration,
     owners: Owners,
+    lazy: &crate::image::lazy::LazyOptions,
 ) -> Result<LiveMount, SharedError> {
     let entry = index
         .parent()
@@ -537,7 +540,7 @@ pub fn shared_mount(
         fsname: fsname.to_string(),
         threads: default_threads(),
         idle_exit: Some(linger),
-        lazy: Default::default(),
+        lazy: lazy.clone(),
     };
     let served = Served {
         index,

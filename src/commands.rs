@@ -240,7 +240,7 @@ fn index_push(args: IndexPushArgs) -> Result<i32> {
         bail!("a COMMAND is only taken with --record");
     }
     let mut record = |config: &str| record_run(&args, config);
-    let recorder: Option<&mut dyn FnMut(&str) -> Result<String, prepare::PrepareError>> =
+    let recorder: Option<&mut prepare::lazy::Record> =
         if args.record { Some(&mut record) } else { None };
     let pushed = prepare::lazy::push(&reference, &cache, options, args.span, recorder)?;
     drop(line);

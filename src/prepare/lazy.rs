@@ -235,6 +235,10 @@ pub struct Pushed {
     pub prefetch_spans: usize,
 }
 
+/// Runs a program over a lazy mount of the image whose config digest it is given, and
+/// returns the spans it read (`LAYER SPAN` lines).
+pub type Record = dyn FnMut(&str) -> Result<String, PrepareError>;
+
 /// Layers whose seek tables are built at once (each streams its blob from the registry).
 const PARALLEL_SEEKS: usize = 4;
 
@@ -250,7 +254,7 @@ pub fn push(
     cache: &Cache,
     options: Options,
     span: u64,
-    record: Option<&mut dyn FnMut(&str) -> Result<String, PrepareError>>,
+    record: Option<&mut Record>,
 ) -> Result<Pushed, PrepareError> {
     let platform = options.platform.clone().unwrap_or_else(Platform::host);
     let registry_options = RegistryOptions {

@@ -237,7 +237,7 @@ pub struct Pushed {
 
 /// Runs a program over a lazy mount of the image whose config digest it is given, and
 /// returns the spans it read (`LAYER SPAN` lines).
-pub type Record = dyn FnMut(&str) -> Result<String, PrepareError>;
+pub type Record<'a> = dyn FnMut(&str) -> Result<String, PrepareError> + 'a;
 
 /// Layers whose seek tables are built at once (each streams its blob from the registry).
 const PARALLEL_SEEKS: usize = 4;
@@ -254,7 +254,7 @@ pub fn push(
     cache: &Cache,
     options: Options,
     span: u64,
-    record: Option<&mut Record>,
+    record: Option<&mut Record<'_>>,
 ) -> Result<Pushed, PrepareError> {
     let platform = options.platform.clone().unwrap_or_else(Platform::host);
     let registry_options = RegistryOptions {

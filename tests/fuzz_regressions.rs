@@ -1,7 +1,8 @@
 //! The fuzz targets' checks (tests/fuzz/checks.rs) on every input saved under
 //! tests/fuzz/regressions/ — each one an input that once crashed, hung or over-allocated —
-//! and on the fixture archives, the hostile cases that seed the fuzzing, and indexes of the
-//! fixtures damaged in many places, so that the checks always see inputs, saved ones or not.
+//! and on the fixture archives, the hostile cases that seed the fuzzing, and indexes and seek
+//! tables of the fixtures damaged in many places, so that the checks always see inputs, saved
+//! ones or not.
 
 #[path = "hostile/archives.rs"]
 mod archives;
@@ -152,6 +153,48 @@ fn manifest_inputs_pass_the_checks() {
         }
     }
     assert!(checked > 256, "only {checked} manifest inputs checked");
+}
+
+/// Every input the seek check sees here: the saved regressions, and the seek tables of the
+/// fixture archives' first 256 KiB (compressed the ways [`checks::seek_seeds`] does), each
+/// table damaged at 128 places (the checksum sealed again by the check), cut short at 32, and
+/// its blob damaged at 32.
+#[test]
+fn seek_inputs_pass_the_checks() {
+    let mut checked = 0;
+    for (name, data) in saved("seek") {
+        eprintln!("seek: {name}");
+        checks::seek_any(&data);
+        checked += 1;
+    }
+    for tar in fixture_tars() {
+        let data = &tar[..tar.len().min(256 << 10)];
+        for (_, input) in checks::seek_seeds(data) {
+            checks::seek_any(&input);
+            let table_end = 4 + u32::from_le_bytes(input[..4].try_into().unwrap()) as usize;
+            for at in (4..table_end).step_by((table_end / 128).max(1)) {
+                let mut damaged = input.clone();
+                damaged[at] ^= 0xff;
+                checks::seek_any(&damaged);
+                checked += 1;
+            }
+            for cut in (4..table_end).step_by((table_end / 32).max(1)) {
+                let mut short = input[..cut].to_vec();
+                short[..4].copy_from_slice(&(cut as u32 - 4).to_le_bytes());
+                short.extend_from_slice(&input[table_end..]);
+                checks::seek_any(&short);
+                checked += 1;
+            }
+            let blob_len = input.len() - table_end;
+            for at in (table_end..input.len()).step_by((blob_len / 32).max(1)) {
+                let mut damaged = input.clone();
+                damaged[at] ^= 0x5a;
+                checks::seek_any(&damaged);
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 256, "only {checked} seek inputs checked");
 }
 
 fn fixture_tars() -> Vec<Vec<u8>> {

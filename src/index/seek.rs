@@ -577,6 +577,15 @@ impl SeekTable {
     }
 }
 
+/// Writes the checksum (the last four bytes) over the rest of an encoded table: for tools and
+/// tests that forge tables. Too short a slice is left alone.
+pub fn seal(bytes: &mut [u8]) {
+    if let Some(n) = bytes.len().checked_sub(CHECKSUM_LEN) {
+        let crc = crc32fast::hash(&bytes[..n]);
+        bytes[n..].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
 fn le32(b: &[u8], at: usize) -> u32 {
     let mut v = [0u8; 4];
     v.copy_from_slice(&b[at..at + 4]);
@@ -1658,12 +1667,6 @@ mod tests {
         }
     }
 
-    fn reseal(b: &mut [u8]) {
-        let n = b.len() - CHECKSUM_LEN;
-        let crc = crc32fast::hash(&b[..n]);
-        b[n..].copy_from_slice(&crc.to_le_bytes());
-    }
-
     fn sample() -> (Vec<u8>, SeekTable) {
         let data = text(1 << 20, 8);
         let blob = gzip(&data, 6);
@@ -1713,7 +1716,7 @@ mod tests {
         for (name, edit) in cases {
             let mut b = good.clone();
             edit(&mut b);
-            reseal(&mut b);
+            seal(&mut b);
             let e = SeekTable::decode(&b);
             assert!(e.is_err(), "{name}: decoded");
             eprintln!("{name}: {}", e.unwrap_err());
@@ -1754,7 +1757,7 @@ mod tests {
         let mut b = t.encode();
         let n = b.len();
         b[n - CHECKSUM_LEN - 10] ^= 0xff;
-        reseal(&mut b);
+        seal(&mut b);
         let damaged = SeekTable::decode(&b).unwrap();
         let last = damaged.spans().len() - 1;
         let s = &damaged.spans()[last];

@@ -3,6 +3,7 @@
 
 use imgfs::index::format::{self, HEADER_LEN, Index, MAGIC, VERSION};
 use imgfs::index::scan::SliceInput;
+use imgfs::index::seek::{self, SeekTable};
 use imgfs::index::tree::BlobRef;
 
 /// Any bytes as a tar archive. Whatever the scan makes of them, a tree that builds must write
@@ -63,6 +64,122 @@ pub fn layers_any(data: &[u8]) {
         .expect("merged layers write their index");
     let index = Index::new(bytes).expect("a freshly written index reads back");
     walk(&index, true);
+}
+
+/// Spans tried per seek input, and the largest span tried: enough to reach every kind of
+/// checkpoint, small enough that an input runs in milliseconds.
+const SEEK_SPANS_TRIED: usize = 64;
+const SEEK_SPAN_MAX: u64 = 4 << 20;
+
+/// A seek input as [`seek_any`] reads it: a u32 (little-endian) saying how long the encoded
+/// table is, the table, then the blob its spans index.
+pub fn seek_input(table: &[u8], blob: &[u8]) -> Vec<u8> {
+    let mut out = (table.len() as u32).to_le_bytes().to_vec();
+    out.extend_from_slice(table);
+    out.extend_from_slice(blob);
+    out
+}
+
+/// Any bytes as a seek table and a blob (see [`seek_input`]); the table's magic and version are
+/// set and its checksum sealed, so that the checks behind them are what is tested. A table
+/// that decodes encodes back to the same bytes, and every span (up to a bound) decompresses
+/// from the blob's bytes — its own range, or whatever bytes are there — to exactly its length
+/// or to an error, never a panic.
+pub fn seek_any(data: &[u8]) {
+    let Some((head, rest)) = data.split_first_chunk::<4>() else {
+        return;
+    };
+    let cut = (u32::from_le_bytes(*head) as usize).min(rest.len());
+    let (table, blob) = rest.split_at(cut);
+    let mut t = table.to_vec();
+    if t.len() >= seek::HEADER_LEN + 4 {
+        t[..8].copy_from_slice(seek::MAGIC);
+        t[8..12].copy_from_slice(&seek::VERSION.to_le_bytes());
+        seek::seal(&mut t);
+    }
+    let Ok(table) = SeekTable::decode(&t) else {
+        return;
+    };
+    assert_eq!(
+        table.encode(),
+        t,
+        "a decoded table encodes to the same bytes"
+    );
+    for at in [0, table.uncompressed_size() / 2, table.uncompressed_size()] {
+        if let Some(i) = table.span_at(at) {
+            assert!(table.spans()[i].uncompressed.contains(&at));
+        }
+    }
+    for (i, span) in table.spans().iter().enumerate().take(SEEK_SPANS_TRIED) {
+        let len = span.compressed.end - span.compressed.start;
+        let want = span.uncompressed.end - span.uncompressed.start;
+        if len > SEEK_SPAN_MAX || want > SEEK_SPAN_MAX {
+            continue;
+        }
+        let bytes: Vec<u8> =
+            match blob.get(span.compressed.start as usize..span.compressed.end as usize) {
+                Some(own) => own.to_vec(),
+                None => blob.iter().copied().cycle().take(len as usize).collect(),
+            };
+        if bytes.len() as u64 != len {
+            assert!(
+                table.decompress_span(i, &bytes).is_err(),
+                "span {i} from too few bytes"
+            );
+            continue;
+        }
+        if let Ok(out) = table.decompress_span(i, &bytes) {
+            assert_eq!(
+                out.len() as u64,
+                want,
+                "span {i} decompresses to its length"
+            );
+        }
+        assert!(
+            table.decompress_span(i, &bytes[1..]).is_err(),
+            "span {i} from one byte less"
+        );
+    }
+}
+
+/// Seek inputs (see [`seek_input`]) for the bytes of a file: compressed as one gzip member,
+/// as three (levels 1, 9 and stored), as four zstd frames around a skippable one, and not at
+/// all, each table cut into about six spans.
+pub fn seek_seeds(data: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
+    use std::io::Write;
+    let gzip = |part: &[u8], level| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+        e.write_all(part).expect("gzip into memory");
+        e.finish().expect("gzip into memory")
+    };
+    let third = data.len() / 3;
+    let quarter = data.len() / 4;
+    let mut members = Vec::new();
+    for (part, level) in data.chunks(third.max(1)).zip([1, 9, 0, 6]) {
+        members.extend(gzip(part, level));
+    }
+    let mut frames = Vec::new();
+    for (i, part) in data.chunks(quarter.max(1)).enumerate() {
+        if i == 1 {
+            frames.extend_from_slice(&0x184D_2A53u32.to_le_bytes());
+            frames.extend_from_slice(&3u32.to_le_bytes());
+            frames.extend_from_slice(b"pad");
+        }
+        frames.extend(zstd::bulk::compress(part, 3).expect("zstd into memory"));
+    }
+    let span = (data.len() as u64 / 6).max(1);
+    let mut out = Vec::new();
+    for (name, compression, blob) in [
+        ("gzip", seek::SeekCompression::Gzip, gzip(data, 6)),
+        ("gzip-members", seek::SeekCompression::Gzip, members),
+        ("zstd-frames", seek::SeekCompression::Zstd, frames),
+        ("none", seek::SeekCompression::None, data.to_vec()),
+    ] {
+        let table = SeekTable::build(compression, &blob[..], span)
+            .expect("a table builds for bytes just compressed");
+        out.push((name, seek_input(&table.encode(), &blob)));
+    }
+    out
 }
 
 /// Documents that are all the same bytes, whatever their digest says: the parsers see

@@ -1,20 +1,22 @@
 #!/bin/sh
 # Fuzzes one target with libFuzzer on a stable toolchain (coverage instrumentation through
 # -Cpasses=sancov-module, overflow checks and debug assertions on):
-#   tests/fuzz/run.sh scan|index|layers|manifest [SECONDS]
-# Seeds: the fixture archives (and the indexes imgfs builds for them). Crashes, hangs
-# (-timeout) and over-allocation (-rss_limit_mb) land in tests/fuzz/artifacts/TARGET/; copy
-# each into tests/fuzz/regressions/TARGET/ once fixed, where the test suite replays it.
+#   tests/fuzz/run.sh scan|index|layers|manifest|seek [SECONDS]
+# Seeds: the fixture archives (and the indexes and seek tables imgfs builds for them).
+# Crashes, hangs (-timeout) and over-allocation (-rss_limit_mb) land in
+# tests/fuzz/artifacts/TARGET/; copy each into tests/fuzz/regressions/TARGET/ once fixed,
+# where the test suite replays it.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-target=${1:?usage: tests/fuzz/run.sh scan|index|layers|manifest [SECONDS]}
+target=${1:?usage: tests/fuzz/run.sh scan|index|layers|manifest|seek [SECONDS]}
 seconds=${2:-600}
-case $target in scan|index|layers|manifest) ;; *) echo "run.sh: unknown target $target" >&2; exit 2 ;; esac
+case $target in scan|index|layers|manifest|seek) ;; *) echo "run.sh: unknown target $target" >&2; exit 2 ;; esac
 
 # The seed writer is an ordinary program: built without the instrumentation.
-cargo build --release --manifest-path "$here/Cargo.toml" --bin seed-index
+cargo build --release --manifest-path "$here/Cargo.toml" --bin seed-index --bin seed-seek
 seed_index=$here/target/release/seed-index
+seed_seek=$here/target/release/seed-seek
 
 export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
@@ -46,6 +48,8 @@ if [ -z "$(ls -A "$corpus")" ]; then
         "$root/tests/fixtures/make-layered.sh" >/dev/null
         find "$layered" -name index.json -exec sh -c 'cp "$1" "$2/$(sha256sum "$1" | cut -c1-16)"' _ {} "$corpus" \;
         find "$layered" -path '*/blobs/*' -size -64k -exec sh -c 'head -c1 "$1" | grep -q "{" && cp "$1" "$2/"' _ {} "$corpus" \;
+    elif [ "$target" = seek ]; then
+        "$seed_seek" "$corpus" "$fixtures"/*.tar
     else
         "$seed_index" "$corpus" "$fixtures"/*.tar
     fi

@@ -216,3 +216,33 @@ fn fixture_tars() -> Vec<Vec<u8>> {
         .map(|p| std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
         .collect()
 }
+
+/// Every input the artifact check sees here: the saved regressions, and a whole artifact of
+/// each fixture archive's first 256 KiB as a one-layer image — accepted whole (the check
+/// must take it), then with its manifest, tree and seek table each damaged at 64 places and
+/// cut short at 16.
+#[test]
+fn artifact_inputs_pass_the_checks() {
+    let mut checked = 0;
+    for (name, data) in saved("artifact") {
+        eprintln!("artifact: {name}");
+        checks::artifact_any(&data);
+        checked += 1;
+    }
+    for tar in fixture_tars() {
+        let data = &tar[..tar.len().min(256 << 10)];
+        let seed = checks::artifact_seed(data, (data.len() as u64 / 5).max(1));
+        assert!(checks::artifact_any(&seed), "a whole artifact was refused");
+        for at in (8..seed.len()).step_by((seed.len() / 64).max(1)) {
+            let mut damaged = seed.clone();
+            damaged[at] ^= 0x21;
+            checks::artifact_any(&damaged);
+            checked += 1;
+        }
+        for cut in (0..seed.len()).step_by((seed.len() / 16).max(1)) {
+            checks::artifact_any(&seed[..cut]);
+            checked += 1;
+        }
+    }
+    assert!(checked > 128, "only {checked} artifact inputs checked");
+}

@@ -93,7 +93,7 @@ impl Recorder {
 }
 
 /// Fetches the spans `list` names (layer index into `blobs`, span) on threads of their own,
-/// [`PREFETCH_PARALLEL`] ranges at a time, neighbours of one layer in one range.
+/// a few ranges at a time, neighbours of one layer in one range.
 pub fn prefetch_recorded(blobs: Vec<Arc<LazyBlob>>, list: Vec<(u32, usize)>) {
     let mut runs: Vec<(usize, Range<usize>)> = Vec::new();
     for (layer, span) in list {
@@ -602,7 +602,7 @@ impl Fetch for RegistryFetch {
     }
 }
 
-/// Opens the lazy layer whose entry holds `remote_file` (its [`REMOTE_FILE`]), as blob `id`
+/// Opens the lazy layer whose entry holds `remote_file` (its [`crate::cache::sparse::REMOTE_FILE`]), as blob `id`
 /// of an image whose layers share `cache`.
 pub fn open(
     remote_file: &std::path::Path,

@@ -250,3 +250,116 @@ pub fn walk<B: AsRef<[u8]>>(index: &Index<B>, written: bool) {
         }
     }
 }
+
+/// The layer of the one-layer image the artifact check reads artifacts for.
+const ARTIFACT_LAYER: &str =
+    "sha256:abababababababababababababababababababababababababababababababab";
+const ARTIFACT_DIFF_ID: &str =
+    "sha256:cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd";
+const ARTIFACT_SUBJECT: &str =
+    "sha256:efefefefefefefefefefefefefefefefefefefefefefefefefefefefefefefef";
+
+/// The image an artifact input describes: one gzip layer of `size` bytes.
+fn artifact_image(size: u64) -> imgfs::source::Image {
+    imgfs::source::Image {
+        manifest_digest: Some(ARTIFACT_SUBJECT.into()),
+        manifest_media_type: Some("application/vnd.oci.image.manifest.v1+json".into()),
+        manifest_size: Some(1000),
+        config_digest: "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+            .into(),
+        config: b"{}".to_vec(),
+        layers: vec![imgfs::source::Layer {
+            locator: ARTIFACT_LAYER.into(),
+            digest: ARTIFACT_LAYER.parse().ok(),
+            size: Some(size),
+            compression: imgfs::source::Compression::Gzip,
+            diff_id: ARTIFACT_DIFF_ID.parse().expect("a digest"),
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            annotations: Default::default(),
+        }],
+    }
+}
+
+/// Splits `[u32 LE length][that many bytes][rest]`; a short input gives what there is.
+fn split_len(data: &[u8]) -> (&[u8], &[u8]) {
+    let Some(len) = data.get(..4) else {
+        return (data, &[]);
+    };
+    let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+    let rest = &data[4..];
+    rest.split_at(len.min(rest.len()))
+}
+
+/// An artifact input: `[u64 LE layer size][u32 len][manifest][u32 len][tree, zstd][seek table]`.
+pub fn artifact_input(layer_size: u64, manifest: &[u8], tree: &[u8], seek: &[u8]) -> Vec<u8> {
+    let mut out = layer_size.to_le_bytes().to_vec();
+    out.extend_from_slice(&(manifest.len() as u32).to_le_bytes());
+    out.extend_from_slice(manifest);
+    out.extend_from_slice(&(tree.len() as u32).to_le_bytes());
+    out.extend_from_slice(tree);
+    out.extend_from_slice(seek);
+    out
+}
+
+/// A consistent artifact input for the layer `data` (gzip-compressed here) and its seek table
+/// at `span`: what the artifact check should accept whole.
+pub fn artifact_seed(data: &[u8], span: u64) -> Vec<u8> {
+    use imgfs::prepare::artifact;
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+    e.write_all(data).expect("gzip into memory");
+    let blob = e.finish().expect("gzip into memory");
+    let table = SeekTable::build(seek::SeekCompression::Gzip, &blob[..], span)
+        .expect("a seek table of our own gzip");
+    let tree = imgfs::index::tree::Tree::new()
+        .write_index(&[BlobRef::new(data.len() as u64, ARTIFACT_DIFF_ID)])
+        .expect("an empty tree's index");
+    let tree = zstd::bulk::compress(&tree, 3).expect("zstd into memory");
+    let seek = table.encode();
+    let subject = oci_spec::image::Descriptor::new(
+        oci_spec::image::MediaType::ImageManifest,
+        1000,
+        ARTIFACT_SUBJECT
+            .parse::<oci_spec::image::Digest>()
+            .expect("a digest"),
+    );
+    let mut d = artifact::descriptor(artifact::SEEK_MEDIA_TYPE, &seek);
+    d.set_annotations(Some(
+        [(
+            artifact::LAYER_ANNOTATION.to_string(),
+            ARTIFACT_LAYER.to_string(),
+        )]
+        .into(),
+    ));
+    let tree_d = artifact::descriptor(artifact::TREE_MEDIA_TYPE, &tree);
+    let prefetch = artifact::descriptor(artifact::PREFETCH_MEDIA_TYPE, b"0 0\n");
+    let manifest = artifact::manifest(&subject, &tree_d, &[d], Some(&prefetch), span);
+    artifact_input(blob.len() as u64, &manifest, &tree, &seek)
+}
+
+/// Any bytes as an imgfs index artifact of a one-layer image (see [`artifact_input`]): its
+/// manifest read against the image, its tree and seek table opened and checked against each
+/// other — accepted (true) or a clear error, never a panic or an unbounded allocation.
+pub fn artifact_any(data: &[u8]) -> bool {
+    use imgfs::prepare::artifact;
+    let Some(size) = data.get(..8) else {
+        return false;
+    };
+    let image = artifact_image(u64::from_le_bytes(size.try_into().expect("8 bytes")));
+    let (manifest, rest) = split_len(&data[8..]);
+    let (tree, seek) = split_len(rest);
+    let parsed = artifact::parse(manifest, &image, ARTIFACT_SUBJECT).is_ok();
+    match artifact::open_tree(tree, &image) {
+        Ok(tree) => match artifact::open_seek(seek, &image, 0, &tree) {
+            Ok(table) => {
+                assert_eq!(table.compressed_size(), image.layers[0].size.unwrap_or(0));
+                parsed
+            }
+            Err(_) => false,
+        },
+        Err(_) => {
+            let _ = artifact::open_seek(seek, &image, 0, tree);
+            false
+        }
+    }
+}

@@ -1,6 +1,7 @@
-//! `seed-seek OUT_DIR FILE...`: writes seek inputs for the first 16 KiB of each file (its
-//! seek tables, compressed several ways, with the blobs they index) into OUT_DIR, as seeds
-//! for the seek fuzz target.
+//! `seed-seek [--artifact] OUT_DIR FILE...`: writes seek inputs for the first 16 KiB of each
+//! file (its seek tables, compressed several ways, with the blobs they index) into OUT_DIR, as
+//! seeds for the seek fuzz target; with `--artifact`, a whole imgfs index artifact of each
+//! file as a one-layer image, for the artifact target.
 
 #[path = "checks.rs"]
 mod checks;
@@ -9,12 +10,22 @@ mod checks;
 const SEED_BYTES: usize = 16 << 10;
 
 fn main() {
-    let mut args = std::env::args_os().skip(1);
-    let out = std::path::PathBuf::from(args.next().expect("usage: seed-seek OUT_DIR FILE..."));
+    let mut args = std::env::args_os().skip(1).peekable();
+    let artifact = args.next_if(|a| a == "--artifact").is_some();
+    let out = std::path::PathBuf::from(
+        args.next()
+            .expect("usage: seed-seek [--artifact] OUT_DIR FILE..."),
+    );
     for file in args {
         let data = std::fs::read(&file).expect("read the file");
         let data = &data[..data.len().min(SEED_BYTES)];
         let stem = std::path::Path::new(&file).file_stem().expect("a file name");
+        if artifact {
+            let name = format!("{}-artifact", stem.to_string_lossy());
+            let seed = checks::artifact_seed(data, (data.len() as u64 / 4).max(1));
+            std::fs::write(out.join(name), seed).expect("write the seed");
+            continue;
+        }
         for (kind, input) in checks::seek_seeds(data) {
             let name = format!("{}-{kind}", stem.to_string_lossy());
             std::fs::write(out.join(name), input).expect("write the seed");

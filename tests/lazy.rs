@@ -327,6 +327,29 @@ fn prefetch_all_fetches_the_image_once_in_the_background() {
         &CompareOptions::default(),
     );
     assert_eq!(blob_bytes(&img.front, &img.layers), img.total);
+    // Every span here: the next mount makes the image whole in the store (each layer
+    // checked against its digest and diff id) and reads it like a local one.
+    drop(m);
+    let (m, _) = mount(cache.path(), &img.source, &[]);
+    let whole: Vec<_> = std::fs::read_dir(cache.path().join("images"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("oci-"))
+        .collect();
+    assert_eq!(
+        whole.len(),
+        1,
+        "no whole image after every span was fetched"
+    );
+    let marker = cache.path().join("images").join(&whole[0]).join("complete");
+    assert!(marker.exists(), "{}", marker.display());
+    assert_trees_equal(
+        &fx().path("TRUTH_LAYERS"),
+        m.path(),
+        &CompareOptions::default(),
+    );
+    assert_eq!(blob_bytes(&img.front, &img.layers), img.total);
 }
 
 /// The registry gone after the mount: what was fetched is still served; what was not fails

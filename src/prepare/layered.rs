@@ -125,6 +125,41 @@ fn prepare_as(
         },
         r => r?,
     };
+    if lazily
+        && let ImageRef::Registry(reference) = image
+        && let Some(registry) = source.as_registry()
+        && !whole_complete(cache, &img)
+        && let Some(ready) = super::lazy::prepare(
+            &image.to_string(),
+            reference,
+            &platform,
+            registry,
+            &img,
+            cache,
+            &options,
+        )?
+    {
+        return Ok(ready);
+    }
+    whole(image, &img, &*source, cache, options, &platform)
+}
+
+/// Whether the store holds `img` whole: its entry complete and every layer's tar there.
+fn whole_complete(cache: &Cache, img: &Image) -> bool {
+    let entry = cache.entry(&format!("oci-{}", img.config_digest));
+    let blobs: Vec<PathBuf> = img.layers.iter().map(|l| layer_path(cache, l)).collect();
+    entry.marker().is_some() && usable(&entry.index_path(), &blobs)
+}
+
+/// Makes sure the store holds `img` whole, every layer it lacks read from `source`.
+pub(super) fn whole(
+    image: &ImageRef,
+    img: &Image,
+    source: &dyn LayerSource,
+    cache: &Cache,
+    options: Options,
+    platform: &Platform,
+) -> Result<Ready, PrepareError> {
     let entry = cache.entry(&format!("oci-{}", img.config_digest));
     let blobs: Vec<PathBuf> = img.layers.iter().map(|l| layer_path(cache, l)).collect();
     let ready = |built, warnings| Ready {
@@ -137,21 +172,6 @@ fn prepare_as(
     };
     let complete = |e: &Entry| e.marker().is_some() && usable(&e.index_path(), &blobs);
     if let ImageRef::Registry(reference) = image {
-        if lazily
-            && !complete(&entry)
-            && let Some(registry) = source.as_registry()
-            && let Some(ready) = super::lazy::prepare(
-                &image.to_string(),
-                reference,
-                &platform,
-                registry,
-                &img,
-                cache,
-                &options,
-            )?
-        {
-            return Ok(ready);
-        }
         cache.remember_ref(&format!("{reference} {platform}"), &entry.name());
     }
     let Some(lock) = claim(cache, &entry, complete)? else {
@@ -168,13 +188,13 @@ fn prepare_as(
         layers_done: c.done.load(Ordering::Relaxed),
         layers_total: total,
     };
-    let scanned = fill_layers(cache, &*source, &img.layers, &counters, &mut |c| {
+    let scanned = fill_layers(cache, source, &img.layers, &counters, &mut |c| {
         if let Some(r) = report.as_mut() {
             r(Event::Exporting(progress(c)));
         }
     });
     let result = scanned.and_then(|scanned| {
-        let warnings = write_image(image, &img, &entry, &lock, scanned)?;
+        let warnings = write_image(image, img, &entry, &lock, scanned)?;
         Ok(warnings)
     });
     match result {
@@ -208,6 +228,12 @@ fn cached(image: &ImageRef, platform: &Platform, cache: &Cache) -> Option<Ready>
     };
     let entry = cache.entry(&cache.recall_ref(&format!("{reference} {platform}"))?);
     entry.marker()?;
+    // A lazy image whose every span is here now becomes a whole one.
+    if entry.name().starts_with("lazy-")
+        && let Some(ready) = super::lazy::promote(image, cache, &entry, platform)
+    {
+        return Some(ready);
+    }
     let layers = std::fs::read_to_string(entry.dir().join(cache::LAYERS_FILE)).ok()?;
     let blobs: Vec<PathBuf> = layers
         .lines()

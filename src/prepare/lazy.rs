@@ -103,6 +103,7 @@ pub(super) fn prepare(
             .map_err(PrepareError::from),
         None => Ok(()),
     }
+    .and_then(|()| write_layer_info(&entry, img))
     .and_then(|()| super::layered::write_records(what, img, &entry, &lock, &tree, &keys));
     if let Err(e) = written {
         entry.discard();
@@ -451,4 +452,156 @@ fn build_tables(
             })
         })
         .collect()
+}
+
+/// In a lazy image's entry: its config, and its layers as the manifest describes them — what
+/// it takes to make the image whole from the store once every span is there.
+const CONFIG_FILE: &str = "config.json";
+const LAYER_INFO_FILE: &str = "layers.json";
+
+fn write_layer_info(entry: &cache::Entry, img: &Image) -> Result<(), PrepareError> {
+    let layers: Vec<serde_json::Value> = img
+        .layers
+        .iter()
+        .map(|l| {
+            serde_json::json!({
+                "digest": l.digest.as_ref().map(|d| d.to_string()),
+                "size": l.size,
+                "compression": match l.compression {
+                    crate::source::Compression::Gzip => "gzip",
+                    crate::source::Compression::Zstd => "zstd",
+                    _ => "none",
+                },
+                "diff_id": l.diff_id.to_string(),
+                "media_type": l.media_type,
+                "annotations": l.annotations,
+            })
+        })
+        .collect();
+    let info = serde_json::json!({
+        "manifest_digest": img.manifest_digest,
+        "layers": layers,
+    });
+    entry.write_file(CONFIG_FILE, &img.config)?;
+    entry.write_file(LAYER_INFO_FILE, info.to_string().as_bytes())?;
+    Ok(())
+}
+
+/// The image a lazy entry describes, as [`write_layer_info`] recorded it.
+fn read_layer_info(entry: &cache::Entry) -> Option<Image> {
+    let config = std::fs::read(entry.dir().join(CONFIG_FILE)).ok()?;
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(entry.dir().join(LAYER_INFO_FILE)).ok()?).ok()?;
+    let mut layers = Vec::new();
+    for l in info["layers"].as_array()? {
+        let digest: oci_spec::image::Digest = l["digest"].as_str()?.parse().ok()?;
+        layers.push(Layer {
+            locator: digest.to_string(),
+            digest: Some(digest),
+            size: Some(l["size"].as_u64()?),
+            compression: match l["compression"].as_str()? {
+                "gzip" => crate::source::Compression::Gzip,
+                "zstd" => crate::source::Compression::Zstd,
+                _ => crate::source::Compression::None,
+            },
+            diff_id: l["diff_id"].as_str()?.parse().ok()?,
+            media_type: l["media_type"].as_str()?.to_string(),
+            annotations: serde_json::from_value(l["annotations"].clone()).ok()?,
+        });
+    }
+    Some(Image {
+        manifest_digest: info["manifest_digest"].as_str().map(str::to_string),
+        manifest_media_type: None,
+        manifest_size: None,
+        config_digest: entry.marker()?,
+        config,
+        layers,
+    })
+}
+
+/// The layers of a lazy image, read from their sparse blobs in the store once every span is
+/// there: each checked against its digest as a registry's would be.
+struct Filled {
+    what: String,
+    dirs: Vec<(String, PathBuf)>,
+}
+
+impl LayerSource for Filled {
+    fn open_layer(&self, layer: &Layer) -> Result<Box<dyn std::io::Read + Send + '_>, SourceError> {
+        let digest = layer
+            .digest
+            .as_ref()
+            .map(|d| d.to_string())
+            .unwrap_or_default();
+        let dir = self
+            .dirs
+            .iter()
+            .find(|(d, _)| *d == digest)
+            .map(|(_, p)| p)
+            .ok_or_else(|| SourceError::Invalid {
+                what: self.what.clone(),
+                why: format!("layer {digest} is not in the store"),
+            })?;
+        let path = dir.join(crate::cache::sparse::SPARSE_FILE);
+        let file = std::fs::File::open(&path).map_err(|source| SourceError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let expected = layer.digest.as_ref().ok_or_else(|| SourceError::Invalid {
+            what: self.what.clone(),
+            why: "a layer without a digest".into(),
+        })?;
+        let verified =
+            crate::source::digest::Verified::new(file, expected, layer.size).map_err(|source| {
+                SourceError::Digest {
+                    what: path.display().to_string(),
+                    source,
+                }
+            })?;
+        Ok(Box::new(verified))
+    }
+
+    fn describe(&self) -> String {
+        self.what.clone()
+    }
+}
+
+/// Makes the lazy image `entry` whole once every span of every layer is in the store: each
+/// layer decompressed into a layer entry (checked against its digest and diff id, as a
+/// whole fetch would), the index merged from them. `None` while spans are missing, or when
+/// that fails (said in a warning): the lazy image is used as it is.
+pub(super) fn promote(
+    image: &crate::source::ImageRef,
+    cache: &Cache,
+    entry: &cache::Entry,
+    platform: &Platform,
+) -> Option<Ready> {
+    let img = read_layer_info(entry)?;
+    let mut dirs = Vec::with_capacity(img.layers.len());
+    for layer in &img.layers {
+        let key = layer_key(layer)?;
+        let dir = cache.layer(&key).dir().to_path_buf();
+        let table = SeekTable::decode(&std::fs::read(dir.join(SEEK_FILE)).ok()?).ok()?;
+        let spans = table.spans().len();
+        let store = SparseBlob::open(&dir, table.compressed_size(), spans).ok()?;
+        if store.count() < spans {
+            return None;
+        }
+        dirs.push((layer.digest.as_ref()?.to_string(), dir));
+    }
+    let source = Filled {
+        what: image.to_string(),
+        dirs,
+    };
+    match super::layered::whole(image, &img, &source, cache, Options::default(), platform) {
+        Ok(ready) => {
+            // Its layers go with the next collection; not while a server still reads them.
+            let _ = entry.remove();
+            Some(ready)
+        }
+        Err(e) => {
+            log::warn!("{image}: every span is here, but the image cannot be made whole: {e}");
+            None
+        }
+    }
 }

@@ -569,7 +569,17 @@ fn inspect_image(args: InspectArgs) -> Result<i32> {
         None => serde_json::Value::Null,
     };
     let counts = inspect::counts(&fs);
-    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    // A lazily read layer takes what has been fetched of it: its sparse blob's blocks.
+    let size = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        if p.ends_with(imgfs::cache::sparse::REMOTE_FILE) {
+            let blob = p.with_file_name(imgfs::cache::sparse::SPARSE_FILE);
+            return std::fs::metadata(blob)
+                .map(|m| m.blocks() * 512)
+                .unwrap_or(0);
+        }
+        std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+    };
     let c = &config["Config"];
     let summary = serde_json::json!({
         "Id": ready.id,

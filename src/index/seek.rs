@@ -808,6 +808,19 @@ impl Builder {
         Ok(())
     }
 
+    /// Forgets the window of the open span's checkpoint (the last one packed): the span
+    /// refers to no history.
+    fn drop_window(&mut self) {
+        if let Checkpoint::Block {
+            window_len, window, ..
+        } = &mut self.start.2
+        {
+            self.windows.truncate(window.start);
+            *window = window.start..window.start;
+            *window_len = 0;
+        }
+    }
+
     /// A block checkpoint from the decoder's state at a boundary and its window.
     fn block(
         &mut self,
@@ -1118,6 +1131,10 @@ fn build_gzip(reader: impl Read, span: u64) -> Result<SeekTable, SeekError> {
     let mut g = Gunzip::new(Feed::new(reader, IN_CHUNK, true), OUT_CHUNK);
     let mut b = Builder::new(span);
     let mut first = true;
+    // Whether every block of the open span is known to be stored: such a span copies its
+    // output from its own bytes and refers to no history, so its checkpoint needs no window
+    // (incompressible layers — media, models, archives — are made of stored blocks).
+    let mut stored_only = false;
     loop {
         let (made, event) = g.step(usize::MAX)?;
         b.output(made as u64, &mut g.feed);
@@ -1125,16 +1142,53 @@ fn build_gzip(reader: impl Read, span: u64) -> Result<SeekTable, SeekError> {
             Event::Output => {}
             Event::Boundary if b.due() => {
                 let state = g.boundary_state()?;
+                if stored_only {
+                    b.drop_window();
+                }
                 let checkpoint = b.block(&state, g.window(), g.feed.pos())?;
                 b.cut(&mut g.feed, checkpoint)?;
+                stored_only = next_block_stored(&mut g.feed, &state)?;
             }
-            Event::Boundary => {}
-            Event::MemberStart if b.due() && !first => b.cut(&mut g.feed, Checkpoint::Start)?,
-            Event::MemberStart => first = false,
+            Event::Boundary => {
+                let state = g.boundary_state()?;
+                stored_only &= next_block_stored(&mut g.feed, &state)?;
+            }
+            Event::MemberStart if b.due() && !first => {
+                if stored_only {
+                    b.drop_window();
+                }
+                b.cut(&mut g.feed, Checkpoint::Start)?;
+                stored_only = false;
+            }
+            Event::MemberStart => {
+                // The member's first block is not seen at a boundary: its kind is unknown.
+                first = false;
+                stored_only = false;
+            }
             Event::End => break,
         }
     }
+    if stored_only {
+        b.drop_window();
+    }
     b.finish(SeekCompression::Gzip, &mut g.feed)
+}
+
+/// Whether the deflate block that starts at this boundary is a stored one: its header's
+/// first three bits (BFINAL, then BTYPE, 00 for stored) follow the decoder's leftover bits.
+fn next_block_stored<R: Read>(
+    feed: &mut Feed<R>,
+    state: &BlockBoundaryState,
+) -> Result<bool, SeekError> {
+    let bits = u32::from(state.num_bits);
+    let mut header = u32::from(state.bit_buf) & ((1u32 << bits) - 1);
+    if bits < 3 {
+        if !feed.ensure(1)? {
+            return Ok(false);
+        }
+        header |= u32::from(feed.avail()[0]) << bits;
+    }
+    Ok((header >> 1) & 3 == 0)
 }
 
 fn inflate_span(
@@ -1537,6 +1591,46 @@ mod tests {
         assert!(blocks.clone().all(
             |c| matches!(c, Checkpoint::Block { window_len, .. } if *window_len as usize == WINDOW)
         ));
+    }
+
+    /// Incompressible data is deflated into stored blocks, which refer to no history: spans
+    /// made only of them keep no window; a span that mixes in compressed blocks keeps one.
+    #[test]
+    fn stored_spans_keep_no_window() {
+        let mut noise = vec![0u8; 3 << 20];
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for b in noise.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        let t = check(SeekCompression::Gzip, &gzip(&noise, 6), &noise, 256 << 10);
+        let blocks: Vec<_> = t
+            .checkpoints
+            .iter()
+            .filter(|c| matches!(c, Checkpoint::Block { .. }))
+            .collect();
+        assert!(blocks.len() > 5, "{} block checkpoints", blocks.len());
+        assert!(
+            blocks
+                .iter()
+                .all(|c| matches!(c, Checkpoint::Block { window_len: 0, .. })),
+            "a stored span kept a window"
+        );
+        assert!(t.encode().len() < 64 << 10, "{} bytes", t.encode().len());
+        // Noise, then text: the text's spans refer back and keep their windows.
+        let mut mixed = noise[..1 << 20].to_vec();
+        mixed.extend(text(2 << 20, 9));
+        let t = check(SeekCompression::Gzip, &gzip(&mixed, 6), &mixed, 256 << 10);
+        assert!(t.checkpoints.iter().any(
+            |c| matches!(c, Checkpoint::Block { window_len, .. } if *window_len as usize == WINDOW)
+        ));
+        assert!(
+            t.checkpoints
+                .iter()
+                .any(|c| matches!(c, Checkpoint::Block { window_len: 0, .. }))
+        );
     }
 
     #[test]

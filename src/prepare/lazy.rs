@@ -52,6 +52,8 @@ enum Unusable {
     Registry(#[from] crate::source::registry::RegistryError),
     #[error("the image has no manifest digest")]
     NoManifest,
+    #[error("a fetch of the index stopped unexpectedly")]
+    Stopped,
 }
 
 /// Prepares `img` lazily if its registry holds an imgfs index for it; `None` when it holds
@@ -140,13 +142,31 @@ fn find(registry: &Registry, img: &Image) -> Result<Option<Found>, Unusable> {
     } = artifact::parse(&bytes, img, subject)?;
     let compressed = registry.blob_bytes(tree.digest(), tree.size(), artifact::MAX_TREE)?;
     let tree_bytes = artifact::open_tree(&compressed, img)?;
+    // All at once: a cold start waits for the last of them.
+    let fetched: Vec<Result<(Vec<u8>, usize), Unusable>> = std::thread::scope(|s| {
+        let handles: Vec<_> = seeks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let tree = &tree_bytes;
+                s.spawn(move || {
+                    let bytes = registry.blob_bytes(d.digest(), d.size(), artifact::MAX_SEEK)?;
+                    let table = artifact::open_seek(&bytes, img, i, tree)?;
+                    Ok((bytes, table.spans().len()))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(Err(Unusable::Stopped)))
+            .collect()
+    });
     let mut tables = Vec::with_capacity(seeks.len());
     let mut span_counts = Vec::with_capacity(seeks.len());
-    for (i, d) in seeks.iter().enumerate() {
-        let bytes = registry.blob_bytes(d.digest(), d.size(), artifact::MAX_SEEK)?;
-        let table = artifact::open_seek(&bytes, img, i, &tree_bytes)?;
-        span_counts.push(table.spans().len());
+    for r in fetched {
+        let (bytes, spans) = r?;
         tables.push(bytes);
+        span_counts.push(spans);
     }
     let prefetch = match prefetch {
         Some(d) => {

@@ -452,8 +452,12 @@ pub struct IndexPushArgs {
     /// Then run COMMAND (the image's own command when none is given) in a sandbox over a
     /// lazy mount of the image, record which spans it reads, and push the index again with
     /// that list: cold starts fetch those spans first, all at once
-    #[arg(long)]
+    #[arg(long, conflicts_with = "recorded")]
     pub record: bool,
+    /// Push the index with the spans earlier runs and mounts of the image read, as the cache
+    /// recorded them (a lazy image's entry keeps that record), instead of running anything
+    #[arg(long)]
+    pub recorded: bool,
     /// The command to record (after --)
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,

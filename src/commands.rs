@@ -240,8 +240,20 @@ fn index_push(args: IndexPushArgs) -> Result<i32> {
         bail!("a COMMAND is only taken with --record");
     }
     let mut record = |config: &str| record_run(&args, config);
-    let recorder: Option<&mut prepare::lazy::Record> =
-        if args.record { Some(&mut record) } else { None };
+    let mut recorded = |config: &str| {
+        let path = cache
+            .entry(&format!("lazy-{config}"))
+            .dir()
+            .join(imgfs::image::lazy::RECORD_FILE);
+        std::fs::read_to_string(&path).map_err(|source| prepare::PrepareError::Io { path, source })
+    };
+    let recorder: Option<&mut prepare::lazy::Record<'_>> = if args.record {
+        Some(&mut record)
+    } else if args.recorded {
+        Some(&mut recorded)
+    } else {
+        None
+    };
     let pushed = prepare::lazy::push(&reference, &cache, options, args.span, recorder)?;
     drop(line);
     if !quiet() {

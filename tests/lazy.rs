@@ -617,3 +617,50 @@ fn recorded_spans_are_fetched_first() {
         .any(|e| e.path().join("prefetch").exists());
     assert!(listed, "the image entry has no prefetch list");
 }
+
+/// `imgfs index push --recorded` takes the spans earlier mounts read, as the cache recorded
+/// them: after one mount read a file, the index lists what it read, and a cold mount fetches
+/// that much before any read.
+#[test]
+fn spans_recorded_by_earlier_mounts_are_published() {
+    let fx = fx();
+    let registry = Registry::start();
+    let direct = registry.push(&oci(&fx.path("OCI_GZIP"), "layers"), "imgfs-test/layers:1");
+    push_index(&direct, &[]);
+    let cache = TempDir::new("imgfs-lazy-cache");
+    let (m, _) = mount(cache.path(), &direct, &["--prefetch", "none"]);
+    let want = std::fs::read(fx.path("TRUTH_LAYERS").join("etc/os-release")).unwrap();
+    assert_eq!(
+        std::fs::read(m.path().join("etc/os-release")).unwrap(),
+        want
+    );
+    drop(m);
+    let out = run_within(
+        imgfs_nodaemon()
+            .args(["index", "push", "--cache-dir"])
+            .arg(cache.path())
+            .arg(&direct)
+            .arg("--recorded"),
+        LIMIT,
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains(" 0 to prefetch"),
+        "nothing recorded: {stderr}"
+    );
+    let front = Front::start(&registry.addr, &FrontOptions::default());
+    let (layers, _) = layers_of(&fx.path("OCI_GZIP"), "layers");
+    let layers: HashSet<String> = layers.into_iter().map(|(d, _)| d).collect();
+    let cold = TempDir::new("imgfs-lazy-cache");
+    let source = format!("docker://{}/imgfs-test/layers:1", front.addr);
+    let (_m, _) = mount(cold.path(), &source, &[]);
+    let start = Instant::now();
+    while blob_bytes(&front, &layers) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "nothing prefetched"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

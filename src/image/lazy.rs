@@ -322,8 +322,11 @@ impl LazyBlob {
             }
             let (mine, theirs): (Vec<usize>, Vec<usize>) = {
                 let mut fetching = self.fetching.lock();
-                let (theirs, mine): (Vec<usize>, Vec<usize>) =
-                    missing.iter().partition(|i| fetching.contains(i));
+                // Looked at again under the lock: a fetch that ended since is not repeated.
+                let (theirs, mine): (Vec<usize>, Vec<usize>) = missing
+                    .iter()
+                    .filter(|&&i| !self.store.has(i))
+                    .partition(|i| fetching.contains(i));
                 fetching.extend(mine.iter().copied());
                 (mine, theirs)
             };

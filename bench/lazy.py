@@ -131,11 +131,11 @@ def index_push(image, span=None):
     """`imgfs index push`; returns the artifact's size as it reports it."""
     argv = [IMGFS, "index", "push", *(["--span", span] if span else []), f"docker://{image}"]
     r = run(argv, capture=True, timeout=1800)
-    m = re.search(r": (\d+) bytes \(", r.stderr)
+    m = re.search(r" as (sha256:[0-9a-f]+): (\d+) bytes \(", r.stderr)
     if not m:
         raise BenchError(f"imgfs index push {image}: no size in its report: {r.stderr.strip()[-200:]}")
     log(r.stderr.strip())
-    return {"bytes": int(m.group(1)), "report": r.stderr.strip()}
+    return {"digest": m.group(1), "bytes": int(m.group(2)), "report": r.stderr.strip()}
 
 
 def publish(names, gz, big_dir):
@@ -403,13 +403,39 @@ def render_spans(res, inp):
 def render_warm(res):
     L = ["| figure | oci: layout | lazy image, everything fetched | lazy / oci |", "|---|---|---|---|"]
     for label, a, b in (("metadata walk (`find -printf '%s %m %u\\n'`, alternating)", "walk-oci", "walk-lazy"),
-                        ("read every file (`find -type f | xargs cat`, page cache dropped before each run)",
+                        ("read every file (`find -type f \\| xargs cat`, page cache dropped before each run)",
                          "read-oci", "read-lazy"),
                         ("`imgfs run … python3 -c pass` (alternating, shared server)", "run-oci", "run-lazy")):
         x = ratio(med(res, b), med(res, a))
         L.append(f"| {label} | {time_cell(res.get(a))} | {time_cell(res.get(b))} | "
                  f"{'—' if x is None else f'{x:.2f}×'} |")
     return L
+
+
+def default_span(inp):
+    """The span of the spans' artifacts that is the default's (the same artifact), if any."""
+    arts = inp["artifacts"]
+    lazy = re.search(r"as (sha256:[0-9a-f]+)", (arts.get("lazy") or {}).get("report", ""))
+    for s in SPANS:
+        if lazy and lazy.group(1) in (arts.get(f"span-{s.lower()}") or {}).get("report", ""):
+            return s
+    return None
+
+
+def render_notes(res):
+    """What the tables leave to arithmetic: eight nodes beside one start, prefetch beside none."""
+    L = []
+    one, nodes = res.get("cold-lazy") or {}, res.get("nodes") or {}
+    if med(res, "nodes") and med(res, "cold-lazy"):
+        L.append(f"{NODES} cold nodes at once took {med(res, 'nodes') / med(res, 'cold-lazy'):.2f}× the wall time of "
+                 f"one lazy start and fetched {ratio(fetched(res, 'nodes'), fetched(res, 'cold-lazy')) or 0:.2f}× "
+                 f"its bytes ({mb(fetched(res, 'nodes'))} against {mb(fetched(res, 'cold-lazy'))}); their layer "
+                 f"blobs hold {mb(nodes.get('blob_bytes'))} against {mb(one.get('blob_bytes'))}. ")
+    if med(res, "cold-prefetch") and med(res, "cold-lazy"):
+        L.append(f"With `--prefetch all` the cold run took {med(res, 'cold-prefetch') / med(res, 'cold-lazy'):.2f}× "
+                 "the time of `--prefetch none`; its bytes per run count the background fetch until the next "
+                 "run's preparation stopped the server, not only what the run needed.")
+    return ["".join(L)] if L else []
 
 
 def render(res, meta):
@@ -420,7 +446,7 @@ def render(res, meta):
          f"imgfs {v['imgfs']}; {v['skopeo']}; {v['docker']}; {v['registry']}; {v['hyperfine']}.\n",
          f"The image is `{meta['image']}` ({inp['image_layers']} gzip layers, {mb(inp['image_bytes'])}), "
          f"pushed to Debian's docker-registry on 127.0.0.1 with imgfs's index (`imgfs index push`, "
-         f"default span) and, under another name, without one; the 2 GiB image is the same with two more "
+         f"default span{f', {default_span(inp)}' if default_span(inp) else ''}) and, under another name, without one; the 2 GiB image is the same with two more "
          f"layers of pseudo-random files that nothing reads ({inp['big_layers']} layers, "
          f"{mb(inp['big_bytes'])}; bench/make_big_image.py). The registry's replies go through an htb class "
          f"of {RATE_TEXT} on lo. Every cold run starts from nothing local: docker pulls into a dockerd of "
@@ -433,6 +459,7 @@ def render(res, meta):
         met = {True: "**met**", False: "**missed**", None: "—"}[t["met"]]
         L.append(f"| {t['what']} | {t['text']} | {t['target']} | {met} |")
     L += ["", f"### Cold start from the registry at {RATE_TEXT}\n", *render_cold(res, inp), "",
+          *render_notes(res), "",
           "### Span size: the index against what a lazy start fetches\n", *render_spans(res, inp), "",
           "### Warm: the lazy image with everything fetched beside the OCI layout (unshaped)\n",
           *render_warm(res), "",

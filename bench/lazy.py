@@ -188,13 +188,19 @@ def cold_imgfs(runner, key, name, names, runs, flags=(), cap=300):
 
 
 def cold_docker(runner, key, name, names, runs, cap=300):
+    """`docker pull` + `docker run` from a dockerd of the benchmark's own, started for this row
+    alone (the test suite's fault tests kill every dockerd on the machine: a row's own daemon
+    is exposed to that only while it runs)."""
     image = names.image(name)
-    st = measure_shaped(runner, f"lazy-{key}",
-                        q(DOCKER + ["pull", "-q", image]) + " >/dev/null && "
-                        + q(DOCKER + ["run", "--rm", "--entrypoint", "", image, *CMD]),
-                        prepare=prep_cmd(f"docker-rmi:{image}", "sync"), shell=True, cap=cap, **runs)
-    prep([f"docker-rmi:{image}"])
-    return st
+    try:
+        with own_dockerd():
+            return measure_shaped(runner, f"lazy-{key}",
+                                  q(DOCKER + ["pull", "-q", image]) + " >/dev/null && "
+                                  + q(DOCKER + ["run", "--rm", "--entrypoint", "", image, *CMD]),
+                                  prepare=prep_cmd(f"docker-rmi:{image}", "sync"), shell=True, cap=cap, **runs)
+    except BenchError as e:
+        log(f"FAILED lazy-{key}: {e}")
+        return {"error": str(e)}
 
 
 def nodes_cmd(names):
@@ -282,7 +288,6 @@ def measure_all(runner, gz):
     with contextlib.ExitStack() as stack:
         names = Names(stack.enter_context(registry()))
         inputs["artifacts"] = publish(names, gz, BIG)
-        stack.enter_context(own_dockerd())
         with shaped(names.addr.rsplit(":", 1)[1]):
             res.update(measure_cold(runner, names))
         try:

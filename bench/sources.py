@@ -396,6 +396,9 @@ def own_dockerd():
     own: a dockerd started with `--bridge=none` deletes docker0, which the machine's dockerd
     needs."""
     if DOCKERD.exists():
+        # A dockerd killed with SIGKILL leaves its data root mounted on itself.
+        if mounted(DOCKERD / "data"):
+            run(["umount", "-R", DOCKERD / "data"], capture=True, what="unmounting a dead dockerd's data root")
         shutil.rmtree(DOCKERD)
     DOCKERD.mkdir(parents=True)
     run(["ip", "link", "del", BENCH_BRIDGE], check=False, capture=True)

@@ -13,6 +13,10 @@
 #                           mounts of OCI layouts beside decompression and umoci unpack; warm
 #                           mount, run and walk; cold start from a loopback registry shaped to
 #                           100 Mbit/s beside docker pull and skopeo + umoci; about 10 minutes)
+#   bench/run.sh --lazy     lazy registry images only (bench/lazy.py: cold starts from a loopback
+#                           registry shaped to 100 Mbit/s with and without imgfs's index beside
+#                           docker pull, a 2 GiB image, eight nodes at once, span sizes, warm
+#                           figures beside the OCI layout; about 30 minutes, ~10 GB free)
 #
 # Run as root on Debian 12. Writes bench/RESULTS.md, bench/chart.png and raw data under
 # bench/results/. Work files (synthetic image, squashfs images, caches, venv) live in
@@ -30,6 +34,7 @@ PART=all
 case "${1:-}" in
     --sandbox) PART=sandbox; shift ;;
     --sources) PART=sources; shift ;;
+    --lazy) PART=lazy; shift ;;
 esac
 
 contrib/setup.sh || die "contrib/setup.sh failed"
@@ -38,7 +43,7 @@ tests/fixtures/make-debian-image.sh || die "tests/fixtures/make-debian-image.sh 
 # The peers, from Debian's packages.
 if [ "$PART" = sandbox ]; then
     pkgs=(hyperfine bubblewrap util-linux passwd)
-elif [ "$PART" = sources ]; then
+elif [ "$PART" = sources ] || [ "$PART" = lazy ]; then
     pkgs=(hyperfine bubblewrap umoci skopeo zstd gzip iproute2 curl util-linux findutils)
 else
     pkgs=(hyperfine bubblewrap archivemount libfuse2 squashfuse squashfs-tools python3-venv attr
@@ -57,12 +62,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 # The image of layers in OCI layouts (reused when up to date).
-if [ "$PART" = sources ]; then
+if [ "$PART" = sources ] || [ "$PART" = lazy ]; then
     tests/fixtures/make-layered.sh || die "tests/fixtures/make-layered.sh failed"
 fi
 
-# ratarmount and matplotlib, in a venv of Debian's python3 (the sandbox and sources parts need
-# neither).
+# ratarmount and matplotlib, in a venv of Debian's python3 (the sandbox, sources and lazy parts
+# need neither).
 RATARMOUNT_VERSION=1.3.0
 MATPLOTLIB_VERSION=3.11.2
 VENV=$WORK/venv
@@ -90,4 +95,5 @@ BIN=${CARGO_TARGET_DIR:-target}/release/imgfs
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 [ "$PART" = sandbox ] && exec /usr/bin/python3 "$ROOT/bench/sandbox.py" "$@"
 [ "$PART" = sources ] && exec /usr/bin/python3 "$ROOT/bench/sources.py" "$@"
+[ "$PART" = lazy ] && exec /usr/bin/python3 "$ROOT/bench/lazy.py" "$@"
 exec "$VENV/bin/python3" "$ROOT/bench/bench.py" "$@"

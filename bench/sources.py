@@ -272,25 +272,25 @@ def servers_of(mountpoint):
     return pids
 
 
-def umount():
-    """Unmount MNT and wait for its server to exit, so that its cache can go."""
-    pids = servers_of(MNT)
-    if mounted(MNT):
-        r = run([IMGFS, "umount", MNT], capture=True, check=False, timeout=60)
-        if r.returncode != 0 and mounted(MNT):
-            log(f"WARNING: imgfs umount {MNT}: exit {r.returncode}; unmounting lazily")
-            run(["umount", "-l", MNT], capture=True, check=False, timeout=60)
+def umount(mnt=MNT):
+    """Unmount mnt and wait for its server to exit, so that its cache can go."""
+    pids = servers_of(mnt)
+    if mounted(mnt):
+        r = run([IMGFS, "umount", mnt], capture=True, check=False, timeout=60)
+        if r.returncode != 0 and mounted(mnt):
+            log(f"WARNING: imgfs umount {mnt}: exit {r.returncode}; unmounting lazily")
+            run(["umount", "-l", mnt], capture=True, check=False, timeout=60)
     deadline = time.time() + 30
     while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
         time.sleep(0.01)
     for p in pids:
         if Path(f"/proc/{p}").exists():
-            log(f"WARNING: server {p} of {MNT} still running 30 s after unmount; killing it")
+            log(f"WARNING: server {p} of {mnt} still running 30 s after unmount; killing it")
             try:
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-    MNT.mkdir(parents=True, exist_ok=True)
+    mnt.mkdir(parents=True, exist_ok=True)
 
 
 def prep(actions):
@@ -396,6 +396,9 @@ def own_dockerd():
     own: a dockerd started with `--bridge=none` deletes docker0, which the machine's dockerd
     needs."""
     if DOCKERD.exists():
+        # A dockerd killed with SIGKILL leaves its data root mounted on itself.
+        if mounted(DOCKERD / "data"):
+            run(["umount", "-R", DOCKERD / "data"], capture=True, what="unmounting a dead dockerd's data root")
         shutil.rmtree(DOCKERD)
     DOCKERD.mkdir(parents=True)
     run(["ip", "link", "del", BENCH_BRIDGE], check=False, capture=True)
@@ -452,6 +455,19 @@ def shaped_bytes():
     text = out(["tc", "-s", "class", "show", "dev", "lo", "classid", SHAPED_CLASS], timeout=30)
     m = re.search(r"Sent (\d+) bytes", text)
     return int(m.group(1)) if m else None
+
+
+def measure_shaped(runner, tag, cmd, **kw):
+    """runner.measure, with what the shaped class carried per run (every run, the untimed
+    probe included, fetches from the registry)."""
+    before = shaped_bytes()
+    st = runner.measure(tag, cmd, **kw)
+    after = shaped_bytes()
+    if not st.get("error") and before is not None and after is not None:
+        raw = json.loads((runner.raw / f"{tag}.json").read_text())["results"][0]
+        execs = 1 if raw.get("note") else len(raw["times"]) + 1
+        st["shaped_bytes_per_run"] = (after - before) / execs
+    return st
 
 
 # ---------------------------------------------------------------------------------------------
@@ -541,15 +557,8 @@ def measure_registry(runner, quick, gz):
     runs = dict(min_runs=1, max_runs=1) if quick else dict(min_runs=3, max_runs=5)
 
     def m(key, cmd, prepare, **kw):
-        before = shaped_bytes()
-        res[key] = st = runner.measure(f"sources-{key}", cmd, prepare=prepare, cap=300, **runs, **kw)
-        after = shaped_bytes()
-        if not st.get("error") and before is not None and after is not None:
-            # Every run downloads the image: the untimed probe too, besides hyperfine's runs.
-            raw = json.loads((runner.raw / f"sources-{key}.json").read_text())["results"][0]
-            execs = 1 if raw.get("note") else len(raw["times"]) + 1
-            st["shaped_bytes_per_run"] = (after - before) / execs
-        return st
+        res[key] = measure_shaped(runner, f"sources-{key}", cmd, prepare=prepare, cap=300, **runs, **kw)
+        return res[key]
 
     with contextlib.ExitStack() as stack:
         addr = stack.enter_context(registry())

@@ -1,0 +1,528 @@
+#!/usr/bin/env python3
+"""Lazy registry images: what `imgfs index push` buys a cold start from a registry, and what
+the lazy image costs once everything is fetched.
+
+The image is imgfs-test/layers:1 (the Debian python test image as 6 gzip layers, from its OCI
+layout $IMGFS_FIXTURES/layered/oci-gzip, ref `layers`), pushed with skopeo to Debian's
+docker-registry on loopback under three names: `lazy` with imgfs's index pushed beside it
+(`imgfs index push`, default span), `noindex` without one, and `span-1m|2m|4m` with an index of
+that span each. The 2 GiB image is the same image plus two layers of 1 GiB of pseudo-random
+files nothing reads (bench/make_big_image.py, cached under $IMGFS_BENCH_WORK/lazy), pushed with
+an index as `big`. Every push and index push happens before the link is shaped.
+
+  cold     the registry's replies shaped to 100 Mbit/s (htb on lo, only the registry port's
+           replies, as sources.py does; the qdisc goes at the end, on errors and interrupts
+           too), then `python3 -c pass` from nothing local: `docker pull` + `docker run` (a
+           dockerd of the benchmark's own that holds no other image, so that every pull
+           downloads every layer), `imgfs run docker://…` of the lazy image and of the image
+           without an index, each with an empty cache and no server left from an earlier run;
+           the same for the 2 GiB image (docker: one run, minutes long); eight `imgfs run` of
+           the lazy image at once, each with a cache of its own (eight cold nodes); the lazy
+           image with `--prefetch all`; the lazy start of each span's image.
+  bytes    what the registry sent: the bytes of the shaped htb class (`tc -s class show`)
+           before and after, per run (HTTP headers, manifest, config and index included); and
+           for imgfs, the layer bytes the lazy start kept: the allocated bytes of the sparse
+           layer blobs (`du -B1 CACHE/layers/*/blob`) after the last run.
+  warm     unshaped: the lazy image mounted with `--prefetch all` until every span of every
+           layer is present, beside a mount of the OCI layout (`oci:`, layers on local disk);
+           a metadata walk of each (run alternately), every file read once with the page cache
+           dropped before each run, and `imgfs run … python3 -c pass` of each cache (run
+           alternately, on the shared server of the first run).
+
+The image's entrypoint only prints how it was started: every sandbox clears it and runs
+`python3 -c pass` itself.
+
+Writes bench/results/lazy.json and the `lazy` section of bench/RESULTS.md, hyperfine's raw
+JSON under bench/results/raw-lazy/. Started by `bench/run.sh --lazy`, which builds imgfs and
+installs the peers first.
+
+Usage: lazy.py [--render-only]
+"""
+
+import argparse
+import contextlib
+import datetime
+import json
+import re
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+from common import (IDLE_THRESHOLD, IMGFS, RESULTS, ROOT, WORK, BenchError, Runner, fmt_time, hold_machine,
+                    log, machine, q, run, set_log_file, stop_shared, write_section)
+from sandbox import alternate
+import sources
+from sources import (CMD, DOCKER, RATE_TEXT, REF, WALK, imgfs_run, layouts, measure_shaped, prep,
+                     prep_cmd, read_env, registry, shaped, own_dockerd, umount)
+
+SECTION = "lazy"
+BASE = WORK / "lazy"                # under WORK: stop_shared finds the servers of these caches
+BIG = BASE / "big-oci"              # the 2 GiB image's layout (kept between runs)
+BIG_REF = "big"
+COLD = BASE / "cold"                # caches emptied before every cold run
+WARM_LAZY = BASE / "warm-lazy"      # the lazy image, everything fetched
+WARM_OCI = BASE / "warm-oci"        # the OCI layout, indexed once
+MNT_LAZY = BASE / "mnt-lazy"
+MNT_OCI = BASE / "mnt-oci"
+NODES = 8
+SPANS = ["1M", "2M", "4M"]
+READ_ALL = "find {m} -type f -print0 | xargs -0 cat >/dev/null"
+DROP_CACHES = "sync; echo 3 >/proc/sys/vm/drop_caches"
+PREFETCH_WAIT_S = 600  # the whole lazy image unshaped on loopback takes seconds
+
+# Targets: the lazy start against docker pull + run; without an index imgfs fetches every layer
+# whole (sources.py's target); the lazy start fetches a fifth of the image at most; eight nodes
+# fetch no more than eight single starts; warm, a lazy image is an image like any other.
+MIN_DOCKER_OVER_LAZY = 10.0
+MIN_DOCKER_OVER_LAZY_BIG = 30.0
+MAX_NOINDEX_OVER_DOCKER = sources.MAX_OVER_DOCKER_PULL
+MAX_FETCHED_SHARE = 0.20
+MAX_NODES_OVER_ONE = float(NODES)
+MAX_WARM_OVER_OCI = 1.10  # "equal", within noise
+
+# Runs: the imgfs rows take seconds; docker's pull of the 2 GiB image takes minutes (one run).
+RUNS_FAST = dict(min_runs=10, max_runs=10)
+RUNS_SLOW = dict(min_runs=3, max_runs=5)
+RUNS_FEW = dict(min_runs=3, max_runs=3)
+WALK_ROUNDS, READ_RUNS, RUN_ROUNDS, WARMUP = 20, 5, 30, 3
+
+
+class Names:
+    """The registry's repositories, at HOST:PORT."""
+
+    def __init__(self, addr):
+        self.addr = addr
+
+    def image(self, name):
+        return f"{self.addr}/bench/{name}:1"
+
+    def docker(self, name):
+        return f"docker://{self.image(name)}"
+
+
+def cache(name):
+    return COLD / name
+
+
+# ---------------------------------------------------------------------------------------------
+# Set-up
+
+def check_inputs():
+    sources.check_inputs()
+    if not shutil.which("du"):
+        sys.exit("lazy.py: du not found")
+
+
+def make_big(gz):
+    log(f"making the 2 GiB image in {BIG} (reused when up to date)")
+    run([sys.executable, ROOT / "bench" / "make_big_image.py", gz.dir, REF, BIG], capture=True, timeout=1800,
+        what="bench/make_big_image.py")
+    return sources.layer_blobs(BIG, BIG_REF)
+
+
+def push(layout_dir, ref, image):
+    run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout_dir}:{ref}", f"docker://{image}"],
+        capture=True, timeout=1800, what=f"skopeo copy to {image}")
+
+
+def index_push(image, span=None):
+    """`imgfs index push`; returns the artifact's size as it reports it."""
+    argv = [IMGFS, "index", "push", *(["--span", span] if span else []), f"docker://{image}"]
+    r = run(argv, capture=True, timeout=1800)
+    m = re.search(r" as (sha256:[0-9a-f]+): (\d+) bytes \(", r.stderr)
+    if not m:
+        raise BenchError(f"imgfs index push {image}: no size in its report: {r.stderr.strip()[-200:]}")
+    log(r.stderr.strip())
+    return {"digest": m.group(1), "bytes": int(m.group(2)), "report": r.stderr.strip()}
+
+
+def publish(names, gz, big_dir):
+    """Pushes every image and index the measurements use; returns the artifacts' sizes."""
+    artifacts = {}
+    for name in ("lazy", "noindex", *(f"span-{s.lower()}" for s in SPANS)):
+        log(f"pushing {gz.source} to {names.image(name)}")
+        push(gz.dir, REF, names.image(name))
+    artifacts["lazy"] = index_push(names.image("lazy"))
+    for s in SPANS:
+        artifacts[f"span-{s.lower()}"] = dict(index_push(names.image(f"span-{s.lower()}"), s), span=s)
+    log(f"pushing {big_dir}:{BIG_REF} to {names.image('big')}")
+    push(big_dir, BIG_REF, names.image("big"))
+    artifacts["big"] = index_push(names.image("big"))
+    return artifacts
+
+
+# ---------------------------------------------------------------------------------------------
+# What a lazy start fetched
+
+def blob_bytes(cache_dir):
+    """Allocated bytes of the layer blobs in a cache (the spans fetched, in 4 KiB blocks)."""
+    blobs = list(Path(cache_dir).glob("layers/*/blob"))
+    if not blobs:
+        return None
+    r = run(["du", "-B1", "-c", *blobs], capture=True, timeout=60)
+    return int(r.stdout.strip().splitlines()[-1].split()[0])
+
+
+def all_present(cache_dir):
+    """Whether every span of every lazy layer in the cache is present (`present` holds a byte
+    per span, 1 once fetched)."""
+    maps = list(Path(cache_dir).glob("layers/lazy-*/present"))
+    return bool(maps) and all(set(m.read_bytes()) <= {1} for m in maps)
+
+
+def cold_imgfs(runner, key, name, names, runs, flags=(), cap=300):
+    """`imgfs run` of a registry image from an empty cache, with what it fetched."""
+    c = cache(key)
+    argv = imgfs_run(c, names.docker(name))
+    argv[2:2] = flags
+    cmd = q(argv)
+    st = measure_shaped(runner, f"lazy-{key}", cmd, prepare=prep_cmd("stop-shared", f"rm:{c}", "sync"),
+                        cap=cap, **runs)
+    if not st.get("error"):
+        st["blob_bytes"] = blob_bytes(c)
+    stop_shared()
+    prep([f"rm:{c}"])
+    return st
+
+
+def cold_docker(runner, key, name, names, runs, cap=300):
+    """`docker pull` + `docker run` from a dockerd of the benchmark's own, started for this row
+    alone (the test suite's fault tests kill every dockerd on the machine: a row's own daemon
+    is exposed to that only while it runs)."""
+    image = names.image(name)
+    try:
+        with own_dockerd():
+            return measure_shaped(runner, f"lazy-{key}",
+                                  q(DOCKER + ["pull", "-q", image]) + " >/dev/null && "
+                                  + q(DOCKER + ["run", "--rm", "--entrypoint", "", image, *CMD]),
+                                  prepare=prep_cmd(f"docker-rmi:{image}", "sync"), shell=True, cap=cap, **runs)
+    except BenchError as e:
+        log(f"FAILED lazy-{key}: {e}")
+        return {"error": str(e)}
+
+
+def nodes_cmd(names):
+    """NODES `imgfs run` of the lazy image at once, caches of their own; fails if one fails."""
+    runs = [q(imgfs_run(cache(f"node-{i}"), names.docker("lazy"))) + " & pids=\"$pids $!\"" for i in range(NODES)]
+    return "pids=; " + "; ".join(runs) + "; rc=0; for p in $pids; do wait $p || rc=1; done; exit $rc"
+
+
+def cold_nodes(runner, names):
+    caches = [f"rm:{cache(f'node-{i}')}" for i in range(NODES)]
+    st = measure_shaped(runner, "lazy-nodes", nodes_cmd(names), prepare=prep_cmd("stop-shared", *caches, "sync"),
+                        shell=True, cap=600, **RUNS_FEW)
+    if not st.get("error"):
+        st["blob_bytes"] = sum(blob_bytes(cache(f"node-{i}")) or 0 for i in range(NODES))
+    stop_shared()
+    prep(caches)
+    return st
+
+
+def measure_cold(runner, names):
+    res = {}
+    res["cold-lazy"] = cold_imgfs(runner, "cold-lazy", "lazy", names, RUNS_FAST)
+    res["cold-noindex"] = cold_imgfs(runner, "cold-noindex", "noindex", names, RUNS_SLOW)
+    res["cold-docker"] = cold_docker(runner, "cold-docker", "lazy", names, RUNS_SLOW)
+    res["cold-prefetch"] = cold_imgfs(runner, "cold-prefetch", "lazy", names, RUNS_FAST, flags=["--prefetch", "all"])
+    res["nodes"] = cold_nodes(runner, names)
+    for s in SPANS:
+        key = f"span-{s.lower()}"
+        res[key] = cold_imgfs(runner, key, key, names, RUNS_FEW)
+    res["big-lazy"] = cold_imgfs(runner, "big-lazy", "big", names, RUNS_FEW, cap=900)
+    res["big-docker"] = cold_docker(runner, "big-docker", "big", names, dict(min_runs=1, max_runs=2), cap=1800)
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# Warm: the lazy image with everything fetched beside the OCI layout
+
+def mount_lazy(names):
+    prep([f"rm:{WARM_LAZY}"])
+    run([IMGFS, "mount", "-q", "--cache-dir", WARM_LAZY, "--prefetch", "all", names.docker("lazy"), MNT_LAZY],
+        capture=True, timeout=600, what="mounting the lazy image")
+    deadline = time.time() + PREFETCH_WAIT_S
+    while not all_present(WARM_LAZY):
+        if time.time() > deadline:
+            raise BenchError(f"--prefetch all: not every span present after {PREFETCH_WAIT_S} s")
+        time.sleep(0.5)
+    log(f"lazy image fully fetched: {blob_bytes(WARM_LAZY)} bytes of layer blobs")
+
+
+def mount_oci(gz):
+    prep([f"rm:{WARM_OCI}"])
+    run([IMGFS, "mount", "-q", "--cache-dir", WARM_OCI, gz.source, MNT_OCI], capture=True, timeout=600,
+        what="mounting the OCI layout")
+
+
+def read_all(runner, key, mnt):
+    return runner.measure(f"lazy-{key}", READ_ALL.format(m=mnt), shell=True, prepare=DROP_CACHES,
+                          min_runs=READ_RUNS, max_runs=READ_RUNS)
+
+
+def measure_warm(runner, names, gz):
+    res = {}
+    for m in (MNT_LAZY, MNT_OCI):
+        umount(m)
+    mount_lazy(names)
+    mount_oci(gz)
+    walk = {"walk-oci": [a.format(m=MNT_OCI) for a in WALK], "walk-lazy": [a.format(m=MNT_LAZY) for a in WALK]}
+    res.update(sources.prefixed(alternate(walk, WALK_ROUNDS, WARMUP)))
+    res["read-oci"] = read_all(runner, "read-oci", MNT_OCI)
+    res["read-lazy"] = read_all(runner, "read-lazy", MNT_LAZY)
+    for m in (MNT_LAZY, MNT_OCI):
+        umount(m)
+    res.update(sources.prefixed(alternate({
+        "run-oci": imgfs_run(WARM_OCI, gz.source),
+        "run-lazy": imgfs_run(WARM_LAZY, names.docker("lazy")),
+    }, RUN_ROUNDS, WARMUP)))
+    stop_shared()
+    return res
+
+
+def measure_all(runner, gz):
+    big_layers = make_big(gz)
+    res, inputs = {}, {"image_bytes": gz.size, "image_layers": len(gz.layers),
+                       "big_bytes": sum(s for _, s in big_layers), "big_layers": len(big_layers)}
+    with contextlib.ExitStack() as stack:
+        names = Names(stack.enter_context(registry()))
+        inputs["artifacts"] = publish(names, gz, BIG)
+        with shaped(names.addr.rsplit(":", 1)[1]):
+            res.update(measure_cold(runner, names))
+        try:
+            res.update(measure_warm(runner, names, gz))
+        except BenchError as e:
+            log(f"FAILED warm rows: {e}")
+            for key in ("walk-oci", "walk-lazy", "read-oci", "read-lazy", "run-oci", "run-lazy"):
+                res.setdefault(key, {"error": str(e)})
+    return res, inputs
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+def med(res, key):
+    st = res.get(key) or {}
+    return None if st.get("error") else st.get("median")
+
+
+def fetched(res, key):
+    return (res.get(key) or {}).get("shaped_bytes_per_run")
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def check(value, ok):
+    return None if value is None else bool(ok(value))
+
+
+def targets(res, inp):
+    """[(what, figure text, target text, met)] for the report and the log."""
+    size = inp["image_bytes"]
+    one = fetched(res, "cold-lazy")
+    blob = (res.get("cold-lazy") or {}).get("blob_bytes")
+    x_small = ratio(med(res, "cold-docker"), med(res, "cold-lazy"))
+    x_big = ratio(med(res, "big-docker"), med(res, "big-lazy"))
+    x_noindex = ratio(med(res, "cold-noindex"), med(res, "cold-docker"))
+    share = ratio(one, size)
+    share_blob = ratio(blob, size)
+    x_nodes = ratio(fetched(res, "nodes"), one)
+    rows = [
+        ("docker pull + run over lazy imgfs run", x_small, f"≥ {MIN_DOCKER_OVER_LAZY:g}×",
+         lambda x: x >= MIN_DOCKER_OVER_LAZY),
+        ("imgfs run without an index over docker pull + run", x_noindex, f"≤ {MAX_NOINDEX_OVER_DOCKER:g}×",
+         lambda x: x <= MAX_NOINDEX_OVER_DOCKER),
+        ("bytes from the registry for a lazy start (tc) / image's compressed size", share,
+         f"≤ {MAX_FETCHED_SHARE:.0%}", lambda x: x <= MAX_FETCHED_SHARE),
+        ("layer bytes kept by a lazy start (du of the blobs) / image's compressed size", share_blob,
+         f"≤ {MAX_FETCHED_SHARE:.0%}", lambda x: x <= MAX_FETCHED_SHARE),
+        ("2 GiB image: docker pull + run over lazy imgfs run", x_big, f"≥ {MIN_DOCKER_OVER_LAZY_BIG:g}×",
+         lambda x: x >= MIN_DOCKER_OVER_LAZY_BIG),
+        (f"{NODES} cold nodes: bytes from the registry over one lazy start", x_nodes,
+         f"≤ {MAX_NODES_OVER_ONE:g}×", lambda x: x <= MAX_NODES_OVER_ONE),
+    ]
+    for what, a, b in (("metadata walk", "walk-lazy", "walk-oci"), ("read every file", "read-lazy", "read-oci"),
+                       ("imgfs run python3 -c pass", "run-lazy", "run-oci")):
+        rows.append((f"warm {what}: lazy image over oci: layout", ratio(med(res, a), med(res, b)),
+                     f"≤ {MAX_WARM_OVER_OCI:g}× (equal)", lambda x: x <= MAX_WARM_OVER_OCI))
+    out = []
+    for what, x, target, ok in rows:
+        text = "—" if x is None else (f"{x:.1%}" if "%" in target else f"{x:.2f}×")
+        out.append({"what": what, "figure": x, "text": text, "target": target, "met": check(x, ok)})
+    return out
+
+
+def mb(n):
+    return "—" if n is None else f"{n / 1e6:.1f} MB"
+
+
+def time_cell(st):
+    if not st:
+        return "not measured"
+    if st.get("error"):
+        return "FAILED: " + st["error"].replace("|", "/")[:160]
+    busy = " (machine busy before)" if st.get("idle_before", 1) < IDLE_THRESHOLD else ""
+    return f"{fmt_time(st['median'])} ± {fmt_time(st.get('stddev') or 0)} ({st['runs']}){busy}"
+
+
+COLD_ROWS = [
+    ("cold-docker", "`docker pull` + `docker run --rm IMAGE python3 -c pass`"),
+    ("cold-lazy", "`imgfs run docker://…/lazy -- python3 -c pass` (index pushed), empty cache"),
+    ("cold-prefetch", "the same with `--prefetch all` (the rest fetched in the background)"),
+    ("cold-noindex", "`imgfs run docker://…/noindex -- python3 -c pass` (no index: every layer whole)"),
+    ("nodes", f"{NODES} × `imgfs run docker://…/lazy` at once, a cache each (wall time of all)"),
+    ("big-docker", "2 GiB image · `docker pull` + `docker run`"),
+    ("big-lazy", "2 GiB image · `imgfs run docker://…/big` (index pushed), empty cache"),
+]
+
+
+def render_cold(res, inp):
+    L = ["| row | median | MB from the registry per run (tc) | layer blobs kept (du) |", "|---|---|---|---|"]
+    for key, label in COLD_ROWS:
+        st = res.get(key) or {}
+        size = inp["big_bytes"] if key.startswith("big") else inp["image_bytes"]
+        got = fetched(res, key)
+        share = f" ({got / size:.1%} of the image)" if got is not None and key != "nodes" else ""
+        L.append(f"| {label} | {time_cell(st)} | {mb(got)}{share} | {mb(st.get('blob_bytes'))} |")
+    return L
+
+
+def render_spans(res, inp):
+    L = ["| span | artifact | of the image | lazy start: median | MB from the registry per run (tc) "
+         "| layer blobs kept (du) |", "|---|---|---|---|---|---|"]
+    size = inp["image_bytes"]
+    for s in SPANS:
+        key = f"span-{s.lower()}"
+        art, st = inp["artifacts"].get(key) or {}, res.get(key) or {}
+        L.append(f"| {s} | {mb(art.get('bytes'))} | {ratio(art.get('bytes'), size) or 0:.2%} | {time_cell(st)} "
+                 f"| {mb(fetched(res, key))} | {mb(st.get('blob_bytes'))} |")
+    big = inp["artifacts"].get("big") or {}
+    L.append(f"\nThe 2 GiB image's artifact (default span): {mb(big.get('bytes'))}, "
+             f"{ratio(big.get('bytes'), inp['big_bytes']) or 0:.2%} of its {mb(inp['big_bytes'])}.")
+    return L
+
+
+def render_warm(res):
+    L = ["| figure | oci: layout | lazy image, everything fetched | lazy / oci |", "|---|---|---|---|"]
+    for label, a, b in (("metadata walk (`find -printf '%s %m %u\\n'`, alternating)", "walk-oci", "walk-lazy"),
+                        ("read every file (`find -type f \\| xargs cat`, page cache dropped before each run)",
+                         "read-oci", "read-lazy"),
+                        ("`imgfs run … python3 -c pass` (alternating, shared server)", "run-oci", "run-lazy")):
+        x = ratio(med(res, b), med(res, a))
+        L.append(f"| {label} | {time_cell(res.get(a))} | {time_cell(res.get(b))} | "
+                 f"{'—' if x is None else f'{x:.2f}×'} |")
+    return L
+
+
+def default_span(inp):
+    """The span of the spans' artifacts that is the default's (the same artifact), if any."""
+    arts = inp["artifacts"]
+    lazy = re.search(r"as (sha256:[0-9a-f]+)", (arts.get("lazy") or {}).get("report", ""))
+    for s in SPANS:
+        if lazy and lazy.group(1) in (arts.get(f"span-{s.lower()}") or {}).get("report", ""):
+            return s
+    return None
+
+
+def render_notes(res):
+    """What the tables leave to arithmetic: eight nodes beside one start, prefetch beside none."""
+    L = []
+    one, nodes = res.get("cold-lazy") or {}, res.get("nodes") or {}
+    if med(res, "nodes") and med(res, "cold-lazy"):
+        L.append(f"{NODES} cold nodes at once took {med(res, 'nodes') / med(res, 'cold-lazy'):.2f}× the wall time of "
+                 f"one lazy start and fetched {ratio(fetched(res, 'nodes'), fetched(res, 'cold-lazy')) or 0:.2f}× "
+                 f"its bytes ({mb(fetched(res, 'nodes'))} against {mb(fetched(res, 'cold-lazy'))}); their layer "
+                 f"blobs hold {mb(nodes.get('blob_bytes'))} against {mb(one.get('blob_bytes'))}. ")
+    if med(res, "cold-prefetch") and med(res, "cold-lazy"):
+        L.append(f"With `--prefetch all` the cold run took {med(res, 'cold-prefetch') / med(res, 'cold-lazy'):.2f}× "
+                 "the time of `--prefetch none`; its bytes per run count the background fetch until the next "
+                 "run's preparation stopped the server, not only what the run needed.")
+    return ["".join(L)] if L else []
+
+
+def render(res, meta):
+    mach, v, inp = meta["machine"], meta["versions"], meta["inputs"]
+    L = ["## Lazy registry images\n",
+         f"Generated by `bench/run.sh --lazy` on {meta['date']} (run took {meta.get('duration_min', 0):.1f} min). "
+         f"Machine: {mach['cpu']}, {mach['cores']} cores, {mach['ram']}, kernel {mach['kernel']}, {mach['os']}; "
+         f"imgfs {v['imgfs']}; {v['skopeo']}; {v['docker']}; {v['registry']}; {v['hyperfine']}.\n",
+         f"The image is `{meta['image']}` ({inp['image_layers']} gzip layers, {mb(inp['image_bytes'])}), "
+         f"pushed to Debian's docker-registry on 127.0.0.1 with imgfs's index (`imgfs index push`, "
+         f"default span{f', {default_span(inp)}' if default_span(inp) else ''}) and, under another name, without one; the 2 GiB image is the same with two more "
+         f"layers of pseudo-random files that nothing reads ({inp['big_layers']} layers, "
+         f"{mb(inp['big_bytes'])}; bench/make_big_image.py). The registry's replies go through an htb class "
+         f"of {RATE_TEXT} on lo. Every cold run starts from nothing local: docker pulls into a dockerd of "
+         "the benchmark's own that holds no other image; imgfs runs with an empty cache and no server left "
+         "from an earlier run. *MB from the registry* is what the shaped class carried per run (headers, "
+         "manifest, config and index included); *layer blobs kept* is the allocated size of the sparse "
+         "layer blobs in the cache after the last run (`du -B1`). Medians, runs in parentheses.\n",
+         "### Targets\n", "| figure | measured | target | met? |", "|---|---|---|---|"]
+    for t in meta["targets"]:
+        met = {True: "**met**", False: "**missed**", None: "—"}[t["met"]]
+        L.append(f"| {t['what']} | {t['text']} | {t['target']} | {met} |")
+    L += ["", f"### Cold start from the registry at {RATE_TEXT}\n", *render_cold(res, inp), "",
+          *render_notes(res), "",
+          "### Span size: the index against what a lazy start fetches\n", *render_spans(res, inp), "",
+          "### Warm: the lazy image with everything fetched beside the OCI layout (unshaped)\n",
+          *render_warm(res), "",
+          "Run it with `bench/run.sh --lazy`; raw figures in `bench/results/lazy.json`."]
+    return "\n".join(L)
+
+
+def report(res, meta):
+    meta["targets"] = targets(res, meta["inputs"])
+    (RESULTS / "lazy.json").write_text(json.dumps({"meta": meta, "results": res}, indent=1, default=str))
+    md = ROOT / "bench" / "RESULTS.md"
+    write_section(md, SECTION, render(res, meta))
+    log(f"wrote {RESULTS / 'lazy.json'} and the {SECTION} section of {md}")
+    for t in meta["targets"]:
+        word = {True: "MET   ", False: "MISSED", None: "n/a   "}[t["met"]]
+        log(f"target {word} {t['what']}: {t['target']}: {t['text']}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description="imgfs benchmark of lazy registry images (run it through "
+                                             "bench/run.sh --lazy)")
+    ap.add_argument("--render-only", action="store_true",
+                    help="write the Markdown section again from bench/results/lazy.json")
+    args = ap.parse_args()
+    if args.render_only:
+        saved = json.loads((RESULTS / "lazy.json").read_text())
+        report(saved["results"], saved["meta"])
+        return
+    check_inputs()
+    lock = hold_machine("lazy.py")  # noqa: F841 (held until exit)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    set_log_file(open(RESULTS / "lazy.log", "w"))
+    raw = RESULTS / "raw-lazy"
+    if raw.exists():
+        shutil.rmtree(raw)
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+
+    gz = layouts()["gzip"]
+    start = time.time()
+    meta = {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M %Z").strip(), "machine": machine(),
+            "versions": sources.versions(), "image": read_env().get("LAYERS_IMAGE", "?"), "command": CMD}
+    BASE.mkdir(parents=True, exist_ok=True)
+    try:
+        res, meta["inputs"] = measure_all(Runner(False, raw), gz)
+    except KeyboardInterrupt:
+        log("interrupted; unmounting and stopping the shared servers")
+        sys.exit(130)
+    finally:
+        for m in (MNT_LAZY, MNT_OCI):
+            umount(m)
+        stop_shared()
+    meta["duration_min"] = (time.time() - start) / 60
+    report(res, meta)
+
+
+if __name__ == "__main__":
+    main()

@@ -103,11 +103,8 @@ pub fn make_plan(
     Ok(plan)
 }
 
-/// How long the server of a lazily read image run with `--linger 0` stays unused: long
-/// enough that a sandbox slow to start on a loaded machine still finds it (a second was not:
-/// eight runs at once on two cores saw it go first, and served the image from inside their
-/// network namespace, where the registry cannot be reached).
-const LAZY_MIN_LINGER: std::time::Duration = std::time::Duration::from_secs(15);
+/// How long the server of a lazily read image run with `--linger 0` stays after the run.
+const LAZY_MIN_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A live mount of the image with warm kernel caches, if there is one or one can be started;
 /// failing that the sandbox serves the image itself, which is only slower.

@@ -524,9 +524,18 @@ pub fn shared_mount(
         return Ok(live);
     }
     let parent = shared_dir()?;
-    // Mountpoints left by killed servers: removing a live one fails (EBUSY).
+    // Mountpoints left by killed servers: removing a mounted one fails (EBUSY), and one whose
+    // run still lives (`NAME-PID`) may be about to be mounted by another cache's server.
     if let Ok(dirs) = std::fs::read_dir(&parent) {
         for d in dirs.flatten() {
+            let name = d.file_name();
+            let pid = name
+                .to_str()
+                .and_then(|n| n.rsplit_once('-'))
+                .and_then(|(_, pid)| crate::cache::sys::pid_name(std::ffi::OsStr::new(pid)));
+            if pid.is_some_and(crate::cache::sys::alive) {
+                continue;
+            }
             let _ = std::fs::remove_dir(d.path());
         }
     }

@@ -664,3 +664,35 @@ fn spans_recorded_by_earlier_mounts_are_published() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Eight cold `imgfs run`s of a lazy image at once, each with its own cache: each gets a
+/// server of its own outside its sandbox (none may take another's mountpoint away) and runs
+/// the image's entrypoint (a shell script calling `id` and `pwd`, all read lazily), which
+/// prints what it was given and as whom it runs (the image's user, as docker runs it).
+#[test]
+fn eight_concurrent_cold_runs() {
+    let img = lazy_image("OCI_GZIP", "layers", "imgfs-test/layers:1");
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                let cache = TempDir::new("imgfs-lazy-cache");
+                let out = run_within(
+                    imgfs_nodaemon()
+                        .args(["run", "--linger", "0", "--cache-dir"])
+                        .arg(cache.path())
+                        .arg(&img.source)
+                        .args(["--", "one", "two"]),
+                    LIMIT,
+                );
+                let stdout = text(&out.stdout);
+                assert!(out.status.success(), "{}", text(&out.stderr));
+                assert!(
+                    stdout.contains("args: one two\n")
+                        && stdout.contains("user: 1500:1500 runner")
+                        && stdout.contains("cwd: /home/runner/work"),
+                    "{stdout}"
+                );
+            });
+        }
+    });
+}

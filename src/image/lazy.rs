@@ -294,20 +294,9 @@ impl LazyBlob {
         self
     }
 
-    pub fn table(&self) -> &SeekTable {
-        &self.table
-    }
-
     /// Compressed bytes this process has fetched.
     pub fn fetched_bytes(&self) -> u64 {
         self.fetched_bytes.load(Ordering::Relaxed)
-    }
-
-    /// The spans reads have needed so far, in order.
-    pub fn used_spans(&self) -> Vec<usize> {
-        let mut v: Vec<usize> = self.used.lock().iter().copied().collect();
-        v.sort_unstable();
-        v
     }
 
     /// Makes sure spans `spans` are in the store, fetching the missing ones (neighbours in

@@ -165,6 +165,21 @@ fn blob_bytes(front: &Front, digests: &HashSet<String>) -> u64 {
         .sum()
 }
 
+/// Waits until the front has sent at least `bytes` of the blobs `digests` (a prefetch at
+/// work, no read asking), failing after `limit`.
+#[track_caller]
+fn wait_for_bytes(front: &Front, digests: &HashSet<String>, bytes: u64, limit: Duration) {
+    let start = Instant::now();
+    while blob_bytes(front, digests) < bytes {
+        assert!(
+            start.elapsed() < limit,
+            "prefetched {} of the {bytes} bytes awaited",
+            blob_bytes(front, digests)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Every entry under `root`, stat'ed without reading any file.
 fn walk_metadata(root: &Path) -> usize {
     let mut n = 0;
@@ -311,16 +326,7 @@ fn prefetch_all_fetches_the_image_once_in_the_background() {
     let img = lazy_image("OCI_GZIP", "layers", "imgfs-test/layers:1");
     let cache = TempDir::new("imgfs-lazy-cache");
     let (m, _) = mount(cache.path(), &img.source, &["--prefetch", "all"]);
-    let start = Instant::now();
-    while blob_bytes(&img.front, &img.layers) < img.total {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "prefetch fetched {} of {} bytes",
-            blob_bytes(&img.front, &img.layers),
-            img.total
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_bytes(&img.front, &img.layers, img.total, Duration::from_secs(120));
     assert_trees_equal(
         &fx().path("TRUTH_LAYERS"),
         m.path(),
@@ -603,14 +609,7 @@ fn recorded_spans_are_fetched_first() {
     drop(m);
     let cache = TempDir::new("imgfs-lazy-cache");
     let (_m, _) = mount(cache.path(), &source, &[]);
-    let start = Instant::now();
-    while blob_bytes(&front, &layers) == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "nothing prefetched"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_bytes(&front, &layers, 1, Duration::from_secs(30));
     let listed = std::fs::read_dir(cache.path().join("images"))
         .unwrap()
         .flatten()
@@ -655,14 +654,7 @@ fn spans_recorded_by_earlier_mounts_are_published() {
     let cold = TempDir::new("imgfs-lazy-cache");
     let source = format!("docker://{}/imgfs-test/layers:1", front.addr);
     let (_m, _) = mount(cold.path(), &source, &[]);
-    let start = Instant::now();
-    while blob_bytes(&front, &layers) == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "nothing prefetched"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_bytes(&front, &layers, 1, Duration::from_secs(30));
 }
 
 /// Eight cold `imgfs run`s of a lazy image at once, each with its own cache: each gets a

@@ -40,6 +40,37 @@ pub struct Remote {
 pub const REMOTE_FILE: &str = "remote.json";
 /// A lazy layer's seek table (its encoding, see `index::seek`), in its entry.
 pub const SEEK_FILE: &str = "seek";
+/// A lazy layer's TOC (eStargz, zstd:chunked), as [`StoredToc`] keeps it, in its entry
+/// instead of a seek table.
+pub const TOC_FILE: &str = "toc";
+
+/// A layer's TOC as the store keeps it, checked against its digest when it was fetched: a
+/// first line `FORMAT DATA_END` (where file data ends in the blob), then the TOC's JSON.
+#[derive(Debug, PartialEq, Eq)]
+pub struct StoredToc<'a> {
+    pub format: &'a str,
+    pub data_end: u64,
+    pub json: &'a [u8],
+}
+
+impl<'a> StoredToc<'a> {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = format!("{} {}\n", self.format, self.data_end).into_bytes();
+        out.extend_from_slice(self.json);
+        out
+    }
+
+    pub fn decode(bytes: &'a [u8]) -> Option<StoredToc<'a>> {
+        let nl = bytes.iter().position(|&b| b == b'\n')?;
+        let head = std::str::from_utf8(&bytes[..nl]).ok()?;
+        let (format, data_end) = head.split_once(' ')?;
+        Some(StoredToc {
+            format,
+            data_end: data_end.parse().ok()?,
+            json: &bytes[nl + 1..],
+        })
+    }
+}
 
 /// In an image entry: the spans a recorded run read, as the index's prefetch list gives
 /// them (`LAYER SPAN` lines, first read first).

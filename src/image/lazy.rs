@@ -28,8 +28,9 @@ use sha2::Digest as _;
 
 use super::Blob;
 pub use crate::cache::sparse::{PREFETCH_FILE, RECORD_FILE, parse_spans};
-use crate::cache::sparse::{Remote, SEEK_FILE, SparseBlob};
+use crate::cache::sparse::{Remote, SEEK_FILE, SparseBlob, TOC_FILE};
 use crate::index::seek::SeekTable;
+use crate::index::toc::{self, ChunkError, ChunkTable, TocFormat};
 
 /// Bytes of decompressed spans kept in memory for one server: enough for the working set of
 /// a program's start (a few dozen spans), small beside the page cache the kernel keeps of
@@ -101,7 +102,7 @@ pub fn prefetch_recorded(blobs: Vec<Arc<LazyBlob>>, list: Vec<(u32, usize)>) {
         let Some(blob) = blobs.get(layer) else {
             continue;
         };
-        if span >= blob.table.spans().len() {
+        if span >= blob.table.len() {
             continue;
         }
         match runs.iter_mut().find(|(l, r)| *l == layer && r.end == span) {
@@ -163,12 +164,12 @@ pub fn prefetch_all(blobs: Vec<Arc<LazyBlob>>) {
         .spawn(move || {
             let start = Instant::now();
             for blob in &blobs {
-                let spans = blob.table.spans();
+                let table = &blob.table;
                 let mut i = 0;
-                while i < spans.len() {
+                while i < table.len() {
                     let first = i;
-                    let from = spans[i].compressed.start;
-                    while i < spans.len() && spans[i].compressed.end - from <= PREFETCH_RANGE {
+                    let from = table.compressed(i).start;
+                    while i < table.len() && table.compressed(i).end - from <= PREFETCH_RANGE {
                         i += 1;
                     }
                     i = i.max(first + 1);
@@ -241,13 +242,104 @@ enum SpanError {
     Mismatch,
 }
 
+/// A lazy layer's spans: imgfs's seek table of the blob, or the pieces the layer's own TOC
+/// (eStargz, zstd:chunked) names.
+pub enum Table {
+    Seek(SeekTable),
+    Toc(ChunkTable),
+}
+
+/// Why stored or fetched bytes of a span cannot be served.
+enum Unservable {
+    /// They are not the span's bytes: fetch them again.
+    Mismatch,
+    /// They match, yet do not decode as the table says.
+    Corrupt(String),
+}
+
+impl Table {
+    pub fn len(&self) -> usize {
+        match self {
+            Table::Seek(t) => t.spans().len(),
+            Table::Toc(t) => t.spans().len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Span `i`'s bytes in the compressed blob (`i` below [`len`](Self::len)).
+    pub fn compressed(&self, i: usize) -> Range<u64> {
+        match self {
+            Table::Seek(t) => t.spans()[i].compressed.clone(),
+            Table::Toc(t) => t.spans()[i].compressed.clone(),
+        }
+    }
+
+    /// What span `i` yields of the stream the index addresses.
+    pub fn uncompressed(&self, i: usize) -> Range<u64> {
+        match self {
+            Table::Seek(t) => t.spans()[i].uncompressed.clone(),
+            Table::Toc(t) => t.spans()[i].uncompressed.clone(),
+        }
+    }
+
+    pub fn span_at(&self, at: u64) -> Option<usize> {
+        match self {
+            Table::Seek(t) => t.span_at(at),
+            Table::Toc(t) => t.span_at(at),
+        }
+    }
+
+    pub fn compressed_size(&self) -> u64 {
+        match self {
+            Table::Seek(t) => t.compressed_size(),
+            Table::Toc(t) => t.compressed_size(),
+        }
+    }
+
+    pub fn uncompressed_size(&self) -> u64 {
+        match self {
+            Table::Seek(t) => t.uncompressed_size(),
+            Table::Toc(t) => t.uncompressed_size(),
+        }
+    }
+
+    /// Whether `bytes` are span `i`'s: its digest (a seek table), or the digests of the
+    /// file data it decodes to (a TOC).
+    fn check(&self, i: usize, bytes: &[u8]) -> bool {
+        match self {
+            Table::Seek(t) => sha2::Sha256::digest(bytes).as_slice() == t.spans()[i].digest,
+            Table::Toc(t) => t.open_span(i, bytes).is_ok(),
+        }
+    }
+
+    /// Span `i` decompressed from `bytes`, once they are checked to be its.
+    fn open(&self, i: usize, bytes: &[u8]) -> Result<Vec<u8>, Unservable> {
+        match self {
+            Table::Seek(t) => {
+                if sha2::Sha256::digest(bytes).as_slice() != t.spans()[i].digest {
+                    return Err(Unservable::Mismatch);
+                }
+                t.decompress_span(i, bytes)
+                    .map_err(|e| Unservable::Corrupt(e.to_string()))
+            }
+            Table::Toc(t) => t.open_span(i, bytes).map_err(|e| match e {
+                ChunkError::Mismatch(_) | ChunkError::Corrupt { .. } => Unservable::Mismatch,
+                ChunkError::NoSuchSpan(_) => Unservable::Corrupt(e.to_string()),
+            }),
+        }
+    }
+}
+
 /// One layer's uncompressed tar, read lazily.
 pub struct LazyBlob {
     /// Names the layer in messages (its digest).
     name: String,
     /// The layer's number in the span cache.
     id: u32,
-    table: SeekTable,
+    table: Table,
     store: SparseBlob,
     fetch: Box<dyn Fetch>,
     cache: Arc<SpanCache>,
@@ -266,7 +358,7 @@ impl LazyBlob {
     pub fn new(
         name: String,
         id: u32,
-        table: SeekTable,
+        table: Table,
         store: SparseBlob,
         fetch: Box<dyn Fetch>,
         cache: Arc<SpanCache>,
@@ -367,12 +459,11 @@ impl LazyBlob {
 
     /// The error a read gets once the timeout is spent, logged once with the layer and range.
     fn give_up(&self, missing: &[usize], why: &str) -> io::Error {
-        let spans = self.table.spans();
         let range = match (missing.first(), missing.last()) {
             (Some(&a), Some(&b)) => format!(
                 "bytes {}-{}",
-                spans[a].compressed.start,
-                spans[b].compressed.end.saturating_sub(1)
+                self.table.compressed(a).start,
+                self.table.compressed(b).end.saturating_sub(1)
             ),
             _ => String::from("no bytes"),
         };
@@ -389,14 +480,14 @@ impl LazyBlob {
 
     /// Fetches spans `mine` (sorted), verifies each against its digest and stores it.
     fn fetch_spans(&self, mine: &[usize]) -> Result<(), SpanError> {
-        let spans = self.table.spans();
+        let table = &self.table;
         // Runs of neighbouring spans, each fetched as one range.
         let mut runs: Vec<Range<usize>> = Vec::new();
         for &i in mine {
             match runs.last_mut() {
                 Some(run)
                     if run.end == i
-                        && spans[i].compressed.end - spans[run.start].compressed.start
+                        && table.compressed(i).end - table.compressed(run.start).start
                             <= MAX_RANGE =>
                 {
                     run.end = i + 1
@@ -406,7 +497,7 @@ impl LazyBlob {
         }
         let ranges: Vec<Range<u64>> = runs
             .iter()
-            .map(|r| spans[r.start].compressed.start..spans[r.end - 1].compressed.end)
+            .map(|r| table.compressed(r.start).start..table.compressed(r.end - 1).end)
             .collect();
         let bodies = self.fetch.fetch(&ranges).map_err(SpanError::Fetch)?;
         if bodies.len() != ranges.len() {
@@ -426,9 +517,9 @@ impl LazyBlob {
                 ))));
             }
             for i in run.clone() {
-                let c = &spans[i].compressed;
+                let c = table.compressed(i);
                 let bytes = &body[(c.start - range.start) as usize..(c.end - range.start) as usize];
-                if sha2::Sha256::digest(bytes).as_slice() != spans[i].digest {
+                if !table.check(i, bytes) {
                     log::error!(
                         "layer {} bytes {}-{}: the registry's bytes do not match the span's digest; not served",
                         self.name,
@@ -453,21 +544,28 @@ impl LazyBlob {
         if let Some(s) = self.cache.get((self.id, i)) {
             return Ok(s);
         }
-        let span = &self.table.spans()[i];
-        let len = (span.compressed.end - span.compressed.start) as usize;
+        let compressed = self.table.compressed(i);
+        let len = (compressed.end - compressed.start) as usize;
         let mut tries = 0;
-        let bytes = loop {
+        let data = loop {
             self.ensure(i..i + 1)?;
-            let bytes = self.store.read(span.compressed.start, len)?;
-            if sha2::Sha256::digest(&bytes).as_slice() == span.digest {
-                break bytes;
+            let bytes = self.store.read(compressed.start, len)?;
+            match self.table.open(i, &bytes) {
+                Ok(data) => break data,
+                Err(Unservable::Corrupt(e)) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{}: {e}", self.name),
+                    ));
+                }
+                Err(Unservable::Mismatch) => {}
             }
             tries += 1;
             log::warn!(
                 "layer {} bytes {}-{}: the stored span is damaged; fetching it again",
                 self.name,
-                span.compressed.start,
-                span.compressed.end.saturating_sub(1)
+                compressed.start,
+                compressed.end.saturating_sub(1)
             );
             self.store.forget(i);
             if tries > 1 {
@@ -477,9 +575,6 @@ impl LazyBlob {
                 ));
             }
         };
-        let data = self.table.decompress_span(i, &bytes).map_err(|e| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", self.name))
-        })?;
         let data = Arc::new(data);
         self.cache.put((self.id, i), data.clone());
         Ok(data)
@@ -526,10 +621,10 @@ impl Blob for LazyBlob {
         self.ensure(first..last + 1)?;
         let mut at = offset;
         for i in first..=last {
-            let span = &self.table.spans()[i];
+            let span = self.table.uncompressed(i);
             let data = self.span(i)?;
-            let from = (at - span.uncompressed.start) as usize;
-            let to = ((end.min(span.uncompressed.end)) - span.uncompressed.start) as usize;
+            let from = (at - span.start) as usize;
+            let to = ((end.min(span.end)) - span.start) as usize;
             let piece = data.get(from..to).ok_or_else(|| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -606,18 +701,8 @@ pub fn open(
     let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
     let remote: Remote = serde_json::from_slice(&std::fs::read(remote_file)?)
         .map_err(|e| invalid(format!("{}: {e}", remote_file.display())))?;
-    let seek_path = dir.join(SEEK_FILE);
-    let table = SeekTable::decode(&std::fs::read(&seek_path)?)
-        .map_err(|e| invalid(format!("{}: {e}", seek_path.display())))?;
-    if table.compressed_size() != remote.size {
-        return Err(invalid(format!(
-            "{}: the seek table is for {} bytes, the blob has {}",
-            seek_path.display(),
-            table.compressed_size(),
-            remote.size
-        )));
-    }
-    let store = SparseBlob::open(dir, remote.size, table.spans().len())?;
+    let table = open_table(dir, remote.size)?;
+    let store = SparseBlob::open(dir, remote.size, table.len())?;
     let name = remote.digest.clone();
     let fetch = Box::new(RegistryFetch::new(remote)?);
     Ok(LazyBlob::new(
@@ -629,4 +714,38 @@ pub fn open(
         cache.clone(),
         options.clone(),
     ))
+}
+
+/// The table of the lazy layer whose entry is `dir`: its seek table, or else its TOC.
+pub fn open_table(dir: &std::path::Path, blob_size: u64) -> io::Result<Table> {
+    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    let seek_path = dir.join(SEEK_FILE);
+    let table = match std::fs::read(&seek_path) {
+        Ok(bytes) => Table::Seek(
+            SeekTable::decode(&bytes)
+                .map_err(|e| invalid(format!("{}: {e}", seek_path.display())))?,
+        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let toc_path = dir.join(TOC_FILE);
+            let bytes = std::fs::read(&toc_path)?;
+            let bad = |why: String| invalid(format!("{}: {why}", toc_path.display()));
+            let stored = crate::cache::sparse::StoredToc::decode(&bytes)
+                .ok_or_else(|| bad("not a stored TOC".to_string()))?;
+            let format = TocFormat::from_name(stored.format)
+                .ok_or_else(|| bad(format!("unknown format {}", stored.format)))?;
+            let parsed = toc::parse(format, stored.json, blob_size, stored.data_end)
+                .map_err(|e| bad(e.to_string()))?;
+            Table::Toc(parsed.table)
+        }
+        Err(e) => return Err(e),
+    };
+    if table.compressed_size() != blob_size {
+        return Err(invalid(format!(
+            "{}: the table is for {} bytes, the blob has {}",
+            dir.display(),
+            table.compressed_size(),
+            blob_size
+        )));
+    }
+    Ok(table)
 }

@@ -8,6 +8,7 @@
 pub mod format;
 pub mod scan;
 pub mod seek;
+pub mod toc;
 pub mod tree;
 
 use std::fs::File;

@@ -1,0 +1,700 @@
+//! The tables of contents lazy layer formats carry: eStargz's `stargz.index.json` (a gzip
+//! member near the blob's end, found through its footer) and zstd:chunked's manifest (a
+//! skippable zstd frame, found through the layer's annotations). Both are JSON lists of the
+//! layer's tar entries in archive order, each regular file's data in compressed pieces that
+//! decode on their own — an eStargz gzip member, a zstd:chunked zstd frame — with a SHA-256 of
+//! the uncompressed data.
+//!
+//! [`parse`] takes the verified JSON (the caller checks it against the digest the manifest
+//! names) and hands on the layer's [`Entry`] records, ready for [`super::tree::Tree`], and a
+//! [`ChunkTable`]: the pieces as spans. A TOC has no offsets into the uncompressed tar, so the
+//! entries' data offsets address a stream of imgfs's own — the spans' data back to back, as
+//! much of each piece as its files use — and the table maps that stream to the blob. A span
+//! is verified by the digests of the file data in it, never served before.
+//!
+//! Guarantees: any bytes give a table or one [`TocError`], never a panic; counts, sizes and
+//! offsets are checked (spans in blob order, inside the blob, each file's pieces back to back
+//! in the stream), allocation is bounded by the JSON's own size. A TOC that cannot say a name
+//! exactly (Go's JSON writes a non-UTF-8 name as U+FFFD) is refused, as are kinds of data
+//! imgfs does not know: the caller then fetches the layer whole.
+
+use std::io::Read;
+use std::ops::Range;
+
+use sha2::{Digest, Sha256};
+
+use super::scan::{Entry, Kind};
+
+/// eStargz's footer: an empty gzip member whose extra field names the TOC's offset.
+pub const ESTARGZ_FOOTER_LEN: u64 = 51;
+/// The TOC's name inside its gzip member, and the landmarks: entries of the format, not of
+/// the image, which a mount hides (as stargz-snapshotter does).
+pub const ESTARGZ_TOC_NAME: &str = "stargz.index.json";
+pub const ESTARGZ_LANDMARKS: [&str; 2] = [".prefetch.landmark", ".no.prefetch.landmark"];
+const ESTARGZ_PREFETCH_LANDMARK: &str = ".prefetch.landmark";
+/// Largest TOC accepted, uncompressed: a layer of a million files has a TOC of a few hundred
+/// megabytes at most; the bound stops a hostile size from allocating more.
+pub const MAX_TOC: u64 = 512 << 20;
+/// Longest name or link target accepted (Linux's PATH_MAX is 4 KiB; tar allows longer).
+const MAX_NAME: usize = 64 << 10;
+
+/// Which format a TOC is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TocFormat {
+    /// eStargz: gzip members; a TOC offset bounds the last one.
+    Estargz,
+    /// zstd:chunked: zstd frames with their exact ends.
+    ZstdChunked,
+}
+
+impl TocFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            TocFormat::Estargz => "estargz",
+            TocFormat::ZstdChunked => "zstd-chunked",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<TocFormat> {
+        match name {
+            "estargz" => Some(TocFormat::Estargz),
+            "zstd-chunked" => Some(TocFormat::ZstdChunked),
+            _ => None,
+        }
+    }
+}
+
+/// Why a TOC cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TocError {
+    #[error("the TOC is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("TOC version {0} is not one imgfs reads")]
+    Version(i64),
+    #[error("TOC entry {index}: {what}")]
+    Entry { index: usize, what: String },
+    #[error("TOC entry {index} ('{name}'): its name cannot be said exactly (not UTF-8 in the tar)")]
+    Lossy { index: usize, name: String },
+    #[error("TOC entry {index}: data at {offset} is out of order or outside the blob ({size} bytes)")]
+    Offset { index: usize, offset: u64, size: u64 },
+    #[error("TOC entry {index}: the file's pieces do not follow each other")]
+    Discontiguous { index: usize },
+    #[error("the eStargz footer is not one: {0}")]
+    Footer(&'static str),
+}
+
+/// One piece of the blob that decodes on its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkSpan {
+    /// Its bytes in the compressed blob.
+    pub compressed: Range<u64>,
+    /// What it yields in imgfs's stream (the first bytes of its output).
+    pub uncompressed: Range<u64>,
+    /// The file data in it: a range of its output and the data's SHA-256.
+    checks: Vec<(Range<u64>, [u8; 32])>,
+}
+
+/// A layer's pieces in blob order, with what each must decode to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkTable {
+    format: TocFormat,
+    compressed_size: u64,
+    uncompressed_size: u64,
+    spans: Vec<ChunkSpan>,
+}
+
+/// Why a span's bytes cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkError {
+    #[error("span {0} does not exist")]
+    NoSuchSpan(usize),
+    #[error("span {index} does not decode: {why}")]
+    Corrupt { index: usize, why: String },
+    #[error("span {0} does not match its digests")]
+    Mismatch(usize),
+}
+
+impl ChunkTable {
+    pub fn format(&self) -> TocFormat {
+        self.format
+    }
+
+    pub fn compressed_size(&self) -> u64 {
+        self.compressed_size
+    }
+
+    pub fn uncompressed_size(&self) -> u64 {
+        self.uncompressed_size
+    }
+
+    pub fn spans(&self) -> &[ChunkSpan] {
+        &self.spans
+    }
+
+    /// Index of the span holding stream offset `at`, None past the end.
+    pub fn span_at(&self, at: u64) -> Option<usize> {
+        let i = self.spans.partition_point(|s| s.uncompressed.end <= at);
+        self.spans
+            .get(i)
+            .filter(|s| s.uncompressed.contains(&at))
+            .map(|_| i)
+    }
+
+    /// Decodes span `i` from its compressed bytes and checks every file digest in it:
+    /// exactly the span's output, or an error.
+    pub fn open_span(&self, i: usize, compressed: &[u8]) -> Result<Vec<u8>, ChunkError> {
+        let span = self.spans.get(i).ok_or(ChunkError::NoSuchSpan(i))?;
+        let want = span.uncompressed.end - span.uncompressed.start;
+        let corrupt = |why: String| ChunkError::Corrupt { index: i, why };
+        let mut out = Vec::with_capacity(want.min(compressed.len() as u64 * 8) as usize);
+        match self.format {
+            TocFormat::Estargz => {
+                // One gzip member: what follows the piece in it (tar padding, the next
+                // headers) is not wanted.
+                flate2::read::GzDecoder::new(compressed)
+                    .take(want)
+                    .read_to_end(&mut out)
+                    .map_err(|e| corrupt(e.to_string()))?;
+            }
+            TocFormat::ZstdChunked => {
+                zstd::stream::read::Decoder::new(compressed)
+                    .map_err(|e| corrupt(e.to_string()))?
+                    .single_frame()
+                    .take(want)
+                    .read_to_end(&mut out)
+                    .map_err(|e| corrupt(e.to_string()))?;
+            }
+        }
+        if out.len() as u64 != want {
+            return Err(corrupt(format!("{} bytes of {want}", out.len())));
+        }
+        for (range, digest) in &span.checks {
+            let data = &out[range.start as usize..range.end as usize];
+            if Sha256::digest(data).as_slice() != digest {
+                return Err(ChunkError::Mismatch(i));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A layer's entries and pieces, from its TOC.
+#[derive(Debug)]
+pub struct Toc {
+    /// The layer's entries in archive order, data offsets into the table's stream.
+    pub entries: Vec<Entry>,
+    pub table: ChunkTable,
+    /// Spans before eStargz's prefetch landmark: what the image's producer asks to have first.
+    pub prefetch: Vec<usize>,
+}
+
+/// One TOC entry as both formats write it (eStargz's `TOCEntry`, zstd:chunked's
+/// `FileMetadata`: the same JSON names for what imgfs uses).
+#[derive(serde::Deserialize)]
+struct JsonEntry {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    size: i64,
+    #[serde(default)]
+    modtime: Option<String>,
+    #[serde(default, rename = "linkName")]
+    link_name: String,
+    #[serde(default)]
+    mode: i64,
+    #[serde(default)]
+    uid: i64,
+    #[serde(default)]
+    gid: i64,
+    #[serde(default)]
+    offset: i64,
+    #[serde(default, rename = "endOffset")]
+    end_offset: i64,
+    #[serde(default, rename = "innerOffset")]
+    inner_offset: i64,
+    #[serde(default, rename = "devMajor")]
+    dev_major: i64,
+    #[serde(default, rename = "devMinor")]
+    dev_minor: i64,
+    #[serde(default)]
+    xattrs: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    digest: Option<String>,
+    #[serde(default, rename = "chunkOffset")]
+    chunk_offset: i64,
+    #[serde(default, rename = "chunkSize")]
+    chunk_size: i64,
+    #[serde(default, rename = "chunkDigest")]
+    chunk_digest: Option<String>,
+    #[serde(default, rename = "chunkType")]
+    chunk_type: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct JsonToc {
+    version: i64,
+    entries: Vec<JsonEntry>,
+}
+
+/// A piece of file data as the TOC places it.
+struct Piece {
+    /// The entry it came from, for messages; the file it belongs to (index into entries).
+    index: usize,
+    file: usize,
+    /// Where its decodable piece starts in the blob, and its end when the format says.
+    offset: u64,
+    end: Option<u64>,
+    /// Its place in the piece's output, and in the file.
+    inner: u64,
+    chunk_offset: u64,
+    size: u64,
+    digest: [u8; 32],
+}
+
+/// Reads a TOC (already verified against its digest). `data_end` is where file data ends in
+/// the blob: the TOC's own offset for eStargz, the blob's size otherwise.
+pub fn parse(
+    format: TocFormat,
+    json: &[u8],
+    blob_size: u64,
+    data_end: u64,
+) -> Result<Toc, TocError> {
+    let toc: JsonToc = serde_json::from_slice(json)?;
+    if toc.version != 1 {
+        return Err(TocError::Version(toc.version));
+    }
+    let mut entries: Vec<Entry> = Vec::with_capacity(toc.entries.len());
+    let mut pieces: Vec<Piece> = Vec::new();
+    // The regular file the next "chunk" entries continue, with its size.
+    let mut open_file: Option<(usize, u64)> = None;
+    let mut landmark: Option<u64> = None;
+    let bad = |index: usize, what: &str| TocError::Entry {
+        index,
+        what: what.to_string(),
+    };
+    for (index, e) in toc.entries.iter().enumerate() {
+        if e.kind == "chunk" {
+            let (file, size) = open_file.ok_or_else(|| bad(index, "a chunk follows no file"))?;
+            pieces.push(piece(format, index, file, size, e)?);
+            continue;
+        }
+        open_file = None;
+        let name = checked_name(index, &e.name)?;
+        if format == TocFormat::Estargz {
+            let trimmed = name.trim_start_matches("./").trim_start_matches('/');
+            if trimmed == ESTARGZ_TOC_NAME || ESTARGZ_LANDMARKS.contains(&trimmed) {
+                if trimmed == ESTARGZ_PREFETCH_LANDMARK {
+                    landmark = Some(nonneg(index, e.offset, "offset")?);
+                }
+                continue;
+            }
+        }
+        let kind = match e.kind.as_str() {
+            "reg" => Kind::File,
+            "dir" => Kind::Directory,
+            "symlink" => Kind::Symlink,
+            "hardlink" => Kind::HardLink,
+            "char" => Kind::CharDevice,
+            "block" => Kind::BlockDevice,
+            "fifo" => Kind::Fifo,
+            other => return Err(bad(index, &format!("unknown type '{other}'"))),
+        };
+        let size = if kind == Kind::File {
+            nonneg(index, e.size, "size")?
+        } else {
+            0
+        };
+        let link = match kind {
+            Kind::Symlink | Kind::HardLink => checked_name(index, &e.link_name)?.as_bytes().to_vec(),
+            _ => Vec::new(),
+        };
+        let (mtime, mtime_nsec) = match e.modtime.as_deref() {
+            None | Some("") => (0, 0),
+            Some(t) => parse_rfc3339(t).ok_or_else(|| bad(index, &format!("bad modtime '{t}'")))?,
+        };
+        let mut xattrs = Vec::new();
+        for (k, v) in e.xattrs.iter().flatten() {
+            use base64::Engine as _;
+            let value = base64::engine::general_purpose::STANDARD
+                .decode(v)
+                .map_err(|_| bad(index, &format!("xattr '{k}' is not base64")))?;
+            xattrs.push((k.as_bytes().to_vec(), value));
+        }
+        let file = entries.len();
+        entries.push(Entry {
+            header_offset: index as u64,
+            path: name.as_bytes().to_vec(),
+            kind: Some(kind),
+            link,
+            mode: (e.mode & 0o7777) as u32,
+            uid: id(index, e.uid, "uid")?,
+            gid: id(index, e.gid, "gid")?,
+            mtime,
+            mtime_nsec,
+            size,
+            data_offset: 0,
+            sparse: None,
+            dev_major: id(index, e.dev_major, "devMajor")?,
+            dev_minor: id(index, e.dev_minor, "devMinor")?,
+            xattrs,
+        });
+        if kind == Kind::File && size > 0 {
+            pieces.push(piece(format, index, file, size, e)?);
+            open_file = Some((file, size));
+        }
+    }
+    let (table, prefetch) = lay_out(format, &mut entries, &pieces, blob_size, data_end, landmark)?;
+    Ok(Toc {
+        entries,
+        table,
+        prefetch,
+    })
+}
+
+/// A data entry's piece, checked on its own.
+fn piece(
+    format: TocFormat,
+    index: usize,
+    file: usize,
+    file_size: u64,
+    e: &JsonEntry,
+) -> Result<Piece, TocError> {
+    let bad = |what: &str| TocError::Entry {
+        index,
+        what: what.to_string(),
+    };
+    if e.chunk_type.as_deref().is_some_and(|t| !t.is_empty() && t != "data") {
+        return Err(bad("a chunk type other than data"));
+    }
+    let chunk_offset = nonneg(index, e.chunk_offset, "chunkOffset")?;
+    let chunk_size = nonneg(index, e.chunk_size, "chunkSize")?;
+    if chunk_offset >= file_size {
+        return Err(bad("a chunk past the file's end"));
+    }
+    // A chunk size of zero: to the end of the file.
+    let size = if chunk_size == 0 {
+        file_size - chunk_offset
+    } else {
+        chunk_size
+    };
+    if size > file_size - chunk_offset {
+        return Err(bad("a chunk past the file's end"));
+    }
+    let digest = match (&e.chunk_digest, &e.digest) {
+        (Some(d), _) => d,
+        (None, Some(d)) if chunk_offset == 0 && size == file_size => d,
+        _ => return Err(bad("data without a digest")),
+    };
+    let digest = sha256_of(digest).ok_or_else(|| bad(&format!("digest '{digest}'")))?;
+    let offset = nonneg(index, e.offset, "offset")?;
+    let end = match format {
+        TocFormat::Estargz => None,
+        TocFormat::ZstdChunked => Some(nonneg(index, e.end_offset, "endOffset")?),
+    };
+    let inner = match format {
+        TocFormat::Estargz => nonneg(index, e.inner_offset, "innerOffset")?,
+        TocFormat::ZstdChunked => 0,
+    };
+    Ok(Piece {
+        index,
+        file,
+        offset,
+        end,
+        inner,
+        chunk_offset,
+        size,
+        digest,
+    })
+}
+
+/// Makes spans of the pieces (one per decodable piece of the blob, in blob order) and sets
+/// each file's data offset into the stream they make.
+fn lay_out(
+    format: TocFormat,
+    entries: &mut [Entry],
+    pieces: &[Piece],
+    blob_size: u64,
+    data_end: u64,
+    landmark: Option<u64>,
+) -> Result<(ChunkTable, Vec<usize>), TocError> {
+    let mut spans: Vec<ChunkSpan> = Vec::new();
+    // Where each piece lands in the stream.
+    let mut placed: Vec<u64> = Vec::with_capacity(pieces.len());
+    let out_of_order = |p: &Piece| TocError::Offset {
+        index: p.index,
+        offset: p.offset,
+        size: blob_size,
+    };
+    for p in pieces {
+        if p.offset >= data_end {
+            return Err(out_of_order(p));
+        }
+        let same = spans.last().is_some_and(|s| s.compressed.start == p.offset);
+        if !same {
+            if let Some(last) = spans.last_mut() {
+                if p.offset < last.compressed.start {
+                    return Err(out_of_order(p));
+                }
+                if format == TocFormat::Estargz {
+                    last.compressed.end = p.offset;
+                } else if last.compressed.end > p.offset {
+                    return Err(out_of_order(p));
+                }
+            }
+            let end = match p.end {
+                Some(end) if end > p.offset && end <= data_end => end,
+                Some(_) => return Err(out_of_order(p)),
+                None => data_end,
+            };
+            let start = spans.last().map_or(0, |s| s.uncompressed.end);
+            spans.push(ChunkSpan {
+                compressed: p.offset..end,
+                uncompressed: start..start,
+                checks: Vec::new(),
+            });
+        } else if format == TocFormat::ZstdChunked {
+            // A zstd frame holds one piece.
+            return Err(out_of_order(p));
+        }
+        let span = spans.last_mut().expect("a span was pushed above");
+        let piece_end = p
+            .inner
+            .checked_add(p.size)
+            .ok_or_else(|| out_of_order(p))?;
+        let span_len = span.uncompressed.end - span.uncompressed.start;
+        // Pieces of one span are in order; a later span starts where this one's data ends,
+        // so a span only grows while it is the last.
+        if piece_end > span_len {
+            span.uncompressed.end = span
+                .uncompressed
+                .start
+                .checked_add(piece_end)
+                .ok_or_else(|| out_of_order(p))?;
+        }
+        span.checks.push((p.inner..piece_end, p.digest));
+        placed.push(span.uncompressed.start + p.inner);
+    }
+    // Each file's pieces back to back from its first, covering the file.
+    let mut next: Option<(usize, u64, u64)> = None; // file, stream offset, file offset
+    for (p, &at) in pieces.iter().zip(&placed) {
+        match next {
+            Some((file, want_at, want_off)) if file == p.file => {
+                if at != want_at || p.chunk_offset != want_off {
+                    return Err(TocError::Discontiguous { index: p.index });
+                }
+            }
+            _ => {
+                if p.chunk_offset != 0 {
+                    return Err(TocError::Discontiguous { index: p.index });
+                }
+                entries[p.file].data_offset = at;
+            }
+        }
+        next = Some((p.file, at + p.size, p.chunk_offset + p.size));
+    }
+    // Every file's pieces reach its end.
+    let mut reached = vec![0u64; entries.len()];
+    for p in pieces {
+        reached[p.file] = reached[p.file].max(p.chunk_offset + p.size);
+    }
+    for (file, e) in entries.iter().enumerate() {
+        if e.kind() == Kind::File && e.size > 0 && reached[file] != e.size {
+            return Err(TocError::Discontiguous {
+                index: e.header_offset as usize,
+            });
+        }
+    }
+    let prefetch = match landmark {
+        Some(end) => (0..spans.len())
+            .filter(|&i| spans[i].compressed.start < end)
+            .collect(),
+        None => Vec::new(),
+    };
+    let uncompressed_size = spans.last().map_or(0, |s| s.uncompressed.end);
+    Ok((
+        ChunkTable {
+            format,
+            compressed_size: blob_size,
+            uncompressed_size,
+            spans,
+        },
+        prefetch,
+    ))
+}
+
+fn nonneg(index: usize, v: i64, what: &str) -> Result<u64, TocError> {
+    u64::try_from(v).map_err(|_| TocError::Entry {
+        index,
+        what: format!("negative {what}"),
+    })
+}
+
+fn id(index: usize, v: i64, what: &str) -> Result<u32, TocError> {
+    u32::try_from(v).map_err(|_| TocError::Entry {
+        index,
+        what: format!("{what} {v} is out of range"),
+    })
+}
+
+/// A name as the TOC gives it, refused when it cannot be the tar's exact bytes.
+fn checked_name(index: usize, name: &str) -> Result<&str, TocError> {
+    if name.contains('\u{FFFD}') {
+        return Err(TocError::Lossy {
+            index,
+            name: name.to_string(),
+        });
+    }
+    if name.len() > MAX_NAME || name.contains('\0') {
+        return Err(TocError::Entry {
+            index,
+            what: "a name too long or with a NUL".to_string(),
+        });
+    }
+    Ok(name)
+}
+
+/// The 32 bytes of a `sha256:<64 hex>` digest.
+fn sha256_of(digest: &str) -> Option<[u8; 32]> {
+    let hex = digest.strip_prefix("sha256:")?;
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Seconds and nanoseconds since the epoch of an RFC 3339 time (`2026-11-30T20:26:42Z`,
+/// `…42.123456789+02:00`), as Go writes them.
+pub fn parse_rfc3339(t: &str) -> Option<(i64, u32)> {
+    let b = t.as_bytes();
+    let num = |r: Range<usize>| -> Option<i64> {
+        let s = t.get(r)?;
+        s.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| s.parse().ok())?
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, min, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60
+    {
+        return None;
+    }
+    let mut at = 19;
+    let mut nsec: u32 = 0;
+    if b.get(at) == Some(&b'.') {
+        at += 1;
+        let start = at;
+        while at < b.len() && b[at].is_ascii_digit() {
+            at += 1;
+        }
+        let digits = &t[start..at];
+        if digits.is_empty() {
+            return None;
+        }
+        let mut n: u32 = 0;
+        for (i, c) in digits.bytes().take(9).enumerate() {
+            n += u32::from(c - b'0') * 10u32.pow(8 - i as u32);
+        }
+        nsec = n;
+    }
+    let offset = match b.get(at..)? {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let two = |x: u8, y: u8| -> Option<i64> {
+                (x.is_ascii_digit() && y.is_ascii_digit())
+                    .then(|| i64::from(x - b'0') * 10 + i64::from(y - b'0'))
+            };
+            let secs = two(*h1, *h2)? * 3600 + two(*m1, *m2)? * 60;
+            if *sign == b'+' { secs } else { -secs }
+        }
+        _ => return None,
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + hour * 3600 + min * 60 + sec - offset, nsec))
+}
+
+/// The TOC's offset from an eStargz footer (the blob's last [`ESTARGZ_FOOTER_LEN`] bytes):
+/// an empty gzip member whose extra field holds `%016x` of the offset then `STARGZ`.
+pub fn estargz_footer(footer: &[u8]) -> Result<u64, TocError> {
+    if footer.len() as u64 != ESTARGZ_FOOTER_LEN {
+        return Err(TocError::Footer("not 51 bytes"));
+    }
+    if footer[..4] != [0x1f, 0x8b, 0x08, 0x04] {
+        return Err(TocError::Footer("not a gzip header with an extra field"));
+    }
+    // XLEN 26, then subfield 'S' 'G' of length 22.
+    if footer[10..16] != [26, 0, b'S', b'G', 22, 0] || &footer[32..38] != b"STARGZ" {
+        return Err(TocError::Footer("no STARGZ extra field"));
+    }
+    let hex = std::str::from_utf8(&footer[16..32]).map_err(|_| TocError::Footer("offset"))?;
+    u64::from_str_radix(hex, 16).map_err(|_| TocError::Footer("offset"))
+}
+
+/// The JSON of an eStargz TOC from its gzip member (a tar holding [`ESTARGZ_TOC_NAME`]),
+/// read no further than [`MAX_TOC`].
+pub fn estargz_toc_json(member: &[u8]) -> Result<Vec<u8>, TocError> {
+    let gz = flate2::read::GzDecoder::new(member).take(MAX_TOC + 4096);
+    let mut archive = tar::Archive::new(gz);
+    let entries = archive
+        .entries()
+        .map_err(|_| TocError::Footer("the TOC member is not a tar"))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|_| TocError::Footer("the TOC member is not a tar"))?;
+        let is_toc = entry
+            .path_bytes()
+            .as_ref()
+            .strip_prefix(b"./")
+            .unwrap_or(&entry.path_bytes())
+            == ESTARGZ_TOC_NAME.as_bytes();
+        if is_toc {
+            let mut json = Vec::new();
+            entry
+                .by_ref()
+                .take(MAX_TOC)
+                .read_to_end(&mut json)
+                .map_err(|_| TocError::Footer("the TOC does not decompress"))?;
+            return Ok(json);
+        }
+    }
+    Err(TocError::Footer("the TOC member has no stargz.index.json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_times() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some((0, 0)));
+        assert_eq!(
+            parse_rfc3339("2026-11-30T20:26:42Z"),
+            Some((1_796_070_402, 0))
+        );
+        assert_eq!(
+            parse_rfc3339("2026-11-30T22:26:42.5+02:00"),
+            Some((1_796_070_402, 500_000_000))
+        );
+        assert_eq!(parse_rfc3339("0001-01-01T00:00:00Z").map(|t| t.0), Some(-62_135_596_800));
+        for bad in ["", "2026-13-01T00:00:00Z", "2026-11-30 20:26:42Z", "2026-11-30T20:26:42"] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+}

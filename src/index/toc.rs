@@ -32,6 +32,17 @@ pub const ESTARGZ_FOOTER_LEN: u64 = 51;
 pub const ESTARGZ_TOC_NAME: &str = "stargz.index.json";
 pub const ESTARGZ_LANDMARKS: [&str; 2] = [".prefetch.landmark", ".no.prefetch.landmark"];
 const ESTARGZ_PREFETCH_LANDMARK: &str = ".prefetch.landmark";
+/// The layer annotation that marks an eStargz layer: the digest of its TOC's JSON.
+pub const ESTARGZ_TOC_DIGEST: &str = "containerd.io/snapshot/stargz/toc.digest";
+
+/// Whether an eStargz layer's entry at `path` is one of the format's (the TOC, a landmark).
+pub fn is_format_entry(path: &[u8]) -> bool {
+    let mut p = path;
+    while let Some(rest) = p.strip_prefix(b"./").or_else(|| p.strip_prefix(b"/")) {
+        p = rest;
+    }
+    p == ESTARGZ_TOC_NAME.as_bytes() || ESTARGZ_LANDMARKS.iter().any(|l| p == l.as_bytes())
+}
 /// Largest TOC accepted, uncompressed: a layer of a million files has a TOC of a few hundred
 /// megabytes at most; the bound stops a hostile size from allocating more.
 pub const MAX_TOC: u64 = 512 << 20;
@@ -75,8 +86,14 @@ pub enum TocError {
     Entry { index: usize, what: String },
     #[error("TOC entry {index} ('{name}'): its name cannot be said exactly (not UTF-8 in the tar)")]
     Lossy { index: usize, name: String },
-    #[error("TOC entry {index}: data at {offset} is out of order or outside the blob ({size} bytes)")]
-    Offset { index: usize, offset: u64, size: u64 },
+    #[error(
+        "TOC entry {index}: data at {offset} is out of order or outside the blob ({size} bytes)"
+    )]
+    Offset {
+        index: usize,
+        offset: u64,
+        size: u64,
+    },
     #[error("TOC entry {index}: the file's pieces do not follow each other")]
     Discontiguous { index: usize },
     #[error("the eStargz footer is not one: {0}")]
@@ -282,14 +299,11 @@ pub fn parse(
         }
         open_file = None;
         let name = checked_name(index, &e.name)?;
-        if format == TocFormat::Estargz {
-            let trimmed = name.trim_start_matches("./").trim_start_matches('/');
-            if trimmed == ESTARGZ_TOC_NAME || ESTARGZ_LANDMARKS.contains(&trimmed) {
-                if trimmed == ESTARGZ_PREFETCH_LANDMARK {
-                    landmark = Some(nonneg(index, e.offset, "offset")?);
-                }
-                continue;
+        if format == TocFormat::Estargz && is_format_entry(name.as_bytes()) {
+            if name.trim_start_matches(['.', '/']) == &ESTARGZ_PREFETCH_LANDMARK[1..] {
+                landmark = Some(nonneg(index, e.offset, "offset")?);
             }
+            continue;
         }
         let kind = match e.kind.as_str() {
             "reg" => Kind::File,
@@ -307,7 +321,9 @@ pub fn parse(
             0
         };
         let link = match kind {
-            Kind::Symlink | Kind::HardLink => checked_name(index, &e.link_name)?.as_bytes().to_vec(),
+            Kind::Symlink | Kind::HardLink => {
+                checked_name(index, &e.link_name)?.as_bytes().to_vec()
+            }
             _ => Vec::new(),
         };
         let (mtime, mtime_nsec) = match e.modtime.as_deref() {
@@ -365,7 +381,10 @@ fn piece(
         index,
         what: what.to_string(),
     };
-    if e.chunk_type.as_deref().is_some_and(|t| !t.is_empty() && t != "data") {
+    if e.chunk_type
+        .as_deref()
+        .is_some_and(|t| !t.is_empty() && t != "data")
+    {
         return Err(bad("a chunk type other than data"));
     }
     let chunk_offset = nonneg(index, e.chunk_offset, "chunkOffset")?;
@@ -459,10 +478,7 @@ fn lay_out(
             return Err(out_of_order(p));
         }
         let span = spans.last_mut().expect("a span was pushed above");
-        let piece_end = p
-            .inner
-            .checked_add(p.size)
-            .ok_or_else(|| out_of_order(p))?;
+        let piece_end = p.inner.checked_add(p.size).ok_or_else(|| out_of_order(p))?;
         let span_len = span.uncompressed.end - span.uncompressed.start;
         // Pieces of one span are in order; a later span starts where this one's data ends,
         // so a span only grows while it is the last.
@@ -586,8 +602,7 @@ pub fn parse_rfc3339(t: &str) -> Option<(i64, u32)> {
     }
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (hour, min, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60
-    {
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
         return None;
     }
     let mut at = 19;
@@ -692,8 +707,16 @@ mod tests {
             parse_rfc3339("2026-11-30T22:26:42.5+02:00"),
             Some((1_796_070_402, 500_000_000))
         );
-        assert_eq!(parse_rfc3339("0001-01-01T00:00:00Z").map(|t| t.0), Some(-62_135_596_800));
-        for bad in ["", "2026-13-01T00:00:00Z", "2026-11-30 20:26:42Z", "2026-11-30T20:26:42"] {
+        assert_eq!(
+            parse_rfc3339("0001-01-01T00:00:00Z").map(|t| t.0),
+            Some(-62_135_596_800)
+        );
+        for bad in [
+            "",
+            "2026-13-01T00:00:00Z",
+            "2026-11-30 20:26:42Z",
+            "2026-11-30T20:26:42",
+        ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
     }

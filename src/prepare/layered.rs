@@ -20,6 +20,7 @@ use super::{Event, Options, PrepareError, Progress, Ready, claim, usable};
 use crate::cache::{self, Cache, Entry};
 use crate::index::FileInput;
 use crate::index::scan::{self, Entry as Member, ScanError, TeeInput};
+use crate::index::toc;
 use crate::index::tree::{BlobRef, Tree};
 use crate::source::digest::Hasher;
 use crate::source::layout;
@@ -75,10 +76,11 @@ struct Counters {
 }
 
 /// One layer's members, in archive order, and what its scan noticed.
-struct Scanned {
-    members: Vec<Member>,
-    warnings: Vec<String>,
-    size: u64,
+pub(super) struct Scanned {
+    pub members: Vec<Member>,
+    pub warnings: Vec<String>,
+    /// The length of its tar.
+    pub size: u64,
 }
 
 pub(super) fn prepare(
@@ -134,6 +136,7 @@ fn prepare_as(
             reference,
             &platform,
             registry,
+            &*source,
             &img,
             cache,
             &options,
@@ -211,6 +214,35 @@ pub(super) fn whole(
     }
 }
 
+/// Makes sure `layers` are in the store whole, as [`whole`] does for all of an image's, and
+/// hands on each one's members (eStargz's own entries hidden), its tar's length and what its
+/// scan noticed, in order.
+pub(super) fn whole_layers(
+    cache: &Cache,
+    source: &dyn LayerSource,
+    layers: &[Layer],
+) -> Result<Vec<Scanned>, PrepareError> {
+    let counters = Counters::default();
+    let scanned = fill_layers(cache, source, layers, &counters, &mut |_| {})?;
+    Ok(scanned
+        .into_iter()
+        .zip(layers)
+        .map(|(s, layer)| Scanned {
+            members: visible(layer, s.members),
+            ..s
+        })
+        .collect())
+}
+
+/// A layer's members without the entries of its format (eStargz's TOC and landmarks), as
+/// a mount shows it.
+fn visible(layer: &Layer, mut members: Vec<Member>) -> Vec<Member> {
+    if layer.annotations.contains_key(toc::ESTARGZ_TOC_DIGEST) {
+        members.retain(|m| !toc::is_format_entry(&m.path));
+    }
+    members
+}
+
 /// Whether a registry could not be reached at all (as opposed to answering no).
 fn unreachable(e: &SourceError) -> bool {
     use crate::source::registry::RegistryError;
@@ -254,7 +286,7 @@ fn cached(image: &ImageRef, platform: &Platform, cache: &Cache) -> Option<Ready>
 }
 
 /// Where the store keeps a layer's uncompressed tar.
-fn layer_path(cache: &Cache, layer: &Layer) -> PathBuf {
+pub(super) fn layer_path(cache: &Cache, layer: &Layer) -> PathBuf {
     cache
         .layer(&layer.store_key().0)
         .dir()
@@ -589,7 +621,7 @@ fn write_image(
         for w in s.warnings {
             warnings.push(format!("layer {}: {w}", layer.diff_id));
         }
-        tree.apply_layer(i as u32, s.members);
+        tree.apply_layer(i as u32, visible(layer, s.members));
         blobs.push(BlobRef::new(s.size, layer.store_key().0));
     }
     warnings.extend(tree.warnings());

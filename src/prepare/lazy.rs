@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use super::artifact::{self, Artifact, ArtifactError};
 use super::{Options, PrepareError, Ready, claim, usable};
 use crate::cache::sparse::SparseBlob;
-use crate::cache::sparse::{REMOTE_FILE, Remote, SEEK_FILE};
+use crate::cache::sparse::{REMOTE_FILE, Remote, SEEK_FILE, TOC_FILE};
 use crate::cache::{self, Cache};
 use crate::index::seek::SeekTable;
 use crate::source::registry::{Registry, RegistryOptions};
@@ -43,9 +43,9 @@ pub fn blob_path(cache: &Cache, key: &str) -> PathBuf {
     }
 }
 
-/// Why the artifact of an image could not be used.
+/// Why the artifact of an image, or a layer's TOC, could not be used.
 #[derive(Debug, thiserror::Error)]
-enum Unusable {
+pub(super) enum Unusable {
     #[error("{0}")]
     Artifact(#[from] ArtifactError),
     #[error("{0}")]
@@ -54,21 +54,32 @@ enum Unusable {
     NoManifest,
     #[error("a fetch of the index stopped unexpectedly")]
     Stopped,
+    #[error("{0}")]
+    Toc(String),
 }
 
-/// Prepares `img` lazily if its registry holds an imgfs index for it; `None` when it holds
-/// none, or one that cannot be used (said in a warning): the caller then fetches it whole.
+/// Prepares `img` lazily if its registry holds an imgfs index for it, or else if its layers
+/// carry their own TOCs (eStargz, zstd:chunked); `None` when neither can be used (said in a
+/// warning): the caller then fetches it whole.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn prepare(
     what: &str,
     reference: &str,
     platform: &Platform,
     registry: &Registry,
+    source: &dyn LayerSource,
     img: &Image,
     cache: &Cache,
     options: &Options,
 ) -> Result<Option<Ready>, PrepareError> {
     let found = match find(registry, img) {
         Ok(Some(found)) => found,
+        Ok(None) if super::toc::any(img) => {
+            match super::toc::find(what, registry, source, img, cache)? {
+                Some(found) => found,
+                None => return Ok(None),
+            }
+        }
         Ok(None) => return Ok(None),
         Err(e) => {
             log::warn!("{what}: its imgfs index cannot be used ({e}); fetching the whole image");
@@ -78,10 +89,11 @@ pub(super) fn prepare(
     let Found {
         tree,
         tables,
+        keys,
+        entry,
         prefetch,
     } = found;
-    let entry = cache.entry(&format!("lazy-{}", img.config_digest));
-    let keys: Vec<String> = img.layers.iter().filter_map(layer_key).collect();
+    let entry = cache.entry(&entry);
     let blobs: Vec<PathBuf> = keys.iter().map(|k| blob_path(cache, k)).collect();
     for ((layer, key), table) in img.layers.iter().zip(&keys).zip(&tables) {
         store_layer(cache, registry, layer, key, table, options)?;
@@ -114,14 +126,32 @@ pub(super) fn prepare(
     Ok(Some(ready(true)))
 }
 
-/// An image's artifact, fetched and checked.
-struct Found {
+/// What makes an image lazy: its artifact, or its layers' TOCs, fetched and checked.
+pub(super) struct Found {
     /// The merged index.
-    tree: Vec<u8>,
-    /// The layers' seek tables, encoded as the store keeps them.
-    tables: Vec<Vec<u8>>,
-    /// The prefetch list (`LAYER SPAN` lines, checked), when a run was recorded.
-    prefetch: Option<String>,
+    pub tree: Vec<u8>,
+    /// How each layer is read.
+    pub tables: Vec<LayerTable>,
+    /// Each layer's key in the store.
+    pub keys: Vec<String>,
+    /// The name of the image's entry in the store.
+    pub entry: String,
+    /// The prefetch list (`LAYER SPAN` lines, checked), when there is one.
+    pub prefetch: Option<String>,
+}
+
+/// How a layer of a lazy image is read.
+pub(super) enum LayerTable {
+    /// By its seek table, encoded as the store keeps it.
+    Seek(Vec<u8>),
+    /// By its TOC, as the store keeps it ([`crate::cache::sparse::StoredToc`]).
+    Toc {
+        stored: Vec<u8>,
+        spans: usize,
+        uncompressed_size: u64,
+    },
+    /// Whole, from the store (already filled).
+    Whole,
 }
 
 /// The image's artifact, fetched and checked.
@@ -183,7 +213,9 @@ fn find(registry: &Registry, img: &Image) -> Result<Option<Found>, Unusable> {
     };
     Ok(Some(Found {
         tree: tree_bytes,
-        tables,
+        tables: tables.into_iter().map(LayerTable::Seek).collect(),
+        keys: img.layers.iter().filter_map(layer_key).collect(),
+        entry: format!("lazy-{}", img.config_digest),
         prefetch,
     }))
 }
@@ -195,9 +227,12 @@ fn store_layer(
     registry: &Registry,
     layer: &Layer,
     key: &str,
-    table: &[u8],
+    table: &LayerTable,
     options: &Options,
 ) -> Result<(), PrepareError> {
+    if let LayerTable::Whole = table {
+        return Ok(()); // filled whole already
+    }
     let entry = cache.layer(key);
     let complete = |e: &cache::Entry| e.marker().is_some() && e.dir().join(REMOTE_FILE).exists();
     let Some(lock) = claim(cache, &entry, complete)? else {
@@ -207,12 +242,35 @@ fn store_layer(
         path: entry.dir().to_path_buf(),
         source,
     };
-    let decoded = SeekTable::decode(table).map_err(|e| {
-        io(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            e.to_string(),
-        ))
-    })?;
+    let (file, bytes, spans, size, uncompressed_size) = match table {
+        LayerTable::Whole => return Ok(()),
+        LayerTable::Seek(bytes) => {
+            let decoded = SeekTable::decode(bytes).map_err(|e| {
+                io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    e.to_string(),
+                ))
+            })?;
+            (
+                SEEK_FILE,
+                bytes,
+                decoded.spans().len(),
+                decoded.compressed_size(),
+                decoded.uncompressed_size(),
+            )
+        }
+        LayerTable::Toc {
+            stored,
+            spans,
+            uncompressed_size,
+        } => (
+            TOC_FILE,
+            stored,
+            *spans,
+            layer.size.unwrap_or_default(),
+            *uncompressed_size,
+        ),
+    };
     let remote = Remote {
         repository: {
             let r = registry.reference();
@@ -223,15 +281,15 @@ fn store_layer(
             .as_ref()
             .map(|d| d.to_string())
             .unwrap_or_default(),
-        size: decoded.compressed_size(),
-        uncompressed_size: decoded.uncompressed_size(),
+        size,
+        uncompressed_size,
         insecure: options.insecure,
         auth_file: options.auth_file.clone(),
     };
     let filled = (|| {
-        entry.write_file(SEEK_FILE, table)?;
+        entry.write_file(file, bytes)?;
         let json = serde_json::to_vec(&remote).unwrap_or_default();
-        SparseBlob::create(entry.dir(), remote.size, decoded.spans().len()).map_err(io)?;
+        SparseBlob::create(entry.dir(), remote.size, spans).map_err(io)?;
         entry.write_file(REMOTE_FILE, &json)?;
         entry.commit(&lock, key)?;
         Ok(())

@@ -412,3 +412,49 @@ fn report_is_capped() {
     assert_eq!(d.len(), 51, "{d:#?}");
     assert_eq!(d[50], "... and 150 more differences");
 }
+
+#[test]
+fn hidden_paths_must_be_absent_and_only_they() {
+    let p = pair(|a| fs::remove_file(a.join("file")).unwrap());
+    let hidden = CompareOptions {
+        hidden: [PathBuf::from("file")].into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        compare_trees_with(&p.exp, &p.act, &hidden),
+        Vec::<String>::new()
+    );
+    let shown = pair(|_| {});
+    let d = compare_trees_with(&shown.exp, &shown.act, &hidden);
+    assert!(
+        d.iter().any(|l| l.contains("\"file\": present in actual")),
+        "{d:#?}"
+    );
+    let other = CompareOptions {
+        hidden: [PathBuf::from("dir")].into(),
+        ..Default::default()
+    };
+    let d = compare_trees_with(&p.exp, &p.act, &other);
+    assert!(d.iter().any(|l| l.contains("\"file\": missing")), "{d:#?}");
+}
+
+#[test]
+fn rounded_mtimes_must_round_half_up_with_no_nanoseconds() {
+    let rounded = CompareOptions {
+        mtime_rounded: true,
+        ..Default::default()
+    };
+    for (exp, act, same) in [
+        ((T0, 600_000_000), (T0 + 1, 0), true),
+        ((T0, 499_999_999), (T0, 0), true),
+        ((T0, 500_000_000), (T0 + 1, 0), true),
+        ((T0, 600_000_000), (T0, 0), false),
+        ((T0, 0), (T0, 1), false),
+    ] {
+        let p = pair(|_| {});
+        set_mtime(&p.exp.join("file"), exp.0, exp.1);
+        set_mtime(&p.act.join("file"), act.0, act.1);
+        let d = compare_trees_with(&p.exp, &p.act, &rounded);
+        assert_eq!(d.is_empty(), same, "{exp:?} against {act:?}: {d:#?}");
+    }
+}

@@ -13,8 +13,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    CompareOptions, Front, FrontOptions, Layered, Registry, TempDir, assert_trees_equal, imgfs,
-    is_mounted, layered_fixtures, run, run_within, text,
+    CompareOptions, Front, FrontOptions, Layered, Registry, TempDir, assert_trees_equal,
+    estargz_fixtures, imgfs, is_mounted, layered_fixtures, run, run_within, text,
 };
 
 /// How long a mount or an index push may take, downloads included.
@@ -232,12 +232,18 @@ struct LazyImage {
 }
 
 fn lazy_image(layout: &str, reference: &str, name: &str) -> LazyImage {
-    let fx = fx();
+    let img = registry_image(&fx().path(layout), reference, name);
+    push_index(&img.registry.reference(name), &[]);
+    img
+}
+
+/// The image `reference` of the layout `layout` in a registry, without an imgfs index,
+/// behind a counting front.
+fn registry_image(layout: &Path, reference: &str, name: &str) -> LazyImage {
     let registry = Registry::start();
-    let direct = registry.push(&oci(&fx.path(layout), reference), name);
-    push_index(&direct, &[]);
+    registry.push(&oci(layout, reference), name);
     let front = Front::start(&registry.addr, &FrontOptions::default());
-    let (layers, _) = layers_of(&fx.path(layout), reference);
+    let (layers, _) = layers_of(layout, reference);
     LazyImage {
         registry,
         source: format!("docker://{}/{name}", front.addr),
@@ -687,4 +693,151 @@ fn eight_concurrent_cold_runs() {
             });
         }
     });
+}
+
+/// How a mount from eStargz TOCs differs from umoci's unpacking: the format's own entries
+/// (the TOC, the landmark) are hidden, and mtimes are what the TOC keeps of them, rounded to
+/// the second. Everything else is compared exactly.
+fn estargz_entries() -> CompareOptions {
+    CompareOptions {
+        hidden: ["stargz.index.json", ".no.prefetch.landmark"]
+            .into_iter()
+            .map(PathBuf::from)
+            .collect(),
+        mtime_rounded: true,
+        ..CompareOptions::default()
+    }
+}
+
+/// A layer's TOC cannot name a non-UTF-8 file exactly (Go writes U+FFFD): that layer is
+/// fetched whole, with one warning.
+#[track_caller]
+fn assert_one_layer_fetched_whole(stderr: &str) {
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("its TOC cannot be used"))
+        .collect();
+    assert!(
+        warnings.len() == 1 && warnings[0].contains("not UTF-8") && warnings[0].contains("whole"),
+        "{stderr}"
+    );
+}
+
+/// An eStargz image made by ctr-remote, no imgfs index: the mount is ready from the layers'
+/// TOCs (the layer whose names the TOC cannot say fetched whole), walks its metadata without
+/// fetching, reads two files with a fraction of the image, and equals umoci's unpacking once
+/// everything is read, having fetched each byte at most once; a second mount fetches nothing.
+#[test]
+fn estargz_image_mounts_lazily_from_its_tocs() {
+    let fx = estargz_fixtures();
+    let layout = fx.path("OCI_ESTARGZ");
+    let truth = fx.path("TRUTH_ESTARGZ");
+    let img = registry_image(&layout, "layers", "imgfs-test/layers:estargz");
+    let cache = TempDir::new("imgfs-lazy-cache");
+    let (m, stderr) = mount(cache.path(), &img.source, &[]);
+    assert_one_layer_fetched_whole(&stderr);
+    let at_mount = blob_bytes(&img.front, &img.layers);
+    assert!(
+        at_mount * 10 <= img.total,
+        "the mount fetched {at_mount} of {} bytes",
+        img.total
+    );
+    let entries = walk_metadata(m.path());
+    assert!(entries > 1000, "{entries} entries");
+    assert_eq!(
+        blob_bytes(&img.front, &img.layers),
+        at_mount,
+        "a metadata walk fetched layer bytes"
+    );
+    for f in ["etc/os-release", "usr/bin/python3"] {
+        let got = std::fs::read(m.path().join(f)).unwrap();
+        assert!(got == std::fs::read(truth.join(f)).unwrap(), "{f} differs");
+    }
+    let some = blob_bytes(&img.front, &img.layers);
+    assert!(
+        some > at_mount && some * 5 <= img.total,
+        "reading two files fetched {some} of {} bytes",
+        img.total
+    );
+    assert_trees_equal(&truth, m.path(), &estargz_entries());
+    let all = blob_bytes(&img.front, &img.layers);
+    assert!(
+        all <= img.total,
+        "reading everything fetched {all} bytes of a {}-byte image",
+        img.total
+    );
+    drop(m);
+    let (m, _) = mount(cache.path(), &img.source, &[]);
+    drop_caches();
+    assert_trees_equal(&truth, m.path(), &estargz_entries());
+    assert_eq!(
+        blob_bytes(&img.front, &img.layers),
+        all,
+        "a second mount fetched again"
+    );
+}
+
+/// zstd:chunked layers written by skopeo, no imgfs index: mounted from their TOCs (the
+/// manifests in skippable frames), equal to umoci's unpacking, each byte fetched at most once.
+#[test]
+fn zstd_chunked_image_mounts_lazily_from_its_tocs() {
+    let layout = fx().path("OCI_ZSTD_CHUNKED");
+    let img = registry_image(&layout, "layers-app", "imgfs-test/layers-app:chunked");
+    let cache = TempDir::new("imgfs-lazy-cache");
+    let (m, stderr) = mount(cache.path(), &img.source, &[]);
+    assert_one_layer_fetched_whole(&stderr);
+    let at_mount = blob_bytes(&img.front, &img.layers);
+    walk_metadata(m.path());
+    assert_eq!(blob_bytes(&img.front, &img.layers), at_mount);
+    assert!(at_mount * 10 <= img.total, "{at_mount} of {}", img.total);
+    assert_trees_equal(
+        &fx().path("TRUTH_APP"),
+        m.path(),
+        &CompareOptions::default(),
+    );
+    let all = blob_bytes(&img.front, &img.layers);
+    assert!(all <= img.total, "{all} of {} bytes", img.total);
+}
+
+/// A byte of file data damaged in the registry's copy of an eStargz layer: the chunk holding
+/// it fails its digest and is never served (EIO), every other file reads right, and once the
+/// registry's copy is repaired the same reads succeed.
+#[test]
+fn damaged_estargz_chunk_is_never_served() {
+    let fx = estargz_fixtures();
+    let layout = fx.path("OCI_ESTARGZ");
+    let truth = fx.path("TRUTH_ESTARGZ");
+    let img = registry_image(&layout, "layers", "imgfs-test/layers:estargz");
+    let (layers, _) = layers_of(&layout, "layers");
+    let (victim, _) = layers.iter().max_by_key(|(_, s)| *s).unwrap().clone();
+    let data = img.registry.blob_data(&victim);
+    let original = std::fs::read(&data).unwrap();
+    let mut damaged = original.clone();
+    damaged[original.len() / 3] ^= 0x55;
+    std::fs::write(&data, &damaged).unwrap();
+    let cache = TempDir::new("imgfs-lazy-cache");
+    let (m, _) = mount(cache.path(), &img.source, &["--fetch-timeout", "2"]);
+    let mut failed = Vec::new();
+    for (f, _) in files_by_size(&truth) {
+        if f.as_os_str() == "stargz.index.json" || f.as_os_str() == ".no.prefetch.landmark" {
+            continue;
+        }
+        match std::fs::read(m.path().join(&f)) {
+            Ok(got) => assert!(
+                got == std::fs::read(truth.join(&f)).unwrap(),
+                "{} read wrong bytes",
+                f.display()
+            ),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EIO), "{}: {e}", f.display());
+                failed.push(f);
+            }
+        }
+    }
+    assert!(!failed.is_empty(), "no read met the damaged chunk");
+    std::fs::write(&data, &original).unwrap();
+    for f in &failed {
+        let got = std::fs::read(m.path().join(f)).expect("repaired");
+        assert!(got == std::fs::read(truth.join(f)).unwrap());
+    }
 }

@@ -11,6 +11,7 @@ contrib/setup.sh
 tests/fixtures/make-debian-image.sh
 tests/fixtures/make-archives.sh "${IMGFS_FIXTURES:-/var/tmp/imgfs-fixtures}/archives"
 tests/fixtures/make-layered.sh
+tests/fixtures/make-estargz.sh
 echo "== checks: format, lints, docs"
 cargo fmt --check
 cargo clippy --all-targets --release --quiet -- -D warnings

@@ -260,9 +260,10 @@ struct Piece {
     /// The entry it came from, for messages; the file it belongs to (index into entries).
     index: usize,
     file: usize,
-    /// Where its decodable piece starts in the blob, and its end when the format says.
+    /// Where its decodable piece starts in the blob; where its file's last piece ends, when
+    /// the format says (zstd:chunked's `endOffset`).
     offset: u64,
-    end: Option<u64>,
+    file_end: Option<u64>,
     /// Its place in the piece's output, and in the file.
     inner: u64,
     chunk_offset: u64,
@@ -284,8 +285,8 @@ pub fn parse(
     }
     let mut entries: Vec<Entry> = Vec::with_capacity(toc.entries.len());
     let mut pieces: Vec<Piece> = Vec::new();
-    // The regular file the next "chunk" entries continue, with its size.
-    let mut open_file: Option<(usize, u64)> = None;
+    // The regular file the next "chunk" entries continue, with its size and data's end.
+    let mut open_file: Option<(usize, u64, Option<u64>)> = None;
     let mut landmark: Option<u64> = None;
     let bad = |index: usize, what: &str| TocError::Entry {
         index,
@@ -293,8 +294,9 @@ pub fn parse(
     };
     for (index, e) in toc.entries.iter().enumerate() {
         if e.kind == "chunk" {
-            let (file, size) = open_file.ok_or_else(|| bad(index, "a chunk follows no file"))?;
-            pieces.push(piece(format, index, file, size, e)?);
+            let (file, size, end) =
+                open_file.ok_or_else(|| bad(index, "a chunk follows no file"))?;
+            pieces.push(piece(format, index, (file, size, end), e)?);
             continue;
         }
         open_file = None;
@@ -357,8 +359,12 @@ pub fn parse(
             xattrs,
         });
         if kind == Kind::File && size > 0 {
-            pieces.push(piece(format, index, file, size, e)?);
-            open_file = Some((file, size));
+            let end = match format {
+                TocFormat::Estargz => None,
+                TocFormat::ZstdChunked => Some(nonneg(index, e.end_offset, "endOffset")?),
+            };
+            pieces.push(piece(format, index, (file, size, end), e)?);
+            open_file = Some((file, size, end));
         }
     }
     let (table, prefetch) = lay_out(format, &mut entries, &pieces, blob_size, data_end, landmark)?;
@@ -373,19 +379,19 @@ pub fn parse(
 fn piece(
     format: TocFormat,
     index: usize,
-    file: usize,
-    file_size: u64,
+    (file, file_size, file_end): (usize, u64, Option<u64>),
     e: &JsonEntry,
 ) -> Result<Piece, TocError> {
     let bad = |what: &str| TocError::Entry {
         index,
         what: what.to_string(),
     };
+    // zstd:chunked marks a chunk of zeros ("zeros"), yet writes its frame all the same.
     if e.chunk_type
         .as_deref()
-        .is_some_and(|t| !t.is_empty() && t != "data")
+        .is_some_and(|t| !["", "data", "zeros"].contains(&t))
     {
-        return Err(bad("a chunk type other than data"));
+        return Err(bad("a chunk type other than data or zeros"));
     }
     let chunk_offset = nonneg(index, e.chunk_offset, "chunkOffset")?;
     let chunk_size = nonneg(index, e.chunk_size, "chunkSize")?;
@@ -408,10 +414,6 @@ fn piece(
     };
     let digest = sha256_of(digest).ok_or_else(|| bad(&format!("digest '{digest}'")))?;
     let offset = nonneg(index, e.offset, "offset")?;
-    let end = match format {
-        TocFormat::Estargz => None,
-        TocFormat::ZstdChunked => Some(nonneg(index, e.end_offset, "endOffset")?),
-    };
     let inner = match format {
         TocFormat::Estargz => nonneg(index, e.inner_offset, "innerOffset")?,
         TocFormat::ZstdChunked => 0,
@@ -420,7 +422,7 @@ fn piece(
         index,
         file,
         offset,
-        end,
+        file_end,
         inner,
         chunk_offset,
         size,
@@ -446,27 +448,31 @@ fn lay_out(
         offset: p.offset,
         size: blob_size,
     };
-    for p in pieces {
+    for (k, p) in pieces.iter().enumerate() {
         if p.offset >= data_end {
             return Err(out_of_order(p));
         }
         let same = spans.last().is_some_and(|s| s.compressed.start == p.offset);
         if !same {
-            if let Some(last) = spans.last_mut() {
-                if p.offset < last.compressed.start {
-                    return Err(out_of_order(p));
-                }
-                if format == TocFormat::Estargz {
-                    last.compressed.end = p.offset;
-                } else if last.compressed.end > p.offset {
-                    return Err(out_of_order(p));
-                }
+            if spans
+                .last()
+                .is_some_and(|last| last.compressed.end > p.offset)
+            {
+                return Err(out_of_order(p));
             }
-            let end = match p.end {
-                Some(end) if end > p.offset && end <= data_end => end,
-                Some(_) => return Err(out_of_order(p)),
-                None => data_end,
+            // A piece ends where the next begins: eStargz's next gzip member (what lies
+            // between is the next entries' headers), zstd:chunked's file's next chunk or else
+            // the file's end.
+            let next = pieces[k + 1..].iter().find(|q| q.offset != p.offset);
+            let end = match (format, next) {
+                (TocFormat::Estargz, Some(q)) => q.offset,
+                (TocFormat::Estargz, None) => data_end,
+                (TocFormat::ZstdChunked, Some(q)) if q.file == p.file => q.offset,
+                (TocFormat::ZstdChunked, _) => p.file_end.unwrap_or(0),
             };
+            if end <= p.offset || end > data_end {
+                return Err(out_of_order(p));
+            }
             let start = spans.last().map_or(0, |s| s.uncompressed.end);
             spans.push(ChunkSpan {
                 compressed: p.offset..end,

@@ -168,6 +168,12 @@ pub struct CompareOptions {
     pub ignore_meta: BTreeSet<PathBuf>,
     /// Relative paths whose mtime alone is ignored.
     pub ignore_mtime: BTreeSet<PathBuf>,
+    /// Relative paths of `expected` that `actual` must not have (entries of a layer format,
+    /// such as eStargz's TOC, that the reference unpacker writes out and a mount hides).
+    pub hidden: BTreeSet<PathBuf>,
+    /// `actual`'s mtimes are `expected`'s rounded to the second, half away from zero, with no
+    /// nanoseconds (what an eStargz TOC keeps of them).
+    pub mtime_rounded: bool,
     /// At most this many difference lines, then one "... and N more" line.
     pub max_lines: usize,
 }
@@ -178,6 +184,8 @@ impl Default for CompareOptions {
             skip_root_meta: false,
             ignore_meta: BTreeSet::new(),
             ignore_mtime: BTreeSet::new(),
+            hidden: BTreeSet::new(),
+            mtime_rounded: false,
             max_lines: 50,
         }
     }
@@ -388,9 +396,14 @@ pub fn compare_trees_with(expected: &Path, actual: &Path, opts: &CompareOptions)
     // Names present on one side only; descendants of a missing/extra
     // directory are not listed again.
     let mut skip: Option<PathBuf> = None;
+    for p in &opts.hidden {
+        if act.contains_key(p) {
+            d.push(format!("{}: present in actual, should be hidden", show(p)));
+        }
+    }
     for (p, side, what) in exp
         .keys()
-        .filter(|p| !act.contains_key(*p))
+        .filter(|p| !act.contains_key(*p) && !opts.hidden.contains(*p))
         .map(|p| (p, &exp, "missing in actual"))
         .chain(
             act.keys()
@@ -447,9 +460,12 @@ pub fn compare_trees_with(expected: &Path, actual: &Path, opts: &CompareOptions)
                     a.gid()
                 ));
             }
-            if !opts.ignore_mtime.contains(p)
-                && (e.mtime(), e.mtime_nsec()) != (a.mtime(), a.mtime_nsec())
-            {
+            let want = if opts.mtime_rounded {
+                (e.mtime() + i64::from(e.mtime_nsec() >= 500_000_000), 0)
+            } else {
+                (e.mtime(), e.mtime_nsec())
+            };
+            if !opts.ignore_mtime.contains(p) && want != (a.mtime(), a.mtime_nsec()) {
                 d.push(format!(
                     "{name}: mtime: expected {}.{:09}, actual {}.{:09}",
                     e.mtime(),
@@ -735,28 +751,43 @@ impl Layered {
 #[track_caller]
 pub fn layered_fixtures() -> &'static Layered {
     static LAYERED: std::sync::OnceLock<Layered> = std::sync::OnceLock::new();
-    LAYERED.get_or_init(|| {
-        let script = repo_root().join("tests/fixtures/make-layered.sh");
-        let out = Command::new(&script)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        require(
-            out.status.success(),
-            &format!(
-                "{} failed: {}",
-                script.display(),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        );
-        let env = fixtures_dir().join("layered/fixtures.env");
-        let data = fs::read_to_string(&env).unwrap_or_else(|e| panic!("{}: {e}", env.display()));
-        let vars = data
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Layered { vars }
+    LAYERED.get_or_init(|| make_fixtures("make-layered.sh", "layered/fixtures.env"))
+}
+
+/// Builds (or reuses) the eStargz fixture (tests/fixtures/make-estargz.sh: the layered image
+/// converted by ctr-remote, and umoci's unpacking of it); once per test process.
+#[track_caller]
+pub fn estargz_fixtures() -> &'static Layered {
+    static ESTARGZ: std::sync::OnceLock<Layered> = std::sync::OnceLock::new();
+    ESTARGZ.get_or_init(|| {
+        layered_fixtures();
+        make_fixtures("make-estargz.sh", "estargz/fixtures.env")
     })
+}
+
+/// Runs the fixture script `script` and reads the `KEY=VALUE` lines it wrote to `env`.
+#[track_caller]
+fn make_fixtures(script: &str, env: &str) -> Layered {
+    let script = repo_root().join("tests/fixtures").join(script);
+    let out = Command::new(&script)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    require(
+        out.status.success(),
+        &format!(
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    );
+    let env = fixtures_dir().join(env);
+    let data = fs::read_to_string(&env).unwrap_or_else(|e| panic!("{}: {e}", env.display()));
+    let vars = data
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Layered { vars }
 }
 
 /// Runs `cmd` to completion like [`run`], but kills it and fails the test after `limit`.

@@ -246,3 +246,32 @@ fn artifact_inputs_pass_the_checks() {
     }
     assert!(checked > 128, "only {checked} artifact inputs checked");
 }
+
+/// Every input the TOC check sees here: the saved regressions, and a TOC of each format —
+/// accepted whole (the check must take it), then damaged at 96 places and cut short at 24.
+#[test]
+fn toc_inputs_pass_the_checks() {
+    let mut checked = 0;
+    for (name, data) in saved("toc") {
+        eprintln!("toc: {name}");
+        checks::toc_any(&data);
+        checked += 1;
+    }
+    for format in [0, 1] {
+        let seed = checks::toc_seed(format);
+        assert!(checks::toc_any(&seed), "a whole TOC was refused");
+        for at in (1..seed.len()).step_by((seed.len() / 96).max(1)) {
+            for flip in [0x01, 0x10] {
+                let mut damaged = seed.clone();
+                damaged[at] ^= flip;
+                checks::toc_any(&damaged);
+                checked += 1;
+            }
+        }
+        for cut in (0..seed.len()).step_by((seed.len() / 24).max(1)) {
+            checks::toc_any(&seed[..cut]);
+            checked += 1;
+        }
+    }
+    assert!(checked > 128, "only {checked} TOC inputs checked");
+}

@@ -363,3 +363,98 @@ pub fn artifact_any(data: &[u8]) -> bool {
         }
     }
 }
+
+/// The blob size the TOC checks assume, and where its file data ends.
+const TOC_BLOB: u64 = 1 << 20;
+const TOC_DATA_END: u64 = TOC_BLOB - 4096;
+/// Spans decoded per input, and the most bytes given to one.
+const TOC_SPANS_TRIED: usize = 8;
+const TOC_SPAN_MAX: u64 = 1 << 16;
+
+/// Any bytes as a layer's TOC: the first byte picks the format (even: eStargz, odd:
+/// zstd:chunked), the rest is its JSON. A TOC that is accepted must describe spans in blob
+/// order inside the data, back to back in the stream, files inside the stream; and decoding a
+/// span from any bytes gives its exact output or an error. Whether it was accepted.
+pub fn toc_any(data: &[u8]) -> bool {
+    use imgfs::index::toc::{self, TocFormat};
+    let Some((&pick, json)) = data.split_first() else {
+        return false;
+    };
+    let format = if pick % 2 == 0 {
+        TocFormat::Estargz
+    } else {
+        TocFormat::ZstdChunked
+    };
+    let Ok(parsed) = toc::parse(format, json, TOC_BLOB, TOC_DATA_END) else {
+        return false;
+    };
+    let table = &parsed.table;
+    let mut compressed_end = 0;
+    let mut uncompressed_end = 0;
+    for s in table.spans() {
+        assert!(s.compressed.start >= compressed_end && s.compressed.start < s.compressed.end);
+        assert!(s.compressed.end <= TOC_DATA_END);
+        assert_eq!(s.uncompressed.start, uncompressed_end);
+        assert!(s.uncompressed.end >= s.uncompressed.start);
+        compressed_end = s.compressed.end;
+        uncompressed_end = s.uncompressed.end;
+    }
+    assert_eq!(table.uncompressed_size(), uncompressed_end);
+    for e in &parsed.entries {
+        assert!(e.data_offset + e.size <= uncompressed_end || e.size == 0);
+        if e.size > 0 {
+            let i = table
+                .span_at(e.data_offset)
+                .expect("a file's first byte has a span");
+            assert!(table.spans()[i].uncompressed.contains(&e.data_offset));
+        }
+    }
+    for (i, s) in table.spans().iter().enumerate().take(TOC_SPANS_TRIED) {
+        let len = (s.compressed.end - s.compressed.start).min(TOC_SPAN_MAX) as usize;
+        let bytes: Vec<u8> = json.iter().copied().cycle().take(len).collect();
+        if let Ok(out) = table.open_span(i, &bytes) {
+            assert_eq!(out.len() as u64, s.uncompressed.end - s.uncompressed.start);
+        }
+    }
+    true
+}
+
+/// A TOC in `format` (0 eStargz, 1 zstd:chunked) that [`toc_any`] accepts: directories, files
+/// of one and several chunks, a hard link, a symlink, a device, xattrs, whiteouts.
+pub fn toc_seed(format: u8) -> Vec<u8> {
+    let d = |n: u8| format!("sha256:{}", format!("{n:02x}").repeat(32));
+    let chunked = format == 1;
+    let end = |e: u64| {
+        if chunked {
+            format!(r#","endOffset":{e}"#)
+        } else {
+            String::new()
+        }
+    };
+    let entries = [
+        r#"{"type":"dir","name":"etc/","mode":16877,"modtime":"2026-11-30T20:26:42Z"}"#.to_string(),
+        format!(
+            r#"{{"type":"reg","name":"etc/a","mode":33188,"size":10,"uid":1000,"gid":1000,"modtime":"2026-11-30T20:26:42.5Z","offset":100{},"digest":"{}","xattrs":{{"user.x":"eA=="}}}}"#,
+            end(150),
+            d(1)
+        ),
+        format!(
+            r#"{{"type":"reg","name":"etc/big","mode":420,"size":300,"offset":200{},"chunkSize":100,"chunkDigest":"{}","digest":"{}"}}"#,
+            end(400),
+            d(2),
+            d(9)
+        ),
+        format!(r#"{{"type":"chunk","name":"etc/big","offset":300,"chunkOffset":100,"chunkSize":100,"chunkDigest":"{}"}}"#, d(3)),
+        format!(r#"{{"type":"chunk","name":"etc/big","offset":350,"chunkOffset":200,"chunkDigest":"{}","chunkType":"zeros"}}"#, d(4)),
+        r#"{"type":"hardlink","name":"etc/b","linkName":"etc/a"}"#.to_string(),
+        r#"{"type":"symlink","name":"etc/s","linkName":"../x","modtime":"2001-02-03T04:05:06+01:00"}"#.to_string(),
+        r#"{"type":"char","name":"dev/null","mode":438,"devMajor":1,"devMinor":3}"#.to_string(),
+        r#"{"type":"reg","name":"etc/.wh.gone","mode":0}"#.to_string(),
+        r#"{"type":"fifo","name":"run/p","mode":4480}"#.to_string(),
+    ];
+    let mut out = vec![format];
+    out.extend_from_slice(
+        format!(r#"{{"version":1,"entries":[{}]}}"#, entries.join(",")).as_bytes(),
+    );
+    out
+}

@@ -12,7 +12,9 @@ fn main() {
         let Ok(tree) = imgfs::index::build_tree(&mut SliceInput::new(&data)) else {
             continue;
         };
-        let index = tree.write_index(&[BlobRef::new(data.len() as u64, "archive")]).expect("write the index");
+        let index = tree
+            .write_index(&[BlobRef::new(data.len() as u64, "archive")])
+            .expect("write the index");
         let name = std::path::Path::new(&tar).file_name().expect("a file name");
         std::fs::write(out.join(name).with_extension("index"), index).expect("write the seed");
     }

@@ -1,7 +1,8 @@
 //! `seed-seek [--artifact] OUT_DIR FILE...`: writes seek inputs for the first 16 KiB of each
 //! file (its seek tables, compressed several ways, with the blobs they index) into OUT_DIR, as
 //! seeds for the seek fuzz target; with `--artifact`, a whole imgfs index artifact of each
-//! file as a one-layer image, for the artifact target.
+//! file as a one-layer image, for the artifact target. `seed-seek --toc OUT_DIR` writes a TOC
+//! of each format for the toc target.
 
 #[path = "checks.rs"]
 mod checks;
@@ -11,6 +12,13 @@ const SEED_BYTES: usize = 16 << 10;
 
 fn main() {
     let mut args = std::env::args_os().skip(1).peekable();
+    if args.next_if(|a| a == "--toc").is_some() {
+        let out = std::path::PathBuf::from(args.next().expect("usage: seed-seek --toc OUT_DIR"));
+        for (name, format) in [("estargz", 0), ("zstd-chunked", 1)] {
+            std::fs::write(out.join(name), checks::toc_seed(format)).expect("write the seed");
+        }
+        return;
+    }
     let artifact = args.next_if(|a| a == "--artifact").is_some();
     let out = std::path::PathBuf::from(
         args.next()
@@ -19,7 +27,9 @@ fn main() {
     for file in args {
         let data = std::fs::read(&file).expect("read the file");
         let data = &data[..data.len().min(SEED_BYTES)];
-        let stem = std::path::Path::new(&file).file_stem().expect("a file name");
+        let stem = std::path::Path::new(&file)
+            .file_stem()
+            .expect("a file name");
         if artifact {
             let name = format!("{}-artifact", stem.to_string_lossy());
             let seed = checks::artifact_seed(data, (data.len() as u64 / 4).max(1));

@@ -94,12 +94,13 @@ impl Recorder {
 }
 
 /// Fetches the spans `list` names (layer index into `blobs`, span) on threads of their own,
-/// a few ranges at a time, neighbours of one layer in one range.
-pub fn prefetch_recorded(blobs: Vec<Arc<LazyBlob>>, list: Vec<(u32, usize)>) {
+/// a few ranges at a time, neighbours of one layer in one range. `blobs` has the image's
+/// layers in order, `None` for those that are not lazy.
+pub fn prefetch_recorded(blobs: Vec<Option<Arc<LazyBlob>>>, list: Vec<(u32, usize)>) {
     let mut runs: Vec<(usize, Range<usize>)> = Vec::new();
     for (layer, span) in list {
         let layer = layer as usize;
-        let Some(blob) = blobs.get(layer) else {
+        let Some(Some(blob)) = blobs.get(layer) else {
             continue;
         };
         if span >= blob.table.len() {
@@ -120,8 +121,9 @@ pub fn prefetch_recorded(blobs: Vec<Arc<LazyBlob>>, list: Vec<(u32, usize)>) {
                 loop {
                     let next = runs.lock().next();
                     let Some((layer, spans)) = next else { break };
-                    if let Err(e) = blobs[layer].ensure(spans) {
-                        log::warn!("prefetch of layer {}: {e}", blobs[layer].name);
+                    let Some(blob) = &blobs[layer] else { continue };
+                    if let Err(e) = blob.ensure(spans) {
+                        log::warn!("prefetch of layer {}: {e}", blob.name);
                     }
                 }
             });

@@ -248,6 +248,7 @@ impl ImageReader {
         })?;
         let mut blobs: Vec<(Box<dyn Blob>, PathBuf)> = Vec::with_capacity(blob_paths.len());
         let spans = std::sync::Arc::new(lazy::SpanCache::new(lazy::SPAN_CACHE_BYTES));
+        // By layer: a lazy image may have layers fetched whole (those a TOC cannot describe).
         let mut lazy_blobs = Vec::new();
         let is_lazy = |p: &PathBuf| {
             p.file_name() == Some(std::ffi::OsStr::new(crate::cache::sparse::REMOTE_FILE))
@@ -263,18 +264,21 @@ impl ImageReader {
                     blob = blob.with_recorder(r.clone());
                 }
                 let blob = std::sync::Arc::new(blob);
-                lazy_blobs.push(blob.clone());
+                lazy_blobs.push(Some(blob.clone()));
                 blobs.push((Box::new(blob), path.clone()));
                 continue;
             }
             let file = File::open(path).map_err(io(path))?;
             blobs.push((Box::new(file), path.clone()));
+            lazy_blobs.push(None);
         }
         let reader = ImageReader::with_blobs(index, index_path, blobs)?;
-        if lazy_blobs.len() == blob_paths.len() && !lazy_blobs.is_empty() {
+        if lazy_blobs.iter().any(Option::is_some) {
             let dir = index_path.parent().unwrap_or(Path::new("/"));
             match lazy.prefetch {
-                lazy::Prefetch::All => lazy::prefetch_all(lazy_blobs),
+                lazy::Prefetch::All => {
+                    lazy::prefetch_all(lazy_blobs.into_iter().flatten().collect())
+                }
                 lazy::Prefetch::Recorded => {
                     if let Ok(text) = std::fs::read_to_string(dir.join(lazy::PREFETCH_FILE)) {
                         let list = lazy::parse_spans(&text, lazy_blobs.len());

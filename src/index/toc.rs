@@ -702,6 +702,83 @@ pub fn estargz_toc_json(member: &[u8]) -> Result<Vec<u8>, TocError> {
 mod tests {
     use super::*;
 
+    fn digest(n: u8) -> String {
+        format!("sha256:{}", format!("{n:02x}").repeat(32))
+    }
+
+    fn estargz(entries: &[String]) -> Result<Toc, TocError> {
+        let json = format!(r#"{{"version":1,"entries":[{}]}}"#, entries.join(","));
+        parse(TocFormat::Estargz, json.as_bytes(), 10_000, 9_000)
+    }
+
+    fn file(name: &str, size: u64, offset: u64) -> String {
+        format!(
+            r#"{{"type":"reg","name":"{name}","size":{size},"offset":{offset},"chunkDigest":"{}"}}"#,
+            digest(1)
+        )
+    }
+
+    #[test]
+    fn files_are_laid_out_back_to_back_and_landmark_entries_hidden() {
+        let toc = estargz(&[
+            r#"{"type":"dir","name":"a/","mode":16877}"#.into(),
+            file("a/x", 10, 100),
+            file(".prefetch.landmark", 1, 200),
+            file("a/y", 5, 300),
+            r#"{"type":"reg","name":"stargz.index.json","size":3,"offset":400}"#.into(),
+        ])
+        .unwrap();
+        let names: Vec<&[u8]> = toc.entries.iter().map(|e| e.path.as_slice()).collect();
+        assert_eq!(names, [&b"a/"[..], b"a/x", b"a/y"]);
+        assert_eq!(toc.entries[0].mode, 0o755);
+        assert_eq!(
+            (toc.entries[1].data_offset, toc.entries[2].data_offset),
+            (0, 10)
+        );
+        let spans = toc.table.spans();
+        assert_eq!(spans.len(), 2);
+        assert_eq!(
+            (spans[0].compressed.clone(), spans[1].compressed.clone()),
+            (100..300, 300..9_000)
+        );
+        assert_eq!(toc.table.uncompressed_size(), 15);
+        // The files before the landmark (at 200) are the producer's prefetch.
+        assert_eq!(toc.prefetch, [0]);
+    }
+
+    #[test]
+    fn what_a_toc_cannot_say_is_refused() {
+        let cases: [(&str, Vec<String>); 6] = [
+            ("lossy name", vec![file("a/\u{fffd}", 1, 100)]),
+            ("out of order", vec![file("a", 1, 300), file("b", 1, 100)]),
+            ("past the data", vec![file("a", 1, 9_500)]),
+            (
+                "no digest",
+                vec![r#"{"type":"reg","name":"a","size":1,"offset":100}"#.into()],
+            ),
+            (
+                "chunk without file",
+                vec![r#"{"type":"chunk","name":"a","offset":100}"#.into()],
+            ),
+            (
+                "gap between chunks",
+                vec![
+                    format!(
+                        r#"{{"type":"reg","name":"a","size":10,"offset":100,"chunkSize":4,"chunkDigest":"{}"}}"#,
+                        digest(1)
+                    ),
+                    format!(
+                        r#"{{"type":"chunk","name":"a","offset":200,"chunkOffset":5,"chunkDigest":"{}"}}"#,
+                        digest(2)
+                    ),
+                ],
+            ),
+        ];
+        for (what, entries) in cases {
+            assert!(estargz(&entries).is_err(), "{what} was accepted");
+        }
+    }
+
     #[test]
     fn rfc3339_times() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some((0, 0)));

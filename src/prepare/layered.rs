@@ -343,7 +343,9 @@ fn layer_members(
         return Ok(s); // another process filled it while we waited
     }
     entry.reset(&lock)?;
-    let filled = fill(source, layer, &path, counters).map_err(|e| match e {
+    // Written under a name of its own, renamed once verified: a `layer.tar` is always whole.
+    let tmp = entry.dir().join(format!(".{}.tmp", cache::LAYER_FILE));
+    let filled = fill(source, layer, &tmp, counters).map_err(|e| match e {
         Fill::Source(e) => PrepareError::Source(e),
         Fill::Scan(source) => PrepareError::Layer {
             what: what(),
@@ -355,6 +357,10 @@ fn layer_members(
         },
     });
     let committed = filled.and_then(|s| {
+        std::fs::rename(&tmp, &path).map_err(|source| PrepareError::LayerIo {
+            what: what(),
+            source: named(&path, source),
+        })?;
         entry.commit(&lock, &key)?;
         Ok(s)
     });

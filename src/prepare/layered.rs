@@ -253,8 +253,19 @@ fn cached(image: &ImageRef, platform: &Platform, cache: &Cache) -> Option<Ready>
     })
 }
 
+/// Makes sure the store holds `layer`'s uncompressed tar, read from `source` (and verified)
+/// unless a complete entry has it; where it is.
+pub(super) fn store_layer(
+    cache: &Cache,
+    source: &dyn LayerSource,
+    layer: &Layer,
+) -> Result<PathBuf, PrepareError> {
+    layer_members(cache, source, layer, &Counters::default())?;
+    Ok(layer_path(cache, layer))
+}
+
 /// Where the store keeps a layer's uncompressed tar.
-fn layer_path(cache: &Cache, layer: &Layer) -> PathBuf {
+pub(super) fn layer_path(cache: &Cache, layer: &Layer) -> PathBuf {
     cache
         .layer(&layer.store_key().0)
         .dir()

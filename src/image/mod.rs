@@ -13,6 +13,7 @@
 //! and [`ImageReader::resolve`] keeps symlinks and `..` inside the image root.
 
 pub mod lazy;
+pub mod promote;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -224,6 +225,7 @@ impl ImageReader {
         // Only a server fetches ahead of reads: a reader for one look fetches what it reads.
         let lazy = lazy::LazyOptions {
             prefetch: lazy::Prefetch::None,
+            promote: false,
             ..lazy::LazyOptions::default()
         };
         ImageReader::open_with(index_path, blob_paths, &lazy)
@@ -249,6 +251,7 @@ impl ImageReader {
         let mut blobs: Vec<(Box<dyn Blob>, PathBuf)> = Vec::with_capacity(blob_paths.len());
         let spans = std::sync::Arc::new(lazy::SpanCache::new(lazy::SPAN_CACHE_BYTES));
         let mut lazy_blobs = Vec::new();
+        let mut promotable = Vec::new();
         let is_lazy = |p: &PathBuf| {
             p.file_name() == Some(std::ffi::OsStr::new(crate::cache::sparse::REMOTE_FILE))
         };
@@ -263,14 +266,19 @@ impl ImageReader {
                     blob = blob.with_recorder(r.clone());
                 }
                 let blob = std::sync::Arc::new(blob);
-                lazy_blobs.push(blob.clone());
-                blobs.push((Box::new(blob), path.clone()));
+                let served = std::sync::Arc::new(promote::Promotable::new(blob.clone()));
+                lazy_blobs.push(blob);
+                promotable.push(served.clone());
+                blobs.push((Box::new(served), path.clone()));
                 continue;
             }
             let file = File::open(path).map_err(io(path))?;
             blobs.push((Box::new(file), path.clone()));
         }
         let reader = ImageReader::with_blobs(index, index_path, blobs)?;
+        if !promotable.is_empty() {
+            promote::start(index_path, &promotable, lazy.promote);
+        }
         if lazy_blobs.len() == blob_paths.len() && !lazy_blobs.is_empty() {
             let dir = index_path.parent().unwrap_or(Path::new("/"));
             match lazy.prefetch {

@@ -65,6 +65,22 @@ fn layers_of(dir: &Path, reference: &str) -> (Vec<(String, u64)>, String) {
     (layers, digest)
 }
 
+/// The diff ids of `reference`'s layers in the OCI layout `dir`, bottom first, from its config.
+fn diff_ids_of(dir: &Path, reference: &str) -> Vec<String> {
+    let (_, manifest) = layers_of(dir, reference);
+    let blob = |d: &str| -> serde_json::Value {
+        let hex = d.strip_prefix("sha256:").unwrap();
+        serde_json::from_slice(&std::fs::read(dir.join("blobs/sha256").join(hex)).unwrap()).unwrap()
+    };
+    let config = blob(blob(&manifest)["config"]["digest"].as_str().unwrap());
+    config["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_string())
+        .collect()
+}
+
 /// `imgfs index push` of `source` with a cache of its own; the artifact's digest.
 #[track_caller]
 fn push_index(source: &str, opts: &[&str]) -> String {
@@ -356,6 +372,160 @@ fn prefetch_all_fetches_the_image_once_in_the_background() {
         &CompareOptions::default(),
     );
     assert_eq!(blob_bytes(&img.front, &img.layers), img.total);
+}
+
+/// The whole layer tars of a cache (`layers/KEY/layer.tar`, KEY a diff id) some process
+/// has open: a server reading them.
+fn open_layer_tars(cache: &Path) -> HashSet<PathBuf> {
+    let layers = cache.join("layers");
+    let mut open = HashSet::new();
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path())
+                && target.starts_with(&layers)
+                && target.file_name().is_some_and(|n| n == "layer.tar")
+            {
+                open.insert(target);
+            }
+        }
+    }
+    open
+}
+
+/// The store's whole copy of the layer whose diff id is `diff_id`, if its entry is complete.
+fn whole_layer(cache: &Path, diff_id: &str) -> Option<PathBuf> {
+    let dir = cache.join("layers").join(diff_id.replace(':', "-"));
+    dir.join("complete").exists().then(|| dir.join("layer.tar"))
+}
+
+/// Once `--prefetch all` has every span of a layer, the server makes the layer whole in the
+/// store (the entry a whole fetch fills, under its diff id) and reads it from there: each
+/// layer's tar hashes to its diff id and is open in the server, and with every sparse blob
+/// wiped, reading every file fetches nothing and still equals umoci's unpacking.
+#[test]
+fn prefetched_layers_are_read_from_whole_copies_in_the_mount() {
+    let img = lazy_image("OCI_GZIP", "layers", "imgfs-test/layers:1");
+    let diff_ids = diff_ids_of(&fx().path("OCI_GZIP"), "layers");
+    let cache = TempDir::new("imgfs-lazy-cache");
+    let (m, _) = mount(cache.path(), &img.source, &["--prefetch", "all"]);
+    wait_for_bytes(&img.front, &img.layers, img.total, Duration::from_secs(120));
+    let start = Instant::now();
+    let copies: Vec<PathBuf> = loop {
+        let copies: Vec<PathBuf> = diff_ids
+            .iter()
+            .filter_map(|d| whole_layer(cache.path(), d))
+            .collect();
+        let open = open_layer_tars(cache.path());
+        if copies.len() == diff_ids.len() && copies.iter().all(|c| open.contains(c)) {
+            break copies;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "whole copies {copies:?}, open {open:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for (copy, diff_id) in copies.iter().zip(&diff_ids) {
+        assert_eq!(&common::sha256_file(copy), diff_id, "{}", copy.display());
+    }
+    // Reads no longer look at the spans: wiped, they would be fetched again.
+    for e in std::fs::read_dir(cache.path().join("layers"))
+        .unwrap()
+        .flatten()
+    {
+        let blob = e.path().join("blob");
+        if e.file_name().to_string_lossy().starts_with("lazy-") {
+            let len = std::fs::metadata(&blob).unwrap().len();
+            std::fs::write(&blob, vec![0u8; len as usize]).unwrap();
+        }
+    }
+    drop_caches();
+    assert_trees_equal(
+        &fx().path("TRUTH_LAYERS"),
+        m.path(),
+        &CompareOptions::default(),
+    );
+    assert_eq!(
+        blob_bytes(&img.front, &img.layers),
+        img.total,
+        "reads of promoted layers fetched spans"
+    );
+    assert!(
+        common::cache_leftovers(cache.path())
+            .iter()
+            .all(|p| !p.to_string_lossy().contains(".tmp")),
+        "a temporary file was left"
+    );
+}
+
+/// A layer whose copy does not match the diff id its image records (here the record is
+/// altered) is never read from that copy: every other layer is promoted, that one stays lazy
+/// with one line in the server's log, no entry of it is left in the store, and every file
+/// still equals umoci's unpacking.
+#[test]
+fn a_layer_failing_its_diff_id_stays_lazy() {
+    let img = lazy_image("OCI_GZIP", "layers", "imgfs-test/layers:1");
+    let diff_ids = diff_ids_of(&fx().path("OCI_GZIP"), "layers");
+    let cache = TempDir::new("imgfs-lazy-cache");
+    let (m, _) = mount(cache.path(), &img.source, &["--prefetch", "none"]);
+    drop(m);
+    let info = cache_file_named(cache.path(), "layers.json");
+    let victim = diff_ids[diff_ids.len() / 2].clone();
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let text = std::fs::read_to_string(&info).unwrap();
+    assert!(text.contains(&victim), "{text}");
+    std::fs::write(&info, text.replace(&victim, &wrong)).unwrap();
+    let (m, _) = mount(cache.path(), &img.source, &["--prefetch", "all"]);
+    wait_for_bytes(&img.front, &img.layers, img.total, Duration::from_secs(120));
+    let log_path = cache_file_named(cache.path(), "server.log");
+    let start = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let promoted = diff_ids
+            .iter()
+            .filter(|d| whole_layer(cache.path(), d).is_some())
+            .count();
+        if log.contains("cannot be made whole") && promoted == diff_ids.len() - 1 {
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains("made whole")).collect();
+            assert_eq!(lines.len(), 1, "{log}");
+            assert!(lines[0].contains("diff id"), "{}", lines[0]);
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{promoted} layers promoted; log: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(whole_layer(cache.path(), &victim).is_none());
+    assert!(
+        !cache
+            .path()
+            .join("layers")
+            .join(wrong.replace(':', "-"))
+            .exists()
+    );
+    drop_caches();
+    assert_trees_equal(
+        &fx().path("TRUTH_LAYERS"),
+        m.path(),
+        &CompareOptions::default(),
+    );
+    assert_eq!(blob_bytes(&img.front, &img.layers), img.total);
+}
+
+/// The file `name` of the lazy image entry in `cache`.
+fn cache_file_named(cache: &Path, name: &str) -> PathBuf {
+    std::fs::read_dir(cache.join("images"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("lazy-"))
+        .map(|e| e.path().join(name))
+        .next()
+        .unwrap()
 }
 
 /// The registry gone after the mount: what was fetched is still served; what was not fails

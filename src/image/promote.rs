@@ -46,11 +46,6 @@ impl Promotable {
         }
     }
 
-    /// Whether reads go to the whole copy now.
-    pub fn is_local(&self) -> bool {
-        self.local.get().is_some()
-    }
-
     /// Reads from `file` (at `path`) from now on, if it is as long as the layer's tar.
     fn switch(&self, file: File, path: &Path) -> bool {
         let want = self.lazy.size().ok();

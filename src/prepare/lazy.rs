@@ -629,7 +629,7 @@ pub(super) fn promote(
 /// A layer of a lazy image as the image's entry recorded it: what it takes to make it whole
 /// in the store from its sparse blob while the image is mounted ([`crate::image::promote`]),
 /// into the entry a whole fetch of the layer would fill, so that the next mount's
-/// [`promote`] finds it there.
+/// promotion of the whole image finds it there.
 pub struct WholeLayer {
     what: String,
     layer: Layer,

@@ -196,8 +196,10 @@ fn watch(mut pending: Vec<Pending>, wake: &Wake) {
 fn promote(blob: &Promotable, layer: &WholeLayer) {
     let start = Instant::now();
     let name = blob.lazy.name();
+    // Another server of an image with this layer may have made it meanwhile.
     let made = layer
-        .fill()
+        .stored()
+        .map_or_else(|| layer.fill(), Ok)
         .map_err(|e| e.to_string())
         .and_then(|path| match File::open(&path) {
             Ok(file) => Ok((file, path)),

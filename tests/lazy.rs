@@ -404,7 +404,8 @@ fn whole_layer(cache: &Path, diff_id: &str) -> Option<PathBuf> {
 /// Once `--prefetch all` has every span of a layer, the server makes the layer whole in the
 /// store (the entry a whole fetch fills, under its diff id) and reads it from there: each
 /// layer's tar hashes to its diff id and is open in the server, and with every sparse blob
-/// wiped, reading every file fetches nothing and still equals umoci's unpacking.
+/// wiped, reading every file fetches nothing and still equals umoci's unpacking. A server
+/// started with every span present makes a missing copy at once.
 #[test]
 fn prefetched_layers_are_read_from_whole_copies_in_the_mount() {
     let img = lazy_image("OCI_GZIP", "layers", "imgfs-test/layers:1");
@@ -431,6 +432,27 @@ fn prefetched_layers_are_read_from_whole_copies_in_the_mount() {
     for (copy, diff_id) in copies.iter().zip(&diff_ids) {
         assert_eq!(&common::sha256_file(copy), diff_id, "{}", copy.display());
     }
+    // A server that starts with every span here makes the missing copy at once (`--pull`:
+    // the mount itself does not make the image whole).
+    drop(m);
+    std::fs::remove_dir_all(copies[0].parent().unwrap()).unwrap();
+    let (m, _) = mount(cache.path(), &img.source, &["--pull", "--prefetch", "none"]);
+    let start = Instant::now();
+    while !(copies[0].exists() && open_layer_tars(cache.path()).len() == copies.len()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the copy of {} was not made again",
+            diff_ids[0]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(&common::sha256_file(&copies[0]), &diff_ids[0]);
+    let whole_images = std::fs::read_dir(cache.path().join("images"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("oci-"))
+        .count();
+    assert_eq!(whole_images, 0, "the mount made the image whole itself");
     // Reads no longer look at the spans: wiped, they would be fetched again.
     for e in std::fs::read_dir(cache.path().join("layers"))
         .unwrap()

@@ -539,6 +539,72 @@ fn a_layer_failing_its_diff_id_stays_lazy() {
     assert_eq!(blob_bytes(&img.front, &img.layers), img.total);
 }
 
+/// A full disk: the cache on a tmpfs that holds the fetched blobs (72 MB) but not the largest
+/// layer's tar as well (about 170 MB). That layer's copy fails and is removed, with one line
+/// in the server's log; the layer stays lazy, and every file still equals umoci's unpacking
+/// without a byte fetched again.
+#[test]
+fn a_full_disk_leaves_the_layer_lazy() {
+    let img = lazy_image("OCI_GZIP", "layers", "imgfs-test/layers:1");
+    let diff_ids = diff_ids_of(&fx().path("OCI_GZIP"), "layers");
+    let disk = TempDir::new("imgfs-lazy-disk");
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=120m", "tmpfs"])
+        .arg(disk.path())
+        .status()
+        .unwrap();
+    assert!(ok.success(), "mount a tmpfs (needs root)");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(self.0).status();
+        }
+    }
+    let _disk = Unmount(disk.path());
+    let cache = disk.path().join("cache");
+    let (m, _) = mount(&cache, &img.source, &["--prefetch", "all"]);
+    wait_for_bytes(&img.front, &img.layers, img.total, Duration::from_secs(120));
+    let log_path = cache_file_named(&cache, "server.log");
+    let start = Instant::now();
+    let log = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let promoted = diff_ids
+            .iter()
+            .filter(|d| whole_layer(&cache, d).is_some())
+            .count();
+        if log.contains("cannot be made whole") && promoted == diff_ids.len() - 1 {
+            break log;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{promoted} layers promoted; log: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("made whole")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(lines[0].contains("No space left"), "{}", lines[0]);
+    let lazy_layer = diff_ids
+        .iter()
+        .find(|d| whole_layer(&cache, d).is_none())
+        .unwrap();
+    assert!(
+        !cache
+            .join("layers")
+            .join(lazy_layer.replace(':', "-"))
+            .exists(),
+        "the failed copy's entry was left"
+    );
+    drop_caches();
+    assert_trees_equal(
+        &fx().path("TRUTH_LAYERS"),
+        m.path(),
+        &CompareOptions::default(),
+    );
+    assert_eq!(blob_bytes(&img.front, &img.layers), img.total);
+    drop(m);
+}
+
 /// The file `name` of the lazy image entry in `cache`.
 fn cache_file_named(cache: &Path, name: &str) -> PathBuf {
     std::fs::read_dir(cache.join("images"))

@@ -2,8 +2,10 @@
 //! mount from an empty cache is then ready with none of the layers' bytes, fetches the spans
 //! reads need and nothing more, and still equals umoci's unpacking of the image on every
 //! property. The registry is Debian's docker-registry; a front (tests/fixtures/registry-front.py)
-//! counts the bytes of each blob it serves. Faults: the registry gone after the mount, a span
-//! damaged in the registry, a damaged index, several cold mounts at once.
+//! counts the bytes of each blob it serves. Once every span of a layer is here, the server
+//! reads it from a whole copy in the store. Faults: the registry gone after the mount, a span
+//! damaged in the registry, a damaged index, several cold mounts at once, a layer copy that
+//! fails its diff id or does not fit the disk.
 
 mod common;
 

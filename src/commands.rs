@@ -371,6 +371,7 @@ fn serve_background(args: ServeArgs) -> Result<i32> {
                 ),
             ),
             prefetch: prefetch_of(args.prefetch),
+            ..imgfs::image::lazy::LazyOptions::default()
         },
     };
     let owners = match args.root_as {

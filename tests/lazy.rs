@@ -2,8 +2,10 @@
 //! mount from an empty cache is then ready with none of the layers' bytes, fetches the spans
 //! reads need and nothing more, and still equals umoci's unpacking of the image on every
 //! property. The registry is Debian's docker-registry; a front (tests/fixtures/registry-front.py)
-//! counts the bytes of each blob it serves. Faults: the registry gone after the mount, a span
-//! damaged in the registry, a damaged index, several cold mounts at once.
+//! counts the bytes of each blob it serves. Once every span of a layer is here, the server
+//! reads it from a whole copy in the store. Faults: the registry gone after the mount, a span
+//! damaged in the registry, a damaged index, several cold mounts at once, a layer copy that
+//! fails its diff id or does not fit the disk.
 
 mod common;
 
@@ -63,6 +65,22 @@ fn layers_of(dir: &Path, reference: &str) -> (Vec<(String, u64)>, String) {
         })
         .collect();
     (layers, digest)
+}
+
+/// The diff ids of `reference`'s layers in the OCI layout `dir`, bottom first, from its config.
+fn diff_ids_of(dir: &Path, reference: &str) -> Vec<String> {
+    let (_, manifest) = layers_of(dir, reference);
+    let blob = |d: &str| -> serde_json::Value {
+        let hex = d.strip_prefix("sha256:").unwrap();
+        serde_json::from_slice(&std::fs::read(dir.join("blobs/sha256").join(hex)).unwrap()).unwrap()
+    };
+    let config = blob(blob(&manifest)["config"]["digest"].as_str().unwrap());
+    config["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_string())
+        .collect()
 }
 
 /// `imgfs index push` of `source` with a cache of its own; the artifact's digest.
@@ -362,6 +380,248 @@ fn prefetch_all_fetches_the_image_once_in_the_background() {
         &CompareOptions::default(),
     );
     assert_eq!(blob_bytes(&img.front, &img.layers), img.total);
+}
+
+/// The whole layer tars of a cache (`layers/KEY/layer.tar`, KEY a diff id) some process
+/// has open: a server reading them.
+fn open_layer_tars(cache: &Path) -> HashSet<PathBuf> {
+    let layers = cache.join("layers");
+    let mut open = HashSet::new();
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path())
+                && target.starts_with(&layers)
+                && target.file_name().is_some_and(|n| n == "layer.tar")
+            {
+                open.insert(target);
+            }
+        }
+    }
+    open
+}
+
+/// The store's whole copy of the layer whose diff id is `diff_id`, if its entry is complete.
+fn whole_layer(cache: &Path, diff_id: &str) -> Option<PathBuf> {
+    let dir = cache.join("layers").join(diff_id.replace(':', "-"));
+    dir.join("complete").exists().then(|| dir.join("layer.tar"))
+}
+
+/// Once `--prefetch all` has every span of a layer, the server makes the layer whole in the
+/// store (the entry a whole fetch fills, under its diff id) and reads it from there: each
+/// layer's tar hashes to its diff id and is open in the server, and with every sparse blob
+/// wiped, reading every file fetches nothing and still equals umoci's unpacking. A server
+/// started with every span present makes a missing copy at once.
+#[test]
+fn prefetched_layers_are_read_from_whole_copies_in_the_mount() {
+    let img = lazy_image("OCI_GZIP", "layers", "imgfs-test/layers:1");
+    let diff_ids = diff_ids_of(&fx().path("OCI_GZIP"), "layers");
+    let cache = TempDir::new("imgfs-lazy-cache");
+    let (m, _) = mount(cache.path(), &img.source, &["--prefetch", "all"]);
+    wait_for_bytes(&img.front, &img.layers, img.total, Duration::from_secs(120));
+    let start = Instant::now();
+    let copies: Vec<PathBuf> = loop {
+        let copies: Vec<PathBuf> = diff_ids
+            .iter()
+            .filter_map(|d| whole_layer(cache.path(), d))
+            .collect();
+        let open = open_layer_tars(cache.path());
+        if copies.len() == diff_ids.len() && copies.iter().all(|c| open.contains(c)) {
+            break copies;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "whole copies {copies:?}, open {open:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for (copy, diff_id) in copies.iter().zip(&diff_ids) {
+        assert_eq!(&common::sha256_file(copy), diff_id, "{}", copy.display());
+    }
+    // A server that starts with every span here makes the missing copy at once (`--pull`:
+    // the mount itself does not make the image whole).
+    drop(m);
+    std::fs::remove_dir_all(copies[0].parent().unwrap()).unwrap();
+    let (m, _) = mount(cache.path(), &img.source, &["--pull", "--prefetch", "none"]);
+    let start = Instant::now();
+    while !(copies[0].exists() && open_layer_tars(cache.path()).len() == copies.len()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the copy of {} was not made again",
+            diff_ids[0]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(&common::sha256_file(&copies[0]), &diff_ids[0]);
+    let whole_images = std::fs::read_dir(cache.path().join("images"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("oci-"))
+        .count();
+    assert_eq!(whole_images, 0, "the mount made the image whole itself");
+    // Reads no longer look at the spans: wiped, they would be fetched again.
+    for e in std::fs::read_dir(cache.path().join("layers"))
+        .unwrap()
+        .flatten()
+    {
+        let blob = e.path().join("blob");
+        if e.file_name().to_string_lossy().starts_with("lazy-") {
+            let len = std::fs::metadata(&blob).unwrap().len();
+            std::fs::write(&blob, vec![0u8; len as usize]).unwrap();
+        }
+    }
+    drop_caches();
+    assert_trees_equal(
+        &fx().path("TRUTH_LAYERS"),
+        m.path(),
+        &CompareOptions::default(),
+    );
+    assert_eq!(
+        blob_bytes(&img.front, &img.layers),
+        img.total,
+        "reads of promoted layers fetched spans"
+    );
+    assert!(
+        common::cache_leftovers(cache.path())
+            .iter()
+            .all(|p| !p.to_string_lossy().contains(".tmp")),
+        "a temporary file was left"
+    );
+}
+
+/// A layer whose copy does not match the diff id its image records (here the record is
+/// altered) is never read from that copy: every other layer is promoted, that one stays lazy
+/// with one line in the server's log, no entry of it is left in the store, and every file
+/// still equals umoci's unpacking.
+#[test]
+fn a_layer_failing_its_diff_id_stays_lazy() {
+    let img = lazy_image("OCI_GZIP", "layers", "imgfs-test/layers:1");
+    let diff_ids = diff_ids_of(&fx().path("OCI_GZIP"), "layers");
+    let cache = TempDir::new("imgfs-lazy-cache");
+    let (m, _) = mount(cache.path(), &img.source, &["--prefetch", "none"]);
+    drop(m);
+    let info = cache_file_named(cache.path(), "layers.json");
+    let victim = diff_ids[diff_ids.len() / 2].clone();
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let text = std::fs::read_to_string(&info).unwrap();
+    assert!(text.contains(&victim), "{text}");
+    std::fs::write(&info, text.replace(&victim, &wrong)).unwrap();
+    let (m, _) = mount(cache.path(), &img.source, &["--prefetch", "all"]);
+    wait_for_bytes(&img.front, &img.layers, img.total, Duration::from_secs(120));
+    let log_path = cache_file_named(cache.path(), "server.log");
+    let start = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let promoted = diff_ids
+            .iter()
+            .filter(|d| whole_layer(cache.path(), d).is_some())
+            .count();
+        if log.contains("cannot be made whole") && promoted == diff_ids.len() - 1 {
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains("made whole")).collect();
+            assert_eq!(lines.len(), 1, "{log}");
+            assert!(lines[0].contains("diff id"), "{}", lines[0]);
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{promoted} layers promoted; log: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(whole_layer(cache.path(), &victim).is_none());
+    assert!(
+        !cache
+            .path()
+            .join("layers")
+            .join(wrong.replace(':', "-"))
+            .exists()
+    );
+    drop_caches();
+    assert_trees_equal(
+        &fx().path("TRUTH_LAYERS"),
+        m.path(),
+        &CompareOptions::default(),
+    );
+    assert_eq!(blob_bytes(&img.front, &img.layers), img.total);
+}
+
+/// A full disk: the cache on a tmpfs that holds the fetched blobs (72 MB) but not the largest
+/// layer's tar as well (about 170 MB). That layer's copy fails and is removed, with one line
+/// in the server's log; the layer stays lazy, and every file still equals umoci's unpacking
+/// without a byte fetched again.
+#[test]
+fn a_full_disk_leaves_the_layer_lazy() {
+    let img = lazy_image("OCI_GZIP", "layers", "imgfs-test/layers:1");
+    let diff_ids = diff_ids_of(&fx().path("OCI_GZIP"), "layers");
+    let disk = TempDir::new("imgfs-lazy-disk");
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=120m", "tmpfs"])
+        .arg(disk.path())
+        .status()
+        .unwrap();
+    assert!(ok.success(), "mount a tmpfs (needs root)");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(self.0).status();
+        }
+    }
+    let _disk = Unmount(disk.path());
+    let cache = disk.path().join("cache");
+    let (m, _) = mount(&cache, &img.source, &["--prefetch", "all"]);
+    wait_for_bytes(&img.front, &img.layers, img.total, Duration::from_secs(120));
+    let log_path = cache_file_named(&cache, "server.log");
+    let start = Instant::now();
+    let log = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let promoted = diff_ids
+            .iter()
+            .filter(|d| whole_layer(&cache, d).is_some())
+            .count();
+        if log.contains("cannot be made whole") && promoted == diff_ids.len() - 1 {
+            break log;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{promoted} layers promoted; log: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("made whole")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(lines[0].contains("No space left"), "{}", lines[0]);
+    let lazy_layer = diff_ids
+        .iter()
+        .find(|d| whole_layer(&cache, d).is_none())
+        .unwrap();
+    assert!(
+        !cache
+            .join("layers")
+            .join(lazy_layer.replace(':', "-"))
+            .exists(),
+        "the failed copy's entry was left"
+    );
+    drop_caches();
+    assert_trees_equal(
+        &fx().path("TRUTH_LAYERS"),
+        m.path(),
+        &CompareOptions::default(),
+    );
+    assert_eq!(blob_bytes(&img.front, &img.layers), img.total);
+    drop(m);
+}
+
+/// The file `name` of the lazy image entry in `cache`.
+fn cache_file_named(cache: &Path, name: &str) -> PathBuf {
+    std::fs::read_dir(cache.join("images"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("lazy-"))
+        .map(|e| e.path().join(name))
+        .next()
+        .unwrap()
 }
 
 /// The registry gone after the mount: what was fetched is still served; what was not fails

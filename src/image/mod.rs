@@ -13,6 +13,7 @@
 //! and [`ImageReader::resolve`] keeps symlinks and `..` inside the image root.
 
 pub mod lazy;
+pub mod promote;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -224,6 +225,7 @@ impl ImageReader {
         // Only a server fetches ahead of reads: a reader for one look fetches what it reads.
         let lazy = lazy::LazyOptions {
             prefetch: lazy::Prefetch::None,
+            promote: false,
             ..lazy::LazyOptions::default()
         };
         ImageReader::open_with(index_path, blob_paths, &lazy)
@@ -250,6 +252,7 @@ impl ImageReader {
         let spans = std::sync::Arc::new(lazy::SpanCache::new(lazy::SPAN_CACHE_BYTES));
         // By layer: a lazy image may have layers fetched whole (those a TOC cannot describe).
         let mut lazy_blobs = Vec::new();
+        let mut promotable = Vec::new();
         let is_lazy = |p: &PathBuf| {
             p.file_name() == Some(std::ffi::OsStr::new(crate::cache::sparse::REMOTE_FILE))
         };
@@ -265,7 +268,15 @@ impl ImageReader {
                 }
                 let blob = std::sync::Arc::new(blob);
                 lazy_blobs.push(Some(blob.clone()));
-                blobs.push((Box::new(blob), path.clone()));
+                // A layer read through its TOC addresses a stream of its own, not the tar a
+                // whole copy holds: only layers with a seek table switch to one.
+                if blob.addresses_tar() {
+                    let served = std::sync::Arc::new(promote::Promotable::new(blob));
+                    promotable.push(served.clone());
+                    blobs.push((Box::new(served), path.clone()));
+                } else {
+                    blobs.push((Box::new(blob), path.clone()));
+                }
                 continue;
             }
             let file = File::open(path).map_err(io(path))?;
@@ -273,6 +284,9 @@ impl ImageReader {
             lazy_blobs.push(None);
         }
         let reader = ImageReader::with_blobs(index, index_path, blobs)?;
+        if !promotable.is_empty() {
+            promote::start(index_path, &promotable, lazy.promote);
+        }
         if lazy_blobs.iter().any(Option::is_some) {
             let dir = index_path.parent().unwrap_or(Path::new("/"));
             match lazy.prefetch {

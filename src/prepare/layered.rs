@@ -285,6 +285,17 @@ fn cached(image: &ImageRef, platform: &Platform, cache: &Cache) -> Option<Ready>
     })
 }
 
+/// Makes sure the store holds `layer`'s uncompressed tar, read from `source` (and verified)
+/// unless a complete entry has it; where it is.
+pub(super) fn store_layer(
+    cache: &Cache,
+    source: &dyn LayerSource,
+    layer: &Layer,
+) -> Result<PathBuf, PrepareError> {
+    layer_members(cache, source, layer, &Counters::default())?;
+    Ok(layer_path(cache, layer))
+}
+
 /// Where the store keeps a layer's uncompressed tar.
 pub(super) fn layer_path(cache: &Cache, layer: &Layer) -> PathBuf {
     cache
@@ -375,7 +386,9 @@ fn layer_members(
         return Ok(s); // another process filled it while we waited
     }
     entry.reset(&lock)?;
-    let filled = fill(source, layer, &path, counters).map_err(|e| match e {
+    // Written under a name of its own, renamed once verified: a `layer.tar` is always whole.
+    let tmp = entry.dir().join(format!(".{}.tmp", cache::LAYER_FILE));
+    let filled = fill(source, layer, &tmp, counters).map_err(|e| match e {
         Fill::Source(e) => PrepareError::Source(e),
         Fill::Scan(source) => PrepareError::Layer {
             what: what(),
@@ -387,6 +400,10 @@ fn layer_members(
         },
     });
     let committed = filled.and_then(|s| {
+        std::fs::rename(&tmp, &path).map_err(|source| PrepareError::LayerIo {
+            what: what(),
+            source: named(&path, source),
+        })?;
         entry.commit(&lock, &key)?;
         Ok(s)
     });

@@ -683,3 +683,72 @@ pub(super) fn promote(
         }
     }
 }
+
+/// A layer of a lazy image as the image's entry recorded it: what it takes to make it whole
+/// in the store from its sparse blob while the image is mounted ([`crate::image::promote`]),
+/// into the entry a whole fetch of the layer would fill, so that the next mount's
+/// promotion of the whole image finds it there.
+pub struct WholeLayer {
+    what: String,
+    layer: Layer,
+    cache: Cache,
+}
+
+impl WholeLayer {
+    /// The layer's blob digest, which names its lazy entry.
+    pub fn digest(&self) -> String {
+        self.layer
+            .digest
+            .as_ref()
+            .map(|d| d.to_string())
+            .unwrap_or_default()
+    }
+
+    /// Its uncompressed tar, when a complete entry of the store holds it.
+    pub fn stored(&self) -> Option<PathBuf> {
+        let entry = self.cache.layer(&self.layer.store_key().0);
+        entry.marker()?;
+        Some(super::layered::layer_path(&self.cache, &self.layer))
+    }
+
+    /// Decompresses the layer's sparse blob — every span of it must be there — into its
+    /// entry, checked against the blob's digest and the diff id as a whole fetch is; where
+    /// its tar is. A failure leaves no entry.
+    pub fn fill(&self) -> Result<PathBuf, PrepareError> {
+        let key = layer_key(&self.layer).ok_or_else(|| {
+            PrepareError::Source(SourceError::Invalid {
+                what: self.what.clone(),
+                why: "a layer without a digest".into(),
+            })
+        })?;
+        let source = Filled {
+            what: self.what.clone(),
+            dirs: vec![(self.digest(), self.cache.layer(&key).dir().to_path_buf())],
+        };
+        super::layered::store_layer(&self.cache, &source, &self.layer)
+    }
+}
+
+/// The layers of the lazy image whose index is `index_path`, bottom first; `None` when that
+/// is not the index of a lazy image's entry in a store.
+pub fn whole_layers(index_path: &std::path::Path) -> Option<Vec<WholeLayer>> {
+    let dir = index_path.parent()?;
+    let root = dir.parent()?.parent()?;
+    let cache = Cache::locate(Some(root.to_path_buf())).ok()?;
+    let entry = cache.entry(&dir.file_name()?.to_string_lossy());
+    if entry.dir() != dir {
+        return None;
+    }
+    let img = read_layer_info(&entry)?;
+    let what = format!("lazy image {}", img.config_digest);
+    Some(
+        img.layers
+            .into_iter()
+            .map(|layer| WholeLayer {
+                what: what.clone(),
+                layer,
+                cache: cache.clone(),
+            })
+            .collect(),
+    )
+}

@@ -1,0 +1,224 @@
+//! Promotion in the mount: a lazy layer whose every span is in the store is read from a whole
+//! copy of its uncompressed tar, as a local image's layers are, instead of span by span.
+//!
+//! Takes the lazy layers of an image being served, each wrapped in a [`Promotable`], and the
+//! image's entry in the store (which records each layer's blob digest and diff id). A layer
+//! whose whole copy the store already holds is switched to it at once. The others, when the
+//! server makes copies, are watched on a thread of their own: once every span of one is
+//! present — at open, or as soon as the last one is stored — its sparse blob is decompressed
+//! once, in order, into the entry a whole fetch of the layer would fill (keyed by its diff
+//! id), which the next mount's promotion of the whole image then reuses; then reads of the
+//! layer go to that file.
+//!
+//! Guarantees: a read never waits for a copy — until the switch it goes through the lazy
+//! blob as before. A copy is read only once it matched the blob's digest and the diff id and
+//! its entry is complete; one that cannot be made (a full disk, a mismatch) leaves no file
+//! under the layer's name and the layer lazy, said in one log line.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use super::Blob;
+use super::lazy::LazyBlob;
+use crate::prepare::lazy::WholeLayer;
+
+/// How long the watcher sleeps when no span arrives, before it looks again whether the
+/// layers it waits for are still served (a reader dropped ends it).
+const IDLE_CHECK: Duration = Duration::from_secs(5);
+
+/// A lazy layer that may switch to a whole copy of its tar while it is served.
+pub struct Promotable {
+    lazy: Arc<LazyBlob>,
+    local: OnceLock<File>,
+}
+
+impl Promotable {
+    pub fn new(lazy: Arc<LazyBlob>) -> Promotable {
+        Promotable {
+            lazy,
+            local: OnceLock::new(),
+        }
+    }
+
+    /// Reads from `file` (at `path`) from now on, if it is as long as the layer's tar.
+    fn switch(&self, file: File, path: &Path) -> bool {
+        let want = self.lazy.size().ok();
+        let got = file.metadata().map(|m| m.len()).ok();
+        if want.is_none() || want != got {
+            log::warn!(
+                "layer {}: {} is {got:?} bytes, its seek table says {want:?}; it stays lazy",
+                self.lazy.name(),
+                path.display()
+            );
+            return false;
+        }
+        if self.local.set(file).is_ok() {
+            self.lazy.forget_cached();
+        }
+        true
+    }
+}
+
+impl Blob for Promotable {
+    fn size(&self) -> io::Result<u64> {
+        self.lazy.size()
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        match self.local.get() {
+            Some(file) => FileExt::read_at(file, buf, offset),
+            None => self.lazy.read_at(buf, offset),
+        }
+    }
+}
+
+impl Blob for Arc<Promotable> {
+    fn size(&self) -> io::Result<u64> {
+        <Promotable as Blob>::size(self)
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        <Promotable as Blob>::read_at(self, buf, offset)
+    }
+}
+
+/// Switches `blobs` (the lazy layers of the image whose index is `index_path`) to the whole
+/// copies the store holds; with `make`, watches the rest and makes their copies once every
+/// span of theirs is present. Does nothing for an index outside a lazy image's entry.
+pub fn start(index_path: &Path, blobs: &[Arc<Promotable>], make: bool) {
+    let Some(layers) = crate::prepare::lazy::whole_layers(index_path) else {
+        log::debug!(
+            "{}: not a lazy image's entry; its layers stay lazy",
+            index_path.display()
+        );
+        return;
+    };
+    let wake = Arc::new(Wake::default());
+    let mut pending = Vec::new();
+    for layer in layers {
+        let digest = layer.digest();
+        let Some(blob) = blobs.iter().find(|b| b.lazy.name() == digest) else {
+            continue;
+        };
+        if let Some(path) = layer.stored()
+            && let Ok(file) = File::open(&path)
+            && blob.switch(file, &path)
+        {
+            log::info!("layer {digest}: read from {}", path.display());
+            continue;
+        }
+        if make {
+            let w = wake.clone();
+            blob.lazy.on_stored(Box::new(move || w.ring()));
+            pending.push(Pending {
+                blob: Arc::downgrade(blob),
+                layer,
+                next: 0,
+            });
+        }
+    }
+    if pending.is_empty() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("imgfs-promote".into())
+        .spawn(move || watch(pending, &wake));
+    if let Err(e) = spawned {
+        log::warn!("cannot start promoting lazy layers: {e}");
+    }
+}
+
+/// Rung each time a lazy layer stored spans.
+#[derive(Default)]
+struct Wake {
+    rung: Mutex<bool>,
+    bell: Condvar,
+}
+
+impl Wake {
+    fn ring(&self) {
+        *self.rung.lock() = true;
+        self.bell.notify_one();
+    }
+}
+
+/// A layer waiting for its last span.
+struct Pending {
+    blob: Weak<Promotable>,
+    layer: WholeLayer,
+    /// The first span not seen present yet: spans only arrive, so each is looked up until
+    /// it is there, and never again.
+    next: usize,
+}
+
+impl Pending {
+    fn complete(&mut self, blob: &Promotable) -> bool {
+        let spans = blob.lazy.span_count();
+        while self.next < spans && blob.lazy.has_span(self.next) {
+            self.next += 1;
+        }
+        self.next == spans
+    }
+}
+
+/// Makes the copy of each layer of `pending` once its every span is present, one layer at a
+/// time; ends when none is left, or none is served any more.
+fn watch(mut pending: Vec<Pending>, wake: &Wake) {
+    loop {
+        pending.retain_mut(|p| {
+            let Some(blob) = p.blob.upgrade() else {
+                return false;
+            };
+            if !p.complete(&blob) {
+                return true;
+            }
+            promote(&blob, &p.layer);
+            false
+        });
+        if pending.is_empty() {
+            return;
+        }
+        let mut rung = wake.rung.lock();
+        if !*rung {
+            wake.bell.wait_for(&mut rung, IDLE_CHECK);
+        }
+        *rung = false;
+    }
+}
+
+/// Makes `layer`'s whole copy and switches `blob` to it; says in one line what became of it.
+fn promote(blob: &Promotable, layer: &WholeLayer) {
+    let start = Instant::now();
+    let name = blob.lazy.name();
+    // Another server of an image with this layer may have made it meanwhile.
+    let made = layer
+        .stored()
+        .map_or_else(|| layer.fill(), Ok)
+        .map_err(|e| e.to_string())
+        .and_then(|path| match File::open(&path) {
+            Ok(file) => Ok((file, path)),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        });
+    match made {
+        Ok((file, path)) => {
+            if blob.switch(file, &path) {
+                log::info!(
+                    "layer {name}: every span is here; read from {} from now on (made in {:?})",
+                    path.display(),
+                    start.elapsed()
+                );
+            }
+        }
+        Err(e) => {
+            log::warn!(
+                "layer {name}: every span is here, but it cannot be made whole: {e}; it stays lazy"
+            );
+        }
+    }
+}

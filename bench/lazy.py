@@ -8,7 +8,10 @@ docker-registry on loopback under three names: `lazy` with imgfs's index pushed 
 (`imgfs index push`, default span), `noindex` without one, and `span-1m|2m|4m` with an index of
 that span each. The 2 GiB image is the same image plus two layers of 1 GiB of pseudo-random
 files nothing reads (bench/make_big_image.py, cached under $IMGFS_BENCH_WORK/lazy), pushed with
-an index as `big`. Every push and index push happens before the link is shaped.
+an index as `big`. The same image as eStargz (ctr-remote's conversion,
+tests/fixtures/make-estargz.sh) and as zstd:chunked (skopeo's) is pushed as `estargz` and
+`chunked` with no index: imgfs mounts those from their layers' own TOCs. Every push and index
+push happens before the link is shaped.
 
   cold     the registry's replies shaped to 100 Mbit/s (htb on lo, only the registry port's
            replies, as sources.py does; the qdisc goes at the end, on errors and interrupts
@@ -141,9 +144,18 @@ def index_push(image, span=None):
     return {"digest": m.group(1), "bytes": int(m.group(2)), "report": r.stderr.strip()}
 
 
+# The image as eStargz (tests/fixtures/make-estargz.sh, ctr-remote's conversion) and as
+# zstd:chunked (skopeo's, in the layered fixtures): lazy from their own TOCs, no imgfs index.
+ESTARGZ = sources.LAYERED.parent / "estargz" / "oci-estargz"
+TOC_IMAGES = {"estargz": lambda: ESTARGZ, "chunked": lambda: Path(read_env()["OCI_ZSTD_CHUNKED"])}
+
+
 def publish(names, gz, big_dir):
     """Pushes every image and index the measurements use; returns the artifacts' sizes."""
     artifacts = {}
+    for name, layout in TOC_IMAGES.items():
+        log(f"pushing {layout()}:{REF} to {names.image(name)} (no imgfs index)")
+        push(layout(), REF, names.image(name))
     for name in ("lazy", "noindex", *(f"span-{s.lower()}" for s in SPANS)):
         log(f"pushing {gz.source} to {names.image(name)}")
         push(gz.dir, REF, names.image(name))
@@ -238,6 +250,9 @@ def measure_cold(runner, names):
     res["cold-lazy"] = cold_imgfs(runner, "cold-lazy", "lazy", names, RUNS_FAST)
     res["cold-noindex"] = cold_imgfs(runner, "cold-noindex", "noindex", names, RUNS_SLOW)
     res["cold-docker"] = cold_docker(runner, "cold-docker", "lazy", names, RUNS_SLOW)
+    res["cold-estargz"] = cold_imgfs(runner, "cold-estargz", "estargz", names, RUNS_SLOW)
+    res["cold-docker-estargz"] = cold_docker(runner, "cold-docker-estargz", "estargz", names, RUNS_FEW)
+    res["cold-chunked"] = cold_imgfs(runner, "cold-chunked", "chunked", names, RUNS_SLOW)
     res["cold-prefetch"] = cold_imgfs(runner, "cold-prefetch", "lazy", names, RUNS_FAST, flags=["--prefetch", "all"])
     res["nodes"] = cold_nodes(runner, names)
     for s in SPANS:
@@ -318,7 +333,9 @@ def measure_warm(runner, names, gz):
 
 def measure_all(runner, gz):
     big_layers = make_big(gz)
-    res, inputs = {}, {"image_bytes": gz.size, "image_layers": len(gz.layers),
+    toc_bytes = {f"{name}_bytes": sum(s for _, s in sources.layer_blobs(layout(), REF))
+                 for name, layout in TOC_IMAGES.items()}
+    res, inputs = {}, {"image_bytes": gz.size, "image_layers": len(gz.layers), **toc_bytes,
                        "big_bytes": sum(s for _, s in big_layers), "big_layers": len(big_layers)}
     with contextlib.ExitStack() as stack:
         names = Names(stack.enter_context(registry()))
@@ -410,6 +427,9 @@ COLD_ROWS = [
     ("cold-lazy", "`imgfs run docker://…/lazy -- python3 -c pass` (index pushed), empty cache"),
     ("cold-prefetch", "the same with `--prefetch all` (the rest fetched in the background)"),
     ("cold-noindex", "`imgfs run docker://…/noindex -- python3 -c pass` (no index: every layer whole)"),
+    ("cold-docker-estargz", "eStargz image (ctr-remote) · `docker pull` + `docker run`"),
+    ("cold-estargz", "eStargz image · `imgfs run docker://…/estargz` (no index: from its TOCs), empty cache"),
+    ("cold-chunked", "zstd:chunked image (skopeo) · `imgfs run docker://…/chunked` (no index: from its TOCs)"),
     ("nodes", f"{NODES} × `imgfs run docker://…/lazy` at once, a cache each (wall time of all)"),
     ("big-docker", "2 GiB image · `docker pull` + `docker run`"),
     ("big-lazy", "2 GiB image · `imgfs run docker://…/big` (index pushed), empty cache"),
@@ -421,6 +441,9 @@ def render_cold(res, inp):
     for key, label in COLD_ROWS:
         st = res.get(key) or {}
         size = inp["big_bytes"] if key.startswith("big") else inp["image_bytes"]
+        for name in TOC_IMAGES:
+            if key.endswith(name):
+                size = inp.get(f"{name}_bytes") or size
         got = fetched(res, key)
         share = f" ({got / size:.1%} of the image)" if got is not None and key != "nodes" else ""
         L.append(f"| {label} | {time_cell(st)} | {mb(got)}{share} | {mb(st.get('blob_bytes'))} |")

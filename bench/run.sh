@@ -65,6 +65,10 @@ fi
 if [ "$PART" = sources ] || [ "$PART" = lazy ]; then
     tests/fixtures/make-layered.sh || die "tests/fixtures/make-layered.sh failed"
 fi
+# The same image as eStargz, converted by ctr-remote (the lazy part's eStargz rows).
+if [ "$PART" = lazy ]; then
+    tests/fixtures/make-estargz.sh || die "tests/fixtures/make-estargz.sh failed"
+fi
 
 # ratarmount and matplotlib, in a venv of Debian's python3 (the sandbox, sources and lazy parts
 # need neither).

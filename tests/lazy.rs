@@ -1101,3 +1101,25 @@ fn damaged_estargz_chunk_is_never_served() {
         assert!(got == std::fs::read(truth.join(f)).unwrap());
     }
 }
+
+/// `imgfs index push` from an empty cache downloads each layer once: the fill that stores a
+/// layer whole builds its seek table on the way. The index it pushes then serves a lazy mount
+/// equal to umoci's unpacking.
+#[test]
+fn index_push_downloads_each_layer_once() {
+    let img = registry_image(&fx().path("OCI_GZIP"), "layers", "imgfs-test/layers:1");
+    push_index(&img.source, &[]);
+    let sent = blob_bytes(&img.front, &img.layers);
+    assert_eq!(
+        sent, img.total,
+        "index push fetched {sent} bytes of a {}-byte image",
+        img.total
+    );
+    let cache = TempDir::new("imgfs-lazy-cache");
+    let (m, _) = mount(cache.path(), &img.source, &[]);
+    assert_trees_equal(
+        &fx().path("TRUTH_LAYERS"),
+        m.path(),
+        &CompareOptions::default(),
+    );
+}

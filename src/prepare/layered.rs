@@ -88,24 +88,10 @@ pub(super) fn prepare(
     cache: &Cache,
     options: Options,
 ) -> Result<Ready, PrepareError> {
-    prepare_as(image, cache, options, true)
+    prepare_as(image, cache, options)
 }
 
-/// [`prepare`], fetching every layer whole even when the image could be mounted lazily.
-pub(super) fn prepare_whole(
-    image: &ImageRef,
-    cache: &Cache,
-    options: Options,
-) -> Result<Ready, PrepareError> {
-    prepare_as(image, cache, options, false)
-}
-
-fn prepare_as(
-    image: &ImageRef,
-    cache: &Cache,
-    options: Options,
-    lazily: bool,
-) -> Result<Ready, PrepareError> {
+fn prepare_as(image: &ImageRef, cache: &Cache, options: Options) -> Result<Ready, PrepareError> {
     let platform = options.platform.clone().unwrap_or_else(Platform::host);
     // What a reference resolved to before is used without asking the registry, as `docker
     // run` uses a local image (its pull policy "missing"): a digest names immutable content,
@@ -127,8 +113,7 @@ fn prepare_as(
         },
         r => r?,
     };
-    if lazily
-        && let ImageRef::Registry(reference) = image
+    if let ImageRef::Registry(reference) = image
         && let Some(registry) = source.as_registry()
         && !whole_complete(cache, &img)
         && let Some(ready) = super::lazy::prepare(

@@ -353,31 +353,33 @@ pub fn push(
             format!("{name}@{}", subject.digest())
         }
     };
-    let full = super::layered::prepare_whole(
+    // Layers the store lacks are fetched once: the fill that stores them builds their seek
+    // tables on the way.
+    let seeking = super::seeking::Seeking::new(&registry, span);
+    let full = super::layered::whole(
         &crate::source::ImageRef::Registry(digest_ref),
+        &img,
+        &seeking,
         cache,
         Options {
-            platform: Some(platform),
+            platform: Some(platform.clone()),
             insecure: options.insecure,
             auth_file: options.auth_file.clone(),
             report: options.report,
             ..Options::default()
         },
+        &platform,
     )?;
-    if full.id != img.config_digest {
-        return Err(PrepareError::Source(SourceError::Invalid {
-            what,
-            why: format!(
-                "the image changed while it was indexed ({} became {})",
-                img.config_digest, full.id
-            ),
-        }));
-    }
     let tree = std::fs::read(&full.index_path).map_err(|source| PrepareError::Io {
         path: full.index_path.clone(),
         source,
     })?;
-    let tables = build_tables(&registry, &img, span)?;
+    let built: Vec<Option<SeekTable>> = img
+        .layers
+        .iter()
+        .map(|l| seeking.take(l).and_then(Result::ok))
+        .collect();
+    let tables = build_tables(&registry, &img, span, built)?;
     let tree_blob = zstd::bulk::compress(&tree, 19).map_err(|source| PrepareError::Io {
         path: full.index_path.clone(),
         source,
@@ -481,9 +483,10 @@ fn build_tables(
     registry: &Registry,
     img: &Image,
     span: u64,
+    built: Vec<Option<SeekTable>>,
 ) -> Result<Vec<SeekTable>, PrepareError> {
     let results: Vec<Mutex<Option<Result<SeekTable, PrepareError>>>> =
-        img.layers.iter().map(|_| Mutex::new(None)).collect();
+        built.into_iter().map(|t| Mutex::new(t.map(Ok))).collect();
     let next = AtomicUsize::new(0);
     let start = Instant::now();
     std::thread::scope(|s| {
@@ -494,6 +497,9 @@ fn build_tables(
                     let Some(layer) = img.layers.get(i) else {
                         break;
                     };
+                    if results[i].lock().is_some() {
+                        continue; // built while the layer was fetched whole
+                    }
                     let r = (|| {
                         let what = || format!("{}: layer {}", registry.describe(), layer.locator);
                         let mut stream = registry.open_layer(layer)?;

@@ -15,6 +15,7 @@
 pub mod artifact;
 mod layered;
 pub mod lazy;
+mod seeking;
 mod toc;
 
 use std::cell::RefCell;

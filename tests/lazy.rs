@@ -447,6 +447,62 @@ fn damaged_span_in_the_registry_is_never_served() {
     }
 }
 
+/// Windows damaged in the registry are never used: a read that needs one fails with EIO, every
+/// file that reads at all reads right (its spans start fresh or take their window from the
+/// span before), and once the windows blob is repaired the failed files read right.
+#[test]
+fn damaged_window_in_the_registry_is_never_used() {
+    let fx = fx();
+    let registry = Registry::start();
+    let direct = registry.push(&oci(&fx.path("OCI_GZIP"), "layers"), "imgfs-test/layers:1");
+    let artifact = push_index(&direct, &["--span", "256K"]);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(registry.blob_data(&artifact)).unwrap()).unwrap();
+    let blobs = manifest["layers"].as_array().unwrap();
+    let (layers, _) = layers_of(&fx.path("OCI_GZIP"), "layers");
+    let biggest = (0..layers.len()).max_by_key(|&i| layers[i].1).unwrap();
+    let windows = &blobs[1 + layers.len() + biggest];
+    assert_eq!(
+        windows["mediaType"].as_str(),
+        Some("application/vnd.imgfs.index.windows.v1")
+    );
+    let data = registry.blob_data(windows["digest"].as_str().unwrap());
+    let original = std::fs::read(&data).unwrap();
+    // A byte in every KiB: every window of the layer is damaged.
+    let mut damaged = original.clone();
+    for at in (512..damaged.len()).step_by(1024) {
+        damaged[at] ^= 0x55;
+    }
+    std::fs::write(&data, &damaged).unwrap();
+    let cache = TempDir::new("imgfs-lazy-cache");
+    let (m, _) = mount(cache.path(), &direct, &["--fetch-timeout", "2"]);
+    let truth = fx.path("TRUTH_LAYERS");
+    let (mut failed, mut read) = (Vec::new(), 0);
+    for (f, _) in files_by_size(&truth) {
+        match std::fs::read(m.path().join(&f)) {
+            Ok(got) => {
+                assert!(
+                    got == std::fs::read(truth.join(&f)).unwrap(),
+                    "{} read wrong bytes",
+                    f.display()
+                );
+                read += 1;
+            }
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EIO), "{}: {e}", f.display());
+                failed.push(f);
+            }
+        }
+    }
+    assert!(!failed.is_empty(), "no read needed a damaged window");
+    assert!(read > 0, "no file read at all");
+    std::fs::write(&data, &original).unwrap();
+    for f in &failed {
+        let got = std::fs::read(m.path().join(f)).expect("repaired");
+        assert!(got == std::fs::read(truth.join(f)).unwrap());
+    }
+}
+
 /// An index whose seek table was damaged in the registry is refused with a warning, and the
 /// image is fetched whole instead — and still equals umoci's.
 #[test]

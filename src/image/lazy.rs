@@ -15,6 +15,12 @@
 //! fails with EIO and one log line naming the layer and the range; reads of spans already
 //! present never touch the network. Decompressed spans are kept in a bounded LRU
 //! ([`SpanCache`]) shared by the image's layers.
+//!
+//! A gzip span that starts between two deflate blocks also needs its window (the 32 KiB of
+//! output before it): taken from the span before when that one is decompressed in the cache
+//! (a sequential read), else from the layer's windows blob ([`Windows`]) — fetched by range
+//! beside the span, checked against its digest, kept in the store like a span. A window that
+//! does not match its digest is never used: the read fails with EIO.
 
 use std::collections::HashSet;
 use std::io;
@@ -30,6 +36,7 @@ use super::Blob;
 pub use crate::cache::sparse::{PREFETCH_FILE, RECORD_FILE, parse_spans};
 use crate::cache::sparse::{Remote, SEEK_FILE, SparseBlob};
 use crate::index::seek::SeekTable;
+use crate::source::registry::Registry;
 
 /// Bytes of decompressed spans kept in memory for one server: enough for the working set of
 /// a program's start (a few dozen spans), small beside the page cache the kernel keeps of
@@ -260,6 +267,28 @@ pub struct LazyBlob {
     /// Spans a read has needed (for a record of what a program reads).
     used: Mutex<HashSet<usize>>,
     recorder: Option<Arc<Recorder>>,
+    /// Where windows come from; without it, the table's own (a table with its windows blob).
+    windows: Option<Windows>,
+}
+
+/// A layer's windows blob, read lazily: the windows spans need, fetched by range and kept in
+/// the store.
+pub struct Windows {
+    store: SparseBlob,
+    fetch: Box<dyn Fetch>,
+    /// Held while a window is fetched: windows are small, and a window two reads want at once
+    /// is fetched once.
+    fetching: Mutex<()>,
+}
+
+impl Windows {
+    pub fn new(store: SparseBlob, fetch: Box<dyn Fetch>) -> Windows {
+        Windows {
+            store,
+            fetch,
+            fetching: Mutex::new(()),
+        }
+    }
 }
 
 impl LazyBlob {
@@ -285,7 +314,14 @@ impl LazyBlob {
             fetched_bytes: AtomicU64::new(0),
             used: Mutex::new(HashSet::new()),
             recorder: None,
+            windows: None,
         }
+    }
+
+    /// Takes the windows spans need from `windows` (a layer's windows blob).
+    pub fn with_windows(mut self, windows: Windows) -> LazyBlob {
+        self.windows = Some(windows);
+        self
     }
 
     /// Records the spans reads first need with `recorder`.
@@ -408,7 +444,14 @@ impl LazyBlob {
             .iter()
             .map(|r| spans[r.start].compressed.start..spans[r.end - 1].compressed.end)
             .collect();
+        let t0 = Instant::now();
         let bodies = self.fetch.fetch(&ranges).map_err(SpanError::Fetch)?;
+        log::debug!(
+            "layer {}: fetched spans {mine:?}, {} bytes in {:?}",
+            self.name,
+            ranges.iter().map(|r| r.end - r.start).sum::<u64>(),
+            t0.elapsed()
+        );
         if bodies.len() != ranges.len() {
             return Err(SpanError::Fetch(io::Error::other(format!(
                 "{} ranges asked, {} answered",
@@ -477,12 +520,128 @@ impl LazyBlob {
                 ));
             }
         };
-        let data = self.table.decompress_span(i, &bytes).map_err(|e| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", self.name))
-        })?;
+        let invalid = |e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", self.name));
+        let data = match &self.windows {
+            Some(windows) => {
+                let window = self.window(windows, i)?;
+                self.table.decompress_span_with(i, &bytes, &window)
+            }
+            None => self.table.decompress_span(i, &bytes),
+        }
+        .map_err(invalid)?;
         let data = Arc::new(data);
         self.cache.put((self.id, i), data.clone());
         Ok(data)
+    }
+}
+
+impl LazyBlob {
+    /// Whether reading span `i` will fetch its window: it needs one, the span before is not
+    /// decompressed at hand, and the window is not in the store.
+    fn window_missing(&self, i: usize) -> bool {
+        let Some(windows) = &self.windows else {
+            return false;
+        };
+        self.table.window_range(i).is_some()
+            && !windows.store.has(i)
+            && i.checked_sub(1)
+                .and_then(|p| self.cache.get((self.id, p)))
+                .and_then(|before| self.table.derive_window(i, &before))
+                .is_none()
+    }
+
+    /// Span `i`'s window (empty when it needs none): from the span before when it is
+    /// decompressed at hand, else from the store (checked again), else fetched.
+    fn window(&self, windows: &Windows, i: usize) -> io::Result<Vec<u8>> {
+        let Some(range) = self.table.window_range(i) else {
+            return Ok(Vec::new());
+        };
+        if let Some(window) = i
+            .checked_sub(1)
+            .and_then(|p| self.cache.get((self.id, p)))
+            .and_then(|before| self.table.derive_window(i, &before))
+        {
+            return Ok(window);
+        }
+        let len = (range.end - range.start) as usize;
+        let start = Instant::now();
+        let mut backoff = FIRST_BACKOFF;
+        let mut damaged = false;
+        loop {
+            if windows.store.has(i) {
+                let bytes = windows.store.read(range.start, len)?;
+                match self.table.open_window(i, &bytes) {
+                    Ok(window) => return Ok(window),
+                    Err(e) if !damaged => {
+                        damaged = true;
+                        log::warn!(
+                            "layer {}: the stored window of span {i} is damaged ({e}); fetching it again",
+                            self.name
+                        );
+                        windows.store.forget(i);
+                    }
+                    Err(e) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("{}: span {i}'s window keeps failing: {e}", self.name),
+                        ));
+                    }
+                }
+            }
+            let _fetching = windows.fetching.lock();
+            if windows.store.has(i) {
+                continue;
+            }
+            let t0 = Instant::now();
+            let fetched =
+                windows
+                    .fetch
+                    .fetch(std::slice::from_ref(&range))
+                    .and_then(|mut bodies| {
+                        bodies
+                            .pop()
+                            .filter(|b| b.len() == len && bodies.is_empty())
+                            .ok_or_else(|| {
+                                io::Error::other("the registry answered the wrong bytes")
+                            })
+                    });
+            match fetched {
+                Ok(bytes) => {
+                    log::debug!(
+                        "layer {}: fetched span {i}'s window, {len} bytes in {:?}",
+                        self.name,
+                        t0.elapsed()
+                    );
+                    if let Err(e) = self.table.open_window(i, &bytes) {
+                        log::error!(
+                            "layer {} window of span {i}: the registry's bytes are not usable ({e}); not used",
+                            self.name
+                        );
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("{}: span {i}'s window does not match its digest", self.name),
+                        ));
+                    }
+                    windows.store.write(i, range.start, &bytes)?;
+                }
+                Err(e) => {
+                    if start.elapsed() + backoff > self.options.fetch_timeout {
+                        log::error!(
+                            "layer {} window of span {i}: cannot be fetched within {:?}: {e}",
+                            self.name,
+                            self.options.fetch_timeout
+                        );
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("layer {} window of span {i}: {e}", self.name),
+                        ));
+                    }
+                    log::debug!("{}: {e}; trying again in {backoff:?}", self.name);
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
     }
 }
 
@@ -523,7 +682,18 @@ impl Blob for LazyBlob {
                 r.record(self.id, &new);
             }
         }
-        self.ensure(first..last + 1)?;
+        match &self.windows {
+            // The first span's window, when it must be fetched, comes beside the spans.
+            Some(windows) if self.window_missing(first) => std::thread::scope(|s| {
+                let window = s.spawn(|| self.window(windows, first));
+                let spans = self.ensure(first..last + 1);
+                let window = window
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("a window fetch stopped")));
+                spans.and(window.map(drop))
+            })?,
+            _ => self.ensure(first..last + 1)?,
+        }
         let mut at = offset;
         for i in first..=last {
             let span = &self.table.spans()[i];
@@ -549,8 +719,13 @@ impl Blob for LazyBlob {
 pub struct RegistryFetch {
     remote: Remote,
     digest: oci_spec::image::Digest,
-    registry: Mutex<Option<Arc<crate::source::registry::Registry>>>,
+    registry: Mutex<Option<Arc<Registry>>>,
 }
+
+/// Registry clients of this process by repository and options: the blobs of one image share
+/// one client, its connections and its token, so a layer's first read does not connect anew.
+type Clients = Mutex<Vec<((String, bool, Option<std::path::PathBuf>), Arc<Registry>)>>;
+static CLIENTS: Clients = Mutex::new(Vec::new());
 
 impl RegistryFetch {
     pub fn new(remote: Remote) -> io::Result<RegistryFetch> {
@@ -563,9 +738,18 @@ impl RegistryFetch {
         })
     }
 
-    fn registry(&self) -> io::Result<Arc<crate::source::registry::Registry>> {
-        use crate::source::registry::{Registry, RegistryOptions, Retry};
+    fn registry(&self) -> io::Result<Arc<Registry>> {
+        use crate::source::registry::{RegistryOptions, Retry};
         if let Some(r) = &*self.registry.lock() {
+            return Ok(r.clone());
+        }
+        let key = (
+            self.remote.repository.clone(),
+            self.remote.insecure,
+            self.remote.auth_file.clone(),
+        );
+        if let Some((_, r)) = CLIENTS.lock().iter().find(|(k, _)| *k == key) {
+            *self.registry.lock() = Some(r.clone());
             return Ok(r.clone());
         }
         let options = RegistryOptions {
@@ -582,6 +766,7 @@ impl RegistryFetch {
             .map_err(|e| io::Error::other(e.to_string()))?;
         let registry = Arc::new(registry);
         *self.registry.lock() = Some(registry.clone());
+        CLIENTS.lock().push((key, registry.clone()));
         Ok(registry)
     }
 }
@@ -617,7 +802,24 @@ pub fn open(
             remote.size
         )));
     }
-    let store = SparseBlob::open(dir, remote.size, table.spans().len())?;
+    if table.windows_size() != remote.windows_size {
+        return Err(invalid(format!(
+            "{}: the seek table names {} bytes of windows, the windows blob has {}",
+            seek_path.display(),
+            table.windows_size(),
+            remote.windows_size
+        )));
+    }
+    let spans = table.spans().len();
+    let store = SparseBlob::open(dir, remote.size, spans)?;
+    let windows = Windows::new(
+        SparseBlob::open_windows(dir, remote.windows_size, spans)?,
+        Box::new(RegistryFetch::new(Remote {
+            digest: remote.windows_digest.clone(),
+            size: remote.windows_size,
+            ..remote.clone()
+        })?),
+    );
     let name = remote.digest.clone();
     let fetch = Box::new(RegistryFetch::new(remote)?);
     Ok(LazyBlob::new(
@@ -628,5 +830,6 @@ pub fn open(
         fetch,
         cache.clone(),
         options.clone(),
-    ))
+    )
+    .with_windows(windows))
 }

@@ -5,8 +5,8 @@
 //!
 //! A lazy image gets an image entry (`images/lazy-<config digest>/`: the merged index, the
 //! config, the list of its layers) and one entry per layer (`layers/lazy-<blob digest>/`: the
-//! seek table, where the blob lives, the sparse blob and its map of present spans), with the
-//! store's fill protocol. Spans fetched later go into those complete layer entries: they only
+//! seek table, where the blob and its windows blob live, the sparse blob and its map of
+//! present spans, the same for the windows), with the store's fill protocol. Spans fetched later go into those complete layer entries: they only
 //! ever gain verified bytes.
 //!
 //! An artifact that cannot be used — damaged, for another image, of a version imgfs does
@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use super::artifact::{self, Artifact, ArtifactError};
 use super::{Options, PrepareError, Ready, claim, usable};
 use crate::cache::sparse::SparseBlob;
-use crate::cache::sparse::{REMOTE_FILE, Remote, SEEK_FILE};
+use crate::cache::sparse::{REMOTE_FILE, Remote, SEEK_FILE, WINDOWS_PRESENT_FILE};
 use crate::cache::{self, Cache};
 use crate::index::seek::SeekTable;
 use crate::source::registry::{Registry, RegistryOptions};
@@ -78,13 +78,15 @@ pub(super) fn prepare(
     let Found {
         tree,
         tables,
+        windows,
         prefetch,
     } = found;
     let entry = cache.entry(&format!("lazy-{}", img.config_digest));
     let keys: Vec<String> = img.layers.iter().filter_map(layer_key).collect();
     let blobs: Vec<PathBuf> = keys.iter().map(|k| blob_path(cache, k)).collect();
-    for ((layer, key), table) in img.layers.iter().zip(&keys).zip(&tables) {
-        store_layer(cache, registry, layer, key, table, options)?;
+    for (((layer, key), table), windows) in img.layers.iter().zip(&keys).zip(&tables).zip(&windows)
+    {
+        store_layer(cache, registry, layer, key, table, windows, options)?;
     }
     let ready = |built| Ready {
         index_path: entry.index_path(),
@@ -120,6 +122,8 @@ struct Found {
     tree: Vec<u8>,
     /// The layers' seek tables, encoded as the store keeps them.
     tables: Vec<Vec<u8>>,
+    /// Each table's windows blob (fetched later, by range).
+    windows: Vec<oci_spec::image::Descriptor>,
     /// The prefetch list (`LAYER SPAN` lines, checked), when a run was recorded.
     prefetch: Option<String>,
 }
@@ -138,6 +142,7 @@ fn find(registry: &Registry, img: &Image) -> Result<Option<Found>, Unusable> {
     let Artifact {
         tree,
         seeks,
+        windows,
         prefetch,
     } = artifact::parse(&bytes, img, subject)?;
     let compressed = registry.blob_bytes(tree.digest(), tree.size(), artifact::MAX_TREE)?;
@@ -147,11 +152,12 @@ fn find(registry: &Registry, img: &Image) -> Result<Option<Found>, Unusable> {
         let handles: Vec<_> = seeks
             .iter()
             .enumerate()
-            .map(|(i, d)| {
+            .zip(&windows)
+            .map(|((i, d), w)| {
                 let tree = &tree_bytes;
                 s.spawn(move || {
                     let bytes = registry.blob_bytes(d.digest(), d.size(), artifact::MAX_SEEK)?;
-                    let table = artifact::open_seek(&bytes, img, i, tree)?;
+                    let table = artifact::open_seek(&bytes, img, i, tree, w.size())?;
                     Ok((bytes, table.spans().len()))
                 })
             })
@@ -184,22 +190,30 @@ fn find(registry: &Registry, img: &Image) -> Result<Option<Found>, Unusable> {
     Ok(Some(Found {
         tree: tree_bytes,
         tables,
+        windows,
         prefetch,
     }))
 }
 
-/// Makes the store entry of one lazy layer: its seek table, where its blob lives, and an
-/// empty sparse blob — unless it is there already, perhaps with spans fetched.
+/// Makes the store entry of one lazy layer: its seek table, where its blob and its windows
+/// blob live, and empty sparse blobs — unless it is there already, perhaps with spans fetched.
 fn store_layer(
     cache: &Cache,
     registry: &Registry,
     layer: &Layer,
     key: &str,
     table: &[u8],
+    windows: &oci_spec::image::Descriptor,
     options: &Options,
 ) -> Result<(), PrepareError> {
     let entry = cache.layer(key);
-    let complete = |e: &cache::Entry| e.marker().is_some() && e.dir().join(REMOTE_FILE).exists();
+    // An entry of an older layout (its windows inside the seek table) has no windows map: made
+    // again.
+    let complete = |e: &cache::Entry| {
+        e.marker().is_some()
+            && e.dir().join(REMOTE_FILE).exists()
+            && e.dir().join(WINDOWS_PRESENT_FILE).exists()
+    };
     let Some(lock) = claim(cache, &entry, complete)? else {
         return Ok(());
     };
@@ -225,6 +239,8 @@ fn store_layer(
             .unwrap_or_default(),
         size: decoded.compressed_size(),
         uncompressed_size: decoded.uncompressed_size(),
+        windows_digest: windows.digest().to_string(),
+        windows_size: windows.size(),
         insecure: options.insecure,
         auth_file: options.auth_file.clone(),
     };
@@ -232,6 +248,8 @@ fn store_layer(
         entry.write_file(SEEK_FILE, table)?;
         let json = serde_json::to_vec(&remote).unwrap_or_default();
         SparseBlob::create(entry.dir(), remote.size, decoded.spans().len()).map_err(io)?;
+        SparseBlob::create_windows(entry.dir(), remote.windows_size, decoded.spans().len())
+            .map_err(io)?;
         entry.write_file(REMOTE_FILE, &json)?;
         entry.commit(&lock, key)?;
         Ok(())
@@ -246,9 +264,10 @@ fn store_layer(
 pub struct Pushed {
     /// The artifact manifest's digest.
     pub digest: String,
-    /// Bytes of the merged index (compressed) and of the seek tables.
+    /// Bytes of the merged index (compressed), of the seek tables and of their windows blobs.
     pub tree_bytes: u64,
     pub seek_bytes: u64,
+    pub window_bytes: u64,
     /// The image's layers' compressed bytes, for scale.
     pub image_bytes: u64,
     pub spans: usize,
@@ -326,7 +345,9 @@ pub fn push(
     })?;
     let tree_desc = artifact::descriptor(artifact::TREE_MEDIA_TYPE, &tree_blob);
     let mut seek_descs = Vec::with_capacity(tables.len());
+    let mut window_descs = Vec::with_capacity(tables.len());
     let mut seek_bytes = 0;
+    let mut window_bytes = 0;
     let mut spans = 0;
     let pushing = |e| PrepareError::Source(SourceError::from(e));
     registry.push_blob(artifact::EMPTY).map_err(pushing)?;
@@ -336,18 +357,23 @@ pub fn push(
         seek_bytes += bytes.len() as u64;
         spans += table.spans().len();
         registry.push_blob(&bytes).map_err(pushing)?;
-        let mut d = artifact::descriptor(artifact::SEEK_MEDIA_TYPE, &bytes);
         let layer_digest = layer
             .digest
             .as_ref()
             .map(|d| d.to_string())
             .unwrap_or_default();
-        d.set_annotations(Some(
-            [(artifact::LAYER_ANNOTATION.to_string(), layer_digest)].into(),
-        ));
+        let annotations = [(artifact::LAYER_ANNOTATION.to_string(), layer_digest)];
+        let mut d = artifact::descriptor(artifact::SEEK_MEDIA_TYPE, &bytes);
+        d.set_annotations(Some(annotations.clone().into()));
         seek_descs.push(d);
+        let windows = table.windows_blob();
+        window_bytes += windows.len() as u64;
+        registry.push_blob(windows).map_err(pushing)?;
+        let mut d = artifact::descriptor(artifact::WINDOWS_MEDIA_TYPE, windows);
+        d.set_annotations(Some(annotations.into()));
+        window_descs.push(d);
     }
-    let manifest = artifact::manifest(&subject, &tree_desc, &seek_descs, None, span);
+    let manifest = artifact::manifest(&subject, &tree_desc, &seek_descs, &window_descs, None, span);
     let mut digest = registry
         .push_referrer(subject.digest(), &manifest, artifact::ARTIFACT_TYPE)
         .map_err(pushing)?;
@@ -369,7 +395,14 @@ pub fn push(
         let bytes: String = list.iter().map(|(l, s)| format!("{l} {s}\n")).collect();
         registry.push_blob(bytes.as_bytes()).map_err(pushing)?;
         let d = artifact::descriptor(artifact::PREFETCH_MEDIA_TYPE, bytes.as_bytes());
-        let manifest = artifact::manifest(&subject, &tree_desc, &seek_descs, Some(&d), span);
+        let manifest = artifact::manifest(
+            &subject,
+            &tree_desc,
+            &seek_descs,
+            &window_descs,
+            Some(&d),
+            span,
+        );
         digest = registry
             .push_referrer(subject.digest(), &manifest, artifact::ARTIFACT_TYPE)
             .map_err(pushing)?;
@@ -378,6 +411,7 @@ pub fn push(
         digest: digest.to_string(),
         tree_bytes: tree_blob.len() as u64,
         seek_bytes,
+        window_bytes,
         image_bytes: img.layers.iter().filter_map(|l| l.size).sum(),
         spans,
         prefetch_spans,

@@ -84,10 +84,33 @@ pub(super) fn prepare(
     let entry = cache.entry(&format!("lazy-{}", img.config_digest));
     let keys: Vec<String> = img.layers.iter().filter_map(layer_key).collect();
     let blobs: Vec<PathBuf> = keys.iter().map(|k| blob_path(cache, k)).collect();
-    for (((layer, key), table), windows) in img.layers.iter().zip(&keys).zip(&tables).zip(&windows)
-    {
-        store_layer(cache, registry, layer, key, table, windows, options)?;
-    }
+    // All at once: each is a few small files written and synced.
+    let (insecure, auth_file) = (options.insecure, options.auth_file.as_deref());
+    std::thread::scope(|s| {
+        let handles: Vec<_> = img
+            .layers
+            .iter()
+            .zip(&keys)
+            .zip(&tables)
+            .zip(&windows)
+            .map(|(((layer, key), table), windows)| {
+                let place = Place {
+                    key,
+                    insecure,
+                    auth_file,
+                };
+                s.spawn(move || store_layer(cache, registry, layer, place, table, windows))
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join().unwrap_or_else(|_| {
+                Err(PrepareError::Source(SourceError::Invalid {
+                    what: what.to_string(),
+                    why: "a layer's store entry was not made".into(),
+                }))
+            })
+        })
+    })?;
     let ready = |built| Ready {
         index_path: entry.index_path(),
         blobs: blobs.clone(),
@@ -195,17 +218,27 @@ fn find(registry: &Registry, img: &Image) -> Result<Option<Found>, Unusable> {
     }))
 }
 
+/// Where a lazy layer is kept and how its registry is reached.
+#[derive(Clone, Copy)]
+struct Place<'a> {
+    /// The store key ([`layer_key`]).
+    key: &'a str,
+    /// `--tls-verify=false`, and `--authfile`, as given when the image was prepared.
+    insecure: bool,
+    auth_file: Option<&'a std::path::Path>,
+}
+
 /// Makes the store entry of one lazy layer: its seek table, where its blob and its windows
 /// blob live, and empty sparse blobs — unless it is there already, perhaps with spans fetched.
 fn store_layer(
     cache: &Cache,
     registry: &Registry,
     layer: &Layer,
-    key: &str,
+    place: Place<'_>,
     table: &[u8],
     windows: &oci_spec::image::Descriptor,
-    options: &Options,
 ) -> Result<(), PrepareError> {
+    let key = place.key;
     let entry = cache.layer(key);
     // An entry of an older layout (its windows inside the seek table) has no windows map: made
     // again.
@@ -241,8 +274,8 @@ fn store_layer(
         uncompressed_size: decoded.uncompressed_size(),
         windows_digest: windows.digest().to_string(),
         windows_size: windows.size(),
-        insecure: options.insecure,
-        auth_file: options.auth_file.clone(),
+        insecure: place.insecure,
+        auth_file: place.auth_file.map(std::path::Path::to_path_buf),
     };
     let filled = (|| {
         entry.write_file(SEEK_FILE, table)?;

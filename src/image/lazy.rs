@@ -100,7 +100,8 @@ impl Recorder {
 }
 
 /// Fetches the spans `list` names (layer index into `blobs`, span) on threads of their own,
-/// a few ranges at a time, neighbours of one layer in one range.
+/// a few ranges at a time, neighbours of one layer in one range with the first one's window
+/// beside them, and decompresses them into the span cache.
 pub fn prefetch_recorded(blobs: Vec<Arc<LazyBlob>>, list: Vec<(u32, usize)>) {
     let mut runs: Vec<(usize, Range<usize>)> = Vec::new();
     for (layer, span) in list {
@@ -126,7 +127,7 @@ pub fn prefetch_recorded(blobs: Vec<Arc<LazyBlob>>, list: Vec<(u32, usize)>) {
                 loop {
                     let next = runs.lock().next();
                     let Some((layer, spans)) = next else { break };
-                    if let Err(e) = blobs[layer].ensure(spans) {
+                    if let Err(e) = blobs[layer].prefetch(spans) {
                         log::warn!("prefetch of layer {}: {e}", blobs[layer].name);
                     }
                 }
@@ -536,6 +537,30 @@ impl LazyBlob {
 }
 
 impl LazyBlob {
+    /// [`ensure`](Self::ensure), and the first span's window when a read of it would have to
+    /// fetch it: both at once.
+    fn ensure_for_read(&self, spans: Range<usize>) -> io::Result<()> {
+        match &self.windows {
+            Some(windows) if self.window_missing(spans.start) => std::thread::scope(|s| {
+                let window = s.spawn(|| self.window(windows, spans.start));
+                let fetched = self.ensure(spans.clone());
+                let window = window
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("a window fetch stopped")));
+                fetched.and(window.map(drop))
+            }),
+            _ => self.ensure(spans),
+        }
+    }
+
+    /// Fetches spans `spans` as a read would, then decompresses them in order into the span
+    /// cache (each one's window taken from the one before), so that the reads that follow
+    /// find them there.
+    fn prefetch(&self, spans: Range<usize>) -> io::Result<()> {
+        self.ensure_for_read(spans.clone())?;
+        spans.into_iter().try_for_each(|i| self.span(i).map(drop))
+    }
+
     /// Whether reading span `i` will fetch its window: it needs one, the span before is not
     /// decompressed at hand, and the window is not in the store.
     fn window_missing(&self, i: usize) -> bool {
@@ -682,18 +707,7 @@ impl Blob for LazyBlob {
                 r.record(self.id, &new);
             }
         }
-        match &self.windows {
-            // The first span's window, when it must be fetched, comes beside the spans.
-            Some(windows) if self.window_missing(first) => std::thread::scope(|s| {
-                let window = s.spawn(|| self.window(windows, first));
-                let spans = self.ensure(first..last + 1);
-                let window = window
-                    .join()
-                    .unwrap_or_else(|_| Err(io::Error::other("a window fetch stopped")));
-                spans.and(window.map(drop))
-            })?,
-            _ => self.ensure(first..last + 1)?,
-        }
+        self.ensure_for_read(first..last + 1)?;
         let mut at = offset;
         for i in first..=last {
             let span = &self.table.spans()[i];

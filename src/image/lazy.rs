@@ -49,6 +49,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(4);
 /// Most bytes asked for in one range: a bigger run of missing spans is split, so that one
 /// slow answer does not hold every reader of the run.
 const MAX_RANGE: u64 = 32 << 20;
+/// Files up to this size (uncompressed) are fetched whole, ahead of reads, once one of their
+/// bytes is read: programs read most of the files they open (an executable by page faults in
+/// any order), and one request for a file is far cheaper than one per read. Larger files are
+/// read as reads ask, as most of a large file is often never read.
+const READ_AHEAD_FILE: u64 = 8 << 20;
+/// Compressed bytes a read-ahead asks for in one range: small enough that a read of a later
+/// part of the file does not wait long behind it (it fetches its span itself meanwhile).
+const READ_AHEAD_RANGE: u64 = 1 << 20;
 
 /// Reads byte ranges of one compressed blob from where it lives.
 pub trait Fetch: Send + Sync {
@@ -270,6 +278,8 @@ pub struct LazyBlob {
     recorder: Option<Arc<Recorder>>,
     /// Where windows come from; without it, the table's own (a table with its windows blob).
     windows: Option<Windows>,
+    /// Files (their first byte) already fetched ahead by this process.
+    ahead: Mutex<HashSet<u64>>,
 }
 
 /// A layer's windows blob, read lazily: the windows spans need, fetched by range and kept in
@@ -316,6 +326,7 @@ impl LazyBlob {
             used: Mutex::new(HashSet::new()),
             recorder: None,
             windows: None,
+            ahead: Mutex::new(HashSet::new()),
         }
     }
 
@@ -677,6 +688,60 @@ impl Blob for Arc<LazyBlob> {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         <LazyBlob as Blob>::read_at(self, buf, offset)
+    }
+
+    /// Fetches the rest of a file of at most [`READ_AHEAD_FILE`] bytes on a thread of its own,
+    /// once per file, in ranges of about [`READ_AHEAD_RANGE`], each decompressed into the span
+    /// cache; the read itself fetches its own spans meanwhile.
+    fn will_read(&self, file: Range<u64>, now: Range<u64>) {
+        if file.end - file.start > READ_AHEAD_FILE || file.is_empty() {
+            return;
+        }
+        let (Some(first), Some(last)) = (
+            self.table.span_at(file.start),
+            self.table.span_at(file.end - 1),
+        ) else {
+            return;
+        };
+        let reading = self.table.span_at(now.start).zip(
+            now.end
+                .checked_sub(1)
+                .and_then(|end| self.table.span_at(end)),
+        );
+        let rest: Vec<usize> = (first..=last)
+            .filter(|i| !reading.is_some_and(|(a, b)| (a..=b).contains(i)) && !self.store.has(*i))
+            .collect();
+        if rest.is_empty() || !self.ahead.lock().insert(file.start) {
+            return;
+        }
+        let spans = self.table.spans();
+        let mut runs: Vec<Range<usize>> = Vec::new();
+        for i in rest {
+            match runs.last_mut() {
+                Some(run)
+                    if run.end == i
+                        && spans[i].compressed.end - spans[run.start].compressed.start
+                            <= READ_AHEAD_RANGE =>
+                {
+                    run.end = i + 1
+                }
+                _ => runs.push(i..i + 1),
+            }
+        }
+        let blob = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("imgfs-ahead".into())
+            .spawn(move || {
+                for run in runs {
+                    if let Err(e) = blob.prefetch(run) {
+                        log::debug!("read-ahead of layer {}: {e}", blob.name);
+                        break;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            log::debug!("cannot start a read-ahead: {e}");
+        }
     }
 }
 

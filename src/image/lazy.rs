@@ -690,8 +690,8 @@ impl Blob for Arc<LazyBlob> {
         <LazyBlob as Blob>::read_at(self, buf, offset)
     }
 
-    /// Fetches the rest of a file of at most [`READ_AHEAD_FILE`] bytes on a thread of its own,
-    /// once per file, in ranges of about [`READ_AHEAD_RANGE`], each decompressed into the span
+    /// Fetches the rest of a file of at most `READ_AHEAD_FILE` bytes on a thread of its own,
+    /// once per file, in ranges of about `READ_AHEAD_RANGE`, each decompressed into the span
     /// cache; the read itself fetches its own spans meanwhile.
     fn will_read(&self, file: Range<u64>, now: Range<u64>) {
         if file.end - file.start > READ_AHEAD_FILE || file.is_empty() {

@@ -446,8 +446,8 @@ pub struct IndexPushArgs {
     /// The image: docker://HOST[:PORT]/NAME[:TAG|@DIGEST]
     pub image: String,
     /// Uncompressed bytes between two checkpoints: smaller spans fetch less beyond what a
-    /// read needs, larger ones make a smaller index (K, M or G)
-    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
+    /// read needs, larger ones make a smaller index and fewer windows (K, M or G)
+    #[arg(long, value_name = "SIZE", default_value = "256K", value_parser = parse_size)]
     pub span: u64,
     /// Then run COMMAND (the image's own command when none is given) in a sandbox over a
     /// lazy mount of the image, record which spans it reads, and push the index again with

@@ -257,17 +257,21 @@ fn index_push(args: IndexPushArgs) -> Result<i32> {
     let pushed = prepare::lazy::push(&reference, &cache, options, args.span, recorder)?;
     drop(line);
     if !quiet() {
+        // What a mount fetches up front, then the windows it fetches only as reads need them.
         let total = pushed.tree_bytes + pushed.seek_bytes;
+        let share = |n: u64| n as f64 * 100.0 / pushed.image_bytes.max(1) as f64;
         eprintln!(
-            "imgfs: pushed the index of {} as {}: {} bytes ({:.2}% of the image's {} compressed bytes; tree {}, {} spans, {} to prefetch)",
+            "imgfs: pushed the index of {} as {}: {} bytes ({:.2}% of the image's {} compressed bytes; tree {}, {} spans, {} to prefetch), and {} bytes of deflate windows ({:.2}%), fetched by range as reads need them",
             args.image,
             pushed.digest,
             total,
-            total as f64 * 100.0 / pushed.image_bytes.max(1) as f64,
+            share(total),
             pushed.image_bytes,
             pushed.tree_bytes,
             pushed.spans,
-            pushed.prefetch_spans
+            pushed.prefetch_spans,
+            pushed.window_bytes,
+            share(pushed.window_bytes),
         );
     }
     println!("{}", pushed.digest);

@@ -158,7 +158,7 @@ fn manifest_inputs_pass_the_checks() {
 /// Every input the seek check sees here: the saved regressions, and the seek tables of the
 /// fixture archives' first 256 KiB (compressed the ways [`checks::seek_seeds`] does), each
 /// table damaged at 128 places (the checksum sealed again by the check), cut short at 32, and
-/// its blob damaged at 32.
+/// what follows it (its windows blob and the layer's blob) damaged at 32.
 #[test]
 fn seek_inputs_pass_the_checks() {
     let mut checked = 0;

@@ -1,6 +1,8 @@
 //! A blob that fills piece by piece: the compressed bytes of a layer read lazily from a
 //! registry, kept at their own offsets in a sparse file ([`SPARSE_FILE`]), with a map of
-//! which spans are there ([`PRESENT_FILE`], one byte per span).
+//! which spans are there ([`PRESENT_FILE`], one byte per span). The layer's windows blob (the
+//! deflate windows its seek table names) fills the same way beside it ([`WINDOWS_FILE`],
+//! [`WINDOWS_PRESENT_FILE`], one byte per span: whether that span's window is there).
 //!
 //! Takes the blob's size and its number of spans; hands out a span's stored bytes and takes
 //! a fetched span's. A span's map byte is written only after its bytes, so a span marked
@@ -19,6 +21,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub const SPARSE_FILE: &str = "blob";
 /// One byte per span: 1 once the span's bytes are in [`SPARSE_FILE`].
 pub const PRESENT_FILE: &str = "present";
+/// The windows fetched so far, at their offsets in the layer's windows blob.
+pub const WINDOWS_FILE: &str = "windows";
+/// One byte per span: 1 once the span's window is in [`WINDOWS_FILE`].
+pub const WINDOWS_PRESENT_FILE: &str = "windows-present";
 
 /// What a lazy layer's entry in the store says about where its blob lives ([`REMOTE_FILE`]).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -30,6 +36,9 @@ pub struct Remote {
     pub size: u64,
     /// The length of the layer's uncompressed tar.
     pub uncompressed_size: u64,
+    /// The layer's windows blob (in the same repository), as the index artifact states it.
+    pub windows_digest: String,
+    pub windows_size: u64,
     /// `--tls-verify=false` was given when the image was prepared.
     pub insecure: bool,
     /// `--authfile` given when the image was prepared.
@@ -104,46 +113,71 @@ pub struct SparseBlob {
 impl SparseBlob {
     /// Creates the files of an empty blob of `size` bytes and `spans` spans in `dir`.
     pub fn create(dir: &Path, size: u64, spans: usize) -> io::Result<()> {
-        let data = File::create(dir.join(SPARSE_FILE))?;
-        data.set_len(size)?;
-        let map = File::create(dir.join(PRESENT_FILE))?;
-        map.set_len(spans as u64)?;
-        Ok(())
+        create(dir, [SPARSE_FILE, PRESENT_FILE], size, spans)
     }
 
     /// Opens the blob in `dir`, which must have `size` bytes and `spans` spans.
     pub fn open(dir: &Path, size: u64, spans: usize) -> io::Result<SparseBlob> {
-        let open = |name: &str| {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(dir.join(name))
-        };
-        let data = open(SPARSE_FILE)?;
-        let map = open(PRESENT_FILE)?;
-        let mismatch = |what: &str, actual: u64, expected: u64| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "{}: {what} is {actual} bytes, not {expected}",
-                    dir.display()
-                ),
-            )
-        };
-        let data_len = data.metadata()?.len();
-        if data_len != size {
-            return Err(mismatch(SPARSE_FILE, data_len, size));
-        }
-        let map_len = map.metadata()?.len();
-        if map_len != spans as u64 {
-            return Err(mismatch(PRESENT_FILE, map_len, spans as u64));
-        }
-        let mut bytes = vec![0u8; spans];
-        map.read_exact_at(&mut bytes, 0)?;
-        let present = bytes.iter().map(|&b| AtomicBool::new(b == 1)).collect();
-        Ok(SparseBlob { data, map, present })
+        open(dir, [SPARSE_FILE, PRESENT_FILE], size, spans)
     }
 
+    /// [`create`](Self::create) for the layer's windows blob: `size` bytes, a window per span.
+    pub fn create_windows(dir: &Path, size: u64, spans: usize) -> io::Result<()> {
+        create(dir, [WINDOWS_FILE, WINDOWS_PRESENT_FILE], size, spans)
+    }
+
+    /// [`open`](Self::open) for the layer's windows blob.
+    pub fn open_windows(dir: &Path, size: u64, spans: usize) -> io::Result<SparseBlob> {
+        open(dir, [WINDOWS_FILE, WINDOWS_PRESENT_FILE], size, spans)
+    }
+}
+
+/// Creates a sparse blob's data and map files (see [`SparseBlob::create`]).
+fn create(dir: &Path, [data, map]: [&str; 2], size: u64, spans: usize) -> io::Result<()> {
+    File::create(dir.join(data))?.set_len(size)?;
+    File::create(dir.join(map))?.set_len(spans as u64)?;
+    Ok(())
+}
+
+/// Opens a sparse blob's data and map files (see [`SparseBlob::open`]).
+fn open(
+    dir: &Path,
+    [data_name, map_name]: [&str; 2],
+    size: u64,
+    spans: usize,
+) -> io::Result<SparseBlob> {
+    let open = |name: &str| {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join(name))
+    };
+    let data = open(data_name)?;
+    let map = open(map_name)?;
+    let mismatch = |what: &str, actual: u64, expected: u64| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{}: {what} is {actual} bytes, not {expected}",
+                dir.display()
+            ),
+        )
+    };
+    let data_len = data.metadata()?.len();
+    if data_len != size {
+        return Err(mismatch(data_name, data_len, size));
+    }
+    let map_len = map.metadata()?.len();
+    if map_len != spans as u64 {
+        return Err(mismatch(map_name, map_len, spans as u64));
+    }
+    let mut bytes = vec![0u8; spans];
+    map.read_exact_at(&mut bytes, 0)?;
+    let present = bytes.iter().map(|&b| AtomicBool::new(b == 1)).collect();
+    Ok(SparseBlob { data, map, present })
+}
+
+impl SparseBlob {
     /// Whether span `i`'s bytes are stored (by this process or another).
     pub fn has(&self, i: usize) -> bool {
         let Some(known) = self.present.get(i) else {

@@ -15,6 +15,12 @@
 //! fails with EIO and one log line naming the layer and the range; reads of spans already
 //! present never touch the network. Decompressed spans are kept in a bounded LRU
 //! ([`SpanCache`]) shared by the image's layers.
+//!
+//! A gzip span that starts between two deflate blocks also needs its window (the 32 KiB of
+//! output before it): taken from the span before when that one is decompressed in the cache
+//! (a sequential read), else from the layer's windows blob ([`Windows`]) — fetched by range
+//! beside the span, checked against its digest, kept in the store like a span. A window that
+//! does not match its digest is never used: the read fails with EIO.
 
 use std::collections::HashSet;
 use std::io;
@@ -31,6 +37,7 @@ pub use crate::cache::sparse::{PREFETCH_FILE, RECORD_FILE, parse_spans};
 use crate::cache::sparse::{Remote, SEEK_FILE, SparseBlob, TOC_FILE};
 use crate::index::seek::SeekTable;
 use crate::index::toc::{self, ChunkError, ChunkTable, TocFormat};
+use crate::source::registry::Registry;
 
 /// Bytes of decompressed spans kept in memory for one server: enough for the working set of
 /// a program's start (a few dozen spans), small beside the page cache the kernel keeps of
@@ -45,6 +52,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(4);
 /// Most bytes asked for in one range: a bigger run of missing spans is split, so that one
 /// slow answer does not hold every reader of the run.
 const MAX_RANGE: u64 = 32 << 20;
+/// Files up to this size (uncompressed) are fetched whole, ahead of reads, once one of their
+/// bytes is read: programs read most of the files they open (an executable by page faults in
+/// any order), and one request for a file is far cheaper than one per read. Larger files are
+/// read as reads ask, as most of a large file is often never read.
+const READ_AHEAD_FILE: u64 = 8 << 20;
+/// Compressed bytes a read-ahead asks for in one range: small enough that a read of a later
+/// part of the file does not wait long behind it (it fetches its span itself meanwhile).
+const READ_AHEAD_RANGE: u64 = 1 << 20;
 
 /// Reads byte ranges of one compressed blob from where it lives.
 pub trait Fetch: Send + Sync {
@@ -96,8 +111,9 @@ impl Recorder {
 }
 
 /// Fetches the spans `list` names (layer index into `blobs`, span) on threads of their own,
-/// a few ranges at a time, neighbours of one layer in one range. `blobs` has the image's
-/// layers in order, `None` for those that are not lazy.
+/// a few ranges at a time, neighbours of one layer in one range with the first one's window
+/// beside them, and decompresses them into the span cache. `blobs` has the image's layers in
+/// order, `None` for those that are not lazy.
 pub fn prefetch_recorded(blobs: Vec<Option<Arc<LazyBlob>>>, list: Vec<(u32, usize)>) {
     let mut runs: Vec<(usize, Range<usize>)> = Vec::new();
     for (layer, span) in list {
@@ -124,7 +140,7 @@ pub fn prefetch_recorded(blobs: Vec<Option<Arc<LazyBlob>>>, list: Vec<(u32, usiz
                     let next = runs.lock().next();
                     let Some((layer, spans)) = next else { break };
                     let Some(blob) = &blobs[layer] else { continue };
-                    if let Err(e) = blob.ensure(spans) {
+                    if let Err(e) = blob.prefetch(spans) {
                         log::warn!("prefetch of layer {}: {e}", blob.name);
                     }
                 }
@@ -330,6 +346,35 @@ impl Table {
         }
     }
 
+    /// Where span `i`'s window lies in the layer's windows blob; `None` when it needs none (a
+    /// fresh start, any TOC span).
+    pub fn window_range(&self, i: usize) -> Option<Range<u64>> {
+        match self {
+            Table::Seek(t) => t.window_range(i),
+            Table::Toc(_) => None,
+        }
+    }
+
+    /// Span `i`'s window taken from the output of the span before it.
+    pub fn derive_window(&self, i: usize, before: &[u8]) -> Option<Vec<u8>> {
+        match self {
+            Table::Seek(t) => t.derive_window(i, before),
+            Table::Toc(_) => None,
+        }
+    }
+
+    /// Span `i`'s window from its bytes in the windows blob, checked against its digest.
+    pub fn open_window(
+        &self,
+        i: usize,
+        compressed: &[u8],
+    ) -> Result<Vec<u8>, crate::index::seek::SeekError> {
+        match self {
+            Table::Seek(t) => t.open_window(i, compressed),
+            Table::Toc(_) => Ok(Vec::new()),
+        }
+    }
+
     /// Whether `bytes` are span `i`'s: its digest (a seek table), or the digests of the
     /// file data it decodes to (a TOC).
     fn check(&self, i: usize, bytes: &[u8]) -> bool {
@@ -340,14 +385,19 @@ impl Table {
     }
 
     /// Span `i` decompressed from `bytes`, once they are checked to be its.
-    fn open(&self, i: usize, bytes: &[u8]) -> Result<Vec<u8>, Unservable> {
+    /// A seek table's span decodes from its checkpoint's `window` (from the windows blob)
+    /// when given, else from the table's own.
+    fn open(&self, i: usize, bytes: &[u8], window: Option<&[u8]>) -> Result<Vec<u8>, Unservable> {
         match self {
             Table::Seek(t) => {
                 if sha2::Sha256::digest(bytes).as_slice() != t.spans()[i].digest {
                     return Err(Unservable::Mismatch);
                 }
-                t.decompress_span(i, bytes)
-                    .map_err(|e| Unservable::Corrupt(e.to_string()))
+                match window {
+                    Some(w) => t.decompress_span_with(i, bytes, w),
+                    None => t.decompress_span(i, bytes),
+                }
+                .map_err(|e| Unservable::Corrupt(e.to_string()))
             }
             Table::Toc(t) => t.open_span(i, bytes).map_err(|e| match e {
                 ChunkError::Mismatch(_) | ChunkError::Corrupt { .. } => Unservable::Mismatch,
@@ -378,6 +428,30 @@ pub struct LazyBlob {
     recorder: Option<Arc<Recorder>>,
     /// Called each time this process has stored spans it fetched.
     on_stored: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Where windows come from; without it, the table's own (a table with its windows blob).
+    windows: Option<Windows>,
+    /// Files (their first byte) already fetched ahead by this process.
+    ahead: Mutex<HashSet<u64>>,
+}
+
+/// A layer's windows blob, read lazily: the windows spans need, fetched by range and kept in
+/// the store.
+pub struct Windows {
+    store: SparseBlob,
+    fetch: Box<dyn Fetch>,
+    /// Held while a window is fetched: windows are small, and a window two reads want at once
+    /// is fetched once.
+    fetching: Mutex<()>,
+}
+
+impl Windows {
+    pub fn new(store: SparseBlob, fetch: Box<dyn Fetch>) -> Windows {
+        Windows {
+            store,
+            fetch,
+            fetching: Mutex::new(()),
+        }
+    }
 }
 
 impl LazyBlob {
@@ -404,7 +478,15 @@ impl LazyBlob {
             used: Mutex::new(HashSet::new()),
             recorder: None,
             on_stored: std::sync::OnceLock::new(),
+            windows: None,
+            ahead: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Takes the windows spans need from `windows` (a layer's windows blob).
+    pub fn with_windows(mut self, windows: Windows) -> LazyBlob {
+        self.windows = Some(windows);
+        self
     }
 
     /// Records the spans reads first need with `recorder`.
@@ -561,7 +643,14 @@ impl LazyBlob {
             .iter()
             .map(|r| table.compressed(r.start).start..table.compressed(r.end - 1).end)
             .collect();
+        let t0 = Instant::now();
         let bodies = self.fetch.fetch(&ranges).map_err(SpanError::Fetch)?;
+        log::debug!(
+            "layer {}: fetched spans {mine:?}, {} bytes in {:?}",
+            self.name,
+            ranges.iter().map(|r| r.end - r.start).sum::<u64>(),
+            t0.elapsed()
+        );
         if bodies.len() != ranges.len() {
             return Err(SpanError::Fetch(io::Error::other(format!(
                 "{} ranges asked, {} answered",
@@ -608,11 +697,16 @@ impl LazyBlob {
         }
         let compressed = self.table.compressed(i);
         let len = (compressed.end - compressed.start) as usize;
+        // The checkpoint's window, from the windows blob when the table keeps none itself.
+        let window = match &self.windows {
+            Some(windows) => Some(self.window(windows, i)?),
+            None => None,
+        };
         let mut tries = 0;
         let data = loop {
             self.ensure(i..i + 1)?;
             let bytes = self.store.read(compressed.start, len)?;
-            match self.table.open(i, &bytes) {
+            match self.table.open(i, &bytes, window.as_deref()) {
                 Ok(data) => break data,
                 Err(Unservable::Corrupt(e)) => {
                     return Err(io::Error::new(
@@ -643,6 +737,140 @@ impl LazyBlob {
     }
 }
 
+impl LazyBlob {
+    /// [`ensure`](Self::ensure), and the first span's window when a read of it would have to
+    /// fetch it: both at once.
+    fn ensure_for_read(&self, spans: Range<usize>) -> io::Result<()> {
+        match &self.windows {
+            Some(windows) if self.window_missing(spans.start) => std::thread::scope(|s| {
+                let window = s.spawn(|| self.window(windows, spans.start));
+                let fetched = self.ensure(spans.clone());
+                let window = window
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("a window fetch stopped")));
+                fetched.and(window.map(drop))
+            }),
+            _ => self.ensure(spans),
+        }
+    }
+
+    /// Fetches spans `spans` as a read would, then decompresses them in order into the span
+    /// cache (each one's window taken from the one before), so that the reads that follow
+    /// find them there.
+    fn prefetch(&self, spans: Range<usize>) -> io::Result<()> {
+        self.ensure_for_read(spans.clone())?;
+        spans.into_iter().try_for_each(|i| self.span(i).map(drop))
+    }
+
+    /// Whether reading span `i` will fetch its window: it needs one, the span before is not
+    /// decompressed at hand, and the window is not in the store.
+    fn window_missing(&self, i: usize) -> bool {
+        let Some(windows) = &self.windows else {
+            return false;
+        };
+        self.table.window_range(i).is_some()
+            && !windows.store.has(i)
+            && i.checked_sub(1)
+                .and_then(|p| self.cache.get((self.id, p)))
+                .and_then(|before| self.table.derive_window(i, &before))
+                .is_none()
+    }
+
+    /// Span `i`'s window (empty when it needs none): from the span before when it is
+    /// decompressed at hand, else from the store (checked again), else fetched.
+    fn window(&self, windows: &Windows, i: usize) -> io::Result<Vec<u8>> {
+        let Some(range) = self.table.window_range(i) else {
+            return Ok(Vec::new());
+        };
+        if let Some(window) = i
+            .checked_sub(1)
+            .and_then(|p| self.cache.get((self.id, p)))
+            .and_then(|before| self.table.derive_window(i, &before))
+        {
+            return Ok(window);
+        }
+        let len = (range.end - range.start) as usize;
+        let start = Instant::now();
+        let mut backoff = FIRST_BACKOFF;
+        let mut damaged = false;
+        loop {
+            if windows.store.has(i) {
+                let bytes = windows.store.read(range.start, len)?;
+                match self.table.open_window(i, &bytes) {
+                    Ok(window) => return Ok(window),
+                    Err(e) if !damaged => {
+                        damaged = true;
+                        log::warn!(
+                            "layer {}: the stored window of span {i} is damaged ({e}); fetching it again",
+                            self.name
+                        );
+                        windows.store.forget(i);
+                    }
+                    Err(e) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("{}: span {i}'s window keeps failing: {e}", self.name),
+                        ));
+                    }
+                }
+            }
+            let _fetching = windows.fetching.lock();
+            if windows.store.has(i) {
+                continue;
+            }
+            let t0 = Instant::now();
+            let fetched =
+                windows
+                    .fetch
+                    .fetch(std::slice::from_ref(&range))
+                    .and_then(|mut bodies| {
+                        bodies
+                            .pop()
+                            .filter(|b| b.len() == len && bodies.is_empty())
+                            .ok_or_else(|| {
+                                io::Error::other("the registry answered the wrong bytes")
+                            })
+                    });
+            match fetched {
+                Ok(bytes) => {
+                    log::debug!(
+                        "layer {}: fetched span {i}'s window, {len} bytes in {:?}",
+                        self.name,
+                        t0.elapsed()
+                    );
+                    if let Err(e) = self.table.open_window(i, &bytes) {
+                        log::error!(
+                            "layer {} window of span {i}: the registry's bytes are not usable ({e}); not used",
+                            self.name
+                        );
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("{}: span {i}'s window does not match its digest", self.name),
+                        ));
+                    }
+                    windows.store.write(i, range.start, &bytes)?;
+                }
+                Err(e) => {
+                    if start.elapsed() + backoff > self.options.fetch_timeout {
+                        log::error!(
+                            "layer {} window of span {i}: cannot be fetched within {:?}: {e}",
+                            self.name,
+                            self.options.fetch_timeout
+                        );
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("layer {} window of span {i}: {e}", self.name),
+                        ));
+                    }
+                    log::debug!("{}: {e}; trying again in {backoff:?}", self.name);
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
 impl Blob for Arc<LazyBlob> {
     fn size(&self) -> io::Result<u64> {
         <LazyBlob as Blob>::size(self)
@@ -650,6 +878,60 @@ impl Blob for Arc<LazyBlob> {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         <LazyBlob as Blob>::read_at(self, buf, offset)
+    }
+
+    /// Fetches the rest of a file of at most `READ_AHEAD_FILE` bytes on a thread of its own,
+    /// once per file, in ranges of about `READ_AHEAD_RANGE`, each decompressed into the span
+    /// cache; the read itself fetches its own spans meanwhile.
+    fn will_read(&self, file: Range<u64>, now: Range<u64>) {
+        if file.end - file.start > READ_AHEAD_FILE || file.is_empty() {
+            return;
+        }
+        let (Some(first), Some(last)) = (
+            self.table.span_at(file.start),
+            self.table.span_at(file.end - 1),
+        ) else {
+            return;
+        };
+        let reading = self.table.span_at(now.start).zip(
+            now.end
+                .checked_sub(1)
+                .and_then(|end| self.table.span_at(end)),
+        );
+        let rest: Vec<usize> = (first..=last)
+            .filter(|i| !reading.is_some_and(|(a, b)| (a..=b).contains(i)) && !self.store.has(*i))
+            .collect();
+        if rest.is_empty() || !self.ahead.lock().insert(file.start) {
+            return;
+        }
+        let table = &self.table;
+        let mut runs: Vec<Range<usize>> = Vec::new();
+        for i in rest {
+            match runs.last_mut() {
+                Some(run)
+                    if run.end == i
+                        && table.compressed(i).end - table.compressed(run.start).start
+                            <= READ_AHEAD_RANGE =>
+                {
+                    run.end = i + 1
+                }
+                _ => runs.push(i..i + 1),
+            }
+        }
+        let blob = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("imgfs-ahead".into())
+            .spawn(move || {
+                for run in runs {
+                    if let Err(e) = blob.prefetch(run) {
+                        log::debug!("read-ahead of layer {}: {e}", blob.name);
+                        break;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            log::debug!("cannot start a read-ahead: {e}");
+        }
     }
 }
 
@@ -680,7 +962,7 @@ impl Blob for LazyBlob {
                 r.record(self.id, &new);
             }
         }
-        self.ensure(first..last + 1)?;
+        self.ensure_for_read(first..last + 1)?;
         let mut at = offset;
         for i in first..=last {
             let span = self.table.uncompressed(i);
@@ -706,8 +988,13 @@ impl Blob for LazyBlob {
 pub struct RegistryFetch {
     remote: Remote,
     digest: oci_spec::image::Digest,
-    registry: Mutex<Option<Arc<crate::source::registry::Registry>>>,
+    registry: Mutex<Option<Arc<Registry>>>,
 }
+
+/// Registry clients of this process by repository and options: the blobs of one image share
+/// one client, its connections and its token, so a layer's first read does not connect anew.
+type Clients = Mutex<Vec<((String, bool, Option<std::path::PathBuf>), Arc<Registry>)>>;
+static CLIENTS: Clients = Mutex::new(Vec::new());
 
 impl RegistryFetch {
     pub fn new(remote: Remote) -> io::Result<RegistryFetch> {
@@ -720,9 +1007,18 @@ impl RegistryFetch {
         })
     }
 
-    fn registry(&self) -> io::Result<Arc<crate::source::registry::Registry>> {
-        use crate::source::registry::{Registry, RegistryOptions, Retry};
+    fn registry(&self) -> io::Result<Arc<Registry>> {
+        use crate::source::registry::{RegistryOptions, Retry};
         if let Some(r) = &*self.registry.lock() {
+            return Ok(r.clone());
+        }
+        let key = (
+            self.remote.repository.clone(),
+            self.remote.insecure,
+            self.remote.auth_file.clone(),
+        );
+        if let Some((_, r)) = CLIENTS.lock().iter().find(|(k, _)| *k == key) {
+            *self.registry.lock() = Some(r.clone());
             return Ok(r.clone());
         }
         let options = RegistryOptions {
@@ -739,6 +1035,7 @@ impl RegistryFetch {
             .map_err(|e| io::Error::other(e.to_string()))?;
         let registry = Arc::new(registry);
         *self.registry.lock() = Some(registry.clone());
+        CLIENTS.lock().push((key, registry.clone()));
         Ok(registry)
     }
 }
@@ -764,10 +1061,33 @@ pub fn open(
     let remote: Remote = serde_json::from_slice(&std::fs::read(remote_file)?)
         .map_err(|e| invalid(format!("{}: {e}", remote_file.display())))?;
     let table = open_table(dir, remote.size)?;
-    let store = SparseBlob::open(dir, remote.size, table.len())?;
+    let spans = table.len();
+    let store = SparseBlob::open(dir, remote.size, spans)?;
+    let windows = match &table {
+        Table::Seek(t) => {
+            if t.windows_size() != remote.windows_size {
+                return Err(invalid(format!(
+                    "{}: the seek table names {} bytes of windows, the windows blob has {}",
+                    dir.display(),
+                    t.windows_size(),
+                    remote.windows_size
+                )));
+            }
+            Some(Windows::new(
+                SparseBlob::open_windows(dir, remote.windows_size, spans)?,
+                Box::new(RegistryFetch::new(Remote {
+                    digest: remote.windows_digest.clone(),
+                    size: remote.windows_size,
+                    ..remote.clone()
+                })?),
+            ))
+        }
+        // A TOC's spans are whole gzip members or zstd frames: no windows.
+        Table::Toc(_) => None,
+    };
     let name = remote.digest.clone();
     let fetch = Box::new(RegistryFetch::new(remote)?);
-    Ok(LazyBlob::new(
+    let blob = LazyBlob::new(
         name,
         id,
         table,
@@ -775,7 +1095,11 @@ pub fn open(
         fetch,
         cache.clone(),
         options.clone(),
-    ))
+    );
+    Ok(match windows {
+        Some(w) => blob.with_windows(w),
+        None => blob,
+    })
 }
 
 /// The table of the lazy layer whose entry is `dir`: its seek table, or else its TOC.

@@ -39,6 +39,9 @@ pub trait Blob: Send + Sync {
     fn size(&self) -> std::io::Result<u64>;
     /// Reads into `buf` from `offset`; fewer bytes only at the end, 0 past it.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize>;
+    /// A hint, before a read of `now`, that the rest of `file` (the bytes of the file being
+    /// read) will likely be read soon: a remote blob may fetch it ahead. Nothing by default.
+    fn will_read(&self, _file: std::ops::Range<u64>, _now: std::ops::Range<u64>) {}
 }
 
 impl Blob for File {
@@ -429,6 +432,11 @@ impl ImageReader {
                 .data
                 .checked_add(offset)
                 .ok_or(ReadError::Corrupt("data offset overflows"))?;
+            if let (Some(blob), Some(end)) =
+                (self.blobs.get(r.blob as usize), r.data.checked_add(r.size))
+            {
+                blob.will_read(r.data..end, at..at + len as u64);
+            }
             self.read_blob(r.blob, at, &mut buf)?;
         }
         Ok(buf)

@@ -1,7 +1,15 @@
 //! Random access into a compressed layer (the zran idea): a [`SeekTable`] cuts a compressed
 //! blob into spans, each one decodable on its own from exactly its compressed bytes plus a
-//! small checkpoint kept in the table, so that a lazy mount fetches, verifies and inflates only
-//! the spans a read touches.
+//! small checkpoint, so that a lazy mount fetches, verifies and inflates only the spans a read
+//! touches.
+//!
+//! A checkpoint inside a gzip member needs the 32 KiB of output before it (the deflate
+//! window). Windows are most of a table's weight, and a read needs only its own span's, so
+//! they are kept apart from the table: in a **windows blob** of their own, zstd-compressed,
+//! one after the other in span order, each named in its span's record by offset, length and
+//! SHA-256. A mount fetches the table (small: a record per span) up front, and a window by
+//! range only when a span that needs it is read and the window cannot be taken from the span
+//! before it ([`SeekTable::derive_window`]); [`SeekTable::open_window`] checks its digest.
 //!
 //! [`SeekTable::build`] streams the blob once. For gzip (one or more members, RFC 1952 around
 //! raw deflate) a span starts at a member's header or at a deflate block boundary; a block
@@ -17,19 +25,19 @@
 //! Spans are therefore contiguous and never share a byte, and [`SeekTable::decompress_span`]
 //! needs nothing but the span's own bytes and the table.
 //!
-//! The encoding ([`SeekTable::encode`], [`SeekTable::decode`]) is specified here. All integers
-//! are little-endian; four sections back to back:
+//! The encoding ([`SeekTable::encode`], [`SeekTable::decode`]) is specified here (version 2;
+//! version 1 kept the windows inside the table). All integers are little-endian; three
+//! sections back to back:
 //!
-//! | section  | size                       | contents                                   |
-//! |----------|----------------------------|--------------------------------------------|
-//! | header   | [`HEADER_LEN`] bytes       | magic, version, compression, sizes, counts |
+//! | section  | size                        | contents                                   |
+//! |----------|-----------------------------|--------------------------------------------|
+//! | header   | [`HEADER_LEN`] bytes        | magic, version, compression, sizes, counts |
 //! | spans    | count × [`SPAN_RECORD_LEN`] | one record per span, in order              |
-//! | windows  | `windows_len` bytes        | the checkpoints' windows, zstd-compressed, in span order |
-//! | checksum | 4 bytes                    | CRC-32 (IEEE) of everything before it      |
+//! | checksum | 4 bytes                     | CRC-32 (IEEE) of everything before it      |
 //!
 //! Header: `0` magic [`MAGIC`], `8` version u32, `12` compression u8 (0 none, 1 gzip,
 //! 2 zstd), `13` three zero bytes, `16` compressed size u64, `24` uncompressed size u64,
-//! `32` span count u64, `40` windows length u64.
+//! `32` span count u64, `40` windows blob size u64.
 //!
 //! Span record: `0` compressed start u64, `8` compressed end u64, `16` uncompressed start
 //! u64, `24` uncompressed end u64, `32` SHA-256 of the compressed bytes (32 bytes), `64` kind
@@ -37,14 +45,21 @@
 //! gzip only), `65` num_bits u8 (0..=7), `66` bit_buf u8 (the leftover bits, in its low
 //! `num_bits` bits), `67` zero u8, `68` window length u32 (uncompressed, at most
 //! [`WINDOW`] and at most the uncompressed start), `72` window offset u64 (into the windows
-//! section), `80` window compressed length u32, `84` zero u32. A fresh start has zero bits,
-//! no window and window offset zero. Spans are contiguous and ordered, each non-empty in compressed bytes and
-//! output (a blob with no output at all has one span with empty output; a zero-length blob has
-//! none), and they cover exactly the stated sizes. Windows are packed in span order with no gap.
+//! blob), `80` window compressed length u32, `84` zero u32, `88` SHA-256 of the window's
+//! compressed bytes (32 bytes). A span with no window (a fresh start, or a block boundary
+//! whose span refers to no history) has window length, offset, compressed length and digest
+//! all zero; a window of nonzero length has a nonzero compressed length. Spans are contiguous
+//! and ordered, each non-empty in compressed bytes and output (a blob with no output at all
+//! has one span with empty output; a zero-length blob has none), and they cover exactly the
+//! stated sizes.
+//!
+//! The windows blob is the windows, each zstd-compressed, packed in span order with no gap:
+//! exactly the windows blob size of the header.
 //!
 //! [`SeekTable::decode`] checks all of that once; after it, nothing in the table can make
-//! [`SeekTable::decompress_span`] panic, read out of bounds or allocate beyond the output the
-//! span's bytes actually produce.
+//! [`SeekTable::decompress_span`] (or [`SeekTable::open_window`],
+//! [`SeekTable::decompress_span_with`]) panic, read out of bounds or allocate beyond the output
+//! the span's bytes actually produce.
 
 use std::io::{self, Read};
 use std::ops::Range;
@@ -60,9 +75,9 @@ use zstd::zstd_safe::{self, DCtx, InBuffer, OutBuffer};
 
 pub const MAGIC: &[u8; 8] = b"IMGFSEEK";
 /// Bumped on any change to the layout; a table of another version is rebuilt.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 pub const HEADER_LEN: usize = 48;
-pub const SPAN_RECORD_LEN: usize = 88;
+pub const SPAN_RECORD_LEN: usize = 120;
 const CHECKSUM_LEN: usize = 4;
 /// Deflate's largest back-reference distance: all the history a block boundary needs.
 pub const WINDOW: usize = 32 << 10;
@@ -138,8 +153,9 @@ enum Checkpoint {
         bit_buf: u8,
         /// Length of the window once decompressed.
         window_len: u32,
-        /// The zstd-compressed window in [`SeekTable::windows`].
-        window: Range<usize>,
+        /// The zstd-compressed window's place in the windows blob, and its SHA-256.
+        window: Range<u64>,
+        window_digest: [u8; 32],
     },
 }
 
@@ -151,6 +167,9 @@ pub struct SeekTable {
     uncompressed_size: u64,
     spans: Vec<Span>,
     checkpoints: Vec<Checkpoint>,
+    /// The windows blob's size, and the blob itself when it is at hand: a table just built,
+    /// or one given its blob ([`SeekTable::with_windows`]); empty for a table decoded alone.
+    windows_size: u64,
     windows: Vec<u8>,
 }
 
@@ -253,6 +272,18 @@ pub enum SeekError {
     WindowPlace { index: usize },
     #[error("span {index}'s window does not decompress to its {len} bytes")]
     WindowCorrupt { index: usize, len: u32 },
+    #[error("span {index}'s window does not match its digest")]
+    WindowDigest { index: usize },
+    #[error("span {index}'s window is {actual} bytes, not {expected}")]
+    WindowInput {
+        index: usize,
+        expected: u64,
+        actual: usize,
+    },
+    #[error("span {index} needs its window, which is not at hand")]
+    WindowMissing { index: usize },
+    #[error("the windows blob is {actual} bytes, the table says {expected}")]
+    WindowsSize { expected: u64, actual: usize },
     #[error("no span {index}: the table has {count}")]
     NoSuchSpan { index: usize, count: usize },
     #[error("span {index} is {expected} compressed bytes, {actual} given")]
@@ -314,10 +345,125 @@ impl SeekTable {
             .map(|_| i)
     }
 
+    /// The windows blob's size (see the module docs).
+    pub fn windows_size(&self) -> u64 {
+        self.windows_size
+    }
+
+    /// The windows blob of a table just built (what is pushed beside the table); empty for a
+    /// table decoded without its blob.
+    pub fn windows_blob(&self) -> &[u8] {
+        &self.windows
+    }
+
+    /// The table with its windows blob at hand, so that [`decompress_span`](Self::decompress_span)
+    /// needs nothing else; the blob must be as long as the table says (each window is still
+    /// checked against its digest when used).
+    pub fn with_windows(mut self, blob: Vec<u8>) -> Result<SeekTable, SeekError> {
+        if blob.len() as u64 != self.windows_size {
+            return Err(SeekError::WindowsSize {
+                expected: self.windows_size,
+                actual: blob.len(),
+            });
+        }
+        self.windows = blob;
+        Ok(self)
+    }
+
+    /// Where span `i`'s compressed window lies in the windows blob; None when it needs no
+    /// window (or there is no span `i`).
+    pub fn window_range(&self, i: usize) -> Option<Range<u64>> {
+        match self.checkpoints.get(i)? {
+            Checkpoint::Block {
+                window_len, window, ..
+            } if *window_len > 0 => Some(window.clone()),
+            _ => None,
+        }
+    }
+
+    /// Span `i`'s window taken from the output just before it (`before`, ending where span
+    /// `i` starts: the previous span's output), when that holds all of it; None when `before`
+    /// is too short, or the span needs no window.
+    pub fn derive_window(&self, i: usize, before: &[u8]) -> Option<Vec<u8>> {
+        let Some(Checkpoint::Block { window_len, .. }) = self.checkpoints.get(i) else {
+            return None;
+        };
+        let len = *window_len as usize;
+        let start = before.len().checked_sub(len)?;
+        (len > 0).then(|| before[start..].to_vec())
+    }
+
+    /// Span `i`'s window from its compressed bytes as fetched from the windows blob: checked
+    /// against the window's digest, then decompressed (bounded by its stated length). Empty
+    /// for a span that needs no window.
+    pub fn open_window(&self, i: usize, compressed: &[u8]) -> Result<Vec<u8>, SeekError> {
+        let checkpoint = self.checkpoints.get(i).ok_or(SeekError::NoSuchSpan {
+            index: i,
+            count: self.spans.len(),
+        })?;
+        let Checkpoint::Block {
+            window_len,
+            window,
+            window_digest,
+            ..
+        } = checkpoint
+        else {
+            return Ok(Vec::new());
+        };
+        if *window_len == 0 {
+            return Ok(Vec::new());
+        }
+        if compressed.len() as u64 != window.end - window.start {
+            return Err(SeekError::WindowInput {
+                index: i,
+                expected: window.end - window.start,
+                actual: compressed.len(),
+            });
+        }
+        if Sha256::digest(compressed).as_slice() != window_digest {
+            return Err(SeekError::WindowDigest { index: i });
+        }
+        let corrupt = || SeekError::WindowCorrupt {
+            index: i,
+            len: *window_len,
+        };
+        let out =
+            zstd::bulk::decompress(compressed, *window_len as usize).map_err(|_| corrupt())?;
+        if out.len() != *window_len as usize {
+            return Err(corrupt());
+        }
+        Ok(out)
+    }
+
     /// Decompresses span `i` from exactly its compressed bytes (already verified by the
-    /// caller), returning exactly the span's uncompressed length, or an error. Output is
-    /// allocated as it is produced, never more than the span's length plus one chunk.
+    /// caller), with its window from the blob at hand ([`with_windows`](Self::with_windows), or
+    /// a table just built); see [`decompress_span_with`](Self::decompress_span_with).
     pub fn decompress_span(&self, i: usize, compressed: &[u8]) -> Result<Vec<u8>, SeekError> {
+        let window = match self.window_range(i) {
+            None => Vec::new(),
+            Some(r) => {
+                let bytes = usize::try_from(r.start)
+                    .ok()
+                    .zip(usize::try_from(r.end).ok())
+                    .and_then(|(a, b)| self.windows.get(a..b))
+                    .ok_or(SeekError::WindowMissing { index: i })?;
+                self.open_window(i, bytes)?
+            }
+        };
+        self.decompress_span_with(i, compressed, &window)
+    }
+
+    /// Decompresses span `i` from exactly its compressed bytes (already verified by the
+    /// caller) and its window (from [`open_window`](Self::open_window) or
+    /// [`derive_window`](Self::derive_window); empty when it needs none), returning exactly the
+    /// span's uncompressed length, or an error. Output is allocated as it is produced, never
+    /// more than the span's length plus one chunk.
+    pub fn decompress_span_with(
+        &self,
+        i: usize,
+        compressed: &[u8],
+        window: &[u8],
+    ) -> Result<Vec<u8>, SeekError> {
         let (span, checkpoint) =
             self.spans
                 .get(i)
@@ -334,13 +480,21 @@ impl SeekTable {
                 actual: compressed.len(),
             });
         }
+        let window_len = match checkpoint {
+            Checkpoint::Block { window_len, .. } => *window_len as usize,
+            Checkpoint::Start => 0,
+        };
+        if window.len() != window_len {
+            return Err(SeekError::WindowInput {
+                index: i,
+                expected: window_len as u64,
+                actual: window.len(),
+            });
+        }
         let want = span.uncompressed.end - span.uncompressed.start;
         let out = match self.compression {
             SeekCompression::None => compressed.to_vec(),
-            SeekCompression::Gzip => {
-                let window = self.window(i, checkpoint)?;
-                inflate_span(i, span, checkpoint, &window, compressed, want)?
-            }
+            SeekCompression::Gzip => inflate_span(i, span, checkpoint, window, compressed, want)?,
             SeekCompression::Zstd => unzstd_span(i, span, compressed, want)?,
         };
         if out.len() as u64 != want {
@@ -353,41 +507,17 @@ impl SeekTable {
         Ok(out)
     }
 
-    /// The decompressed window of a block checkpoint (empty for a fresh start).
-    fn window(&self, i: usize, checkpoint: &Checkpoint) -> Result<Vec<u8>, SeekError> {
-        let Checkpoint::Block {
-            window_len, window, ..
-        } = checkpoint
-        else {
-            return Ok(Vec::new());
-        };
-        if *window_len == 0 {
-            return Ok(Vec::new());
-        }
-        let corrupt = || SeekError::WindowCorrupt {
-            index: i,
-            len: *window_len,
-        };
-        let bytes = self.windows.get(window.clone()).ok_or_else(corrupt)?;
-        let out = zstd::bulk::decompress(bytes, *window_len as usize).map_err(|_| corrupt())?;
-        if out.len() != *window_len as usize {
-            return Err(corrupt());
-        }
-        Ok(out)
-    }
-
     /// The encoding described in the module docs.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(
-            HEADER_LEN + self.spans.len() * SPAN_RECORD_LEN + self.windows.len() + CHECKSUM_LEN,
-        );
+        let mut out =
+            Vec::with_capacity(HEADER_LEN + self.spans.len() * SPAN_RECORD_LEN + CHECKSUM_LEN);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
         out.extend_from_slice(&[self.compression.code(), 0, 0, 0]);
         out.extend_from_slice(&self.compressed_size.to_le_bytes());
         out.extend_from_slice(&self.uncompressed_size.to_le_bytes());
         out.extend_from_slice(&(self.spans.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(self.windows.len() as u64).to_le_bytes());
+        out.extend_from_slice(&self.windows_size.to_le_bytes());
         for (span, checkpoint) in self.spans.iter().zip(&self.checkpoints) {
             for v in [
                 span.compressed.start,
@@ -398,22 +528,31 @@ impl SeekTable {
                 out.extend_from_slice(&v.to_le_bytes());
             }
             out.extend_from_slice(&span.digest);
-            let (kind, num_bits, bit_buf, window_len, window) = match checkpoint {
-                Checkpoint::Start => (KIND_START, 0, 0, 0, 0..0),
+            // A span without a window keeps all its window fields zero (see the builder).
+            let (kind, num_bits, bit_buf, window_len, window, window_digest) = match checkpoint {
+                Checkpoint::Start => (KIND_START, 0, 0, 0, 0..0, [0u8; 32]),
                 Checkpoint::Block {
                     num_bits,
                     bit_buf,
                     window_len,
                     window,
-                } => (KIND_BLOCK, *num_bits, *bit_buf, *window_len, window.clone()),
+                    window_digest,
+                } => (
+                    KIND_BLOCK,
+                    *num_bits,
+                    *bit_buf,
+                    *window_len,
+                    window.clone(),
+                    *window_digest,
+                ),
             };
             out.extend_from_slice(&[kind, num_bits, bit_buf, 0]);
             out.extend_from_slice(&window_len.to_le_bytes());
-            out.extend_from_slice(&(window.start as u64).to_le_bytes());
-            out.extend_from_slice(&(window.len() as u32).to_le_bytes());
+            out.extend_from_slice(&window.start.to_le_bytes());
+            out.extend_from_slice(&((window.end - window.start) as u32).to_le_bytes());
             out.extend_from_slice(&0u32.to_le_bytes());
+            out.extend_from_slice(&window_digest);
         }
-        out.extend_from_slice(&self.windows);
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         out
@@ -447,14 +586,12 @@ impl SeekTable {
         let compressed_size = le64(body, 16);
         let uncompressed_size = le64(body, 24);
         let count = le64(body, 32);
-        let windows_len = le64(body, 40);
+        let windows_size = le64(body, 40);
         if count > MAX_SPANS {
             return Err(SeekError::SpanCount { count });
         }
         // In u128, so that no count can overflow before it is compared with what is there.
-        let expected = HEADER_LEN as u128
-            + u128::from(count) * SPAN_RECORD_LEN as u128
-            + u128::from(windows_len);
+        let expected = HEADER_LEN as u128 + u128::from(count) * SPAN_RECORD_LEN as u128;
         if expected != body.len() as u128 {
             return Err(SeekError::EncodedLength {
                 len: bytes.len(),
@@ -462,11 +599,9 @@ impl SeekTable {
             });
         }
         let count = count as usize;
-        let records_end = HEADER_LEN + count * SPAN_RECORD_LEN;
-        let windows = &body[records_end..];
         let mut spans = Vec::with_capacity(count);
         let mut checkpoints = Vec::with_capacity(count);
-        let (mut c_at, mut u_at, mut w_at) = (0u64, 0u64, 0usize);
+        let (mut c_at, mut u_at, mut w_at) = (0u64, 0u64, 0u64);
         for index in 0..count {
             let r = &body[HEADER_LEN + index * SPAN_RECORD_LEN..][..SPAN_RECORD_LEN];
             let compressed = le64(r, 0)..le64(r, 8);
@@ -493,7 +628,10 @@ impl SeekTable {
             let (kind, num_bits, bit_buf) = (r[64], r[65], r[66]);
             let window_len = le32(r, 68);
             let window_at = le64(r, 72);
-            let window_size = le32(r, 80) as usize;
+            let window_size = u64::from(le32(r, 80));
+            let mut window_digest = [0u8; 32];
+            window_digest.copy_from_slice(&r[88..120]);
+            let no_window = window_size == 0 && window_at == 0 && window_digest == [0u8; 32];
             let checkpoint = match kind {
                 KIND_START if num_bits == 0 && bit_buf == 0 => {
                     if window_len != 0 {
@@ -502,7 +640,7 @@ impl SeekTable {
                             len: window_len,
                         });
                     }
-                    if window_size != 0 || window_at != 0 {
+                    if !no_window {
                         return Err(SeekError::WindowPlace { index });
                     }
                     Checkpoint::Start
@@ -528,23 +666,30 @@ impl SeekTable {
                             len: window_len,
                         });
                     }
-                    if window_at != w_at as u64
-                        || (window_size == 0) != (window_len == 0)
-                        || window_size > zstd_safe::compress_bound(WINDOW)
-                        || window_size > windows.len() - w_at
-                    {
+                    let placed = if window_len == 0 {
+                        no_window
+                    } else {
+                        window_at == w_at
+                            && window_size > 0
+                            && window_size <= zstd_safe::compress_bound(WINDOW) as u64
+                            && window_size <= windows_size - w_at
+                    };
+                    if !placed {
                         return Err(SeekError::WindowPlace { index });
                     }
                     Checkpoint::Block {
                         num_bits,
                         bit_buf,
                         window_len,
-                        window: w_at..w_at + window_size,
+                        window: window_at..window_at + window_size,
+                        window_digest,
                     }
                 }
                 _ => return Err(SeekError::CheckpointKind { index, kind }),
             };
-            if let Checkpoint::Block { window, .. } = &checkpoint {
+            if let Checkpoint::Block { window, .. } = &checkpoint
+                && window.end > window.start
+            {
                 w_at = window.end;
             }
             let mut digest = [0u8; 32];
@@ -564,7 +709,7 @@ impl SeekTable {
                 uncompressed: u_at,
             });
         }
-        if w_at != windows.len() {
+        if w_at != windows_size {
             return Err(SeekError::WindowPlace { index: count });
         }
         Ok(SeekTable {
@@ -573,7 +718,8 @@ impl SeekTable {
             uncompressed_size,
             spans,
             checkpoints,
-            windows: windows.to_vec(),
+            windows_size,
+            windows: Vec::new(),
         })
     }
 }
@@ -813,12 +959,18 @@ impl Builder {
     /// refers to no history.
     fn drop_window(&mut self) {
         if let Checkpoint::Block {
-            window_len, window, ..
+            window_len,
+            window,
+            window_digest,
+            ..
         } = &mut self.start.2
         {
-            self.windows.truncate(window.start);
-            *window = window.start..window.start;
+            if *window_len > 0 {
+                self.windows.truncate(window.start as usize);
+            }
+            *window = 0..0;
             *window_len = 0;
+            *window_digest = [0; 32];
         }
     }
 
@@ -829,17 +981,21 @@ impl Builder {
         window: &[u8],
         offset: u64,
     ) -> Result<Checkpoint, SeekError> {
-        let at = self.windows.len();
+        let at = self.windows.len() as u64;
+        let (mut place, mut window_digest) = (0..0, [0u8; 32]);
         if !window.is_empty() {
             let packed = zstd::bulk::compress(window, WINDOW_ZSTD_LEVEL)
                 .map_err(|source| SeekError::WindowCompress { offset, source })?;
             self.windows.extend_from_slice(&packed);
+            place = at..self.windows.len() as u64;
+            window_digest = Sha256::digest(&packed).into();
         }
         Ok(Checkpoint::Block {
             num_bits: state.num_bits,
             bit_buf: state.bit_buf & ((1u16 << state.num_bits) - 1) as u8,
             window_len: window.len() as u32,
-            window: at..self.windows.len(),
+            window: place,
+            window_digest,
         })
     }
 
@@ -855,8 +1011,12 @@ impl Builder {
             {
                 // The last cut was followed by no output: fold what follows into the span before.
                 let digest = feed.uncut().unwrap_or_else(|| feed.cut());
-                if let Checkpoint::Block { window, .. } = &self.start.2 {
-                    self.windows.truncate(window.start);
+                if let Checkpoint::Block {
+                    window_len, window, ..
+                } = &self.start.2
+                    && *window_len > 0
+                {
+                    self.windows.truncate(window.start as usize);
                 }
                 last.compressed.end = end;
                 last.digest = digest;
@@ -870,6 +1030,7 @@ impl Builder {
             uncompressed_size: self.total,
             spans: self.spans,
             checkpoints: self.checkpoints,
+            windows_size: self.windows.len() as u64,
             windows: self.windows,
         })
     }
@@ -1520,7 +1681,28 @@ mod tests {
         assert_eq!((c, u), (blob.len() as u64, whole.len() as u64));
         assert_eq!(t.span_at(whole.len() as u64), None);
         let encoded = t.encode();
-        assert_eq!(SeekTable::decode(&encoded).unwrap(), t);
+        let decoded = SeekTable::decode(&encoded).unwrap();
+        assert_eq!(decoded.windows_size(), t.windows_blob().len() as u64);
+        assert!(decoded.windows_blob().is_empty());
+        for (i, s) in t.spans().iter().enumerate() {
+            let bytes = &blob[s.compressed.start as usize..s.compressed.end as usize];
+            let window = match decoded.window_range(i) {
+                Some(r) => decoded
+                    .open_window(i, &t.windows_blob()[r.start as usize..r.end as usize])
+                    .unwrap(),
+                None => Vec::new(),
+            };
+            let out = decoded.decompress_span_with(i, bytes, &window).unwrap();
+            if i > 0
+                && let Some(derived) =
+                    decoded.derive_window(i, &whole[..s.uncompressed.start as usize])
+            {
+                assert_eq!(derived, window, "span {i}: the derived window");
+            }
+            assert!(out == whole[s.uncompressed.start as usize..s.uncompressed.end as usize]);
+        }
+        let decoded = decoded.with_windows(t.windows_blob().to_vec()).unwrap();
+        assert_eq!(decoded, t);
         t
     }
 
@@ -1807,6 +1989,12 @@ mod tests {
             ("kind", put8(rec(1, 64), 7)),
             ("first span a block", put8(rec(0, 64), KIND_BLOCK)),
             ("record reserved", put8(rec(1, 67), 1)),
+            ("window digest of a fresh start", put8(rec(0, 100), 1)),
+            ("window offset of a fresh start", put64(rec(0, 72), 1)),
+            ("window without its length", put32(rec(1, 68), 0)),
+            ("window length without a window", put32(rec(1, 80), 0)),
+            ("windows blob size short", put64(40, t.windows_size() - 1)),
+            ("windows blob size long", put64(40, t.windows_size() + 1)),
         ];
         for (name, edit) in cases {
             let mut b = good.clone();
@@ -1848,16 +2036,85 @@ mod tests {
             }
         }
         assert!(t.decompress_span(t.spans().len(), &[]).is_err());
-        // A window damaged under a valid checksum is an error, not a panic.
-        let mut b = t.encode();
-        let n = b.len();
-        b[n - CHECKSUM_LEN - 10] ^= 0xff;
-        seal(&mut b);
-        let damaged = SeekTable::decode(&b).unwrap();
-        let last = damaged.spans().len() - 1;
-        let s = &damaged.spans()[last];
-        let r = damaged.decompress_span(last, &blob[s.compressed.start as usize..]);
-        assert!(r.is_err());
+    }
+
+    #[test]
+    fn windows_are_checked_before_use() {
+        let (blob, t) = sample();
+        let decoded = SeekTable::decode(&t.encode()).unwrap();
+        let i = (1..t.spans().len())
+            .find(|&i| t.window_range(i).is_some())
+            .expect("a span with a window");
+        let s = &t.spans()[i];
+        let bytes = &blob[s.compressed.start as usize..s.compressed.end as usize];
+        // Without its blob, a decoded table cannot decompress a span that needs a window.
+        assert!(matches!(
+            decoded.decompress_span(i, bytes),
+            Err(SeekError::WindowMissing { .. })
+        ));
+        let r = t.window_range(i).unwrap();
+        let good = &t.windows_blob()[r.start as usize..r.end as usize];
+        let window = decoded.open_window(i, good).unwrap();
+        assert_eq!(window.len(), WINDOW);
+        // Every damaged byte, a cut and a longer input are refused by the digest or length.
+        for at in 0..good.len() {
+            let mut damaged = good.to_vec();
+            damaged[at] ^= 0x01;
+            assert!(matches!(
+                decoded.open_window(i, &damaged),
+                Err(SeekError::WindowDigest { .. })
+            ));
+        }
+        assert!(decoded.open_window(i, &good[1..]).is_err());
+        assert!(decoded.open_window(i, &[good, b"x"].concat()).is_err());
+        assert!(decoded.open_window(t.spans().len(), good).is_err());
+        // Another span's window is refused too.
+        if let Some(j) = (i + 1..t.spans().len()).find(|&j| t.window_range(j).is_some()) {
+            let r = t.window_range(j).unwrap();
+            assert!(
+                decoded
+                    .open_window(i, &t.windows_blob()[r.start as usize..r.end as usize])
+                    .is_err()
+            );
+        }
+        // A window of the wrong length, or none where one is needed, is an error.
+        assert!(
+            decoded
+                .decompress_span_with(i, bytes, &window[1..])
+                .is_err()
+        );
+        assert!(decoded.decompress_span_with(i, bytes, &[]).is_err());
+        assert!(
+            decoded
+                .decompress_span_with(0, &blob[..t.spans()[0].compressed.end as usize], &window)
+                .is_err()
+        );
+        // A wrong window of the right length gives wrong output or an error, never a panic.
+        let mut wrong = window.clone();
+        wrong.reverse();
+        let _ = decoded.decompress_span_with(i, bytes, &wrong);
+        // The blob must be as long as the table says.
+        let short = t.windows_blob()[1..].to_vec();
+        assert!(decoded.clone().with_windows(short).is_err());
+        // A damaged blob attached is caught by the window's digest.
+        let mut damaged = t.windows_blob().to_vec();
+        damaged[r.start as usize] ^= 0xff;
+        let attached = decoded.with_windows(damaged).unwrap();
+        assert!(matches!(
+            attached.decompress_span(i, bytes),
+            Err(SeekError::WindowDigest { .. })
+        ));
+    }
+
+    #[test]
+    fn windows_live_outside_the_table() {
+        let (_, t) = sample();
+        let spans = t.spans().len();
+        assert_eq!(
+            t.encode().len(),
+            HEADER_LEN + spans * SPAN_RECORD_LEN + CHECKSUM_LEN
+        );
+        assert!(t.windows_size() > 0);
     }
 
     #[test]

@@ -11,7 +11,11 @@
 //!   ([`crate::index::format`], with its own magic, version and checksum), zstd-compressed;
 //! - one seek table per layer of the image, bottom first ([`SEEK_MEDIA_TYPE`],
 //!   [`crate::index::seek`], versioned and checksummed), each annotated with the digest of
-//!   the layer it describes ([`LAYER_ANNOTATION`]).
+//!   the layer it describes ([`LAYER_ANNOTATION`]);
+//! - then one windows blob per layer, in the same order and annotated the same way
+//!   ([`WINDOWS_MEDIA_TYPE`]): the deflate windows the layer's seek table names by offset and
+//!   digest. A mount never fetches it whole, only the windows its reads need, by range;
+//! - last, optionally, the prefetch list ([`PREFETCH_MEDIA_TYPE`]).
 //!
 //! Everything read here is hostile until checked: the manifest against the image it claims
 //! to describe, every blob against its digest and a size bound, the index and the seek
@@ -24,11 +28,14 @@ use crate::index::seek::SeekTable;
 use crate::source::{Compression, Image};
 
 /// The artifact type of an imgfs index.
-pub const ARTIFACT_TYPE: &str = "application/vnd.imgfs.index.v1";
+/// Version 2: the seek tables keep their windows in blobs of their own.
+pub const ARTIFACT_TYPE: &str = "application/vnd.imgfs.index.v2";
 /// The merged index, zstd-compressed.
 pub const TREE_MEDIA_TYPE: &str = "application/vnd.imgfs.index.tree.v1+zstd";
-/// A layer's seek table.
-pub const SEEK_MEDIA_TYPE: &str = "application/vnd.imgfs.index.seek.v1";
+/// A layer's seek table (its format version 2).
+pub const SEEK_MEDIA_TYPE: &str = "application/vnd.imgfs.index.seek.v2";
+/// A layer's windows blob.
+pub const WINDOWS_MEDIA_TYPE: &str = "application/vnd.imgfs.index.windows.v1";
 /// The spans a recorded run of a program read, to fetch first: `LAYER SPAN` lines.
 pub const PREFETCH_MEDIA_TYPE: &str = "application/vnd.imgfs.index.prefetch.v1";
 /// Largest prefetch list accepted.
@@ -43,8 +50,11 @@ pub const EMPTY: &[u8] = b"{}";
 /// Largest merged index accepted, compressed or not: an image of a million entries has an
 /// index of about 100 MiB.
 pub const MAX_TREE: u64 = 256 << 20;
-/// Largest seek table accepted: a 10 GiB layer in 1 MiB spans, with its windows.
-pub const MAX_SEEK: u64 = 512 << 20;
+/// Largest seek table accepted: a record per span, so a 100 GiB layer in 256 KiB spans.
+pub const MAX_SEEK: u64 = 64 << 20;
+/// Largest windows blob accepted (it is only ever read by range): the windows of a 100 GiB
+/// layer in 64 KiB spans.
+pub const MAX_WINDOWS: u64 = 64 << 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
@@ -54,7 +64,9 @@ pub enum ArtifactError {
     ArtifactType(Option<String>),
     #[error("the artifact's subject is {actual}, not the image's manifest {expected}")]
     Subject { actual: String, expected: String },
-    #[error("the artifact has {actual} blobs for an image of {layers} layers")]
+    #[error(
+        "the artifact has {actual} blobs besides its prefetch list for an image of {layers} layers"
+    )]
     LayerCount { actual: usize, layers: usize },
     #[error("blob {index} of the artifact is a {actual}, not a {expected}")]
     MediaType {
@@ -62,7 +74,9 @@ pub enum ArtifactError {
         actual: String,
         expected: &'static str,
     },
-    #[error("seek table {index} describes layer {actual}, not the image's layer {expected}")]
+    #[error(
+        "blob {index} of the artifact describes layer {actual}, not the image's layer {expected}"
+    )]
     Layer {
         index: usize,
         actual: String,
@@ -88,6 +102,8 @@ pub struct Artifact {
     pub tree: Descriptor,
     /// One per layer of the image, bottom first.
     pub seeks: Vec<Descriptor>,
+    /// The windows blob of each seek table, in the same order.
+    pub windows: Vec<Descriptor>,
     /// The prefetch list, when a run was recorded.
     pub prefetch: Option<Descriptor>,
 }
@@ -97,10 +113,15 @@ pub fn manifest(
     subject: &Descriptor,
     tree: &Descriptor,
     seeks: &[Descriptor],
+    windows: &[Descriptor],
     prefetch: Option<&Descriptor>,
     span: u64,
 ) -> Vec<u8> {
-    let layers: Vec<&Descriptor> = std::iter::once(tree).chain(seeks).chain(prefetch).collect();
+    let layers: Vec<&Descriptor> = std::iter::once(tree)
+        .chain(seeks)
+        .chain(windows)
+        .chain(prefetch)
+        .collect();
     let config = serde_json::json!({
         "mediaType": EMPTY_MEDIA_TYPE,
         "digest": crate::source::digest::sha256(EMPTY),
@@ -156,17 +177,20 @@ pub fn parse(bytes: &[u8], image: &Image, subject: &str) -> Result<Artifact, Art
         }
         _ => None,
     };
-    if blobs.len() != image.layers.len() + 1 {
+    let layers = image.layers.len();
+    if blobs.len() != 2 * layers + 1 {
         return Err(ArtifactError::LayerCount {
             actual: blobs.len(),
-            layers: image.layers.len(),
+            layers,
         });
     }
     for (i, d) in blobs.iter().enumerate() {
         let (expected, limit) = if i == 0 {
             (TREE_MEDIA_TYPE, MAX_TREE)
-        } else {
+        } else if i <= layers {
             (SEEK_MEDIA_TYPE, MAX_SEEK)
+        } else {
+            (WINDOWS_MEDIA_TYPE, MAX_WINDOWS)
         };
         if d.media_type().to_string() != expected {
             return Err(ArtifactError::MediaType {
@@ -183,7 +207,8 @@ pub fn parse(bytes: &[u8], image: &Image, subject: &str) -> Result<Artifact, Art
             });
         }
     }
-    for (i, (d, layer)) in blobs[1..].iter().zip(&image.layers).enumerate() {
+    let described = blobs[1..].iter().zip(image.layers.iter().cycle());
+    for (i, (d, layer)) in described.enumerate() {
         let described = d
             .annotations()
             .as_ref()
@@ -197,7 +222,7 @@ pub fn parse(bytes: &[u8], image: &Image, subject: &str) -> Result<Artifact, Art
             .unwrap_or_default();
         if described != expected || expected.is_empty() {
             return Err(ArtifactError::Layer {
-                index: i,
+                index: i + 1,
                 actual: described,
                 expected,
             });
@@ -205,7 +230,8 @@ pub fn parse(bytes: &[u8], image: &Image, subject: &str) -> Result<Artifact, Art
     }
     Ok(Artifact {
         tree: blobs[0].clone(),
-        seeks: blobs[1..].to_vec(),
+        seeks: blobs[1..=layers].to_vec(),
+        windows: blobs[layers + 1..].to_vec(),
         prefetch,
     })
 }
@@ -235,12 +261,14 @@ pub fn open_tree(compressed: &[u8], image: &Image) -> Result<Vec<u8>, ArtifactEr
     Ok(out)
 }
 
-/// Decodes layer `i`'s seek table and checks it against the layer and the merged index.
+/// Decodes layer `i`'s seek table and checks it against the layer, the merged index and the
+/// size of its windows blob (`windows`, as the artifact's manifest states it).
 pub fn open_seek(
     bytes: &[u8],
     image: &Image,
     i: usize,
     tree: &[u8],
+    windows: u64,
 ) -> Result<SeekTable, ArtifactError> {
     let layer = &image.layers[i];
     let name = layer
@@ -260,6 +288,12 @@ pub fn open_seek(
             "is for a blob of {} bytes, the layer has {:?}",
             table.compressed_size(),
             layer.size
+        )));
+    }
+    if table.windows_size() != windows {
+        return Err(mismatch(format!(
+            "names {} bytes of windows, its windows blob has {windows}",
+            table.windows_size()
         )));
     }
     let wanted = seek_compression(layer.compression);

@@ -5,8 +5,8 @@
 //!
 //! A lazy image gets an image entry (`images/lazy-<config digest>/`: the merged index, the
 //! config, the list of its layers) and one entry per layer (`layers/lazy-<blob digest>/`: the
-//! seek table, where the blob lives, the sparse blob and its map of present spans), with the
-//! store's fill protocol. Spans fetched later go into those complete layer entries: they only
+//! seek table, where the blob and its windows blob live, the sparse blob and its map of
+//! present spans, the same for the windows), with the store's fill protocol. Spans fetched later go into those complete layer entries: they only
 //! ever gain verified bytes.
 //!
 //! An artifact that cannot be used — damaged, for another image, of a version imgfs does
@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use super::artifact::{self, Artifact, ArtifactError};
 use super::{Options, PrepareError, Ready, claim, usable};
 use crate::cache::sparse::SparseBlob;
-use crate::cache::sparse::{REMOTE_FILE, Remote, SEEK_FILE, TOC_FILE};
+use crate::cache::sparse::{REMOTE_FILE, Remote, SEEK_FILE, TOC_FILE, WINDOWS_PRESENT_FILE};
 use crate::cache::{self, Cache};
 use crate::index::seek::SeekTable;
 use crate::source::registry::{Registry, RegistryOptions};
@@ -95,9 +95,32 @@ pub(super) fn prepare(
     } = found;
     let entry = cache.entry(&entry);
     let blobs: Vec<PathBuf> = keys.iter().map(|k| blob_path(cache, k)).collect();
-    for ((layer, key), table) in img.layers.iter().zip(&keys).zip(&tables) {
-        store_layer(cache, registry, layer, key, table, options)?;
-    }
+    // All at once: each is a few small files written and synced.
+    let (insecure, auth_file) = (options.insecure, options.auth_file.as_deref());
+    std::thread::scope(|s| {
+        let handles: Vec<_> = img
+            .layers
+            .iter()
+            .zip(&keys)
+            .zip(&tables)
+            .map(|((layer, key), table)| {
+                let place = Place {
+                    key,
+                    insecure,
+                    auth_file,
+                };
+                s.spawn(move || store_layer(cache, registry, layer, place, table))
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join().unwrap_or_else(|_| {
+                Err(PrepareError::Source(SourceError::Invalid {
+                    what: what.to_string(),
+                    why: "a layer's store entry was not made".into(),
+                }))
+            })
+        })
+    })?;
     let ready = |built| Ready {
         index_path: entry.index_path(),
         blobs: blobs.clone(),
@@ -142,8 +165,12 @@ pub(super) struct Found {
 
 /// How a layer of a lazy image is read.
 pub(super) enum LayerTable {
-    /// By its seek table, encoded as the store keeps it.
-    Seek(Vec<u8>),
+    /// By its seek table, encoded as the store keeps it, and its windows blob (fetched
+    /// later, by range).
+    Seek {
+        table: Vec<u8>,
+        windows: Box<oci_spec::image::Descriptor>,
+    },
     /// By its TOC, as the store keeps it ([`crate::cache::sparse::StoredToc`]).
     Toc {
         stored: Vec<u8>,
@@ -168,6 +195,7 @@ fn find(registry: &Registry, img: &Image) -> Result<Option<Found>, Unusable> {
     let Artifact {
         tree,
         seeks,
+        windows,
         prefetch,
     } = artifact::parse(&bytes, img, subject)?;
     let compressed = registry.blob_bytes(tree.digest(), tree.size(), artifact::MAX_TREE)?;
@@ -177,11 +205,12 @@ fn find(registry: &Registry, img: &Image) -> Result<Option<Found>, Unusable> {
         let handles: Vec<_> = seeks
             .iter()
             .enumerate()
-            .map(|(i, d)| {
+            .zip(&windows)
+            .map(|((i, d), w)| {
                 let tree = &tree_bytes;
                 s.spawn(move || {
                     let bytes = registry.blob_bytes(d.digest(), d.size(), artifact::MAX_SEEK)?;
-                    let table = artifact::open_seek(&bytes, img, i, tree)?;
+                    let table = artifact::open_seek(&bytes, img, i, tree, w.size())?;
                     Ok((bytes, table.spans().len()))
                 })
             })
@@ -213,28 +242,51 @@ fn find(registry: &Registry, img: &Image) -> Result<Option<Found>, Unusable> {
     };
     Ok(Some(Found {
         tree: tree_bytes,
-        tables: tables.into_iter().map(LayerTable::Seek).collect(),
+        tables: tables
+            .into_iter()
+            .zip(windows)
+            .map(|(table, windows)| LayerTable::Seek {
+                table,
+                windows: Box::new(windows),
+            })
+            .collect(),
         keys: img.layers.iter().filter_map(layer_key).collect(),
         entry: format!("lazy-{}", img.config_digest),
         prefetch,
     }))
 }
 
-/// Makes the store entry of one lazy layer: its seek table, where its blob lives, and an
-/// empty sparse blob — unless it is there already, perhaps with spans fetched.
+/// Where a lazy layer is kept and how its registry is reached.
+#[derive(Clone, Copy)]
+struct Place<'a> {
+    /// The store key ([`layer_key`]).
+    key: &'a str,
+    /// `--tls-verify=false`, and `--authfile`, as given when the image was prepared.
+    insecure: bool,
+    auth_file: Option<&'a std::path::Path>,
+}
+
+/// Makes the store entry of one lazy layer: its seek table, where its blob and its windows
+/// blob live, and empty sparse blobs — unless it is there already, perhaps with spans fetched.
 fn store_layer(
     cache: &Cache,
     registry: &Registry,
     layer: &Layer,
-    key: &str,
+    place: Place<'_>,
     table: &LayerTable,
-    options: &Options,
 ) -> Result<(), PrepareError> {
     if let LayerTable::Whole = table {
         return Ok(()); // filled whole already
     }
+    let key = place.key;
     let entry = cache.layer(key);
-    let complete = |e: &cache::Entry| e.marker().is_some() && e.dir().join(REMOTE_FILE).exists();
+    // An entry of an older layout (its windows inside the seek table) has no windows map: made
+    // again.
+    let complete = |e: &cache::Entry| {
+        e.marker().is_some()
+            && e.dir().join(REMOTE_FILE).exists()
+            && e.dir().join(WINDOWS_PRESENT_FILE).exists()
+    };
     let Some(lock) = claim(cache, &entry, complete)? else {
         return Ok(());
     };
@@ -244,7 +296,7 @@ fn store_layer(
     };
     let (file, bytes, spans, size, uncompressed_size) = match table {
         LayerTable::Whole => return Ok(()),
-        LayerTable::Seek(bytes) => {
+        LayerTable::Seek { table: bytes, .. } => {
             let decoded = SeekTable::decode(bytes).map_err(|e| {
                 io(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
@@ -271,6 +323,10 @@ fn store_layer(
             *uncompressed_size,
         ),
     };
+    let (windows_digest, windows_size) = match table {
+        LayerTable::Seek { windows, .. } => (windows.digest().to_string(), windows.size()),
+        _ => (String::new(), 0),
+    };
     let remote = Remote {
         repository: {
             let r = registry.reference();
@@ -283,13 +339,17 @@ fn store_layer(
             .unwrap_or_default(),
         size,
         uncompressed_size,
-        insecure: options.insecure,
-        auth_file: options.auth_file.clone(),
+        windows_digest,
+        windows_size,
+        insecure: place.insecure,
+        auth_file: place.auth_file.map(std::path::Path::to_path_buf),
     };
     let filled = (|| {
         entry.write_file(file, bytes)?;
         let json = serde_json::to_vec(&remote).unwrap_or_default();
         SparseBlob::create(entry.dir(), remote.size, spans).map_err(io)?;
+        // A TOC's spans need no windows: an empty map.
+        SparseBlob::create_windows(entry.dir(), remote.windows_size, spans).map_err(io)?;
         entry.write_file(REMOTE_FILE, &json)?;
         entry.commit(&lock, key)?;
         Ok(())
@@ -304,9 +364,10 @@ fn store_layer(
 pub struct Pushed {
     /// The artifact manifest's digest.
     pub digest: String,
-    /// Bytes of the merged index (compressed) and of the seek tables.
+    /// Bytes of the merged index (compressed), of the seek tables and of their windows blobs.
     pub tree_bytes: u64,
     pub seek_bytes: u64,
+    pub window_bytes: u64,
     /// The image's layers' compressed bytes, for scale.
     pub image_bytes: u64,
     pub spans: usize,
@@ -386,7 +447,9 @@ pub fn push(
     })?;
     let tree_desc = artifact::descriptor(artifact::TREE_MEDIA_TYPE, &tree_blob);
     let mut seek_descs = Vec::with_capacity(tables.len());
+    let mut window_descs = Vec::with_capacity(tables.len());
     let mut seek_bytes = 0;
+    let mut window_bytes = 0;
     let mut spans = 0;
     let pushing = |e| PrepareError::Source(SourceError::from(e));
     registry.push_blob(artifact::EMPTY).map_err(pushing)?;
@@ -396,18 +459,23 @@ pub fn push(
         seek_bytes += bytes.len() as u64;
         spans += table.spans().len();
         registry.push_blob(&bytes).map_err(pushing)?;
-        let mut d = artifact::descriptor(artifact::SEEK_MEDIA_TYPE, &bytes);
         let layer_digest = layer
             .digest
             .as_ref()
             .map(|d| d.to_string())
             .unwrap_or_default();
-        d.set_annotations(Some(
-            [(artifact::LAYER_ANNOTATION.to_string(), layer_digest)].into(),
-        ));
+        let annotations = [(artifact::LAYER_ANNOTATION.to_string(), layer_digest)];
+        let mut d = artifact::descriptor(artifact::SEEK_MEDIA_TYPE, &bytes);
+        d.set_annotations(Some(annotations.clone().into()));
         seek_descs.push(d);
+        let windows = table.windows_blob();
+        window_bytes += windows.len() as u64;
+        registry.push_blob(windows).map_err(pushing)?;
+        let mut d = artifact::descriptor(artifact::WINDOWS_MEDIA_TYPE, windows);
+        d.set_annotations(Some(annotations.into()));
+        window_descs.push(d);
     }
-    let manifest = artifact::manifest(&subject, &tree_desc, &seek_descs, None, span);
+    let manifest = artifact::manifest(&subject, &tree_desc, &seek_descs, &window_descs, None, span);
     let mut digest = registry
         .push_referrer(subject.digest(), &manifest, artifact::ARTIFACT_TYPE)
         .map_err(pushing)?;
@@ -429,7 +497,14 @@ pub fn push(
         let bytes: String = list.iter().map(|(l, s)| format!("{l} {s}\n")).collect();
         registry.push_blob(bytes.as_bytes()).map_err(pushing)?;
         let d = artifact::descriptor(artifact::PREFETCH_MEDIA_TYPE, bytes.as_bytes());
-        let manifest = artifact::manifest(&subject, &tree_desc, &seek_descs, Some(&d), span);
+        let manifest = artifact::manifest(
+            &subject,
+            &tree_desc,
+            &seek_descs,
+            &window_descs,
+            Some(&d),
+            span,
+        );
         digest = registry
             .push_referrer(subject.digest(), &manifest, artifact::ARTIFACT_TYPE)
             .map_err(pushing)?;
@@ -438,6 +513,7 @@ pub fn push(
         digest: digest.to_string(),
         tree_bytes: tree_blob.len() as u64,
         seek_bytes,
+        window_bytes,
         image_bytes: img.layers.iter().filter_map(|l| l.size).sum(),
         spans,
         prefetch_spans,

@@ -72,25 +72,25 @@ const SEEK_SPANS_TRIED: usize = 64;
 const SEEK_SPAN_MAX: u64 = 4 << 20;
 
 /// A seek input as [`seek_any`] reads it: a u32 (little-endian) saying how long the encoded
-/// table is, the table, then the blob its spans index.
-pub fn seek_input(table: &[u8], blob: &[u8]) -> Vec<u8> {
+/// table is, the table, a u32 saying how long its windows blob is, the windows blob, then the
+/// blob its spans index.
+pub fn seek_input(table: &[u8], windows: &[u8], blob: &[u8]) -> Vec<u8> {
     let mut out = (table.len() as u32).to_le_bytes().to_vec();
     out.extend_from_slice(table);
+    out.extend_from_slice(&(windows.len() as u32).to_le_bytes());
+    out.extend_from_slice(windows);
     out.extend_from_slice(blob);
     out
 }
 
-/// Any bytes as a seek table and a blob (see [`seek_input`]); the table's magic and version are
-/// set and its checksum sealed, so that the checks behind them are what is tested. A table
-/// that decodes encodes back to the same bytes, and every span (up to a bound) decompresses
-/// from the blob's bytes — its own range, or whatever bytes are there — to exactly its length
-/// or to an error, never a panic.
+/// Any bytes as a seek table, its windows blob and a blob (see [`seek_input`]); the table's
+/// magic and version are set and its checksum sealed, so that the checks behind them are what
+/// is tested. A table that decodes encodes back to the same bytes, and every span (up to a
+/// bound) decompresses from the blob's bytes and its window from the windows blob — their own
+/// ranges, or whatever bytes are there — to exactly its length or to an error, never a panic.
 pub fn seek_any(data: &[u8]) {
-    let Some((head, rest)) = data.split_first_chunk::<4>() else {
-        return;
-    };
-    let cut = (u32::from_le_bytes(*head) as usize).min(rest.len());
-    let (table, blob) = rest.split_at(cut);
+    let (table, rest) = split_len(data);
+    let (windows, blob) = split_len(rest);
     let mut t = table.to_vec();
     if t.len() >= seek::HEADER_LEN + 4 {
         t[..8].copy_from_slice(seek::MAGIC);
@@ -110,6 +110,8 @@ pub fn seek_any(data: &[u8]) {
             assert!(table.spans()[i].uncompressed.contains(&at));
         }
     }
+    let with_windows = table.clone().with_windows(windows.to_vec()).ok();
+    let mut before: Vec<u8> = Vec::new();
     for (i, span) in table.spans().iter().enumerate().take(SEEK_SPANS_TRIED) {
         let len = span.compressed.end - span.compressed.start;
         let want = span.uncompressed.end - span.uncompressed.start;
@@ -128,7 +130,28 @@ pub fn seek_any(data: &[u8]) {
             );
             continue;
         }
-        if let Ok(out) = table.decompress_span(i, &bytes) {
+        // The window: its own range of the windows blob, or whatever bytes are there.
+        let window = match table.window_range(i) {
+            None => Vec::new(),
+            Some(r) => {
+                let wlen = (r.end - r.start) as usize;
+                let wbytes: Vec<u8> = match windows.get(r.start as usize..r.end as usize) {
+                    Some(own) => own.to_vec(),
+                    None => windows.iter().copied().cycle().take(wlen).collect(),
+                };
+                match table.open_window(i, &wbytes) {
+                    Ok(w) => w,
+                    Err(_) => continue,
+                }
+            }
+        };
+        if let Some(derived) = table.derive_window(i, &before) {
+            let _ = table.decompress_span_with(i, &bytes, &derived);
+        }
+        if let Some(t) = &with_windows {
+            let _ = t.decompress_span(i, &bytes);
+        }
+        if let Ok(out) = table.decompress_span_with(i, &bytes, &window) {
             assert_eq!(
                 out.len() as u64,
                 want,
@@ -136,9 +159,10 @@ pub fn seek_any(data: &[u8]) {
             );
         }
         assert!(
-            table.decompress_span(i, &bytes[1..]).is_err(),
+            table.decompress_span_with(i, &bytes[1..], &window).is_err(),
             "span {i} from one byte less"
         );
+        before = bytes;
     }
 }
 
@@ -177,7 +201,10 @@ pub fn seek_seeds(data: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
     ] {
         let table = SeekTable::build(compression, &blob[..], span)
             .expect("a table builds for bytes just compressed");
-        out.push((name, seek_input(&table.encode(), &blob)));
+        out.push((
+            name,
+            seek_input(&table.encode(), table.windows_blob(), &blob),
+        ));
     }
     out
 }
@@ -316,6 +343,7 @@ pub fn artifact_seed(data: &[u8], span: u64) -> Vec<u8> {
         .expect("an empty tree's index");
     let tree = zstd::bulk::compress(&tree, 3).expect("zstd into memory");
     let seek = table.encode();
+    let windows = table.windows_blob();
     let subject = oci_spec::image::Descriptor::new(
         oci_spec::image::MediaType::ImageManifest,
         1000,
@@ -323,17 +351,17 @@ pub fn artifact_seed(data: &[u8], span: u64) -> Vec<u8> {
             .parse::<oci_spec::image::Digest>()
             .expect("a digest"),
     );
+    let annotations = [(
+        artifact::LAYER_ANNOTATION.to_string(),
+        ARTIFACT_LAYER.to_string(),
+    )];
     let mut d = artifact::descriptor(artifact::SEEK_MEDIA_TYPE, &seek);
-    d.set_annotations(Some(
-        [(
-            artifact::LAYER_ANNOTATION.to_string(),
-            ARTIFACT_LAYER.to_string(),
-        )]
-        .into(),
-    ));
+    d.set_annotations(Some(annotations.clone().into()));
+    let mut w = artifact::descriptor(artifact::WINDOWS_MEDIA_TYPE, windows);
+    w.set_annotations(Some(annotations.into()));
     let tree_d = artifact::descriptor(artifact::TREE_MEDIA_TYPE, &tree);
     let prefetch = artifact::descriptor(artifact::PREFETCH_MEDIA_TYPE, b"0 0\n");
-    let manifest = artifact::manifest(&subject, &tree_d, &[d], Some(&prefetch), span);
+    let manifest = artifact::manifest(&subject, &tree_d, &[d], &[w], Some(&prefetch), span);
     artifact_input(blob.len() as u64, &manifest, &tree, &seek)
 }
 
@@ -348,9 +376,15 @@ pub fn artifact_any(data: &[u8]) -> bool {
     let image = artifact_image(u64::from_le_bytes(size.try_into().expect("8 bytes")));
     let (manifest, rest) = split_len(&data[8..]);
     let (tree, seek) = split_len(rest);
-    let parsed = artifact::parse(manifest, &image, ARTIFACT_SUBJECT).is_ok();
+    let parsed = artifact::parse(manifest, &image, ARTIFACT_SUBJECT);
+    // The windows blob's size as the manifest states it (any, when it is refused).
+    let windows = match &parsed {
+        Ok(a) => a.windows.first().map_or(0, |d| d.size()),
+        Err(_) => seek.len() as u64,
+    };
+    let parsed = parsed.is_ok();
     match artifact::open_tree(tree, &image) {
-        Ok(tree) => match artifact::open_seek(seek, &image, 0, &tree) {
+        Ok(tree) => match artifact::open_seek(seek, &image, 0, &tree, windows) {
             Ok(table) => {
                 assert_eq!(table.compressed_size(), image.layers[0].size.unwrap_or(0));
                 parsed
@@ -358,7 +392,7 @@ pub fn artifact_any(data: &[u8]) -> bool {
             Err(_) => false,
         },
         Err(_) => {
-            let _ = artifact::open_seek(seek, &image, 0, tree);
+            let _ = artifact::open_seek(seek, &image, 0, tree, windows);
             false
         }
     }

@@ -129,7 +129,10 @@ def make_big(gz):
 
 
 def push(layout_dir, ref, image):
-    run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout_dir}:{ref}", f"docker://{image}"],
+    """skopeo copy of the layout to the registry, blobs as they are: without --preserve-digests
+    skopeo substitutes a blob of the same content in another compression the registry holds
+    (the zstd:chunked image's base layer for the gzip one's, pushed earlier)."""
+    run(["skopeo", "copy", "-q", "--preserve-digests", "--dest-tls-verify=false", f"oci:{layout_dir}:{ref}", f"docker://{image}"],
         capture=True, timeout=1800, what=f"skopeo copy to {image}")
 
 

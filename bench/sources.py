@@ -564,7 +564,7 @@ def measure_registry(runner, quick, gz):
         addr = stack.enter_context(registry())
         image = f"{addr}/{REG_NAME}"
         log(f"pushing {gz.source} to {image}")
-        run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{gz.dir}:{REF}", f"docker://{image}"],
+        run(["skopeo", "copy", "-q", "--preserve-digests", "--dest-tls-verify=false", f"oci:{gz.dir}:{REF}", f"docker://{image}"],
             capture=True, timeout=600)
         stack.enter_context(own_dockerd())
         stack.enter_context(shaped(addr.rsplit(":", 1)[1]))

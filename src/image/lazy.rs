@@ -376,11 +376,14 @@ impl Table {
     }
 
     /// Whether `bytes` are span `i`'s: its digest (a seek table), or the digests of the
-    /// file data it decodes to (a TOC).
-    fn check(&self, i: usize, bytes: &[u8]) -> bool {
+    /// file data it decodes to (a TOC: then that data too, decoded once).
+    fn check(&self, i: usize, bytes: &[u8]) -> Result<Option<Vec<u8>>, Unservable> {
         match self {
-            Table::Seek(t) => sha2::Sha256::digest(bytes).as_slice() == t.spans()[i].digest,
-            Table::Toc(t) => t.open_span(i, bytes).is_ok(),
+            Table::Seek(t) if sha2::Sha256::digest(bytes).as_slice() == t.spans()[i].digest => {
+                Ok(None)
+            }
+            Table::Seek(_) => Err(Unservable::Mismatch),
+            Table::Toc(_) => self.open(i, bytes, None).map(Some),
         }
     }
 
@@ -670,7 +673,7 @@ impl LazyBlob {
             for i in run.clone() {
                 let c = table.compressed(i);
                 let bytes = &body[(c.start - range.start) as usize..(c.end - range.start) as usize];
-                if !table.check(i, bytes) {
+                let Ok(decoded) = table.check(i, bytes) else {
                     log::error!(
                         "layer {} bytes {}-{}: the registry's bytes do not match the span's digest; not served",
                         self.name,
@@ -679,10 +682,13 @@ impl LazyBlob {
                     );
                     result = Err(SpanError::Mismatch);
                     continue;
-                }
+                };
                 self.store
                     .write(i, c.start, bytes)
                     .map_err(|e| SpanError::Fetch(io::Error::other(format!("the store: {e}"))))?;
+                if let Some(data) = decoded {
+                    self.cache.put((self.id, i), Arc::new(data));
+                }
                 self.fetched_bytes
                     .fetch_add(bytes.len() as u64, Ordering::Relaxed);
             }

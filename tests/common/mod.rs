@@ -1034,7 +1034,9 @@ impl Registry {
     #[track_caller]
     pub fn push(&self, source: &str, name: &str) -> String {
         let dest = self.reference(name);
-        let mut args = vec!["--all", "--dest-tls-verify=false"];
+        // --preserve-digests: skopeo would otherwise reuse a blob of the same content in
+        // another compression that this registry already holds (say zstd:chunked for gzip).
+        let mut args = vec!["--all", "--preserve-digests", "--dest-tls-verify=false"];
         let creds = self.creds.as_ref().map(|(u, p)| format!("{u}:{p}"));
         if let Some(c) = &creds {
             args.extend(["--dest-creds", c.as_str()]);

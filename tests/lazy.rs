@@ -239,6 +239,45 @@ fn drop_caches() {
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
 }
 
+/// Reads every regular file of `truth` (but `hidden`) through the mount `mount`: each reads
+/// `truth`'s bytes or fails with EIO, never anything else; the files that failed.
+fn read_every_file(
+    mount: &Path,
+    truth: &Path,
+    hidden: &std::collections::BTreeSet<PathBuf>,
+) -> Vec<PathBuf> {
+    let mut failed = Vec::new();
+    for (f, _) in files_by_size(truth) {
+        if hidden.contains(&f) {
+            continue;
+        }
+        match std::fs::read(mount.join(&f)) {
+            Ok(got) => assert!(
+                got == std::fs::read(truth.join(&f)).unwrap(),
+                "{} read wrong bytes",
+                f.display()
+            ),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EIO), "{}: {e}", f.display());
+                failed.push(f);
+            }
+        }
+    }
+    failed
+}
+
+/// The files `failed` now read `truth`'s bytes through the mount `mount`.
+fn assert_repaired(mount: &Path, truth: &Path, failed: &[PathBuf]) {
+    for f in failed {
+        let got = std::fs::read(mount.join(f)).expect("repaired");
+        assert!(
+            got == std::fs::read(truth.join(f)).unwrap(),
+            "{}",
+            f.display()
+        );
+    }
+}
+
 /// The registry image of the gzip layout, with an imgfs index pushed, behind a counting front.
 struct LazyImage {
     registry: Registry,
@@ -694,26 +733,10 @@ fn damaged_span_in_the_registry_is_never_served() {
     let cache = TempDir::new("imgfs-lazy-cache");
     let (m, _) = mount(cache.path(), &img.source, &["--fetch-timeout", "2"]);
     let truth = fx().path("TRUTH_LAYERS");
-    let mut failed = Vec::new();
-    for (f, _) in files_by_size(&truth) {
-        match std::fs::read(m.path().join(&f)) {
-            Ok(got) => assert!(
-                got == std::fs::read(truth.join(&f)).unwrap(),
-                "{} read wrong bytes",
-                f.display()
-            ),
-            Err(e) => {
-                assert_eq!(e.raw_os_error(), Some(libc::EIO), "{}: {e}", f.display());
-                failed.push(f);
-            }
-        }
-    }
+    let failed = read_every_file(m.path(), &truth, &Default::default());
     assert!(!failed.is_empty(), "no read met the damaged span");
     std::fs::write(&data, &original).unwrap();
-    for f in &failed {
-        let got = std::fs::read(m.path().join(f)).expect("repaired");
-        assert!(got == std::fs::read(truth.join(f)).unwrap());
-    }
+    assert_repaired(m.path(), &truth, &failed);
 }
 
 /// Windows damaged in the registry are never used: a read that needs one fails with EIO, every
@@ -746,30 +769,12 @@ fn damaged_window_in_the_registry_is_never_used() {
     let cache = TempDir::new("imgfs-lazy-cache");
     let (m, _) = mount(cache.path(), &direct, &["--fetch-timeout", "2"]);
     let truth = fx.path("TRUTH_LAYERS");
-    let (mut failed, mut read) = (Vec::new(), 0);
-    for (f, _) in files_by_size(&truth) {
-        match std::fs::read(m.path().join(&f)) {
-            Ok(got) => {
-                assert!(
-                    got == std::fs::read(truth.join(&f)).unwrap(),
-                    "{} read wrong bytes",
-                    f.display()
-                );
-                read += 1;
-            }
-            Err(e) => {
-                assert_eq!(e.raw_os_error(), Some(libc::EIO), "{}: {e}", f.display());
-                failed.push(f);
-            }
-        }
-    }
+    let failed = read_every_file(m.path(), &truth, &Default::default());
+    let read = files_by_size(&truth).len() - failed.len();
     assert!(!failed.is_empty(), "no read needed a damaged window");
     assert!(read > 0, "no file read at all");
     std::fs::write(&data, &original).unwrap();
-    for f in &failed {
-        let got = std::fs::read(m.path().join(f)).expect("repaired");
-        assert!(got == std::fs::read(truth.join(f)).unwrap());
-    }
+    assert_repaired(m.path(), &truth, &failed);
 }
 
 /// An index whose seek table was damaged in the registry is refused with a warning, and the
@@ -1136,29 +1141,10 @@ fn damaged_estargz_chunk_is_never_served() {
     std::fs::write(&data, &damaged).unwrap();
     let cache = TempDir::new("imgfs-lazy-cache");
     let (m, _) = mount(cache.path(), &img.source, &["--fetch-timeout", "2"]);
-    let mut failed = Vec::new();
-    for (f, _) in files_by_size(&truth) {
-        if f.as_os_str() == "stargz.index.json" || f.as_os_str() == ".no.prefetch.landmark" {
-            continue;
-        }
-        match std::fs::read(m.path().join(&f)) {
-            Ok(got) => assert!(
-                got == std::fs::read(truth.join(&f)).unwrap(),
-                "{} read wrong bytes",
-                f.display()
-            ),
-            Err(e) => {
-                assert_eq!(e.raw_os_error(), Some(libc::EIO), "{}: {e}", f.display());
-                failed.push(f);
-            }
-        }
-    }
+    let failed = read_every_file(m.path(), &truth, &estargz_entries().hidden);
     assert!(!failed.is_empty(), "no read met the damaged chunk");
     std::fs::write(&data, &original).unwrap();
-    for f in &failed {
-        let got = std::fs::read(m.path().join(f)).expect("repaired");
-        assert!(got == std::fs::read(truth.join(f)).unwrap());
-    }
+    assert_repaired(m.path(), &truth, &failed);
 }
 
 /// `imgfs index push` from an empty cache downloads each layer once: the fill that stores a

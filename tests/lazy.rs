@@ -819,9 +819,24 @@ fn eight_concurrent_cold_mounts() {
             assert!(got == std::fs::read(truth.join(f)).unwrap(), "{f}");
         }
     };
+    // A read of a small file fetches the rest of it in the background: each mount is left
+    // until the front sends nothing more, so that every mount counts all it fetches.
+    let settle = || {
+        let start = Instant::now();
+        let mut last = blob_bytes(&img.front, &img.layers);
+        while start.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_secs(1));
+            let now = blob_bytes(&img.front, &img.layers);
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+    };
     let cache = TempDir::new("imgfs-lazy-cache");
     let (m, _) = mount(cache.path(), &img.source, &[]);
     read_all(&m);
+    settle();
     let one = blob_bytes(&img.front, &img.layers);
     drop(m);
     std::thread::scope(|s| {
@@ -830,6 +845,7 @@ fn eight_concurrent_cold_mounts() {
                 let cache = TempDir::new("imgfs-lazy-cache");
                 let (m, _) = mount(cache.path(), &img.source, &[]);
                 read_all(&m);
+                settle();
             });
         }
     });

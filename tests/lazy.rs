@@ -806,6 +806,50 @@ fn damaged_index_falls_back_to_a_whole_fetch() {
     );
 }
 
+/// An index of the older artifact type beside the image is reported, not used: the mount says
+/// to push the index again, fetches the image whole and equals umoci's unpacking.
+#[test]
+fn index_of_an_older_format_is_reported_and_not_used() {
+    use imgfs::source::registry::{Registry as Client, RegistryOptions};
+    let fx = fx();
+    let registry = Registry::start();
+    let direct = registry.push(&oci(&fx.path("OCI_GZIP"), "layers"), "imgfs-test/layers:1");
+    let repository = format!("{}/imgfs-test/layers", registry.addr);
+    let client = Client::connect_repository(&repository, &RegistryOptions::default()).unwrap();
+    let (_, manifest_digest) = layers_of(&fx.path("OCI_GZIP"), "layers");
+    let subject: oci_spec::image::Digest = manifest_digest.parse().unwrap();
+    let (subject_bytes, subject_type) = client.manifest_by_digest(&subject).unwrap();
+    let empty = client.push_blob(b"{}").unwrap();
+    let payload_bytes = b"an index of the first format";
+    let payload = client.push_blob(payload_bytes).unwrap();
+    let old = "application/vnd.imgfs.index.v1";
+    let artifact = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": old,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json",
+                   "digest": empty.to_string(), "size": 2},
+        "layers": [{"mediaType": "application/vnd.imgfs.index.tree.v1+zstd",
+                    "digest": payload.to_string(), "size": payload_bytes.len()}],
+        "subject": {"mediaType": subject_type.unwrap(), "digest": manifest_digest,
+                    "size": subject_bytes.len()},
+    }))
+    .unwrap();
+    client.push_referrer(&subject, &artifact, old).unwrap();
+
+    let cache = TempDir::new("imgfs-lazy-cache");
+    let (m, stderr) = mount(cache.path(), &direct, &[]);
+    assert!(
+        stderr.contains("older format") && stderr.contains("imgfs index push"),
+        "no warning: {stderr}"
+    );
+    assert_trees_equal(
+        &fx.path("TRUTH_LAYERS"),
+        m.path(),
+        &CompareOptions::default(),
+    );
+}
+
 /// Eight cold mounts of one image at once, each with its own cache: each reads right, and
 /// together they fetch eight times what one does.
 #[test]

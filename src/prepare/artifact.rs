@@ -30,6 +30,9 @@ use crate::source::{Compression, Image};
 /// The artifact type of an imgfs index.
 /// Version 2: the seek tables keep their windows in blobs of their own.
 pub const ARTIFACT_TYPE: &str = "application/vnd.imgfs.index.v2";
+/// Artifact types of imgfs indexes this version no longer reads: such an index is reported,
+/// not used (the image is then fetched whole until its index is pushed again).
+pub const OLD_ARTIFACT_TYPES: &[&str] = &["application/vnd.imgfs.index.v1"];
 /// The merged index, zstd-compressed.
 pub const TREE_MEDIA_TYPE: &str = "application/vnd.imgfs.index.tree.v1+zstd";
 /// A layer's seek table (its format version 2).

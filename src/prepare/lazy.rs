@@ -74,13 +74,21 @@ pub(super) fn prepare(
 ) -> Result<Option<Ready>, PrepareError> {
     let found = match find(registry, img) {
         Ok(Some(found)) => found,
-        Ok(None) if super::toc::any(img) => {
+        Ok(None) => {
+            if has_old_index(registry, img) {
+                log::warn!(
+                    "{what}: its imgfs index is of an older format this imgfs does not read; \
+                     push it again with `imgfs index push`"
+                );
+            }
+            if !super::toc::any(img) {
+                return Ok(None);
+            }
             match super::toc::find(what, registry, source, img, cache)? {
                 Some(found) => found,
                 None => return Ok(None),
             }
         }
-        Ok(None) => return Ok(None),
         Err(e) => {
             log::warn!("{what}: its imgfs index cannot be used ({e}); fetching the whole image");
             return Ok(None);
@@ -179,6 +187,20 @@ pub(super) enum LayerTable {
     },
     /// Whole, from the store (already filled).
     Whole,
+}
+
+/// Whether the registry holds an imgfs index of an older format for `img` (a failed query
+/// counts as none: this only decides a warning).
+fn has_old_index(registry: &Registry, img: &Image) -> bool {
+    let Some(subject) = img.manifest_digest.as_deref() else {
+        return false;
+    };
+    let Ok(subject) = crate::source::digest::parse(subject) else {
+        return false;
+    };
+    artifact::OLD_ARTIFACT_TYPES
+        .iter()
+        .any(|t| registry.referrers(&subject, t).is_ok_and(|f| !f.is_empty()))
 }
 
 /// The image's artifact, fetched and checked.

@@ -73,6 +73,7 @@ WARM_OCI = BASE / "warm-oci"        # the OCI layout, indexed once
 MNT_LAZY = BASE / "mnt-lazy"
 MNT_OCI = BASE / "mnt-oci"
 NODES = 8
+NODES_FAILED = RESULTS / "lazy-nodes-failed.log"  # the logs of the nodes of a failed round
 SPANS = ["256K", "512K", "1M"]
 READ_ALL = "find {m} -type f -print0 | xargs -0 cat >/dev/null"
 DROP_CACHES = "sync; echo 3 >/proc/sys/vm/drop_caches"
@@ -235,9 +236,17 @@ def cold_docker(runner, key, name, names, runs, cap=300):
 
 
 def nodes_cmd(names):
-    """NODES `imgfs run` of the lazy image at once, caches of their own; fails if one fails."""
-    runs = [q(imgfs_run(cache(f"node-{i}"), names.docker("lazy"))) + " & pids=\"$pids $!\"" for i in range(NODES)]
-    return "pids=; " + "; ".join(runs) + "; rc=0; for p in $pids; do wait $p || rc=1; done; exit $rc"
+    """NODES `imgfs run` of the lazy image at once, caches of their own; fails if one fails.
+
+    Each node's output goes to a log beside its cache; a round with a failed node appends the
+    failed nodes' logs to NODES_FAILED (hyperfine keeps no output), so a failure can be read."""
+    logs = [BASE / f"node-{i}.log" for i in range(NODES)]
+    runs = [f"{q(imgfs_run(cache(f'node-{i}'), names.docker('lazy')))} >{q([str(logs[i])])} 2>&1 & "
+            f"pids=\"$pids $!:{i}\"" for i in range(NODES)]
+    keep = (f"{{ echo \"== $(date -u +%FT%TZ) node $n exit $s\"; cat {q([str(BASE)])}/node-$n.log; }} "
+            f">>{q([str(NODES_FAILED)])}")
+    return ("pids=; " + "; ".join(runs) + "; rc=0; for p in $pids; do n=${p#*:}; wait ${p%:*}; s=$?; "
+            f"if [ $s -ne 0 ]; then rc=1; {keep}; fi; done; exit $rc")
 
 
 def cold_nodes(runner, names):
@@ -246,6 +255,8 @@ def cold_nodes(runner, names):
                         shell=True, cap=600, **RUNS_FEW)
     if not st.get("error"):
         st["blob_bytes"] = sum(blob_bytes(cache(f"node-{i}")) or 0 for i in range(NODES))
+    elif NODES_FAILED.exists():
+        log(f"lazy-nodes: the failed nodes' output is in {NODES_FAILED}")
     stop_shared()
     prep(caches)
     return st

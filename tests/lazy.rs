@@ -198,6 +198,21 @@ fn wait_for_bytes(front: &Front, digests: &HashSet<String>, bytes: u64, limit: D
     }
 }
 
+/// Waits until the front has sent nothing of the blobs `digests` for a second (a read-ahead
+/// done), for at most a minute.
+fn settle(front: &Front, digests: &HashSet<String>) {
+    let start = Instant::now();
+    let mut last = blob_bytes(front, digests);
+    while start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = blob_bytes(front, digests);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+}
+
 /// Every entry under `root`, stat'ed without reading any file.
 fn walk_metadata(root: &Path) -> usize {
     let mut n = 0;
@@ -355,6 +370,47 @@ fn lazy_mount_fetches_only_what_is_read_and_matches_umoci() {
         blob_bytes(&img.front, &img.layers),
         all,
         "a second mount fetched again"
+    );
+}
+
+/// Once a byte of a small file is read, the rest of it is fetched in the background: reading
+/// all of it afterwards fetches nothing more, and gives umoci's bytes.
+#[test]
+fn a_small_file_is_fetched_whole_once_it_is_read() {
+    use std::io::Read;
+    let img = lazy_image("OCI_GZIP", "layers", "imgfs-test/layers:1");
+    let truth = fx().path("TRUTH_LAYERS");
+    let cache = TempDir::new("imgfs-lazy-cache");
+    let (m, _) = mount(cache.path(), &img.source, &["--prefetch", "none"]);
+    let (f, size) = files_by_size(&truth)
+        .into_iter()
+        .find(|(_, size)| (2 << 20..=6 << 20).contains(size))
+        .expect("a file of 2 to 6 MiB in the image");
+    let want = std::fs::read(truth.join(&f)).unwrap();
+    let mut head = [0u8; 4096];
+    std::fs::File::open(m.path().join(&f))
+        .unwrap()
+        .read_exact(&mut head)
+        .unwrap();
+    assert!(
+        head[..] == want[..4096],
+        "{}: the first bytes differ",
+        f.display()
+    );
+    settle(&img.front, &img.layers);
+    let before = blob_bytes(&img.front, &img.layers);
+    assert!(
+        before > 0 && before < size,
+        "{}: {before} bytes fetched",
+        f.display()
+    );
+    let got = std::fs::read(m.path().join(&f)).unwrap();
+    assert!(got == want, "{} differs from umoci's", f.display());
+    assert_eq!(
+        blob_bytes(&img.front, &img.layers),
+        before,
+        "reading the rest of {} ({size} bytes) fetched more",
+        f.display()
     );
 }
 
@@ -865,18 +921,7 @@ fn eight_concurrent_cold_mounts() {
     };
     // A read of a small file fetches the rest of it in the background: each mount is left
     // until the front sends nothing more, so that every mount counts all it fetches.
-    let settle = || {
-        let start = Instant::now();
-        let mut last = blob_bytes(&img.front, &img.layers);
-        while start.elapsed() < Duration::from_secs(60) {
-            std::thread::sleep(Duration::from_secs(1));
-            let now = blob_bytes(&img.front, &img.layers);
-            if now == last {
-                break;
-            }
-            last = now;
-        }
-    };
+    let settle = || settle(&img.front, &img.layers);
     let cache = TempDir::new("imgfs-lazy-cache");
     let (m, _) = mount(cache.path(), &img.source, &[]);
     read_all(&m);

@@ -76,6 +76,12 @@ impl Blob for Promotable {
             None => self.lazy.read_at(buf, offset),
         }
     }
+
+    fn will_read(&self, file: std::ops::Range<u64>, now: std::ops::Range<u64>) {
+        if self.local.get().is_none() {
+            self.lazy.will_read(file, now);
+        }
+    }
 }
 
 impl Blob for Arc<Promotable> {
@@ -85,6 +91,10 @@ impl Blob for Arc<Promotable> {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         <Promotable as Blob>::read_at(self, buf, offset)
+    }
+
+    fn will_read(&self, file: std::ops::Range<u64>, now: std::ops::Range<u64>) {
+        <Promotable as Blob>::will_read(self, file, now)
     }
 }
 

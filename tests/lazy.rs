@@ -1206,6 +1206,87 @@ fn estargz_image_mounts_lazily_from_its_tocs() {
     );
 }
 
+/// The stream copies (`layers/lazy-toc-*/stream`) in `cache` some process has open.
+fn open_stream_copies(cache: &Path) -> HashSet<PathBuf> {
+    let layers = cache.join("layers");
+    let mut open = HashSet::new();
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path())
+                && target.starts_with(&layers)
+                && target.file_name().is_some_and(|n| n == "stream")
+            {
+                open.insert(target);
+            }
+        }
+    }
+    open
+}
+
+/// Once `--prefetch all` has every span of a layer read through its TOC, the server writes
+/// the layer's stream whole beside its sparse blob and reads it from there: with every sparse
+/// blob wiped, in that mount and in the next, every file still equals umoci's unpacking and
+/// nothing more is fetched; no temporary file is left.
+#[test]
+fn toc_layers_are_read_from_whole_streams_once_every_span_is_here() {
+    let fx = estargz_fixtures();
+    let img = registry_image(
+        &fx.path("OCI_ESTARGZ"),
+        "layers",
+        "imgfs-test/layers:estargz",
+    );
+    let truth = fx.path("TRUTH_ESTARGZ");
+    let cache = TempDir::new("imgfs-lazy-cache");
+    let (m, _) = mount(cache.path(), &img.source, &["--prefetch", "all"]);
+    let toc_layers: Vec<PathBuf> = std::fs::read_dir(cache.path().join("layers"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("lazy-toc-"))
+        .map(|e| e.path())
+        .collect();
+    // One layer of the fixture has a name its TOC cannot hold: it is fetched whole.
+    assert!(toc_layers.len() >= 2, "{toc_layers:?}");
+    let streams: HashSet<PathBuf> = toc_layers.iter().map(|d| d.join("stream")).collect();
+    let start = Instant::now();
+    while !open_stream_copies(cache.path()).is_superset(&streams) {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "streams open: {:?} of {streams:?}",
+            open_stream_copies(cache.path())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let fetched = blob_bytes(&img.front, &img.layers);
+    let wipe = || {
+        for d in &toc_layers {
+            let blob = d.join("blob");
+            let len = std::fs::metadata(&blob).unwrap().len();
+            std::fs::write(&blob, vec![0u8; len as usize]).unwrap();
+        }
+    };
+    wipe();
+    drop_caches();
+    assert_trees_equal(&truth, m.path(), &estargz_entries());
+    drop(m);
+    let (m, _) = mount(cache.path(), &img.source, &["--prefetch", "none"]);
+    drop_caches();
+    assert_trees_equal(&truth, m.path(), &estargz_entries());
+    assert_eq!(
+        blob_bytes(&img.front, &img.layers),
+        fetched,
+        "reads of layers with whole streams fetched spans"
+    );
+    assert!(
+        common::cache_leftovers(cache.path())
+            .iter()
+            .all(|p| !p.to_string_lossy().contains(".tmp")),
+        "a temporary file was left"
+    );
+}
+
 /// zstd:chunked layers written by skopeo, no imgfs index: mounted from their TOCs (the
 /// manifests in skippable frames), equal to umoci's unpacking, each byte fetched at most once.
 #[test]

@@ -52,6 +52,10 @@ pub const SEEK_FILE: &str = "seek";
 /// A lazy layer's TOC (eStargz, zstd:chunked), as [`StoredToc`] keeps it, in its entry
 /// instead of a seek table.
 pub const TOC_FILE: &str = "toc";
+/// A TOC layer's whole stream (the file data its TOC addresses, back to back), made once
+/// every span of it is present, each span checked on the way; written under another name and
+/// renamed, so that it is whole whenever it exists.
+pub const STREAM_FILE: &str = "stream";
 
 /// A layer's TOC as the store keeps it, checked against its digest when it was fetched: a
 /// first line `FORMAT DATA_END` (where file data ends in the blob), then the TOC's JSON.

@@ -34,7 +34,7 @@ use sha2::Digest as _;
 
 use super::Blob;
 pub use crate::cache::sparse::{PREFETCH_FILE, RECORD_FILE, parse_spans};
-use crate::cache::sparse::{Remote, SEEK_FILE, SparseBlob, TOC_FILE};
+use crate::cache::sparse::{Remote, SEEK_FILE, STREAM_FILE, SparseBlob, TOC_FILE};
 use crate::index::seek::SeekTable;
 use crate::index::toc::{self, ChunkError, ChunkTable, TocFormat};
 use crate::source::registry::Registry;
@@ -435,6 +435,8 @@ pub struct LazyBlob {
     windows: Option<Windows>,
     /// Files (their first byte) already fetched ahead by this process.
     ahead: Mutex<HashSet<u64>>,
+    /// Where a whole copy of a TOC layer's stream is kept ([`STREAM_FILE`]).
+    stream_copy: Option<std::path::PathBuf>,
 }
 
 /// A layer's windows blob, read lazily: the windows spans need, fetched by range and kept in
@@ -483,6 +485,72 @@ impl LazyBlob {
             on_stored: std::sync::OnceLock::new(),
             windows: None,
             ahead: Mutex::new(HashSet::new()),
+            stream_copy: None,
+        }
+    }
+
+    /// Keeps the whole copy of this layer's stream at `path` ([`make_stream_copy`]).
+    ///
+    /// [`make_stream_copy`]: Self::make_stream_copy
+    pub fn with_stream_copy(mut self, path: std::path::PathBuf) -> LazyBlob {
+        self.stream_copy = Some(path);
+        self
+    }
+
+    /// Where the whole copy of this layer's stream is kept, for a layer read through its TOC
+    /// (a layer with a seek table has the whole tar's entry instead).
+    pub fn stream_copy(&self) -> Option<&std::path::Path> {
+        self.stream_copy.as_deref()
+    }
+
+    /// Writes the stream of a layer read through its TOC, every span of which must be in the
+    /// store, to [`stream_copy`](Self::stream_copy): each span read back and checked against
+    /// its digests as a read checks it, all written under a temporary name, synced, and
+    /// renamed once whole. A failure (a missing or damaged span, a full disk) leaves no file.
+    pub fn make_stream_copy(&self) -> io::Result<std::path::PathBuf> {
+        let (Table::Toc(_), Some(path)) = (&self.table, &self.stream_copy) else {
+            return Err(io::Error::other(format!(
+                "layer {}: not read through a TOC",
+                self.name
+            )));
+        };
+        let tmp = path.with_file_name(format!("{STREAM_FILE}.tmp-{}", std::process::id()));
+        let written = (|| {
+            let file = std::fs::File::create(&tmp)?;
+            file.set_len(self.table.uncompressed_size())?;
+            for i in 0..self.table.len() {
+                if !self.store.has(i) {
+                    return Err(io::Error::other(format!("span {i} is not here")));
+                }
+                let compressed = self.table.compressed(i);
+                let bytes = self.store.read(
+                    compressed.start,
+                    (compressed.end - compressed.start) as usize,
+                )?;
+                let data = self.table.open(i, &bytes, None).map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        match e {
+                            Unservable::Mismatch => format!("span {i} fails its digests"),
+                            Unservable::Corrupt(why) => why,
+                        },
+                    )
+                })?;
+                std::os::unix::fs::FileExt::write_all_at(
+                    &file,
+                    &data,
+                    self.table.uncompressed(i).start,
+                )?;
+            }
+            file.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        match written {
+            Ok(()) => Ok(path.clone()),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+            }
         }
     }
 
@@ -496,12 +564,6 @@ impl LazyBlob {
     pub fn with_recorder(mut self, recorder: Arc<Recorder>) -> LazyBlob {
         self.recorder = Some(recorder);
         self
-    }
-
-    /// Whether the stream this layer serves is its uncompressed tar (a seek table's), as a
-    /// whole copy of the layer holds it; a TOC's stream is imgfs's own.
-    pub fn addresses_tar(&self) -> bool {
-        matches!(self.table, Table::Seek(_))
     }
 
     /// Compressed bytes this process has fetched.
@@ -1104,7 +1166,7 @@ pub fn open(
     );
     Ok(match windows {
         Some(w) => blob.with_windows(w),
-        None => blob,
+        None => blob.with_stream_copy(dir.join(STREAM_FILE)),
     })
 }
 

@@ -271,15 +271,9 @@ impl ImageReader {
                 }
                 let blob = std::sync::Arc::new(blob);
                 lazy_blobs.push(Some(blob.clone()));
-                // A layer read through its TOC addresses a stream of its own, not the tar a
-                // whole copy holds: only layers with a seek table switch to one.
-                if blob.addresses_tar() {
-                    let served = std::sync::Arc::new(promote::Promotable::new(blob));
-                    promotable.push(served.clone());
-                    blobs.push((Box::new(served), path.clone()));
-                } else {
-                    blobs.push((Box::new(blob), path.clone()));
-                }
+                let served = std::sync::Arc::new(promote::Promotable::new(blob));
+                promotable.push(served.clone());
+                blobs.push((Box::new(served), path.clone()));
                 continue;
             }
             let file = File::open(path).map_err(io(path))?;

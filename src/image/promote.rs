@@ -1,24 +1,28 @@
 //! Promotion in the mount: a lazy layer whose every span is in the store is read from a whole
-//! copy of its uncompressed tar, as a local image's layers are, instead of span by span.
+//! copy, as a local image's layers are, instead of span by span.
 //!
 //! Takes the lazy layers of an image being served, each wrapped in a [`Promotable`], and the
 //! image's entry in the store (which records each layer's blob digest and diff id). A layer
 //! whose whole copy the store already holds is switched to it at once. The others, when the
 //! server makes copies, are watched on a thread of their own: once every span of one is
-//! present — at open, or as soon as the last one is stored — its sparse blob is decompressed
-//! once, in order, into the entry a whole fetch of the layer would fill (keyed by its diff
-//! id), which the next mount's promotion of the whole image then reuses; then reads of the
-//! layer go to that file.
+//! present — at open, or as soon as the last one is stored — its copy is made and reads of
+//! the layer go to it. A layer with a seek table is copied as its uncompressed tar: its
+//! sparse blob decompressed once, in order, into the entry a whole fetch of the layer would
+//! fill (keyed by its diff id), which the next mount's promotion of the whole image then
+//! reuses. A layer read through its TOC addresses a stream of imgfs's own (its files' data
+//! back to back), not the tar: its copy is that stream, each span checked against the TOC's
+//! digests on the way, kept beside its sparse blob.
 //!
 //! Guarantees: a read never waits for a copy — until the switch it goes through the lazy
-//! blob as before. A copy is read only once it matched the blob's digest and the diff id and
-//! its entry is complete; one that cannot be made (a full disk, a mismatch) leaves no file
-//! under the layer's name and the layer lazy, said in one log line.
+//! blob as before. A copy is read only once it is whole and checked (a tar against the blob's
+//! digest and the diff id, its entry complete; a stream span by span); one that cannot be made
+//! (a full disk, a mismatch) leaves no file under the copy's name and the layer lazy, said in
+//! one log line.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -32,7 +36,7 @@ use crate::prepare::lazy::WholeLayer;
 /// layers it waits for are still served (a reader dropped ends it).
 const IDLE_CHECK: Duration = Duration::from_secs(5);
 
-/// A lazy layer that may switch to a whole copy of its tar while it is served.
+/// A lazy layer that may switch to a whole copy while it is served.
 pub struct Promotable {
     lazy: Arc<LazyBlob>,
     local: OnceLock<File>,
@@ -46,13 +50,13 @@ impl Promotable {
         }
     }
 
-    /// Reads from `file` (at `path`) from now on, if it is as long as the layer's tar.
+    /// Reads from `file` (at `path`) from now on, if it is as long as what the layer serves.
     fn switch(&self, file: File, path: &Path) -> bool {
         let want = self.lazy.size().ok();
         let got = file.metadata().map(|m| m.len()).ok();
         if want.is_none() || want != got {
             log::warn!(
-                "layer {}: {} is {got:?} bytes, its seek table says {want:?}; it stays lazy",
+                "layer {}: {} is {got:?} bytes, its table says {want:?}; it stays lazy",
                 self.lazy.name(),
                 path.display()
             );
@@ -100,23 +104,30 @@ impl Blob for Arc<Promotable> {
 
 /// Switches `blobs` (the lazy layers of the image whose index is `index_path`) to the whole
 /// copies the store holds; with `make`, watches the rest and makes their copies once every
-/// span of theirs is present. Does nothing for an index outside a lazy image's entry.
+/// span of theirs is present. A layer with a seek table is copied as its tar, into the entry
+/// a whole fetch fills (only for an index inside a lazy image's entry, which names the
+/// layers' diff ids); a layer read through its TOC as its stream, beside its sparse blob.
 pub fn start(index_path: &Path, blobs: &[Arc<Promotable>], make: bool) {
-    let Some(layers) = crate::prepare::lazy::whole_layers(index_path) else {
+    let layers = crate::prepare::lazy::whole_layers(index_path);
+    if layers.is_none() {
         log::debug!(
-            "{}: not a lazy image's entry; its layers stay lazy",
+            "{}: not a lazy image's entry; only layers read through a TOC may switch",
             index_path.display()
         );
-        return;
-    };
+    }
+    let mut layers = layers.unwrap_or_default();
     let wake = Arc::new(Wake::default());
     let mut pending = Vec::new();
-    for layer in layers {
-        let digest = layer.digest();
-        let Some(blob) = blobs.iter().find(|b| b.lazy.name() == digest) else {
+    for blob in blobs {
+        let digest = blob.lazy.name();
+        let copy = if blob.lazy.stream_copy().is_some() {
+            Copy::Stream
+        } else if let Some(at) = layers.iter().position(|l| l.digest() == digest) {
+            Copy::Tar(Box::new(layers.swap_remove(at)))
+        } else {
             continue;
         };
-        if let Some(path) = layer.stored()
+        if let Some(path) = copy.stored(blob)
             && let Ok(file) = File::open(&path)
             && blob.switch(file, &path)
         {
@@ -128,7 +139,7 @@ pub fn start(index_path: &Path, blobs: &[Arc<Promotable>], make: bool) {
             blob.lazy.on_stored(Box::new(move || w.ring()));
             pending.push(Pending {
                 blob: Arc::downgrade(blob),
-                layer,
+                copy,
                 next: 0,
             });
         }
@@ -141,6 +152,36 @@ pub fn start(index_path: &Path, blobs: &[Arc<Promotable>], make: bool) {
         .spawn(move || watch(pending, &wake));
     if let Err(e) = spawned {
         log::warn!("cannot start promoting lazy layers: {e}");
+    }
+}
+
+/// What a layer's whole copy is.
+enum Copy {
+    /// Its uncompressed tar, in the store entry a whole fetch of the layer fills.
+    Tar(Box<WholeLayer>),
+    /// The stream its TOC addresses, in its lazy entry.
+    Stream,
+}
+
+impl Copy {
+    /// The copy, when the store holds it whole.
+    fn stored(&self, blob: &Promotable) -> Option<PathBuf> {
+        match self {
+            Copy::Tar(layer) => layer.stored(),
+            Copy::Stream => blob
+                .lazy
+                .stream_copy()
+                .filter(|p| p.is_file())
+                .map(Path::to_path_buf),
+        }
+    }
+
+    /// Makes the copy from the layer's sparse blob, every span of which is present.
+    fn make(&self, blob: &Promotable) -> Result<PathBuf, String> {
+        match self {
+            Copy::Tar(layer) => layer.fill().map_err(|e| e.to_string()),
+            Copy::Stream => blob.lazy.make_stream_copy().map_err(|e| e.to_string()),
+        }
     }
 }
 
@@ -161,7 +202,7 @@ impl Wake {
 /// A layer waiting for its last span.
 struct Pending {
     blob: Weak<Promotable>,
-    layer: WholeLayer,
+    copy: Copy,
     /// The first span not seen present yet: spans only arrive, so each is looked up until
     /// it is there, and never again.
     next: usize,
@@ -188,7 +229,7 @@ fn watch(mut pending: Vec<Pending>, wake: &Wake) {
             if !p.complete(&blob) {
                 return true;
             }
-            promote(&blob, &p.layer);
+            promote(&blob, &p.copy);
             false
         });
         if pending.is_empty() {
@@ -202,15 +243,14 @@ fn watch(mut pending: Vec<Pending>, wake: &Wake) {
     }
 }
 
-/// Makes `layer`'s whole copy and switches `blob` to it; says in one line what became of it.
-fn promote(blob: &Promotable, layer: &WholeLayer) {
+/// Makes the layer's whole copy and switches `blob` to it; says in one line what became of it.
+fn promote(blob: &Promotable, copy: &Copy) {
     let start = Instant::now();
     let name = blob.lazy.name();
     // Another server of an image with this layer may have made it meanwhile.
-    let made = layer
-        .stored()
-        .map_or_else(|| layer.fill(), Ok)
-        .map_err(|e| e.to_string())
+    let made = copy
+        .stored(blob)
+        .map_or_else(|| copy.make(blob), Ok)
         .and_then(|path| match File::open(&path) {
             Ok(file) => Ok((file, path)),
             Err(e) => Err(format!("{}: {e}", path.display())),

@@ -400,6 +400,7 @@ def targets(res, inp):
     share = ratio(one, size)
     share_blob = ratio(blob, size)
     x_nodes = ratio(fetched(res, "nodes"), one)
+    x_nodes_blob = ratio((res.get("nodes") or {}).get("blob_bytes"), blob)
     rows = [
         ("docker pull + run over lazy imgfs run", x_small, f"≥ {MIN_DOCKER_OVER_LAZY:g}×",
          lambda x: x >= MIN_DOCKER_OVER_LAZY),
@@ -411,7 +412,9 @@ def targets(res, inp):
          f"≤ {MAX_FETCHED_SHARE:.0%}", lambda x: x <= MAX_FETCHED_SHARE),
         ("2 GiB image: docker pull + run over lazy imgfs run", x_big, f"≥ {MIN_DOCKER_OVER_LAZY_BIG:g}×",
          lambda x: x >= MIN_DOCKER_OVER_LAZY_BIG),
-        (f"{NODES} cold nodes: bytes from the registry over one lazy start", x_nodes,
+        (f"{NODES} cold nodes: bytes from the registry (tc, HTTP and TCP framing included) over one lazy "
+         "start", x_nodes, f"≤ {MAX_NODES_OVER_ONE:g}×", lambda x: x <= MAX_NODES_OVER_ONE),
+        (f"{NODES} cold nodes: layer bytes kept (du of the blobs) over one lazy start", x_nodes_blob,
          f"≤ {MAX_NODES_OVER_ONE:g}×", lambda x: x <= MAX_NODES_OVER_ONE),
     ]
     for what, a, b in (("metadata walk", "walk-lazy", "walk-oci"), ("read every file", "read-lazy", "read-oci"),
@@ -421,7 +424,9 @@ def targets(res, inp):
                      f"≤ {MAX_WARM_OVER_OCI:g}× (equal)", lambda x: x <= MAX_WARM_OVER_OCI))
     out = []
     for what, x, target, ok in rows:
-        text = "—" if x is None else (f"{x:.1%}" if "%" in target else f"{x:.2f}×")
+        # A ratio near its bound shows a third decimal: 8.00× would hide which side it is on.
+        near = x is not None and "%" not in target and abs(x - float(target.split()[1].rstrip("×"))) < 0.01
+        text = "—" if x is None else (f"{x:.1%}" if "%" in target else f"{x:.3f}×" if near else f"{x:.2f}×")
         out.append({"what": what, "figure": x, "text": text, "target": target, "met": check(x, ok)})
     return out
 

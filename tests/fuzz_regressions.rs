@@ -197,6 +197,35 @@ fn seek_inputs_pass_the_checks() {
     assert!(checked > 256, "only {checked} seek inputs checked");
 }
 
+/// Every input the build check sees here: the saved regressions, and the fixture archives'
+/// first 256 KiB and 256 KiB of [`checks::word_text`] compressed the ways
+/// [`checks::build_seeds`] does, each whole and damaged at 64 places of its blob (a damaged blob must fail to build or decode the same both ways).
+#[test]
+fn build_inputs_pass_the_checks() {
+    let mut checked = 0;
+    for (name, data) in saved("seek-build") {
+        eprintln!("seek-build: {name}");
+        checks::build_any(&data);
+        checked += 1;
+    }
+    let mut inputs = fixture_tars();
+    inputs.push(checks::word_text(256 << 10));
+    for tar in inputs {
+        let data = &tar[..tar.len().min(256 << 10)];
+        for (_, input) in checks::build_seeds(data) {
+            checks::build_any(&input);
+            checked += 1;
+            for at in (2..input.len()).step_by((input.len() / 64).max(1)) {
+                let mut damaged = input.clone();
+                damaged[at] ^= 0x5a;
+                checks::build_any(&damaged);
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 256, "only {checked} build inputs checked");
+}
+
 fn fixture_tars() -> Vec<Vec<u8>> {
     let dir = fixture_archives();
     let mut paths: Vec<_> = std::fs::read_dir(&dir)

@@ -166,10 +166,172 @@ pub fn seek_any(data: &[u8]) {
     }
 }
 
-/// Seek inputs (see [`seek_input`]) for the bytes of a file: compressed as one gzip member,
-/// as three (levels 1, 9 and stored), as four zstd frames around a skippable one, and not at
-/// all, each table cut into about six spans.
+/// The most output a build input may decompress to, and the most spans its table is cut into:
+/// a compression bomb or a tiny span would only make the input slow, not test more.
+const BUILD_OUTPUT_MAX: u64 = 1 << 20;
+const BUILD_SPANS_MAX: u64 = 256;
+
+/// A build input as [`build_any`] reads it: the compression (0 gzip, 1 zstd, 2 none), a byte
+/// for the span size, then the blob.
+pub fn build_input(compression: seek::SeekCompression, span: u8, blob: &[u8]) -> Vec<u8> {
+    let kind = match compression {
+        seek::SeekCompression::Gzip => 0,
+        seek::SeekCompression::Zstd => 1,
+        seek::SeekCompression::None => 2,
+    };
+    let mut out = vec![kind, span];
+    out.extend_from_slice(blob);
+    out
+}
+
+/// Any bytes as a layer blob (see [`build_input`]), checked against the decoders a whole
+/// layer is read with (flate2's multi-member gzip, zstd's streaming decoder): when a seek table
+/// builds for the blob, the blob decodes whole too, and every span — decompressed from its own
+/// compressed bytes and its window as stored in the windows blob (sparse), as a lazy read
+/// does — is exactly that output's bytes at the span's place. The table also encodes and
+/// decodes back to itself. Never a panic, hang or unbounded allocation.
+pub fn build_any(data: &[u8]) {
+    use std::io::Read;
+    let [kind, span_byte, blob @ ..] = data else {
+        return;
+    };
+    let compression = match kind % 3 {
+        0 => seek::SeekCompression::Gzip,
+        1 => seek::SeekCompression::Zstd,
+        _ => seek::SeekCompression::None,
+    };
+    let reader: Box<dyn Read + '_> = match compression {
+        seek::SeekCompression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(blob)),
+        seek::SeekCompression::Zstd => match zstd::stream::read::Decoder::new(blob) {
+            Ok(d) => Box::new(d),
+            Err(_) => return,
+        },
+        seek::SeekCompression::None => Box::new(blob),
+    };
+    let mut whole = Vec::new();
+    let decoded = reader
+        .take(BUILD_OUTPUT_MAX + 1)
+        .read_to_end(&mut whole)
+        .is_ok();
+    if whole.len() as u64 > BUILD_OUTPUT_MAX {
+        return;
+    }
+    let span = (64 * (u64::from(*span_byte) + 1)).max(whole.len() as u64 / BUILD_SPANS_MAX);
+    let Ok(table) = SeekTable::build(compression, blob, span) else {
+        return;
+    };
+    assert!(
+        decoded,
+        "a seek table builds for a blob the whole-layer decoder refuses"
+    );
+    assert_eq!(
+        table.uncompressed_size(),
+        whole.len() as u64,
+        "the output's size"
+    );
+    assert_eq!(
+        table.compressed_size(),
+        blob.len() as u64,
+        "the blob's size"
+    );
+    let again = SeekTable::decode(&table.encode())
+        .expect("a table just built decodes")
+        .with_windows(table.windows_blob().to_vec())
+        .expect("a table just built takes its own windows");
+    assert_eq!(again.encode(), table.encode(), "a table decodes to itself");
+    let mut next = 0;
+    for (i, span) in table.spans().iter().enumerate() {
+        assert_eq!(
+            span.uncompressed.start, next,
+            "span {i} follows the one before"
+        );
+        next = span.uncompressed.end;
+        let bytes = blob
+            .get(span.compressed.start as usize..span.compressed.end as usize)
+            .unwrap_or_else(|| panic!("span {i}'s compressed range lies in the blob"));
+        let window = match table.window_range(i) {
+            None => Vec::new(),
+            Some(r) => {
+                let stored = table
+                    .windows_blob()
+                    .get(r.start as usize..r.end as usize)
+                    .unwrap_or_else(|| panic!("span {i}'s window lies in the windows blob"));
+                table
+                    .open_window(i, stored)
+                    .unwrap_or_else(|e| panic!("span {i}'s own window opens: {e}"))
+            }
+        };
+        let out = table
+            .decompress_span_with(i, bytes, &window)
+            .unwrap_or_else(|e| panic!("span {i} decompresses: {e}"));
+        assert!(
+            out == whole[span.uncompressed.start as usize..span.uncompressed.end as usize],
+            "span {i} ({:?} of the output) decompresses to the whole decode's bytes",
+            span.uncompressed
+        );
+    }
+    assert_eq!(next, whole.len() as u64, "the spans cover the output");
+}
+
+/// `len` bytes of text made of words drawn from a small vocabulary by a fixed generator: it
+/// compresses into many deflate blocks whose output copies from the blocks before, so that
+/// gzip spans need windows (the fixture archives, mostly zeros, make one or two blocks).
+pub fn word_text(len: usize) -> Vec<u8> {
+    const WORDS: &str = "layer span window index tar gzip zstd block mount read fetch digest \
+                         tree inode blob range cache image frame seek deflate checkpoint";
+    let words: Vec<&str> = WORDS.split_whitespace().collect();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut out = Vec::with_capacity(len + 16);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(words[(state % words.len() as u64) as usize].as_bytes());
+        out.push(if state.is_multiple_of(11) {
+            b'\n'
+        } else {
+            b' '
+        });
+    }
+    out.truncate(len);
+    out
+}
+
+/// Build inputs (see [`build_input`]) for the bytes of a file: the blobs [`seek_seeds`]
+/// indexes, each at a small span and at about a sixth of the file.
+pub fn build_seeds(data: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for (name, compression, blob) in seed_blobs(data) {
+        for span in [0u8, ((data.len() / 6 / 64).min(255)) as u8] {
+            out.push((
+                format!("{name}-{span}"),
+                build_input(compression, span, &blob),
+            ));
+        }
+    }
+    out
+}
+
+/// Seek inputs (see [`seek_input`]) for the bytes of a file, compressed the ways
+/// [`seed_blobs`] does, each table cut into about six spans.
 pub fn seek_seeds(data: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
+    let span = (data.len() as u64 / 6).max(1);
+    let mut out = Vec::new();
+    for (name, compression, blob) in seed_blobs(data) {
+        let table = SeekTable::build(compression, &blob[..], span)
+            .expect("a table builds for bytes just compressed");
+        out.push((
+            name,
+            seek_input(&table.encode(), table.windows_blob(), &blob),
+        ));
+    }
+    out
+}
+
+/// The bytes of a file compressed as one gzip member, as one with a sync flush every eighth,
+/// as three (levels 1, 9 and stored), as four zstd frames around a skippable one, and not at
+/// all.
+fn seed_blobs(data: &[u8]) -> Vec<(&'static str, seek::SeekCompression, Vec<u8>)> {
     use std::io::Write;
     let gzip = |part: &[u8], level| {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
@@ -191,22 +353,21 @@ pub fn seek_seeds(data: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
         }
         frames.extend(zstd::bulk::compress(part, 3).expect("zstd into memory"));
     }
-    let span = (data.len() as u64 / 6).max(1);
-    let mut out = Vec::new();
-    for (name, compression, blob) in [
+    // Sync flushes end a deflate block every eighth of the data without resetting the
+    // history: small blobs with many block boundaries whose spans need windows.
+    let mut flushed = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+    for part in data.chunks((data.len() / 8).max(1)) {
+        flushed.write_all(part).expect("gzip into memory");
+        flushed.flush().expect("gzip into memory");
+    }
+    let flushed = flushed.finish().expect("gzip into memory");
+    vec![
         ("gzip", seek::SeekCompression::Gzip, gzip(data, 6)),
+        ("gzip-flushed", seek::SeekCompression::Gzip, flushed),
         ("gzip-members", seek::SeekCompression::Gzip, members),
         ("zstd-frames", seek::SeekCompression::Zstd, frames),
         ("none", seek::SeekCompression::None, data.to_vec()),
-    ] {
-        let table = SeekTable::build(compression, &blob[..], span)
-            .expect("a table builds for bytes just compressed");
-        out.push((
-            name,
-            seek_input(&table.encode(), table.windows_blob(), &blob),
-        ));
-    }
-    out
+    ]
 }
 
 /// Documents that are all the same bytes, whatever their digest says: the parsers see

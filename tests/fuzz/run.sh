@@ -1,7 +1,7 @@
 #!/bin/sh
 # Fuzzes one target with libFuzzer on a stable toolchain (coverage instrumentation through
 # -Cpasses=sancov-module, overflow checks and debug assertions on):
-#   tests/fuzz/run.sh scan|index|layers|manifest|seek|artifact|toc [SECONDS]
+#   tests/fuzz/run.sh scan|index|layers|manifest|seek|seek-build|artifact|toc [SECONDS]
 # Seeds: the fixture archives (and the indexes and seek tables imgfs builds for them).
 # Crashes, hangs (-timeout) and over-allocation (-rss_limit_mb) land in
 # tests/fuzz/artifacts/TARGET/; copy each into tests/fuzz/regressions/TARGET/ once fixed,
@@ -9,9 +9,9 @@
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-target=${1:?usage: tests/fuzz/run.sh scan|index|layers|manifest|seek|artifact|toc [SECONDS]}
+target=${1:?usage: tests/fuzz/run.sh scan|index|layers|manifest|seek|seek-build|artifact|toc [SECONDS]}
 seconds=${2:-600}
-case $target in scan|index|layers|manifest|seek|artifact|toc) ;; *) echo "run.sh: unknown target $target" >&2; exit 2 ;; esac
+case $target in scan|index|layers|manifest|seek|seek-build|artifact|toc) ;; *) echo "run.sh: unknown target $target" >&2; exit 2 ;; esac
 
 # The seed writer is an ordinary program: built without the instrumentation.
 cargo build --release --manifest-path "$here/Cargo.toml" --bin seed-index --bin seed-seek
@@ -50,6 +50,8 @@ if [ -z "$(ls -A "$corpus")" ]; then
         find "$layered" -path '*/blobs/*' -size -64k -exec sh -c 'head -c1 "$1" | grep -q "{" && cp "$1" "$2/"' _ {} "$corpus" \;
     elif [ "$target" = seek ]; then
         "$seed_seek" "$corpus" "$fixtures"/*.tar
+    elif [ "$target" = seek-build ]; then
+        "$seed_seek" --build "$corpus" "$fixtures"/*.tar
     elif [ "$target" = artifact ]; then
         "$seed_seek" --artifact "$corpus" "$fixtures"/*.tar
     elif [ "$target" = toc ]; then

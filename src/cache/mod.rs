@@ -133,7 +133,11 @@ impl Cache {
             else {
                 continue;
             };
-            if sys::try_lock_exclusive(&lock).unwrap_or(false) {
+            // Looked at again under the lock: a fill that committed and unlocked since the
+            // look above is complete, not a leftover.
+            if sys::try_lock_exclusive(&lock).unwrap_or(false)
+                && !dir.path().join(MARKER_FILE).exists()
+            {
                 log::info!(
                     "removing leftovers of an interrupted fill: {}",
                     dir.path().display()
@@ -512,5 +516,42 @@ mod tests {
             assert_eq!(e.dir().components().count(), 4, "{key}: {:?}", e.dir());
         }
         assert_eq!(c.entry("sha256:ab").dir(), Path::new("/c/images/sha256-ab"));
+    }
+
+    /// Fills committed while another thread sweeps leftovers (as the parallel fills of one
+    /// image's layers do, each sweeping before it locks) are never removed: a fill that
+    /// commits and unlocks between the sweep's look for its marker and the sweep's lock is
+    /// complete, not a leftover.
+    #[test]
+    fn a_sweep_never_removes_a_fill_committed_meanwhile() {
+        let root = std::env::temp_dir().join(format!("imgfs-sweep-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let cache = Cache { root: root.clone() };
+        const FILLS: usize = 3000;
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    cache.sweep_leftovers();
+                }
+            });
+            for i in 0..FILLS {
+                let entry = cache.layer(&format!("k{i}"));
+                let lock = entry.lock().unwrap();
+                entry.reset(&lock).unwrap();
+                entry.write_file("data", b"x").unwrap();
+                entry.commit(&lock, "k").unwrap();
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let lost: Vec<usize> = (0..FILLS)
+            .filter(|i| cache.layer(&format!("k{i}")).marker().is_none())
+            .collect();
+        let _ = fs::remove_dir_all(&root);
+        assert!(
+            lost.is_empty(),
+            "{} of {FILLS} committed fills swept: {lost:?}",
+            lost.len()
+        );
     }
 }

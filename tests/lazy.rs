@@ -1307,6 +1307,62 @@ fn zstd_chunked_image_mounts_lazily_from_its_tocs() {
     assert!(all <= img.total, "{all} of {} bytes", img.total);
 }
 
+/// A regular file of the eStargz layer `blob` that the image shows as the layer has it (same
+/// size in `truth`, at least 16 KiB), and a byte in the middle of the compressed bytes of its
+/// first chunk — from the chunk's offset to the next offset the layer's TOC names. Found
+/// through the TOC (the footer's offset, then the `stargz.index.json` member), so the damage
+/// lands in data a read of that file must decompress, whatever the producer's layout.
+fn estargz_file_chunk(blob: &[u8], truth: &Path) -> (String, usize) {
+    use std::io::Read;
+    let footer = &blob[blob.len() - 51..];
+    let mark = footer
+        .windows(6)
+        .position(|w| w == b"STARGZ")
+        .expect("an eStargz footer");
+    let hex = std::str::from_utf8(&footer[mark - 16..mark]).unwrap();
+    let toc_at = usize::from_str_radix(hex, 16).unwrap();
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&blob[toc_at..]));
+    let mut json = Vec::new();
+    for e in archive.entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap().as_os_str() == "stargz.index.json" {
+            e.read_to_end(&mut json).unwrap();
+            break;
+        }
+    }
+    let toc: serde_json::Value = serde_json::from_slice(&json).expect("the layer's TOC");
+    let entries = toc["entries"].as_array().expect("TOC entries");
+    let mut offsets: Vec<usize> = entries
+        .iter()
+        .filter_map(|e| e["offset"].as_u64())
+        .map(|o| o as usize)
+        .filter(|&o| o > 0)
+        .collect();
+    offsets.push(toc_at);
+    offsets.sort_unstable();
+    for e in entries {
+        let (Some(name), Some(size), Some(offset)) =
+            (e["name"].as_str(), e["size"].as_u64(), e["offset"].as_u64())
+        else {
+            continue;
+        };
+        if e["type"] != "reg" || size < 16 << 10 || offset == 0 {
+            continue;
+        }
+        let shown = std::fs::symlink_metadata(truth.join(name));
+        if !shown.is_ok_and(|m| m.is_file() && m.len() == size) {
+            continue;
+        }
+        let start = offset as usize;
+        let end = *offsets.iter().find(|&&o| o > start).unwrap();
+        return (
+            name.trim_start_matches("./").to_string(),
+            start + (end - start) / 2,
+        );
+    }
+    panic!("no regular file of 16 KiB or more in the layer's TOC is shown by the image");
+}
+
 /// A byte of file data damaged in the registry's copy of an eStargz layer: the chunk holding
 /// it fails its digest and is never served (EIO), every other file reads right, and once the
 /// registry's copy is repaired the same reads succeed.
@@ -1320,13 +1376,17 @@ fn damaged_estargz_chunk_is_never_served() {
     let (victim, _) = layers.iter().max_by_key(|(_, s)| *s).unwrap().clone();
     let data = img.registry.blob_data(&victim);
     let original = std::fs::read(&data).unwrap();
+    let (name, at) = estargz_file_chunk(&original, &truth);
     let mut damaged = original.clone();
-    damaged[original.len() / 3] ^= 0x55;
+    damaged[at] ^= 0x55;
     std::fs::write(&data, &damaged).unwrap();
     let cache = TempDir::new("imgfs-lazy-cache");
     let (m, _) = mount(cache.path(), &img.source, &["--fetch-timeout", "2"]);
     let failed = read_every_file(m.path(), &truth, &estargz_entries().hidden);
-    assert!(!failed.is_empty(), "no read met the damaged chunk");
+    assert!(
+        failed.iter().any(|f| f.ends_with(&name)),
+        "no read of {name} met its damaged chunk (byte {at}); failed: {failed:?}"
+    );
     std::fs::write(&data, &original).unwrap();
     assert_repaired(m.path(), &truth, &failed);
 }

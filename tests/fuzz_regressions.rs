@@ -197,9 +197,10 @@ fn seek_inputs_pass_the_checks() {
     assert!(checked > 256, "only {checked} seek inputs checked");
 }
 
-/// Every input the build check sees here: the saved regressions, and the fixture archives'
-/// first 256 KiB and 256 KiB of [`checks::word_text`] compressed the ways
-/// [`checks::build_seeds`] does, each whole and damaged at 64 places of its blob (a damaged blob must fail to build or decode the same both ways).
+/// Every input the seek-build check sees here: the saved regressions, and the fixture
+/// archives' first 256 KiB and 256 KiB of [`checks::word_text`] compressed the ways
+/// [`checks::build_seeds`] does, each whole and damaged at 64 places of its blob (a damaged
+/// blob must fail to build, or decode the same both ways).
 #[test]
 fn build_inputs_pass_the_checks() {
     let mut checked = 0;

@@ -2248,7 +2248,7 @@ mod tests {
     /// (zstd's accepts a blob of skippable frames only: that one builds, see above), so a lazy
     /// mount cannot show a layer that a whole fetch refuses.
     #[test]
-    fn blobs_without_a_member_or_frame_are_refused_as_the_decoders_refuse_them() {
+    fn zero_length_blobs_are_refused_as_the_decoders_refuse_them() {
         let empty: &[u8] = &[];
         assert!(
             flate2::read::MultiGzDecoder::new(empty)

@@ -2,8 +2,8 @@
 //! of each file (its seek tables, compressed several ways, with the blobs they index) into
 //! OUT_DIR, as seeds for the seek fuzz target; with `--artifact`, a whole imgfs index artifact
 //! of each file as a one-layer image, for the artifact target; with `--build`, the compressed
-//! blobs alone, for the build target. `seed-seek --toc OUT_DIR` writes a TOC
-//! of each format for the toc target.
+//! blobs alone (and those of a generated text), for the seek-build target. `seed-seek --toc
+//! OUT_DIR` writes a TOC of each format for the toc target.
 
 #[path = "checks.rs"]
 mod checks;

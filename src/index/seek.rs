@@ -226,6 +226,14 @@ pub enum SeekError {
     GzipMethod { offset: u64, method: u8 },
     #[error("gzip member at byte {offset} sets reserved flags {flags:#04x}")]
     GzipFlags { offset: u64, flags: u8 },
+    #[error(
+        "gzip member at byte {offset}: header CRC-16 {stored:#06x} stored, {computed:#06x} computed"
+    )]
+    GzipHeaderCrc {
+        offset: u64,
+        stored: u16,
+        computed: u16,
+    },
     #[error("gzip header text at byte {offset} is longer than {MAX_GZIP_STRING} bytes")]
     GzipHeaderText { offset: u64 },
     #[error("deflate data at byte {offset} is invalid ({status:?})")]
@@ -1361,11 +1369,19 @@ fn gzip_header<R: Read>(feed: &mut Feed<R>) -> Result<(), SeekError> {
     if flags & RESERVED != 0 {
         return Err(SeekError::GzipFlags { offset, flags });
     }
+    // Every header byte, for the header's CRC-16 when it has one (zlib checks it, and so does
+    // the whole-layer decoder).
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&h[..10]);
     feed.consume(10);
     if flags & FEXTRA != 0 {
         let len = feed.take(2)?;
+        crc.update(len);
         let len = u16::from_le_bytes([len[0], len[1]]);
-        feed.skip(u64::from(len), |_, _, _| Ok(()))?;
+        feed.skip(u64::from(len), |b, _, _| {
+            crc.update(b);
+            Ok(())
+        })?;
     }
     for flag in [FNAME, FCOMMENT] {
         if flags & flag != 0 {
@@ -1373,6 +1389,7 @@ fn gzip_header<R: Read>(feed: &mut Feed<R>) -> Result<(), SeekError> {
             let mut len = 0usize;
             loop {
                 let b = feed.take(1)?[0];
+                crc.update(&[b]);
                 if b == 0 {
                     break;
                 }
@@ -1384,7 +1401,16 @@ fn gzip_header<R: Read>(feed: &mut Feed<R>) -> Result<(), SeekError> {
         }
     }
     if flags & FHCRC != 0 {
-        feed.take(2)?;
+        let t = feed.take(2)?;
+        let stored = u16::from_le_bytes([t[0], t[1]]);
+        let computed = (crc.finalize() & 0xffff) as u16;
+        if stored != computed {
+            return Err(SeekError::GzipHeaderCrc {
+                offset,
+                stored,
+                computed,
+            });
+        }
     }
     Ok(())
 }
@@ -2264,6 +2290,34 @@ mod tests {
             SeekTable::build(SeekCompression::Zstd, empty, 1),
             Err(SeekError::Empty { .. })
         ));
+    }
+
+    /// A gzip header with a CRC-16 (FHCRC) is checked as zlib checks it: right, the member
+    /// builds and decodes like flate2's; wrong, both refuse it.
+    #[test]
+    fn gzip_header_crcs_are_checked_as_zlib_checks_them() {
+        let data = text(100_000, 7);
+        let plain = gzip(&data, 6);
+        let mut header = plain[..10].to_vec();
+        header[3] |= 1 << 1; // FHCRC
+        let crc = (crc32fast::hash(&header) & 0xffff) as u16;
+        for (stored, good) in [(crc, true), (crc ^ 0x0100, false)] {
+            let mut blob = header.clone();
+            blob.extend_from_slice(&stored.to_le_bytes());
+            blob.extend_from_slice(&plain[10..]);
+            let flate2_ok = flate2::read::MultiGzDecoder::new(&blob[..])
+                .read_to_end(&mut Vec::new())
+                .is_ok();
+            assert_eq!(flate2_ok, good, "flate2 and the stored CRC {stored:#06x}");
+            if good {
+                check(SeekCompression::Gzip, &blob, &data, 16 << 10);
+            } else {
+                assert!(matches!(
+                    SeekTable::build(SeekCompression::Gzip, &blob[..], 16 << 10),
+                    Err(SeekError::GzipHeaderCrc { .. })
+                ));
+            }
+        }
     }
 
     #[test]

@@ -234,6 +234,12 @@ pub enum SeekError {
         stored: u16,
         computed: u16,
     },
+    #[error("zstd frame at byte {offset} declares {declared} bytes of content and makes {made}")]
+    ZstdContentSize {
+        offset: u64,
+        declared: u64,
+        made: u64,
+    },
     #[error("gzip header text at byte {offset} is longer than {MAX_GZIP_STRING} bytes")]
     GzipHeaderText { offset: u64 },
     #[error("deflate data at byte {offset} is invalid ({status:?})")]
@@ -1711,6 +1717,7 @@ fn build_zstd(reader: impl Read, span: u64) -> Result<SeekTable, SeekError> {
         let at = feed.pos();
         let h = feed.take(header)?;
         let checksum = h[0] & 0x04 != 0;
+        let declared = zstd_frame_content_size(h);
         z.run(h, at, 1)?;
         loop {
             let at = feed.pos();
@@ -1747,6 +1754,16 @@ fn build_zstd(reader: impl Read, span: u64) -> Result<SeekTable, SeekError> {
             let at = feed.pos();
             z.run(feed.take(4)?, at, 0)?;
         }
+        // zstd's decoder refuses a frame whose content is not the size its header declares.
+        if let Some(declared) = declared
+            && declared != z.made
+        {
+            return Err(SeekError::ZstdContentSize {
+                offset,
+                declared,
+                made: z.made,
+            });
+        }
         b.output(z.made, &mut feed);
     }
     b.finish(SeekCompression::Zstd, &mut feed)
@@ -1771,6 +1788,24 @@ fn zstd_frame_header_len<R: Read>(feed: &mut Feed<R>, offset: u64) -> Result<usi
         _ => 8,
     };
     Ok(1 + usize::from(!single_segment) + dictionary + content_size)
+}
+
+/// The content size a zstd frame header (`h`, after the magic, as long as
+/// [`zstd_frame_header_len`] says) declares, when it declares one.
+fn zstd_frame_content_size(h: &[u8]) -> Option<u64> {
+    let descriptor = *h.first()?;
+    let single_segment = descriptor & 0x20 != 0;
+    let dictionary = [0, 1, 2, 4][usize::from(descriptor & 3)];
+    let field = h.get(1 + usize::from(!single_segment) + dictionary..)?;
+    match descriptor >> 6 {
+        0 if single_segment => field.first().map(|&b| u64::from(b)),
+        0 => None,
+        1 => Some(u64::from(u16::from_le_bytes(field.get(..2)?.try_into().ok()?)) + 256),
+        2 => Some(u64::from(u32::from_le_bytes(
+            field.get(..4)?.try_into().ok()?,
+        ))),
+        _ => Some(u64::from_le_bytes(field.get(..8)?.try_into().ok()?)),
+    }
 }
 
 fn unzstd_span(
@@ -2317,6 +2352,29 @@ mod tests {
                     Err(SeekError::GzipHeaderCrc { .. })
                 ));
             }
+        }
+    }
+
+    /// A zstd frame whose header declares a content size its blocks do not make is refused, as
+    /// zstd's decoder refuses it; frames of every content-size field width that do build.
+    #[test]
+    fn zstd_frame_content_sizes_are_checked() {
+        // Magic, single segment with a 1-byte size of 4, then one last raw block of 0 bytes.
+        let lying = [0x28, 0xb5, 0x2f, 0xfd, 0x20, 0x04, 0x01, 0x00, 0x00];
+        assert!(zstd::stream::decode_all(&lying[..]).is_err());
+        assert!(matches!(
+            SeekTable::build(SeekCompression::Zstd, &lying[..], 1),
+            Err(SeekError::ZstdContentSize {
+                declared: 4,
+                made: 0,
+                ..
+            })
+        ));
+        for len in [0, 100, 300, 70_000] {
+            let data = text(len, 9);
+            let blob = zstd::bulk::compress(&data, 3).unwrap();
+            assert_eq!(zstd_frame_content_size(&blob[4..]), Some(len as u64));
+            check(SeekCompression::Zstd, &blob, &data, 1 << 20);
         }
     }
 

@@ -1778,34 +1778,37 @@ fn zstd_frame_header_len<R: Read>(feed: &mut Feed<R>, offset: u64) -> Result<usi
     if descriptor & 0x08 != 0 {
         return Err(SeekError::ZstdReservedBit { offset });
     }
+    let (at, width) = zstd_content_size_field(descriptor);
+    Ok(at + width)
+}
+
+/// Where a zstd frame header (after the magic) keeps its content size, read from the header's
+/// descriptor byte: the field's offset and width. The header ends with that field.
+fn zstd_content_size_field(descriptor: u8) -> (usize, usize) {
     let single_segment = descriptor & 0x20 != 0;
     let dictionary = [0, 1, 2, 4][usize::from(descriptor & 3)];
-    let content_size = match descriptor >> 6 {
+    let width = match descriptor >> 6 {
         0 if single_segment => 1,
         0 => 0,
         1 => 2,
         2 => 4,
         _ => 8,
     };
-    Ok(1 + usize::from(!single_segment) + dictionary + content_size)
+    (1 + usize::from(!single_segment) + dictionary, width)
 }
 
 /// The content size a zstd frame header (`h`, after the magic, as long as
 /// [`zstd_frame_header_len`] says) declares, when it declares one.
 fn zstd_frame_content_size(h: &[u8]) -> Option<u64> {
-    let descriptor = *h.first()?;
-    let single_segment = descriptor & 0x20 != 0;
-    let dictionary = [0, 1, 2, 4][usize::from(descriptor & 3)];
-    let field = h.get(1 + usize::from(!single_segment) + dictionary..)?;
-    match descriptor >> 6 {
-        0 if single_segment => field.first().map(|&b| u64::from(b)),
-        0 => None,
-        1 => Some(u64::from(u16::from_le_bytes(field.get(..2)?.try_into().ok()?)) + 256),
-        2 => Some(u64::from(u32::from_le_bytes(
-            field.get(..4)?.try_into().ok()?,
-        ))),
-        _ => Some(u64::from_le_bytes(field.get(..8)?.try_into().ok()?)),
+    let (at, width) = zstd_content_size_field(*h.first()?);
+    if width == 0 {
+        return None;
     }
+    let mut bytes = [0u8; 8];
+    bytes[..width].copy_from_slice(h.get(at..at + width)?);
+    let size = u64::from_le_bytes(bytes);
+    // A two-byte field counts from 256 (RFC 8878 3.1.1.1.4).
+    Some(if width == 2 { size + 256 } else { size })
 }
 
 fn unzstd_span(

@@ -175,14 +175,90 @@ impl Default for LazyOptions {
     }
 }
 
-/// Compressed bytes a background prefetch asks for in one range: large enough to keep a link
-/// busy, small enough that a read needing the link waits behind at most this much.
+/// Compressed bytes a background fill asks for in one range once reads have left the link
+/// alone for [`BUSY`]: large enough to keep a link busy with few requests.
 const PREFETCH_RANGE: u64 = 8 << 20;
+/// Compressed bytes a background fill asks for in one range while reads come and go: a read
+/// that needs the link, or a span of that range, waits behind at most this much (84 ms at
+/// 100 Mbit/s).
+const PREFETCH_RANGE_BUSY: u64 = 1 << 20;
+/// How long reads must have fetched nothing before a background fill sends its next range.
+const QUIET: Duration = Duration::from_millis(100);
+/// How long after a read's fetch a background fill keeps to [`PREFETCH_RANGE_BUSY`].
+const BUSY: Duration = Duration::from_secs(1);
+
+/// The fetches reads of one image's lazy layers have in flight, and when the last one ended:
+/// a background fill ([`prefetch_all`]) yields the link to them.
+pub struct Demand {
+    state: Mutex<DemandState>,
+    changed: Condvar,
+}
+
+struct DemandState {
+    fetching: usize,
+    last: Instant,
+}
+
+/// One read's fetch, counted by its [`Demand`] until dropped.
+struct DemandFetch<'a>(&'a Demand);
+
+impl Demand {
+    /// Demand as of a read's fetch just ended: a mount's first reads come right after it is
+    /// ready, and a fill started with it lets them go first.
+    pub fn new() -> Demand {
+        Demand {
+            state: Mutex::new(DemandState {
+                fetching: 0,
+                last: Instant::now(),
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn begin(&self) -> DemandFetch<'_> {
+        self.state.lock().fetching += 1;
+        DemandFetch(self)
+    }
+
+    /// Waits until no read is fetching and none has for [`QUIET`]; tells whether one did
+    /// within [`BUSY`].
+    fn wait_quiet(&self) -> bool {
+        let mut state = self.state.lock();
+        loop {
+            let since = state.last.elapsed();
+            if state.fetching == 0 && since >= QUIET {
+                return since < BUSY;
+            }
+            let wait = if state.fetching == 0 {
+                QUIET - since
+            } else {
+                BUSY
+            };
+            self.changed.wait_for(&mut state, wait);
+        }
+    }
+}
+
+impl Default for Demand {
+    fn default() -> Demand {
+        Demand::new()
+    }
+}
+
+impl Drop for DemandFetch<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock();
+        state.fetching -= 1;
+        state.last = Instant::now();
+        self.0.changed.notify_all();
+    }
+}
 
 /// Fetches every span of `blobs` missing from the store, one range at a time, on a thread of
-/// its own; reads meanwhile fetch what they need themselves. Failures are logged and end the
-/// prefetch of that layer (reads still try on their own).
-pub fn prefetch_all(blobs: Vec<Arc<LazyBlob>>) {
+/// its own, at a lower priority than reads: a range goes only once reads' fetches (`demand`)
+/// have left the link quiet for [`QUIET`], and a small one while they come and go. Failures
+/// are logged and end the prefetch of that layer (reads still try on their own).
+pub fn prefetch_all(blobs: Vec<Arc<LazyBlob>>, demand: Arc<Demand>) {
     let spawned = std::thread::Builder::new()
         .name("imgfs-prefetch".into())
         .spawn(move || {
@@ -191,13 +267,22 @@ pub fn prefetch_all(blobs: Vec<Arc<LazyBlob>>) {
                 let table = &blob.table;
                 let mut i = 0;
                 while i < table.len() {
+                    if blob.store.has(i) {
+                        i += 1;
+                        continue;
+                    }
+                    let most = if demand.wait_quiet() {
+                        PREFETCH_RANGE_BUSY
+                    } else {
+                        PREFETCH_RANGE
+                    };
                     let first = i;
                     let from = table.compressed(i).start;
-                    while i < table.len() && table.compressed(i).end - from <= PREFETCH_RANGE {
+                    while i < table.len() && table.compressed(i).end - from <= most {
                         i += 1;
                     }
                     i = i.max(first + 1);
-                    if let Err(e) = blob.ensure(first..i) {
+                    if let Err(e) = blob.fill(first..i) {
                         log::warn!("prefetch of layer {} stopped: {e}", blob.name);
                         break;
                     }
@@ -433,6 +518,8 @@ pub struct LazyBlob {
     on_stored: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
     /// Where windows come from; without it, the table's own (a table with its windows blob).
     windows: Option<Windows>,
+    /// Reads' fetches of the image's lazy layers, counted for a background fill to yield to.
+    demand: Option<Arc<Demand>>,
     /// Files (their first byte) already fetched ahead by this process.
     ahead: Mutex<HashSet<u64>>,
     /// Where a whole copy of a TOC layer's stream is kept ([`STREAM_FILE`]).
@@ -484,6 +571,7 @@ impl LazyBlob {
             recorder: None,
             on_stored: std::sync::OnceLock::new(),
             windows: None,
+            demand: None,
             ahead: Mutex::new(HashSet::new()),
             stream_copy: None,
         }
@@ -561,6 +649,12 @@ impl LazyBlob {
     }
 
     /// Records the spans reads first need with `recorder`.
+    /// Counts this layer's fetches for reads in `demand`, which a background fill yields to.
+    pub fn with_demand(mut self, demand: Arc<Demand>) -> LazyBlob {
+        self.demand = Some(demand);
+        self
+    }
+
     pub fn with_recorder(mut self, recorder: Arc<Recorder>) -> LazyBlob {
         self.recorder = Some(recorder);
         self
@@ -600,6 +694,15 @@ impl LazyBlob {
     /// Makes sure spans `spans` are in the store, fetching the missing ones (neighbours in
     /// one range, all ranges in one request), within the fetch timeout.
     pub fn ensure(&self, spans: Range<usize>) -> io::Result<()> {
+        self.ensure_as(spans, true)
+    }
+
+    /// [`ensure`](Self::ensure) for a background fill: its fetches are not reads' demand.
+    fn fill(&self, spans: Range<usize>) -> io::Result<()> {
+        self.ensure_as(spans, false)
+    }
+
+    fn ensure_as(&self, spans: Range<usize>, read: bool) -> io::Result<()> {
         let start = Instant::now();
         let mut backoff = FIRST_BACKOFF;
         loop {
@@ -620,7 +723,9 @@ impl LazyBlob {
             let result = if mine.is_empty() {
                 Ok(())
             } else {
+                let counted = self.demand.as_deref().filter(|_| read).map(Demand::begin);
                 let result = self.fetch_spans(&mine);
+                drop(counted);
                 let mut fetching = self.fetching.lock();
                 for i in &mine {
                     fetching.remove(i);
@@ -632,6 +737,8 @@ impl LazyBlob {
                 result
             };
             if !theirs.is_empty() {
+                // A read waiting for another fetch is demand all the same.
+                let _counted = self.demand.as_deref().filter(|_| read).map(Demand::begin);
                 let mut fetching = self.fetching.lock();
                 while theirs.iter().any(|i| fetching.contains(i)) {
                     let left = self.options.fetch_timeout.saturating_sub(start.elapsed());
@@ -886,6 +993,7 @@ impl LazyBlob {
             if windows.store.has(i) {
                 continue;
             }
+            let counted = self.demand.as_deref().map(Demand::begin);
             let t0 = Instant::now();
             let fetched =
                 windows
@@ -899,6 +1007,7 @@ impl LazyBlob {
                                 io::Error::other("the registry answered the wrong bytes")
                             })
                     });
+            drop(counted);
             match fetched {
                 Ok(bytes) => {
                     log::debug!(
@@ -1202,4 +1311,140 @@ pub fn open_table(dir: &std::path::Path, blob_size: u64) -> io::Result<Table> {
         )));
     }
     Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::seek::SeekCompression;
+
+    const SPAN: u64 = 64 << 10;
+
+    /// A request's ranges, when it began and when it was answered.
+    type Request = (Vec<Range<u64>>, Instant, Instant);
+
+    /// A blob served from memory at 10 MiB/s that logs each request (its ranges, when it
+    /// began and ended) and holds them until let go.
+    struct Held {
+        data: Arc<Vec<u8>>,
+        log: Arc<Mutex<Vec<Request>>>,
+        /// Requests begun, answered or not.
+        begun: Arc<AtomicU64>,
+        held: Arc<(Mutex<bool>, Condvar)>,
+    }
+
+    impl Fetch for Held {
+        fn fetch(&self, ranges: &[Range<u64>]) -> io::Result<Vec<Vec<u8>>> {
+            let began = Instant::now();
+            self.begun.fetch_add(1, Ordering::SeqCst);
+            let (lock, go) = &*self.held;
+            let mut holding = lock.lock();
+            while *holding {
+                go.wait(&mut holding);
+            }
+            drop(holding);
+            let bytes: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+            std::thread::sleep(Duration::from_secs_f64(bytes as f64 / f64::from(10 << 20)));
+            let bodies = ranges
+                .iter()
+                .map(|r| self.data[r.start as usize..r.end as usize].to_vec())
+                .collect();
+            self.log
+                .lock()
+                .push((ranges.to_vec(), began, Instant::now()));
+            Ok(bodies)
+        }
+    }
+
+    /// A background fill sends nothing while a read fetches, waits [`QUIET`] after it, and then
+    /// asks for small ranges; once reads have been quiet for [`BUSY`], for large ones.
+    #[test]
+    fn a_fill_yields_the_link_to_reads() {
+        let data: Arc<Vec<u8>> = Arc::new((0..12u32 << 20).map(|i| (i * 7 % 251) as u8).collect());
+        let table = Table::Seek(SeekTable::build(SeekCompression::None, &data[..], SPAN).unwrap());
+        let spans = table.len();
+        let dir = std::env::temp_dir().join(format!("imgfs-lazy-fill-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        SparseBlob::create(&dir, data.len() as u64, spans).unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let held = Arc::new((Mutex::new(true), Condvar::new()));
+        let begun = Arc::new(AtomicU64::new(0));
+        let fetch = Held {
+            data: data.clone(),
+            log: log.clone(),
+            begun: begun.clone(),
+            held: held.clone(),
+        };
+        let demand = Arc::new(Demand::new());
+        let blob = Arc::new(
+            LazyBlob::new(
+                "test".into(),
+                0,
+                table,
+                SparseBlob::open(&dir, data.len() as u64, spans).unwrap(),
+                Box::new(fetch),
+                Arc::new(SpanCache::new(1 << 20)),
+                LazyOptions::default(),
+            )
+            .with_demand(demand.clone()),
+        );
+        let read = {
+            let blob = blob.clone();
+            std::thread::spawn(move || blob.ensure(10..12))
+        };
+        while demand.state.lock().fetching == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        prefetch_all(vec![blob.clone()], demand);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            begun.load(Ordering::SeqCst),
+            1,
+            "a fill's request went beside a read's"
+        );
+        *held.0.lock() = false;
+        held.1.notify_all();
+        read.join().unwrap().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while (0..spans).any(|i| !blob.store.has(i)) {
+            assert!(Instant::now() < deadline, "the fill did not end");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let log = log.lock();
+        let (first, rest) = log.split_first().unwrap();
+        assert_eq!(
+            first.0.as_slice(),
+            std::slice::from_ref(&(10 * SPAN..12 * SPAN)),
+            "the read's request came first"
+        );
+        let read_ended = first.2;
+        let size = |r: &[Range<u64>]| r.iter().map(|r| r.end - r.start).sum::<u64>();
+        let mut fetched = 2;
+        for (ranges, began, _) in rest {
+            assert!(
+                *began >= read_ended + QUIET,
+                "a fill's range went before reads were quiet"
+            );
+            let busy = began.duration_since(read_ended) < BUSY;
+            let most = if busy {
+                PREFETCH_RANGE_BUSY
+            } else {
+                PREFETCH_RANGE
+            };
+            assert!(
+                size(ranges) <= most,
+                "{ranges:?} at {:?}",
+                began.duration_since(read_ended)
+            );
+            fetched += size(ranges) / SPAN;
+        }
+        assert_eq!(fetched as usize, spans, "each span was fetched once");
+        assert!(
+            rest.iter().any(|(r, _, _)| size(r) > PREFETCH_RANGE_BUSY),
+            "the fill never went to large ranges once reads were quiet"
+        );
+        drop(log);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -259,13 +259,16 @@ impl ImageReader {
         let is_lazy = |p: &PathBuf| {
             p.file_name() == Some(std::ffi::OsStr::new(crate::cache::sparse::REMOTE_FILE))
         };
+        let demand = std::sync::Arc::new(lazy::Demand::new());
         let recorder = blob_paths.iter().any(is_lazy).then(|| {
             let dir = index_path.parent().unwrap_or(Path::new("/"));
             std::sync::Arc::new(lazy::Recorder::open(&dir.join(lazy::RECORD_FILE)))
         });
         for (i, path) in blob_paths.iter().enumerate() {
             if is_lazy(path) {
-                let mut blob = lazy::open(path, i as u32, &spans, lazy).map_err(io(path))?;
+                let mut blob = lazy::open(path, i as u32, &spans, lazy)
+                    .map_err(io(path))?
+                    .with_demand(demand.clone());
                 if let Some(r) = &recorder {
                     blob = blob.with_recorder(r.clone());
                 }
@@ -288,7 +291,7 @@ impl ImageReader {
             let dir = index_path.parent().unwrap_or(Path::new("/"));
             match lazy.prefetch {
                 lazy::Prefetch::All => {
-                    lazy::prefetch_all(lazy_blobs.into_iter().flatten().collect())
+                    lazy::prefetch_all(lazy_blobs.into_iter().flatten().collect(), demand)
                 }
                 lazy::Prefetch::Recorded => {
                     if let Ok(text) = std::fs::read_to_string(dir.join(lazy::PREFETCH_FILE)) {

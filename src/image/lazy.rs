@@ -76,7 +76,8 @@ pub enum Prefetch {
     /// as soon as the server starts; nothing when the index has no list.
     #[default]
     Recorded,
-    /// Everything, in the background, one range at a time, once the mount is ready.
+    /// Everything, in the background, one range at a time, once the mount is ready, yielding
+    /// the link to reads ([`prefetch_all`]).
     All,
 }
 

@@ -74,6 +74,7 @@ MNT_LAZY = BASE / "mnt-lazy"
 MNT_OCI = BASE / "mnt-oci"
 NODES = 8
 NODES_FAILED = RESULTS / "lazy-nodes-failed.log"  # the logs of the nodes of a failed round
+SERVER_LOG = "server.log"           # beside a lazy image's index: what its server logged
 SPANS = ["256K", "512K", "1M"]
 READ_ALL = "find {m} -type f -print0 | xargs -0 cat >/dev/null"
 DROP_CACHES = "sync; echo 3 >/proc/sys/vm/drop_caches"
@@ -215,6 +216,14 @@ def cold_imgfs(runner, key, name, names, runs, flags=(), cap=300):
     if not st.get("error"):
         st["blob_bytes"] = blob_bytes(c)
     stop_shared()
+    if st.get("error"):
+        # hyperfine stops at the failed run, before the next preparation empties its cache:
+        # what that run's server logged is still there.
+        logs = sorted(c.glob(f"images/*/{SERVER_LOG}"))
+        kept = RESULTS / f"lazy-{key}-failed.log"
+        kept.write_text("".join(f"== {p}\n{p.read_text(errors='replace')}" for p in logs)
+                        or f"no {SERVER_LOG} in {c}\n")
+        log(f"lazy-{key}: what the failed run's server logged is in {kept}")
     prep([f"rm:{c}"])
     return st
 

@@ -257,7 +257,7 @@ impl Drop for DemandFetch<'_> {
 
 /// Fetches every span of `blobs` missing from the store, one range at a time, on a thread of
 /// its own, at a lower priority than reads: a range goes only once reads' fetches (`demand`)
-/// have left the link quiet for [`QUIET`], and a small one while they come and go. Failures
+/// have left the link quiet for 100 ms, and a small one while they come and go. Failures
 /// are logged and end the prefetch of that layer (reads still try on their own).
 pub fn prefetch_all(blobs: Vec<Arc<LazyBlob>>, demand: Arc<Demand>) {
     let spawned = std::thread::Builder::new()

@@ -180,8 +180,8 @@ impl Default for LazyOptions {
 /// alone for [`BUSY`]: large enough to keep a link busy with few requests.
 const PREFETCH_RANGE: u64 = 8 << 20;
 /// Compressed bytes a background fill asks for in one range while reads come and go: a read
-/// that needs the link, or a span of that range, waits behind at most this much (84 ms at
-/// 100 Mbit/s).
+/// that wants a span of that range waits for at most this much (84 ms at 100 Mbit/s), and
+/// one that wants others shares the link with no more.
 const PREFETCH_RANGE_BUSY: u64 = 1 << 20;
 /// How long reads must have fetched nothing before a background fill sends its next range.
 const QUIET: Duration = Duration::from_millis(100);
@@ -649,13 +649,13 @@ impl LazyBlob {
         self
     }
 
-    /// Records the spans reads first need with `recorder`.
     /// Counts this layer's fetches for reads in `demand`, which a background fill yields to.
     pub fn with_demand(mut self, demand: Arc<Demand>) -> LazyBlob {
         self.demand = Some(demand);
         self
     }
 
+    /// Records the spans reads first need with `recorder`.
     pub fn with_recorder(mut self, recorder: Arc<Recorder>) -> LazyBlob {
         self.recorder = Some(recorder);
         self

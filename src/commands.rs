@@ -345,6 +345,7 @@ fn mount(args: MountArgs) -> Result<i32> {
         lazy: lazy_options(&args.cache),
     };
     if args.foreground {
+        serve::block_stop_signals();
         let fs = ImageFs::open_with(&ready.index_path, &ready.blobs, &options.lazy)?;
         serve::serve(fs, &ready.index_path, &args.mountpoint, &options, || {})?;
         return Ok(0);
@@ -382,6 +383,7 @@ fn serve_background(args: ServeArgs) -> Result<i32> {
         Some((uid, gid)) => Owners::RootAs { uid, gid },
         None => Owners::Recorded,
     };
+    serve::block_stop_signals();
     let result = ImageFs::open_with(&args.index, &args.blobs, &options.lazy)
         .map_err(anyhow::Error::from)
         .and_then(|fs| {

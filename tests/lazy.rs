@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use common::{
     CompareOptions, Front, FrontOptions, Layered, Registry, TempDir, assert_trees_equal,
-    estargz_fixtures, imgfs, is_mounted, layered_fixtures, run, run_within, text,
+    estargz_fixtures, imgfs, is_mounted, layered_fixtures, run, run_within, servers_of, text,
+    wait_until,
 };
 
 /// How long a mount or an index push may take, downloads included.
@@ -439,6 +440,29 @@ fn lazy_mount_of_zstd_chunked_layers_matches_umoci() {
         "{got} of {} bytes fetched",
         img.total
     );
+}
+
+/// A lazy image's server stops on SIGTERM and SIGINT as any other does, unmounting: the
+/// threads the image starts as it opens (prefetch, promotion, fetches) take no signal, which
+/// would end the server and leave its mount dead.
+#[test]
+fn a_lazy_server_unmounts_when_signalled() {
+    let img = lazy_image("OCI_GZIP", "layers", "imgfs-test/layers:1");
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let cache = TempDir::new("imgfs-lazy-cache");
+        let (m, _) = mount(cache.path(), &img.source, &["--prefetch", "all"]);
+        let pids = servers_of(m.path());
+        assert_eq!(pids.len(), 1, "one server per mount");
+        // SAFETY: sending a signal to a server this test started.
+        assert_eq!(unsafe { libc::kill(pids[0], signal) }, 0);
+        wait_until("the signalled server exits", || {
+            servers_of(m.path()).is_empty()
+        });
+        assert!(
+            !is_mounted(m.path()),
+            "signal {signal}: the server is gone and its mount left behind"
+        );
+    }
 }
 
 /// `--prefetch all` fills the rest of the image in the background after the mount: every

@@ -11,29 +11,8 @@ use std::time::{Duration, Instant};
 use common::{
     CompareOptions, DEBIAN_IMAGE, TempDir, assert_trees_equal, cache_file, export_containers,
     export_events, extract_with_gnu_tar, fixture_archives, fixtures_dir, imgfs, is_mounted, now,
-    read_path_list, require, require_docker, run, text, wait_until,
+    read_path_list, require, require_docker, run, servers_of, text, wait_until,
 };
-
-/// Pids of imgfs servers serving `mountpoint`.
-fn servers_of(mountpoint: &Path) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        let is_server = args.iter().any(|a| *a == b"__serve");
-        let status = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let zombie = status.split(' ').nth(2) == Some("Z");
-        if is_server && !zombie && args.contains(&mountpoint.as_os_str().as_encoded_bytes()) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
 
 /// A mounted image, unmounted (lazily, as a last resort) when dropped.
 struct Mount {

@@ -94,6 +94,17 @@ fn stop_signals() -> libc::sigset_t {
     }
 }
 
+/// Blocks the signals that end serving in the calling thread and so in every thread it starts
+/// from then on: only [`serve`]'s sigwait thread takes them, and unmounts. Call it before
+/// opening the image to serve: a lazy image starts threads as it opens (fetches, prefetch,
+/// promotion), and a signal taken by one of those would end the server with the default
+/// action, leaving its mount behind, dead.
+pub fn block_stop_signals() {
+    let set = stop_signals();
+    // SAFETY: `set` is initialised; a null old-set pointer is allowed.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}
+
 fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() }
@@ -569,7 +580,7 @@ pub fn shared_mount(
 /// the mount answers requests. The mount is announced in the cache entry of `index` while it
 /// lives (see [`live_mount`]). With `options.idle_exit`, a mount that no request and
 /// no lease has touched for that long is detached; the server ends when the last sandbox
-/// bound to it does, and removes its mountpoint.
+/// bound to it does, and removes its mountpoint. Open `fs` after [`block_stop_signals`].
 pub fn serve(
     fs: ImageFs,
     index: &Path,
@@ -577,10 +588,9 @@ pub fn serve(
     options: &ServeOptions,
     on_ready: impl FnOnce(),
 ) -> Result<(), ServeError> {
+    // Threads `fs` started before this must have been started with them blocked too.
+    block_stop_signals();
     let set = stop_signals();
-    // SAFETY: `set` is initialised; blocking before any thread starts makes every thread
-    // inherit the mask, so only the sigwait thread below ever takes these signals.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 
     let requests = fs.requests();
     let owners = fs.owners();

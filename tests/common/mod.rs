@@ -1292,3 +1292,24 @@ pub fn sha256_file(path: &Path) -> String {
         text(&out.stdout).split(' ').next().unwrap_or_default()
     )
 }
+
+/// Pids of imgfs servers serving `mountpoint`.
+pub fn servers_of(mountpoint: &Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let is_server = args.iter().any(|a| *a == b"__serve");
+        let status = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let zombie = status.split(' ').nth(2) == Some("Z");
+        if is_server && !zombie && args.contains(&mountpoint.as_os_str().as_encoded_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}

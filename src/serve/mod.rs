@@ -554,8 +554,7 @@ pub fn shared_mount(
         || "image".into(),
         |n| n.to_string_lossy().chars().take(19).collect::<String>(),
     );
-    let mountpoint = parent.join(format!("{name}-{}", std::process::id()));
-    std::fs::create_dir(&mountpoint).map_err(shared_io(&mountpoint))?;
+    let mountpoint = new_mountpoint(&parent, &name)?;
     let options = ServeOptions {
         fsname: fsname.to_string(),
         threads: default_threads(),
@@ -574,6 +573,28 @@ pub fn shared_mount(
         return Err(SharedError::Spawn(e));
     }
     live_mount(entry, index, owners).ok_or(SharedError::NotAnnounced)
+}
+
+/// Makes the mountpoint of this run's shared server in `parent`: `NAME-PID`, or when a server
+/// killed long ago left that name mounted (its run had this pid), `NAME.N-PID` with the first
+/// N free. The pid stays last: the sweep of leftovers above keeps a live run's mountpoint.
+fn new_mountpoint(parent: &Path, name: &str) -> Result<PathBuf, SharedError> {
+    let pid = std::process::id();
+    let mut n = 0;
+    loop {
+        let mountpoint = match n {
+            0 => parent.join(format!("{name}-{pid}")),
+            _ => parent.join(format!("{name}.{n}-{pid}")),
+        };
+        match std::fs::create_dir(&mountpoint) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 100 => n += 1,
+            made => {
+                return made
+                    .map(|()| mountpoint.clone())
+                    .map_err(shared_io(&mountpoint));
+            }
+        }
+    }
 }
 
 /// Mounts `fs` at `mountpoint` and serves until unmounted or signalled. `on_ready` runs once
@@ -847,6 +868,22 @@ pub fn find_mount(path: &Path) -> Option<MountInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A shared server's mountpoint never lands on a leftover of a run that had this pid.
+    #[test]
+    fn a_new_mountpoint_steps_over_a_dead_runs_leftover() {
+        let parent = std::env::temp_dir().join(format!("imgfs-shared-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&parent);
+        std::fs::create_dir_all(&parent).unwrap();
+        let pid = std::process::id();
+        let first = new_mountpoint(&parent, "img").unwrap();
+        assert_eq!(first, parent.join(format!("img-{pid}")));
+        // `first` is now what a killed server left mounted under this pid.
+        let second = new_mountpoint(&parent, "img").unwrap();
+        assert_eq!(second, parent.join(format!("img.1-{pid}")));
+        assert!(second.is_dir());
+        std::fs::remove_dir_all(&parent).unwrap();
+    }
 
     #[test]
     fn mountinfo_lines() {

@@ -587,12 +587,9 @@ fn new_mountpoint(parent: &Path, name: &str) -> Result<PathBuf, SharedError> {
             _ => parent.join(format!("{name}.{n}-{pid}")),
         };
         match std::fs::create_dir(&mountpoint) {
+            Ok(()) => return Ok(mountpoint),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 100 => n += 1,
-            made => {
-                return made
-                    .map(|()| mountpoint.clone())
-                    .map_err(shared_io(&mountpoint));
-            }
+            Err(e) => return Err(shared_io(&mountpoint)(e)),
         }
     }
 }

@@ -715,6 +715,11 @@ def export_tree(img):
     return tree
 
 
+def not_compared(why):
+    """A correctness row whose comparison was not made, saying why."""
+    return {"ok": None, "compared": False, "notes": [why]}
+
+
 def check_correctness(img, r):
     log(f"{img.key}: correctness checks against the extracted tree")
     timeout = 300
@@ -735,92 +740,107 @@ def check_correctness(img, r):
     _, native, nx, groups, _ = tar_ref
     res = {"native": {"entries": len(native), "xattr_files": len(nx), "hardlink_groups": len(groups)}}
     for peer in ["imgfs", "imgfs-tar", "ratarmount", "archivemount", "squashfuse"]:
-        notes = []
         m = img.mnt(peer)
         if peer in r.get("hung", {}) or peer in r.get("setup_errors", {}):
-            res[peer] = {"ok": False, "notes": [skipped(r, peer)["error"]]}
+            res[peer] = not_compared(skipped(r, peer)["error"])
             continue
         tree, native, nx, groups, sample = tar_ref
+        against = "the tar, tar -x"
         if peer == "imgfs":
             # The docker source is docker's export, which is not the tar: docker adds .dockerenv,
             # /etc/hosts, /dev/console, ... So its reference is tar -x of that export.
             if img.key != "python":
-                res[peer] = {"ok": True, "notes": ["not compared here (the tar path mount covers the same "
-                                                   "code; the export differs from the tar by docker's additions)"]}
+                res[peer] = not_compared("not compared (the export differs from the tar by docker's additions, "
+                                         "and no export of this image was extracted to compare with)")
                 continue
             try:
                 tree, native, nx, groups, sample = reference(export_tree(img))
             except BenchError as e:
-                res[peer] = {"ok": False, "notes": [f"could not extract docker's export: {e}"]}
+                res[peer] = not_compared(f"could not extract docker's export: {e}")
                 continue
+            against = "tar -x of the archive imgfs exported from dockerd into its cache (the archive it serves)"
         try:
             mount(img, peer)
             got = listing(m, timeout)
         except BenchError as e:
-            res[peer] = {"ok": False, "notes": [f"could not list: {e}"]}
+            res[peer] = not_compared(f"could not list: {e}")
             umount(img, peer, force=True)
             continue
-        missing = sorted(set(native) - set(got))
-        extra = sorted(set(got) - set(native))
-        if missing:
-            notes.append(f"{len(missing)} entries missing (e.g. {', '.join(missing[:3])})")
-        if extra:
-            notes.append(f"{len(extra)} entries not in the tree (e.g. {', '.join(extra[:3])})")
-        for f in FIELDS:
-            bad = [p for p in native if p in got and native[p][f] != got[p][f]]
-            if bad:
-                p = bad[0]
-                notes.append(f"{f} differs on {len(bad)} entries (e.g. {p}: tree {native[p][f]!r}, "
-                             f"{peer} {got[p][f]!r})")
-        broken = nl = 0
-        for g in groups:
-            if any(p not in got for p in g):
-                continue
-            if len({got[p]["ino"] for p in g}) > 1:
-                broken += 1
-            if any(got[p]["nlink"] != native[p]["nlink"] for p in g):
-                nl += 1
-        if broken:
-            notes.append(f"hard links not shared: {broken} of {len(groups)} groups have distinct inodes")
-        if nl:
-            notes.append(f"link count wrong in {nl} of {len(groups)} hard-link groups")
-        if nx:
-            try:
-                gx = xattrs(m, timeout)
-                miss = [p for p in nx if gx.get(p) != nx[p]]
-                if miss:
-                    notes.append(f"xattrs missing or different on {len(miss)} of {len(nx)} files "
-                                 f"(e.g. {miss[0]}: tree {sorted(nx[miss[0]])}, {peer} {sorted(gx.get(miss[0], {}))})")
-            except BenchError as e:
-                notes.append(f"xattrs: {e}")
-        bad = []
-        try:
-            t_end = time.time() + 120
-            for p in sample:
-                if p not in got:
-                    continue
-                if time.time() > t_end:
-                    notes.append("content sample cut short after 120 s")
-                    break
-                a = (tree / p).read_bytes()
-                try:
-                    b = (m / p).read_bytes()
-                except OSError as e:
-                    b = f"error {e}"
-                if a != b:
-                    bad.append(p)
-        except OSError as e:
-            notes.append(f"content check: {e}")
-        if bad:
-            notes.append(f"content differs in {len(bad)} of {len(sample)} sampled files (e.g. {bad[0]})")
-        against = "docker's export, tar -x" if peer == "imgfs" else "the tar, tar -x"
-        res[peer] = {"ok": not notes, "notes": notes or
-                     [f"identical to {against}: {len(native)} entries (type, mode, owner, size, mtime, link target)"
-                      + (f", {len(groups)} hard-link groups" if groups else "")
-                      + (f", xattrs on {len(nx)} files" if nx else "")
-                      + f", contents of {len(sample)} sampled files"]}
+        res[peer] = compare_view(peer, m, got, tree, native, nx, groups, sample, timeout, against)
         log(f"{img.key} {peer}: {'; '.join(res[peer]['notes'])}")
     return res
+
+
+def compare_view(peer, m, got, tree, native, nx, groups, sample, timeout, against):
+    """The mount at m (listed as got) against the reference tree; differences make the row
+    DIFFERS, checks that could not be made are said and leave out of the "identical" claim."""
+    diffs, unchecked = [], []
+    missing = sorted(set(native) - set(got))
+    extra = sorted(set(got) - set(native))
+    if missing:
+        diffs.append(f"{len(missing)} entries missing (e.g. {', '.join(missing[:3])})")
+    if extra:
+        diffs.append(f"{len(extra)} entries not in the tree (e.g. {', '.join(extra[:3])})")
+    for f in FIELDS:
+        bad = [p for p in native if p in got and native[p][f] != got[p][f]]
+        if bad:
+            p = bad[0]
+            diffs.append(f"{f} differs on {len(bad)} entries (e.g. {p}: tree {native[p][f]!r}, "
+                         f"{peer} {got[p][f]!r})")
+    broken = nl = 0
+    for g in groups:
+        if any(p not in got for p in g):
+            continue
+        if len({got[p]["ino"] for p in g}) > 1:
+            broken += 1
+        if any(got[p]["nlink"] != native[p]["nlink"] for p in g):
+            nl += 1
+    if broken:
+        diffs.append(f"hard links not shared: {broken} of {len(groups)} groups have distinct inodes")
+    if nl:
+        diffs.append(f"link count wrong in {nl} of {len(groups)} hard-link groups")
+    # xattrs both ways: the reference's on the mount, and none on the mount that the reference
+    # lacks (the root, which the listing leaves out too, aside).
+    xattrs_checked = False
+    try:
+        gx = xattrs(m, timeout)
+        paths = sorted((set(nx) | set(gx)) - {""})
+        miss = [p for p in paths if gx.get(p, {}) != nx.get(p, {})]
+        if miss:
+            p = miss[0]
+            diffs.append(f"xattrs missing or different on {len(miss)} files (of {len(nx)} with xattrs in the "
+                         f"tree; e.g. {p}: tree {sorted(nx.get(p, {}))}, {peer} {sorted(gx.get(p, {}))})")
+        xattrs_checked = True
+    except BenchError as e:
+        unchecked.append(f"xattrs not compared: {e}")
+    bad, compared = [], 0
+    try:
+        t_end = time.time() + 120
+        for p in sample:
+            if p not in got:
+                continue
+            if time.time() > t_end:
+                unchecked.append(f"content sample cut short after 120 s ({compared} of {len(sample)} compared)")
+                break
+            a = (tree / p).read_bytes()
+            try:
+                b = (m / p).read_bytes()
+            except OSError as e:
+                b = f"error {e}"
+            compared += 1
+            if a != b:
+                bad.append(p)
+    except OSError as e:
+        unchecked.append(f"content check stopped after {compared} files: {e}")
+    if bad:
+        diffs.append(f"content differs in {len(bad)} of {compared} sampled files (e.g. {bad[0]})")
+    if diffs:
+        return {"ok": False, "compared": True, "against": against, "notes": diffs + unchecked}
+    same = (f"identical to {against}: {len(native)} entries (type, mode, owner, size, mtime, link target)"
+            + (f", {len(groups)} hard-link groups" if groups else "")
+            + ((f", xattrs on {len(nx)} files" if nx else ", xattrs (none in either)") if xattrs_checked else "")
+            + f", contents of {compared} sampled files")
+    return {"ok": True, "compared": True, "against": against, "notes": [same] + unchecked}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1144,10 +1164,13 @@ def render(R, meta, images, path):
     A("## Correctness of each view against the extracted tree\n")
     A("Each mount listed with `find -printf '%P %y %m %U %G %s %T@ %l'` (directory sizes not compared) "
       "and compared entry by entry with the tar -x tree; hard-link groups (same inode, right link "
-      "count), xattrs (`getfattr -R -d -m-`), and the bytes of about 200 sampled regular files.\n")
+      "count), xattrs (`getfattr -R -d -m-`, both ways), and the bytes of about 200 sampled regular files. "
+      "OK: compared, no difference; DIFFERS: the differences found; NOT COMPARED: the comparison was "
+      "not made, and why.\n")
     for k in images:
         c = R[k].get("correctness")
         if not c:
+            A(f"**{k}**: NOT COMPARED in this run (`--no-correctness`).\n")
             continue
         nat = c["native"]
         A(f"**{k}** ({nat['entries']} entries, {nat['hardlink_groups']} hard-link groups, "
@@ -1155,9 +1178,8 @@ def render(R, meta, images, path):
         for peer in ("imgfs", "imgfs-tar", "ratarmount", "archivemount", "squashfuse"):
             st = c.get(peer)
             if st:
-                verdict = "OK" if st["ok"] else \
-                    ("NOT CHECKED" if st["notes"][0].startswith(("skipped", "set-up failed")) else "DIFFERS")
-                A(f"- {TITLES[peer]}: {verdict} — " + "; ".join(st["notes"]))
+                verdict, notes = correctness_verdict(peer, st)
+                A(f"- {TITLES[peer]}: {verdict} — " + "; ".join(notes))
         A("")
     errs = [f"{k}, set-up of {p}: {e}" for k in images for p, e in (R[k].get("setup_errors") or {}).items()]
     for k in images:
@@ -1181,6 +1203,23 @@ def render(R, meta, images, path):
     A("```\nbench/run.sh            # full run: both images\nbench/run.sh --quick    # python image only, fewer runs\n```\n")
     A("Raw hyperfine JSON and the summary are written under `bench/results/`.\n")
     path.write_text(common.keep_sections(path, "\n".join(L)))
+
+
+def correctness_verdict(peer, st):
+    """(OK | DIFFERS | NOT COMPARED, notes) of a correctness row. A row whose comparison was not
+    made is never OK; rows saved before "compared" was recorded are read from their first note."""
+    notes = st["notes"]
+    compared = st.get("compared")
+    if compared is None:  # a result saved by an earlier version of this script
+        compared = not notes[0].startswith(("skipped", "set-up failed", "not compared", "could not"))
+        if peer == "imgfs" and notes[0].startswith("identical to docker's export, tar -x"):
+            # It was compared with tar -x of the archive imgfs had itself exported into its
+            # cache: the archive it serves, so identical by construction.
+            return "NOT COMPARED", ["compared only with tar -x of the archive imgfs exported into its own "
+                                    "cache (the archive it serves), not with an export docker made in the run"]
+    if not compared:
+        return "NOT COMPARED", notes
+    return ("OK" if st["ok"] else "DIFFERS"), notes
 
 
 COLORS = {"native": "#7f7f7f", "imgfs": "#1f77b4", "imgfs-tar": "#9ecae1", "ratarmount": "#ff7f0e",

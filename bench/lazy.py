@@ -409,7 +409,6 @@ def targets(res, inp):
     share = ratio(one, size)
     share_blob = ratio(blob, size)
     x_nodes = ratio(fetched(res, "nodes"), one)
-    x_nodes_blob = ratio((res.get("nodes") or {}).get("blob_bytes"), blob)
     rows = [
         ("docker pull + run over lazy imgfs run", x_small, f"≥ {MIN_DOCKER_OVER_LAZY:g}×",
          lambda x: x >= MIN_DOCKER_OVER_LAZY),
@@ -423,8 +422,6 @@ def targets(res, inp):
          lambda x: x >= MIN_DOCKER_OVER_LAZY_BIG),
         (f"{NODES} cold nodes: bytes from the registry (tc, HTTP and TCP framing included) over one lazy "
          "start", x_nodes, f"≤ {MAX_NODES_OVER_ONE:g}×", lambda x: x <= MAX_NODES_OVER_ONE),
-        (f"{NODES} cold nodes: layer bytes kept (du of the blobs) over one lazy start", x_nodes_blob,
-         f"≤ {MAX_NODES_OVER_ONE:g}×", lambda x: x <= MAX_NODES_OVER_ONE),
     ]
     for what, a, b in (("metadata walk", "walk-lazy", "walk-oci"), ("read every file", "read-lazy", "read-oci"),
                        ("read every file after a remount", "read-remount", "read-oci"),
@@ -526,12 +523,10 @@ def default_span(inp):
 def render_notes(res):
     """What the tables leave to arithmetic: eight nodes beside one start, prefetch beside none."""
     L = []
-    one, nodes = res.get("cold-lazy") or {}, res.get("nodes") or {}
     if med(res, "nodes") and med(res, "cold-lazy"):
         L.append(f"{NODES} cold nodes at once took {med(res, 'nodes') / med(res, 'cold-lazy'):.2f}× the wall time of "
                  f"one lazy start and fetched {ratio(fetched(res, 'nodes'), fetched(res, 'cold-lazy')) or 0:.2f}× "
-                 f"its bytes ({mb(fetched(res, 'nodes'))} against {mb(fetched(res, 'cold-lazy'))}); their layer "
-                 f"blobs hold {mb(nodes.get('blob_bytes'))} against {mb(one.get('blob_bytes'))}. ")
+                 f"its bytes ({mb(fetched(res, 'nodes'))} against {mb(fetched(res, 'cold-lazy'))}). ")
     if med(res, "cold-prefetch") and med(res, "cold-lazy"):
         L.append(f"With `--prefetch all` the cold run took {med(res, 'cold-prefetch') / med(res, 'cold-lazy'):.2f}× "
                  "the time of `--prefetch none`; its bytes per run count the background fetch until the next "

@@ -525,7 +525,7 @@ def render_notes(res):
     L = []
     if med(res, "nodes") and med(res, "cold-lazy"):
         L.append(f"{NODES} cold nodes at once took {med(res, 'nodes') / med(res, 'cold-lazy'):.2f}× the wall time of "
-                 f"one lazy start and fetched {ratio(fetched(res, 'nodes'), fetched(res, 'cold-lazy')) or 0:.2f}× "
+                 f"one lazy start and fetched {ratio(fetched(res, 'nodes'), fetched(res, 'cold-lazy')) or 0:.3f}× "
                  f"its bytes ({mb(fetched(res, 'nodes'))} against {mb(fetched(res, 'cold-lazy'))}). ")
     if med(res, "cold-prefetch") and med(res, "cold-lazy"):
         L.append(f"With `--prefetch all` the cold run took {med(res, 'cold-prefetch') / med(res, 'cold-lazy'):.2f}× "

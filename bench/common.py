@@ -2,8 +2,11 @@
 with hyperfine, stopping the shared servers `imgfs run` leaves, the machine's description and
 the sections of RESULTS.md that each driver owns.
 
-bench.py (the file-system suite) and sandbox.py (sandbox start-up) import it; it has no side
-effects on import.
+bench.py (the file-system suite), sandbox.py (sandbox start-up), sources.py and lazy.py import
+it; it has no side effects on import. It also records the checkout a run measures (`common.py
+checkout`, which bench/run.sh calls before it builds) and writes the table of the runs that
+RESULTS.md comes from: a run from a dirty tree, or sections from different runs, commits or
+machines, are said so there, never called clean.
 """
 
 import json
@@ -303,6 +306,177 @@ def machine():
 
 
 # ---------------------------------------------------------------------------------------------
+# The checkout measured: its commit, and whether the tree differed from it. A run from a
+# dirty tree is never called clean: every report says "-dirty" where it names the commit.
+
+# What the benchmark writes into the tree itself: left out when telling whether it is dirty
+# (else every driver after the first of a run would find the tree dirty).
+OUTPUTS = ("bench/RESULTS.md", "bench/chart.png", "bench/results")
+CHANGED_KEPT = 20  # changed paths recorded; the count is always whole
+
+
+def current_checkout():
+    """{"commit", "short", "dirty", "changed", "changed_count"} of the tree now: dirty when a
+    tracked file differs from the commit or an untracked file is there (OUTPUTS aside). When
+    git cannot tell, the commit is unknown and the tree counts as dirty."""
+    try:
+        commit = out(["git", "-C", ROOT, "rev-parse", "HEAD"], timeout=60)
+        status = run(["git", "-C", ROOT, "status", "--porcelain=v1", "--untracked-files=normal", "--", ".",
+                      *[f":(exclude){p}" for p in OUTPUTS]], capture=True, timeout=60).stdout
+    except BenchError as e:
+        return {"commit": None, "short": "unknown", "dirty": True, "changed": [f"git failed: {e}"],
+                "changed_count": 1}
+    changed = [line[3:] for line in status.splitlines() if line.strip()]
+    return {"commit": commit, "short": commit[:7], "dirty": bool(changed), "changed": changed[:CHANGED_KEPT],
+            "changed_count": len(changed)}
+
+
+def checkout_at_start():
+    """The checkout a run measures: what bench/run.sh recorded before it built imgfs
+    ($IMGFS_BENCH_CHECKOUT), else the tree now."""
+    recorded = os.environ.get("IMGFS_BENCH_CHECKOUT")
+    if recorded:
+        try:
+            return json.loads(recorded)
+        except ValueError:
+            return {"commit": None, "short": "unknown", "dirty": True,
+                    "changed": [f"unreadable IMGFS_BENCH_CHECKOUT: {recorded[:80]}"], "changed_count": 1}
+    return current_checkout()
+
+
+def checkout_at_end(start):
+    """start, marked dirty with the reason when the tree moved or changed during the run."""
+    now = current_checkout()
+    if (now["commit"], now["dirty"], now["changed"]) == (start["commit"], start["dirty"], start["changed"]):
+        return start
+    moved = (f"HEAD moved to {now['short']}" if now["commit"] != start["commit"] else "files changed")
+    return dict(start, dirty=True, during=f"{moved} during the run"
+                + (f" ({now['changed_count']} paths differ from it)" if now["dirty"] else ""))
+
+
+def checkout_of(meta):
+    """The checkout a saved report was measured from; for reports saved before it was recorded,
+    what `git describe --dirty` said in their versions (tracked files only)."""
+    if meta.get("checkout"):
+        return meta["checkout"]
+    text = (meta.get("versions") or {}).get("imgfs", "")
+    m = re.search(r"commit (\w+)", text)
+    return {"commit": m.group(1) if m else None, "short": m.group(1) if m else "unknown",
+            "dirty": "-dirty" in text or not m, "changed": [], "changed_count": 0, "describe_only": True}
+
+
+def checkout_label(c):
+    """abc1234, or abc1234-dirty."""
+    return c["short"] + ("-dirty" if c["dirty"] else "")
+
+
+def checkout_text(c):
+    """The checkout for a report's header: a dirty one in bold, with what made it dirty."""
+    if not c["dirty"]:
+        how = ("no tracked file changed, as `git describe --dirty` saw it" if c.get("describe_only")
+               else "clean tree")
+        return f"commit {c['short']} ({how})"
+    why = []
+    if c.get("changed_count"):
+        more = c["changed_count"] - len(c["changed"])
+        n = c["changed_count"]
+        why.append(f"{n} path{'s' if n != 1 else ''} differ{'s' if n == 1 else ''} from the commit: "
+                   + ", ".join(c["changed"])
+                   + (f", … ({more} more)" if more > 0 else ""))
+    if c.get("during"):
+        why.append(c["during"])
+    if c.get("describe_only"):
+        why.append("as `git describe --dirty` saw it")
+    return f"**commit {checkout_label(c)}: not a clean tree**" + (f" ({'; '.join(why)})" if why else "")
+
+
+def imgfs_version(c, binary):
+    """versions()["imgfs"]: the checkout's label and the binary's own version."""
+    try:
+        r = run([binary, "--version"], capture=True, check=False, timeout=60)
+        ver = ((r.stdout or "") + (r.stderr or "")).strip().splitlines()[0]
+    except (BenchError, IndexError, OSError):
+        ver = "?"
+    return f"{checkout_label(c)} (commit {c['short']}; {ver})"
+
+
+def run_id():
+    """The invocation of bench/run.sh this driver runs in ($IMGFS_BENCH_RUN), else None."""
+    return os.environ.get("IMGFS_BENCH_RUN") or None
+
+
+def machine_text(m):
+    return f"{m['cpu']}, {m['cores']} cores, {m['ram']} RAM, kernel {m['kernel']}, {m['os']}"
+
+
+# The drivers' summaries, as (section title, file stem): the runs table reads them all.
+DRIVERS = (("file systems (`bench/run.sh`)", "results"), ("sandbox start-up (`--sandbox`)", "sandbox"),
+           ("sources (`--sources`)", "sources"), ("lazy registry images (`--lazy`)", "lazy"))
+RUNS_SECTION = "runs"
+
+
+def runs_section(suffix=""):
+    """The table of the runs RESULTS.md (or its --quick twin) was written from: for each
+    driver's section its date, invocation, checkout and machine, then whether they are one
+    run at one clean commit on one machine, and if not, why not."""
+    rows = []
+    for title, stem in DRIVERS:
+        path = RESULTS / f"{stem}{suffix}.json"
+        if not path.exists():
+            continue
+        saved = json.loads(path.read_text())
+        meta = saved.get("meta") or {}
+        checkouts = [checkout_of(meta)]
+        for r in (saved.get("results") or {}).values():  # bench.py: images kept by --resume
+            c = (r.get("info") or {}).get("checkout") if isinstance(r, dict) else None
+            if c and checkout_label(c) != checkout_label(checkouts[0]):
+                checkouts.append(c)
+        rows.append((title, meta, checkouts))
+    if not rows:
+        return ""
+    L = ["## Runs\n", "| section | generated | invocation | checkout | machine |", "|---|---|---|---|---|"]
+    for title, meta, checkouts in rows:
+        L.append(f"| {title} | {meta.get('date', '?')} | {meta.get('run') or '—'} | "
+                 + "; ".join(checkout_text(c) for c in checkouts)
+                 + f" | {machine_text(meta['machine']) if meta.get('machine') else '?'} |")
+    # Sections saved without an invocation id count as invocations of their own.
+    invocations = len({meta["run"] for _, meta, _ in rows if meta.get("run")}) + \
+        sum(1 for _, meta, _ in rows if not meta.get("run"))
+    commits = sorted({c["short"] for _, _, cs in rows for c in cs})
+    dirty = [title for title, _, cs in rows if any(c["dirty"] for c in cs)]
+    # Saved before the checkout was recorded: git describe saw tracked files only.
+    unsure = [title for title, _, cs in rows if any(c.get("describe_only") and not c["dirty"] for c in cs)]
+    machines = sorted({machine_text(meta["machine"]) for _, meta, _ in rows if meta.get("machine")})
+    L.append("")
+    if invocations == 1 and len(commits) == 1 and not dirty and not unsure and len(machines) == 1:
+        inv = rows[0][1].get("run")
+        L.append(f"Every section comes from one invocation{f' ({inv})' if inv else ''} at commit {commits[0]}, "
+                 f"a clean tree, on one machine: {machines[0]}.")
+    else:
+        why = []
+        if invocations > 1:
+            why.append(f"{len(rows)} sections from {invocations} separate invocations")
+        if len(commits) > 1:
+            why.append(f"{len(commits)} commits ({', '.join(commits)})")
+        if dirty:
+            why.append("not a clean tree in " + ", ".join(dirty))
+        if unsure:
+            why.append("untracked files not checked in " + ", ".join(unsure))
+        if len(machines) > 1:
+            why.append(f"{len(machines)} machines ({'; '.join(machines)})")
+        L.append("**Not one run at one clean commit**: " + "; ".join(why) + ". `bench/run.sh --all` at a clean "
+                 "commit writes every section in one invocation.")
+    return "\n".join(L)
+
+
+def write_runs_section(path, suffix=""):
+    """Rewrites the runs table in path from the drivers' summaries (after a driver wrote its own)."""
+    body = runs_section(suffix)
+    if body:
+        write_section(path, RUNS_SECTION, body)
+
+
+# ---------------------------------------------------------------------------------------------
 # RESULTS.md: bench.py writes the whole file; another driver owns one section of it, between
 # <!-- NAME:start --> and <!-- NAME:end -->, which a rewrite of the rest keeps.
 
@@ -338,3 +512,10 @@ def keep_sections(path, text):
     have = _sections(text)
     kept = [s for name, s in _sections(path.read_text()).items() if name not in have]
     return text.rstrip("\n") + "".join(f"\n\n{s}" for s in kept) + "\n" if kept else text
+
+
+if __name__ == "__main__":
+    # bench/run.sh records the checkout before it builds imgfs: `common.py checkout`.
+    if sys.argv[1:] != ["checkout"]:
+        sys.exit("usage: common.py checkout")
+    print(json.dumps(current_checkout()))

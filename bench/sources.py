@@ -54,8 +54,9 @@ import urllib.request
 from pathlib import Path
 
 from common import (FIX, IDLE_THRESHOLD, IMGFS, RESULTS, ROOT, WORK, BWRAP_FLAGS, BenchError, Runner,
-                    fmt_time, hold_machine, log, machine, out, q, run, set_log_file, stop_shared,
-                    write_section)
+                    checkout_at_end, checkout_at_start, checkout_of, checkout_text, fmt_time, hold_machine,
+                    imgfs_version, log, machine, out, q, run, run_id, set_log_file, stop_shared,
+                    write_runs_section, write_section)
 from sandbox import alternate
 
 SECTION = "sources"
@@ -623,14 +624,13 @@ def evaluate(res):
     return rows
 
 
-def versions():
+def versions(checkout):
     def first(cmd):
         r = run(cmd, capture=True, check=False, timeout=60)
         lines = ((r.stdout or "") + (r.stderr or "")).strip().splitlines()
         return lines[0] if lines else "?"
     return {
-        "imgfs": f"{out(['git', '-C', ROOT, 'describe', '--always', '--dirty', '--tags'])} "
-                 f"(commit {out(['git', '-C', ROOT, 'rev-parse', '--short', 'HEAD'])}; {first([IMGFS, '--version'])})",
+        "imgfs": imgfs_version(checkout, IMGFS),
         "umoci": first(["umoci", "--version"]),
         "bwrap": first(["bwrap", "--version"]),
         "gzip": first(["gzip", "--version"]),
@@ -657,7 +657,8 @@ def render(res, meta):
       f"(run took {meta.get('duration_min', 0):.1f} min). "
       f"Machine: {mach['cpu']}, {mach['cores']} cores, {mach['ram']}, kernel {mach['kernel']}, {mach['os']}; "
       f"imgfs {v['imgfs']}; {v['umoci']}; {v['skopeo']}; {v['bwrap']}; {v['gzip']}; {v['zstd']}; "
-      f"{v['python']}; {v['docker']}; {v['registry']}; {v['hyperfine']}.\n")
+      f"{v['python']}; {v['docker']}; {v['registry']}; {v['hyperfine']}. "
+      f"Built and measured from {checkout_text(checkout_of(meta))}.\n")
     plain = inp["plain"]["bytes"]
     A(f"The image is `{meta['image']}` (tests/fixtures/make-layered.sh: the Debian python test image as "
       f"{inp['gzip']['layers']} layers, {mb(plain)} of layer tars) from its OCI layouts, ref `{REF}`:\n")
@@ -738,6 +739,7 @@ def report(res, meta):
     (RESULTS / f"sources{suffix}.json").write_text(json.dumps({"meta": meta, "results": res}, indent=1, default=str))
     md = RESULTS / "RESULTS-quick.md" if meta["quick"] else ROOT / "bench" / "RESULTS.md"
     write_section(md, SECTION, render(res, meta))
+    write_runs_section(md, suffix)
     log(f"wrote {RESULTS / f'sources{suffix}.json'} and the {SECTION} section of {md}")
     for e in meta["rows"]:
         if e["target"]:
@@ -780,8 +782,10 @@ def main():
 
     L = layouts()
     start = time.time()
+    checkout = checkout_at_start()
     meta = {"quick": args.quick, "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M %Z").strip(),
-            "machine": machine(), "versions": versions(), "image": read_env().get("LAYERS_IMAGE", "?"),
+            "run": run_id(), "checkout": checkout, "machine": machine(), "versions": versions(checkout),
+            "image": read_env().get("LAYERS_IMAGE", "?"),
             "inputs": {k: {"label": l.label, "dir": str(l.dir), "layers": len(l.layers), "bytes": l.size,
                            "largest": max(s for _, s in l.layers)} for k, l in L.items()},
             "command": CMD}
@@ -794,6 +798,7 @@ def main():
         umount()
         stop_shared()
     meta["duration_min"] = (time.time() - start) / 60
+    meta["checkout"] = checkout_at_end(meta["checkout"])
     report(res, meta)
 
 

@@ -350,8 +350,9 @@ def checkout_at_end(start):
     if (now["commit"], now["dirty"], now["changed"]) == (start["commit"], start["dirty"], start["changed"]):
         return start
     moved = (f"HEAD moved to {now['short']}" if now["commit"] != start["commit"] else "files changed")
+    n = now["changed_count"]
     return dict(start, dirty=True, during=f"{moved} during the run"
-                + (f" ({now['changed_count']} paths differ from it)" if now["dirty"] else ""))
+                + (f", after which {n} path{'s' if n != 1 else ''} differed from it" if n else ""))
 
 
 def checkout_of(meta):

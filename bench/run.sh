@@ -17,10 +17,15 @@
 #                           registry shaped to 100 Mbit/s with and without imgfs's index beside
 #                           docker pull, a 2 GiB image, eight nodes at once, span sizes, warm
 #                           figures beside the OCI layout; about 30 minutes, ~10 GB free)
+#   bench/run.sh --all      every part above in one invocation, one after the other (about two
+#                           hours): the whole of bench/RESULTS.md from one run of one checkout
 #
 # Run as root on Debian 12. Writes bench/RESULTS.md, bench/chart.png and raw data under
-# bench/results/. Work files (synthetic image, squashfs images, caches, venv) live in
-# $IMGFS_BENCH_WORK (default /var/tmp/imgfs-bench) and are reused by later runs.
+# bench/results/. Every report names the commit it measured, recorded before the build, and
+# says "-dirty" when the tree differed from it (the benchmark's own outputs aside) or changed
+# during the run; RESULTS.md opens with the runs its sections come from. Work files (synthetic
+# image, squashfs images, caches, venv) live in $IMGFS_BENCH_WORK (default /var/tmp/imgfs-bench)
+# and are reused by later runs.
 set -euo pipefail
 
 die() { echo "bench/run.sh: $*" >&2; exit 1; }
@@ -35,7 +40,19 @@ case "${1:-}" in
     --sandbox) PART=sandbox; shift ;;
     --sources) PART=sources; shift ;;
     --lazy) PART=lazy; shift ;;
+    --all) PART=every; shift; [ "$#" -eq 0 ] || die "--all takes no other option" ;;
 esac
+
+# One id for this invocation: the sections it writes record it, and RESULTS.md tells from it
+# whether they come from one run.
+IMGFS_BENCH_RUN="$(date -u +%Y%m%dT%H%M%SZ)-$$"
+export IMGFS_BENCH_RUN
+# The checkout measured, recorded before anything is built.
+IMGFS_BENCH_CHECKOUT=$(/usr/bin/python3 "$ROOT/bench/common.py" checkout) || die "could not record the checkout"
+export IMGFS_BENCH_CHECKOUT
+if ! /usr/bin/python3 -c 'import json, os, sys; sys.exit(json.loads(os.environ["IMGFS_BENCH_CHECKOUT"])["dirty"])'; then
+    echo "bench/run.sh: WARNING: the tree is not clean; the reports of this run will say -dirty" >&2
+fi
 
 contrib/setup.sh || die "contrib/setup.sh failed"
 tests/fixtures/make-debian-image.sh || die "tests/fixtures/make-debian-image.sh failed"
@@ -45,6 +62,9 @@ if [ "$PART" = sandbox ]; then
     pkgs=(hyperfine bubblewrap util-linux passwd)
 elif [ "$PART" = sources ] || [ "$PART" = lazy ]; then
     pkgs=(hyperfine bubblewrap umoci skopeo zstd gzip iproute2 curl util-linux findutils)
+elif [ "$PART" = every ]; then
+    pkgs=(hyperfine bubblewrap archivemount libfuse2 squashfuse squashfs-tools python3-venv attr
+          util-linux findutils coreutils passwd umoci skopeo zstd gzip iproute2 curl)
 else
     pkgs=(hyperfine bubblewrap archivemount libfuse2 squashfuse squashfs-tools python3-venv attr
           util-linux findutils coreutils)
@@ -62,11 +82,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 # The image of layers in OCI layouts (reused when up to date).
-if [ "$PART" = sources ] || [ "$PART" = lazy ]; then
+if [ "$PART" = sources ] || [ "$PART" = lazy ] || [ "$PART" = every ]; then
     tests/fixtures/make-layered.sh || die "tests/fixtures/make-layered.sh failed"
 fi
 # The same image as eStargz, converted by ctr-remote (the lazy part's eStargz rows).
-if [ "$PART" = lazy ]; then
+if [ "$PART" = lazy ] || [ "$PART" = every ]; then
     tests/fixtures/make-estargz.sh || die "tests/fixtures/make-estargz.sh failed"
 fi
 
@@ -76,7 +96,7 @@ RATARMOUNT_VERSION=1.3.0
 MATPLOTLIB_VERSION=3.11.2
 VENV=$WORK/venv
 mkdir -p "$WORK"
-if [ "$PART" = all ]; then
+if [ "$PART" = all ] || [ "$PART" = every ]; then
     if [ ! -x "$VENV/bin/python3" ]; then
         /usr/bin/python3 -m venv "$VENV" || die "python3 -m venv $VENV failed"
     fi
@@ -100,4 +120,19 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 [ "$PART" = sandbox ] && exec /usr/bin/python3 "$ROOT/bench/sandbox.py" "$@"
 [ "$PART" = sources ] && exec /usr/bin/python3 "$ROOT/bench/sources.py" "$@"
 [ "$PART" = lazy ] && exec /usr/bin/python3 "$ROOT/bench/lazy.py" "$@"
+if [ "$PART" = every ]; then
+    part() {  # one driver; an interrupted one stops the run
+        local rc=0
+        "$@" || rc=$?
+        [ "$rc" -ne 130 ] || exit 130
+        return "$rc"
+    }
+    failed=()
+    part "$VENV/bin/python3" "$ROOT/bench/bench.py" || failed+=(bench.py)
+    part /usr/bin/python3 "$ROOT/bench/sandbox.py" || failed+=(sandbox.py)
+    part /usr/bin/python3 "$ROOT/bench/sources.py" || failed+=(sources.py)
+    part /usr/bin/python3 "$ROOT/bench/lazy.py" || failed+=(lazy.py)
+    [ "${#failed[@]}" -eq 0 ] || die "failed: ${failed[*]}; RESULTS.md's runs table names the runs its sections come from"
+    exit 0
+fi
 exec "$VENV/bin/python3" "$ROOT/bench/bench.py" "$@"

@@ -331,7 +331,8 @@ def render(res, meta):
         elif e["median"] is None:
             cell = "not measured"
         else:
-            cell = f"{fmt_time(e['median'])} ± {fmt_time(st.get('stddev') or 0)} ({st['runs']})"
+            spread = f" ± {fmt_time(st.get('stddev') or 0)}" if st["runs"] > 1 else ""  # one run has none
+            cell = f"{fmt_time(e['median'])}{spread} ({st['runs']})"
         x = e["ratio"]
         if x is None:
             rc = "baseline" if not row.base and not st.get("error") else "—"

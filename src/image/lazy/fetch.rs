@@ -173,19 +173,7 @@ impl LazyBlob {
     fn fetch_spans(&self, mine: &[usize]) -> Result<(), SpanError> {
         let table = &self.table;
         // Runs of neighbouring spans, each fetched as one range.
-        let mut runs: Vec<Range<usize>> = Vec::new();
-        for &i in mine {
-            match runs.last_mut() {
-                Some(run)
-                    if run.end == i
-                        && table.compressed(i).end - table.compressed(run.start).start
-                            <= MAX_RANGE =>
-                {
-                    run.end = i + 1
-                }
-                _ => runs.push(i..i + 1),
-            }
-        }
+        let runs = table.runs(mine.iter().copied(), MAX_RANGE);
         let ranges: Vec<Range<u64>> = runs
             .iter()
             .map(|r| table.compressed(r.start).start..table.compressed(r.end - 1).end)

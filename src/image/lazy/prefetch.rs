@@ -267,20 +267,7 @@ impl LazyBlob {
         if rest.is_empty() || !self.ahead.lock().insert(file.start) {
             return;
         }
-        let table = &self.table;
-        let mut runs: Vec<Range<usize>> = Vec::new();
-        for i in rest {
-            match runs.last_mut() {
-                Some(run)
-                    if run.end == i
-                        && table.compressed(i).end - table.compressed(run.start).start
-                            <= READ_AHEAD_RANGE =>
-                {
-                    run.end = i + 1
-                }
-                _ => runs.push(i..i + 1),
-            }
-        }
+        let runs = self.table.runs(rest, READ_AHEAD_RANGE);
         let blob = self.clone();
         let spawned = std::thread::Builder::new()
             .name("imgfs-ahead".into())

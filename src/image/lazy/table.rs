@@ -77,6 +77,28 @@ impl Table {
         }
     }
 
+    /// Runs of neighbouring spans among `spans` (ascending), each to be fetched as one range
+    /// of at most `most` compressed bytes; a span alone larger than that is a run of its own.
+    pub(super) fn runs(
+        &self,
+        spans: impl IntoIterator<Item = usize>,
+        most: u64,
+    ) -> Vec<Range<usize>> {
+        let mut runs: Vec<Range<usize>> = Vec::new();
+        for i in spans {
+            match runs.last_mut() {
+                Some(run)
+                    if run.end == i
+                        && self.compressed(i).end - self.compressed(run.start).start <= most =>
+                {
+                    run.end = i + 1
+                }
+                _ => runs.push(i..i + 1),
+            }
+        }
+        runs
+    }
+
     /// Where span `i`'s window lies in the layer's windows blob; `None` when it needs none (a
     /// fresh start, any TOC span).
     pub fn window_range(&self, i: usize) -> Option<Range<u64>> {
@@ -142,6 +164,39 @@ impl Table {
                 ChunkError::Mismatch(_) | ChunkError::Corrupt { .. } => Unservable::Mismatch,
                 ChunkError::NoSuchSpan(_) => Unservable::Corrupt(e.to_string()),
             }),
+        }
+    }
+}
+
+#[cfg(test)]
+// Lists of one run are among the cases.
+#[allow(clippy::single_range_in_vec_init)]
+mod tests {
+    use super::*;
+    use crate::index::seek::SeekCompression;
+
+    const SPAN: u64 = 1 << 10;
+
+    /// The spans given, the most compressed bytes of a run, the runs wanted.
+    type Case = (&'static [usize], u64, &'static [Range<usize>]);
+
+    #[test]
+    fn runs_join_neighbours_up_to_a_size() {
+        let data: Vec<u8> = (0..8 * SPAN as u32).map(|i| (i % 251) as u8).collect();
+        let table = Table::Seek(SeekTable::build(SeekCompression::None, &data[..], SPAN).unwrap());
+        let cases: &[Case] = &[
+            (&[], SPAN, &[]),
+            (&[0, 1, 2, 4, 5], 8 * SPAN, &[0..3, 4..6]),
+            (&[0, 1, 2, 4, 5], 2 * SPAN, &[0..2, 2..3, 4..6]),
+            (&[3, 4], SPAN / 2, &[3..4, 4..5]),
+            (&[7], SPAN / 2, &[7..8]),
+        ];
+        for (spans, most, want) in cases {
+            assert_eq!(
+                table.runs(spans.iter().copied(), *most),
+                *want,
+                "{spans:?} at most {most}"
+            );
         }
     }
 }

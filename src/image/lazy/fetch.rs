@@ -23,7 +23,10 @@ use super::LazyBlob;
 use super::prefetch::Demand;
 use crate::cache::sparse::SparseBlob;
 
-/// The first pause after a failed fetch; it doubles up to [`MAX_BACKOFF`].
+/// The first pause after a failed fetch; it doubles up to [`MAX_BACKOFF`]. Spans (in
+/// `ensure_as`) and windows (in `window`) are tried again alike: a try that fails waits its
+/// pause, unless that pause would end past the layer's fetch timeout, counted from the read's
+/// first try; then the read fails.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// The longest pause between tries of a fetch.
 const MAX_BACKOFF: Duration = Duration::from_secs(4);

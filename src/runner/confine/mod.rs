@@ -7,7 +7,6 @@
 
 pub mod cgroup;
 pub mod seccomp;
-mod seccomp_default;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

@@ -3,11 +3,9 @@
 //! ([`seccomp`]), no_new_privs, and the /proc and /sys paths hidden or made read-only.
 //! `--privileged` lifts all of it; `--cap-add`, `--cap-drop` and `--security-opt` loosen or
 //! tighten one part. [`Applier`] carries it out in the command's process, just before exec.
-#![allow(unsafe_code)]
 
 pub mod cgroup;
 pub mod seccomp;
-mod seccomp_default;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -318,6 +316,8 @@ impl Applier {
 
     /// First step, still with every capability: shrink the bounding set, and install the
     /// filter now unless no_new_privs lets it wait until just before exec (runc's order).
+    // Allowed here only, not for the whole file: the children without unsafe stay denied it.
+    #[allow(unsafe_code)]
     pub fn before_user_switch(&self) -> Result<(), ApplyError> {
         for cap in &self.drop {
             caps::drop(None, CapSet::Bounding, *cap).map_err(|_| ApplyError::Bounding)?;

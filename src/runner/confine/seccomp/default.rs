@@ -3,10 +3,10 @@
 //! The same facts as moby's `profiles/seccomp/default.json` (the profile every `docker run`
 //! gets unless told otherwise): deny with EPERM by default, a large allowlist, and rules that
 //! only apply for a capability, an architecture or a kernel version. [`profile`] builds the
-//! [`Profile`] that [`super::seccomp::Profile::docker_default`] hands out; the conditions are
-//! evaluated later, by `compile`, exactly as for a profile read from JSON.
+//! [`Profile`] that [`Profile::docker_default`] hands out; the conditions are evaluated later,
+//! by `compile`, exactly as for a profile read from JSON.
 
-use super::seccomp::{
+use super::profile::{
     Action, Arch, ArchMap, ArgRule, CompareOp, Filter, KernelVersion, Profile, SyscallRule,
 };
 
@@ -365,7 +365,7 @@ fn names(names: &[&str]) -> Vec<String> {
 }
 
 /// Docker's default profile.
-pub(super) fn profile() -> Profile {
+fn profile() -> Profile {
     let allowlist = SyscallRule {
         names: names(ALLOWED),
         action: Action::Allow,
@@ -394,5 +394,12 @@ pub(super) fn profile() -> Profile {
             .collect(),
         architectures: Vec::new(),
         syscalls: std::iter::once(allowlist).chain(rules).collect(),
+    }
+}
+
+impl Profile {
+    /// Docker's default profile (moby's `profiles/seccomp/default.json`).
+    pub fn docker_default() -> Profile {
+        profile()
     }
 }

@@ -10,8 +10,9 @@
 //! any layer; the others stay lazy. The image then gets a lazy entry like an indexed one,
 //! named apart (`lazy-toc-…`): a TOC's spans address a stream of their own, not the tar.
 
+use super::PrepareError;
+use super::layer::{Scanned, whole_layers};
 use super::lazy::{Found, LayerTable, Unusable};
-use super::{PrepareError, layered};
 use crate::cache::Cache;
 use crate::cache::sparse::StoredToc;
 use crate::index::toc::{self, Toc, TocFormat};
@@ -210,7 +211,7 @@ pub(super) fn find(
         .filter(|(_, f)| f.is_none())
         .map(|(l, _)| l.clone())
         .collect();
-    let mut scanned = layered::whole_layers(cache, source, &whole)?.into_iter();
+    let mut scanned = whole_layers(cache, source, &whole)?.into_iter();
     let mut tree = Tree::new();
     let mut blobs = Vec::with_capacity(img.layers.len());
     let mut tables = Vec::with_capacity(img.layers.len());
@@ -243,7 +244,7 @@ pub(super) fn find(
                 keys.push(key);
             }
             None => {
-                let Some(layered::Scanned {
+                let Some(Scanned {
                     members,
                     size,
                     warnings,

@@ -11,10 +11,15 @@
 //! `layers/<diff id>/` ([`Cache::layer`]), with the same protocol (lock, marker written last),
 //! and an image's entry holds only its merged index, its config and the list of its layers
 //! ([`LAYERS_FILE`]). A layer goes only when no complete image lists it.
+//!
+//! Entries are keyed by kind and digest ([`key::EntryKey`]): a daemon's image by its id, an
+//! image of layers by its config digest, a lazy image or layer apart from a whole one.
 
+pub mod key;
 pub mod sparse;
 pub mod sys;
 
+use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -147,15 +152,16 @@ impl Cache {
         }
     }
 
-    /// The entry for a key such as `sha256:0123...`; characters other than
-    /// `[A-Za-z0-9._-]` become `-` so a key can never name a path outside the cache.
-    pub fn entry(&self, key: &str) -> Entry {
-        self.item(IMAGES_DIR, "", key)
+    /// The image entry for a key ([`key::EntryKey`], or an entry's name); characters other
+    /// than `[A-Za-z0-9._-]` become `-` so a key can never name a path outside the cache.
+    pub fn entry(&self, key: &(impl fmt::Display + ?Sized)) -> Entry {
+        self.item(IMAGES_DIR, "", &key.to_string())
     }
 
-    /// The entry of the layer whose uncompressed tar has digest `diff_id`.
-    pub fn layer(&self, diff_id: &str) -> Entry {
-        self.item(LAYERS_DIR, LAYER_LOCK_PREFIX, diff_id)
+    /// The layer entry for a key: a layer kept whole by its diff id, a lazy one by its blob
+    /// digest ([`key::EntryKey`]).
+    pub fn layer(&self, key: &(impl fmt::Display + ?Sized)) -> Entry {
+        self.item(LAYERS_DIR, LAYER_LOCK_PREFIX, &key.to_string())
     }
 
     /// The complete layer entries, in name order.

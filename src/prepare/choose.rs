@@ -18,6 +18,7 @@ use super::entry::{blob_path, usable};
 use super::lazy::{Filled, layer_key, read_layer_info};
 use super::whole::{whole, whole_complete};
 use super::{Options, PrepareError, Ready, docker, indexed, lazy, tar, toc};
+use crate::cache::key::EntryKey;
 use crate::cache::sparse::SEEK_FILE;
 use crate::cache::sparse::SparseBlob;
 use crate::cache::{self, Cache};
@@ -179,13 +180,18 @@ fn cached(image: &ImageRef, platform: &Platform, cache: &Cache) -> Option<Ready>
     let entry = cache.entry(&cache.recall_ref(&format!("{reference} {platform}"))?);
     entry.marker()?;
     // A lazy image whose every span is here now becomes a whole one.
-    if entry.name().starts_with("lazy-")
+    if entry.name().parse().is_ok_and(|k: EntryKey| k.is_lazy())
         && let Some(ready) = promote(image, cache, &entry, platform)
     {
         return Some(ready);
     }
     let layers = std::fs::read_to_string(entry.dir().join(cache::LAYERS_FILE)).ok()?;
-    let blobs: Vec<PathBuf> = layers.lines().map(|key| blob_path(cache, key)).collect();
+    let keys: Vec<EntryKey> = layers
+        .lines()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let blobs: Vec<PathBuf> = keys.iter().map(|key| blob_path(cache, key)).collect();
     if !usable(&entry.index_path(), &blobs) {
         return None;
     }

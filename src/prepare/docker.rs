@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::entry::{claim, usable};
 use super::{Event, Options, PrepareError, Progress, Ready};
+use crate::cache::key::EntryKey;
 use crate::cache::{self, Cache, Entry};
 use crate::index::build_tree_with;
 use crate::index::scan::{ScanError, TeeInput};
@@ -70,7 +71,7 @@ pub(super) fn prepare_docker(
         pull, mut report, ..
     } = options;
     if let Some(id) = full_image_id(reference) {
-        let entry = cache.entry(id);
+        let entry = cache.entry(&EntryKey::Digest(id.to_string()));
         if entry.marker().is_some() && usable(&entry.index_path(), &[entry.archive_path()]) {
             return Ok(Ready {
                 index_path: entry.index_path(),
@@ -94,7 +95,7 @@ pub(super) fn prepare_docker(
         }
         resolved => resolved?,
     };
-    let entry = cache.entry(&image.id);
+    let entry = cache.entry(&EntryKey::Digest(image.id.clone()));
     let ready = |built, warnings| Ready {
         index_path: entry.index_path(),
         blobs: vec![entry.archive_path()],

@@ -12,6 +12,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::PrepareError;
+use crate::cache::key::EntryKey;
 use crate::cache::sparse::{REMOTE_FILE, Remote};
 use crate::cache::{self, Cache, Entry};
 use crate::index::format::Index;
@@ -98,9 +99,9 @@ fn verified_stamp(m: &std::fs::Metadata) -> String {
 }
 
 /// Where a store key's blob is read from: a lazy layer's description, or a layer's tar.
-pub(crate) fn blob_path(cache: &Cache, key: &str) -> PathBuf {
+pub(crate) fn blob_path(cache: &Cache, key: &EntryKey) -> PathBuf {
     let dir = cache.layer(key).dir().to_path_buf();
-    if key.starts_with("lazy-") {
+    if key.is_lazy() {
         dir.join(REMOTE_FILE)
     } else {
         dir.join(cache::LAYER_FILE)
@@ -115,7 +116,7 @@ pub(super) fn write_records(
     entry: &Entry,
     lock: &cache::Lock,
     index: &[u8],
-    keys: &[String],
+    keys: &[EntryKey],
 ) -> Result<(), PrepareError> {
     let config: serde_json::Value =
         serde_json::from_slice(&img.config).map_err(|source| SourceError::Json {

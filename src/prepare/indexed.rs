@@ -10,6 +10,7 @@
 
 use super::artifact::{self, Artifact};
 use super::lazy::{Found, LayerTable, Unusable, layer_key};
+use crate::cache::key::EntryKey;
 use crate::source::Image;
 use crate::source::registry::Registry;
 
@@ -97,7 +98,7 @@ pub(super) fn find(registry: &Registry, img: &Image) -> Result<Option<Found>, Un
             })
             .collect(),
         keys: img.layers.iter().filter_map(layer_key).collect(),
-        entry: format!("lazy-{}", img.config_digest),
+        entry: EntryKey::Lazy(img.config_digest.clone()),
         prefetch,
     }))
 }

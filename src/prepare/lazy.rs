@@ -18,6 +18,7 @@ use super::artifact::ArtifactError;
 use super::entry::{blob_path, claim, usable, write_records};
 use super::layer::{layer_path, store_layer as store_whole_layer};
 use super::{Options, PrepareError, Ready};
+use crate::cache::key::EntryKey;
 use crate::cache::sparse::SparseBlob;
 use crate::cache::sparse::{REMOTE_FILE, Remote, SEEK_FILE, TOC_FILE, WINDOWS_PRESENT_FILE};
 use crate::cache::{self, Cache};
@@ -29,8 +30,8 @@ pub use super::push::{Pushed, Record, push};
 
 /// What the store keys a lazy layer under: its compressed blob's digest, which the seek
 /// table addresses (a whole layer is keyed by its diff id).
-pub fn layer_key(layer: &Layer) -> Option<String> {
-    layer.digest.as_ref().map(|d| format!("lazy-{d}"))
+pub fn layer_key(layer: &Layer) -> Option<EntryKey> {
+    layer.digest.as_ref().map(|d| EntryKey::Lazy(d.to_string()))
 }
 
 /// Why the artifact of an image, or a layer's TOC, could not be used.
@@ -131,9 +132,9 @@ pub(super) struct Found {
     /// How each layer is read.
     pub tables: Vec<LayerTable>,
     /// Each layer's key in the store.
-    pub keys: Vec<String>,
+    pub keys: Vec<EntryKey>,
     /// The name of the image's entry in the store.
-    pub entry: String,
+    pub entry: EntryKey,
     /// The prefetch list (`LAYER SPAN` lines, checked), when there is one.
     pub prefetch: Option<String>,
 }
@@ -160,7 +161,7 @@ pub(super) enum LayerTable {
 #[derive(Clone, Copy)]
 struct Place<'a> {
     /// The store key ([`layer_key`]).
-    key: &'a str,
+    key: &'a EntryKey,
     /// `--tls-verify=false`, and `--authfile`, as given when the image was prepared.
     insecure: bool,
     auth_file: Option<&'a std::path::Path>,
@@ -251,7 +252,7 @@ fn store_layer(
         // A TOC's spans need no windows: an empty map.
         SparseBlob::create_windows(entry.dir(), remote.windows_size, spans).map_err(io)?;
         entry.write_file(REMOTE_FILE, &json)?;
-        entry.commit(&lock, key)?;
+        entry.commit(&lock, &key.to_string())?;
         Ok(())
     })();
     if filled.is_err() {

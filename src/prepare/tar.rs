@@ -9,6 +9,7 @@ use std::path::Path;
 
 use super::entry::{claim, usable};
 use super::{PrepareError, Ready};
+use crate::cache::key::EntryKey;
 use crate::cache::{self, Cache, Entry};
 use crate::index::tree::BlobRef;
 use crate::index::{FileInput, build_tree};
@@ -39,7 +40,10 @@ pub(super) fn prepare_tar(path: &Path, cache: &Cache) -> Result<Ready, PrepareEr
         return Err(PrepareError::NotAFile { path });
     }
     let identity = tar_identity(&meta);
-    let entry = cache.entry(&format!("tar-{:x}-{:x}", meta.dev(), meta.ino()));
+    let entry = cache.entry(&EntryKey::TarFile {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    });
     let ready = |built, warnings| Ready {
         index_path: entry.index_path(),
         blobs: vec![path.clone()],

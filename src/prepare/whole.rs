@@ -13,13 +13,14 @@ use std::time::Instant;
 use super::entry::{claim, usable, write_records};
 use super::layer::{Counters, Scanned, fill_layers, layer_path, visible};
 use super::{Event, Options, PrepareError, Progress, Ready};
+use crate::cache::key::EntryKey;
 use crate::cache::{self, Cache, Entry};
 use crate::index::tree::{BlobRef, Tree};
 use crate::source::{Image, ImageRef, LayerSource, Platform};
 
 /// Whether the store holds `img` whole: its entry complete and every layer's tar there.
 pub(super) fn whole_complete(cache: &Cache, img: &Image) -> bool {
-    let entry = cache.entry(&format!("oci-{}", img.config_digest));
+    let entry = cache.entry(&EntryKey::Oci(img.config_digest.clone()));
     let blobs: Vec<PathBuf> = img.layers.iter().map(|l| layer_path(cache, l)).collect();
     entry.marker().is_some() && usable(&entry.index_path(), &blobs)
 }
@@ -33,7 +34,7 @@ pub(super) fn whole(
     options: Options,
     platform: &Platform,
 ) -> Result<Ready, PrepareError> {
-    let entry = cache.entry(&format!("oci-{}", img.config_digest));
+    let entry = cache.entry(&EntryKey::Oci(img.config_digest.clone()));
     let blobs: Vec<PathBuf> = img.layers.iter().map(|l| layer_path(cache, l)).collect();
     let ready = |built, warnings| Ready {
         index_path: entry.index_path(),
@@ -112,7 +113,11 @@ fn write_image(
             path: what.clone(),
             source,
         })?;
-    let keys: Vec<String> = img.layers.iter().map(|l| l.store_key().0).collect();
+    let keys: Vec<EntryKey> = img
+        .layers
+        .iter()
+        .map(|l| EntryKey::Digest(l.store_key().0))
+        .collect();
     write_records(&what, img, entry, lock, &index, &keys)?;
     Ok(warnings)
 }

@@ -16,6 +16,7 @@
 //! image of layers by its config digest, a lazy image or layer apart from a whole one.
 
 pub mod key;
+pub mod lazy;
 pub mod sparse;
 pub mod sys;
 
@@ -23,6 +24,8 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+
+use crate::source::Layer;
 
 pub const ARCHIVE_FILE: &str = "archive.tar";
 pub const INDEX_FILE: &str = "index";
@@ -162,6 +165,11 @@ impl Cache {
     /// digest ([`key::EntryKey`]).
     pub fn layer(&self, key: &(impl fmt::Display + ?Sized)) -> Entry {
         self.item(LAYERS_DIR, LAYER_LOCK_PREFIX, &key.to_string())
+    }
+
+    /// Where the store keeps a layer's uncompressed tar.
+    pub fn layer_path(&self, layer: &Layer) -> PathBuf {
+        self.layer(&layer.store_key().0).dir().join(LAYER_FILE)
     }
 
     /// The complete layer entries, in name order.

@@ -15,10 +15,10 @@
 use std::path::PathBuf;
 
 use super::entry::{blob_path, usable};
-use super::lazy::{Filled, layer_key, read_layer_info};
 use super::whole::{whole, whole_complete};
 use super::{Options, PrepareError, Ready, docker, indexed, lazy, tar, toc};
 use crate::cache::key::EntryKey;
+use crate::cache::lazy::{Filled, layer_key, read_layer_info};
 use crate::cache::sparse::SEEK_FILE;
 use crate::cache::sparse::SparseBlob;
 use crate::cache::{self, Cache};
@@ -229,10 +229,7 @@ fn promote(
         }
         dirs.push((layer.digest.as_ref()?.to_string(), dir));
     }
-    let source = Filled {
-        what: image.to_string(),
-        dirs,
-    };
+    let source = Filled::new(image.to_string(), dirs);
     match whole(image, &img, &source, cache, Options::default(), platform) {
         Ok(ready) => {
             // Its layers go with the next collection; not while a server still reads them.

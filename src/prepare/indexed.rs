@@ -9,8 +9,9 @@
 //! ([`Unusable`]), and the image is fetched another way.
 
 use super::artifact::{self, Artifact};
-use super::lazy::{Found, LayerTable, Unusable, layer_key};
+use super::lazy::{Found, LayerTable, Unusable};
 use crate::cache::key::EntryKey;
+use crate::cache::lazy::layer_key;
 use crate::source::Image;
 use crate::source::registry::Registry;
 

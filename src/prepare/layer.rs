@@ -5,7 +5,7 @@
 //!
 //! Takes a [`LayerSource`] and the layers to store; hands on each layer's members in archive
 //! order, its tar's length and what its scan noticed ([`Scanned`]), and where the store keeps
-//! its tar ([`layer_path`]). Every layer is verified twice over: its bytes as stored against
+//! its tar ([`Cache::layer_path`]). Every layer is verified twice over: its bytes as stored against
 //! the digest its source names (when it names one), and its uncompressed tar against the
 //! config's diff id, which is also its key in the store. A layer that fails either is
 //! discarded, never committed.
@@ -79,21 +79,13 @@ pub(super) fn visible(layer: &Layer, mut members: Vec<Member>) -> Vec<Member> {
 
 /// Makes sure the store holds `layer`'s uncompressed tar, read from `source` (and verified)
 /// unless a complete entry has it; where it is.
-pub(super) fn store_layer(
+pub fn store_layer(
     cache: &Cache,
     source: &dyn LayerSource,
     layer: &Layer,
 ) -> Result<PathBuf, PrepareError> {
     layer_members(cache, source, layer, &Counters::default())?;
-    Ok(layer_path(cache, layer))
-}
-
-/// Where the store keeps a layer's uncompressed tar.
-pub(super) fn layer_path(cache: &Cache, layer: &Layer) -> PathBuf {
-    cache
-        .layer(&layer.store_key().0)
-        .dir()
-        .join(cache::LAYER_FILE)
+    Ok(cache.layer_path(layer))
 }
 
 /// Makes sure every layer is in the store and returns their members, bottom first. Runs

@@ -26,6 +26,8 @@ mod tar;
 mod toc;
 mod whole;
 
+pub use layer::store_layer;
+
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

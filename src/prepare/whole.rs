@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::entry::{claim, usable, write_records};
-use super::layer::{Counters, Scanned, fill_layers, layer_path, visible};
+use super::layer::{Counters, Scanned, fill_layers, visible};
 use super::{Event, Options, PrepareError, Progress, Ready};
 use crate::cache::key::EntryKey;
 use crate::cache::{self, Cache, Entry};
@@ -21,7 +21,7 @@ use crate::source::{Image, ImageRef, LayerSource, Platform};
 /// Whether the store holds `img` whole: its entry complete and every layer's tar there.
 pub(super) fn whole_complete(cache: &Cache, img: &Image) -> bool {
     let entry = cache.entry(&EntryKey::Oci(img.config_digest.clone()));
-    let blobs: Vec<PathBuf> = img.layers.iter().map(|l| layer_path(cache, l)).collect();
+    let blobs: Vec<PathBuf> = img.layers.iter().map(|l| cache.layer_path(l)).collect();
     entry.marker().is_some() && usable(&entry.index_path(), &blobs)
 }
 
@@ -35,7 +35,7 @@ pub(super) fn whole(
     platform: &Platform,
 ) -> Result<Ready, PrepareError> {
     let entry = cache.entry(&EntryKey::Oci(img.config_digest.clone()));
-    let blobs: Vec<PathBuf> = img.layers.iter().map(|l| layer_path(cache, l)).collect();
+    let blobs: Vec<PathBuf> = img.layers.iter().map(|l| cache.layer_path(l)).collect();
     let ready = |built, warnings| Ready {
         index_path: entry.index_path(),
         blobs: blobs.clone(),

@@ -188,17 +188,10 @@ impl WholeLayer {
     }
 }
 
-/// The layers of the lazy image whose index is `index_path`, bottom first; `None` when that
-/// is not the index of a lazy image's entry in a store.
-pub fn whole_layers(index_path: &std::path::Path) -> Option<Vec<WholeLayer>> {
-    let dir = index_path.parent()?;
-    let root = dir.parent()?.parent()?;
-    let cache = Cache::locate(Some(root.to_path_buf())).ok()?;
-    let entry = cache.entry(&dir.file_name()?.to_string_lossy());
-    if entry.dir() != dir {
-        return None;
-    }
-    let img = read_layer_info(&entry)?;
+/// The layers of the lazy image whose entry in `cache` is `entry`, bottom first; `None` when
+/// that is not a lazy image's entry.
+pub fn whole_layers(cache: &Cache, entry: &Entry) -> Option<Vec<WholeLayer>> {
+    let img = read_layer_info(entry)?;
     let what = format!("lazy image {}", img.config_digest);
     Some(
         img.layers

@@ -30,6 +30,7 @@ use parking_lot::{Condvar, Mutex};
 
 use super::Blob;
 use super::lazy::LazyBlob;
+use crate::cache::Cache;
 use crate::cache::lazy::WholeLayer;
 
 /// How long the watcher sleeps when no span arrives, before it looks again whether the
@@ -108,7 +109,8 @@ impl Blob for Arc<Promotable> {
 /// a whole fetch fills (only for an index inside a lazy image's entry, which names the
 /// layers' diff ids); a layer read through its TOC as its stream, beside its sparse blob.
 pub fn start(index_path: &Path, blobs: &[Arc<Promotable>], make: bool) {
-    let layers = crate::cache::lazy::whole_layers(index_path);
+    let layers = Cache::of_entry_file(index_path)
+        .and_then(|(cache, entry)| crate::cache::lazy::whole_layers(&cache, &entry));
     if layers.is_none() {
         log::debug!(
             "{}: not a lazy image's entry; only layers read through a TOC may switch",

@@ -242,7 +242,7 @@ fn index_push(args: IndexPushArgs) -> Result<i32> {
     let mut record = |config: &str| record_run(&args, config);
     let mut recorded = |config: &str| {
         let path = cache
-            .entry(&format!("lazy-{config}"))
+            .entry(&imgfs::cache::key::EntryKey::Lazy(config.to_string()))
             .dir()
             .join(imgfs::image::lazy::RECORD_FILE);
         std::fs::read_to_string(&path).map_err(|source| prepare::PrepareError::Io { path, source })
@@ -314,7 +314,7 @@ fn record_run(args: &IndexPushArgs, config: &str) -> Result<String, prepare::Pre
     let status = cmd.status();
     let recorded = Cache::locate(Some(dir.clone()))
         .map_err(|e| failed(e.to_string()))?
-        .entry(&format!("lazy-{config}"))
+        .entry(&imgfs::cache::key::EntryKey::Lazy(config.to_string()))
         .dir()
         .join(imgfs::image::lazy::RECORD_FILE);
     let text = std::fs::read_to_string(&recorded);

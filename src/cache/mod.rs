@@ -11,13 +11,21 @@
 //! `layers/<diff id>/` ([`Cache::layer`]), with the same protocol (lock, marker written last),
 //! and an image's entry holds only its merged index, its config and the list of its layers
 //! ([`LAYERS_FILE`]). A layer goes only when no complete image lists it.
+//!
+//! Entries are keyed by kind and digest ([`key::EntryKey`]): a daemon's image by its id, an
+//! image of layers by its config digest, a lazy image or layer apart from a whole one.
 
+pub mod key;
+pub mod lazy;
 pub mod sparse;
 pub mod sys;
 
+use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+
+use crate::source::Layer;
 
 pub const ARCHIVE_FILE: &str = "archive.tar";
 pub const INDEX_FILE: &str = "index";
@@ -147,15 +155,34 @@ impl Cache {
         }
     }
 
-    /// The entry for a key such as `sha256:0123...`; characters other than
-    /// `[A-Za-z0-9._-]` become `-` so a key can never name a path outside the cache.
-    pub fn entry(&self, key: &str) -> Entry {
-        self.item(IMAGES_DIR, "", key)
+    /// The store and the image entry that `path`, a file of that entry, lies in
+    /// (`<root>/images/<name>/<file>`): for a server told only where its index is. `None` for
+    /// a file anywhere else.
+    pub fn of_entry_file(path: &Path) -> Option<(Cache, Entry)> {
+        let dir = path.parent()?;
+        let root = dir.parent()?.parent()?;
+        let cache = Cache {
+            root: root.to_path_buf(),
+        };
+        let entry = cache.entry(&dir.file_name()?.to_string_lossy());
+        (entry.dir() == dir).then_some((cache, entry))
     }
 
-    /// The entry of the layer whose uncompressed tar has digest `diff_id`.
-    pub fn layer(&self, diff_id: &str) -> Entry {
-        self.item(LAYERS_DIR, LAYER_LOCK_PREFIX, diff_id)
+    /// The image entry for a key ([`key::EntryKey`], or an entry's name); characters other
+    /// than `[A-Za-z0-9._-]` become `-` so a key can never name a path outside the cache.
+    pub fn entry(&self, key: &(impl fmt::Display + ?Sized)) -> Entry {
+        self.item(IMAGES_DIR, "", &key.to_string())
+    }
+
+    /// The layer entry for a key: a layer kept whole by its diff id, a lazy one by its blob
+    /// digest ([`key::EntryKey`]).
+    pub fn layer(&self, key: &(impl fmt::Display + ?Sized)) -> Entry {
+        self.item(LAYERS_DIR, LAYER_LOCK_PREFIX, &key.to_string())
+    }
+
+    /// Where the store keeps a layer's uncompressed tar.
+    pub fn layer_path(&self, layer: &Layer) -> PathBuf {
+        self.layer(&layer.store_key().0).dir().join(LAYER_FILE)
     }
 
     /// The complete layer entries, in name order.
@@ -516,6 +543,25 @@ mod tests {
             assert_eq!(e.dir().components().count(), 4, "{key}: {:?}", e.dir());
         }
         assert_eq!(c.entry("sha256:ab").dir(), Path::new("/c/images/sha256-ab"));
+    }
+
+    #[test]
+    fn the_entry_a_file_lies_in() {
+        let (cache, entry) = Cache::of_entry_file(Path::new("/c/images/lazy-sha256-ab/index"))
+            .expect("an image entry's file");
+        assert_eq!(cache.root(), Path::new("/c"));
+        assert_eq!(entry.dir(), Path::new("/c/images/lazy-sha256-ab"));
+        for elsewhere in [
+            "/c/layers/lazy-sha256-ab/index",
+            "/c/images/index",
+            "/index",
+            "index",
+        ] {
+            assert!(
+                Cache::of_entry_file(Path::new(elsewhere)).is_none(),
+                "{elsewhere}"
+            );
+        }
     }
 
     /// Fills committed while another thread sweeps leftovers (as the parallel fills of one

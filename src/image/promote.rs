@@ -30,7 +30,8 @@ use parking_lot::{Condvar, Mutex};
 
 use super::Blob;
 use super::lazy::LazyBlob;
-use crate::prepare::lazy::WholeLayer;
+use crate::cache::Cache;
+use crate::cache::lazy::WholeLayer;
 
 /// How long the watcher sleeps when no span arrives, before it looks again whether the
 /// layers it waits for are still served (a reader dropped ends it).
@@ -108,7 +109,8 @@ impl Blob for Arc<Promotable> {
 /// a whole fetch fills (only for an index inside a lazy image's entry, which names the
 /// layers' diff ids); a layer read through its TOC as its stream, beside its sparse blob.
 pub fn start(index_path: &Path, blobs: &[Arc<Promotable>], make: bool) {
-    let layers = crate::prepare::lazy::whole_layers(index_path);
+    let layers = Cache::of_entry_file(index_path)
+        .and_then(|(cache, entry)| crate::cache::lazy::whole_layers(&cache, &entry));
     if layers.is_none() {
         log::debug!(
             "{}: not a lazy image's entry; only layers read through a TOC may switch",
@@ -179,7 +181,9 @@ impl Copy {
     /// Makes the copy from the layer's sparse blob, every span of which is present.
     fn make(&self, blob: &Promotable) -> Result<PathBuf, String> {
         match self {
-            Copy::Tar(layer) => layer.fill().map_err(|e| e.to_string()),
+            Copy::Tar(layer) => layer
+                .fill(crate::prepare::store_layer)
+                .map_err(|e| e.to_string()),
             Copy::Stream => blob.lazy.make_stream_copy().map_err(|e| e.to_string()),
         }
     }

@@ -10,9 +10,11 @@
 //! any layer; the others stay lazy. The image then gets a lazy entry like an indexed one,
 //! named apart (`lazy-toc-…`): a TOC's spans address a stream of their own, not the tar.
 
+use super::PrepareError;
+use super::layer::{Scanned, whole_layers};
 use super::lazy::{Found, LayerTable, Unusable};
-use super::{PrepareError, layered};
 use crate::cache::Cache;
+use crate::cache::key::EntryKey;
 use crate::cache::sparse::StoredToc;
 use crate::index::toc::{self, Toc, TocFormat};
 use crate::index::tree::{BlobRef, Tree};
@@ -39,13 +41,16 @@ enum Location {
 }
 
 /// The store key of a layer read through its TOC.
-pub fn layer_key(layer: &Layer) -> Option<String> {
-    layer.digest.as_ref().map(|d| format!("lazy-toc-{d}"))
+pub fn layer_key(layer: &Layer) -> Option<EntryKey> {
+    layer
+        .digest
+        .as_ref()
+        .map(|d| EntryKey::LazyToc(d.to_string()))
 }
 
 /// Name of the store entry of an image read through its layers' TOCs.
-pub fn entry_name(img: &Image) -> String {
-    format!("lazy-toc-{}", img.config_digest)
+pub fn entry_name(img: &Image) -> EntryKey {
+    EntryKey::LazyToc(img.config_digest.clone())
 }
 
 fn annotation<'a>(layer: &'a Layer, suffix: &str) -> Option<&'a str> {
@@ -210,7 +215,7 @@ pub(super) fn find(
         .filter(|(_, f)| f.is_none())
         .map(|(l, _)| l.clone())
         .collect();
-    let mut scanned = layered::whole_layers(cache, source, &whole)?.into_iter();
+    let mut scanned = whole_layers(cache, source, &whole)?.into_iter();
     let mut tree = Tree::new();
     let mut blobs = Vec::with_capacity(img.layers.len());
     let mut tables = Vec::with_capacity(img.layers.len());
@@ -225,7 +230,7 @@ pub(super) fn find(
                 toc,
             }) => {
                 let key = layer_key(layer).expect("a layer with a TOC has a digest");
-                blobs.push(BlobRef::new(toc.table.uncompressed_size(), key.clone()));
+                blobs.push(BlobRef::new(toc.table.uncompressed_size(), key.to_string()));
                 for s in &toc.prefetch {
                     prefetch.push_str(&format!("{i} {s}\n"));
                 }
@@ -243,7 +248,7 @@ pub(super) fn find(
                 keys.push(key);
             }
             None => {
-                let Some(layered::Scanned {
+                let Some(Scanned {
                     members,
                     size,
                     warnings,
@@ -261,7 +266,7 @@ pub(super) fn find(
                 blobs.push(BlobRef::new(size, key.clone()));
                 tree.apply_layer(i as u32, members);
                 tables.push(LayerTable::Whole);
-                keys.push(key);
+                keys.push(EntryKey::Digest(key));
             }
         }
     }

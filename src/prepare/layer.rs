@@ -1,12 +1,14 @@
-//! Preparing an image of layers: each layer the store lacks is read from its source,
-//! checked against its digest, decompressed into the store and scanned in the same pass;
-//! layers already stored (shared with another image) are only scanned, by their headers.
-//! Layers are filled in parallel; the image's index is merged from their entries, bottom
-//! first, and its entry records the config and which layers it uses.
+//! A layer stored whole, what every strategy that keeps layers whole shares: each layer the
+//! store lacks is read from its source, checked against its digest, decompressed into the
+//! store and scanned in the same pass; a layer already stored (shared with another image) is
+//! only scanned, by its headers. Layers are filled in parallel.
 //!
-//! Every layer is verified twice over: its bytes as stored against the digest its source
-//! names (when it names one), and its uncompressed tar against the config's diff id, which
-//! is also its key in the store. A layer that fails either is discarded, never committed.
+//! Takes a [`LayerSource`] and the layers to store; hands on each layer's members in archive
+//! order, its tar's length and what its scan noticed ([`Scanned`]), and where the store keeps
+//! its tar ([`Cache::layer_path`]). Every layer is verified twice over: its bytes as stored against
+//! the digest its source names (when it names one), and its uncompressed tar against the
+//! config's diff id, which is also its key in the store. A layer that fails either is
+//! discarded, never committed.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
@@ -16,16 +18,13 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::{Event, Options, PrepareError, Progress, Ready, claim, usable};
-use crate::cache::{self, Cache, Entry};
+use super::PrepareError;
+use crate::cache::{self, Cache};
 use crate::index::FileInput;
 use crate::index::scan::{self, Entry as Member, ScanError, TeeInput};
 use crate::index::toc;
-use crate::index::tree::{BlobRef, Tree};
 use crate::source::digest::Hasher;
-use crate::source::layout;
-use crate::source::registry::{self, RegistryOptions};
-use crate::source::{Image, ImageRef, Layer, LayerSource, Platform, SourceError};
+use crate::source::{Layer, LayerSource, SourceError};
 
 /// Layers fetched at once: enough to keep a link or both cores busy, few enough not to
 /// thrash a disk or open a registry's rate limits.
@@ -33,46 +32,12 @@ const PARALLEL_LAYERS: usize = 4;
 /// Time between two progress reports.
 const REPORT_EVERY: Duration = Duration::from_millis(100);
 
-/// Opens a layered source.
-fn open(
-    image: &ImageRef,
-    platform: &Platform,
-    options: &Options,
-) -> Result<(Image, Box<dyn LayerSource>), SourceError> {
-    if let ImageRef::Registry(reference) = image {
-        let options = RegistryOptions {
-            platform: platform.clone(),
-            tls_verify: !options.insecure,
-            auth_file: options.auth_file.clone(),
-            ..RegistryOptions::default()
-        };
-        let (image, registry) = registry::open(reference, &options)?;
-        return Ok((image, Box::new(registry)));
-    }
-    let (image, source) = match image {
-        ImageRef::Oci { dir, name } => layout::open_oci(dir, false, name.as_deref(), platform)?,
-        ImageRef::OciArchive { file, name } => {
-            layout::open_oci(file, true, name.as_deref(), platform)?
-        }
-        ImageRef::DockerArchive { file, name } => {
-            layout::open_docker_archive(file, name.as_deref())?
-        }
-        other => {
-            return Err(SourceError::Invalid {
-                what: other.to_string(),
-                why: "not an image of layers".into(),
-            });
-        }
-    };
-    Ok((image, Box::new(source)))
-}
-
 /// What the layer fills have done, shared with the thread that reports progress.
 #[derive(Default)]
-struct Counters {
-    bytes: AtomicU64,
-    entries: AtomicU64,
-    done: AtomicU32,
+pub(super) struct Counters {
+    pub bytes: AtomicU64,
+    pub entries: AtomicU64,
+    pub done: AtomicU32,
 }
 
 /// One layer's members, in archive order, and what its scan noticed.
@@ -83,125 +48,9 @@ pub(super) struct Scanned {
     pub size: u64,
 }
 
-pub(super) fn prepare(
-    image: &ImageRef,
-    cache: &Cache,
-    options: Options,
-) -> Result<Ready, PrepareError> {
-    prepare_as(image, cache, options)
-}
-
-fn prepare_as(image: &ImageRef, cache: &Cache, options: Options) -> Result<Ready, PrepareError> {
-    let platform = options.platform.clone().unwrap_or_else(Platform::host);
-    // What a reference resolved to before is used without asking the registry, as `docker
-    // run` uses a local image (its pull policy "missing"): a digest names immutable content,
-    // and a tag is looked up again only with `--pull`.
-    if let ImageRef::Registry(reference) = image
-        && (reference.contains("@sha256:") || !options.pull)
-        && let Some(ready) = cached(image, &platform, cache)
-    {
-        return Ok(ready);
-    }
-    let opened = open(image, &platform, &options);
-    let (img, source) = match opened {
-        Err(e) if unreachable(&e) => match cached(image, &platform, cache) {
-            Some(ready) => {
-                log::warn!("{e}; using the image cached under that name");
-                return Ok(ready);
-            }
-            None => return Err(e.into()),
-        },
-        r => r?,
-    };
-    if let ImageRef::Registry(reference) = image
-        && let Some(registry) = source.as_registry()
-        && !whole_complete(cache, &img)
-        && let Some(ready) = super::lazy::prepare(
-            &image.to_string(),
-            reference,
-            &platform,
-            registry,
-            &*source,
-            &img,
-            cache,
-            &options,
-        )?
-    {
-        return Ok(ready);
-    }
-    whole(image, &img, &*source, cache, options, &platform)
-}
-
-/// Whether the store holds `img` whole: its entry complete and every layer's tar there.
-fn whole_complete(cache: &Cache, img: &Image) -> bool {
-    let entry = cache.entry(&format!("oci-{}", img.config_digest));
-    let blobs: Vec<PathBuf> = img.layers.iter().map(|l| layer_path(cache, l)).collect();
-    entry.marker().is_some() && usable(&entry.index_path(), &blobs)
-}
-
-/// Makes sure the store holds `img` whole, every layer it lacks read from `source`.
-pub(super) fn whole(
-    image: &ImageRef,
-    img: &Image,
-    source: &dyn LayerSource,
-    cache: &Cache,
-    options: Options,
-    platform: &Platform,
-) -> Result<Ready, PrepareError> {
-    let entry = cache.entry(&format!("oci-{}", img.config_digest));
-    let blobs: Vec<PathBuf> = img.layers.iter().map(|l| layer_path(cache, l)).collect();
-    let ready = |built, warnings| Ready {
-        index_path: entry.index_path(),
-        blobs: blobs.clone(),
-        image_path: Some(entry.image_path()),
-        id: img.config_digest.clone(),
-        built,
-        warnings,
-    };
-    let complete = |e: &Entry| e.marker().is_some() && usable(&e.index_path(), &blobs);
-    if let ImageRef::Registry(reference) = image {
-        cache.remember_ref(&format!("{reference} {platform}"), &entry.name());
-    }
-    let Some(lock) = claim(cache, &entry, complete)? else {
-        return Ok(ready(false, Vec::new()));
-    };
-    let Options { mut report, .. } = options;
-    let start = Instant::now();
-    let counters = Counters::default();
-    let total = img.layers.len() as u32;
-    let progress = |c: &Counters| Progress {
-        bytes: c.bytes.load(Ordering::Relaxed),
-        entries: c.entries.load(Ordering::Relaxed),
-        elapsed: start.elapsed(),
-        layers_done: c.done.load(Ordering::Relaxed),
-        layers_total: total,
-    };
-    let scanned = fill_layers(cache, source, &img.layers, &counters, &mut |c| {
-        if let Some(r) = report.as_mut() {
-            r(Event::Exporting(progress(c)));
-        }
-    });
-    let result = scanned.and_then(|scanned| {
-        let warnings = write_image(image, img, &entry, &lock, scanned)?;
-        Ok(warnings)
-    });
-    match result {
-        Ok(warnings) => {
-            if let Some(r) = report.as_mut() {
-                r(Event::Exported(progress(&counters)));
-            }
-            Ok(ready(true, warnings))
-        }
-        Err(e) => {
-            entry.discard();
-            Err(e)
-        }
-    }
-}
-
-/// Makes sure `layers` are in the store whole, as [`whole`] does for all of an image's, and
-/// hands on each one's members (eStargz's own entries hidden), its tar's length and what its
-/// scan noticed, in order.
+/// Makes sure `layers` are in the store whole, as a whole fetch does for all of an image's,
+/// and hands on each one's members (eStargz's own entries hidden), its tar's length and what
+/// its scan noticed, in order.
 pub(super) fn whole_layers(
     cache: &Cache,
     source: &dyn LayerSource,
@@ -221,77 +70,27 @@ pub(super) fn whole_layers(
 
 /// A layer's members without the entries of its format (eStargz's TOC and landmarks), as
 /// a mount shows it.
-fn visible(layer: &Layer, mut members: Vec<Member>) -> Vec<Member> {
+pub(super) fn visible(layer: &Layer, mut members: Vec<Member>) -> Vec<Member> {
     if layer.annotations.contains_key(toc::ESTARGZ_TOC_DIGEST) {
         members.retain(|m| !toc::is_format_entry(&m.path));
     }
     members
 }
 
-/// Whether a registry could not be reached at all (as opposed to answering no).
-fn unreachable(e: &SourceError) -> bool {
-    use crate::source::registry::RegistryError;
-    matches!(
-        e,
-        SourceError::Registry(RegistryError::Connect { .. } | RegistryError::Transport { .. })
-    )
-}
-
-/// The complete entry a registry reference last resolved to for `platform`: for when its
-/// registry cannot be reached, or the reference is a digest.
-fn cached(image: &ImageRef, platform: &Platform, cache: &Cache) -> Option<Ready> {
-    let ImageRef::Registry(reference) = image else {
-        return None;
-    };
-    let entry = cache.entry(&cache.recall_ref(&format!("{reference} {platform}"))?);
-    entry.marker()?;
-    // A lazy image whose every span is here now becomes a whole one.
-    if entry.name().starts_with("lazy-")
-        && let Some(ready) = super::lazy::promote(image, cache, &entry, platform)
-    {
-        return Some(ready);
-    }
-    let layers = std::fs::read_to_string(entry.dir().join(cache::LAYERS_FILE)).ok()?;
-    let blobs: Vec<PathBuf> = layers
-        .lines()
-        .map(|key| super::lazy::blob_path(cache, key))
-        .collect();
-    if !usable(&entry.index_path(), &blobs) {
-        return None;
-    }
-    let id = entry.marker()?;
-    Some(Ready {
-        index_path: entry.index_path(),
-        blobs,
-        image_path: Some(entry.image_path()),
-        id,
-        built: false,
-        warnings: Vec::new(),
-    })
-}
-
 /// Makes sure the store holds `layer`'s uncompressed tar, read from `source` (and verified)
 /// unless a complete entry has it; where it is.
-pub(super) fn store_layer(
+pub fn store_layer(
     cache: &Cache,
     source: &dyn LayerSource,
     layer: &Layer,
 ) -> Result<PathBuf, PrepareError> {
     layer_members(cache, source, layer, &Counters::default())?;
-    Ok(layer_path(cache, layer))
-}
-
-/// Where the store keeps a layer's uncompressed tar.
-pub(super) fn layer_path(cache: &Cache, layer: &Layer) -> PathBuf {
-    cache
-        .layer(&layer.store_key().0)
-        .dir()
-        .join(cache::LAYER_FILE)
+    Ok(cache.layer_path(layer))
 }
 
 /// Makes sure every layer is in the store and returns their members, bottom first. Runs
 /// [`PARALLEL_LAYERS`] workers; the calling thread reports progress meanwhile.
-fn fill_layers(
+pub(super) fn fill_layers(
     cache: &Cache,
     source: &dyn LayerSource,
     layers: &[Layer],
@@ -603,70 +402,4 @@ impl Write for LayerWriter<'_> {
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush().map_err(|e| named(self.path, e))
     }
-}
-
-/// Merges the layers into the image's index and writes the image's entry: index, config
-/// (in the shape `docker inspect` gives, which the runner and `inspect` read) and layer
-/// list, then its marker.
-fn write_image(
-    image: &ImageRef,
-    img: &Image,
-    entry: &Entry,
-    lock: &cache::Lock,
-    scanned: Vec<Scanned>,
-) -> Result<Vec<String>, PrepareError> {
-    let what = image.to_string();
-    let mut tree = Tree::new();
-    let mut blobs = Vec::with_capacity(scanned.len());
-    let mut warnings = Vec::new();
-    for (i, (s, layer)) in scanned.into_iter().zip(&img.layers).enumerate() {
-        for w in s.warnings {
-            warnings.push(format!("layer {}: {w}", layer.diff_id));
-        }
-        tree.apply_layer(i as u32, visible(layer, s.members));
-        blobs.push(BlobRef::new(s.size, layer.store_key().0));
-    }
-    warnings.extend(tree.warnings());
-    let index = tree
-        .write_index(&blobs)
-        .map_err(|source| PrepareError::Format {
-            path: what.clone(),
-            source,
-        })?;
-    let keys: Vec<String> = img.layers.iter().map(|l| l.store_key().0).collect();
-    write_records(&what, img, entry, lock, &index, &keys)?;
-    Ok(warnings)
-}
-
-/// Writes an image entry's records — its merged index, its config as `docker inspect`
-/// shows it, the store keys of its layers — and commits it.
-pub(super) fn write_records(
-    what: &str,
-    img: &Image,
-    entry: &Entry,
-    lock: &cache::Lock,
-    index: &[u8],
-    keys: &[String],
-) -> Result<(), PrepareError> {
-    let config: serde_json::Value =
-        serde_json::from_slice(&img.config).map_err(|source| SourceError::Json {
-            what: what.to_string(),
-            doc: "image config",
-            source,
-        })?;
-    let inspect = serde_json::json!({
-        "Id": img.config_digest,
-        "RepoTags": [what],
-        "RepoDigests": img.manifest_digest.iter().collect::<Vec<_>>(),
-        "Created": config["created"],
-        "Architecture": config["architecture"],
-        "Os": config["os"],
-        "Config": config.get("config").cloned().unwrap_or_else(|| serde_json::json!({})),
-    });
-    let layers: String = keys.iter().map(|k| format!("{k}\n")).collect();
-    entry.write_file(cache::INDEX_FILE, index)?;
-    entry.write_file(cache::IMAGE_FILE, inspect.to_string().as_bytes())?;
-    entry.write_file(cache::LAYERS_FILE, layers.as_bytes())?;
-    entry.commit(lock, &img.config_digest)?;
-    Ok(())
 }

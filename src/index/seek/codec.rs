@@ -40,9 +40,9 @@
 
 use zstd::zstd_safe;
 
-use super::{
-    Checkpoint, MAX_SPANS, SeekCompression, SeekError, SeekTable, Span, WINDOW, le32, le64,
-};
+use crate::index::le::{PutLe, set_u32, u32_at, u64_at};
+
+use super::{Checkpoint, MAX_SPANS, SeekCompression, SeekError, SeekTable, Span, WINDOW};
 
 pub const MAGIC: &[u8; 8] = b"IMGFSEEK";
 /// Bumped on any change to the layout; a table of another version is rebuilt.
@@ -78,12 +78,12 @@ impl SeekTable {
         let mut out =
             Vec::with_capacity(HEADER_LEN + self.spans.len() * SPAN_RECORD_LEN + CHECKSUM_LEN);
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.put_u32(VERSION);
         out.extend_from_slice(&[self.compression.code(), 0, 0, 0]);
-        out.extend_from_slice(&self.compressed_size.to_le_bytes());
-        out.extend_from_slice(&self.uncompressed_size.to_le_bytes());
-        out.extend_from_slice(&(self.spans.len() as u64).to_le_bytes());
-        out.extend_from_slice(&self.windows_size.to_le_bytes());
+        out.put_u64(self.compressed_size);
+        out.put_u64(self.uncompressed_size);
+        out.put_u64(self.spans.len() as u64);
+        out.put_u64(self.windows_size);
         for (span, checkpoint) in self.spans.iter().zip(&self.checkpoints) {
             for v in [
                 span.compressed.start,
@@ -91,7 +91,7 @@ impl SeekTable {
                 span.uncompressed.start,
                 span.uncompressed.end,
             ] {
-                out.extend_from_slice(&v.to_le_bytes());
+                out.put_u64(v);
             }
             out.extend_from_slice(&span.digest);
             // A span without a window keeps all its window fields zero (see the builder).
@@ -113,14 +113,14 @@ impl SeekTable {
                 ),
             };
             out.extend_from_slice(&[kind, num_bits, bit_buf, 0]);
-            out.extend_from_slice(&window_len.to_le_bytes());
-            out.extend_from_slice(&window.start.to_le_bytes());
-            out.extend_from_slice(&((window.end - window.start) as u32).to_le_bytes());
-            out.extend_from_slice(&0u32.to_le_bytes());
+            out.put_u32(window_len);
+            out.put_u64(window.start);
+            out.put_u32((window.end - window.start) as u32);
+            out.put_u32(0);
             out.extend_from_slice(&window_digest);
         }
         let crc = crc32fast::hash(&out);
-        out.extend_from_slice(&crc.to_le_bytes());
+        out.put_u32(crc);
         out
     }
 
@@ -132,7 +132,7 @@ impl SeekTable {
         else {
             return Err(SeekError::EncodedShort { len: bytes.len() });
         };
-        let stored = u32::from_le_bytes(*stored);
+        let stored = u32_at(stored, 0);
         let computed = crc32fast::hash(body);
         if stored != computed {
             return Err(SeekError::Checksum { stored, computed });
@@ -140,7 +140,7 @@ impl SeekTable {
         if &body[..8] != MAGIC {
             return Err(SeekError::Magic);
         }
-        let version = le32(body, 8);
+        let version = u32_at(body, 8);
         if version != VERSION {
             return Err(SeekError::Version { version });
         }
@@ -149,10 +149,10 @@ impl SeekTable {
         if let Some(at) = (13..16).find(|&at| body[at] != 0) {
             return Err(SeekError::Reserved { at });
         }
-        let compressed_size = le64(body, 16);
-        let uncompressed_size = le64(body, 24);
-        let count = le64(body, 32);
-        let windows_size = le64(body, 40);
+        let compressed_size = u64_at(body, 16);
+        let uncompressed_size = u64_at(body, 24);
+        let count = u64_at(body, 32);
+        let windows_size = u64_at(body, 40);
         if count > MAX_SPANS {
             return Err(SeekError::SpanCount { count });
         }
@@ -170,8 +170,8 @@ impl SeekTable {
         let (mut c_at, mut u_at, mut w_at) = (0u64, 0u64, 0u64);
         for index in 0..count {
             let r = &body[HEADER_LEN + index * SPAN_RECORD_LEN..][..SPAN_RECORD_LEN];
-            let compressed = le64(r, 0)..le64(r, 8);
-            let uncompressed = le64(r, 16)..le64(r, 24);
+            let compressed = u64_at(r, 0)..u64_at(r, 8);
+            let uncompressed = u64_at(r, 16)..u64_at(r, 24);
             if compressed.start != c_at || uncompressed.start != u_at {
                 return Err(SeekError::NotContiguous { index });
             }
@@ -186,15 +186,15 @@ impl SeekTable {
                 return Err(SeekError::UncompressedMismatch { index });
             }
             let offset = HEADER_LEN + index * SPAN_RECORD_LEN;
-            if r[67] != 0 || le32(r, 84) != 0 {
+            if r[67] != 0 || u32_at(r, 84) != 0 {
                 return Err(SeekError::Reserved {
                     at: offset + if r[67] != 0 { 67 } else { 84 },
                 });
             }
             let (kind, num_bits, bit_buf) = (r[64], r[65], r[66]);
-            let window_len = le32(r, 68);
-            let window_at = le64(r, 72);
-            let window_size = u64::from(le32(r, 80));
+            let window_len = u32_at(r, 68);
+            let window_at = u64_at(r, 72);
+            let window_size = u64::from(u32_at(r, 80));
             let mut window_digest = [0u8; 32];
             window_digest.copy_from_slice(&r[88..120]);
             let no_window = window_size == 0 && window_at == 0 && window_digest == [0u8; 32];
@@ -295,7 +295,7 @@ impl SeekTable {
 pub fn seal(bytes: &mut [u8]) {
     if let Some(n) = bytes.len().checked_sub(CHECKSUM_LEN) {
         let crc = crc32fast::hash(&bytes[..n]);
-        bytes[n..].copy_from_slice(&crc.to_le_bytes());
+        set_u32(bytes, n, crc);
     }
 }
 

@@ -21,9 +21,11 @@ use miniz_oxide::inflate::core::inflate_flags::{
 };
 use miniz_oxide::inflate::core::{BlockBoundaryState, DecompressorOxide, decompress};
 
+use crate::index::le::{u16_at, u32_at};
+
 use super::builder::Builder;
 use super::feed::{Feed, IN_CHUNK};
-use super::{Checkpoint, OUT_CHUNK, SeekCompression, SeekError, SeekTable, Span, WINDOW, le32};
+use super::{Checkpoint, OUT_CHUNK, SeekCompression, SeekError, SeekTable, Span, WINDOW};
 
 /// Gzip FNAME and FCOMMENT are short texts; a longer one is a hostile header, not a layer.
 pub(super) const MAX_GZIP_STRING: usize = 64 << 10;
@@ -178,8 +180,8 @@ impl<R: Read> Gunzip<R> {
 
     pub(super) fn trailer(&mut self) -> Result<(), SeekError> {
         let t = self.feed.take(GZIP_TRAILER_LEN)?;
-        let stored_crc = le32(t, 0);
-        let stored_size = le32(t, 4);
+        let stored_crc = u32_at(t, 0);
+        let stored_size = u32_at(t, 4);
         let offset = self.feed.pos();
         if let Some(crc) = self.crc.take() {
             let computed = crc.finalize();
@@ -249,7 +251,7 @@ pub(super) fn gzip_header<R: Read>(feed: &mut Feed<R>) -> Result<(), SeekError> 
     if flags & FEXTRA != 0 {
         let len = feed.take(2)?;
         crc.update(len);
-        let len = u16::from_le_bytes([len[0], len[1]]);
+        let len = u16_at(len, 0);
         feed.skip(u64::from(len), |b, _, _| {
             crc.update(b);
             Ok(())
@@ -274,7 +276,7 @@ pub(super) fn gzip_header<R: Read>(feed: &mut Feed<R>) -> Result<(), SeekError> 
     }
     if flags & FHCRC != 0 {
         let t = feed.take(2)?;
-        let stored = u16::from_le_bytes([t[0], t[1]]);
+        let stored = u16_at(t, 0);
         let computed = (crc.finalize() & 0xffff) as u16;
         if stored != computed {
             return Err(SeekError::GzipHeaderCrc {
@@ -412,6 +414,7 @@ mod tests {
 
     use super::super::test_support::*;
     use super::*;
+    use crate::index::le::PutLe;
 
     #[test]
     fn gzip_round_trips() {
@@ -538,7 +541,7 @@ mod tests {
         let crc = (crc32fast::hash(&header) & 0xffff) as u16;
         for (stored, good) in [(crc, true), (crc ^ 0x0100, false)] {
             let mut blob = header.clone();
-            blob.extend_from_slice(&stored.to_le_bytes());
+            blob.put_u16(stored);
             blob.extend_from_slice(&plain[10..]);
             let flate2_ok = flate2::read::MultiGzDecoder::new(&blob[..])
                 .read_to_end(&mut Vec::new())

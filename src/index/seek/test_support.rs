@@ -6,6 +6,8 @@ use std::io::{Read, Write};
 
 use sha2::{Digest, Sha256};
 
+use crate::index::le::PutLe;
+
 use super::zstd::ZSTD_SKIPPABLE;
 use super::{SeekCompression, SeekTable};
 
@@ -64,8 +66,9 @@ pub(super) fn zstd_frame(data: &[u8], checksum: bool) -> Vec<u8> {
 }
 
 pub(super) fn skippable(n: u8, len: usize) -> Vec<u8> {
-    let mut out = (ZSTD_SKIPPABLE | u32::from(n)).to_le_bytes().to_vec();
-    out.extend_from_slice(&(len as u32).to_le_bytes());
+    let mut out = Vec::new();
+    out.put_u32(ZSTD_SKIPPABLE | u32::from(n));
+    out.put_u32(len as u32);
     out.extend(std::iter::repeat_n(0xa5, len));
     out
 }

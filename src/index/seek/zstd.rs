@@ -9,9 +9,11 @@ use std::io::Read;
 
 use zstd::zstd_safe::{self, DCtx, InBuffer, OutBuffer};
 
+use crate::index::le::{get_uint, u32_at};
+
 use super::builder::Builder;
 use super::feed::{Feed, IN_CHUNK};
-use super::{Checkpoint, OUT_CHUNK, SeekCompression, SeekError, SeekTable, Span, le32};
+use super::{Checkpoint, OUT_CHUNK, SeekCompression, SeekError, SeekTable, Span};
 
 /// The zstd format's Block_Maximum_Size.
 pub(super) const MAX_ZSTD_BLOCK: usize = 128 << 10;
@@ -94,9 +96,9 @@ pub(super) fn build_zstd(reader: impl Read, span: u64) -> Result<SeekTable, Seek
                 offset: feed.base + feed.end as u64,
             });
         }
-        let magic = le32(feed.avail(), 0);
+        let magic = u32_at(feed.avail(), 0);
         if magic & ZSTD_SKIPPABLE_MASK == ZSTD_SKIPPABLE {
-            let size = le32(feed.take(8)?, 4);
+            let size = u32_at(feed.take(8)?, 4);
             feed.skip(u64::from(size), |_, _, _| Ok(()))?;
             continue;
         }
@@ -202,9 +204,7 @@ pub(super) fn zstd_frame_content_size(h: &[u8]) -> Option<u64> {
     if width == 0 {
         return None;
     }
-    let mut bytes = [0u8; 8];
-    bytes[..width].copy_from_slice(h.get(at..at + width)?);
-    let size = u64::from_le_bytes(bytes);
+    let size = get_uint(h, at, width)?;
     // A two-byte field counts from 256 (RFC 8878 3.1.1.1.4).
     Some(if width == 2 { size + 256 } else { size })
 }

@@ -85,14 +85,76 @@ pub enum ScanError {
     Truncated { what: String, offset: u64 },
     #[error("{0}")]
     NotTar(String),
-    #[error("corrupt tar header at byte {offset}: {reason}")]
-    BadHeader { offset: u64, reason: String },
+    #[error("corrupt tar header at byte {offset}: end of archive right after an extension header")]
+    EndAfterExtension { offset: u64 },
+    #[error("corrupt tar header at byte {offset}: header checksum does not match")]
+    HeaderChecksum { offset: u64 },
     #[error("entry '{name}' at byte {offset}: {reason}")]
     BadEntry {
         name: String,
         offset: u64,
-        reason: String,
+        reason: EntryError,
     },
+}
+
+/// What is wrong with one member's headers (its own, or the extension headers before it): the
+/// reason a [`ScanError::BadEntry`] gives after the member's name and offset.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    #[error("multi-volume archives are not supported")]
+    MultiVolume,
+    #[error("size overflows")]
+    SizeOverflow,
+    #[error("extension headers of one member exceed the {MAX_META_LEN}-byte limit")]
+    ExtensionBudget,
+    #[error("extension record of {size} bytes exceeds the {MAX_META_LEN}-byte limit")]
+    ExtensionRecord { size: u64 },
+    #[error("PAX record without a length")]
+    PaxNoLength,
+    #[error("PAX record with a bad length")]
+    PaxBadLength,
+    #[error("PAX record length {len} does not fit its data")]
+    PaxLength { len: usize },
+    #[error("PAX record without '='")]
+    PaxNoEquals,
+    #[error("PAX {key} is not a number: {value:?}")]
+    PaxNumber { key: String, value: String },
+    #[error("PAX mtime {value:?} is not a time")]
+    PaxTime { value: String },
+    #[error("base-256 field too long")]
+    Base256Long,
+    #[error("base-256 number overflows")]
+    Base256Overflow,
+    #[error("numeric field {field:?} is not octal")]
+    NotOctal { field: String },
+    #[error("numeric field overflows")]
+    OctalOverflow,
+    #[error("numeric field is negative ({value})")]
+    Negative { value: i64 },
+    #[error("{what} {value} does not fit in 32 bits")]
+    Over32Bits { what: &'static str, value: u64 },
+    #[error("sparse file without {key}")]
+    SparseNoSize { key: String },
+    #[error("sparse segment overflows")]
+    SparseSegmentOverflow,
+    #[error("sparse map is out of order or beyond the file size")]
+    SparseOrder,
+    #[error("sparse map overflows")]
+    SparseMapOverflow,
+    #[error("sparse map covers {covered} bytes but the archive stores {stored}")]
+    SparseMapSize { covered: u64, stored: u64 },
+    #[error("more than {MAX_SPARSE_SEGMENTS} sparse segments")]
+    SparseSegments,
+    #[error("sparse map has an odd number of values")]
+    SparseMapOdd,
+    #[error("{text:?} is not a number")]
+    NotDecimal { text: String },
+    #[error("sparse map runs past the entry's data")]
+    SparseMapPastData,
+    #[error("sparse map claims {count} segments")]
+    SparseMapCount { count: u64 },
+    #[error("sparse map holds something other than numbers")]
+    SparseMapText,
 }
 
 /// A source of archive bytes with a position.
@@ -277,10 +339,7 @@ pub fn scan<I: Input>(
         }
         if block.iter().all(|&b| b == 0) {
             if pending.first_offset.is_some() {
-                return Err(ScanError::BadHeader {
-                    offset,
-                    reason: "end of archive right after an extension header".into(),
-                });
+                return Err(ScanError::EndAfterExtension { offset });
             }
             return Ok(());
         }
@@ -289,7 +348,7 @@ pub fn scan<I: Input>(
         let typeflag = block[156];
         let size = pax_u64(&pending.pax, b"size")
             .unwrap_or_else(|| numeric(&block[124..136]))
-            .map_err(|reason| bad_header(offset, &block, &reason))?;
+            .map_err(|reason| bad_header(offset, &block, reason))?;
         match typeflag {
             b'L' | b'K' => {
                 charge(&mut pending.cost, size, offset, &block)?;
@@ -307,15 +366,11 @@ pub fn scan<I: Input>(
                 charge(&mut pending.cost, size, offset, &block)?;
                 let data = read_meta(input, size, offset, &block)?;
                 parse_pax(&data, &mut pending.pax, &mut pending.cost)
-                    .map_err(|reason| bad_header(offset, &block, &reason))?;
+                    .map_err(|reason| bad_header(offset, &block, reason))?;
             }
             b'g' | b'V' => skip_data(input, size, offset, &block)?,
             b'M' => {
-                return Err(bad_header(
-                    offset,
-                    &block,
-                    "multi-volume archives are not supported",
-                ));
+                return Err(bad_header(offset, &block, EntryError::MultiVolume));
             }
             _ => {
                 let p = std::mem::take(&mut pending);
@@ -346,10 +401,7 @@ fn check_header(block: &[u8; BLOCK as usize], offset: u64) -> Result<(), ScanErr
     if offset == 0 {
         return Err(ScanError::NotTar(not_tar_reason(block)));
     }
-    Err(ScanError::BadHeader {
-        offset,
-        reason: "header checksum does not match".into(),
-    })
+    Err(ScanError::HeaderChecksum { offset })
 }
 
 /// Names what the first bytes are, so "compressed" is said clearly rather than "corrupt".
@@ -372,12 +424,12 @@ fn not_tar_reason(head: &[u8]) -> String {
     "not a tar archive (the first header's checksum does not match)".into()
 }
 
-fn bad_header(offset: u64, block: &[u8; BLOCK as usize], reason: &str) -> ScanError {
+fn bad_header(offset: u64, block: &[u8; BLOCK as usize], reason: EntryError) -> ScanError {
     let name = tar::Header::from_byte_slice(block).path_bytes();
     ScanError::BadEntry {
         name: String::from_utf8_lossy(&name).into_owned(),
         offset,
-        reason: reason.into(),
+        reason,
     }
 }
 
@@ -392,7 +444,7 @@ fn skip_data<I: Input>(
     offset: u64,
     block: &[u8; BLOCK as usize],
 ) -> Result<(), ScanError> {
-    let want = padded(size).ok_or_else(|| bad_header(offset, block, "size overflows"))?;
+    let want = padded(size).ok_or_else(|| bad_header(offset, block, EntryError::SizeOverflow))?;
     let at = input.position();
     let got = input
         .skip(want)
@@ -421,11 +473,7 @@ fn charge(
 ) -> Result<(), ScanError> {
     *total = total.saturating_add(cost);
     if *total > MAX_META_LEN {
-        return Err(bad_header(
-            offset,
-            block,
-            &format!("extension headers of one member exceed the {MAX_META_LEN}-byte limit"),
-        ));
+        return Err(bad_header(offset, block, EntryError::ExtensionBudget));
     }
     Ok(())
 }
@@ -440,7 +488,7 @@ fn read_meta<I: Input>(
         return Err(bad_header(
             offset,
             block,
-            &format!("extension record of {size} bytes exceeds the {MAX_META_LEN}-byte limit"),
+            EntryError::ExtensionRecord { size },
         ));
     }
     let mut data = vec![0u8; size as usize]; // bounded just above
@@ -468,7 +516,7 @@ fn parse_pax(
     mut data: &[u8],
     out: &mut Vec<(Vec<u8>, Vec<u8>)>,
     cost: &mut u64,
-) -> Result<(), String> {
+) -> Result<(), EntryError> {
     while !data.is_empty() {
         if data.iter().all(|&b| b == 0) {
             break; // some writers pad the record set with NULs
@@ -476,28 +524,26 @@ fn parse_pax(
         let space = data
             .iter()
             .position(|&b| b == b' ')
-            .ok_or("PAX record without a length")?;
+            .ok_or(EntryError::PaxNoLength)?;
         let len: usize = std::str::from_utf8(&data[..space])
             .ok()
             .and_then(|s| s.parse().ok())
-            .ok_or("PAX record with a bad length")?;
+            .ok_or(EntryError::PaxBadLength)?;
         if len <= space + 1 || len > data.len() || data[len - 1] != b'\n' {
-            return Err(format!("PAX record length {len} does not fit its data"));
+            return Err(EntryError::PaxLength { len });
         }
         let record = &data[space + 1..len - 1];
         let eq = record
             .iter()
             .position(|&b| b == b'=')
-            .ok_or("PAX record without '='")?;
+            .ok_or(EntryError::PaxNoEquals)?;
         let (key, value) = (&record[..eq], &record[eq + 1..]);
         // Every record is kept, in order (sparse 0.0 repeats its offset/numbytes pairs); a
         // lookup takes the last record of a key, which overrides earlier ones. The member's
         // extension budget bounds how many there are.
         *cost = cost.saturating_add(PAX_RECORD_COST);
         if *cost > MAX_META_LEN {
-            return Err(format!(
-                "extension headers of one member exceed the {MAX_META_LEN}-byte limit"
-            ));
+            return Err(EntryError::ExtensionBudget);
         }
         out.push((key.to_vec(), value.to_vec()));
         data = &data[len..];
@@ -512,17 +558,14 @@ fn pax_get<'a>(pax: &'a [(Vec<u8>, Vec<u8>)], key: &[u8]) -> Option<&'a [u8]> {
         .map(|(_, v)| v.as_slice())
 }
 
-fn pax_u64(pax: &[(Vec<u8>, Vec<u8>)], key: &[u8]) -> Option<Result<u64, String>> {
+fn pax_u64(pax: &[(Vec<u8>, Vec<u8>)], key: &[u8]) -> Option<Result<u64, EntryError>> {
     pax_get(pax, key).map(|v| {
         std::str::from_utf8(v)
             .ok()
             .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| {
-                format!(
-                    "PAX {} is not a number: {:?}",
-                    String::from_utf8_lossy(key),
-                    String::from_utf8_lossy(v)
-                )
+            .ok_or_else(|| EntryError::PaxNumber {
+                key: String::from_utf8_lossy(key).into_owned(),
+                value: String::from_utf8_lossy(v).into_owned(),
             })
     })
 }
@@ -556,19 +599,19 @@ fn parse_pax_time(v: &[u8]) -> Option<(i64, u32)> {
 
 /// Parses a numeric header field: octal text (space or NUL terminated), or base-256 when the
 /// high bit of the first byte is set (GNU's encoding for large and negative values).
-fn numeric_i64(field: &[u8]) -> Result<i64, String> {
+fn numeric_i64(field: &[u8]) -> Result<i64, EntryError> {
     if field.first().is_some_and(|&b| b & 0x80 != 0) {
         // Big-endian two's complement; bit 0x40 of the first byte is the sign.
         let negative = field[0] & 0x40 != 0;
         if field.len() > 15 {
-            return Err("base-256 field too long".into());
+            return Err(EntryError::Base256Long);
         }
         let mut v: i128 = if negative { -1 } else { 0 };
         for (i, &b) in field.iter().enumerate() {
             let b = if i == 0 && !negative { b & 0x7f } else { b };
             v = (v << 8) | i128::from(b);
         }
-        return i64::try_from(v).map_err(|_| "base-256 number overflows".into());
+        return i64::try_from(v).map_err(|_| EntryError::Base256Overflow);
     }
     // Octal digits, after optional leading spaces, up to a NUL or space.
     let mut v: i64 = 0;
@@ -578,26 +621,25 @@ fn numeric_i64(field: &[u8]) -> Result<i64, String> {
         .take_while(|&&b| b != 0 && b != b' ');
     for &b in digits {
         if !(b'0'..=b'7').contains(&b) {
-            return Err(format!(
-                "numeric field {:?} is not octal",
-                String::from_utf8_lossy(field)
-            ));
+            return Err(EntryError::NotOctal {
+                field: String::from_utf8_lossy(field).into_owned(),
+            });
         }
         v = v
             .checked_mul(8)
             .and_then(|v| v.checked_add(i64::from(b - b'0')))
-            .ok_or("numeric field overflows")?;
+            .ok_or(EntryError::OctalOverflow)?;
     }
     Ok(v)
 }
 
-fn numeric(field: &[u8]) -> Result<u64, String> {
+fn numeric(field: &[u8]) -> Result<u64, EntryError> {
     let v = numeric_i64(field)?;
-    u64::try_from(v).map_err(|_| format!("numeric field is negative ({v})"))
+    u64::try_from(v).map_err(|_| EntryError::Negative { value: v })
 }
 
-fn to_u32(v: u64, what: &str) -> Result<u32, String> {
-    u32::try_from(v).map_err(|_| format!("{what} {v} does not fit in 32 bits"))
+fn to_u32(v: u64, what: &'static str) -> Result<u32, EntryError> {
+    u32::try_from(v).map_err(|_| EntryError::Over32Bits { what, value: v })
 }
 
 /// Builds a member from its header and the extension records before it, and moves past
@@ -612,7 +654,7 @@ fn member<I: Input>(
 ) -> Result<Entry, ScanError> {
     let header = tar::Header::from_byte_slice(block);
     let pax = &p.pax;
-    let err = |reason: String| bad_header(offset, block, &reason);
+    let err = |reason: EntryError| bad_header(offset, block, reason);
     let path = pax_get(pax, b"GNU.sparse.name")
         .or_else(|| pax_get(pax, b"path"))
         .map(<[u8]>::to_vec)
@@ -654,10 +696,9 @@ fn member<I: Input>(
     };
     let (mtime, mtime_nsec) = match pax_get(pax, b"mtime") {
         Some(v) => parse_pax_time(v).ok_or_else(|| {
-            err(format!(
-                "PAX mtime {:?} is not a time",
-                String::from_utf8_lossy(v)
-            ))
+            err(EntryError::PaxTime {
+                value: String::from_utf8_lossy(v).into_owned(),
+            })
         })?,
         None => (numeric_i64(&block[136..148]).map_err(&err)?, 0),
     };
@@ -728,41 +769,43 @@ fn member<I: Input>(
     Ok(entry)
 }
 
-fn sparse_real_size(pax: &[(Vec<u8>, Vec<u8>)], key: &[u8]) -> Result<u64, String> {
+fn sparse_real_size(pax: &[(Vec<u8>, Vec<u8>)], key: &[u8]) -> Result<u64, EntryError> {
     pax_u64(pax, key).unwrap_or_else(|| {
-        Err(format!(
-            "sparse file without {}",
-            String::from_utf8_lossy(key)
-        ))
+        Err(EntryError::SparseNoSize {
+            key: String::from_utf8_lossy(key).into_owned(),
+        })
     })
 }
 
 /// Segments must be in order, inside the file, and add up to the stored data.
-fn check_segments(segments: &[Segment], real_size: u64, stored: u64) -> Result<(), String> {
+fn check_segments(segments: &[Segment], real_size: u64, stored: u64) -> Result<(), EntryError> {
     let mut end = 0u64;
     let mut total = 0u64;
     for s in segments {
         let s_end = s
             .offset
             .checked_add(s.len)
-            .ok_or("sparse segment overflows")?;
+            .ok_or(EntryError::SparseSegmentOverflow)?;
         if s.offset < end || s_end > real_size {
-            return Err("sparse map is out of order or beyond the file size".into());
+            return Err(EntryError::SparseOrder);
         }
         end = s_end;
-        total = total.checked_add(s.len).ok_or("sparse map overflows")?;
+        total = total
+            .checked_add(s.len)
+            .ok_or(EntryError::SparseMapOverflow)?;
     }
     if total != stored {
-        return Err(format!(
-            "sparse map covers {total} bytes but the archive stores {stored}"
-        ));
+        return Err(EntryError::SparseMapSize {
+            covered: total,
+            stored,
+        });
     }
     Ok(())
 }
 
-fn push_segment(segments: &mut Vec<Segment>, offset: u64, len: u64) -> Result<(), String> {
+fn push_segment(segments: &mut Vec<Segment>, offset: u64, len: u64) -> Result<(), EntryError> {
     if segments.len() >= MAX_SPARSE_SEGMENTS {
-        return Err(format!("more than {MAX_SPARSE_SEGMENTS} sparse segments"));
+        return Err(EntryError::SparseSegments);
     }
     // GNU tar ends every map with a zero-length segment at the real size: not data.
     if len > 0 {
@@ -777,9 +820,9 @@ fn old_gnu_sparse<I: Input>(
     block: &[u8; BLOCK as usize],
     offset: u64,
 ) -> Result<(Vec<Segment>, u64), ScanError> {
-    let err = |reason: String| bad_header(offset, block, &reason);
+    let err = |reason: EntryError| bad_header(offset, block, reason);
     let mut segments = Vec::new();
-    let mut read_slots = |slots: &[u8]| -> Result<(), String> {
+    let mut read_slots = |slots: &[u8]| -> Result<(), EntryError> {
         for slot in slots.chunks_exact(24) {
             if slot[0] == 0 {
                 break;
@@ -811,7 +854,7 @@ fn old_gnu_sparse<I: Input>(
 }
 
 /// PAX sparse 0.0 (repeated offset/numbytes keys) and 0.1 (one comma-separated map).
-fn sparse_v0_map(pax: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<Segment>, String> {
+fn sparse_v0_map(pax: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<Segment>, EntryError> {
     let mut numbers = Vec::new();
     if let Some(map) = pax_get(pax, b"GNU.sparse.map") {
         for n in map.split(|&b| b == b',').filter(|n| !n.is_empty()) {
@@ -825,7 +868,7 @@ fn sparse_v0_map(pax: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<Segment>, String> {
         }
     }
     if numbers.len() % 2 != 0 {
-        return Err("sparse map has an odd number of values".into());
+        return Err(EntryError::SparseMapOdd);
     }
     let mut segments = Vec::new();
     for pair in numbers.chunks_exact(2) {
@@ -834,11 +877,13 @@ fn sparse_v0_map(pax: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<Segment>, String> {
     Ok(segments)
 }
 
-fn decimal(v: &[u8]) -> Result<u64, String> {
+fn decimal(v: &[u8]) -> Result<u64, EntryError> {
     std::str::from_utf8(v)
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| format!("{:?} is not a number", String::from_utf8_lossy(v)))
+        .ok_or_else(|| EntryError::NotDecimal {
+            text: String::from_utf8_lossy(v).into_owned(),
+        })
 }
 
 /// PAX sparse 1.0: the map is decimal text at the start of the data (a count, then offset and
@@ -849,7 +894,7 @@ fn sparse_v1_map<I: Input>(
     offset: u64,
     block: &[u8; BLOCK as usize],
 ) -> Result<(Vec<Segment>, u64), ScanError> {
-    let err = |reason: String| bad_header(offset, block, &reason);
+    let err = |reason: EntryError| bad_header(offset, block, reason);
     let mut text = [0u8; BLOCK as usize];
     let mut used = 0u64; // map bytes read, whole blocks
     let mut numbers: Vec<u64> = Vec::new();
@@ -857,7 +902,7 @@ fn sparse_v1_map<I: Input>(
     let mut count: Option<u64> = None;
     loop {
         if used >= size {
-            return Err(err("sparse map runs past the entry's data".into()));
+            return Err(err(EntryError::SparseMapPastData));
         }
         let at = input.position();
         let n = input
@@ -874,7 +919,7 @@ fn sparse_v1_map<I: Input>(
                 match count {
                     None => {
                         if v > MAX_SPARSE_SEGMENTS as u64 {
-                            return Err(err(format!("sparse map claims {v} segments")));
+                            return Err(err(EntryError::SparseMapCount { count: v }));
                         }
                         count = Some(v);
                     }
@@ -883,7 +928,7 @@ fn sparse_v1_map<I: Input>(
             } else if b.is_ascii_digit() && digits.len() < 20 {
                 digits.push(b);
             } else {
-                return Err(err("sparse map holds something other than numbers".into()));
+                return Err(err(EntryError::SparseMapText));
             }
             if count.is_some_and(|c| numbers.len() as u64 == c * 2) {
                 let mut segments = Vec::new();
@@ -957,12 +1002,57 @@ mod tests {
         }
         let mut out = Vec::new();
         let e = parse_pax(&records, &mut out, &mut 0).unwrap_err();
-        assert!(e.contains("exceed"), "{e}");
+        assert!(matches!(e, EntryError::ExtensionBudget), "{e}");
+        assert!(e.to_string().contains("exceed"), "{e}");
         assert!(
             out.len() as u64 <= MAX_META_LEN / PAX_RECORD_COST,
             "{}",
             out.len()
         );
+    }
+
+    /// The reasons read as they did when they were strings: messages are matched by people and
+    /// by tests of the command line.
+    #[test]
+    fn entry_errors_keep_their_words() {
+        let cases: Vec<(EntryError, &str)> = vec![
+            (
+                EntryError::PaxNumber {
+                    key: "uid".into(),
+                    value: "1 2".into(),
+                },
+                "PAX uid is not a number: \"1 2\"",
+            ),
+            (
+                numeric_i64(b"12x4\0").unwrap_err(),
+                "numeric field \"12x4\\0\" is not octal",
+            ),
+            (
+                numeric(b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff").unwrap_err(),
+                "numeric field is negative (-1)",
+            ),
+            (
+                to_u32(1 << 32, "uid").unwrap_err(),
+                "uid 4294967296 does not fit in 32 bits",
+            ),
+            (decimal(b"1a").unwrap_err(), "\"1a\" is not a number"),
+            (
+                EntryError::SparseMapSize {
+                    covered: 3,
+                    stored: 4,
+                },
+                "sparse map covers 3 bytes but the archive stores 4",
+            ),
+            (
+                EntryError::ExtensionBudget,
+                "extension headers of one member exceed the 16777216-byte limit",
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(e.to_string(), want);
+        }
+        let e = bad_header(0, &[0; BLOCK as usize], EntryError::SizeOverflow);
+        assert_eq!(e.to_string(), "entry '' at byte 0: size overflows");
     }
 
     #[test]

@@ -6,9 +6,6 @@ use std::io::{Read, Write};
 
 use sha2::{Digest, Sha256};
 
-use crate::index::le::PutLe;
-
-use super::zstd::ZSTD_SKIPPABLE;
 use super::{SeekCompression, SeekTable};
 
 /// Deterministic text-like bytes: words from a small vocabulary, with random noise, so that
@@ -63,14 +60,6 @@ pub(super) fn zstd_frame(data: &[u8], checksum: bool) -> Vec<u8> {
     e.include_checksum(checksum).unwrap();
     e.write_all(data).unwrap();
     e.finish().unwrap()
-}
-
-pub(super) fn skippable(n: u8, len: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.put_u32(ZSTD_SKIPPABLE | u32::from(n));
-    out.put_u32(len as u32);
-    out.extend(std::iter::repeat_n(0xa5, len));
-    out
 }
 
 /// Builds a table and checks it against the whole-stream truth: every span decompressed

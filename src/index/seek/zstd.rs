@@ -19,7 +19,7 @@ use super::{Checkpoint, OUT_CHUNK, SeekCompression, SeekError, SeekTable, Span};
 pub(super) const MAX_ZSTD_BLOCK: usize = 128 << 10;
 const ZSTD_MAGIC: u32 = 0xFD2F_B528;
 const ZSTD_SKIPPABLE_MASK: u32 = 0xFFFF_FFF0;
-pub(super) const ZSTD_SKIPPABLE: u32 = 0x184D_2A50;
+const ZSTD_SKIPPABLE: u32 = 0x184D_2A50;
 
 /// Decodes zstd bytes through `dctx`, handing each piece of output to `sink`; returns the
 /// decoder's last answer (0 when a frame has just ended).
@@ -249,6 +249,15 @@ pub(super) fn unzstd_span(
 mod tests {
     use super::super::test_support::*;
     use super::*;
+    use crate::index::le::PutLe;
+
+    fn skippable(n: u8, len: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.put_u32(ZSTD_SKIPPABLE | u32::from(n));
+        out.put_u32(len as u32);
+        out.extend(std::iter::repeat_n(0xa5, len));
+        out
+    }
 
     #[test]
     fn zstd_round_trips() {

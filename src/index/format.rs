@@ -52,6 +52,7 @@
 
 use std::ops::Range;
 
+use super::le::{PutLe, get_u32, set_u32, u16_at, u32_at, u64_at};
 use super::scan::{Kind, Segment};
 
 pub const MAGIC: &[u8; 8] = b"IMGFSIDX";
@@ -131,13 +132,6 @@ pub fn type_bits(kind: Kind) -> u32 {
     }
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
 /// Accumulates the sections; [`Writer::finish`] returns the finished file.
 #[derive(Default)]
 pub struct Writer {
@@ -181,29 +175,29 @@ impl Writer {
             libc::S_IFREG if r.is_sparse() => {
                 nsec |= SPARSE_FLAG;
                 let at = self.extra.len() as u64;
-                self.extra.extend_from_slice(&r.data.to_le_bytes());
-                self.extra.extend_from_slice(&r.extra_off.to_le_bytes());
-                self.extra.extend_from_slice(&r.extra_len.to_le_bytes());
+                self.extra.put_u64(r.data);
+                self.extra.put_u64(r.extra_off);
+                self.extra.put_u32(r.extra_len);
                 (r.size, at)
             }
             _ => (r.size, r.data),
         };
         let b = &mut self.inodes;
-        b.extend_from_slice(&mode.to_le_bytes());
-        b.extend_from_slice(&owner.to_le_bytes());
-        b.extend_from_slice(&r.nlink.to_le_bytes());
-        b.extend_from_slice(&size.to_le_bytes());
-        b.extend_from_slice(&r.mtime.to_le_bytes());
-        b.extend_from_slice(&nsec.to_le_bytes());
-        b.extend_from_slice(&xattrs.to_le_bytes());
-        b.extend_from_slice(&data.to_le_bytes());
+        b.put_u16(mode);
+        b.put_u16(owner);
+        b.put_u32(r.nlink);
+        b.put_u64(size);
+        b.put_i64(r.mtime);
+        b.put_u32(nsec);
+        b.put_u32(xattrs);
+        b.put_u64(data);
         let blob = if r.file_type() == libc::S_IFREG {
             r.blob
         } else {
             0
         };
-        b.extend_from_slice(&blob.to_le_bytes());
-        b.extend_from_slice(&0u32.to_le_bytes());
+        b.put_u32(blob);
+        b.put_u32(0);
         Ok(())
     }
 
@@ -211,8 +205,8 @@ impl Writer {
     pub fn push_dirent(&mut self, record: u32, name: &[u8]) -> Result<(), FormatError> {
         let off = fits_u32(self.names.len() as u64, "name bytes")?;
         self.names.extend_from_slice(name);
-        self.dirents.extend_from_slice(&record.to_le_bytes());
-        self.dirents.extend_from_slice(&off.to_le_bytes());
+        self.dirents.put_u32(record);
+        self.dirents.put_u32(off);
         Ok(())
     }
 
@@ -238,8 +232,8 @@ impl Writer {
         let n = u32::try_from(segments.len()).map_err(|_| FormatError::TooLarge("segments"))?;
         let off = self.extra.len() as u64;
         for s in segments {
-            self.extra.extend_from_slice(&s.offset.to_le_bytes());
-            self.extra.extend_from_slice(&s.len.to_le_bytes());
+            self.extra.put_u64(s.offset);
+            self.extra.put_u64(s.len);
         }
         Ok((off, n))
     }
@@ -254,14 +248,14 @@ impl Writer {
         }
         let mut run = Vec::new();
         for (name, value) in xattrs {
-            run.extend_from_slice(&fits_u32(name.len() as u64, "xattr bytes")?.to_le_bytes());
-            run.extend_from_slice(&fits_u32(value.len() as u64, "xattr bytes")?.to_le_bytes());
+            run.put_u32(fits_u32(name.len() as u64, "xattr bytes")?);
+            run.put_u32(fits_u32(value.len() as u64, "xattr bytes")?);
             run.extend_from_slice(name);
             run.extend_from_slice(value);
         }
         let len = fits_u32(run.len() as u64, "xattr bytes")?;
         let off = self.extra.len() as u64;
-        self.extra.extend_from_slice(&len.to_le_bytes());
+        self.extra.put_u32(len);
         self.extra.extend_from_slice(&run);
         Ok((off, len))
     }
@@ -279,26 +273,26 @@ impl Writer {
             + self.extra.len();
         let mut out = Vec::with_capacity(total);
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&(HEADER_LEN as u32).to_le_bytes());
-        out.extend_from_slice(&((self.inodes.len() / INODE_LEN) as u64).to_le_bytes());
-        out.extend_from_slice(&((self.dirents.len() / DIRENT_LEN) as u64).to_le_bytes());
-        out.extend_from_slice(&(self.names.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(self.extra.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(self.blobs.len() as u64).to_le_bytes());
-        out.extend_from_slice(&self.total_blocks.to_le_bytes());
-        out.extend_from_slice(&(self.owners.len() as u64).to_le_bytes());
+        out.put_u32(VERSION);
+        out.put_u32(HEADER_LEN as u32);
+        out.put_u64((self.inodes.len() / INODE_LEN) as u64);
+        out.put_u64((self.dirents.len() / DIRENT_LEN) as u64);
+        out.put_u64(self.names.len() as u64);
+        out.put_u64(self.extra.len() as u64);
+        out.put_u64(self.blobs.len() as u64);
+        out.put_u64(self.total_blocks);
+        out.put_u64(self.owners.len() as u64);
         out.resize(HEADER_LEN, 0);
         out.extend_from_slice(&self.inodes);
         out.extend_from_slice(&self.dirents);
         for (uid, gid) in &self.owners {
-            out.extend_from_slice(&uid.to_le_bytes());
-            out.extend_from_slice(&gid.to_le_bytes());
+            out.put_u32(*uid);
+            out.put_u32(*gid);
         }
         for (size, off, len) in &self.blobs {
-            out.extend_from_slice(&size.to_le_bytes());
-            out.extend_from_slice(&off.to_le_bytes());
-            out.extend_from_slice(&len.to_le_bytes());
+            out.put_u64(*size);
+            out.put_u32(*off);
+            out.put_u32(*len);
         }
         out.extend_from_slice(&self.names);
         out.extend_from_slice(&self.extra);
@@ -325,9 +319,9 @@ pub fn seal(bytes: &mut [u8]) {
     if bytes.len() < HEADER_LEN {
         return;
     }
-    bytes[CRC_AT..CRC_AT + 4].fill(0);
+    set_u32(bytes, CRC_AT, 0);
     let crc = crc32fast::hash(bytes);
-    bytes[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+    set_u32(bytes, CRC_AT, crc);
 }
 
 /// A validated index over any byte container (a memory map in the filesystem, a vector in
@@ -476,8 +470,8 @@ impl<B: AsRef<[u8]>> Index<B> {
         let bytes = self.bytes.as_ref();
         let at = self.inodes.start + record as usize * INODE_LEN;
         let b = bytes.get(at..at + INODE_LEN)?;
-        let mode = u32::from(u16::from_le_bytes([b[0], b[1]]));
-        let owner = usize::from(u16::from_le_bytes([b[2], b[3]]));
+        let mode = u32::from(u16_at(b, 0));
+        let owner = usize::from(u16_at(b, 2));
         let o = self.owners.start.checked_add(owner * OWNER_LEN)?;
         if o + OWNER_LEN > self.owners.end {
             return None;
@@ -488,7 +482,7 @@ impl<B: AsRef<[u8]>> Index<B> {
             None => (0, 0),
             Some(off) => {
                 let len = self.section_slice(&self.extra, u64::from(off), 4)?;
-                (u64::from(off) + 4, u32::from_le_bytes(len.try_into().ok()?))
+                (u64::from(off) + 4, get_u32(len, 0)?)
             }
         };
         let nsec = u32_at(b, 24);
@@ -625,8 +619,8 @@ impl<B: AsRef<[u8]>> Index<B> {
             .section_slice(&self.extra, r.xattr_off, u64::from(r.xattr_len))
             .unwrap_or(&[]);
         std::iter::from_fn(move || {
-            let nl = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-            let vl = u32::from_le_bytes(rest.get(4..8)?.try_into().ok()?) as usize;
+            let nl = get_u32(rest, 0)? as usize;
+            let vl = get_u32(rest, 4)? as usize;
             let name = rest.get(8..8usize.checked_add(nl)?)?;
             let end = (8 + nl).checked_add(vl)?;
             let value = rest.get(8 + nl..end)?;
@@ -710,9 +704,9 @@ mod tests {
     #[test]
     fn layout_matches_the_spec() {
         let b = sample();
-        let u16le = |at: usize| u16::from_le_bytes(b[at..at + 2].try_into().unwrap());
-        let u32le = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
-        let u64le = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+        let u16le = |at: usize| u16_at(&b, at);
+        let u32le = |at: usize| u32_at(&b, at);
+        let u64le = |at: usize| u64_at(&b, at);
         assert_eq!(&b[0..8], b"IMGFSIDX");
         assert_eq!((u32le(8), u32le(12)), (4, 128));
         // inodes, dirents, names, owners
@@ -796,7 +790,7 @@ mod tests {
                     h.update(&b[CRC_AT + 4..]);
                     h.finalize()
                 };
-                b[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+                set_u32(&mut b, CRC_AT, crc);
                 let Ok(idx) = Index::new(b) else { continue };
                 for r in 0..4 {
                     if let Some(rec) = idx.inode(r) {

@@ -179,12 +179,12 @@ impl Copy {
     }
 
     /// Makes the copy from the layer's sparse blob, every span of which is present.
-    fn make(&self, blob: &Promotable) -> Result<PathBuf, String> {
+    fn make(&self, blob: &Promotable) -> Result<PathBuf, Unmade> {
         match self {
             Copy::Tar(layer) => layer
                 .fill(crate::prepare::store_layer)
-                .map_err(|e| e.to_string()),
-            Copy::Stream => blob.lazy.make_stream_copy().map_err(|e| e.to_string()),
+                .map_err(|e| Unmade::Fill(Box::new(e))),
+            Copy::Stream => blob.lazy.make_stream_copy().map_err(Unmade::Stream),
         }
     }
 }
@@ -247,6 +247,17 @@ fn watch(mut pending: Vec<Pending>, wake: &Wake) {
     }
 }
 
+/// Why a layer's whole copy could not be made or opened.
+#[derive(Debug, thiserror::Error)]
+enum Unmade {
+    #[error("{0}")]
+    Fill(Box<dyn std::error::Error + Send + Sync>),
+    #[error("{0}")]
+    Stream(io::Error),
+    #[error("{}: {error}", path.display())]
+    Open { path: PathBuf, error: io::Error },
+}
+
 /// Makes the layer's whole copy and switches `blob` to it; says in one line what became of it.
 fn promote(blob: &Promotable, copy: &Copy) {
     let start = Instant::now();
@@ -257,7 +268,7 @@ fn promote(blob: &Promotable, copy: &Copy) {
         .map_or_else(|| copy.make(blob), Ok)
         .and_then(|path| match File::open(&path) {
             Ok(file) => Ok((file, path)),
-            Err(e) => Err(format!("{}: {e}", path.display())),
+            Err(error) => Err(Unmade::Open { path, error }),
         });
     match made {
         Ok((file, path)) => {

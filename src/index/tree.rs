@@ -22,6 +22,22 @@ use std::collections::HashMap;
 use super::format::{self, InodeRecord, Writer};
 use super::scan::{Entry, Kind, Segment};
 
+/// Why a member's path, or the target of its hard link, cannot be in the tree (said in the
+/// warning that skips it).
+#[derive(Debug, thiserror::Error, PartialEq)]
+enum Skipped {
+    #[error("the path contains '..'")]
+    DotDot,
+    #[error("the name contains a NUL byte")]
+    Nul,
+    #[error("a name is longer than {NAME_MAX} bytes")]
+    LongName,
+    #[error("the target does not exist")]
+    NoTarget,
+    #[error("the target is a directory")]
+    TargetIsDirectory,
+}
+
 /// Longest file name the kernel accepts (`NAME_MAX`).
 const NAME_MAX: usize = 255;
 /// Mode and owner of a directory the archive never listed, as `tar -x` run by root makes it.
@@ -226,7 +242,7 @@ impl Tree {
     }
 
     /// Splits a raw path into its components, or says why it cannot be in the tree.
-    fn components<'p>(&mut self, path: &'p [u8]) -> Result<Vec<&'p [u8]>, String> {
+    fn components<'p>(&mut self, path: &'p [u8]) -> Result<Vec<&'p [u8]>, Skipped> {
         if path.first() == Some(&b'/') && !self.stripped_absolute {
             self.stripped_absolute = true;
             self.warn("removing leading '/' from member names".into());
@@ -235,11 +251,9 @@ impl Tree {
         for c in path.split(|&b| b == b'/') {
             match c {
                 b"" | b"." => {}
-                b".." => return Err("the path contains '..'".into()),
-                c if c.contains(&0) => return Err("the name contains a NUL byte".into()),
-                c if c.len() > NAME_MAX => {
-                    return Err(format!("a name is longer than {NAME_MAX} bytes"));
-                }
+                b".." => return Err(Skipped::DotDot),
+                c if c.contains(&0) => return Err(Skipped::Nul),
+                c if c.len() > NAME_MAX => return Err(Skipped::LongName),
                 c => out.push(c),
             }
         }
@@ -351,21 +365,18 @@ impl Tree {
     }
 
     /// Finds the node a hard link names, as it stands now.
-    fn resolve_link(&mut self, target: &[u8]) -> Result<u32, String> {
+    fn resolve_link(&mut self, target: &[u8]) -> Result<u32, Skipped> {
         let comps = self.components(target)?;
         let mut id = 0u32;
         for comp in &comps {
             let node = &self.nodes[id as usize];
             if node.kind != Kind::Directory {
-                return Err("the target does not exist".into());
+                return Err(Skipped::NoTarget);
             }
-            id = *node
-                .children
-                .get(*comp)
-                .ok_or("the target does not exist")?;
+            id = *node.children.get(*comp).ok_or(Skipped::NoTarget)?;
         }
         if self.nodes[id as usize].kind == Kind::Directory {
-            return Err("the target is a directory".into());
+            return Err(Skipped::TargetIsDirectory);
         }
         Ok(id)
     }

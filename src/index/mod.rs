@@ -9,6 +9,7 @@ pub mod format;
 mod le;
 pub mod scan;
 pub mod seek;
+pub mod span;
 pub mod toc;
 pub mod tree;
 

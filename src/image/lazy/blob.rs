@@ -13,9 +13,9 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::LazyBlob;
-use super::table::{Table, Unservable};
 use crate::cache::sparse::STREAM_FILE;
 use crate::image::Blob;
+use crate::index::span::SpanFault as Unservable;
 
 impl Blob for LazyBlob {
     fn size(&self) -> io::Result<u64> {
@@ -134,7 +134,8 @@ impl LazyBlob {
     /// its digests as a read checks it, all written under a temporary name, synced, and
     /// renamed once whole. A failure (a missing or damaged span, a full disk) leaves no file.
     pub fn make_stream_copy(&self) -> io::Result<std::path::PathBuf> {
-        let (Table::Toc(_), Some(path)) = (&self.table, &self.stream_copy) else {
+        // Only a layer read through its TOC keeps a stream copy (see `open`).
+        let Some(path) = &self.stream_copy else {
             return Err(io::Error::other(format!(
                 "layer {}: not read through a TOC",
                 self.name

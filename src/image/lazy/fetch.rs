@@ -176,7 +176,7 @@ impl LazyBlob {
     fn fetch_spans(&self, mine: &[usize]) -> Result<(), SpanError> {
         let table = &self.table;
         // Runs of neighbouring spans, each fetched as one range.
-        let runs = table.runs(mine.iter().copied(), MAX_RANGE);
+        let runs = super::table::runs(table.as_ref(), mine.iter().copied(), MAX_RANGE);
         let ranges: Vec<Range<u64>> = runs
             .iter()
             .map(|r| table.compressed(r.start).start..table.compressed(r.end - 1).end)

@@ -219,13 +219,13 @@ pub fn open(
     let table = open_table(dir, remote.size)?;
     let spans = table.len();
     let store = SparseBlob::open(dir, remote.size, spans)?;
-    let windows = match &table {
-        Table::Seek(t) => {
-            if t.windows_size() != remote.windows_size {
+    let windows = match table.windows_size() {
+        Some(size) => {
+            if size != remote.windows_size {
                 return Err(invalid(format!(
                     "{}: the seek table names {} bytes of windows, the windows blob has {}",
                     dir.display(),
-                    t.windows_size(),
+                    size,
                     remote.windows_size
                 )));
             }
@@ -239,7 +239,7 @@ pub fn open(
             ))
         }
         // A TOC's spans are whole gzip members or zstd frames: no windows.
-        Table::Toc(_) => None,
+        None => None,
     };
     let name = remote.digest.clone();
     let fetch = Box::new(RegistryFetch::new(remote)?);
@@ -262,8 +262,8 @@ pub fn open(
 pub fn open_table(dir: &std::path::Path, blob_size: u64) -> io::Result<Table> {
     let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
     let seek_path = dir.join(SEEK_FILE);
-    let table = match std::fs::read(&seek_path) {
-        Ok(bytes) => Table::Seek(
+    let table: Table = match std::fs::read(&seek_path) {
+        Ok(bytes) => Box::new(
             SeekTable::decode(&bytes)
                 .map_err(|e| invalid(format!("{}: {e}", seek_path.display())))?,
         ),
@@ -277,7 +277,7 @@ pub fn open_table(dir: &std::path::Path, blob_size: u64) -> io::Result<Table> {
                 .ok_or_else(|| bad(format!("unknown format {}", stored.format)))?;
             let parsed = toc::parse(format, stored.json, blob_size, stored.data_end)
                 .map_err(|e| bad(e.to_string()))?;
-            Table::Toc(parsed.table)
+            Box::new(parsed.table)
         }
         Err(e) => return Err(e),
     };

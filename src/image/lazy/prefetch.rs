@@ -267,7 +267,7 @@ impl LazyBlob {
         if rest.is_empty() || !self.ahead.lock().insert(file.start) {
             return;
         }
-        let runs = self.table.runs(rest, READ_AHEAD_RANGE);
+        let runs = super::table::runs(self.table.as_ref(), rest, READ_AHEAD_RANGE);
         let blob = self.clone();
         let spawned = std::thread::Builder::new()
             .name("imgfs-ahead".into())
@@ -337,7 +337,8 @@ mod tests {
     #[test]
     fn a_fill_yields_the_link_to_reads() {
         let data: Arc<Vec<u8>> = Arc::new((0..12u32 << 20).map(|i| (i * 7 % 251) as u8).collect());
-        let table = Table::Seek(SeekTable::build(SeekCompression::None, &data[..], SPAN).unwrap());
+        let table: Table =
+            Box::new(SeekTable::build(SeekCompression::None, &data[..], SPAN).unwrap());
         let spans = table.len();
         let dir = std::env::temp_dir().join(format!("imgfs-lazy-fill-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

@@ -11,11 +11,11 @@
 use oci_spec::image::{Descriptor, Digest, ImageIndex, MediaType};
 use ureq::http::Uri;
 
-use super::manifest::{MAX_DOCUMENT, OCI_INDEX, OCI_MANIFEST};
-use super::{
-    Call, Kind, MAX_TAG, Method, Registry, RegistryError, digest, printable, resolve_location,
-    valid_tag,
-};
+use super::http::{Call, Kind, Method, resolve_location};
+use super::reference::{MAX_TAG, valid_tag};
+use super::{Registry, RegistryError, printable};
+use crate::source::digest;
+use crate::source::manifest::{MAX_DOCUMENT, OCI_INDEX, OCI_MANIFEST};
 
 /// The answers a manifest PUT may give (201 is the spec's; some registries say 200 or 202).
 const STORED: &[u16] = &[200, 201, 202, 204];

@@ -9,13 +9,15 @@
 //! `oci:DIR[:REF]`, `oci-archive:FILE[:REF]`, `docker-archive:FILE[:NAME:TAG]`,
 //! `docker://HOST/NAME[:TAG|@DIGEST]`, `docker-daemon:REF`; a bare reference is the local
 //! daemon's and a path (`/`, `./`, `../`, or `tar:PATH`) a tar file. Sources never write
-//! anything: the store is filled by [`crate::prepare`].
+//! anything: the store is filled by [`crate::prepare`]. What reads from a remote tries again
+//! under one [`retry::Policy`].
 
 pub mod digest;
 pub mod docker;
 pub mod layout;
 pub mod manifest;
 pub mod registry;
+pub mod retry;
 
 use std::collections::HashMap;
 use std::io::{self, Read};

@@ -13,8 +13,9 @@ use ureq::Body;
 use ureq::http::{Response, Uri};
 
 use super::credentials::{self, Secret};
-use super::http::{error_message, retry_after, retryable};
+use super::http::{error_message, retry_after};
 use super::{Reference, Registry, RegistryError, printable};
+use crate::source::retry::transient_status;
 
 /// Largest token service answer read: tokens are a few kB.
 const MAX_TOKEN_BODY: u64 = 1 << 20;
@@ -141,7 +142,7 @@ impl Registry {
         let scope = token_scope(challenge.param("scope"), &self.reference.repository, push);
         let scope = scope.as_str();
         let service = challenge.param("service");
-        let mut failures = 0u32;
+        let mut attempts = self.retry.start();
         let resp = loop {
             let result = match secret {
                 Some(Secret::IdentityToken(refresh)) => {
@@ -170,24 +171,26 @@ impl Registry {
                     req.call()
                 }
             };
-            let retry_after = match result {
-                Ok(resp) if retryable(resp.status().as_u16()) => retry_after(&resp),
+            let asked = match result {
+                Ok(resp) if transient_status(resp.status().as_u16()) => retry_after(&resp),
                 Ok(resp) => break resp,
                 Err(e) if self.transient(&e) => None,
                 Err(e) => {
-                    return Err(self.transport_error(what, &realm, e, failures + 1));
+                    let tries = attempts.failures() + 1;
+                    return Err(self.transport_error(what, &realm, e, tries));
                 }
             };
-            failures += 1;
-            if failures >= self.retry.tries {
-                return Err(RegistryError::TokenStatus {
-                    what: what.to_string(),
-                    realm: realm_host,
-                    status: 0,
-                    message: format!("no answer after {failures} tries"),
-                });
+            match attempts.next(true, asked) {
+                Ok(pause) => std::thread::sleep(pause),
+                Err(tries) => {
+                    return Err(RegistryError::TokenStatus {
+                        what: what.to_string(),
+                        realm: realm_host,
+                        status: 0,
+                        message: format!("no answer after {tries} tries"),
+                    });
+                }
             }
-            std::thread::sleep(self.retry.delay(failures, retry_after));
         };
         let status = resp.status().as_u16();
         match status {

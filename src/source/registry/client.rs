@@ -6,7 +6,8 @@
 //! use or a [`RegistryError`] that names the image, the host and the tries.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -14,9 +15,10 @@ use ureq::Body;
 use ureq::http::{Response, Uri};
 
 use super::auth::AuthState;
-use super::http::{Attempt, Call, Kind, error_message, registry_message, retry_after, retryable};
+use super::http::{Attempt, Call, Kind, error_message, registry_message, retry_after};
 use super::{Reference, Registry, RegistryError, RegistryOptions};
 use crate::source::SourceError;
+use crate::source::retry::{dropped, transient_status};
 
 /// Longest wait for a TCP connection and TLS handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -60,13 +62,18 @@ impl Registry {
         } else {
             "https"
         };
+        let retries = Arc::new(AtomicU64::new(0));
+        let counted = retries.clone();
         Ok(Registry {
             base: format!("{scheme}://{}", reference.registry),
             what,
             reference,
             agent,
             insecure,
-            retry: options.retry.clone(),
+            retry: options.retry.policy().on_retry(move |_| {
+                counted.fetch_add(1, Ordering::Relaxed);
+            }),
+            retries,
             auth_file: options.auth_file.clone(),
             auth: Mutex::new(AuthState::default()),
             answered: AtomicBool::new(false),
@@ -94,6 +101,12 @@ impl Registry {
         &self.reference
     }
 
+    /// Retries this client has made so far (of requests, token requests and broken
+    /// streams): how unsteady the way to the registry is.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
     pub(super) fn host(&self) -> &str {
         &self.reference.registry
     }
@@ -115,14 +128,14 @@ impl Registry {
         };
         let mut reauthenticated = false;
         let mut reresolved = false;
-        let mut failures = 0u32;
+        let mut attempts = self.retry.start();
         loop {
             let (generation, authorization) = {
                 let state = self.auth.lock();
                 (state.generation, state.header.clone())
             };
             let attempt = self.follow(what, &url, call, authorization.as_deref())?;
-            let retry_after = match attempt {
+            let pause = match attempt {
                 Attempt::Answer(resp, elsewhere) => {
                     self.answered.store(true, Ordering::Relaxed);
                     let status = resp.status().as_u16();
@@ -140,28 +153,25 @@ impl Registry {
                         log::debug!("{what}: storage refused the link ({status}); asking again");
                         continue;
                     }
-                    if !(retryable(status) && failures + 1 < self.retry.tries) {
-                        return Err(self.status_error(
-                            what,
-                            call.kind,
-                            resp,
-                            elsewhere,
-                            failures + 1,
-                        ));
+                    match attempts.next(transient_status(status), retry_after(&resp)) {
+                        Ok(pause) => {
+                            log::debug!("{what}: {url} answered {status}; trying again");
+                            pause
+                        }
+                        Err(tries) => {
+                            return Err(self.status_error(what, call.kind, resp, elsewhere, tries));
+                        }
                     }
-                    log::debug!("{what}: {url} answered {status}; trying again");
-                    retry_after(&resp)
                 }
-                Attempt::Failed(e) => {
-                    if !(self.transient(&e) && failures + 1 < self.retry.tries) {
-                        return Err(self.transport_error(what, &url, e, failures + 1));
+                Attempt::Failed(e) => match attempts.next(self.transient(&e), None) {
+                    Ok(pause) => {
+                        log::debug!("{what}: {url}: {e}; trying again");
+                        pause
                     }
-                    log::debug!("{what}: {url}: {e}; trying again");
-                    None
-                }
+                    Err(tries) => return Err(self.transport_error(what, &url, e, tries)),
+                },
             };
-            failures += 1;
-            std::thread::sleep(self.retry.delay(failures, retry_after));
+            std::thread::sleep(pause);
         }
     }
 
@@ -313,19 +323,4 @@ fn probe(agent: &ureq::Agent, what: &str, authority: &str) -> Result<&'static st
             Ok("http")
         }
     }
-}
-
-/// Whether an I/O error is a connection that dropped or stalled (worth another try), rather
-/// than one that could not be made.
-fn dropped(kind: io::ErrorKind) -> bool {
-    matches!(
-        kind,
-        io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::UnexpectedEof
-            | io::ErrorKind::TimedOut
-            | io::ErrorKind::Interrupted
-            | io::ErrorKind::WouldBlock
-    )
 }

@@ -2,7 +2,7 @@
 //! it and follows the registry's redirects (to blob storage, often on another host), sending
 //! `Authorization` only to the registry itself, and hands on an [`Attempt`] for
 //! [`Registry::exchange`] to judge; and what an answer says besides its body — the
-//! distribution API's error message, `Retry-After`, whether its status may pass if asked again.
+//! distribution API's error message, `Retry-After`.
 
 use std::io::Read;
 use std::time::Duration;
@@ -157,11 +157,6 @@ fn decorate<B>(
         req = req.header("Authorization", a);
     }
     req
-}
-
-/// Answers worth a second try: the server is busy, restarting or throttling.
-pub(super) fn retryable(status: u16) -> bool {
-    status == 429 || (500..600).contains(&status)
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is rare from registries and not read).

@@ -42,7 +42,8 @@ mod reference;
 mod stream;
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -53,12 +54,14 @@ use self::error::printable;
 pub use self::ranges::MAX_RANGES_PER_REQUEST;
 pub use self::reference::Reference;
 use super::manifest;
+use super::retry::Policy;
 use super::{Image, Platform, SourceError};
 
 /// Longest pause between two tries, whatever `Retry-After` asks for.
-const MAX_DELAY: Duration = Duration::from_secs(8);
+pub const MAX_DELAY: Duration = Duration::from_secs(8);
 
-/// How often and how patiently a failed request is tried again.
+/// How often and how patiently a failed request is tried again: the settings of the
+/// client's [`Policy`].
 #[derive(Clone, Debug)]
 pub struct Retry {
     /// Tries in all, the first included.
@@ -79,12 +82,10 @@ impl Default for Retry {
 }
 
 impl Retry {
-    /// The pause after the `failures`-th failure in a row, or what the server asked for.
-    fn delay(&self, failures: u32, retry_after: Option<Duration>) -> Duration {
-        let doubled = self
-            .first_delay
-            .saturating_mul(1u32 << failures.saturating_sub(1).min(16));
-        retry_after.unwrap_or(doubled).min(MAX_DELAY)
+    /// The policy these settings make: `tries` tries, pauses doubling from `first_delay` up
+    /// to [`MAX_DELAY`], whatever `Retry-After` asks for.
+    pub fn policy(&self) -> Policy {
+        Policy::tries(self.tries, self.first_delay, MAX_DELAY)
     }
 }
 
@@ -123,7 +124,9 @@ pub struct Registry {
     base: String,
     agent: ureq::Agent,
     insecure: bool,
-    retry: Retry,
+    retry: Policy,
+    /// Retries made so far, by every request, token and stream of this client.
+    retries: Arc<AtomicU64>,
     auth_file: Option<PathBuf>,
     auth: Mutex<AuthState>,
     /// Whether the registry has answered once: from then on a refused connection means it is
@@ -153,20 +156,21 @@ pub fn open(reference: &str, options: &RegistryOptions) -> Result<(Image, Regist
 
 #[cfg(test)]
 mod tests {
-    use super::http::retryable;
     use super::*;
 
     #[test]
     fn backs_off() {
-        let retry = Retry::default();
-        let delays: Vec<u64> = (1..5).map(|n| retry.delay(n, None).as_secs()).collect();
+        let policy = Retry::default().policy();
+        let delays: Vec<u64> = (1..5).map(|n| policy.delay(n, None).as_secs()).collect();
         assert_eq!(delays, [1, 2, 4, 8]);
-        assert_eq!(retry.delay(30, None), MAX_DELAY);
-        assert_eq!(retry.delay(1, Some(Duration::from_secs(3600))), MAX_DELAY);
+        assert_eq!(policy.delay(30, None), MAX_DELAY);
+        assert_eq!(policy.delay(1, Some(Duration::from_secs(3600))), MAX_DELAY);
         assert_eq!(
-            retry.delay(3, Some(Duration::from_secs(2))),
+            policy.delay(3, Some(Duration::from_secs(2))),
             Duration::from_secs(2)
         );
-        assert!(retryable(503) && retryable(429) && !retryable(404) && !retryable(401));
+        let mut attempts = policy.start();
+        let tries = std::iter::from_fn(|| attempts.next(true, Some(Duration::ZERO)).ok()).count();
+        assert_eq!(tries + 1, 5, "five tries in all");
     }
 }

@@ -101,7 +101,7 @@ impl Registry {
             },
             ..Call::get(Kind::Blob)
         };
-        let mut breaks = 0;
+        let mut attempts = self.retry.start();
         loop {
             let resp = self.exchange(what, &path, &call)?;
             let status = resp.status().as_u16();
@@ -118,17 +118,20 @@ impl Registry {
                 }
                 Err(byteranges::Fault::Io(e)) => e,
             };
-            breaks += 1;
-            if breaks >= self.retry.tries {
-                return Err(RegistryError::RangesBroken {
-                    what: what.to_string(),
-                    ranges: header.to_string(),
-                    tries: breaks,
-                    source: fault,
-                });
+            match attempts.next(true, None) {
+                Ok(pause) => {
+                    log::debug!("{what}: reading {header}: {fault}; asking again");
+                    std::thread::sleep(pause);
+                }
+                Err(tries) => {
+                    return Err(RegistryError::RangesBroken {
+                        what: what.to_string(),
+                        ranges: header.to_string(),
+                        tries,
+                        source: fault,
+                    });
+                }
             }
-            log::debug!("{what}: reading {header}: {fault}; asking again");
-            std::thread::sleep(self.retry.delay(breaks, None));
         }
     }
 

@@ -11,6 +11,7 @@ use ureq::BodyReader;
 
 use super::http::{Call, Kind};
 use super::{Registry, RegistryError, printable};
+use crate::source::retry::Attempts;
 
 impl Registry {
     /// A stream of the blob (or manifest) `digest`, resumed where it breaks.
@@ -33,7 +34,7 @@ impl Registry {
             size,
             body: None,
             offset: 0,
-            breaks: 0,
+            attempts: self.retry.start(),
         };
         match stream.reconnect() {
             Ok(()) => Ok(stream),
@@ -74,7 +75,7 @@ pub(super) struct Stream<'r> {
     /// Bytes handed on so far.
     offset: u64,
     /// Breaks in a row without a byte read.
-    breaks: u32,
+    attempts: Attempts<'r>,
 }
 
 impl Stream<'_> {
@@ -130,21 +131,23 @@ impl Stream<'_> {
     /// Counts a break; fails once there were too many in a row.
     fn broke(&mut self, e: io::Error) -> io::Result<()> {
         self.body = None;
-        self.breaks += 1;
-        if self.breaks >= self.registry.retry.tries {
-            return Err(io::Error::other(RegistryError::Broken {
-                what: self.what.clone(),
-                offset: self.offset,
-                tries: self.breaks,
-                source: e,
-            }));
-        }
+        let pause = match self.attempts.next(true, None) {
+            Ok(pause) => pause,
+            Err(tries) => {
+                return Err(io::Error::other(RegistryError::Broken {
+                    what: self.what.clone(),
+                    offset: self.offset,
+                    tries,
+                    source: e,
+                }));
+            }
+        };
         log::debug!(
             "{}: the stream broke at byte {} ({e}); resuming",
             self.what,
             self.offset
         );
-        std::thread::sleep(self.registry.retry.delay(self.breaks, None));
+        std::thread::sleep(pause);
         Ok(())
     }
 }
@@ -173,7 +176,7 @@ impl Read for Stream<'_> {
                 },
                 Ok(n) => {
                     self.offset += n as u64;
-                    self.breaks = 0;
+                    self.attempts.progressed();
                     return Ok(n);
                 }
                 Err(e) => self.broke(e)?,

@@ -217,14 +217,14 @@ impl Registry {
                 what: what.to_string(),
                 host,
                 tries,
-                source: e.into_io(),
+                cause: e.into_io(),
             }
         } else {
             RegistryError::Transport {
                 what: what.to_string(),
                 url: url.to_string(),
                 tries,
-                source: e.into_io(),
+                cause: e.into_io(),
             }
         }
     }
@@ -307,7 +307,7 @@ fn probe(agent: &ureq::Agent, what: &str, authority: &str) -> Result<&'static st
                 what: what.to_string(),
                 host: authority.to_string(),
                 tries: 1,
-                source: e.into_io(),
+                cause: e.into_io(),
             })
         }
         Err(ureq::Error::Io(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
@@ -315,7 +315,7 @@ fn probe(agent: &ureq::Agent, what: &str, authority: &str) -> Result<&'static st
                 what: what.to_string(),
                 host: authority.to_string(),
                 tries: 1,
-                source: e,
+                cause: e,
             })
         }
         Err(e) => {

@@ -234,8 +234,8 @@ pub fn credentials(host: &str, given: Option<&Path>) -> Result<Option<Secret>, R
     for path in credential_files(given, |v| std::env::var(v).ok()) {
         let config = match read_config(&path) {
             Ok(config) => config,
-            Err(RegistryError::AuthFile { source, .. })
-                if source.kind() == io::ErrorKind::NotFound && given.is_none() =>
+            Err(RegistryError::AuthFile { cause, .. })
+                if cause.kind() == io::ErrorKind::NotFound && given.is_none() =>
             {
                 continue;
             }
@@ -274,9 +274,9 @@ pub fn credentials(host: &str, given: Option<&Path>) -> Result<Option<Secret>, R
 }
 
 fn read_config(path: &Path) -> Result<ConfigFile, RegistryError> {
-    let io_err = |source| RegistryError::AuthFile {
+    let io_err = |cause| RegistryError::AuthFile {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     let mut bytes = Vec::new();
     std::fs::File::open(path)
@@ -290,9 +290,9 @@ fn read_config(path: &Path) -> Result<ConfigFile, RegistryError> {
             format!("larger than {MAX_CREDENTIALS_FILE} bytes"),
         )));
     }
-    serde_json::from_slice(&bytes).map_err(|source| RegistryError::AuthJson {
+    serde_json::from_slice(&bytes).map_err(|cause| RegistryError::AuthJson {
         path: path.to_path_buf(),
-        source,
+        cause,
     })
 }
 

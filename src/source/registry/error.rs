@@ -8,23 +8,26 @@ use std::path::PathBuf;
 
 use crate::source::digest;
 
+/// Each message is the whole line: a cause (an I/O, JSON or digest error) is quoted in it as
+/// `cause`, not also handed on by `source()`, so that a chain printer and `to_string()` alike
+/// show it once.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("docker://{reference}: {why}")]
     Reference { reference: String, why: String },
-    #[error("{what}: cannot connect to {host}{}: {source}", tries_note(*tries))]
+    #[error("{what}: cannot connect to {host}{}: {cause}", tries_note(*tries))]
     Connect {
         what: String,
         host: String,
         tries: u32,
-        source: io::Error,
+        cause: io::Error,
     },
-    #[error("{what}: {url}{}: {source}", tries_note(*tries))]
+    #[error("{what}: {url}{}: {cause}", tries_note(*tries))]
     Transport {
         what: String,
         url: String,
         tries: u32,
-        source: io::Error,
+        cause: io::Error,
     },
     #[error("{what}: {message} ({status})")]
     NotFound {
@@ -108,41 +111,41 @@ pub enum RegistryError {
     },
     #[error("{what}: {why}")]
     Range { what: String, why: String },
-    #[error("{what}: reading {ranges}: the connection broke {tries} times: {source}")]
+    #[error("{what}: reading {ranges}: the connection broke {tries} times: {cause}")]
     RangesBroken {
         what: String,
         ranges: String,
         tries: u32,
-        source: io::Error,
+        cause: io::Error,
     },
     #[error("{what}: {size} bytes, more than the {limit} read whole")]
     Oversized { what: String, size: u64, limit: u64 },
-    #[error("{what}: {source}")]
+    #[error("{what}: {cause}")]
     Content {
         what: String,
-        source: digest::DigestError,
+        cause: digest::DigestError,
     },
-    #[error("{what}: {source}")]
-    Body { what: String, source: io::Error },
+    #[error("{what}: {cause}")]
+    Body { what: String, cause: io::Error },
     #[error("{what}: {why}")]
     Invalid { what: String, why: String },
     #[error("{what}: redirected more than {limit} times")]
     Redirects { what: String, limit: u32 },
     #[error("{what}: cannot follow the redirect to '{location}'")]
     Location { what: String, location: String },
-    #[error("{what}: the stream broke at byte {offset}, {tries} times without progress: {source}")]
+    #[error("{what}: the stream broke at byte {offset}, {tries} times without progress: {cause}")]
     Broken {
         what: String,
         offset: u64,
         tries: u32,
-        source: io::Error,
+        cause: io::Error,
     },
-    #[error("{path}: {source}")]
-    AuthFile { path: PathBuf, source: io::Error },
-    #[error("{path}: not a credentials file: {source}")]
+    #[error("{path}: {cause}")]
+    AuthFile { path: PathBuf, cause: io::Error },
+    #[error("{path}: not a credentials file: {cause}")]
     AuthJson {
         path: PathBuf,
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     #[error("{path}: the credentials for {host} cannot be used: {why}")]
     AuthEntry {

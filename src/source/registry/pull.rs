@@ -121,11 +121,11 @@ impl Registry {
             .into_reader()
             .take(MAX_DOCUMENT + 1)
             .read_to_end(&mut bytes)
-            .map_err(|source| RegistryError::Transport {
+            .map_err(|cause| RegistryError::Transport {
                 what: what.to_string(),
                 url: format!("{}{path}", self.base),
                 tries: 1,
-                source,
+                cause,
             })?;
         if bytes.len() as u64 > MAX_DOCUMENT {
             return Err(too_large());
@@ -167,9 +167,9 @@ impl Registry {
         }
         let stream = self.stream(what.clone(), Kind::Blob, digest, Some(size))?;
         let mut verified =
-            Verified::new(stream, digest, Some(size)).map_err(|source| RegistryError::Content {
+            Verified::new(stream, digest, Some(size)).map_err(|cause| RegistryError::Content {
                 what: what.clone(),
-                source,
+                cause,
             })?;
         let mut out = Vec::with_capacity(size as usize);
         verified.read_to_end(&mut out).map_err(|e| {
@@ -178,8 +178,8 @@ impl Registry {
                 Err(e) => e,
             };
             match e.downcast::<digest::DigestError>() {
-                Ok(source) => RegistryError::Content { what, source },
-                Err(source) => RegistryError::Body { what, source },
+                Ok(cause) => RegistryError::Content { what, cause },
+                Err(cause) => RegistryError::Body { what, cause },
             }
         })?;
         Ok(out)

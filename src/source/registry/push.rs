@@ -104,9 +104,9 @@ impl Registry {
         }
         let digest = match by_digest {
             Some(d) => {
-                digest::verify(&d, bytes).map_err(|source| RegistryError::Content {
+                digest::verify(&d, bytes).map_err(|cause| RegistryError::Content {
                     what: what.clone(),
-                    source,
+                    cause,
                 })?;
                 d
             }

@@ -128,7 +128,7 @@ impl Registry {
                         what: what.to_string(),
                         ranges: header.to_string(),
                         tries,
-                        source: fault,
+                        cause: fault,
                     });
                 }
             }

@@ -39,11 +39,11 @@ impl Registry {
         match stream.reconnect() {
             Ok(()) => Ok(stream),
             Err(Reconnect::Failed(e)) => Err(e),
-            Err(Reconnect::Broken(source)) => Err(RegistryError::Broken {
+            Err(Reconnect::Broken(cause)) => Err(RegistryError::Broken {
                 what: stream.what,
                 offset: 0,
                 tries: 1,
-                source,
+                cause,
             }),
         }
     }
@@ -138,7 +138,7 @@ impl Stream<'_> {
                     what: self.what.clone(),
                     offset: self.offset,
                     tries,
-                    source: e,
+                    cause: e,
                 }));
             }
         };

@@ -14,7 +14,7 @@ use ureq::http::{Response, Uri};
 
 use super::credentials::{self, Secret};
 use super::http::{error_message, retry_after};
-use super::{Reference, Registry, RegistryError, printable};
+use super::{Reference, Registry, RegistryError, TokenError, printable};
 use crate::source::retry::transient_status;
 
 /// Largest token service answer read: tokens are a few kB.
@@ -224,10 +224,10 @@ impl Registry {
             .into_reader()
             .take(MAX_TOKEN_BODY)
             .read_to_end(&mut body)
-            .map_err(|e| RegistryError::Token {
+            .map_err(|cause| RegistryError::Token {
                 what: what.to_string(),
                 realm: realm_host.clone(),
-                why: e.to_string(),
+                why: TokenError::Read { cause },
             })?;
         token_from(&body).map_err(|why| RegistryError::Token {
             what: what.to_string(),
@@ -375,7 +375,7 @@ impl Parser<'_> {
 }
 
 /// The token in a token service's answer (`token`, or OAuth2's `access_token`).
-pub fn token_from(body: &[u8]) -> Result<String, String> {
+pub fn token_from(body: &[u8]) -> Result<String, TokenError> {
     #[derive(serde::Deserialize)]
     struct Answer {
         #[serde(default)]
@@ -384,16 +384,16 @@ pub fn token_from(body: &[u8]) -> Result<String, String> {
         access_token: Option<String>,
     }
     let answer: Answer =
-        serde_json::from_slice(body).map_err(|e| format!("the answer is not JSON: {e}"))?;
+        serde_json::from_slice(body).map_err(|cause| TokenError::NotJson { cause })?;
     let token = answer
         .token
         .filter(|t| !t.is_empty())
         .or(answer.access_token)
         .filter(|t| !t.is_empty())
-        .ok_or("the answer has neither token nor access_token")?;
+        .ok_or(TokenError::Missing)?;
     // It goes into a header: visible ASCII only.
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("the token holds characters a header cannot".into());
+        return Err(TokenError::NotHeader);
     }
     Ok(token)
 }
@@ -480,13 +480,13 @@ mod tests {
     #[test]
     fn reads_tokens() {
         assert_eq!(
-            token_from(br#"{"token":"a.b.c","expires_in":300}"#),
-            Ok("a.b.c".into())
+            token_from(br#"{"token":"a.b.c","expires_in":300}"#).unwrap(),
+            "a.b.c"
         );
-        assert_eq!(token_from(br#"{"access_token":"x"}"#), Ok("x".into()));
+        assert_eq!(token_from(br#"{"access_token":"x"}"#).unwrap(), "x");
         assert_eq!(
-            token_from(br#"{"token":"","access_token":"y"}"#),
-            Ok("y".into())
+            token_from(br#"{"token":"","access_token":"y"}"#).unwrap(),
+            "y"
         );
         for bad in [
             &br#"{}"#[..],

@@ -11,6 +11,8 @@
 use std::io::{self, BufRead, Read};
 use std::ops::Range;
 
+use super::{RangeError, printable};
+
 /// Longest line in a multipart body's headers: real ones are under 100 bytes.
 const MAX_PART_LINE: usize = 1024;
 /// Most header lines of one part: servers send Content-Type and Content-Range.
@@ -29,7 +31,7 @@ pub enum Fault {
     /// The connection broke or ended early: try again.
     Io(io::Error),
     /// The answer is wrong: trying again will not help.
-    Bad(String),
+    Bad(RangeError),
 }
 
 impl From<io::Error> for Fault {
@@ -39,25 +41,23 @@ impl From<io::Error> for Fault {
 }
 
 /// Checks what a caller asks for: sorted, non-overlapping, non-empty ranges inside the blob.
-pub fn check(ranges: &[Range<u64>], blob_size: u64) -> Result<(), String> {
-    let mut end = 0;
-    for r in ranges {
-        if r.start >= r.end {
-            return Err(format!("the range {}..{} is empty", r.start, r.end));
+pub fn check(ranges: &[Range<u64>], blob_size: u64) -> Result<(), RangeError> {
+    let mut previous_end = 0;
+    for &Range { start, end } in ranges {
+        if start >= end {
+            return Err(RangeError::Empty { start, end });
         }
-        if r.end > blob_size {
-            return Err(format!(
-                "the range {}..{} goes past the blob's end ({blob_size} bytes)",
-                r.start, r.end
-            ));
+        if end > blob_size {
+            return Err(RangeError::PastEnd {
+                start,
+                end,
+                blob_size,
+            });
         }
-        if r.start < end {
-            return Err(format!(
-                "the range {}..{} overlaps or precedes the one before",
-                r.start, r.end
-            ));
+        if start < previous_end {
+            return Err(RangeError::Unsorted { start, end });
         }
-        end = r.end;
+        previous_end = end;
     }
     Ok(())
 }
@@ -108,7 +108,7 @@ pub fn content_range(value: &str) -> Option<ContentRange> {
 }
 
 /// The boundary of a `multipart/byteranges` content type; `None` when the type is another.
-pub fn boundary(content_type: &str) -> Option<Result<String, String>> {
+pub fn boundary(content_type: &str) -> Option<Result<String, RangeError>> {
     let mut params = content_type.split(';');
     let kind = params.next()?.trim();
     if !kind.eq_ignore_ascii_case("multipart/byteranges") {
@@ -119,13 +119,13 @@ pub fn boundary(content_type: &str) -> Option<Result<String, String>> {
         .find(|(k, _)| k.trim().eq_ignore_ascii_case("boundary"))
         .map(|(_, v)| v.trim().trim_matches('"').to_string());
     Some(match value {
-        None => Err("a multipart answer without a boundary".into()),
-        Some(b) if b.is_empty() || b.len() > MAX_BOUNDARY => Err(format!(
-            "a multipart boundary of {} bytes (1 to {MAX_BOUNDARY} allowed)",
-            b.len()
-        )),
+        None => Err(RangeError::NoBoundary),
+        Some(b) if b.is_empty() || b.len() > MAX_BOUNDARY => Err(RangeError::BoundaryLength {
+            len: b.len(),
+            max: MAX_BOUNDARY,
+        }),
         Some(b) if !b.bytes().all(|c| c.is_ascii_graphic() || c == b' ') => {
-            Err("a multipart boundary with control characters".into())
+            Err(RangeError::BoundaryControl)
         }
         Some(b) => Ok(b),
     })
@@ -159,16 +159,16 @@ impl<'a> Collector<'a> {
     }
 
     /// Checks a part's `Content-Range` before its bytes are read.
-    pub fn admit(&mut self, part: &ContentRange) -> Result<(), String> {
+    pub fn admit(&mut self, part: &ContentRange) -> Result<(), RangeError> {
         let span = &part.span;
-        let shown = || format!("bytes {}-{}", span.start, span.end - 1);
+        let (first, last) = (span.start, span.end - 1);
         if let Some(total) = part.total
             && total != self.blob_size
         {
-            return Err(format!(
-                "the answer gives the blob's size as {total}, not {}",
-                self.blob_size
-            ));
+            return Err(RangeError::Total {
+                total,
+                blob_size: self.blob_size,
+            });
         }
         let hull = hull(self.ranges);
         let asked = self
@@ -176,24 +176,23 @@ impl<'a> Collector<'a> {
             .iter()
             .any(|r| r.start < span.end && span.start < r.end);
         if span.start < hull.start || span.end > hull.end || !asked {
-            return Err(format!(
-                "the answer holds {} where {} was asked for",
-                shown(),
-                header(self.ranges)
-            ));
+            return Err(RangeError::Unasked {
+                first,
+                last,
+                asked: header(self.ranges),
+            });
         }
         if self
             .parts
             .iter()
             .any(|p| p.start < span.end && span.start < p.end)
         {
-            return Err(format!("the answer holds {} twice", shown()));
+            return Err(RangeError::Twice { first, last });
         }
         if self.parts.len() >= self.ranges.len() {
-            return Err(format!(
-                "the answer has more parts than the {} ranges asked for",
-                self.ranges.len()
-            ));
+            return Err(RangeError::TooManyParts {
+                ranges: self.ranges.len(),
+            });
         }
         self.parts.push(span.clone());
         Ok(())
@@ -241,14 +240,13 @@ impl<'a> Collector<'a> {
     }
 
     /// Checks that every byte asked for arrived.
-    pub fn finish(self) -> Result<(), String> {
+    pub fn finish(self) -> Result<(), RangeError> {
         for (r, filled) in self.ranges.iter().zip(&self.filled) {
             if *filled != r.end - r.start {
-                return Err(format!(
-                    "the answer lacks bytes of {}-{}",
-                    r.start,
-                    r.end - 1
-                ));
+                return Err(RangeError::Lacks {
+                    first: r.start,
+                    last: r.end - 1,
+                });
             }
         }
         Ok(())
@@ -275,7 +273,7 @@ pub fn read_multipart(
         }
         skipped += 1;
         if skipped > MAX_SKIPPED_LINES {
-            return Err(Fault::Bad("no multipart boundary where it belongs".into()));
+            return Err(Fault::Bad(RangeError::NoDelimiter));
         }
     }
     loop {
@@ -288,23 +286,22 @@ pub fn read_multipart(
             }
             headers += 1;
             if headers > MAX_PART_HEADERS {
-                return Err(Fault::Bad(format!(
-                    "a part with more than {MAX_PART_HEADERS} header lines"
-                )));
+                return Err(Fault::Bad(RangeError::PartHeaders {
+                    max: MAX_PART_HEADERS,
+                }));
             }
             let line = String::from_utf8_lossy(&line);
             if let Some((name, value)) = line.split_once(':')
                 && name.trim().eq_ignore_ascii_case("content-range")
             {
                 range = Some(content_range(value).ok_or_else(|| {
-                    Fault::Bad(format!(
-                        "a part's Content-Range '{}' is not one",
-                        super::printable(value.trim())
-                    ))
+                    Fault::Bad(RangeError::PartRange {
+                        value: printable(value.trim()),
+                    })
                 })?);
             }
         }
-        let range = range.ok_or_else(|| Fault::Bad("a part without Content-Range".into()))?;
+        let range = range.ok_or(Fault::Bad(RangeError::NoPartRange))?;
         collector.admit(&range).map_err(Fault::Bad)?;
         collector.read_span(range.span, body)?;
         let mut skipped = 0;
@@ -318,9 +315,7 @@ pub fn read_multipart(
             }
             skipped += 1;
             if !line.is_empty() || skipped > MAX_SKIPPED_LINES {
-                return Err(Fault::Bad(
-                    "a part is longer than its Content-Range says".into(),
-                ));
+                return Err(Fault::Bad(RangeError::LongPart));
             }
         }
     }
@@ -352,9 +347,7 @@ fn read_line(body: &mut impl BufRead, closing: &[u8]) -> Result<Vec<u8>, Fault> 
             None => (buf.len(), false),
         };
         if line.len() + take > MAX_PART_LINE + 2 {
-            return Err(Fault::Bad(format!(
-                "a multipart header line longer than {MAX_PART_LINE} bytes"
-            )));
+            return Err(Fault::Bad(RangeError::LongLine { max: MAX_PART_LINE }));
         }
         line.extend_from_slice(&buf[..take]);
         body.consume(take);
@@ -415,9 +408,9 @@ mod tests {
         let mut c = Collector::new(ranges, &mut out, 200);
         read_multipart(&mut io::BufReader::new(body), "XyZ", &mut c).map_err(|f| match f {
             Fault::Io(e) => format!("io: {e}"),
-            Fault::Bad(why) => why,
+            Fault::Bad(why) => why.to_string(),
         })?;
-        c.finish()?;
+        c.finish().map_err(|why| why.to_string())?;
         Ok(out)
     }
 

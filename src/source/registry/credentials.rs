@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use super::{RegistryError, printable};
+use super::{HelperError, RegistryError, printable};
 
 /// Largest credentials file or helper answer read: real ones are a few kB.
 const MAX_CREDENTIALS_FILE: u64 = 1 << 20;
@@ -175,13 +175,15 @@ fn entry_secret(entry: &AuthEntry) -> Result<Found, EntryError> {
 }
 
 /// A credential helper's answer to `get`: `None` when it has nothing for the host.
-pub fn helper_output(status_ok: bool, stdout: &[u8]) -> Result<Option<Secret>, String> {
+pub fn helper_output(status_ok: bool, stdout: &[u8]) -> Result<Option<Secret>, HelperError> {
     let text = String::from_utf8_lossy(stdout);
     if !status_ok {
         if text.contains(HELPER_NOT_FOUND) {
             return Ok(None);
         }
-        return Err(format!("failed: {}", printable(text.trim())));
+        return Err(HelperError::Failed {
+            output: printable(text.trim()),
+        });
     }
     #[derive(serde::Deserialize)]
     struct Answer {
@@ -191,7 +193,7 @@ pub fn helper_output(status_ok: bool, stdout: &[u8]) -> Result<Option<Secret>, S
         secret: String,
     }
     let answer: Answer =
-        serde_json::from_slice(stdout).map_err(|e| format!("answered something not JSON: {e}"))?;
+        serde_json::from_slice(stdout).map_err(|cause| HelperError::NotJson { cause })?;
     if answer.secret.is_empty() {
         return Ok(None);
     }
@@ -302,7 +304,7 @@ fn run_helper(name: &str, host: &str) -> Result<Option<Secret>, RegistryError> {
 }
 
 fn run_helper_program(program: &Path, host: &str) -> Result<Option<Secret>, RegistryError> {
-    let failed = |why: String| RegistryError::Helper {
+    let failed = |why: HelperError| RegistryError::Helper {
         helper: program.display().to_string(),
         host: host.to_string(),
         why,
@@ -313,7 +315,7 @@ fn run_helper_program(program: &Path, host: &str) -> Result<Option<Secret>, Regi
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| failed(format!("cannot run it: {e}")))?;
+        .map_err(|cause| failed(HelperError::Run { cause }))?;
     if let Some(mut stdin) = child.stdin.take() {
         // A helper that exits without reading is judged by its answer, not by this write.
         let _ = stdin.write_all(helper_server(host).as_bytes());
@@ -322,11 +324,11 @@ fn run_helper_program(program: &Path, host: &str) -> Result<Option<Secret>, Regi
     if let Some(out) = child.stdout.take() {
         out.take(MAX_CREDENTIALS_FILE)
             .read_to_end(&mut stdout)
-            .map_err(|e| failed(format!("reading its answer: {e}")))?;
+            .map_err(|cause| failed(HelperError::Read { cause }))?;
     }
     let status = child
         .wait()
-        .map_err(|e| failed(format!("waiting for it: {e}")))?;
+        .map_err(|cause| failed(HelperError::Wait { cause }))?;
     helper_output(status.success(), &stdout).map_err(failed)
 }
 
@@ -390,21 +392,22 @@ mod tests {
     #[test]
     fn reads_helper_answers() {
         assert_eq!(
-            helper_output(true, br#"{"ServerURL":"h","Username":"u","Secret":"p"}"#),
-            Ok(Some(Secret::Basic {
+            helper_output(true, br#"{"ServerURL":"h","Username":"u","Secret":"p"}"#).unwrap(),
+            Some(Secret::Basic {
                 username: "u".into(),
                 password: "p".into()
-            }))
+            })
         );
         assert_eq!(
-            helper_output(true, br#"{"Username":"<token>","Secret":"t"}"#),
-            Ok(Some(Secret::IdentityToken("t".into())))
+            helper_output(true, br#"{"Username":"<token>","Secret":"t"}"#).unwrap(),
+            Some(Secret::IdentityToken("t".into()))
         );
         assert_eq!(
-            helper_output(false, b"credentials not found in native keychain\n"),
-            Ok(None)
+            helper_output(false, b"credentials not found in native keychain\n").unwrap(),
+            None
         );
-        assert!(helper_output(false, b"boom").unwrap_err().contains("boom"));
+        let failed = helper_output(false, b"boom").unwrap_err().to_string();
+        assert_eq!(failed, "failed: boom");
         assert!(helper_output(true, b"nope").is_err());
     }
 

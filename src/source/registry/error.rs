@@ -1,7 +1,8 @@
 //! What goes wrong talking to a registry: one [`RegistryError`] variant per failure site,
 //! each naming the image (`what`) and, where it matters, the host, status, byte offset and
-//! number of tries; and [`printable`], which makes text from a server or a helper safe to
-//! quote in a one-line message.
+//! number of tries; the reasons the parsers give ([`RangeError`], [`TokenError`],
+//! [`HelperError`], [`IndexError`]); and [`printable`], which makes text from a server or a
+//! helper safe to quote in a one-line message.
 
 use std::io;
 use std::path::PathBuf;
@@ -89,7 +90,7 @@ pub enum RegistryError {
     Token {
         what: String,
         realm: String,
-        why: String,
+        why: TokenError,
     },
     #[error(
         "{what}: the credentials for {host} would be sent unencrypted to {realm}; turn TLS \
@@ -110,7 +111,7 @@ pub enum RegistryError {
         actual: String,
     },
     #[error("{what}: {why}")]
-    Range { what: String, why: String },
+    Range { what: String, why: RangeError },
     #[error("{what}: reading {ranges}: the connection broke {tries} times: {cause}")]
     RangesBroken {
         what: String,
@@ -129,6 +130,8 @@ pub enum RegistryError {
     Body { what: String, cause: io::Error },
     #[error("{what}: {why}")]
     Invalid { what: String, why: String },
+    #[error("{what}: {why}")]
+    Index { what: String, why: IndexError },
     #[error("{what}: redirected more than {limit} times")]
     Redirects { what: String, limit: u32 },
     #[error("{what}: cannot follow the redirect to '{location}'")]
@@ -157,8 +160,104 @@ pub enum RegistryError {
     Helper {
         helper: String,
         host: String,
-        why: String,
+        why: HelperError,
     },
+}
+
+/// Why byte ranges asked for, or a server's answer to them, cannot be right: trying again
+/// will not help.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RangeError {
+    #[error("the range {start}..{end} is empty")]
+    Empty { start: u64, end: u64 },
+    #[error("the range {start}..{end} goes past the blob's end ({blob_size} bytes)")]
+    PastEnd {
+        start: u64,
+        end: u64,
+        blob_size: u64,
+    },
+    #[error("the range {start}..{end} overlaps or precedes the one before")]
+    Unsorted { start: u64, end: u64 },
+    #[error("a multipart answer without a boundary")]
+    NoBoundary,
+    #[error("a multipart boundary of {len} bytes (1 to {max} allowed)")]
+    BoundaryLength { len: usize, max: usize },
+    #[error("a multipart boundary with control characters")]
+    BoundaryControl,
+    #[error("no multipart boundary where it belongs")]
+    NoDelimiter,
+    #[error("a part with more than {max} header lines")]
+    PartHeaders { max: usize },
+    #[error("a multipart header line longer than {max} bytes")]
+    LongLine { max: usize },
+    #[error("a part's Content-Range '{value}' is not one")]
+    PartRange { value: String },
+    #[error("a part without Content-Range")]
+    NoPartRange,
+    #[error("a part is longer than its Content-Range says")]
+    LongPart,
+    #[error("the answer gives the blob's size as {total}, not {blob_size}")]
+    Total { total: u64, blob_size: u64 },
+    #[error("the answer holds bytes {first}-{last} where {asked} was asked for")]
+    Unasked {
+        first: u64,
+        last: u64,
+        asked: String,
+    },
+    #[error("the answer holds bytes {first}-{last} twice")]
+    Twice { first: u64, last: u64 },
+    #[error("the answer has more parts than the {ranges} ranges asked for")]
+    TooManyParts { ranges: usize },
+    #[error("the answer lacks bytes of {first}-{last}")]
+    Lacks { first: u64, last: u64 },
+    #[error("the whole blob came as {length} bytes, but it has {blob_size}")]
+    WholeSize { length: u64, blob_size: u64 },
+    #[error("a partial answer without Content-Range")]
+    NoContentRange,
+    #[error("a partial answer with Content-Range '{value}'")]
+    ContentRange { value: String },
+    #[error("a partial answer of {length} bytes for Content-Range '{value}'")]
+    PartialLength { length: u64, value: String },
+    #[error("asked for bytes from {offset}, got Content-Range '{value}'")]
+    Resumed { offset: u64, value: String },
+}
+
+/// Why a token service's answer gives no usable token.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("{cause}")]
+    Read { cause: io::Error },
+    #[error("the answer is not JSON: {cause}")]
+    NotJson { cause: serde_json::Error },
+    #[error("the answer has neither token nor access_token")]
+    Missing,
+    #[error("the token holds characters a header cannot")]
+    NotHeader,
+}
+
+/// Why a credential helper gave no credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum HelperError {
+    #[error("cannot run it: {cause}")]
+    Run { cause: io::Error },
+    #[error("reading its answer: {cause}")]
+    Read { cause: io::Error },
+    #[error("waiting for it: {cause}")]
+    Wait { cause: io::Error },
+    /// It failed, saying `output` (made printable).
+    #[error("failed: {output}")]
+    Failed { output: String },
+    #[error("answered something not JSON: {cause}")]
+    NotJson { cause: serde_json::Error },
+}
+
+/// Why a referrers index cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("not an image index: {cause}")]
+    NotIndex { cause: serde_json::Error },
+    #[error("{cause}")]
+    Write { cause: serde_json::Error },
 }
 
 fn tries_note(tries: u32) -> String {

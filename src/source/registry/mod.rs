@@ -49,8 +49,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use self::auth::AuthState;
-pub use self::error::RegistryError;
 use self::error::printable;
+pub use self::error::{HelperError, IndexError, RangeError, RegistryError, TokenError};
 pub use self::ranges::MAX_RANGES_PER_REQUEST;
 pub use self::reference::Reference;
 use super::manifest;

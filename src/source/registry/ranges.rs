@@ -13,7 +13,7 @@ use ureq::http::Response;
 
 use super::byteranges;
 use super::http::{Call, FETCHED, Kind};
-use super::{Registry, RegistryError, printable};
+use super::{RangeError, Registry, RegistryError, printable};
 
 /// Most ranges asked for in one request: their `Range` header stays under 1 kB (a range is up
 /// to ~40 bytes), far below the 4-8 kB header limits of proxies and CDNs, and a server's
@@ -157,9 +157,7 @@ impl Registry {
         let mut collector = byteranges::Collector::new(group, slots, blob_size);
         if whole {
             if let Some(length) = length.filter(|&l| l != blob_size) {
-                return Err(Fault::Bad(format!(
-                    "the whole blob came as {length} bytes, but it has {blob_size}"
-                )));
+                return Err(Fault::Bad(RangeError::WholeSize { length, blob_size }));
             }
             if !self.ignores_ranges.swap(true, Ordering::Relaxed) {
                 log::debug!(
@@ -174,19 +172,17 @@ impl Registry {
             let boundary = boundary.map_err(Fault::Bad)?;
             byteranges::read_multipart(&mut body, &boundary, &mut collector)?;
         } else {
-            let value = content_range
-                .ok_or_else(|| Fault::Bad("a partial answer without Content-Range".into()))?;
+            let value = content_range.ok_or(Fault::Bad(RangeError::NoContentRange))?;
             let part = byteranges::content_range(&value).ok_or_else(|| {
-                Fault::Bad(format!(
-                    "a partial answer with Content-Range '{}'",
-                    printable(&value)
-                ))
+                Fault::Bad(RangeError::ContentRange {
+                    value: printable(&value),
+                })
             })?;
             if let Some(length) = length.filter(|&l| l != part.span.end - part.span.start) {
-                return Err(Fault::Bad(format!(
-                    "a partial answer of {length} bytes for Content-Range '{}'",
-                    printable(&value)
-                )));
+                return Err(Fault::Bad(RangeError::PartialLength {
+                    length,
+                    value: printable(&value),
+                }));
             }
             collector.admit(&part).map_err(Fault::Bad)?;
             collector.read_span(part.span, &mut body)?;

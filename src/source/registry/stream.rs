@@ -10,7 +10,7 @@ use oci_spec::image::Digest;
 use ureq::BodyReader;
 
 use super::http::{Call, Kind};
-use super::{Registry, RegistryError, printable};
+use super::{RangeError, Registry, RegistryError, printable};
 use crate::source::retry::Attempts;
 
 impl Registry {
@@ -106,11 +106,10 @@ impl Stream<'_> {
             if start != Some(self.offset) {
                 return Err(Reconnect::Failed(RegistryError::Range {
                     what,
-                    why: format!(
-                        "asked for bytes from {}, got Content-Range '{}'",
-                        self.offset,
-                        printable(range.as_deref().unwrap_or("(none)"))
-                    ),
+                    why: RangeError::Resumed {
+                        offset: self.offset,
+                        value: printable(range.as_deref().unwrap_or("(none)")),
+                    },
                 }));
             }
         } else if self.offset > 0 {

@@ -5,7 +5,8 @@
 //! Images are resolved among the daemon's own, and pulled only when asked. An export goes through a throwaway container that is created, never started, and
 //! removed in every case — success, error, or SIGINT/SIGTERM during the export. Containers are
 //! labelled with the exporting process id so that one left by a killed imgfs is removed by the
-//! next export.
+//! next export. A signal during an export ends it with [`DockerError::Interrupted`], which
+//! names the exit status the process should end with.
 
 use std::io::{self, Read};
 
@@ -46,6 +47,19 @@ pub enum DockerError {
     },
     #[error("cannot start the I/O runtime: {0}")]
     Runtime(io::Error),
+    #[error("export interrupted; its container was removed")]
+    Interrupted { signal: i32 },
+}
+
+impl DockerError {
+    /// The status to exit with after this error, when it calls for one of its own: 128 plus
+    /// the signal that interrupted an export, as a shell reports a process the signal ended.
+    pub fn exit_code(&self) -> Option<i32> {
+        match self {
+            DockerError::Interrupted { signal } => Some(128 + signal),
+            _ => None,
+        }
+    }
 }
 
 /// A resolved image: its id and the daemon's description of it (config, tags, ...).
@@ -201,7 +215,8 @@ impl Docker {
     /// thread, each read driving the runtime until the stream has bytes for it, so memory stays
     /// bounded by the stream buffers. The
     /// container is removed afterwards whatever happens; on SIGINT/SIGTERM it is removed,
-    /// `on_signal` runs (to drop half-written files) and the process exits with 128+signal.
+    /// `on_signal` runs (to drop half-written files), the stream fails from then on, and the
+    /// export ends with [`DockerError::Interrupted`].
     pub fn export<T>(
         &self,
         image: &Image,
@@ -225,7 +240,8 @@ impl Docker {
             .map_err(|e| self.api("create the export container", e))?;
         let id = created.id;
 
-        // Removes the container if a signal arrives while the export runs.
+        // Removes the container if a signal arrives while the export runs, and says which.
+        let (interrupt, interrupted) = tokio::sync::watch::channel(None);
         let watcher = {
             let client = self.client.clone();
             let id = id.clone();
@@ -243,8 +259,8 @@ impl Docker {
                 };
                 let _ = client.remove_container(&id, Some(force_remove())).await;
                 on_signal();
-                eprintln!("imgfs: export interrupted; its container was removed");
-                std::process::exit(128 + signo);
+                log::debug!("export interrupted by signal {signo}; its container was removed");
+                let _ = interrupt.send(Some(signo));
             })
         };
 
@@ -253,8 +269,12 @@ impl Docker {
         let result = consume(&mut BlockingReader {
             rt: &self.rt,
             inner: reader,
+            interrupted: interrupted.clone(),
         });
         watcher.abort();
+        if let Some(signal) = *interrupted.borrow() {
+            return Err(DockerError::Interrupted { signal });
+        }
         let removed = self
             .rt
             .block_on(self.client.remove_container(&id, Some(force_remove())));
@@ -295,16 +315,36 @@ impl Docker {
 }
 
 /// A synchronous reader over an asynchronous one: each read runs the runtime (the HTTP
-/// connection and the signal watcher with it) until the read completes.
+/// connection and the signal watcher with it) until the read completes, or fails once the
+/// watcher says a signal interrupted the export.
 struct BlockingReader<'a, R> {
     rt: &'a Runtime,
     inner: R,
+    /// The signal that interrupted the export, once one did.
+    interrupted: tokio::sync::watch::Receiver<Option<i32>>,
 }
 
 impl<R: tokio::io::AsyncRead + Unpin> Read for BlockingReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         use tokio::io::AsyncReadExt;
-        self.rt.block_on(self.inner.read(buf))
+        let BlockingReader {
+            rt,
+            inner,
+            interrupted,
+        } = self;
+        rt.block_on(async {
+            tokio::select! {
+                read = inner.read(buf) => read,
+                () = interruption(interrupted) => Err(io::Error::other("the export was interrupted")),
+            }
+        })
+    }
+}
+
+/// Waits until a signal interrupts the export; forever when the watcher ended without one.
+async fn interruption(interrupted: &mut tokio::sync::watch::Receiver<Option<i32>>) {
+    if interrupted.wait_for(Option::is_some).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -376,5 +416,44 @@ mod tests {
             ("localhost:5000/a/b", Some("v1"))
         );
         assert_eq!(split_tag("a/b@sha256:00"), ("a/b@sha256:00", None));
+    }
+
+    #[test]
+    fn a_signal_ends_the_export_stream() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        // A stream that never has bytes: only the interruption can end a read of it.
+        let (silent, _open) = tokio::io::duplex(64);
+        let (interrupt, interrupted) = tokio::sync::watch::channel(None);
+        let mut reader = BlockingReader {
+            rt: &rt,
+            inner: silent,
+            interrupted,
+        };
+        interrupt.send(Some(libc::SIGINT)).unwrap();
+        let e = reader.read(&mut [0; 8]).unwrap_err();
+        assert_eq!(e.to_string(), "the export was interrupted");
+        // A watcher gone without a signal leaves reads alone.
+        let (stream, mut writer) = tokio::io::duplex(64);
+        rt.block_on(tokio::io::AsyncWriteExt::write_all(&mut writer, b"tar"))
+            .unwrap();
+        let (interrupt, interrupted) = tokio::sync::watch::channel(None);
+        drop(interrupt);
+        let mut reader = BlockingReader {
+            rt: &rt,
+            inner: stream,
+            interrupted,
+        };
+        assert_eq!(reader.read(&mut [0; 8]).unwrap(), 3);
+        let e = DockerError::Interrupted {
+            signal: libc::SIGINT,
+        };
+        assert_eq!(e.exit_code(), Some(130));
+        assert_eq!(
+            e.to_string(),
+            "export interrupted; its container was removed"
+        );
+        assert_eq!(DockerError::NotFound("a".into()).exit_code(), None);
     }
 }

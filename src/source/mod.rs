@@ -9,13 +9,15 @@
 //! `oci:DIR[:REF]`, `oci-archive:FILE[:REF]`, `docker-archive:FILE[:NAME:TAG]`,
 //! `docker://HOST/NAME[:TAG|@DIGEST]`, `docker-daemon:REF`; a bare reference is the local
 //! daemon's and a path (`/`, `./`, `../`, or `tar:PATH`) a tar file. Sources never write
-//! anything: the store is filled by [`crate::prepare`].
+//! anything: the store is filled by [`crate::prepare`]. What reads from a remote tries again
+//! under one [`retry::Policy`].
 
 pub mod digest;
 pub mod docker;
 pub mod layout;
 pub mod manifest;
 pub mod registry;
+pub mod retry;
 
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -312,47 +314,108 @@ pub trait LayerSource: Sync {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+/// What goes wrong reading a source. Each message is the whole line: a cause (an I/O, JSON
+/// or digest error) is quoted in it, not also handed on by `source()`, so that a chain printer
+/// and `to_string()` alike show it once. (`Display` and `Error` are written out because the
+/// cause fields, which other stages fill, are named `source`.)
+#[derive(Debug)]
 pub enum SourceError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("{what}: {source}")]
-    Read { what: String, source: io::Error },
-    #[error("{what}: the {doc} is not valid: {source}")]
+    Io {
+        path: PathBuf,
+        source: io::Error,
+    },
+    Read {
+        what: String,
+        source: io::Error,
+    },
     Json {
         what: String,
         doc: &'static str,
         source: serde_json::Error,
     },
-    #[error("{what}: {source}")]
     Digest {
         what: String,
         source: digest::DigestError,
     },
-    #[error("{what}: media type '{media_type}' is not one imgfs reads")]
-    MediaType { what: String, media_type: String },
-    #[error("{what}: {why}")]
-    Invalid { what: String, why: String },
-    #[error(transparent)]
-    Registry(#[from] registry::RegistryError),
-    #[error("{what}: no image for platform {wanted} (the index has: {available})")]
+    MediaType {
+        what: String,
+        media_type: String,
+    },
+    Invalid {
+        what: String,
+        why: String,
+    },
+    Registry(registry::RegistryError),
     Platform {
         what: String,
         wanted: String,
         available: String,
     },
-    #[error("{what}: no image named '{name}' (it has: {available})")]
     NoSuchName {
         what: String,
         name: String,
         available: String,
     },
-    #[error("{what}: holds {count} images; name one ({available})")]
     Ambiguous {
         what: String,
         count: usize,
         available: String,
     },
+}
+
+impl std::fmt::Display for SourceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            SourceError::Read { what, source } => write!(f, "{what}: {source}"),
+            SourceError::Json { what, doc, source } => {
+                write!(f, "{what}: the {doc} is not valid: {source}")
+            }
+            SourceError::Digest { what, source } => write!(f, "{what}: {source}"),
+            SourceError::MediaType { what, media_type } => {
+                write!(
+                    f,
+                    "{what}: media type '{media_type}' is not one imgfs reads"
+                )
+            }
+            SourceError::Invalid { what, why } => write!(f, "{what}: {why}"),
+            SourceError::Registry(e) => e.fmt(f),
+            SourceError::Platform {
+                what,
+                wanted,
+                available,
+            } => write!(
+                f,
+                "{what}: no image for platform {wanted} (the index has: {available})"
+            ),
+            SourceError::NoSuchName {
+                what,
+                name,
+                available,
+            } => write!(f, "{what}: no image named '{name}' (it has: {available})"),
+            SourceError::Ambiguous {
+                what,
+                count,
+                available,
+            } => write!(f, "{what}: holds {count} images; name one ({available})"),
+        }
+    }
+}
+
+impl std::error::Error for SourceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            // As `transparent` would: the registry's error stands for this one.
+            SourceError::Registry(e) => e.source(),
+            _ => None,
+        }
+    }
+}
+
+impl From<registry::RegistryError> for SourceError {
+    fn from(e: registry::RegistryError) -> SourceError {
+        SourceError::Registry(e)
+    }
 }
 
 #[cfg(test)]
@@ -408,6 +471,42 @@ mod tests {
         ];
         for (input, want) in cases {
             assert_eq!(ImageRef::parse(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn errors_say_their_cause_once() {
+        use std::error::Error as _;
+        let cases = [
+            SourceError::Io {
+                path: "/l/index.json".into(),
+                source: io::Error::from(io::ErrorKind::NotFound),
+            },
+            SourceError::Json {
+                what: "oci:/l".into(),
+                doc: "index",
+                source: serde_json::from_slice::<u8>(b"x").unwrap_err(),
+            },
+            SourceError::Digest {
+                what: "oci:/l".into(),
+                source: digest::DigestError::Malformed("x".into()),
+            },
+            SourceError::Registry(registry::RegistryError::Connect {
+                what: "docker://h/a".into(),
+                host: "h".into(),
+                tries: 2,
+                cause: io::Error::from(io::ErrorKind::ConnectionRefused),
+            }),
+        ];
+        let wanted = [
+            "/l/index.json: entity not found",
+            "oci:/l: the index is not valid: expected value at line 1 column 1",
+            "oci:/l: 'x' is not a digest",
+            "docker://h/a: cannot connect to h (2 tries): connection refused",
+        ];
+        for (e, want) in cases.iter().zip(wanted) {
+            assert_eq!(e.to_string(), want);
+            assert!(e.source().is_none(), "{e}");
         }
     }
 

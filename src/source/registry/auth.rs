@@ -1,361 +1,276 @@
-//! Registry credentials and the challenges that ask for them.
-//!
-//! A registry says how it wants to be asked in a `WWW-Authenticate` header ([`parse_challenges`]):
-//! `Basic` takes a user name and password on every request, `Bearer` names a token service to
-//! trade them (or nothing, for anonymous pulls) for a token. Credentials come from the files
-//! `docker login` and `podman login` write — `auths[HOST].auth` (base64 `user:password`) or an
-//! `identitytoken` — or from the credential helper such a file names (`credHelpers[HOST]`,
-//! `credsStore`), run as `docker-credential-NAME get`. Parsing ([`lookup`], [`parse_challenges`],
-//! [`helper_output`]) is kept apart from reading files and running helpers. A secret is never
-//! part of a message or a `Debug` print.
+//! Answering a registry's `401`: it says how it wants to be asked in a `WWW-Authenticate`
+//! header ([`parse_challenges`]). `Basic` takes a user name and password on every request,
+//! `Bearer` names a token service to trade them (or nothing, for anonymous pulls) for a token
+//! ([`Registry::authenticate`]). Credentials come from the `credentials` submodule, looked up
+//! only when a registry asks; the `Authorization` value made here is kept in [`AuthState`]
+//! for every request after. Parsing ([`parse_challenges`], [`token_from`]) is kept apart from
+//! the requests, and a secret is never part of a message.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::io::Read;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
+use ureq::Body;
+use ureq::http::{Response, Uri};
 
-use super::RegistryError;
+use super::credentials::{self, Secret};
+use super::http::{error_message, retry_after};
+use super::{Reference, Registry, RegistryError, TokenError, printable};
+use crate::source::retry::transient_status;
 
-/// Largest credentials file or helper answer read: real ones are a few kB.
-const MAX_CREDENTIALS_FILE: u64 = 1 << 20;
-/// The name `docker login` files Docker Hub's credentials under.
-const DOCKER_HUB_KEY: &str = "https://index.docker.io/v1/";
-/// What a credential helper prints when it has nothing for a host.
-const HELPER_NOT_FOUND: &str = "credentials not found";
-/// The user name a helper gives with an identity token instead of a password.
-const HELPER_TOKEN_USER: &str = "<token>";
+/// Largest token service answer read: tokens are a few kB.
+const MAX_TOKEN_BODY: u64 = 1 << 20;
+/// The client the token service is told about (OAuth2 `client_id`).
+const CLIENT_ID: &str = "imgfs";
 
-/// What proves who we are to one registry.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Secret {
-    Basic {
-        username: String,
-        password: String,
-    },
-    /// An OAuth2 refresh token (`identitytoken`), traded for access tokens.
-    IdentityToken(String),
+/// How a client authenticates to its registry, shared by all its requests.
+#[derive(Default)]
+pub(super) struct AuthState {
+    /// The `Authorization` value sent to the registry.
+    pub(super) header: Option<String>,
+    /// Counts changes of `header`, so that a thread refused with an old token does not
+    /// fetch a new one when another thread has already.
+    pub(super) generation: u64,
+    /// The credentials, once looked up: `Some(None)` when there are none.
+    pub(super) secret: Option<Option<Secret>>,
 }
 
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Secret::Basic { username, .. } => write!(f, "Basic({username}, <redacted>)"),
-            Secret::IdentityToken(_) => f.write_str("IdentityToken(<redacted>)"),
+impl Registry {
+    /// Answers a 401: looks the credentials up (once) and makes the `Authorization` value
+    /// the challenge asks for (a token that allows `push` too when `push`).
+    pub(super) fn authenticate(
+        &self,
+        what: &str,
+        resp: &Response<Body>,
+        generation: u64,
+        push: bool,
+    ) -> Result<(), RegistryError> {
+        let mut state = self.auth.lock();
+        if state.generation != generation {
+            return Ok(()); // another request authenticated meanwhile
         }
+        let challenges: Vec<Challenge> = resp
+            .headers()
+            .get_all("www-authenticate")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(parse_challenges)
+            .collect();
+        let secret = match &state.secret {
+            Some(secret) => secret.clone(),
+            None => {
+                let secret = credentials::credentials(self.host(), self.auth_file.as_deref())?;
+                state.secret = Some(secret.clone());
+                secret
+            }
+        };
+        let header = if let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") {
+            format!(
+                "Bearer {}",
+                self.token(what, bearer, secret.as_ref(), push)?
+            )
+        } else if challenges.iter().any(|c| c.scheme == "basic") {
+            match secret {
+                Some(Secret::Basic { username, password }) => {
+                    Secret::basic_header(&username, &password)
+                }
+                _ => {
+                    return Err(RegistryError::NoCredentials {
+                        what: what.to_string(),
+                        host: self.host().to_string(),
+                        status: 401,
+                    });
+                }
+            }
+        } else {
+            let raw = resp
+                .headers()
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("(none)");
+            return Err(RegistryError::Challenge {
+                what: what.to_string(),
+                host: self.host().to_string(),
+                challenge: printable(raw),
+            });
+        };
+        state.header = Some(header);
+        state.generation += 1;
+        Ok(())
     }
-}
 
-impl Secret {
-    /// The `Authorization` value of HTTP basic authentication.
-    pub fn basic_header(username: &str, password: &str) -> String {
-        format!("Basic {}", BASE64.encode(format!("{username}:{password}")))
-    }
-}
-
-/// The parts of a `docker login` / `podman login` file imgfs reads.
-#[derive(Debug, Default, serde::Deserialize)]
-pub struct ConfigFile {
-    #[serde(default)]
-    pub auths: HashMap<String, AuthEntry>,
-    #[serde(default, rename = "credHelpers")]
-    pub cred_helpers: HashMap<String, String>,
-    #[serde(default, rename = "credsStore")]
-    pub creds_store: Option<String>,
-}
-
-#[derive(Default, serde::Deserialize)]
-pub struct AuthEntry {
-    #[serde(default)]
-    pub auth: Option<String>,
-    #[serde(default)]
-    pub username: Option<String>,
-    #[serde(default)]
-    pub password: Option<String>,
-    #[serde(default)]
-    pub identitytoken: Option<String>,
-}
-
-impl std::fmt::Debug for AuthEntry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AuthEntry(<redacted>)")
-    }
-}
-
-/// What a credentials file says about one registry.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Found {
-    Secret(Secret),
-    /// Ask `docker-credential-NAME`.
-    Helper(String),
-    Nothing,
-}
-
-/// Why an `auths` entry cannot be used.
-#[derive(Debug, PartialEq, Eq)]
-pub enum EntryError {
-    NotBase64,
-    NoColon,
-}
-
-/// A registry as credentials files name it: without a scheme or path, with Docker Hub's many
-/// names made one.
-pub fn normalize_host(key: &str) -> String {
-    let key = key
-        .strip_prefix("https://")
-        .or_else(|| key.strip_prefix("http://"))
-        .unwrap_or(key);
-    let host = key.split('/').next().unwrap_or(key).to_ascii_lowercase();
-    match host.as_str() {
-        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
-            "docker.io".to_string()
+    /// Trades the credentials (or nothing) for a token at the challenge's realm.
+    fn token(
+        &self,
+        what: &str,
+        challenge: &Challenge,
+        secret: Option<&Secret>,
+        push: bool,
+    ) -> Result<String, RegistryError> {
+        let realm = challenge.param("realm").unwrap_or_default().to_string();
+        let realm_uri: Option<Uri> = realm.parse().ok();
+        let Some(realm_uri) = realm_uri.filter(|u| {
+            matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+        }) else {
+            return Err(RegistryError::Challenge {
+                what: what.to_string(),
+                host: self.host().to_string(),
+                challenge: format!("Bearer realm=\"{}\"", printable(&realm)),
+            });
+        };
+        let realm_host = realm_uri
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let realm_loopback = Reference {
+            registry: realm_host.clone(),
+            repository: String::new(),
+            tag: None,
+            digest: None,
         }
-        _ => host,
-    }
-}
-
-/// What a credential helper is told the registry is called (`docker login` files Docker Hub
-/// under its old index address).
-pub fn helper_server(host: &str) -> String {
-    if normalize_host(host) == "docker.io" {
-        DOCKER_HUB_KEY.to_string()
-    } else {
-        host.to_string()
-    }
-}
-
-/// What `config` holds for `host`: a helper named for the host, then the store for all hosts,
-/// then an `auths` entry.
-pub fn lookup(config: &ConfigFile, host: &str) -> Result<Found, EntryError> {
-    let host = normalize_host(host);
-    if let Some((_, helper)) = config
-        .cred_helpers
-        .iter()
-        .find(|(k, v)| normalize_host(k) == host && !v.is_empty())
-    {
-        return Ok(Found::Helper(helper.clone()));
-    }
-    if let Some(store) = config.creds_store.as_ref().filter(|s| !s.is_empty()) {
-        return Ok(Found::Helper(store.clone()));
-    }
-    let Some(entry) = config
-        .auths
-        .iter()
-        .find(|(k, _)| normalize_host(k) == host)
-        .map(|(_, v)| v)
-    else {
-        return Ok(Found::Nothing);
-    };
-    entry_secret(entry)
-}
-
-fn entry_secret(entry: &AuthEntry) -> Result<Found, EntryError> {
-    if let Some(token) = entry.identitytoken.as_ref().filter(|t| !t.is_empty()) {
-        return Ok(Found::Secret(Secret::IdentityToken(token.clone())));
-    }
-    if let Some(auth) = entry.auth.as_ref().filter(|a| !a.is_empty()) {
-        let decoded = BASE64
-            .decode(auth.trim())
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .ok_or(EntryError::NotBase64)?;
-        let (username, password) = decoded.split_once(':').ok_or(EntryError::NoColon)?;
-        return Ok(Found::Secret(Secret::Basic {
-            username: username.to_string(),
-            password: password.to_string(),
-        }));
-    }
-    match (&entry.username, &entry.password) {
-        (Some(username), Some(password)) if !username.is_empty() => {
-            Ok(Found::Secret(Secret::Basic {
-                username: username.clone(),
-                password: password.clone(),
-            }))
+        .is_loopback();
+        if secret.is_some()
+            && realm_uri.scheme_str() == Some("http")
+            && !self.insecure
+            && !realm_loopback
+        {
+            return Err(RegistryError::PlainText {
+                what: what.to_string(),
+                host: self.host().to_string(),
+                realm: realm_host,
+            });
         }
-        _ => Ok(Found::Nothing),
-    }
-}
-
-/// A credential helper's answer to `get`: `None` when it has nothing for the host.
-pub fn helper_output(status_ok: bool, stdout: &[u8]) -> Result<Option<Secret>, String> {
-    let text = String::from_utf8_lossy(stdout);
-    if !status_ok {
-        if text.contains(HELPER_NOT_FOUND) {
-            return Ok(None);
-        }
-        return Err(format!("failed: {}", printable(text.trim())));
-    }
-    #[derive(serde::Deserialize)]
-    struct Answer {
-        #[serde(rename = "Username", default)]
-        username: String,
-        #[serde(rename = "Secret", default)]
-        secret: String,
-    }
-    let answer: Answer =
-        serde_json::from_slice(stdout).map_err(|e| format!("answered something not JSON: {e}"))?;
-    if answer.secret.is_empty() {
-        return Ok(None);
-    }
-    if answer.username == HELPER_TOKEN_USER {
-        return Ok(Some(Secret::IdentityToken(answer.secret)));
-    }
-    Ok(Some(Secret::Basic {
-        username: answer.username,
-        password: answer.secret,
-    }))
-}
-
-/// The token in a token service's answer (`token`, or OAuth2's `access_token`).
-pub fn token_from(body: &[u8]) -> Result<String, String> {
-    #[derive(serde::Deserialize)]
-    struct Answer {
-        #[serde(default)]
-        token: Option<String>,
-        #[serde(default)]
-        access_token: Option<String>,
-    }
-    let answer: Answer =
-        serde_json::from_slice(body).map_err(|e| format!("the answer is not JSON: {e}"))?;
-    let token = answer
-        .token
-        .filter(|t| !t.is_empty())
-        .or(answer.access_token)
-        .filter(|t| !t.is_empty())
-        .ok_or("the answer has neither token nor access_token")?;
-    // It goes into a header: visible ASCII only.
-    if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("the token holds characters a header cannot".into());
-    }
-    Ok(token)
-}
-
-/// The files credentials are looked for in, in order: the one given, `$REGISTRY_AUTH_FILE`,
-/// then `${DOCKER_CONFIG:-~/.docker}/config.json`. `env` reads an environment variable.
-pub fn credential_files(
-    given: Option<&Path>,
-    env: impl Fn(&str) -> Option<String>,
-) -> Vec<PathBuf> {
-    if let Some(path) = given {
-        return vec![path.to_path_buf()];
-    }
-    let mut files = Vec::new();
-    if let Some(f) = env("REGISTRY_AUTH_FILE").filter(|f| !f.is_empty()) {
-        files.push(PathBuf::from(f));
-    }
-    match env("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
-        Some(dir) => files.push(Path::new(&dir).join("config.json")),
-        None => {
-            if let Some(home) = env("HOME").filter(|h| !h.is_empty()) {
-                files.push(Path::new(&home).join(".docker/config.json"));
+        let scope = token_scope(challenge.param("scope"), &self.reference.repository, push);
+        let scope = scope.as_str();
+        let service = challenge.param("service");
+        let mut attempts = self.retry.start();
+        let resp = loop {
+            let result = match secret {
+                Some(Secret::IdentityToken(refresh)) => {
+                    let mut form = vec![
+                        ("grant_type", "refresh_token"),
+                        ("refresh_token", refresh.as_str()),
+                        ("client_id", CLIENT_ID),
+                        ("scope", scope),
+                    ];
+                    if let Some(service) = service {
+                        form.push(("service", service));
+                    }
+                    self.agent.post(&realm).send_form(form)
+                }
+                _ => {
+                    let mut req = self.agent.get(&realm);
+                    if let Some(service) = service {
+                        req = req.query("service", service);
+                    }
+                    for s in scope.split(' ').filter(|s| !s.is_empty()) {
+                        req = req.query("scope", s);
+                    }
+                    if let Some(Secret::Basic { username, password }) = secret {
+                        req = req.header("Authorization", Secret::basic_header(username, password));
+                    }
+                    req.call()
+                }
+            };
+            let asked = match result {
+                Ok(resp) if transient_status(resp.status().as_u16()) => retry_after(&resp),
+                Ok(resp) => break resp,
+                Err(e) if self.transient(&e) => None,
+                Err(e) => {
+                    let tries = attempts.failures() + 1;
+                    return Err(self.transport_error(what, &realm, e, tries));
+                }
+            };
+            match attempts.next(true, asked) {
+                Ok(pause) => std::thread::sleep(pause),
+                Err(tries) => {
+                    return Err(RegistryError::TokenStatus {
+                        what: what.to_string(),
+                        realm: realm_host,
+                        status: 0,
+                        message: format!("no answer after {tries} tries"),
+                    });
+                }
+            }
+        };
+        let status = resp.status().as_u16();
+        match status {
+            200 => {}
+            401 | 403 if secret.is_some() => {
+                return Err(RegistryError::TokenRefused {
+                    what: what.to_string(),
+                    realm: realm_host,
+                    host: self.host().to_string(),
+                    status,
+                });
+            }
+            401 | 403 => {
+                return Err(RegistryError::NoCredentials {
+                    what: what.to_string(),
+                    host: self.host().to_string(),
+                    status,
+                });
+            }
+            _ => {
+                return Err(RegistryError::TokenStatus {
+                    what: what.to_string(),
+                    realm: realm_host,
+                    status,
+                    message: error_message(resp),
+                });
             }
         }
+        let mut body = Vec::new();
+        resp.into_body()
+            .into_reader()
+            .take(MAX_TOKEN_BODY)
+            .read_to_end(&mut body)
+            .map_err(|cause| RegistryError::Token {
+                what: what.to_string(),
+                realm: realm_host.clone(),
+                why: TokenError::Read { cause },
+            })?;
+        token_from(&body).map_err(|why| RegistryError::Token {
+            what: what.to_string(),
+            realm: realm_host,
+            why,
+        })
     }
-    files
 }
 
-/// The credentials for `host`: from the first file that names it (a file given explicitly
-/// must exist; the usual places may not).
-pub fn credentials(host: &str, given: Option<&Path>) -> Result<Option<Secret>, RegistryError> {
-    for path in credential_files(given, |v| std::env::var(v).ok()) {
-        let config = match read_config(&path) {
-            Ok(config) => config,
-            Err(RegistryError::AuthFile { source, .. })
-                if source.kind() == io::ErrorKind::NotFound && given.is_none() =>
-            {
-                continue;
+/// The scope a token is asked for: the challenge's (a registry names what the refused request
+/// needs), or the repository's; when pushing, `push` is added for the repository, so that one
+/// token serves the whole push.
+fn token_scope(challenged: Option<&str>, repository: &str, push: bool) -> String {
+    let ours = format!("repository:{repository}:");
+    let actions = if push { "pull,push" } else { "pull" };
+    let Some(challenged) = challenged.filter(|s| !s.trim().is_empty()) else {
+        return format!("{ours}{actions}");
+    };
+    if !push {
+        return challenged.to_string();
+    }
+    let mut found = false;
+    let mut scopes: Vec<String> = challenged
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(|s| match s.strip_prefix(&ours) {
+            Some(granted) => {
+                found = true;
+                let mut all: Vec<&str> = granted.split(',').filter(|a| !a.is_empty()).collect();
+                for a in ["pull", "push"] {
+                    if !all.contains(&a) {
+                        all.push(a);
+                    }
+                }
+                format!("{ours}{}", all.join(","))
             }
-            Err(e) => return Err(e),
-        };
-        let found = lookup(&config, host).map_err(|e| RegistryError::AuthEntry {
-            path: path.clone(),
-            host: host.to_string(),
-            why: match e {
-                EntryError::NotBase64 => "its auth is not base64 text",
-                EntryError::NoColon => "its auth is not user:password",
-            },
-        })?;
-        let secret = match found {
-            Found::Nothing => continue,
-            Found::Secret(s) => Some(s),
-            Found::Helper(name) => match run_helper(&name, host)? {
-                Some(s) => Some(s),
-                // The helper has nothing: a plain `auths` entry may still.
-                None => config
-                    .auths
-                    .iter()
-                    .find(|(k, _)| normalize_host(k) == normalize_host(host))
-                    .and_then(|(_, e)| match entry_secret(e) {
-                        Ok(Found::Secret(s)) => Some(s),
-                        _ => None,
-                    }),
-            },
-        };
-        if secret.is_some() {
-            log::debug!("credentials for {host} from {}", path.display());
-            return Ok(secret);
-        }
+            None => s.to_string(),
+        })
+        .collect();
+    if !found {
+        scopes.push(format!("{ours}{actions}"));
     }
-    Ok(None)
-}
-
-fn read_config(path: &Path) -> Result<ConfigFile, RegistryError> {
-    let io_err = |source| RegistryError::AuthFile {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .map_err(io_err)?
-        .take(MAX_CREDENTIALS_FILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io_err)?;
-    if bytes.len() as u64 > MAX_CREDENTIALS_FILE {
-        return Err(io_err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("larger than {MAX_CREDENTIALS_FILE} bytes"),
-        )));
-    }
-    serde_json::from_slice(&bytes).map_err(|source| RegistryError::AuthJson {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// Runs `docker-credential-NAME get` for `host`.
-fn run_helper(name: &str, host: &str) -> Result<Option<Secret>, RegistryError> {
-    run_helper_program(Path::new(&format!("docker-credential-{name}")), host)
-}
-
-fn run_helper_program(program: &Path, host: &str) -> Result<Option<Secret>, RegistryError> {
-    let failed = |why: String| RegistryError::Helper {
-        helper: program.display().to_string(),
-        host: host.to_string(),
-        why,
-    };
-    let mut child = Command::new(program)
-        .arg("get")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| failed(format!("cannot run it: {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // A helper that exits without reading is judged by its answer, not by this write.
-        let _ = stdin.write_all(helper_server(host).as_bytes());
-    }
-    let mut stdout = Vec::new();
-    if let Some(out) = child.stdout.take() {
-        out.take(MAX_CREDENTIALS_FILE)
-            .read_to_end(&mut stdout)
-            .map_err(|e| failed(format!("reading its answer: {e}")))?;
-    }
-    let status = child
-        .wait()
-        .map_err(|e| failed(format!("waiting for it: {e}")))?;
-    helper_output(status.success(), &stdout).map_err(failed)
+    scopes.join(" ")
 }
 
 /// One challenge of a `WWW-Authenticate` header.
@@ -459,19 +374,28 @@ impl Parser<'_> {
     }
 }
 
-/// `s` with control characters replaced and cut short: safe to put in a one-line message.
-pub fn printable(s: &str) -> String {
-    /// Longest text from a server or a helper quoted in a message.
-    const MAX_QUOTED: usize = 200;
-    let mut out: String = s
-        .chars()
-        .take(MAX_QUOTED)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if s.chars().count() > MAX_QUOTED {
-        out.push('…');
+/// The token in a token service's answer (`token`, or OAuth2's `access_token`).
+pub fn token_from(body: &[u8]) -> Result<String, TokenError> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        #[serde(default)]
+        token: Option<String>,
+        #[serde(default)]
+        access_token: Option<String>,
     }
-    out
+    let answer: Answer =
+        serde_json::from_slice(body).map_err(|cause| TokenError::NotJson { cause })?;
+    let token = answer
+        .token
+        .filter(|t| !t.is_empty())
+        .or(answer.access_token)
+        .filter(|t| !t.is_empty())
+        .ok_or(TokenError::Missing)?;
+    // It goes into a header: visible ASCII only.
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(TokenError::NotHeader);
+    }
+    Ok(token)
 }
 
 #[cfg(test)]
@@ -553,143 +477,16 @@ mod tests {
         }
     }
 
-    fn config(json: &str) -> ConfigFile {
-        serde_json::from_str(json).unwrap()
-    }
-
-    #[test]
-    fn decodes_auth_files() {
-        // "alice:s3cr:et" — the password may hold a colon.
-        let file = config(
-            r#"{"auths": {
-                "https://index.docker.io/v1/": {"auth": "aHViOmh1Yg=="},
-                "127.0.0.1:5000": {"auth": "YWxpY2U6czNjcjpldA=="},
-                "http://reg.example:8443/v2/": {"identitytoken": "tok"},
-                "plain.example": {"username": "u", "password": "p"},
-                "empty.example": {},
-                "bad.example": {"auth": "%%%"},
-                "nocolon.example": {"auth": "YWxpY2U="}
-            }}"#,
-        );
-        let basic = |u: &str, p: &str| {
-            Ok(Found::Secret(Secret::Basic {
-                username: u.into(),
-                password: p.into(),
-            }))
-        };
-        assert_eq!(lookup(&file, "registry-1.docker.io"), basic("hub", "hub"));
-        assert_eq!(lookup(&file, "127.0.0.1:5000"), basic("alice", "s3cr:et"));
-        assert_eq!(
-            lookup(&file, "reg.example:8443"),
-            Ok(Found::Secret(Secret::IdentityToken("tok".into())))
-        );
-        assert_eq!(lookup(&file, "plain.example"), basic("u", "p"));
-        assert_eq!(lookup(&file, "empty.example"), Ok(Found::Nothing));
-        assert_eq!(lookup(&file, "127.0.0.1:5001"), Ok(Found::Nothing));
-        assert_eq!(lookup(&file, "bad.example"), Err(EntryError::NotBase64));
-        assert_eq!(lookup(&file, "nocolon.example"), Err(EntryError::NoColon));
-    }
-
-    #[test]
-    fn helpers_come_first() {
-        let file = config(
-            r#"{"auths": {"a.example": {"auth": "dTpw"}},
-                "credHelpers": {"b.example": "pass"},
-                "credsStore": "secretservice"}"#,
-        );
-        assert_eq!(lookup(&file, "b.example"), Ok(Found::Helper("pass".into())));
-        assert_eq!(
-            lookup(&file, "a.example"),
-            Ok(Found::Helper("secretservice".into()))
-        );
-        assert_eq!(helper_server("registry-1.docker.io"), DOCKER_HUB_KEY);
-        assert_eq!(helper_server("127.0.0.1:5000"), "127.0.0.1:5000");
-    }
-
-    #[test]
-    fn reads_helper_answers() {
-        assert_eq!(
-            helper_output(true, br#"{"ServerURL":"h","Username":"u","Secret":"p"}"#),
-            Ok(Some(Secret::Basic {
-                username: "u".into(),
-                password: "p".into()
-            }))
-        );
-        assert_eq!(
-            helper_output(true, br#"{"Username":"<token>","Secret":"t"}"#),
-            Ok(Some(Secret::IdentityToken("t".into())))
-        );
-        assert_eq!(
-            helper_output(false, b"credentials not found in native keychain\n"),
-            Ok(None)
-        );
-        assert!(helper_output(false, b"boom").unwrap_err().contains("boom"));
-        assert!(helper_output(true, b"nope").is_err());
-    }
-
-    #[test]
-    fn runs_helpers() {
-        let dir = std::env::temp_dir().join(format!("imgfs-helper-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let helper = dir.join("docker-credential-test");
-        // Answers for the host it is told, so the test sees what went to stdin.
-        std::fs::write(
-            &helper,
-            "#!/bin/sh\nread host\n[ \"$1\" = get ] || exit 2\ncase \"$host\" in\n\
-             known.example) echo '{\"Username\":\"u\",\"Secret\":\"p\"}';;\n\
-             *) echo 'credentials not found in native keychain'; exit 1;;\nesac\n",
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let got = run_helper_program(&helper, "known.example").unwrap();
-        assert!(matches!(got, Some(Secret::Basic { ref username, .. }) if username == "u"));
-        assert_eq!(run_helper_program(&helper, "other.example").unwrap(), None);
-        let missing = run_helper_program(&dir.join("docker-credential-none"), "x").unwrap_err();
-        assert!(missing.to_string().contains("cannot run it"), "{missing}");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn finds_credential_files() {
-        let env = |vars: &'static [(&'static str, &'static str)]| {
-            move |k: &str| {
-                vars.iter()
-                    .find(|(n, _)| *n == k)
-                    .map(|(_, v)| v.to_string())
-            }
-        };
-        assert_eq!(
-            credential_files(None, env(&[("HOME", "/h")])),
-            [PathBuf::from("/h/.docker/config.json")]
-        );
-        assert_eq!(
-            credential_files(
-                None,
-                env(&[
-                    ("HOME", "/h"),
-                    ("DOCKER_CONFIG", "/d"),
-                    ("REGISTRY_AUTH_FILE", "/a.json")
-                ])
-            ),
-            [PathBuf::from("/a.json"), PathBuf::from("/d/config.json")]
-        );
-        assert_eq!(
-            credential_files(Some(Path::new("/given")), env(&[("HOME", "/h")])),
-            [PathBuf::from("/given")]
-        );
-    }
-
     #[test]
     fn reads_tokens() {
         assert_eq!(
-            token_from(br#"{"token":"a.b.c","expires_in":300}"#),
-            Ok("a.b.c".into())
+            token_from(br#"{"token":"a.b.c","expires_in":300}"#).unwrap(),
+            "a.b.c"
         );
-        assert_eq!(token_from(br#"{"access_token":"x"}"#), Ok("x".into()));
+        assert_eq!(token_from(br#"{"access_token":"x"}"#).unwrap(), "x");
         assert_eq!(
-            token_from(br#"{"token":"","access_token":"y"}"#),
-            Ok("y".into())
+            token_from(br#"{"token":"","access_token":"y"}"#).unwrap(),
+            "y"
         );
         for bad in [
             &br#"{}"#[..],
@@ -702,16 +499,35 @@ mod tests {
     }
 
     #[test]
-    fn secrets_stay_out_of_debug() {
-        let s = Secret::Basic {
-            username: "u".into(),
-            password: "hunter2".into(),
-        };
-        assert!(!format!("{s:?}").contains("hunter2"));
-        assert!(!format!("{:?}", Secret::IdentityToken("hunter2".into())).contains("hunter2"));
-        assert_eq!(
-            Secret::basic_header("alice", "secret"),
-            "Basic YWxpY2U6c2VjcmV0"
-        );
+    fn asks_for_push_when_pushing() {
+        let cases = [
+            (None, false, "repository:a/b:pull"),
+            (None, true, "repository:a/b:pull,push"),
+            (Some("repository:a/b:pull"), false, "repository:a/b:pull"),
+            (
+                Some("repository:a/b:pull"),
+                true,
+                "repository:a/b:pull,push",
+            ),
+            (
+                Some("repository:a/b:push"),
+                true,
+                "repository:a/b:push,pull",
+            ),
+            (
+                Some("repository:c:pull repository:a/b:pull"),
+                true,
+                "repository:c:pull repository:a/b:pull,push",
+            ),
+            (
+                Some("registry:catalog:*"),
+                true,
+                "registry:catalog:* repository:a/b:pull,push",
+            ),
+            (Some(" "), false, "repository:a/b:pull"),
+        ];
+        for (challenged, push, want) in cases {
+            assert_eq!(token_scope(challenged, "a/b", push), want, "{challenged:?}");
+        }
     }
 }

@@ -11,11 +11,11 @@
 use oci_spec::image::{Descriptor, Digest, ImageIndex, MediaType};
 use ureq::http::Uri;
 
-use super::manifest::{MAX_DOCUMENT, OCI_INDEX, OCI_MANIFEST};
-use super::{
-    Call, Kind, MAX_TAG, Method, Registry, RegistryError, digest, printable, resolve_location,
-    valid_tag,
-};
+use super::http::{Call, Kind, Method, resolve_location};
+use super::reference::{MAX_TAG, valid_tag};
+use super::{IndexError, Registry, RegistryError, printable};
+use crate::source::digest;
+use crate::source::manifest::{MAX_DOCUMENT, OCI_INDEX, OCI_MANIFEST};
 
 /// The answers a manifest PUT may give (201 is the spec's; some registries say 200 or 202).
 const STORED: &[u16] = &[200, 201, 202, 204];
@@ -104,9 +104,9 @@ impl Registry {
         }
         let digest = match by_digest {
             Some(d) => {
-                digest::verify(&d, bytes).map_err(|source| RegistryError::Content {
+                digest::verify(&d, bytes).map_err(|cause| RegistryError::Content {
                     what: what.clone(),
-                    source,
+                    cause,
                 })?;
                 d
             }
@@ -181,7 +181,7 @@ impl Registry {
         let tag = fallback_tag(subject);
         let existing = self.manifest_at(&what, &tag, None, true)?;
         let index = with_referrer(existing.as_ref().map(|(b, _, _)| b.as_slice()), descriptor)
-            .map_err(|why| RegistryError::Invalid {
+            .map_err(|why| RegistryError::Index {
                 what: format!("{what}: the index tagged {tag}"),
                 why,
             })?;
@@ -207,7 +207,7 @@ impl Registry {
             ok: &[200, 404],
             ..Call::get(Kind::Manifest)
         };
-        let invalid = |why| RegistryError::Invalid {
+        let not_index = |why| RegistryError::Index {
             what: what.clone(),
             why,
         };
@@ -215,7 +215,7 @@ impl Registry {
         if resp.status().as_u16() == 404 {
             let tag = fallback_tag(subject);
             return match self.manifest_at(&what, &tag, None, true)? {
-                Some((index, _, _)) => of_type(&index, artifact_type).map_err(invalid),
+                Some((index, _, _)) => of_type(&index, artifact_type).map_err(not_index),
                 None => Ok(Vec::new()),
             };
         }
@@ -231,12 +231,15 @@ impl Registry {
                 .and_then(next_link)
                 .map(str::to_string);
             let index = self.read_bounded(&what, &url, resp)?;
-            found.extend(of_type(&index, artifact_type).map_err(invalid)?);
+            found.extend(of_type(&index, artifact_type).map_err(not_index)?);
             let Some(next) = next else { break };
             if page >= MAX_REFERRER_PAGES {
-                return Err(invalid(format!(
-                    "the registry gives more than {MAX_REFERRER_PAGES} pages of referrers"
-                )));
+                return Err(RegistryError::Invalid {
+                    what,
+                    why: format!(
+                        "the registry gives more than {MAX_REFERRER_PAGES} pages of referrers"
+                    ),
+                });
             }
             let base: Option<Uri> = url.parse().ok();
             url = base
@@ -297,10 +300,10 @@ pub(super) fn fallback_tag(subject: &Digest) -> String {
 
 /// The fallback index `existing` (or a new one) with `descriptor` added, replacing an entry
 /// of the same digest.
-fn with_referrer(existing: Option<&[u8]>, descriptor: Descriptor) -> Result<Vec<u8>, String> {
+fn with_referrer(existing: Option<&[u8]>, descriptor: Descriptor) -> Result<Vec<u8>, IndexError> {
     let mut index = match existing {
         Some(bytes) => serde_json::from_slice::<ImageIndex>(bytes)
-            .map_err(|e| format!("not an image index: {e}"))?,
+            .map_err(|cause| IndexError::NotIndex { cause })?,
         None => ImageIndex::default(),
     };
     index.set_schema_version(2);
@@ -309,14 +312,14 @@ fn with_referrer(existing: Option<&[u8]>, descriptor: Descriptor) -> Result<Vec<
     manifests.retain(|m| m.digest() != descriptor.digest());
     manifests.push(descriptor);
     index.set_manifests(manifests);
-    serde_json::to_vec(&index).map_err(|e| e.to_string())
+    serde_json::to_vec(&index).map_err(|cause| IndexError::Write { cause })
 }
 
 /// The descriptors of a referrers index with artifact type `artifact_type` (a registry may
 /// have ignored the filter asked for).
-fn of_type(index: &[u8], artifact_type: &str) -> Result<Vec<Descriptor>, String> {
+fn of_type(index: &[u8], artifact_type: &str) -> Result<Vec<Descriptor>, IndexError> {
     let index: ImageIndex =
-        serde_json::from_slice(index).map_err(|e| format!("not an image index: {e}"))?;
+        serde_json::from_slice(index).map_err(|cause| IndexError::NotIndex { cause })?;
     Ok(index
         .manifests()
         .iter()

@@ -1,0 +1,326 @@
+//! Connecting to a registry and judging its answers: [`Registry::connect`] makes the client
+//! (finding first whether an insecure registry speaks HTTPS), and [`Registry::exchange`]
+//! sends one request and judges its answer — authenticating when asked, going back to the
+//! registry when the storage it redirected to refuses a link, trying again when a failure may
+//! pass — so that every other part asks for what it wants and gets either an answer it can
+//! use or a [`RegistryError`] that names the image, the host and the tries.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use ureq::Body;
+use ureq::http::{Response, Uri};
+
+use super::auth::AuthState;
+use super::http::{Attempt, Call, Kind, error_message, registry_message, retry_after};
+use super::{Reference, Registry, RegistryError, RegistryOptions};
+use crate::source::SourceError;
+use crate::source::retry::{dropped, transient_status};
+
+/// Longest wait for a TCP connection and TLS handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for a response's headers once the request is sent.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest silence inside a body before the stream counts as broken (and is resumed).
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait for the HTTPS probe of a registry that may only speak HTTP: a plain HTTP
+/// server answers a TLS hello at once with an error.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+const USER_AGENT: &str = concat!("imgfs/", env!("CARGO_PKG_VERSION"));
+
+impl Registry {
+    /// Makes the client and, for an insecure registry, finds whether it speaks HTTPS.
+    pub(super) fn connect(
+        what: String,
+        reference: Reference,
+        options: &RegistryOptions,
+    ) -> Result<Registry, RegistryError> {
+        let loopback = reference.is_loopback();
+        let insecure = loopback || !options.tls_verify;
+        let tls = ureq::tls::TlsConfig::builder()
+            .disable_verification(insecure)
+            .build();
+        let mut config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .user_agent(USER_AGENT)
+            .accept_encoding("identity")
+            .tls_config(tls)
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .timeout_recv_response(Some(RESPONSE_TIMEOUT))
+            .timeout_per_read(Some(READ_TIMEOUT));
+        if loopback {
+            // As Go's clients do: no proxy stands between us and this machine.
+            config = config.proxy(None);
+        }
+        let agent = config.build().new_agent();
+        let scheme = if insecure {
+            probe(&agent, &what, &reference.registry)?
+        } else {
+            "https"
+        };
+        let retries = Arc::new(AtomicU64::new(0));
+        let counted = retries.clone();
+        Ok(Registry {
+            base: format!("{scheme}://{}", reference.registry),
+            what,
+            reference,
+            agent,
+            insecure,
+            retry: options.retry.policy().on_retry(move |_| {
+                counted.fetch_add(1, Ordering::Relaxed);
+            }),
+            retries,
+            auth_file: options.auth_file.clone(),
+            auth: Mutex::new(AuthState::default()),
+            answered: AtomicBool::new(false),
+            single_ranges: AtomicBool::new(false),
+            ignores_ranges: AtomicBool::new(false),
+        })
+    }
+
+    /// A client for the repository of `reference` (what followed `docker://`), without
+    /// resolving any manifest.
+    pub fn connect_repository(
+        reference: &str,
+        options: &RegistryOptions,
+    ) -> Result<Registry, SourceError> {
+        let parsed = Reference::parse(reference)?;
+        Ok(Registry::connect(
+            format!("docker://{reference}"),
+            parsed,
+            options,
+        )?)
+    }
+
+    /// The repository reference as parsed.
+    pub fn reference(&self) -> &Reference {
+        &self.reference
+    }
+
+    /// Retries this client has made so far (of requests, token requests and broken
+    /// streams): how unsteady the way to the registry is.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn host(&self) -> &str {
+        &self.reference.registry
+    }
+
+    /// One request to the registry (`target` is a path under it, or a URL it gave), answered
+    /// with one of `call.ok`: authenticates when asked, follows redirects, goes back to the
+    /// registry once when the storage it redirected to refuses a link (a signed URL that
+    /// expired), tries again on transient failures; every other answer is an error.
+    pub(super) fn exchange(
+        &self,
+        what: &str,
+        target: &str,
+        call: &Call<'_>,
+    ) -> Result<Response<Body>, RegistryError> {
+        let url = if target.starts_with("http://") || target.starts_with("https://") {
+            target.to_string()
+        } else {
+            format!("{}{target}", self.base)
+        };
+        let mut reauthenticated = false;
+        let mut reresolved = false;
+        let mut attempts = self.retry.start();
+        loop {
+            let (generation, authorization) = {
+                let state = self.auth.lock();
+                (state.generation, state.header.clone())
+            };
+            let attempt = self.follow(what, &url, call, authorization.as_deref())?;
+            let pause = match attempt {
+                Attempt::Answer(resp, elsewhere) => {
+                    self.answered.store(true, Ordering::Relaxed);
+                    let status = resp.status().as_u16();
+                    if call.ok.contains(&status) {
+                        return Ok(resp);
+                    }
+                    if status == 401 && elsewhere.is_none() && !reauthenticated {
+                        // Anonymous first; a refused token once more (it may have expired).
+                        reauthenticated = true;
+                        self.authenticate(what, &resp, generation, call.push)?;
+                        continue;
+                    }
+                    if matches!(status, 401 | 403 | 410) && elsewhere.is_some() && !reresolved {
+                        reresolved = true;
+                        log::debug!("{what}: storage refused the link ({status}); asking again");
+                        continue;
+                    }
+                    match attempts.next(transient_status(status), retry_after(&resp)) {
+                        Ok(pause) => {
+                            log::debug!("{what}: {url} answered {status}; trying again");
+                            pause
+                        }
+                        Err(tries) => {
+                            return Err(self.status_error(what, call.kind, resp, elsewhere, tries));
+                        }
+                    }
+                }
+                Attempt::Failed(e) => match attempts.next(self.transient(&e), None) {
+                    Ok(pause) => {
+                        log::debug!("{what}: {url}: {e}; trying again");
+                        pause
+                    }
+                    Err(tries) => return Err(self.transport_error(what, &url, e, tries)),
+                },
+            };
+            std::thread::sleep(pause);
+        }
+    }
+
+    /// Whether a transport failure may pass if tried again.
+    pub(super) fn transient(&self, e: &ureq::Error) -> bool {
+        let answered = self.answered.load(Ordering::Relaxed);
+        match e {
+            ureq::Error::Io(io) => match io.kind() {
+                io::ErrorKind::ConnectionRefused | io::ErrorKind::NotConnected => answered,
+                k => dropped(k),
+            },
+            ureq::Error::ConnectionFailed => answered,
+            ureq::Error::Timeout(_) | ureq::Error::Protocol(_) => true,
+            _ => false,
+        }
+    }
+
+    pub(super) fn transport_error(
+        &self,
+        what: &str,
+        url: &str,
+        e: ureq::Error,
+        tries: u32,
+    ) -> RegistryError {
+        // Before the registry ever answered, what is neither a dropped connection nor a
+        // garbled answer failed to reach it: no such name, no route, refused, a TLS handshake.
+        let first_contact = !self.answered.load(Ordering::Relaxed);
+        let connecting = match &e {
+            ureq::Error::Io(io) => {
+                io.kind() == io::ErrorKind::ConnectionRefused
+                    || (first_contact && !dropped(io.kind()))
+            }
+            ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => true,
+            _ => false,
+        };
+        let host = url
+            .parse::<Uri>()
+            .ok()
+            .and_then(|u| u.authority().map(|a| a.to_string()))
+            .unwrap_or_else(|| self.host().to_string());
+        if connecting {
+            RegistryError::Connect {
+                what: what.to_string(),
+                host,
+                tries,
+                cause: e.into_io(),
+            }
+        } else {
+            RegistryError::Transport {
+                what: what.to_string(),
+                url: url.to_string(),
+                tries,
+                cause: e.into_io(),
+            }
+        }
+    }
+
+    fn status_error(
+        &self,
+        what: &str,
+        kind: Kind,
+        resp: Response<Body>,
+        elsewhere: Option<String>,
+        tries: u32,
+    ) -> RegistryError {
+        let status = resp.status().as_u16();
+        let what = what.to_string();
+        if let Some(host) = elsewhere {
+            // Blob storage the registry sent us to: its words are its own, not the registry's.
+            return RegistryError::Status {
+                what,
+                host,
+                status,
+                tries,
+                message: error_message(resp),
+            };
+        }
+        let host = self.host().to_string();
+        match status {
+            401 => {
+                let had_credentials = matches!(self.auth.lock().secret, Some(Some(_)));
+                if had_credentials {
+                    RegistryError::Refused { what, host, status }
+                } else {
+                    RegistryError::NoCredentials { what, host, status }
+                }
+            }
+            403 => RegistryError::Denied {
+                what,
+                host,
+                status,
+                message: error_message(resp),
+            },
+            404 => {
+                let message = registry_message(resp).unwrap_or_else(|| {
+                    match kind {
+                        Kind::Manifest => "manifest unknown",
+                        Kind::Blob => "blob unknown",
+                    }
+                    .to_string()
+                });
+                RegistryError::NotFound {
+                    what,
+                    status,
+                    message,
+                }
+            }
+            _ => RegistryError::Status {
+                what,
+                host,
+                status,
+                tries,
+                message: error_message(resp),
+            },
+        }
+    }
+}
+
+/// Finds whether an insecure registry speaks HTTPS (without checking its certificate), as
+/// docker does; a registry that cannot be reached at all is reported here.
+fn probe(agent: &ureq::Agent, what: &str, authority: &str) -> Result<&'static str, RegistryError> {
+    let url = format!("https://{authority}/v2/");
+    let result = agent
+        .get(&url)
+        .config()
+        .timeout_global(Some(PROBE_TIMEOUT))
+        .build()
+        .call();
+    match result {
+        Ok(_) => Ok("https"),
+        Err(e @ (ureq::Error::HostNotFound | ureq::Error::ConnectionFailed)) => {
+            Err(RegistryError::Connect {
+                what: what.to_string(),
+                host: authority.to_string(),
+                tries: 1,
+                cause: e.into_io(),
+            })
+        }
+        Err(ureq::Error::Io(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            Err(RegistryError::Connect {
+                what: what.to_string(),
+                host: authority.to_string(),
+                tries: 1,
+                cause: e,
+            })
+        }
+        Err(e) => {
+            log::debug!("{what}: {authority} does not speak HTTPS ({e}); using HTTP");
+            Ok("http")
+        }
+    }
+}

@@ -412,7 +412,7 @@ fn parse_plan(json: &str) -> Result<Plan> {
 fn run_sandbox(args: RunArgs) -> Result<i32> {
     start_sandbox(args).or_else(|e| {
         eprintln!("imgfs: {}", message(&e));
-        Ok(runner::sys::EXIT_SETUP)
+        Ok(own_exit_code(&e).unwrap_or(runner::sys::EXIT_SETUP))
     })
 }
 
@@ -471,6 +471,18 @@ fn umount(args: UmountArgs) -> Result<i32> {
     }
     serve::unmount(&args.mountpoint, args.lazy)?;
     Ok(0)
+}
+
+/// The status to exit with after `e`: its own when a cause calls for one (an export a
+/// signal interrupted: 128 plus the signal, as a shell reports it), else 1.
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    own_exit_code(e).unwrap_or(1)
+}
+
+fn own_exit_code(e: &anyhow::Error) -> Option<i32> {
+    e.chain()
+        .find_map(|cause| cause.downcast_ref::<imgfs::source::docker::DockerError>())
+        .and_then(|d| d.exit_code())
 }
 
 /// The error and its causes on one line, leaving out a cause the message already quotes.

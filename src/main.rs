@@ -23,7 +23,7 @@ fn main() {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("imgfs: {}", commands::message(&e));
-            std::process::exit(1);
+            std::process::exit(commands::exit_code(&e));
         }
     }
 }

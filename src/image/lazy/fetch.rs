@@ -22,6 +22,7 @@ use parking_lot::Mutex;
 use super::LazyBlob;
 use super::prefetch::Demand;
 use crate::cache::sparse::SparseBlob;
+use crate::source::retry::Policy;
 
 /// The first pause after a failed fetch; it doubles up to [`MAX_BACKOFF`]. Spans (in
 /// `ensure_as`) and windows (in `window`) are tried again alike: a try that fails waits its
@@ -80,9 +81,15 @@ impl LazyBlob {
         self.ensure_as(spans, false)
     }
 
+    /// How a fetch of this layer is tried again: within the fetch timeout, pauses doubling
+    /// from [`FIRST_BACKOFF`] up to [`MAX_BACKOFF`].
+    fn retry(&self) -> Policy {
+        Policy::within(self.options.fetch_timeout, FIRST_BACKOFF, MAX_BACKOFF)
+    }
+
     fn ensure_as(&self, spans: Range<usize>, read: bool) -> io::Result<()> {
-        let start = Instant::now();
-        let mut backoff = FIRST_BACKOFF;
+        let policy = self.retry();
+        let mut attempts = policy.start();
         loop {
             let missing: Vec<usize> = spans.clone().filter(|&i| !self.store.has(i)).collect();
             if missing.is_empty() {
@@ -119,7 +126,7 @@ impl LazyBlob {
                 let _counted = self.demand.as_deref().filter(|_| read).map(Demand::begin);
                 let mut fetching = self.fetching.lock();
                 while theirs.iter().any(|i| fetching.contains(i)) {
-                    let left = self.options.fetch_timeout.saturating_sub(start.elapsed());
+                    let left = attempts.left().unwrap_or_default();
                     if left.is_zero() {
                         break;
                     }
@@ -128,7 +135,7 @@ impl LazyBlob {
             }
             match result {
                 Ok(()) => {
-                    if start.elapsed() >= self.options.fetch_timeout {
+                    if attempts.left() == Some(Duration::ZERO) {
                         // Another thread's fetch failed and time is up.
                         return Err(self.give_up(&missing, "another read's fetch failed"));
                     }
@@ -139,14 +146,13 @@ impl LazyBlob {
                         format!("{}: a span does not match its digest", self.name),
                     ));
                 }
-                Err(SpanError::Fetch(e)) => {
-                    if start.elapsed() + backoff > self.options.fetch_timeout {
-                        return Err(self.give_up(&missing, &e.to_string()));
+                Err(SpanError::Fetch(e)) => match attempts.next(true, None) {
+                    Ok(pause) => {
+                        log::debug!("{}: {e}; trying again in {pause:?}", self.name);
+                        std::thread::sleep(pause);
                     }
-                    log::debug!("{}: {e}; trying again in {backoff:?}", self.name);
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
+                    Err(_) => return Err(self.give_up(&missing, &e.to_string())),
+                },
             }
         }
     }
@@ -275,8 +281,8 @@ impl LazyBlob {
             return Ok(window);
         }
         let len = (range.end - range.start) as usize;
-        let start = Instant::now();
-        let mut backoff = FIRST_BACKOFF;
+        let policy = self.retry();
+        let mut attempts = policy.start();
         let mut damaged = false;
         loop {
             if windows.store.has(i) {
@@ -337,8 +343,12 @@ impl LazyBlob {
                     }
                     windows.store.write(i, range.start, &bytes)?;
                 }
-                Err(e) => {
-                    if start.elapsed() + backoff > self.options.fetch_timeout {
+                Err(e) => match attempts.next(true, None) {
+                    Ok(pause) => {
+                        log::debug!("{}: {e}; trying again in {pause:?}", self.name);
+                        std::thread::sleep(pause);
+                    }
+                    Err(_) => {
                         log::error!(
                             "layer {} window of span {i}: cannot be fetched within {:?}: {e}",
                             self.name,
@@ -349,10 +359,7 @@ impl LazyBlob {
                             format!("layer {} window of span {i}: {e}", self.name),
                         ));
                     }
-                    log::debug!("{}: {e}; trying again in {backoff:?}", self.name);
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
+                },
             }
         }
     }

@@ -15,7 +15,6 @@
 //!
 //! When both are gone, the namespaces and with them every mount vanish, whatever killed
 //! them; a cleaner process removes the cgroup even then.
-#![allow(unsafe_code)]
 
 use std::path::Path;
 
@@ -24,12 +23,13 @@ use super::confine::{self, seccomp};
 use super::namespaces::{self, NamespaceError};
 use super::plan::Plan;
 use super::process;
-use super::pty::Terminal;
-use super::sys::{self, EXIT_SETUP, SysError};
+use super::pty::{Terminal, TerminalError};
 use crate::fs::ImageFs;
 use crate::serve::{self, ServeOptions};
+use crate::sys::process::SigSet;
+use crate::sys::{self, EXIT_SETUP, SysError};
 
-pub use super::sys::{EXIT_CANNOT_EXEC, EXIT_NOT_FOUND};
+pub use crate::sys::{EXIT_CANNOT_EXEC, EXIT_NOT_FOUND};
 
 /// FUSE request threads per sandbox: one program's start-up reads are mostly sequential.
 const SANDBOX_FS_THREADS: usize = 2;
@@ -53,8 +53,8 @@ pub enum SandboxError {
         profile: String,
         source: seccomp::SeccompError,
     },
-    #[error("{0}")]
-    Terminal(String),
+    #[error(transparent)]
+    Terminal(#[from] TerminalError),
 }
 
 /// The supervisor. Returns the exit status for `imgfs run`.
@@ -90,7 +90,7 @@ fn seccomp_filter(plan: &Plan) -> Result<Option<seccomp::Program>, SandboxError>
 fn supervisor_inner(plan: &Plan) -> Result<i32, SandboxError> {
     // Blocked before any thread exists, so every thread inherits it and only sigwaitinfo
     // takes these signals; the init, forked from this process, inherits it.
-    sys::block(&process::waited_signals());
+    sys::process::block(&SigSet::of(&process::waited_signals()));
 
     let filter = seccomp_filter(plan)?;
     let fs = match plan.live_mount {
@@ -158,7 +158,7 @@ fn supervise_in_namespaces(
         namespaces::check_fuse()?;
     }
     namespaces::enter(plan)?;
-    sys::mount(
+    sys::fs::mount(
         Some("tmpfs"),
         scratch,
         Some("tmpfs"),
@@ -196,8 +196,8 @@ fn supervise_in_namespaces(
         Some(serve::mount(fs, &lower, &options).map_err(|e| SandboxError::Serve(e.to_string()))?)
     };
     let terminal = if plan.tty {
-        sys::block(&[libc::SIGWINCH]); // taken by wait_for with sigwaitinfo
-        Some(Terminal::open(scratch).map_err(SandboxError::Terminal)?)
+        sys::process::block(&SigSet::of(&[libc::SIGWINCH])); // taken by wait_for with sigwaitinfo
+        Some(Terminal::open(scratch)?)
     } else {
         None
     };
@@ -205,12 +205,12 @@ fn supervise_in_namespaces(
     let Some(mut init) = namespaces::fork_init(cgroup.is_some())? else {
         // The init: PID 1 of a new PID namespace, a single-threaded copy of this process.
         let code = process::init(plan, scratch, filter);
-        // SAFETY: leaving the forked copy without running the supervisor's destructors.
-        unsafe { libc::_exit(code) };
+        // Leaving the forked copy without running the supervisor's destructors.
+        sys::process::exit_now(code);
     };
     let kill_init = |pid| {
-        // SAFETY: signalling our own child, which cannot go on.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        // Our own child, which cannot go on.
+        let _ = sys::process::kill(pid, libc::SIGKILL);
     };
     if let Some(cg) = cgroup {
         // The init waits for this: it and everything it starts are limited from the start.
@@ -229,10 +229,7 @@ fn supervise_in_namespaces(
         None => None,
     };
     let output = match &terminal {
-        Some(t) => Some(
-            t.spawn_copies(plan.interactive)
-                .map_err(|e| SandboxError::Terminal(format!("cannot copy the terminal: {e}")))?,
-        ),
+        Some(t) => Some(t.spawn_copies(plan.interactive)?),
         None => None,
     };
     let resize = terminal.as_ref().map(|t| move || t.resize());
@@ -243,7 +240,7 @@ fn supervise_in_namespaces(
     drop(terminal); // restores the caller's terminal
     // The mounts live only in this process's namespace and vanish with it; detaching the
     // scratch tmpfs now lets its empty mountpoint on the host be removed.
-    sys::detach(scratch);
+    sys::fs::detach(scratch);
     std::mem::forget(session);
     Ok(code)
 }
@@ -255,7 +252,7 @@ fn bind_live(live: &serve::LiveMount, lower: &Path) -> Result<(), String> {
         .mountpoint
         .to_str()
         .ok_or("the live mount's path is not UTF-8")?;
-    sys::mount(
+    sys::fs::mount(
         Some(source),
         lower,
         None,
@@ -266,6 +263,6 @@ fn bind_live(live: &serve::LiveMount, lower: &Path) -> Result<(), String> {
     if serve::find_mount(lower).is_some_and(|m| m.is_imgfs()) {
         return Ok(());
     }
-    sys::detach(lower);
+    sys::fs::detach(lower);
     Err("it is no longer an imgfs mount".into())
 }

@@ -10,7 +10,6 @@
 //! under [`SHARED_DIR`], another user's in a private directory of their own (see
 //! [`shared_dir`]), showing the image's owners as that user's sandboxes expect
 //! ([`Owners::RootAs`]). A caller only ever takes up its own announcements and mounts.
-#![allow(unsafe_code)]
 
 use std::ffi::CString;
 use std::io;
@@ -21,8 +20,9 @@ use std::time::{Duration, Instant};
 
 use fuser::{Config, MountOption, SessionACL};
 
-use crate::cache::sys;
 use crate::fs::{ImageFs, Owners};
+use crate::sys::process::SigSet;
+use crate::sys::{self, euid};
 
 /// Filesystem subtype, and the prefix of the source name every imgfs mount shows in the
 /// mount table (`imgfs:IMAGE`), which is how an imgfs mount is recognised.
@@ -82,16 +82,8 @@ pub struct ServeOptions {
 }
 
 /// Signals that end serving; blocked in every thread and taken by one with sigwait.
-fn stop_signals() -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset initialise a sigset_t we own.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        set
-    }
+fn stop_signals() -> SigSet {
+    SigSet::of(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
 }
 
 /// Blocks the signals that end serving in the calling thread and so in every thread it starts
@@ -100,14 +92,7 @@ fn stop_signals() -> libc::sigset_t {
 /// promotion), and a signal taken by one of those would end the server with the default
 /// action, leaving its mount behind, dead.
 pub fn block_stop_signals() {
-    let set = stop_signals();
-    // SAFETY: `set` is initialised; a null old-set pointer is allowed.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-}
-
-fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() }
+    sys::process::block_in_thread(&stop_signals());
 }
 
 fn is_root() -> bool {
@@ -543,8 +528,8 @@ pub fn shared_mount(
             let pid = name
                 .to_str()
                 .and_then(|n| n.rsplit_once('-'))
-                .and_then(|(_, pid)| crate::cache::sys::pid_name(std::ffi::OsStr::new(pid)));
-            if pid.is_some_and(crate::cache::sys::alive) {
+                .and_then(|(_, pid)| sys::pid_name(std::ffi::OsStr::new(pid)));
+            if pid.is_some_and(sys::alive) {
                 continue;
             }
             let _ = std::fs::remove_dir(d.path());
@@ -622,9 +607,7 @@ pub fn serve(
     std::thread::Builder::new()
         .name("imgfs-signals".into())
         .spawn(move || {
-            let mut signo = 0;
-            // SAFETY: `set` is initialised and `signo` is a valid out-pointer.
-            if unsafe { libc::sigwait(&set, &mut signo) } == 0 {
+            if let Ok(signo) = sys::process::sigwait(&set) {
                 log::info!("signal {signo}: unmounting {}", target.display());
                 // Lazy: open files keep working; the session ends when the last one closes.
                 if let Err(e) = unmount(&target, true) {
@@ -778,11 +761,9 @@ pub fn unmount(path: &Path, lazy: bool) -> Result<(), ServeError> {
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| fail("path holds a NUL byte".into()))?;
     let flags = if lazy { libc::MNT_DETACH } else { 0 };
-    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
-    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
+    let Err(err) = sys::fs::umount(&c, flags) else {
         return Ok(());
-    }
-    let err = io::Error::last_os_error();
+    };
     Err(fail(match err.raw_os_error() {
         Some(libc::EBUSY) => {
             "target is busy (files are open there; close them or use --lazy)".into()

@@ -22,7 +22,7 @@ use fuser::{Config, MountOption, SessionACL};
 
 use crate::fs::{ImageFs, Owners};
 use crate::sys::process::SigSet;
-use crate::sys::{self, euid};
+use crate::sys::{self, euid, mountinfo};
 
 /// Filesystem subtype, and the prefix of the source name every imgfs mount shows in the
 /// mount table (`imgfs:IMAGE`), which is how an imgfs mount is recognised.
@@ -175,24 +175,17 @@ fn register(
     mountpoint: &Path,
     owners: Owners,
 ) -> io::Result<Registration> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let dir = entry_dir.join(REGISTRY_DIR);
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(std::process::id().to_string());
-    let tmp = dir.join(format!(".{}.tmp", std::process::id()));
     let target = std::fs::canonicalize(mountpoint)?;
     let mut text = announcement_key(index, owners)?.into_bytes();
     text.push(b'\n');
     text.extend_from_slice(target.as_os_str().as_bytes());
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
+    // A server's announcement dies with it: no need to reach the disk.
+    sys::Publish::new(sys::Durability::Atomic)
         .mode(ANNOUNCEMENT_MODE)
-        .open(&tmp)?
-        .write_all(&text)?;
-    std::fs::rename(&tmp, &path)?;
+        .bytes(&path, &text)?;
     Ok(Registration(path))
 }
 
@@ -773,7 +766,7 @@ pub fn unmount(path: &Path, lazy: bool) -> Result<(), ServeError> {
     }))
 }
 
-/// One line of /proc/self/mountinfo.
+/// An entry of the mount table, as serving and unmounting need it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MountInfo {
     pub mountpoint: PathBuf,
@@ -790,57 +783,35 @@ impl MountInfo {
     }
 }
 
-/// Unescapes the octal escapes (`\040`) the kernel uses in mountinfo fields.
-fn unescape(field: &str) -> Vec<u8> {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
+impl From<mountinfo::Mount<'_>> for MountInfo {
+    fn from(m: mountinfo::Mount) -> MountInfo {
+        let user_id = m.super_option("user_id").and_then(|id| id.parse().ok());
+        MountInfo {
+            mountpoint: m.mountpoint.into_owned(),
+            fstype: m.fstype.into_owned(),
+            source: m.source.into_owned(),
+            user_id,
         }
     }
-    out
 }
 
-/// Parses mountinfo text.
+/// Parses mountinfo text (see [`mountinfo::parse`]).
 pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
-    text.lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let sep = fields.iter().position(|f| *f == "-")?;
-            let mountpoint = std::ffi::OsStr::from_bytes(&unescape(fields.get(4)?)).into();
-            let user_id = fields.get(sep + 3).and_then(|options| {
-                options
-                    .split(',')
-                    .find_map(|o| o.strip_prefix("user_id="))
-                    .and_then(|id| id.parse().ok())
-            });
-            Some(MountInfo {
-                mountpoint,
-                fstype: fields.get(sep + 1)?.to_string(),
-                source: String::from_utf8_lossy(&unescape(fields.get(sep + 2)?)).into_owned(),
-                user_id,
-            })
-        })
+    mountinfo::parse(text)
+        .into_iter()
+        .map(MountInfo::from)
         .collect()
 }
 
 /// The topmost mount at `path` (canonicalized when possible), if any.
 pub fn find_mount(path: &Path) -> Option<MountInfo> {
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    parse_mountinfo(&text)
+    let text = std::fs::read_to_string(mountinfo::SELF).ok()?;
+    mountinfo::parse(&text)
         .into_iter()
         .rev()
-        .find(|m| m.mountpoint == path)
+        .find(|m| m.mountpoint == path.as_path())
+        .map(MountInfo::from)
 }
 
 #[cfg(test)]

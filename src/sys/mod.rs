@@ -8,6 +8,8 @@
 //!   the calls a forked child makes before exec, the loopback interface.
 //! - [`term`]: pseudo-terminals, terminal modes and window sizes, and the C library's
 //!   local time and shell patterns.
+//! - [`mountinfo`] parses the mount table and [`publish`] writes a file whole or not at all;
+//!   both are safe code over `std`.
 //!
 //! This file holds what they share: [`SysError`], which names the failed call and what it was
 //! applied to, C string helpers, exit statuses, and small checks on processes by pid.
@@ -15,7 +17,9 @@
 //! one call with its safety argument beside it, and costs nothing a direct call does not.
 
 pub mod fs;
+pub mod mountinfo;
 pub mod process;
+pub mod publish;
 pub mod term;
 
 use std::ffi::CString;
@@ -27,6 +31,7 @@ use std::path::{Path, PathBuf};
 
 pub use fs::{lock_exclusive, lock_shared, map, try_lock_exclusive};
 pub use process::{effective_ids, euid};
+pub use publish::{Durability, Publish, publish};
 
 /// Exit status when the sandbox could not be set up (docker run uses the same).
 pub const EXIT_SETUP: i32 = 125;

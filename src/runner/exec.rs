@@ -16,6 +16,7 @@
 //! When both are gone, the namespaces and with them every mount vanish, whatever killed
 //! them; a cleaner process removes the cgroup even then.
 
+use std::io;
 use std::path::Path;
 
 use super::confine::cgroup::{self, Cgroup, CgroupError};
@@ -24,8 +25,8 @@ use super::namespaces::{self, NamespaceError};
 use super::plan::Plan;
 use super::process;
 use super::pty::{Terminal, TerminalError};
-use crate::fs::ImageFs;
-use crate::serve::{self, ServeOptions};
+use crate::fs::{FsError, ImageFs};
+use crate::serve::{self, ServeError, ServeOptions};
 use crate::sys::process::SigSet;
 use crate::sys::{self, EXIT_SETUP, SysError};
 
@@ -37,9 +38,9 @@ const SANDBOX_FS_THREADS: usize = 2;
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     #[error("cannot open the image: {0}")]
-    Image(String),
+    Image(FsError),
     #[error("cannot serve the image: {0}")]
-    Serve(String),
+    Serve(ServeError),
     #[error(transparent)]
     Namespace(#[from] NamespaceError),
     #[error("cannot prepare the sandbox's scratch area: {0}")]
@@ -95,10 +96,7 @@ fn supervisor_inner(plan: &Plan) -> Result<i32, SandboxError> {
     let filter = seccomp_filter(plan)?;
     let fs = match plan.live_mount {
         Some(_) => None,
-        None => Some(
-            ImageFs::open(&plan.index_path, &plan.blobs)
-                .map_err(|e| SandboxError::Image(e.to_string()))?,
-        ),
+        None => Some(ImageFs::open(&plan.index_path, &plan.blobs).map_err(SandboxError::Image)?),
     };
     let cgroup = if plan.limits.is_empty() {
         None
@@ -183,8 +181,7 @@ fn supervise_in_namespaces(
     } else {
         let fs = match fs {
             Some(fs) => fs,
-            None => ImageFs::open(&plan.index_path, &plan.blobs)
-                .map_err(|e| SandboxError::Image(e.to_string()))?,
+            None => ImageFs::open(&plan.index_path, &plan.blobs).map_err(SandboxError::Image)?,
         };
         let options = ServeOptions {
             fsname: plan.fsname.clone(),
@@ -193,7 +190,7 @@ fn supervise_in_namespaces(
             lazy: Default::default(),
         };
         // Mounted now, served once the init is forked: requests wait until then.
-        Some(serve::mount(fs, &lower, &options).map_err(|e| SandboxError::Serve(e.to_string()))?)
+        Some(serve::mount(fs, &lower, &options).map_err(SandboxError::Serve)?)
     };
     let terminal = if plan.tty {
         sys::process::block(&SigSet::of(&[libc::SIGWINCH])); // taken by wait_for with sigwaitinfo
@@ -224,7 +221,7 @@ fn supervise_in_namespaces(
     let session = match session {
         Some(s) => Some(serve::start(s, &lower).map_err(|e| {
             kill_init(init.pid);
-            SandboxError::Serve(e.to_string())
+            SandboxError::Serve(e)
         })?),
         None => None,
     };
@@ -245,13 +242,23 @@ fn supervise_in_namespaces(
     Ok(code)
 }
 
+/// Why a live mount could not be bound (the sandbox then serves the image itself).
+#[derive(Debug, thiserror::Error)]
+enum BindError {
+    #[error("{0}")]
+    Lease(io::Error),
+    #[error("the live mount's path is not UTF-8")]
+    NotUtf8,
+    #[error("{0}")]
+    Bind(SysError),
+    #[error("it is no longer an imgfs mount")]
+    NotImgfs,
+}
+
 /// Binds a live imgfs mount at `lower`, and checks that what got bound is one.
-fn bind_live(live: &serve::LiveMount, lower: &Path) -> Result<(), String> {
-    let _lease = live.lease().map_err(|e| e.to_string())?;
-    let source = live
-        .mountpoint
-        .to_str()
-        .ok_or("the live mount's path is not UTF-8")?;
+fn bind_live(live: &serve::LiveMount, lower: &Path) -> Result<(), BindError> {
+    let _lease = live.lease().map_err(BindError::Lease)?;
+    let source = live.mountpoint.to_str().ok_or(BindError::NotUtf8)?;
     sys::fs::mount(
         Some(source),
         lower,
@@ -259,10 +266,10 @@ fn bind_live(live: &serve::LiveMount, lower: &Path) -> Result<(), String> {
         libc::MS_BIND | libc::MS_REC,
         None,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(BindError::Bind)?;
     if serve::find_mount(lower).is_some_and(|m| m.is_imgfs()) {
         return Ok(());
     }
     sys::fs::detach(lower);
-    Err("it is no longer an imgfs mount".into())
+    Err(BindError::NotImgfs)
 }

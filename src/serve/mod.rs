@@ -54,8 +54,8 @@ pub enum SharedError {
     },
     #[error("the index {0} has no cache entry directory")]
     NoEntry(PathBuf),
-    #[error("{0}")]
-    Spawn(String),
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
     #[error("the shared server did not announce itself")]
     NotAnnounced,
 }
@@ -65,6 +65,26 @@ fn shared_io(path: &Path) -> impl FnOnce(io::Error) -> SharedError + '_ {
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// Why a detached server could not be started or did not mount.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot find the imgfs executable: {0}")]
+    Exe(io::Error),
+    #[error("cannot resolve {path}: {source}")]
+    Resolve { path: PathBuf, source: io::Error },
+    #[error("cannot start the imgfs server: {0}")]
+    Start(io::Error),
+    #[error("no pipe to the imgfs server")]
+    NoPipe,
+    #[error("lost the imgfs server: {0}")]
+    Lost(io::Error),
+    #[error("the imgfs server exited ({0}) before the mount was ready")]
+    Exited(std::process::ExitStatus),
+    /// The server's own report of why it could not mount, relayed as it said it.
+    #[error("{0}")]
+    Server(String),
 }
 
 /// Where a detached server of a lazily read image writes its log, in the image's entry.
@@ -312,16 +332,18 @@ pub struct Served<'a> {
 
 /// Starts `imgfs __serve` detached (own process group, no terminal) and waits until it says
 /// the mount is ready, or relays why it could not mount.
-pub fn spawn_detached(what: &Served) -> Result<(), String> {
+pub fn spawn_detached(what: &Served) -> Result<(), SpawnError> {
     use std::io::BufRead;
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
-    let exe =
-        std::env::current_exe().map_err(|e| format!("cannot find the imgfs executable: {e}"))?;
+    let exe = std::env::current_exe().map_err(SpawnError::Exe)?;
     // Absolute paths, and `/` as the working directory: a server that lives on must not
     // keep the caller's directory busy.
     let absolute = |p: &Path| {
-        std::fs::canonicalize(p).map_err(|e| format!("cannot resolve {}: {e}", p.display()))
+        std::fs::canonicalize(p).map_err(|source| SpawnError::Resolve {
+            path: p.to_path_buf(),
+            source,
+        })
     };
     let mut cmd = Command::new(exe);
     cmd.arg("__serve").arg("--index").arg(absolute(what.index)?);
@@ -377,26 +399,22 @@ pub fn spawn_detached(what: &Served) -> Result<(), String> {
         .stderr(stderr)
         .process_group(0)
         .spawn()
-        .map_err(|e| format!("cannot start the imgfs server: {e}"))?;
-    let stdout = child.stdout.take().ok_or("no pipe to the imgfs server")?;
+        .map_err(SpawnError::Start)?;
+    let stdout = child.stdout.take().ok_or(SpawnError::NoPipe)?;
     let mut line = String::new();
     io::BufReader::new(stdout).read_line(&mut line).ok();
     if line.trim_end() == READY {
         return Ok(()); // the server lives on; its stdout pipe closes when we exit
     }
-    let status = child
-        .wait()
-        .map_err(|e| format!("lost the imgfs server: {e}"))?;
+    let status = child.wait().map_err(SpawnError::Lost)?;
     let message = line
         .trim_end()
         .strip_prefix("error: ")
         .unwrap_or(line.trim_end());
     if message.is_empty() {
-        return Err(format!(
-            "the imgfs server exited ({status}) before the mount was ready"
-        ));
+        return Err(SpawnError::Exited(status));
     }
-    Err(message.to_string())
+    Err(SpawnError::Server(message.to_string()))
 }
 
 /// Parent of the mountpoints of root's shared servers.
@@ -548,7 +566,7 @@ pub fn shared_mount(
     };
     if let Err(e) = spawn_detached(&served) {
         let _ = std::fs::remove_dir(&mountpoint);
-        return Err(SharedError::Spawn(e));
+        return Err(e.into());
     }
     live_mount(entry, index, owners).ok_or(SharedError::NotAnnounced)
 }

@@ -184,7 +184,7 @@ pub fn sethostname(name: &[u8]) -> io::Result<()> {
 ///
 /// Sound only for a file nobody modifies in place while it is mapped, which holds for every
 /// file imgfs maps: the cache's files, which it writes once under a temporary name and
-/// renames over (see [`super::publish`]), and never writes again.
+/// renames over (see [`super::publish`](mod@super::publish)), and never writes again.
 pub fn map(file: &File) -> io::Result<memmap2::Mmap> {
     // SAFETY: the cache only maps files it wrote and never modifies in place (updates are
     // written under a new name and renamed over), so the mapped bytes do not change under us.

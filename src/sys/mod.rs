@@ -8,8 +8,8 @@
 //!   the calls a forked child makes before exec, the loopback interface.
 //! - [`term`]: pseudo-terminals, terminal modes and window sizes, and the C library's
 //!   local time and shell patterns.
-//! - [`mountinfo`] parses the mount table and [`publish`] writes a file whole or not at all;
-//!   both are safe code over `std`.
+//! - [`mountinfo`] parses the mount table and [`publish`](mod@publish) writes a file whole
+//!   or not at all; both are safe code over `std`.
 //!
 //! This file holds what they share: [`SysError`], which names the failed call and what it was
 //! applied to, C string helpers, exit statuses, and small checks on processes by pid.

@@ -59,12 +59,13 @@ impl Publish {
         self.with(path, |file| file.write_all(bytes))
     }
 
-    /// Publishes at `path` what `write` writes to the (new, empty) temporary file.
-    pub fn with<T>(
+    /// Publishes at `path` what `write` writes to the (new, empty) temporary file. Its
+    /// error type is the caller's, so long as an `io::Error` converts into it.
+    pub fn with<T, E: From<io::Error>>(
         self,
         path: &Path,
-        write: impl FnOnce(&mut File) -> io::Result<T>,
-    ) -> io::Result<T> {
+        write: impl FnOnce(&mut File) -> Result<T, E>,
+    ) -> Result<T, E> {
         let (tmp, mut file) = self.create_temp(path)?;
         let result = write(&mut file).and_then(|value| {
             if self.durability == Durability::Synced {
@@ -159,9 +160,9 @@ mod tests {
         let path = dir.join("f");
         publish(&path, b"old", Durability::Atomic).unwrap();
         let e = Publish::new(Durability::Synced)
-            .with(&path, |file| {
+            .with(&path, |file| -> io::Result<()> {
                 file.write_all(b"half")?;
-                Err::<(), _>(io::Error::other("disk full"))
+                Err(io::Error::other("disk full"))
             })
             .unwrap_err();
         assert_eq!(e.to_string(), "disk full");
@@ -176,12 +177,37 @@ mod tests {
     }
 
     #[test]
+    fn the_callers_error_type() {
+        #[derive(Debug)]
+        enum Fill {
+            Io(io::Error),
+            Scan,
+        }
+        impl From<io::Error> for Fill {
+            fn from(e: io::Error) -> Fill {
+                Fill::Io(e)
+            }
+        }
+        let dir = scratch("error");
+        let e = Publish::new(Durability::Atomic)
+            .with(&dir.join("f"), |_| Err::<(), _>(Fill::Scan))
+            .unwrap_err();
+        assert!(matches!(e, Fill::Scan));
+        let e = Publish::new(Durability::Atomic)
+            .with(&dir.join("no/such/dir/f"), |_| Ok::<(), Fill>(()))
+            .unwrap_err();
+        assert!(matches!(e, Fill::Io(e) if e.kind() == io::ErrorKind::NotFound));
+        assert!(names(&dir).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn mode_and_value() {
         let dir = scratch("mode");
         let path = dir.join("f");
         let n = Publish::new(Durability::Atomic)
             .mode(0o600)
-            .with(&path, |file| file.write(b"abc"))
+            .with(&path, |file| -> io::Result<usize> { file.write(b"abc") })
             .unwrap();
         assert_eq!(n, 3);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();

@@ -1,14 +1,19 @@
 //! imgfs makes a container image usable as a directory in milliseconds, without unpacking it.
 //!
-//! Data flows one way through the stages; each module uses only the ones before it:
+//! Data flows one way through the stages; each module uses only the ones before it, and all
+//! of them may use [`sys`], declared first:
 //!
 //! ```text
 //! source ──config + layers──▶ cache ──blobs──▶ index ──▶ image ──▶ fs (FUSE) ──▶ runner
 //! (daemon, OCI layouts,       (layers kept    (scanned    (reads at   (thin adapter)  (namespaces,
 //!  archives, tar file)         once by digest) once,       offsets in                  overlay, exec)
 //!                                              merged)     the blobs)
+//! ══════════════ sys: the system calls of every stage, beneath them all ══════════════
 //! ```
 //!
+//! - [`sys`], beneath every stage, is the one place imgfs makes system calls: safe wrappers
+//!   over libc (mounts, processes, signals, terminals), the mount table, and files published
+//!   whole or not at all. Only its files may hold `unsafe`.
 //! - [`source`] resolves a reference: a daemon image's id, config and export stream, a tar
 //!   file, or an image of layers (OCI layouts and archives, `docker save` output) with its
 //!   config and verified layer streams.
@@ -26,7 +31,10 @@
 //!   same index and blobs without mounting anything.
 #![deny(unsafe_code)]
 
-// The stages in pipeline order (kept apart so formatting does not sort them).
+// The stages in pipeline order (kept apart so formatting does not sort them), after the
+// system calls they all may use.
+pub mod sys;
+
 pub mod source;
 
 pub mod cache;

@@ -20,7 +20,6 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::cache;
 use crate::index::format::{Index, InodeRecord};
 
 /// `st_blksize`: the page size, which is what the kernel reads in anyway.
@@ -246,7 +245,7 @@ impl ImageReader {
             move |source| ImageError::Io { path, source }
         };
         let file = File::open(index_path).map_err(io(index_path))?;
-        let map = cache::sys::map(&file).map_err(io(index_path))?;
+        let map = crate::sys::map(&file).map_err(io(index_path))?;
         let index = Index::unchecked(map).map_err(|source| ImageError::Index {
             path: index_path.to_path_buf(),
             source,

@@ -57,7 +57,7 @@ impl CachedImage {
             .map(|l| l.lines().map(str::to_string).collect())
             .unwrap_or_default();
         let inodes = std::fs::File::open(entry.index_path())
-            .and_then(|f| cache::sys::map(&f))
+            .and_then(|f| crate::sys::map(&f))
             .ok()
             .and_then(|m| Index::unchecked(&m[..]).ok().map(|i| i.inode_count()));
         let own = entry.disk_usage();

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::image::{Attr, Kind};
+use crate::sys;
 
 use super::Image;
 
@@ -125,21 +126,9 @@ fn epoch(t: SystemTime) -> (i64, u32) {
     }
 }
 
-/// Broken-down local time (the TZ of the caller, as the coreutils use).
-#[allow(unsafe_code)]
-fn local(secs: i64) -> libc::tm {
-    // SAFETY: localtime_r (which reads TZ once) writes into `tm`, which we own.
-    unsafe {
-        let mut tm: libc::tm = std::mem::zeroed();
-        let t: libc::time_t = secs;
-        libc::localtime_r(&t, &mut tm);
-        tm
-    }
-}
-
 /// `2024-01-31 12:34`, as `ls -l --time-style=long-iso`.
 pub fn long_iso(t: SystemTime) -> String {
-    let tm = local(epoch(t).0);
+    let tm = sys::term::local_time(epoch(t).0);
     format!(
         "{:04}-{:02}-{:02} {:02}:{:02}",
         tm.tm_year + 1900,
@@ -153,7 +142,7 @@ pub fn long_iso(t: SystemTime) -> String {
 /// `2024-01-31 12:34:56.123456789 +0000`, as stat's `%y`.
 fn full_time(t: SystemTime) -> String {
     let (secs, nsec) = epoch(t);
-    let tm = local(secs);
+    let tm = sys::term::local_time(secs);
     let off = tm.tm_gmtoff;
     format!(
         "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:09} {}{:02}{:02}",

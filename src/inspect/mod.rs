@@ -443,13 +443,11 @@ fn type_letter(kind: Kind) -> char {
 }
 
 /// Whether `name` matches the shell pattern `glob`, as find's -name does (fnmatch(3)).
-#[allow(unsafe_code)]
 fn matches(glob: &std::ffi::CStr, name: &[u8]) -> bool {
     let Ok(name) = std::ffi::CString::new(name) else {
         return false;
     };
-    // SAFETY: both are valid NUL-terminated strings.
-    unsafe { libc::fnmatch(glob.as_ptr(), name.as_ptr(), 0) == 0 }
+    crate::sys::term::fnmatch(glob, &name)
 }
 
 /// The exit status of `find`: 1 if a starting point could not be looked up. Lists each

@@ -15,8 +15,8 @@
 //!
 //! When both are gone, the namespaces and with them every mount vanish, whatever killed
 //! them; a cleaner process removes the cgroup even then.
-#![allow(unsafe_code)]
 
+use std::io;
 use std::path::Path;
 
 use super::confine::cgroup::{self, Cgroup, CgroupError};
@@ -24,12 +24,13 @@ use super::confine::{self, seccomp};
 use super::namespaces::{self, NamespaceError};
 use super::plan::Plan;
 use super::process;
-use super::pty::Terminal;
-use super::sys::{self, EXIT_SETUP, SysError};
-use crate::fs::ImageFs;
-use crate::serve::{self, ServeOptions};
+use super::pty::{Terminal, TerminalError};
+use crate::fs::{FsError, ImageFs};
+use crate::serve::{self, ServeError, ServeOptions};
+use crate::sys::process::SigSet;
+use crate::sys::{self, EXIT_SETUP, SysError};
 
-pub use super::sys::{EXIT_CANNOT_EXEC, EXIT_NOT_FOUND};
+pub use crate::sys::{EXIT_CANNOT_EXEC, EXIT_NOT_FOUND};
 
 /// FUSE request threads per sandbox: one program's start-up reads are mostly sequential.
 const SANDBOX_FS_THREADS: usize = 2;
@@ -37,9 +38,9 @@ const SANDBOX_FS_THREADS: usize = 2;
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     #[error("cannot open the image: {0}")]
-    Image(String),
+    Image(FsError),
     #[error("cannot serve the image: {0}")]
-    Serve(String),
+    Serve(ServeError),
     #[error(transparent)]
     Namespace(#[from] NamespaceError),
     #[error("cannot prepare the sandbox's scratch area: {0}")]
@@ -53,8 +54,8 @@ pub enum SandboxError {
         profile: String,
         source: seccomp::SeccompError,
     },
-    #[error("{0}")]
-    Terminal(String),
+    #[error(transparent)]
+    Terminal(#[from] TerminalError),
 }
 
 /// The supervisor. Returns the exit status for `imgfs run`.
@@ -90,15 +91,12 @@ fn seccomp_filter(plan: &Plan) -> Result<Option<seccomp::Program>, SandboxError>
 fn supervisor_inner(plan: &Plan) -> Result<i32, SandboxError> {
     // Blocked before any thread exists, so every thread inherits it and only sigwaitinfo
     // takes these signals; the init, forked from this process, inherits it.
-    sys::block(&process::waited_signals());
+    sys::process::block(&SigSet::of(&process::waited_signals()));
 
     let filter = seccomp_filter(plan)?;
     let fs = match plan.live_mount {
         Some(_) => None,
-        None => Some(
-            ImageFs::open(&plan.index_path, &plan.blobs)
-                .map_err(|e| SandboxError::Image(e.to_string()))?,
-        ),
+        None => Some(ImageFs::open(&plan.index_path, &plan.blobs).map_err(SandboxError::Image)?),
     };
     let cgroup = if plan.limits.is_empty() {
         None
@@ -158,7 +156,7 @@ fn supervise_in_namespaces(
         namespaces::check_fuse()?;
     }
     namespaces::enter(plan)?;
-    sys::mount(
+    sys::fs::mount(
         Some("tmpfs"),
         scratch,
         Some("tmpfs"),
@@ -183,8 +181,7 @@ fn supervise_in_namespaces(
     } else {
         let fs = match fs {
             Some(fs) => fs,
-            None => ImageFs::open(&plan.index_path, &plan.blobs)
-                .map_err(|e| SandboxError::Image(e.to_string()))?,
+            None => ImageFs::open(&plan.index_path, &plan.blobs).map_err(SandboxError::Image)?,
         };
         let options = ServeOptions {
             fsname: plan.fsname.clone(),
@@ -193,11 +190,11 @@ fn supervise_in_namespaces(
             lazy: Default::default(),
         };
         // Mounted now, served once the init is forked: requests wait until then.
-        Some(serve::mount(fs, &lower, &options).map_err(|e| SandboxError::Serve(e.to_string()))?)
+        Some(serve::mount(fs, &lower, &options).map_err(SandboxError::Serve)?)
     };
     let terminal = if plan.tty {
-        sys::block(&[libc::SIGWINCH]); // taken by wait_for with sigwaitinfo
-        Some(Terminal::open(scratch).map_err(SandboxError::Terminal)?)
+        sys::process::block(&SigSet::of(&[libc::SIGWINCH])); // taken by wait_for with sigwaitinfo
+        Some(Terminal::open(scratch)?)
     } else {
         None
     };
@@ -205,12 +202,12 @@ fn supervise_in_namespaces(
     let Some(mut init) = namespaces::fork_init(cgroup.is_some())? else {
         // The init: PID 1 of a new PID namespace, a single-threaded copy of this process.
         let code = process::init(plan, scratch, filter);
-        // SAFETY: leaving the forked copy without running the supervisor's destructors.
-        unsafe { libc::_exit(code) };
+        // Leaving the forked copy without running the supervisor's destructors.
+        sys::process::exit_now(code);
     };
     let kill_init = |pid| {
-        // SAFETY: signalling our own child, which cannot go on.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        // Our own child, which cannot go on.
+        let _ = sys::process::kill(pid, libc::SIGKILL);
     };
     if let Some(cg) = cgroup {
         // The init waits for this: it and everything it starts are limited from the start.
@@ -224,15 +221,12 @@ fn supervise_in_namespaces(
     let session = match session {
         Some(s) => Some(serve::start(s, &lower).map_err(|e| {
             kill_init(init.pid);
-            SandboxError::Serve(e.to_string())
+            SandboxError::Serve(e)
         })?),
         None => None,
     };
     let output = match &terminal {
-        Some(t) => Some(
-            t.spawn_copies(plan.interactive)
-                .map_err(|e| SandboxError::Terminal(format!("cannot copy the terminal: {e}")))?,
-        ),
+        Some(t) => Some(t.spawn_copies(plan.interactive)?),
         None => None,
     };
     let resize = terminal.as_ref().map(|t| move || t.resize());
@@ -243,29 +237,39 @@ fn supervise_in_namespaces(
     drop(terminal); // restores the caller's terminal
     // The mounts live only in this process's namespace and vanish with it; detaching the
     // scratch tmpfs now lets its empty mountpoint on the host be removed.
-    sys::detach(scratch);
+    sys::fs::detach(scratch);
     std::mem::forget(session);
     Ok(code)
 }
 
+/// Why a live mount could not be bound (the sandbox then serves the image itself).
+#[derive(Debug, thiserror::Error)]
+enum BindError {
+    #[error("{0}")]
+    Lease(io::Error),
+    #[error("the live mount's path is not UTF-8")]
+    NotUtf8,
+    #[error("{0}")]
+    Bind(SysError),
+    #[error("it is no longer an imgfs mount")]
+    NotImgfs,
+}
+
 /// Binds a live imgfs mount at `lower`, and checks that what got bound is one.
-fn bind_live(live: &serve::LiveMount, lower: &Path) -> Result<(), String> {
-    let _lease = live.lease().map_err(|e| e.to_string())?;
-    let source = live
-        .mountpoint
-        .to_str()
-        .ok_or("the live mount's path is not UTF-8")?;
-    sys::mount(
+fn bind_live(live: &serve::LiveMount, lower: &Path) -> Result<(), BindError> {
+    let _lease = live.lease().map_err(BindError::Lease)?;
+    let source = live.mountpoint.to_str().ok_or(BindError::NotUtf8)?;
+    sys::fs::mount(
         Some(source),
         lower,
         None,
         libc::MS_BIND | libc::MS_REC,
         None,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(BindError::Bind)?;
     if serve::find_mount(lower).is_some_and(|m| m.is_imgfs()) {
         return Ok(());
     }
-    sys::detach(lower);
-    Err("it is no longer an imgfs mount".into())
+    sys::fs::detach(lower);
+    Err(BindError::NotImgfs)
 }

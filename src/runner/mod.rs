@@ -23,7 +23,9 @@ pub mod rootfs;
 pub mod exec;
 pub mod process;
 pub mod pty;
-pub mod sys;
+
+/// The system calls of every stage, [`crate::sys`], also named from here.
+pub use crate::sys;
 
 use std::os::unix::process::CommandExt;
 

@@ -1,15 +1,15 @@
 //! The sandbox's namespaces: new user (without root), mount, UTS, IPC and network
 //! namespaces for the supervisor, a new PID namespace for the init, and the host-side
 //! scratch directory they work in. Nothing here outlives the processes that hold it.
-#![allow(unsafe_code)]
 
 use std::fs;
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use super::plan::Plan;
-use super::sys::{self, EXIT_SETUP, SysError};
+use crate::sys::process::Forked;
+use crate::sys::{self, EXIT_SETUP, SysError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NamespaceError {
@@ -55,10 +55,10 @@ pub fn remove_stale_scratch(parent: &Path) {
     };
     for e in entries.flatten() {
         // Only directories named by a pid are scratch areas (not `shared`, for one).
-        let Some(pid) = crate::cache::sys::pid_name(&e.file_name()) else {
+        let Some(pid) = sys::pid_name(&e.file_name()) else {
             continue;
         };
-        if !crate::cache::sys::alive(pid) {
+        if !sys::alive(pid) {
             let _ = fs::remove_dir(e.path());
         }
     }
@@ -85,13 +85,11 @@ pub fn enter(plan: &Plan) -> Result<(), NamespaceError> {
     if plan.unprivileged.is_some() {
         flags |= libc::CLONE_NEWUSER;
     }
-    // SAFETY: unshare only changes this process's namespaces; it is single-threaded here.
-    if unsafe { libc::unshare(flags) } < 0 {
-        return Err(NamespaceError::Unshare {
-            source: io::Error::last_os_error(),
-            unprivileged: plan.unprivileged.is_some(),
-        });
-    }
+    // This process is single-threaded here, as a new user namespace needs.
+    sys::process::unshare(flags).map_err(|source| NamespaceError::Unshare {
+        source,
+        unprivileged: plan.unprivileged.is_some(),
+    })?;
     if let Some((uid, gid)) = plan.unprivileged {
         sys::write_file(Path::new("/proc/self/setgroups"), "deny")
             .map_err(NamespaceError::IdMap)?;
@@ -100,7 +98,7 @@ pub fn enter(plan: &Plan) -> Result<(), NamespaceError> {
         sys::write_file(Path::new("/proc/self/gid_map"), &format!("0 {gid} 1"))
             .map_err(NamespaceError::IdMap)?;
     }
-    sys::mount(
+    sys::fs::mount(
         None,
         Path::new("/"),
         None,
@@ -113,7 +111,7 @@ pub fn enter(plan: &Plan) -> Result<(), NamespaceError> {
 /// The supervisor's side of a forked init: its pid, and the go-ahead it waits for when
 /// asked to (see [`fork_init`]).
 pub struct Init {
-    pub pid: libc::pid_t,
+    pub pid: sys::process::Pid,
     go: Option<OwnedFd>,
 }
 
@@ -122,87 +120,62 @@ impl Init {
     /// cgroup). Dropping the `Init` without calling this makes a waiting init give up.
     pub fn release(&mut self) {
         if let Some(fd) = self.go.take() {
-            // SAFETY: writing one byte from a live buffer to a pipe we own.
-            unsafe { libc::write(fd.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+            let _ = fs::File::from(fd).write(&[1]);
         }
     }
 }
 
+/// A pipe, both ends closed on exec.
 fn pipe() -> Result<(OwnedFd, OwnedFd), NamespaceError> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors.
-    sys::check(
-        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) },
-        "create a pipe",
-    )
-    .map_err(NamespaceError::Fork)?;
-    // SAFETY: pipe2 returned two fresh descriptors that nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    let (read, write) =
+        io::pipe().map_err(|e| NamespaceError::Fork(SysError::call("create a pipe")(e)))?;
+    Ok((read.into(), write.into()))
 }
 
 /// Forks the init into a new PID namespace, where it is PID 1: `None` in the child, the
 /// [`Init`] in the parent. A raw clone, as bubblewrap does, so that the supervisor's own
 /// children (its threads) stay in its namespace. Only a single-threaded process may run Rust
-/// in such a child, which is checked first. The child dies with the supervisor
-/// (PDEATHSIG), and a supervisor that died before the child could ask for that shows as a
-/// closed pipe. With `wait`, the child goes on only once the parent calls [`Init::release`].
+/// in such a child, which [`sys::process::fork_into`] checks. The child dies with the
+/// supervisor (PDEATHSIG), and a supervisor that died before the child could ask for that
+/// shows as a closed pipe. With `wait`, the child goes on only once the parent calls
+/// [`Init::release`].
 pub fn fork_init(wait: bool) -> Result<Option<Init>, NamespaceError> {
-    if !sys::single_threaded() {
-        return Err(NamespaceError::Threads);
-    }
     let (read, write) = pipe()?;
     let go = if wait { Some(pipe()?) } else { None };
-    // SAFETY: clone without CLONE_VM and with a null stack behaves as fork: the child gets a
-    // copy of this (single-threaded) process and returns here with 0.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            libc::CLONE_NEWPID | libc::SIGCHLD,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
-    };
-    if pid < 0 {
-        return Err(NamespaceError::Fork(SysError::last("clone")));
-    }
-    if pid == 0 {
-        drop(write);
-        // SAFETY: no preconditions.
-        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-        let mut poll = libc::pollfd {
-            fd: read.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd. The supervisor never writes: readiness means it is gone.
-        if unsafe { libc::poll(&mut poll, 1, 0) } != 0 {
-            // SAFETY: leaving the forked copy without running the parent's destructors.
-            unsafe { libc::_exit(EXIT_SETUP) };
-        }
-        if let Some((go_read, go_write)) = go {
-            drop(go_write);
-            let mut byte = 0u8;
-            // EOF means the supervisor gave up.
-            let n = loop {
-                // SAFETY: reading one byte into a live buffer.
-                let n = unsafe { libc::read(go_read.as_raw_fd(), (&raw mut byte).cast(), 1) };
-                if n >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-                    break n;
-                }
-            };
-            if n != 1 {
-                // SAFETY: as above.
-                unsafe { libc::_exit(EXIT_SETUP) };
+    let pid = match sys::process::fork_into(libc::CLONE_NEWPID) {
+        Ok(Forked::Parent(pid)) => pid,
+        Ok(Forked::Child) => {
+            drop(write);
+            let _ = sys::process::set_parent_death_signal(libc::SIGKILL);
+            // The supervisor never writes: readiness means it is gone.
+            if !matches!(sys::process::poll_readable(read.as_fd(), 0), Ok(false)) {
+                // Leaving the forked copy without running the parent's destructors.
+                sys::process::exit_now(EXIT_SETUP);
             }
+            if let Some((go_read, go_write)) = go {
+                drop(go_write);
+                let mut go_read = fs::File::from(go_read);
+                let mut byte = [0u8];
+                // EOF means the supervisor gave up.
+                let n = loop {
+                    match go_read.read(&mut byte) {
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        n => break n,
+                    }
+                };
+                if !matches!(n, Ok(1)) {
+                    sys::process::exit_now(EXIT_SETUP);
+                }
+            }
+            return Ok(None);
         }
-        return Ok(None);
-    }
+        Err(SysError::Threads { .. }) => return Err(NamespaceError::Threads),
+        Err(e) => return Err(NamespaceError::Fork(e)),
+    };
     // The write end stays open in the supervisor until it exits.
     std::mem::forget(write);
     Ok(Some(Init {
-        pid: pid as libc::pid_t,
+        pid,
         go: go.map(|(_, w)| w),
     }))
 }
@@ -225,25 +198,5 @@ pub fn network_sysctls(unprivileged: bool) {
 
 /// Brings up `lo` in the new network namespace.
 pub fn loopback_up() -> Result<(), NamespaceError> {
-    // SAFETY: a datagram socket only used for the interface ioctls below.
-    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if sock < 0 {
-        return Err(NamespaceError::Loopback(io::Error::last_os_error()));
-    }
-    // SAFETY: the socket is ours; ifreq is plain data with the name set within bounds.
-    let rc = unsafe {
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (i, b) in b"lo".iter().enumerate() {
-            req.ifr_name[i] = *b as libc::c_char;
-        }
-        let mut rc = libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req);
-        if rc == 0 {
-            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-            rc = libc::ioctl(sock, libc::SIOCSIFFLAGS, &req);
-        }
-        let err = io::Error::last_os_error();
-        libc::close(sock);
-        if rc < 0 { Err(err) } else { Ok(()) }
-    };
-    rc.map_err(NamespaceError::Loopback)
+    sys::process::loopback_up().map_err(NamespaceError::Loopback)
 }

@@ -45,8 +45,8 @@ pub struct ImageConfig {
 
 impl ImageConfig {
     /// Reads the config from the daemon's image inspect document.
-    pub fn from_inspect_json(json: &[u8]) -> Result<ImageConfig, String> {
-        let v: serde_json::Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    pub fn from_inspect_json(json: &[u8]) -> Result<ImageConfig, serde_json::Error> {
+        let v: serde_json::Value = serde_json::from_slice(json)?;
         let config = &v["Config"];
         let strings = |key: &str| -> Vec<String> {
             config[key]

@@ -1,7 +1,6 @@
 //! The sandbox's processes: the init (PID 1, which builds the root, starts the command,
 //! reaps orphans and passes signals on) and the command itself, confined and exec'd. Also
 //! the wait loop both the supervisor and the init use.
-#![allow(unsafe_code)]
 
 use std::ffi::{CStr, CString};
 use std::fs;
@@ -13,9 +12,8 @@ use super::namespaces::{self, NamespaceError};
 use super::plan::Plan;
 use super::pty;
 use super::rootfs::{self, RootfsError};
-use super::sys::{
-    self, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_SETUP, SysError, cstr, exit_code, sigset,
-};
+use crate::sys::process::{CStrings, Forked, Pid, SigSet};
+use crate::sys::{self, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_SETUP, SysError, cstr, exit_code};
 
 /// Signals passed on to the command when they are sent with kill(2). Terminal-generated
 /// ones (Ctrl-C, Ctrl-\) reach the command directly, as it shares the caller's terminal.
@@ -67,40 +65,30 @@ pub fn waited_signals() -> Vec<i32> {
 
 /// Waits for `child`, passing on signals sent with kill(2). Returns its exit status.
 /// `on_winch` follows the caller's terminal size when the sandbox has a terminal.
-pub fn wait_for(child: libc::pid_t, on_winch: Option<&dyn Fn()>) -> i32 {
+pub fn wait_for(child: Pid, on_winch: Option<&dyn Fn()>) -> i32 {
     let mut signals = waited_signals();
     if on_winch.is_some() {
         signals.push(libc::SIGWINCH);
     }
-    let set = sigset(&signals);
+    let set = SigSet::of(&signals);
     loop {
-        // SAFETY: siginfo_t is plain data; sigwaitinfo fills it.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `set` is initialised, `info` a valid out-pointer.
-        let sig = unsafe { libc::sigwaitinfo(&set, &mut info) };
-        if sig < 0 {
+        let Ok(caught) = sys::process::wait_signal(&set) else {
             continue; // EINTR
-        }
+        };
+        let sig = caught.signal;
         if sig == libc::SIGWINCH {
             if let Some(resize) = on_winch {
                 resize();
             }
         } else if sig == libc::SIGCHLD {
-            loop {
-                let mut status = 0;
-                // SAFETY: plain syscall with a valid out-pointer.
-                let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-                if pid <= 0 {
-                    break;
-                }
+            while let Ok(Some((pid, status))) = sys::process::waitpid(-1, libc::WNOHANG) {
                 if pid == child {
                     return exit_code(status);
                 }
             }
-        } else if info.si_code <= 0 {
-            // SI_USER, SI_QUEUE, SI_TKILL: sent by a process, not by the terminal.
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(child, sig) };
+        } else if caught.from_process() {
+            // Sent with kill(2), not by the terminal: passed on to our own child.
+            let _ = sys::process::kill(child, sig);
         }
     }
 }
@@ -117,29 +105,21 @@ pub fn init(plan: &Plan, scratch: &Path, filter: Option<confine::seccomp::Progra
     }
 }
 
-extern "C" fn ignore_signal(_: libc::c_int) {}
-
 /// Builds the root, enters it and forks the command; returns its pid.
 fn start_command(
     plan: &Plan,
     scratch: &Path,
     filter: Option<confine::seccomp::Program>,
-) -> Result<libc::pid_t, ProcessError> {
+) -> Result<Pid, ProcessError> {
     // PID 1 gets only the signals it has a handler for: install no-op handlers, then take
     // the (still blocked) signals with sigwaitinfo.
     for sig in waited_signals() {
-        // SAFETY: a zeroed sigaction with a valid handler function.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = ignore_signal as extern "C" fn(libc::c_int) as usize;
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
+        let _ = sys::process::set_noop_handler(sig);
     }
     // A mount namespace of its own, so that pivot_root moves only the sandbox: the
     // supervisor keeps the host's root and can clean up after it.
-    // SAFETY: unshare only changes this single-threaded process's mount namespace.
-    sys::check(unsafe { libc::unshare(libc::CLONE_NEWNS) }, "unshare")
-        .map_err(ProcessError::MountNamespace)?;
+    sys::process::unshare(libc::CLONE_NEWNS)
+        .map_err(|e| ProcessError::MountNamespace(SysError::call("unshare")(e)))?;
     if !plan.net_host {
         namespaces::loopback_up()?;
         namespaces::network_sysctls(plan.unprivileged.is_some());
@@ -149,22 +129,16 @@ fn start_command(
     // The working directory is made if missing, as docker does.
     if !Path::new(&plan.cwd).is_dir() {
         sys::mkdir(Path::new(&plan.cwd)).map_err(ProcessError::Workdir)?;
-        let c = cstr(plan.cwd.as_bytes()).map_err(ProcessError::Workdir)?;
-        // SAFETY: chown of a path we just created.
-        unsafe { libc::chown(c.as_ptr(), plan.uid, plan.gid) };
+        let _ = std::os::unix::fs::chown(&plan.cwd, Some(plan.uid), Some(plan.gid));
     }
     let program = find_program(plan)?;
     let prepared = Prepared::new(plan, &program, filter).map_err(ProcessError::Prepare)?;
 
-    // SAFETY: single-threaded process; the child only uses data prepared above.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(ProcessError::Fork(SysError::last("fork")));
+    // The init has a single thread; the child only uses data prepared above.
+    match sys::process::fork().map_err(ProcessError::Fork)? {
+        Forked::Child => prepared.exec(),
+        Forked::Parent(pid) => Ok(pid),
     }
-    if pid == 0 {
-        prepared.exec();
-    }
-    Ok(pid)
 }
 
 /// Finds the command on the image's PATH (from the sandbox's environment, not the
@@ -197,8 +171,8 @@ fn find_program(plan: &Plan) -> Result<PathBuf, ProcessError> {
 /// What the command's process needs, allocated before the fork.
 struct Prepared {
     program: CString,
-    argv: Vec<CString>,
-    env: Vec<CString>,
+    argv: CStrings,
+    env: CStrings,
     cwd: CString,
     dev_null: CString,
     terminal: Option<CString>,
@@ -217,8 +191,8 @@ impl Prepared {
     ) -> Result<Prepared, SysError> {
         Ok(Prepared {
             program: sys::path_cstr(program)?,
-            argv: plan.argv.iter().map(cstr).collect::<Result<_, _>>()?,
-            env: plan.env.iter().map(cstr).collect::<Result<_, _>>()?,
+            argv: CStrings::new(plan.argv.iter().map(cstr).collect::<Result<_, _>>()?),
+            env: CStrings::new(plan.env.iter().map(cstr).collect::<Result<_, _>>()?),
             cwd: cstr(plan.cwd.as_bytes())?,
             dev_null: cstr("/dev/null")?,
             terminal: if plan.tty {
@@ -234,15 +208,12 @@ impl Prepared {
         })
     }
 
-    /// In the forked child: becomes the command. Never returns.
+    /// In the forked child: becomes the command. Never returns. Only async-signal-safe calls
+    /// on memory prepared before the fork.
     fn exec(&self) -> ! {
         let fail = |msg: &CStr, code: i32| -> ! {
-            // SAFETY: write(2) and _exit are async-signal-safe; msg is NUL-terminated.
-            unsafe {
-                let b = msg.to_bytes();
-                libc::write(2, b.as_ptr().cast(), b.len());
-                libc::_exit(code)
-            }
+            sys::process::write_stderr(msg.to_bytes());
+            sys::process::exit_now(code)
         };
         let confine_failed = |e: ApplyError| -> ! {
             match e {
@@ -256,67 +227,43 @@ impl Prepared {
                 }
             }
         };
-        let argv: Vec<*const libc::c_char> = self
-            .argv
-            .iter()
-            .map(|a| a.as_ptr())
-            .chain([std::ptr::null()])
-            .collect();
-        let env: Vec<*const libc::c_char> = self
-            .env
-            .iter()
-            .map(|a| a.as_ptr())
-            .chain([std::ptr::null()])
-            .collect();
-        // SAFETY: the calls below are async-signal-safe and use memory prepared before fork.
-        unsafe {
-            let empty = sigset(&[]);
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            for sig in waited_signals() {
-                libc::signal(sig, libc::SIG_DFL);
+        sys::process::set_mask(&SigSet::empty());
+        for sig in waited_signals() {
+            sys::process::default_action(sig);
+        }
+        if let Some(slave) = &self.terminal {
+            if !pty::attach(slave) {
+                fail(c"imgfs: cannot attach the sandbox's terminal\n", EXIT_SETUP);
             }
-            if let Some(slave) = &self.terminal {
-                if !pty::attach(slave) {
-                    fail(c"imgfs: cannot attach the sandbox's terminal\n", EXIT_SETUP);
-                }
-            } else if !self.interactive {
-                let fd = libc::open(self.dev_null.as_ptr(), libc::O_RDONLY);
-                if fd >= 0 {
-                    libc::dup2(fd, 0);
-                    libc::close(fd);
-                }
-            }
+        } else if !self.interactive
+            && let Ok(fd) = sys::fs::open(&self.dev_null, libc::O_RDONLY, 0)
+        {
+            let _ = sys::process::redirect_stdio(fd, &[0]);
         }
         if let Err(e) = self.confine.before_user_switch() {
             confine_failed(e);
         }
-        // SAFETY: as above.
-        unsafe {
-            if libc::setgroups(self.groups.len(), self.groups.as_ptr()) != 0
-                && libc::getuid() == 0
-                && self.groups != [0]
-            {
-                fail(c"imgfs: cannot set the supplementary groups\n", EXIT_SETUP);
-            }
-            if libc::setgid(self.gid) != 0 || libc::setuid(self.uid) != 0 {
-                fail(c"imgfs: cannot switch to the requested user\n", EXIT_SETUP);
-            }
+        if sys::process::set_groups(&self.groups).is_err()
+            && sys::process::uid() == 0
+            && self.groups != [0]
+        {
+            fail(c"imgfs: cannot set the supplementary groups\n", EXIT_SETUP);
+        }
+        if sys::process::set_gid(self.gid).is_err() || sys::process::set_uid(self.uid).is_err() {
+            fail(c"imgfs: cannot switch to the requested user\n", EXIT_SETUP);
         }
         if let Err(e) = self.confine.after_user_switch(self.uid) {
             confine_failed(e);
         }
-        // SAFETY: as above.
-        unsafe {
-            if libc::chdir(self.cwd.as_ptr()) != 0 {
-                fail(c"imgfs: cannot enter the working directory\n", EXIT_SETUP);
-            }
-            libc::execve(self.program.as_ptr(), argv.as_ptr(), env.as_ptr());
-            let code = if *libc::__errno_location() == libc::ENOENT {
-                EXIT_NOT_FOUND
-            } else {
-                EXIT_CANNOT_EXEC
-            };
-            fail(c"imgfs: cannot execute the command\n", code)
+        if sys::process::chdir(&self.cwd).is_err() {
+            fail(c"imgfs: cannot enter the working directory\n", EXIT_SETUP);
         }
+        let e = sys::process::execve(&self.program, &self.argv, &self.env);
+        let code = if e.raw_os_error() == Some(libc::ENOENT) {
+            EXIT_NOT_FOUND
+        } else {
+            EXIT_CANNOT_EXEC
+        };
+        fail(c"imgfs: cannot execute the command\n", code)
     }
 }

@@ -3,99 +3,91 @@
 //! copied both ways. Keys like Ctrl-C reach the command through the sandbox's line
 //! discipline, the command can never inject input into the caller's terminal, and window
 //! size changes follow the caller's terminal.
-#![allow(unsafe_code)]
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::sys::term::{self, Termios};
+use crate::sys::{self, SysError};
 
 /// Path of the command's terminal inside the sandbox: the first of a fresh devpts instance.
 pub const SLAVE: &str = "/dev/pts/0";
 /// Bytes copied at a time between the terminals.
 const CHUNK: usize = 16 << 10;
 
+/// Why the sandbox's terminal could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TerminalError {
+    #[error("{path}: {source}")]
+    Dir { path: PathBuf, source: io::Error },
+    /// Mounting the sandbox's devpts instance failed.
+    #[error(transparent)]
+    Devpts(SysError),
+    #[error("cannot open a pseudo-terminal: {0}")]
+    Open(io::Error),
+    #[error("cannot unlock the pseudo-terminal: {0}")]
+    Unlock(io::Error),
+    #[error("stdin is not a terminal: {0}")]
+    NotATerminal(io::Error),
+    #[error("cannot copy the terminal: {0}")]
+    Copy(io::Error),
+}
+
 /// The pseudo-terminal's master side and the caller's terminal settings to restore.
 pub struct Terminal {
     master: OwnedFd,
-    saved: libc::termios,
-}
-
-fn last_err(what: &str) -> String {
-    format!("{what}: {}", io::Error::last_os_error())
+    saved: Termios,
 }
 
 impl Terminal {
     /// Mounts a devpts instance at `dir/pts`, opens its first pseudo-terminal, sizes it like
     /// the caller's terminal (stdin) and puts that one in raw mode.
-    pub fn open(dir: &Path) -> Result<Terminal, String> {
+    pub fn open(dir: &Path) -> Result<Terminal, TerminalError> {
         let pts = dir.join("pts");
-        std::fs::create_dir_all(&pts).map_err(|e| format!("{}: {e}", pts.display()))?;
-        let target =
-            std::ffi::CString::new(pts.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
-        // SAFETY: NUL-terminated strings alive for the call.
-        let rc = unsafe {
-            libc::mount(
-                c"devpts".as_ptr(),
-                target.as_ptr(),
-                c"devpts".as_ptr(),
-                libc::MS_NOSUID | libc::MS_NOEXEC,
-                c"newinstance,ptmxmode=0666,mode=0620".as_ptr().cast(),
-            )
-        };
-        if rc < 0 {
-            return Err(last_err("cannot mount the sandbox's devpts"));
-        }
-        let ptmx = std::ffi::CString::new(pts.join("ptmx").as_os_str().as_bytes())
-            .map_err(|e| e.to_string())?;
-        // SAFETY: opening a path; the result is checked.
-        let fd = unsafe {
-            libc::open(
-                ptmx.as_ptr(),
-                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(last_err("cannot open a pseudo-terminal"));
-        }
-        // SAFETY: a new descriptor we own.
-        let master = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: unlockpt on the master we just opened.
-        if unsafe { libc::unlockpt(master.as_raw_fd()) } < 0 {
-            return Err(last_err("cannot unlock the pseudo-terminal"));
-        }
-        // SAFETY: termios is plain data filled by tcgetattr.
-        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
-        // SAFETY: fd 0 and a valid out-pointer.
-        if unsafe { libc::tcgetattr(0, &mut saved) } < 0 {
-            return Err(last_err("stdin is not a terminal"));
-        }
+        std::fs::create_dir_all(&pts).map_err(|source| TerminalError::Dir {
+            path: pts.clone(),
+            source,
+        })?;
+        sys::fs::mount(
+            Some("devpts"),
+            &pts,
+            Some("devpts"),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620"),
+        )
+        .map_err(TerminalError::Devpts)?;
+        let master: OwnedFd = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(pts.join("ptmx"))
+            .map_err(TerminalError::Open)?
+            .into();
+        term::unlock_pty(master.as_fd()).map_err(TerminalError::Unlock)?;
+        let saved = term::termios(io::stdin().as_fd()).map_err(TerminalError::NotATerminal)?;
         let term = Terminal { master, saved };
         term.resize();
-        let mut raw = saved;
-        // SAFETY: cfmakeraw edits our copy; tcsetattr applies it to fd 0.
-        unsafe {
-            libc::cfmakeraw(&mut raw);
-            libc::tcsetattr(0, libc::TCSANOW, &raw);
-        }
+        let _ = term::set_termios(io::stdin().as_fd(), &saved.raw());
         Ok(term)
     }
 
     /// Gives the pseudo-terminal the caller's window size.
     pub fn resize(&self) {
-        // SAFETY: winsize is plain data; both ioctls take a pointer to one.
-        unsafe {
-            let mut ws: libc::winsize = std::mem::zeroed();
-            if libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) == 0 {
-                libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws);
-            }
+        if let Ok(size) = term::window_size(io::stdin().as_fd()) {
+            let _ = term::set_window_size(self.master.as_fd(), &size);
         }
     }
 
     /// Copies the command's output to stdout until every slave is closed, and stdin to the
     /// command when `input` is set. Returns the output thread; join it to drain the output.
-    pub fn spawn_copies(&self, input: bool) -> io::Result<std::thread::JoinHandle<()>> {
+    pub fn spawn_copies(&self, input: bool) -> Result<std::thread::JoinHandle<()>, TerminalError> {
+        self.spawn_copy_threads(input).map_err(TerminalError::Copy)
+    }
+
+    fn spawn_copy_threads(&self, input: bool) -> io::Result<std::thread::JoinHandle<()>> {
         if input {
             let to_pty = self.master.try_clone()?;
             std::thread::Builder::new()
@@ -135,8 +127,7 @@ impl Terminal {
 
 impl Drop for Terminal {
     fn drop(&mut self) {
-        // SAFETY: restoring the settings read in `open` on fd 0.
-        unsafe { libc::tcsetattr(0, libc::TCSANOW, &self.saved) };
+        let _ = term::set_termios(io::stdin().as_fd(), &self.saved);
     }
 }
 
@@ -144,19 +135,13 @@ impl Drop for Terminal {
 /// terminal is the sandbox's pseudo-terminal, on stdin, stdout and stderr.
 /// Only async-signal-safe calls; returns false on failure.
 pub fn attach(slave: &std::ffi::CStr) -> bool {
-    // SAFETY: setsid/open/ioctl/dup2/close on a NUL-terminated path.
-    unsafe {
-        libc::setsid();
-        let fd = libc::open(slave.as_ptr(), libc::O_RDWR);
-        if fd < 0 || libc::ioctl(fd, libc::TIOCSCTTY, 0) < 0 {
-            return false;
-        }
-        for target in 0..3 {
-            libc::dup2(fd, target);
-        }
-        if fd > 2 {
-            libc::close(fd);
-        }
+    let _ = term::setsid();
+    let Ok(fd) = sys::fs::open(slave, libc::O_RDWR, 0) else {
+        return false;
+    };
+    if term::set_controlling_terminal(fd.as_fd()).is_err() {
+        return false;
     }
+    let _ = sys::process::redirect_stdio(fd, &[0, 1, 2]);
     true
 }

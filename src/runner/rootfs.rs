@@ -5,18 +5,17 @@
 //!
 //! Every mount target inside the image is resolved with `openat2(RESOLVE_IN_ROOT)`, so a
 //! symlink in the image can never send a mount outside the root.
-#![allow(unsafe_code)]
 
 use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use super::confine;
 use super::plan::Plan;
-use super::sys::{self, SysError, cstr, fd_path, path_str};
+use crate::sys::{self, SysError, cstr, fd_path, path_str};
 
 /// Host devices bound into the sandbox's /dev.
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
@@ -52,7 +51,7 @@ fn in_root(guest: &str) -> impl Fn(SysError) -> RootfsError + '_ {
 pub fn build_and_enter(plan: &Plan, scratch: &Path) -> Result<(), RootfsError> {
     let root_dir = scratch.join("root");
     mount_root(plan, scratch, &root_dir).map_err(RootfsError::Root)?;
-    let root = sys::open_dir(&root_dir).map_err(RootfsError::Root)?;
+    let root = sys::fs::open_dir(&root_dir).map_err(RootfsError::Root)?;
     let privileged = plan.confine.privileged;
 
     mount_in_root(&root, "/proc", Some("proc"), Some("proc"), NOEXEC, None)?;
@@ -84,13 +83,8 @@ pub fn build_and_enter(plan: &Plan, scratch: &Path) -> Result<(), RootfsError> {
     for v in &plan.volumes {
         bind_in_root(&root, &v.host, &v.guest, v.read_only)?;
     }
-    let hostname = plan.hostname.as_bytes();
-    // SAFETY: pointer and length describe `hostname`.
-    sys::check(
-        unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) },
-        "sethostname",
-    )
-    .map_err(RootfsError::Hostname)?;
+    sys::fs::sethostname(plan.hostname.as_bytes())
+        .map_err(|e| RootfsError::Hostname(SysError::call("sethostname")(e)))?;
     pivot(&root)
 }
 
@@ -98,7 +92,7 @@ pub fn build_and_enter(plan: &Plan, scratch: &Path) -> Result<(), RootfsError> {
 fn mount_root(plan: &Plan, scratch: &Path, root_dir: &Path) -> Result<(), SysError> {
     let lower = scratch.join("lower");
     if plan.read_only {
-        sys::mount(
+        sys::fs::mount(
             Some(path_str(&lower)?),
             root_dir,
             None,
@@ -112,7 +106,7 @@ fn mount_root(plan: &Plan, scratch: &Path, root_dir: &Path) -> Result<(), SysErr
         } else {
             0
         };
-        return sys::mount(
+        return sys::fs::mount(
             None,
             root_dir,
             None,
@@ -135,7 +129,7 @@ fn mount_root(plan: &Plan, scratch: &Path, root_dir: &Path) -> Result<(), SysErr
     if plan.unprivileged.is_some() {
         options.push_str(",userxattr");
     }
-    sys::mount(
+    sys::fs::mount(
         Some("overlay"),
         root_dir,
         Some("overlay"),
@@ -255,7 +249,7 @@ fn mask(root: &OwnedFd, guest: &str) -> Result<(), RootfsError> {
     let is_dir = fs::metadata(fd_path(&target)).is_ok_and(|m| m.is_dir());
     let path = fd_path(&target);
     if is_dir {
-        sys::mount_as(
+        sys::fs::mount_as(
             Some("tmpfs"),
             &path,
             Some("tmpfs"),
@@ -264,7 +258,7 @@ fn mask(root: &OwnedFd, guest: &str) -> Result<(), RootfsError> {
             guest,
         )
     } else {
-        sys::mount_as(Some("/dev/null"), &path, None, libc::MS_BIND, None, guest)
+        sys::fs::mount_as(Some("/dev/null"), &path, None, libc::MS_BIND, None, guest)
     }
     .map_err(in_root(guest))
 }
@@ -277,7 +271,7 @@ fn make_read_only(root: &OwnedFd, guest: &str) -> Result<(), RootfsError> {
     };
     let path = fd_path(&target);
     let source = path_str(&path).map_err(in_root(guest))?.to_string();
-    sys::mount_as(
+    sys::fs::mount_as(
         Some(&source),
         &path,
         None,
@@ -290,7 +284,7 @@ fn make_read_only(root: &OwnedFd, guest: &str) -> Result<(), RootfsError> {
     let Some(fresh) = existing_in_root(root, guest)? else {
         return Ok(());
     };
-    sys::mount_as(
+    sys::fs::mount_as(
         None,
         &fd_path(&fresh),
         None,
@@ -324,19 +318,12 @@ fn pivot(root: &OwnedFd) -> Result<(), RootfsError> {
             source,
         })
     })?;
-    let dot = c".";
-    // SAFETY: pivot_root(".", ".") stacks the old root under the new one; both strings valid.
-    sys::check(
-        unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) } as i32,
-        "pivot_root",
-    )
-    .map_err(RootfsError::Pivot)?;
-    // SAFETY: detaching the old root, now mounted on "." above the new one.
-    sys::check(
-        unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) },
-        "detach the host root",
-    )
-    .map_err(RootfsError::Pivot)?;
+    // pivot_root(".", ".") stacks the old root under the new one.
+    sys::fs::pivot_root(c".", c".")
+        .map_err(|e| RootfsError::Pivot(SysError::call("pivot_root")(e)))?;
+    // Detaching the old root, now mounted on "." above the new one.
+    sys::fs::umount(c".", libc::MNT_DETACH)
+        .map_err(|e| RootfsError::Pivot(SysError::call("detach the host root")(e)))?;
     std::env::set_current_dir("/").map_err(|source| {
         RootfsError::Pivot(SysError::Path {
             op: "enter",
@@ -376,29 +363,20 @@ fn open_in_root(root: &OwnedFd, guest: &str, file: bool) -> Result<OwnedFd, SysE
                 } else {
                     Some(resolve_in_root(root, parent_path).map_err(at)?)
                 };
-                let dirfd = parent.as_ref().map_or(root.as_raw_fd(), |p| p.as_raw_fd());
+                let dir = parent.as_ref().unwrap_or(root).as_fd();
                 let name = cstr(*comp)?;
-                let rc = if last && file {
-                    // SAFETY: dirfd is open; name is NUL-terminated.
-                    let fd = unsafe {
-                        libc::openat(
-                            dirfd,
-                            name.as_ptr(),
-                            libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
-                            0o644,
-                        )
-                    };
-                    if fd >= 0 {
-                        // SAFETY: closing the descriptor we just opened.
-                        unsafe { libc::close(fd) };
-                    }
-                    fd
+                let created = if last && file {
+                    let flags = libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC;
+                    sys::fs::openat(dir, &name, flags, 0o644).map(drop)
                 } else {
-                    // SAFETY: dirfd is open; name is NUL-terminated.
-                    unsafe { libc::mkdirat(dirfd, name.as_ptr(), 0o755) }
+                    sys::fs::mkdirat(dir, &name, 0o755)
                 };
-                if rc < 0 {
-                    return Err(SysError::last_on("create", guest));
+                if let Err(source) = created {
+                    return Err(SysError::Path {
+                        op: "create",
+                        path: guest.into(),
+                        source,
+                    });
                 }
                 if last {
                     return resolve_in_root(root, &sofar).map_err(at);
@@ -413,25 +391,12 @@ fn open_in_root(root: &OwnedFd, guest: &str, file: bool) -> Result<OwnedFd, SysE
 
 fn resolve_in_root(root: &OwnedFd, rel: &str) -> io::Result<OwnedFd> {
     let path = CString::new(rel).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: open_how is plain data; zero is a valid value for every field.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: openat2 with a valid dirfd, path and a correctly sized open_how.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root.as_raw_fd(),
-            path.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: openat2 returned a new descriptor we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    sys::fs::openat2(
+        root.as_fd(),
+        &path,
+        libc::O_PATH | libc::O_CLOEXEC,
+        libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+    )
 }
 
 /// Mounts on the directory `guest` inside the root (created if missing).
@@ -444,7 +409,7 @@ fn mount_in_root(
     data: Option<&str>,
 ) -> Result<(), RootfsError> {
     let target = open_in_root(root, guest, false).map_err(in_root(guest))?;
-    sys::mount_as(source, &fd_path(&target), fstype, flags, data, guest).map_err(in_root(guest))
+    sys::fs::mount_as(source, &fd_path(&target), fstype, flags, data, guest).map_err(in_root(guest))
 }
 
 /// Binds the host path `source` on `guest` inside the root (created if missing).
@@ -457,7 +422,7 @@ fn bind_in_root(
     let is_file = !source.is_dir();
     let src = path_str(source).map_err(in_root(guest))?;
     let target = open_in_root(root, guest, is_file).map_err(in_root(guest))?;
-    sys::mount_as(
+    sys::fs::mount_as(
         Some(src),
         &fd_path(&target),
         None,
@@ -469,7 +434,7 @@ fn bind_in_root(
     if read_only {
         // The bind now sits on the magic link's target; remount it through the same link.
         let fresh = open_in_root(root, guest, is_file).map_err(in_root(guest))?;
-        sys::mount_as(
+        sys::fs::mount_as(
             None,
             &fd_path(&fresh),
             None,

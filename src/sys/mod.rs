@@ -1,15 +1,37 @@
-//! The system calls every stage of the sandbox start makes, wrapped once: C strings, mount,
-//! detach, signal sets, exit statuses, descriptors by path. Each failure is a [`SysError`]
-//! naming the call and what it was applied to.
-#![allow(unsafe_code)]
+//! The one room where imgfs talks to the kernel: every system call any stage makes goes
+//! through a safe function here, so that `unsafe` is confined to three files of this module
+//! and `#![deny(unsafe_code)]` holds in every other.
+//!
+//! - [`fs`]: mounts, pivot_root, descriptors opened by path or inside a root, file locks and
+//!   read-only memory maps, the hostname.
+//! - [`process`]: fork and clone, exit, kill and wait, namespaces, signal sets and masks, ids,
+//!   the calls a forked child makes before exec, the loopback interface.
+//! - [`term`]: pseudo-terminals, terminal modes and window sizes, and the C library's
+//!   local time and shell patterns.
+//! - [`mountinfo`] parses the mount table and [`publish`](mod@publish) writes a file whole
+//!   or not at all; both are safe code over `std`.
+//!
+//! This file holds what they share: [`SysError`], which names the failed call and what it was
+//! applied to, C string helpers, exit statuses, and small checks on processes by pid.
+//! Nothing here uses a later stage. No crate stands between imgfs and libc: each wrapper is
+//! one call with its safety argument beside it, and costs nothing a direct call does not.
+
+pub mod fs;
+pub mod mountinfo;
+pub mod process;
+pub mod publish;
+pub mod term;
 
 use std::ffi::CString;
-use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+
+pub use fs::{lock_exclusive, lock_shared, map, try_lock_exclusive};
+pub use process::{effective_ids, euid};
+pub use publish::{Durability, Publish, publish};
 
 /// Exit status when the sandbox could not be set up (docker run uses the same).
 pub const EXIT_SETUP: i32 = 125;
@@ -39,6 +61,8 @@ pub enum SysError {
     },
     #[error("cannot {op}: {source}")]
     Call { op: &'static str, source: io::Error },
+    #[error("cannot {op}: the process has more than one thread")]
+    Threads { op: &'static str },
 }
 
 impl SysError {
@@ -59,13 +83,18 @@ impl SysError {
         }
     }
 
+    /// Names the failed call `op` of an `io::Error` (for `map_err`).
+    pub fn call(op: &'static str) -> impl FnOnce(io::Error) -> SysError {
+        move |source| SysError::Call { op, source }
+    }
+
     /// The errno behind the failure, if there is one.
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {
             SysError::Mount { source, .. }
             | SysError::Path { source, .. }
             | SysError::Call { source, .. } => source.raw_os_error(),
-            SysError::Nul(_) | SysError::NotUtf8(_) => None,
+            SysError::Nul(_) | SysError::NotUtf8(_) | SysError::Threads { .. } => None,
         }
     }
 }
@@ -92,77 +121,6 @@ pub fn check(rc: libc::c_int, op: &'static str) -> Result<(), SysError> {
     }
 }
 
-/// mount(2). `source`/`fstype`/`data` may be absent; the error names the target as `shown`.
-pub fn mount_as(
-    source: Option<&str>,
-    target: &Path,
-    fstype: Option<&str>,
-    flags: libc::c_ulong,
-    data: Option<&str>,
-    shown: &str,
-) -> Result<(), SysError> {
-    let src = source.map(cstr).transpose()?;
-    let tgt = path_cstr(target)?;
-    let ty = fstype.map(cstr).transpose()?;
-    let dat = data.map(cstr).transpose()?;
-    let ptr = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
-    // SAFETY: every pointer is null or a NUL-terminated string alive for the call.
-    let rc = unsafe { libc::mount(ptr(&src), tgt.as_ptr(), ptr(&ty), flags, ptr(&dat).cast()) };
-    if rc < 0 {
-        return Err(SysError::Mount {
-            what: fstype.or(source).unwrap_or("a remount").to_string(),
-            target: shown.to_string(),
-            source: io::Error::last_os_error(),
-        });
-    }
-    Ok(())
-}
-
-/// mount(2) on a host path, named as such in errors.
-pub fn mount(
-    source: Option<&str>,
-    target: &Path,
-    fstype: Option<&str>,
-    flags: libc::c_ulong,
-    data: Option<&str>,
-) -> Result<(), SysError> {
-    mount_as(
-        source,
-        target,
-        fstype,
-        flags,
-        data,
-        &target.display().to_string(),
-    )
-}
-
-/// Detaches the mount at `path`, ignoring failure (it is only ever cleanup).
-pub fn detach(path: &Path) {
-    if let Ok(c) = path_cstr(path) {
-        // SAFETY: a valid NUL-terminated path.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    }
-}
-
-pub fn sigset(signals: &[i32]) -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset initialise a sigset_t we own.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for &s in signals {
-            libc::sigaddset(&mut set, s);
-        }
-        set
-    }
-}
-
-/// Blocks `signals` for this thread (and every thread or child started after).
-pub fn block(signals: &[i32]) {
-    let set = sigset(signals);
-    // SAFETY: `set` is initialised.
-    unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-}
-
 /// Exit status a shell would show for a wait status.
 pub fn exit_code(status: libc::c_int) -> i32 {
     if libc::WIFEXITED(status) {
@@ -175,7 +133,7 @@ pub fn exit_code(status: libc::c_int) -> i32 {
 }
 
 pub fn write_file(path: &Path, contents: &str) -> Result<(), SysError> {
-    fs::write(path, contents).map_err(|source| SysError::Path {
+    std::fs::write(path, contents).map_err(|source| SysError::Path {
         op: "write",
         path: path.to_path_buf(),
         source,
@@ -183,7 +141,7 @@ pub fn write_file(path: &Path, contents: &str) -> Result<(), SysError> {
 }
 
 pub fn mkdir(path: &Path) -> Result<(), SysError> {
-    fs::DirBuilder::new()
+    std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
         .create(path)
@@ -194,23 +152,6 @@ pub fn mkdir(path: &Path) -> Result<(), SysError> {
         })
 }
 
-/// An `O_PATH` descriptor of the directory `p`.
-pub fn open_dir(p: &Path) -> Result<OwnedFd, SysError> {
-    let c = path_cstr(p)?;
-    // SAFETY: a NUL-terminated path; the result is checked.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(SysError::last_on("open", p));
-    }
-    // SAFETY: a new descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// The magic link that names what `fd` is open on.
 pub fn fd_path(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
@@ -219,14 +160,44 @@ pub fn fd_path(fd: &OwnedFd) -> PathBuf {
 /// Whether this process has a single thread: only then may it unshare a user namespace or
 /// fork a child that runs Rust code.
 pub fn single_threaded() -> bool {
-    fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
         s.lines()
             .find_map(|l| l.strip_prefix("Threads:"))
             .is_some_and(|n| n.trim() == "1")
     })
 }
 
-pub fn effective_ids() -> (u32, u32) {
-    // SAFETY: geteuid and getegid have no preconditions.
-    unsafe { (libc::geteuid(), libc::getegid()) }
+/// The process id a directory entry is named by (`1234`), if it is named by one.
+pub fn pid_name(name: &std::ffi::OsStr) -> Option<u32> {
+    name.to_str().and_then(|n| n.parse().ok())
+}
+
+/// Whether the process `pid` still runs (a zombie counts until it is reaped).
+pub fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_of_wait_statuses() {
+        assert_eq!(exit_code(0), 0);
+        assert_eq!(exit_code(3 << 8), 3);
+        assert_eq!(exit_code(libc::SIGKILL), 128 + libc::SIGKILL);
+    }
+
+    #[test]
+    fn pids_by_name() {
+        assert_eq!(pid_name(std::ffi::OsStr::new("1234")), Some(1234));
+        assert_eq!(pid_name(std::ffi::OsStr::new("shared")), None);
+        assert!(alive(std::process::id()));
+    }
+
+    #[test]
+    fn nul_bytes_are_refused() {
+        assert!(matches!(cstr("a\0b"), Err(SysError::Nul(_))));
+        assert_eq!(cstr("ab").unwrap().as_bytes(), b"ab");
+    }
 }

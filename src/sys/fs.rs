@@ -1,0 +1,265 @@
+//! Filesystem system calls: mount, unmount and pivot_root; descriptors opened by path, at a
+//! directory, or inside a root with `openat2`; directories made at a descriptor; the
+//! hostname; read-only memory maps and whole-file locks.
+//!
+//! Takes C strings (see [`super::cstr`]) and descriptors as [`BorrowedFd`]s, hands back
+//! [`OwnedFd`]s for what it opens, and `io::Error`s with errno (or [`SysError`]s naming the
+//! call) for what fails. Every `unsafe` block says why it holds; the functions themselves
+//! are safe to call from any thread, and those a forked child uses ([`open`]) neither
+//! allocate nor lock.
+#![allow(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+use super::{SysError, cstr, path_cstr};
+
+/// mount(2). `source`/`fstype`/`data` may be absent; the error names the target as `shown`.
+pub fn mount_as(
+    source: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+    shown: &str,
+) -> Result<(), SysError> {
+    let src = source.map(cstr).transpose()?;
+    let tgt = path_cstr(target)?;
+    let ty = fstype.map(cstr).transpose()?;
+    let dat = data.map(cstr).transpose()?;
+    let ptr = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+    // SAFETY: every pointer is null or a NUL-terminated string alive for the call.
+    let rc = unsafe { libc::mount(ptr(&src), tgt.as_ptr(), ptr(&ty), flags, ptr(&dat).cast()) };
+    if rc < 0 {
+        return Err(SysError::Mount {
+            what: fstype.or(source).unwrap_or("a remount").to_string(),
+            target: shown.to_string(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// mount(2) on a host path, named as such in errors.
+pub fn mount(
+    source: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> Result<(), SysError> {
+    mount_as(
+        source,
+        target,
+        fstype,
+        flags,
+        data,
+        &target.display().to_string(),
+    )
+}
+
+/// umount2(2) of `path` with `flags` (`MNT_DETACH`, ...).
+pub fn umount(path: &CStr, flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: a NUL-terminated path alive for the call.
+    if unsafe { libc::umount2(path.as_ptr(), flags) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Detaches the mount at `path`, ignoring failure (it is only ever cleanup).
+pub fn detach(path: &Path) {
+    if let Ok(c) = path_cstr(path) {
+        let _ = umount(&c, libc::MNT_DETACH);
+    }
+}
+
+/// pivot_root(2): `new_root` becomes the root of this mount namespace, the old root is moved
+/// to `put_old`.
+pub fn pivot_root(new_root: &CStr, put_old: &CStr) -> io::Result<()> {
+    // SAFETY: two NUL-terminated paths alive for the call.
+    let rc = unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Owns the descriptor a call returned, or says why there is none.
+fn owned(fd: libc::c_long) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = libc::c_int::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: the call just returned this descriptor, new and owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// open(2) of `path` with `flags`, and `mode` for a file it creates. Async-signal-safe.
+pub fn open(path: &CStr, flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
+    // SAFETY: a NUL-terminated path alive for the call; the result is checked by `owned`.
+    owned(unsafe { libc::open(path.as_ptr(), flags, libc::c_uint::from(mode)) }.into())
+}
+
+/// openat(2) of `name` in the directory `dir`.
+pub fn openat(
+    dir: BorrowedFd,
+    name: &CStr,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+) -> io::Result<OwnedFd> {
+    // SAFETY: `dir` is open for the call; `name` is NUL-terminated; the result is checked.
+    owned(
+        unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                flags,
+                libc::c_uint::from(mode),
+            )
+        }
+        .into(),
+    )
+}
+
+/// openat2(2) of `path` under `dir`, with the `RESOLVE_*` flags in `resolve`.
+pub fn openat2(
+    dir: BorrowedFd,
+    path: &CStr,
+    flags: libc::c_int,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
+    // SAFETY: open_how is plain data; zero is a valid value for every field.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = flags as u64;
+    how.resolve = resolve;
+    // SAFETY: openat2 with a valid dirfd, path and a correctly sized open_how.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    owned(fd)
+}
+
+/// mkdirat(2): the directory `name` in `dir`.
+pub fn mkdirat(dir: BorrowedFd, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: `dir` is open for the call; `name` is NUL-terminated.
+    if unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// An `O_PATH` descriptor of the directory `p`.
+pub fn open_dir(p: &Path) -> Result<OwnedFd, SysError> {
+    let c = path_cstr(p)?;
+    open(&c, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC, 0).map_err(|source| {
+        SysError::Path {
+            op: "open",
+            path: p.to_path_buf(),
+            source,
+        }
+    })
+}
+
+/// sethostname(2), in this process's UTS namespace.
+pub fn sethostname(name: &[u8]) -> io::Result<()> {
+    // SAFETY: pointer and length describe `name`.
+    if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Maps a whole file read-only.
+///
+/// Sound only for a file nobody modifies in place while it is mapped, which holds for every
+/// file imgfs maps: the cache's files, which it writes once under a temporary name and
+/// renames over (see [`super::publish`](mod@super::publish)), and never writes again.
+pub fn map(file: &File) -> io::Result<memmap2::Mmap> {
+    // SAFETY: the cache only maps files it wrote and never modifies in place (updates are
+    // written under a new name and renamed over), so the mapped bytes do not change under us.
+    unsafe { memmap2::Mmap::map(file) }
+}
+
+/// Blocks until this process holds the exclusive flock on `file`.
+pub fn lock_exclusive(file: &File) -> io::Result<()> {
+    file.lock()
+}
+
+/// Blocks until this process holds a shared flock on `file`.
+pub fn lock_shared(file: &File) -> io::Result<()> {
+    file.lock_shared()
+}
+
+/// Takes the exclusive flock on `file` if nobody holds it; false when somebody does.
+pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
+    match file.try_lock() {
+        Ok(()) => Ok(true),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn locks_are_flocks() {
+        let dir = std::env::temp_dir().join(format!("imgfs-sys-lock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("lock");
+        let a = File::create(&path).unwrap();
+        let b = File::open(&path).unwrap();
+        lock_exclusive(&a).unwrap();
+        // flock locks belong to the open file description: another one is refused.
+        assert!(!try_lock_exclusive(&b).unwrap());
+        drop(a);
+        assert!(try_lock_exclusive(&b).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn opens_at_a_directory_and_inside_a_root() {
+        let dir = std::env::temp_dir().join(format!("imgfs-sys-at-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let root = open_dir(&dir).unwrap();
+        mkdirat(root.as_fd(), c"d", 0o755).unwrap();
+        assert!(dir.join("d").is_dir());
+        drop(
+            openat(
+                root.as_fd(),
+                c"d/f",
+                libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                0o644,
+            )
+            .unwrap(),
+        );
+        assert!(dir.join("d/f").is_file());
+        std::os::unix::fs::symlink("/d", dir.join("up")).unwrap();
+        // In the root, `/d` is the root's own `d`.
+        let flags = libc::O_PATH | libc::O_CLOEXEC;
+        let resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+        match openat2(root.as_fd(), c"up/f", flags, resolve) {
+            Ok(_) => {}
+            // A kernel older than 5.6 has no openat2.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {}
+            Err(e) => panic!("openat2: {e}"),
+        }
+        let e = mkdirat(root.as_fd(), c"d", 0o755).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EEXIST));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,483 @@
+//! Process system calls: fork and clone into new namespaces, exit, kill and wait, unshare,
+//! the parent-death signal, signal sets, masks and handlers, ids, the calls a forked child
+//! makes on its way to exec, and bringing up the loopback interface of a new network
+//! namespace.
+//!
+//! Each is a safe function whose contract makes it sound. The two that fork ([`fork`],
+//! [`fork_into`]) refuse unless this process has a single thread, so the child is a whole
+//! copy that may go on running any Rust code. The ones a child uses between fork and exec
+//! ([`set_mask`], [`default_action`], [`redirect_stdio`], [`set_groups`], [`set_gid`],
+//! [`set_uid`], [`chdir`], [`execve`], [`write_stderr`], [`exit_now`]) take what they need
+//! ready-made and neither allocate nor lock: they are async-signal-safe.
+#![allow(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+
+use super::SysError;
+
+/// A process id as the kernel hands it out.
+pub type Pid = libc::pid_t;
+
+/// Which side of a fork this is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forked {
+    /// The new process.
+    Child,
+    /// The caller, with the new process's id.
+    Parent(Pid),
+}
+
+/// The namespace flags [`fork_into`] and [`unshare`] accept: nothing that shares memory,
+/// descriptors or signal handlers.
+const NAMESPACES: libc::c_int = libc::CLONE_NEWCGROUP
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWUSER
+    | libc::CLONE_NEWUTS;
+
+fn forked(pid: libc::c_long, op: &'static str) -> Result<Forked, SysError> {
+    match pid {
+        ..0 => Err(SysError::last(op)),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(pid as Pid)),
+    }
+}
+
+/// fork(2). Refused with [`SysError::Threads`] unless this process has a single thread.
+pub fn fork() -> Result<Forked, SysError> {
+    if !super::single_threaded() {
+        return Err(SysError::Threads { op: "fork" });
+    }
+    // SAFETY: this process has one thread (checked above; only that thread, which is here,
+    // could have started another since). So no other thread holds a lock the child would
+    // inherit held, and the child, a whole copy, may go on running any code.
+    forked(unsafe { libc::fork() }.into(), "fork")
+}
+
+/// fork(2) into new namespaces (`CLONE_NEW*` flags only): a raw clone without `CLONE_VM`
+/// and with a null stack, so that the child is a copy of this process, as after fork, and
+/// the caller's later children (its threads) stay in the caller's namespaces. Refused with
+/// [`SysError::Threads`] unless this process has a single thread.
+pub fn fork_into(namespaces: libc::c_int) -> Result<Forked, SysError> {
+    if namespaces & !NAMESPACES != 0 {
+        return Err(SysError::Call {
+            op: "clone",
+            source: io::Error::from_raw_os_error(libc::EINVAL),
+        });
+    }
+    if !super::single_threaded() {
+        return Err(SysError::Threads { op: "clone" });
+    }
+    let flags = (namespaces | libc::SIGCHLD) as libc::c_ulong;
+    // SAFETY: clone without CLONE_VM and with a null stack behaves as fork: the child gets a
+    // copy of this (single-threaded, checked above) process and returns here with 0. The
+    // flags only ask for new namespaces, which share nothing with the parent.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    forked(pid, "clone")
+}
+
+/// _exit(2): ends this process now, without running destructors or exit handlers (in a
+/// forked copy, those are the parent's to run). Async-signal-safe.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit has no preconditions; what it skips (destructors, buffers) only leaks.
+    unsafe { libc::_exit(code) }
+}
+
+/// kill(2).
+pub fn kill(pid: Pid, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: kill takes two integers and touches no memory of ours.
+    if unsafe { libc::kill(pid, signal) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// waitpid(2): the pid and wait status of a child that changed state, or `None` when, with
+/// `WNOHANG`, none has.
+pub fn waitpid(pid: Pid, flags: libc::c_int) -> io::Result<Option<(Pid, libc::c_int)>> {
+    let mut status = 0;
+    // SAFETY: a plain call with a valid out-pointer.
+    let waited = unsafe { libc::waitpid(pid, &mut status, flags) };
+    match waited {
+        ..0 => Err(io::Error::last_os_error()),
+        0 => Ok(None),
+        pid => Ok(Some((pid, status))),
+    }
+}
+
+/// unshare(2) of namespaces (`CLONE_NEW*` flags only) for this process. The kernel refuses
+/// a new user namespace to a process with several threads.
+pub fn unshare(namespaces: libc::c_int) -> io::Result<()> {
+    if namespaces & !NAMESPACES != 0 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: unshare takes flags only; new namespaces change what this process sees of the
+    // system, never its memory or the descriptors it owns.
+    if unsafe { libc::unshare(namespaces) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Asks for `signal` when the parent dies (prctl `PR_SET_PDEATHSIG`).
+pub fn set_parent_death_signal(signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: prctl with plain integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether `fd` is readable (or at its end, or broken) within `timeout_ms` (poll(2)).
+pub fn poll_readable(fd: BorrowedFd, timeout_ms: libc::c_int) -> io::Result<bool> {
+    let mut poll = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, alive for the call.
+    match unsafe { libc::poll(&mut poll, 1, timeout_ms) } {
+        ..0 => Err(io::Error::last_os_error()),
+        n => Ok(n != 0),
+    }
+}
+
+/// A set of signals.
+#[derive(Clone, Copy)]
+pub struct SigSet(libc::sigset_t);
+
+impl SigSet {
+    /// No signal.
+    pub fn empty() -> SigSet {
+        // SAFETY: sigset_t is plain data, and sigemptyset initialises it.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            SigSet(set)
+        }
+    }
+
+    /// `signals` (numbers that are no signal are left out).
+    pub fn of(signals: &[libc::c_int]) -> SigSet {
+        let mut set = SigSet::empty();
+        for &s in signals {
+            // SAFETY: sigaddset on a set initialised by `empty`.
+            unsafe { libc::sigaddset(&mut set.0, s) };
+        }
+        set
+    }
+}
+
+impl std::fmt::Debug for SigSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // SAFETY: sigismember reads a set initialised by `empty`.
+        let members = (1..=64).filter(|&s| unsafe { libc::sigismember(&self.0, s) } == 1);
+        f.debug_set().entries(members).finish()
+    }
+}
+
+fn sigprocmask(how: libc::c_int, set: &SigSet) {
+    // SAFETY: `set` is initialised; a null old-set pointer is allowed.
+    unsafe { libc::sigprocmask(how, &set.0, std::ptr::null_mut()) };
+}
+
+/// Blocks `set` for this thread (and every thread or child started after).
+pub fn block(set: &SigSet) {
+    sigprocmask(libc::SIG_BLOCK, set);
+}
+
+/// Makes `set` this thread's signal mask. Async-signal-safe.
+pub fn set_mask(set: &SigSet) {
+    sigprocmask(libc::SIG_SETMASK, set);
+}
+
+/// Blocks `set` for the calling thread (pthread_sigmask), and so for every thread it
+/// starts from then on.
+pub fn block_in_thread(set: &SigSet) {
+    // SAFETY: `set` is initialised; a null old-set pointer is allowed.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set.0, std::ptr::null_mut()) };
+}
+
+/// A signal taken by [`wait_signal`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caught {
+    pub signal: libc::c_int,
+    /// `si_code`: how it was sent.
+    pub code: libc::c_int,
+}
+
+impl Caught {
+    /// Sent by a process (SI_USER, SI_QUEUE, SI_TKILL), not by the kernel or the terminal.
+    pub fn from_process(&self) -> bool {
+        self.code <= 0
+    }
+}
+
+/// sigwaitinfo(2): takes one pending signal of `set` (blocked beforehand), waiting for one.
+pub fn wait_signal(set: &SigSet) -> io::Result<Caught> {
+    // SAFETY: siginfo_t is plain data; sigwaitinfo fills it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is initialised, `info` a valid out-pointer.
+    let signal = unsafe { libc::sigwaitinfo(&set.0, &mut info) };
+    if signal < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Caught {
+        signal,
+        code: info.si_code,
+    })
+}
+
+/// sigwait(3): takes one pending signal of `set` (blocked beforehand), waiting for one.
+pub fn sigwait(set: &SigSet) -> io::Result<libc::c_int> {
+    let mut signal = 0;
+    // SAFETY: `set` is initialised and `signal` is a valid out-pointer.
+    match unsafe { libc::sigwait(&set.0, &mut signal) } {
+        0 => Ok(signal),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// Installs a handler for `signal` that does nothing: the signal no longer has its default
+/// action (for PID 1, whether it is delivered at all), and can still be taken while blocked.
+pub fn set_noop_handler(signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: a zeroed sigaction (empty mask, no flags) with a handler that does nothing,
+    // which is async-signal-safe.
+    let rc = unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = ignore_signal as extern "C" fn(libc::c_int) as usize;
+        libc::sigaction(signal, &sa, std::ptr::null_mut())
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Gives `signal` its default action again. Async-signal-safe.
+pub fn default_action(signal: libc::c_int) {
+    // SAFETY: SIG_DFL installs no code of ours.
+    unsafe { libc::signal(signal, libc::SIG_DFL) };
+}
+
+/// The effective user id.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The real user id. Async-signal-safe.
+pub fn uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+/// The effective user and group ids.
+pub fn effective_ids() -> (u32, u32) {
+    // SAFETY: getegid has no preconditions and cannot fail.
+    (euid(), unsafe { libc::getegid() })
+}
+
+/// setgroups(2). Async-signal-safe.
+pub fn set_groups(groups: &[libc::gid_t]) -> io::Result<()> {
+    // SAFETY: pointer and length describe `groups`.
+    if unsafe { libc::setgroups(groups.len(), groups.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// setgid(2). Async-signal-safe.
+pub fn set_gid(gid: libc::gid_t) -> io::Result<()> {
+    // SAFETY: an integer argument; glibc applies it to every thread.
+    if unsafe { libc::setgid(gid) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// setuid(2). Async-signal-safe.
+pub fn set_uid(uid: libc::uid_t) -> io::Result<()> {
+    // SAFETY: an integer argument; glibc applies it to every thread.
+    if unsafe { libc::setuid(uid) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// chdir(2). Async-signal-safe.
+pub fn chdir(path: &CStr) -> io::Result<()> {
+    // SAFETY: a NUL-terminated path alive for the call.
+    if unsafe { libc::chdir(path.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes each of the standard descriptors `targets` (0, 1 or 2; others are refused) a copy
+/// of `fd`, then closes `fd` unless it is one of them. Errors are reported after every
+/// target was tried. Async-signal-safe.
+pub fn redirect_stdio(fd: OwnedFd, targets: &[RawFd]) -> io::Result<()> {
+    let mut result = Ok(());
+    for &target in targets {
+        if !(0..=2).contains(&target) {
+            result = Err(io::Error::from_raw_os_error(libc::EBADF));
+            continue;
+        }
+        // SAFETY: `fd` is open. The standard descriptors belong to the process as a whole,
+        // not to an `OwnedFd`, so replacing them breaks no owner's hold.
+        if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
+            result = Err(io::Error::last_os_error());
+        }
+    }
+    if targets.contains(&fd.as_raw_fd()) {
+        // Now one of the standard descriptors: it stays open.
+        let _ = fd.into_raw_fd();
+    }
+    result
+}
+
+/// Strings for [`execve`]: owned C strings and the NULL-terminated array of pointers to
+/// them that execve takes, made once (before a fork) and never changed.
+pub struct CStrings {
+    strings: Vec<CString>,
+    pointers: Vec<*const libc::c_char>,
+}
+
+impl CStrings {
+    pub fn new(strings: Vec<CString>) -> CStrings {
+        // The pointers point into each CString's own heap buffer, which moving the Vec
+        // (or this struct) does not move.
+        let pointers = strings
+            .iter()
+            .map(|s| s.as_ptr())
+            .chain([std::ptr::null()])
+            .collect();
+        CStrings { strings, pointers }
+    }
+
+    pub fn as_slice(&self) -> &[CString] {
+        &self.strings
+    }
+}
+
+/// execve(2): replaces this process with `program`. Returns only on failure, with why.
+/// Async-signal-safe.
+pub fn execve(program: &CStr, argv: &CStrings, env: &CStrings) -> io::Error {
+    // SAFETY: `program` is NUL-terminated; both arrays are NULL-terminated arrays of
+    // pointers to the NUL-terminated strings their `CStrings` owns, alive for the call.
+    unsafe {
+        libc::execve(
+            program.as_ptr(),
+            argv.pointers.as_ptr(),
+            env.pointers.as_ptr(),
+        )
+    };
+    io::Error::last_os_error()
+}
+
+/// Writes `message` to stderr with one write(2), ignoring failure. Async-signal-safe.
+pub fn write_stderr(message: &[u8]) {
+    // SAFETY: pointer and length describe `message`; fd 2 is only written to.
+    unsafe { libc::write(2, message.as_ptr().cast(), message.len()) };
+}
+
+/// Brings up `lo` in this process's network namespace.
+pub fn loopback_up() -> io::Result<()> {
+    // SAFETY: a datagram socket only used for the interface ioctls below; the result is
+    // checked before it is owned.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: socket returned a new descriptor that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(sock) };
+    // SAFETY: the socket is ours; ifreq is plain data with the name set within bounds.
+    unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        let mut rc = libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req);
+        if rc == 0 {
+            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            rc = libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req);
+        }
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forks_are_refused_with_threads() {
+        // The test harness runs tests on threads of their own.
+        let other =
+            std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(200)));
+        assert!(matches!(fork(), Err(SysError::Threads { op: "fork" })));
+        assert!(matches!(
+            fork_into(libc::CLONE_NEWPID),
+            Err(SysError::Threads { op: "clone" })
+        ));
+        other.join().unwrap();
+    }
+
+    #[test]
+    fn only_namespace_flags() {
+        let e = fork_into(libc::CLONE_VM).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+        let e = unshare(libc::CLONE_FILES).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+    }
+
+    #[test]
+    fn signal_sets() {
+        let set = SigSet::of(&[libc::SIGTERM, libc::SIGINT]);
+        assert_eq!(
+            format!("{set:?}"),
+            format!("{{{}, {}}}", libc::SIGINT, libc::SIGTERM)
+        );
+        assert_eq!(format!("{:?}", SigSet::empty()), "{}");
+        assert!(
+            !Caught {
+                signal: libc::SIGINT,
+                code: 0x80
+            }
+            .from_process()
+        );
+        assert!(
+            Caught {
+                signal: libc::SIGINT,
+                code: 0
+            }
+            .from_process()
+        );
+    }
+
+    #[test]
+    fn exec_arrays_end_with_null() {
+        let s = CStrings::new(vec![c"a".into(), c"bc".into()]);
+        assert_eq!(s.pointers.len(), 3);
+        assert!(s.pointers[2].is_null());
+        assert_eq!(s.as_slice()[1].as_bytes(), b"bc");
+    }
+
+    #[test]
+    fn stdio_targets_only() {
+        let (r, _w) = std::io::pipe().unwrap();
+        let e = redirect_stdio(r.into(), &[3]).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF));
+    }
+}

@@ -22,10 +22,11 @@ pub mod sys;
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::source::Layer;
+use crate::sys::Durability;
 
 pub const ARCHIVE_FILE: &str = "archive.tar";
 pub const INDEX_FILE: &str = "index";
@@ -299,10 +300,8 @@ impl Cache {
         if fs::read_to_string(&path).is_ok_and(|k| k == key) {
             return;
         }
-        let tmp = dir.join(format!(".{}.tmp", std::process::id()));
         let _ = fs::create_dir_all(&dir)
-            .and_then(|()| fs::write(&tmp, key))
-            .and_then(|()| fs::rename(&tmp, &path));
+            .and_then(|()| crate::sys::publish(&path, key.as_bytes(), Durability::Atomic));
     }
 
     /// The image entry key `reference` last resolved to, if recorded.
@@ -455,14 +454,7 @@ impl Entry {
     /// Writes a file of the entry atomically (temporary name, then rename).
     pub fn write_file(&self, name: &str, bytes: &[u8]) -> Result<(), CacheError> {
         let path = self.dir.join(name);
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        let write = || -> io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)
-        };
-        write().map_err(io_err(&path))
+        crate::sys::publish(&path, bytes, Durability::Synced).map_err(io_err(&path))
     }
 
     /// The entry's name in the cache (its key, made safe for a file name).

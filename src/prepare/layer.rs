@@ -25,6 +25,7 @@ use crate::index::scan::{self, Entry as Member, ScanError, TeeInput};
 use crate::index::toc;
 use crate::source::digest::Hasher;
 use crate::source::{Layer, LayerSource, SourceError};
+use crate::sys::{Durability, Publish};
 
 /// Layers fetched at once: enough to keep a link or both cores busy, few enough not to
 /// thrash a disk or open a registry's rate limits.
@@ -171,23 +172,24 @@ fn layer_members(
     }
     entry.reset(&lock)?;
     // Written under a name of its own, renamed once verified: a `layer.tar` is always whole.
-    let tmp = entry.dir().join(format!(".{}.tmp", cache::LAYER_FILE));
-    let filled = fill(source, layer, &tmp, counters).map_err(|e| match e {
-        Fill::Source(e) => PrepareError::Source(e),
-        Fill::Scan(source) => PrepareError::Layer {
-            what: what(),
-            source,
-        },
-        Fill::Io(source) => PrepareError::LayerIo {
-            what: what(),
-            source,
-        },
-    });
+    let filled = Publish::new(Durability::Atomic)
+        .with(&path, |file| fill(source, layer, file, &path, counters))
+        .map_err(|e| match e {
+            Fill::Source(e) => PrepareError::Source(e),
+            Fill::Scan(source) => PrepareError::Layer {
+                what: what(),
+                source,
+            },
+            Fill::Io(source) => PrepareError::LayerIo {
+                what: what(),
+                source,
+            },
+            Fill::Publish(e) => PrepareError::LayerIo {
+                what: what(),
+                source: named(&path, e),
+            },
+        });
     let committed = filled.and_then(|s| {
-        std::fs::rename(&tmp, &path).map_err(|source| PrepareError::LayerIo {
-            what: what(),
-            source: named(&path, source),
-        })?;
         entry.commit(&lock, &key)?;
         Ok(s)
     });
@@ -219,20 +221,28 @@ enum Fill {
     Source(SourceError),
     Scan(ScanError),
     Io(io::Error),
+    /// Creating the file under its temporary name, or renaming it.
+    Publish(io::Error),
 }
 
-/// Streams `layer` from its source into `path`, decompressed, scanning it on the way, and
+impl From<io::Error> for Fill {
+    fn from(e: io::Error) -> Fill {
+        Fill::Publish(e)
+    }
+}
+
+/// Streams `layer` from its source into `file` (named `path` in errors), decompressed, scanning it on the way, and
 /// checks its diff id. Two threads share the work, so that decompression is what bounds it:
 /// one reads, checks and decompresses; the other hashes, writes and scans what comes out.
 fn fill(
     source: &dyn LayerSource,
     layer: &Layer,
+    file: &mut File,
     path: &Path,
     counters: &Counters,
 ) -> Result<Scanned, Fill> {
     let io = Fill::Io;
     let mut raw = source.open_layer(layer).map_err(Fill::Source)?;
-    let file = File::create(path).map_err(|e| io(named(path, e)))?;
     let sink = LayerWriter {
         file: BufWriter::with_capacity(WRITE_BUFFER, file),
         hasher: Hasher::sha256(),
@@ -386,7 +396,7 @@ fn named(path: &Path, e: io::Error) -> io::Error {
 
 /// The store's copy of a layer: hashes what it writes and counts it for progress.
 struct LayerWriter<'a> {
-    file: BufWriter<File>,
+    file: BufWriter<&'a mut File>,
     hasher: Hasher,
     path: &'a Path,
     counters: &'a Counters,

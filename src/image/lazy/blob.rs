@@ -13,9 +13,9 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::LazyBlob;
-use crate::cache::sparse::STREAM_FILE;
 use crate::image::Blob;
 use crate::index::span::SpanFault as Unservable;
+use crate::sys::{Durability, Publish};
 
 impl Blob for LazyBlob {
     fn size(&self) -> io::Result<u64> {
@@ -141,43 +141,35 @@ impl LazyBlob {
                 self.name
             )));
         };
-        let tmp = path.with_file_name(format!("{STREAM_FILE}.tmp-{}", std::process::id()));
-        let written = (|| {
-            let file = std::fs::File::create(&tmp)?;
-            file.set_len(self.table.uncompressed_size())?;
-            for i in 0..self.table.len() {
-                if !self.store.has(i) {
-                    return Err(io::Error::other(format!("span {i} is not here")));
+        Publish::new(Durability::Synced)
+            .with(path, |file| {
+                file.set_len(self.table.uncompressed_size())?;
+                for i in 0..self.table.len() {
+                    if !self.store.has(i) {
+                        return Err(io::Error::other(format!("span {i} is not here")));
+                    }
+                    let compressed = self.table.compressed(i);
+                    let bytes = self.store.read(
+                        compressed.start,
+                        (compressed.end - compressed.start) as usize,
+                    )?;
+                    let data = self.table.open(i, &bytes, None).map_err(|e| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            match e {
+                                Unservable::Mismatch => format!("span {i} fails its digests"),
+                                Unservable::Corrupt(why) => why,
+                            },
+                        )
+                    })?;
+                    std::os::unix::fs::FileExt::write_all_at(
+                        &*file,
+                        &data,
+                        self.table.uncompressed(i).start,
+                    )?;
                 }
-                let compressed = self.table.compressed(i);
-                let bytes = self.store.read(
-                    compressed.start,
-                    (compressed.end - compressed.start) as usize,
-                )?;
-                let data = self.table.open(i, &bytes, None).map_err(|e| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        match e {
-                            Unservable::Mismatch => format!("span {i} fails its digests"),
-                            Unservable::Corrupt(why) => why,
-                        },
-                    )
-                })?;
-                std::os::unix::fs::FileExt::write_all_at(
-                    &file,
-                    &data,
-                    self.table.uncompressed(i).start,
-                )?;
-            }
-            file.sync_all()?;
-            std::fs::rename(&tmp, path)
-        })();
-        match written {
-            Ok(()) => Ok(path.clone()),
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                Err(io::Error::new(e.kind(), format!("{}: {e}", path.display())))
-            }
-        }
+                Ok(path.clone())
+            })
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
     }
 }

@@ -356,8 +356,7 @@ fn mount(args: MountArgs) -> Result<i32> {
         mountpoint: &args.mountpoint,
         options: &options,
         owners: Owners::Recorded,
-    })
-    .map_err(anyhow::Error::msg)?;
+    })?;
     Ok(0)
 }
 
@@ -412,7 +411,7 @@ fn parse_plan(json: &str) -> Result<Plan> {
 fn run_sandbox(args: RunArgs) -> Result<i32> {
     start_sandbox(args).or_else(|e| {
         eprintln!("imgfs: {}", message(&e));
-        Ok(own_exit_code(&e).unwrap_or(runner::sys::EXIT_SETUP))
+        Ok(own_exit_code(&e).unwrap_or(imgfs::sys::EXIT_SETUP))
     })
 }
 

@@ -27,7 +27,7 @@ pub(crate) fn usable(index_path: &Path, blobs: &[PathBuf]) -> bool {
         let file = File::open(index_path)?;
         let stamp = verified_stamp(&file.metadata()?);
         let stamp_path = index_path.with_file_name(cache::VERIFIED_FILE);
-        let map = cache::sys::map(&file)?;
+        let map = crate::sys::map(&file)?;
         let trusted = std::fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp);
         let index = if trusted {
             Index::unchecked(&map[..])

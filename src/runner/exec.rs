@@ -30,8 +30,6 @@ use crate::serve::{self, ServeError, ServeOptions};
 use crate::sys::process::SigSet;
 use crate::sys::{self, EXIT_SETUP, SysError};
 
-pub use crate::sys::{EXIT_CANNOT_EXEC, EXIT_NOT_FOUND};
-
 /// FUSE request threads per sandbox: one program's start-up reads are mostly sequential.
 const SANDBOX_FS_THREADS: usize = 2;
 

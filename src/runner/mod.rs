@@ -24,14 +24,12 @@ pub mod exec;
 pub mod process;
 pub mod pty;
 
-/// The system calls of every stage, [`crate::sys`], also named from here.
-pub use crate::sys;
-
 use std::os::unix::process::CommandExt;
 
 use crate::image::{ImageReader, Owners};
 use crate::prepare::Ready;
 use crate::serve::{self, LiveMount};
+use crate::sys;
 use plan::{ImageConfig, ImageFacts, Plan, PlanError, Request};
 
 #[derive(Debug, thiserror::Error)]

@@ -4,10 +4,12 @@
 //! of them may use [`sys`], declared first:
 //!
 //! ```text
-//! source ──config + layers──▶ cache ──blobs──▶ index ──▶ image ──▶ fs (FUSE) ──▶ runner
-//! (daemon, OCI layouts,       (layers kept    (scanned    (reads at   (thin adapter)  (namespaces,
-//!  archives, tar file)         once by digest) once,       offsets in                  overlay, exec)
-//!                                              merged)     the blobs)
+//! source ──config + layers──▶ cache ──blobs──▶ index ──▶ prepare ──▶ image ──▶ fs (FUSE) ──▶ serve
+//! (daemon, registry, OCI      (entries and     (scan,     (strategy:  (reads at   (thin       (mount
+//!  layouts, archives,          layers by key;   merge,     cached,     offsets,    adapter)    lifecycle)
+//!  tar file)                   sparse blobs)    seek and   artifact,   lazily or               runner,
+//!                                               TOC        TOCs,       not)                    inspect
+//!                                               tables)    whole)
 //! ══════════════ sys: the system calls of every stage, beneath them all ══════════════
 //! ```
 //!
@@ -15,13 +17,20 @@
 //!   over libc (mounts, processes, signals, terminals), the mount table, and files published
 //!   whole or not at all. Only its files may hold `unsafe`.
 //! - [`source`] resolves a reference: a daemon image's id, config and export stream, a tar
-//!   file, or an image of layers (OCI layouts and archives, `docker save` output) with its
-//!   config and verified layer streams.
-//! - [`cache`] owns the image and layer entries, their locks and completion markers.
+//!   file, or an image of layers (OCI layouts and archives, `docker save` output, a registry)
+//!   with its config and verified layer streams, whole or by byte ranges, under one retry
+//!   policy.
+//! - [`cache`] owns the image and layer entries (named by a typed key), their locks and
+//!   completion markers, and the sparse blobs of layers read lazily.
 //! - [`index`] scans archives, merges layers (whiteouts, opaque directories) and lays out a
-//!   compact, checksummed index with a blob table, memory-mapped and used in place.
-//! - [`prepare`] gets an image ready: fills the cache from its source and indexes on the way.
-//! - [`image`] reads a prepared image in place: resolve, attributes, directories, reads.
+//!   compact, checksummed index with a blob table, memory-mapped and used in place; for
+//!   compressed layers it builds seek tables (gzip checkpoints, zstd frames) and reads
+//!   eStargz and zstd:chunked TOCs, both behind one span table.
+//! - [`prepare`] gets an image ready, choosing in one place how: the cached entry, lazily by
+//!   imgfs's index artifact or the layers' TOCs, or a whole fetch indexed on the way; and
+//!   publishes the index artifact (`imgfs index push`).
+//! - [`image`] reads a prepared image in place: resolve, attributes, directories, reads, over
+//!   blobs that are files or lazy layers fetching their spans on demand.
 //! - [`fs`] serves it as a read-only FUSE filesystem, a thin adapter over [`image`].
 //! - [`serve`] is the mount lifecycle: mounting, detached and shared servers, their
 //!   announcements in the cache, linger, unmounting.

@@ -245,7 +245,10 @@ fn index_push(args: IndexPushArgs) -> Result<i32> {
             .entry(&imgfs::cache::key::EntryKey::Lazy(config.to_string()))
             .dir()
             .join(imgfs::image::lazy::RECORD_FILE);
-        std::fs::read_to_string(&path).map_err(|source| prepare::PrepareError::Io { path, source })
+        std::fs::read_to_string(&path).map_err(|source| prepare::PrepareError::Io {
+            path,
+            cause: source,
+        })
     };
     let recorder: Option<&mut prepare::lazy::Record<'_>> = if args.record {
         Some(&mut record)

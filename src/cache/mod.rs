@@ -72,14 +72,14 @@ const LAYER_LOCK_PREFIX: &str = "layer-";
 pub enum CacheError {
     #[error("no cache directory: set --cache-dir, IMGFS_CACHE_DIR, XDG_CACHE_HOME or HOME")]
     NoRoot,
-    #[error("cache {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("cache {path}: {cause}")]
+    Io { path: PathBuf, cause: io::Error },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
     move |source| CacheError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     }
 }
 

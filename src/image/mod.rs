@@ -87,15 +87,15 @@ impl Owners {
 /// Why an image could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: std::path::PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Index {
         path: std::path::PathBuf,
-        source: crate::index::format::FormatError,
+        cause: crate::index::format::FormatError,
     },
     #[error("{path} names {expected} blobs but {actual} were given")]
     BlobCount {
@@ -242,13 +242,16 @@ impl ImageReader {
     ) -> Result<ImageReader, ImageError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
-            move |source| ImageError::Io { path, source }
+            move |source| ImageError::Io {
+                path,
+                cause: source,
+            }
         };
         let file = File::open(index_path).map_err(io(index_path))?;
         let map = crate::sys::map(&file).map_err(io(index_path))?;
         let index = Index::unchecked(map).map_err(|source| ImageError::Index {
             path: index_path.to_path_buf(),
-            source,
+            cause: source,
         })?;
         let mut blobs: Vec<(Box<dyn Blob>, PathBuf)> = Vec::with_capacity(blob_paths.len());
         let spans = std::sync::Arc::new(lazy::SpanCache::new(lazy::SPAN_CACHE_BYTES));
@@ -323,7 +326,7 @@ impl ImageReader {
         for (i, (blob, path)) in blobs.into_iter().enumerate() {
             let actual = blob.size().map_err(|source| ImageError::Io {
                 path: path.clone(),
-                source,
+                cause: source,
             })?;
             let expected = index.blob(i as u32).map_or(u64::MAX, |(size, _)| size);
             if actual < expected {

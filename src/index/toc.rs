@@ -79,7 +79,7 @@ impl TocFormat {
 #[derive(Debug, thiserror::Error)]
 pub enum TocError {
     #[error("the TOC is not valid JSON: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
     #[error("TOC version {0} is not one imgfs reads")]
     Version(i64),
     #[error("TOC entry {index}: {what}")]
@@ -98,6 +98,13 @@ pub enum TocError {
     Discontiguous { index: usize },
     #[error("the eStargz footer is not one: {0}")]
     Footer(&'static str),
+}
+
+impl From<serde_json::Error> for TocError {
+    /// The message quotes the parser's, so it is not also the error's source.
+    fn from(e: serde_json::Error) -> TocError {
+        TocError::Json(e)
+    }
 }
 
 /// One piece of the blob that decodes on its own.

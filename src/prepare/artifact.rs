@@ -62,7 +62,7 @@ pub const MAX_WINDOWS: u64 = 64 << 30;
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
     #[error("the artifact manifest is not valid: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
     #[error("the artifact is of type {0:?}, not an imgfs index")]
     ArtifactType(Option<String>),
     #[error("the artifact's subject is {actual}, not the image's manifest {expected}")]
@@ -91,13 +91,20 @@ pub enum ArtifactError {
     Decompress(std::io::Error),
     #[error("the merged index is not valid: {0}")]
     Tree(crate::index::format::FormatError),
-    #[error("the seek table of layer {layer} is not valid: {source}")]
+    #[error("the seek table of layer {layer} is not valid: {cause}")]
     Seek {
         layer: String,
-        source: crate::index::seek::SeekError,
+        cause: crate::index::seek::SeekError,
     },
     #[error("the seek table of layer {layer} {why}")]
     Mismatch { layer: String, why: String },
+}
+
+impl From<serde_json::Error> for ArtifactError {
+    /// The message quotes the parser's, so it is not also the error's source.
+    fn from(e: serde_json::Error) -> ArtifactError {
+        ArtifactError::Json(e)
+    }
 }
 
 /// The artifact's blobs, as its manifest lists them, checked against the image.
@@ -280,7 +287,7 @@ pub fn open_seek(
         .map_or_else(|| layer.locator.clone(), |d| d.to_string());
     let table = SeekTable::decode(bytes).map_err(|source| ArtifactError::Seek {
         layer: name.clone(),
-        source,
+        cause: source,
     })?;
     let mismatch = |why: String| ArtifactError::Mismatch {
         layer: name.clone(),

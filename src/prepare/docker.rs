@@ -111,7 +111,7 @@ pub(super) fn prepare_docker(
     let archive_path = entry.archive_path();
     let file = File::create(&archive_path).map_err(|source| PrepareError::Io {
         path: archive_path.clone(),
-        source,
+        cause: source,
     })?;
     let leftovers = entry.dir().to_path_buf();
     let now = Instant::now();
@@ -157,14 +157,17 @@ pub(super) fn prepare_docker(
             entry.discard();
             return Err(PrepareError::Scan {
                 path: describe(),
-                source,
+                cause: source,
             });
         }
         Ok(Err(source)) => {
             entry.discard();
             return Err(PrepareError::Scan {
                 path: describe(),
-                source: ScanError::Io { offset: 0, source },
+                cause: ScanError::Io {
+                    offset: 0,
+                    cause: source,
+                },
             });
         }
         Err(e) => {
@@ -180,7 +183,7 @@ pub(super) fn prepare_docker(
             }])
             .map_err(|source| PrepareError::Format {
                 path: describe(),
-                source,
+                cause: source,
             })?;
         entry.write_file(cache::INDEX_FILE, &bytes)?;
         entry.write_file(cache::IMAGE_FILE, &image.inspect_json)?;

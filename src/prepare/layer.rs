@@ -178,15 +178,15 @@ fn layer_members(
             Fill::Source(e) => PrepareError::Source(e),
             Fill::Scan(source) => PrepareError::Layer {
                 what: what(),
-                source,
+                cause: source,
             },
             Fill::Io(source) => PrepareError::LayerIo {
                 what: what(),
-                source,
+                cause: source,
             },
             Fill::Publish(e) => PrepareError::LayerIo {
                 what: what(),
-                source: named(&path, e),
+                cause: named(&path, e),
             },
         });
     let committed = filled.and_then(|s| {
@@ -200,7 +200,10 @@ fn layer_members(
 }
 
 fn scan_stored(path: &Path) -> Result<Scanned, ScanError> {
-    let io = |source| ScanError::Io { offset: 0, source };
+    let io = |source| ScanError::Io {
+        offset: 0,
+        cause: source,
+    };
     let file = File::open(path).map_err(io)?;
     let size = file.metadata().map_err(io)?.len();
     let mut input = FileInput::new(&file, size);

@@ -32,9 +32,9 @@ pub use super::push::{Pushed, Record, push};
 /// Why the artifact of an image, or a layer's TOC, could not be used.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum Unusable {
-    #[error("{0}")]
+    #[error(transparent)]
     Artifact(#[from] ArtifactError),
-    #[error("{0}")]
+    #[error(transparent)]
     Registry(#[from] crate::source::registry::RegistryError),
     #[error("the image has no manifest digest")]
     NoManifest,
@@ -188,7 +188,7 @@ fn store_layer(
     };
     let io = |source| PrepareError::Io {
         path: entry.dir().to_path_buf(),
-        source,
+        cause: source,
     };
     let (file, bytes, spans, size, uncompressed_size) = match table {
         LayerTable::Whole => return Ok(()),

@@ -46,18 +46,18 @@ pub enum PrepareError {
     Cache(#[from] CacheError),
     #[error(transparent)]
     Source(#[from] crate::source::SourceError),
-    #[error("{what}: {source}")]
-    Layer { what: String, source: ScanError },
-    #[error("{what}: {source}")]
-    LayerIo { what: String, source: io::Error },
-    #[error("{path}: {source}")]
-    Scan { path: String, source: ScanError },
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("{what}: {cause}")]
+    Layer { what: String, cause: ScanError },
+    #[error("{what}: {cause}")]
+    LayerIo { what: String, cause: io::Error },
+    #[error("{path}: {cause}")]
+    Scan { path: String, cause: ScanError },
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: io::Error },
     #[error("{path}: not a regular file")]
     NotAFile { path: PathBuf },
-    #[error("cannot write the index for {path}: {source}")]
-    Format { path: String, source: FormatError },
+    #[error("cannot write the index for {path}: {cause}")]
+    Format { path: String, cause: FormatError },
 }
 
 /// An image ready to be served.

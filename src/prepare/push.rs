@@ -94,7 +94,7 @@ pub fn push(
     )?;
     let tree = std::fs::read(&full.index_path).map_err(|source| PrepareError::Io {
         path: full.index_path.clone(),
-        source,
+        cause: source,
     })?;
     let built: Vec<Option<SeekTable>> = img
         .layers
@@ -104,7 +104,7 @@ pub fn push(
     let tables = build_tables(&registry, &img, span, built)?;
     let tree_blob = zstd::bulk::compress(&tree, 19).map_err(|source| PrepareError::Io {
         path: full.index_path.clone(),
-        source,
+        cause: source,
     })?;
     let tree_desc = artifact::descriptor(artifact::TREE_MEDIA_TYPE, &tree_blob);
     let mut seek_descs = Vec::with_capacity(tables.len());
@@ -251,7 +251,7 @@ fn build_tables(
                         std::io::copy(&mut stream, &mut std::io::sink()).map_err(|source| {
                             PrepareError::LayerIo {
                                 what: what(),
-                                source,
+                                cause: source,
                             }
                         })?;
                         Ok(table)

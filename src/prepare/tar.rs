@@ -31,7 +31,7 @@ fn tar_identity(meta: &std::fs::Metadata) -> String {
 pub(super) fn prepare_tar(path: &Path, cache: &Cache) -> Result<Ready, PrepareError> {
     let io_err = |source| PrepareError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
     let path = std::fs::canonicalize(path).map_err(io_err)?;
     let file = File::open(&path).map_err(io_err)?;
@@ -62,7 +62,7 @@ pub(super) fn prepare_tar(path: &Path, cache: &Cache) -> Result<Ready, PrepareEr
     let mut input = FileInput::new(&file, meta.len());
     let tree = build_tree(&mut input).map_err(|source| PrepareError::Scan {
         path: path.display().to_string(),
-        source,
+        cause: source,
     });
     let result = tree.and_then(|tree| {
         let bytes = tree
@@ -72,7 +72,7 @@ pub(super) fn prepare_tar(path: &Path, cache: &Cache) -> Result<Ready, PrepareEr
             }])
             .map_err(|source| PrepareError::Format {
                 path: path.display().to_string(),
-                source,
+                cause: source,
             })?;
         entry.write_file(cache::INDEX_FILE, &bytes)?;
         entry.write_file(cache::SOURCE_FILE, path.as_os_str().as_encoded_bytes())?;

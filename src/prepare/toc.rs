@@ -277,7 +277,7 @@ pub(super) fn find(
         .write_index(&blobs)
         .map_err(|source| PrepareError::Format {
             path: what.to_string(),
-            source,
+            cause: source,
         })?;
     Ok(Some(Found {
         tree: index,

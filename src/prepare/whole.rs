@@ -111,7 +111,7 @@ fn write_image(
         .write_index(&blobs)
         .map_err(|source| PrepareError::Format {
             path: what.clone(),
-            source,
+            cause: source,
         })?;
     let keys: Vec<EntryKey> = img
         .layers

@@ -47,10 +47,10 @@ pub enum SandboxError {
     Cgroup(#[from] CgroupError),
     #[error("resource limits need root: {0}")]
     LimitsNeedRoot(CgroupError),
-    #[error("seccomp profile {profile}: {source}")]
+    #[error("seccomp profile {profile}: {cause}")]
     Seccomp {
         profile: String,
-        source: seccomp::SeccompError,
+        cause: seccomp::SeccompError,
     },
     #[error(transparent)]
     Terminal(#[from] TerminalError),
@@ -81,7 +81,7 @@ fn seccomp_filter(plan: &Plan) -> Result<Option<seccomp::Program>, SandboxError>
                 confine::Seccomp::Profile { path, .. } => path.display().to_string(),
                 _ => "docker's default profile".into(),
             },
-            source,
+            cause: source,
         })?;
     Ok(Some(program))
 }

@@ -13,9 +13,9 @@ use crate::sys::{self, EXIT_SETUP, SysError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NamespaceError {
-    #[error("cannot create namespaces: {source}{}", if *.unprivileged { " (unprivileged user namespaces must be enabled: sysctl kernel.unprivileged_userns_clone=1 and user.max_user_namespaces > 0)" } else { "" })]
+    #[error("cannot create namespaces: {cause}{}", if *.unprivileged { " (unprivileged user namespaces must be enabled: sysctl kernel.unprivileged_userns_clone=1 and user.max_user_namespaces > 0)" } else { "" })]
     Unshare {
-        source: io::Error,
+        cause: io::Error,
         unprivileged: bool,
     },
     #[error("cannot map the caller into the user namespace: {0}")]
@@ -87,7 +87,7 @@ pub fn enter(plan: &Plan) -> Result<(), NamespaceError> {
     }
     // This process is single-threaded here, as a new user namespace needs.
     sys::process::unshare(flags).map_err(|source| NamespaceError::Unshare {
-        source,
+        cause: source,
         unprivileged: plan.unprivileged.is_some(),
     })?;
     if let Some((uid, gid)) = plan.unprivileged {

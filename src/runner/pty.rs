@@ -21,8 +21,8 @@ const CHUNK: usize = 16 << 10;
 /// Why the sandbox's terminal could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TerminalError {
-    #[error("{path}: {source}")]
-    Dir { path: PathBuf, source: io::Error },
+    #[error("{path}: {cause}")]
+    Dir { path: PathBuf, cause: io::Error },
     /// Mounting the sandbox's devpts instance failed.
     #[error(transparent)]
     Devpts(SysError),
@@ -49,7 +49,7 @@ impl Terminal {
         let pts = dir.join("pts");
         std::fs::create_dir_all(&pts).map_err(|source| TerminalError::Dir {
             path: pts.clone(),
-            source,
+            cause: source,
         })?;
         sys::fs::mount(
             Some("devpts"),

@@ -26,13 +26,10 @@ const NOEXEC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC
 pub enum RootfsError {
     #[error("cannot mount the root: {0}")]
     Root(SysError),
-    #[error("{guest}: {source}")]
-    InRoot { guest: String, source: SysError },
-    #[error("cannot write /etc/{name}: {source}")]
-    EtcFile {
-        name: &'static str,
-        source: SysError,
-    },
+    #[error("{guest}: {cause}")]
+    InRoot { guest: String, cause: SysError },
+    #[error("cannot write /etc/{name}: {cause}")]
+    EtcFile { name: &'static str, cause: SysError },
     #[error("cannot set the hostname: {0}")]
     Hostname(SysError),
     #[error("cannot enter the root: {0}")]
@@ -42,7 +39,7 @@ pub enum RootfsError {
 fn in_root(guest: &str) -> impl Fn(SysError) -> RootfsError + '_ {
     move |source| RootfsError::InRoot {
         guest: guest.to_string(),
-        source,
+        cause: source,
     }
 }
 
@@ -179,7 +176,7 @@ fn mount_dev(plan: &Plan, scratch: &Path, root: &OwnedFd) -> Result<(), RootfsEr
     let dev = open_in_root(root, "/dev", false).map_err(in_root("/dev"))?;
     let dev_dir = fs::read_link(fd_path(&dev)).map_err(|source| RootfsError::InRoot {
         guest: "/dev".into(),
-        source: SysError::Path {
+        cause: SysError::Path {
             op: "resolve",
             path: fd_path(&dev),
             source,
@@ -195,7 +192,7 @@ fn mount_dev(plan: &Plan, scratch: &Path, root: &OwnedFd) -> Result<(), RootfsEr
         std::os::unix::fs::symlink(target, dev_dir.join(name)).map_err(|source| {
             RootfsError::InRoot {
                 guest: format!("/dev/{name}"),
-                source: SysError::Path {
+                cause: SysError::Path {
                     op: "create",
                     path: dev_dir.join(name),
                     source,
@@ -228,8 +225,10 @@ fn write_etc_files(plan: &Plan, scratch: &Path, root: &OwnedFd) -> Result<(), Ro
         ("resolv.conf", resolv),
     ] {
         let path = files.join(name);
-        sys::write_file(&path, &contents)
-            .map_err(|source| RootfsError::EtcFile { name, source })?;
+        sys::write_file(&path, &contents).map_err(|source| RootfsError::EtcFile {
+            name,
+            cause: source,
+        })?;
         let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o644));
         let guest = format!("/etc/{name}");
         if plan.read_only && resolve_in_root(root, &guest[1..]).is_err() {

@@ -18,8 +18,8 @@ use crate::fs::Owners;
 pub enum SpawnError {
     #[error("cannot find the imgfs executable: {0}")]
     Exe(io::Error),
-    #[error("cannot resolve {path}: {source}")]
-    Resolve { path: PathBuf, source: io::Error },
+    #[error("cannot resolve {path}: {cause}")]
+    Resolve { path: PathBuf, cause: io::Error },
     #[error("cannot start the imgfs server: {0}")]
     Start(io::Error),
     #[error("no pipe to the imgfs server")]
@@ -74,7 +74,7 @@ pub fn spawn_detached(what: &Served) -> Result<(), SpawnError> {
     let absolute = |p: &Path| {
         std::fs::canonicalize(p).map_err(|source| SpawnError::Resolve {
             path: p.to_path_buf(),
-            source,
+            cause: source,
         })
     };
     let mut cmd = Command::new(exe);

@@ -44,10 +44,10 @@ pub const SOURCE_PREFIX: &str = "imgfs:";
 pub enum ServeError {
     #[error("mountpoint {path}: {reason}")]
     Mountpoint { path: PathBuf, reason: String },
-    #[error("cannot mount at {path}: {source}")]
-    Mount { path: PathBuf, source: io::Error },
-    #[error("serving {path} failed: {source}")]
-    Session { path: PathBuf, source: io::Error },
+    #[error("cannot mount at {path}: {cause}")]
+    Mount { path: PathBuf, cause: io::Error },
+    #[error("serving {path} failed: {cause}")]
+    Session { path: PathBuf, cause: io::Error },
     #[error("cannot unmount {path}: {reason}")]
     Unmount { path: PathBuf, reason: String },
 }
@@ -132,7 +132,7 @@ pub fn serve(
     let background = spawn(fs, mountpoint, options)?;
     let thread_failed = |source| ServeError::Session {
         path: mountpoint.to_path_buf(),
-        source,
+        cause: source,
     };
 
     let target = mountpoint.to_path_buf();
@@ -254,7 +254,7 @@ pub fn mount(
     config.clone_fd = true;
     fuser::Session::new(fs, mountpoint, &config).map_err(|source| ServeError::Mount {
         path: mountpoint.to_path_buf(),
-        source,
+        cause: source,
     })
 }
 
@@ -265,7 +265,7 @@ pub fn start(
 ) -> Result<fuser::BackgroundSession, ServeError> {
     session.spawn().map_err(|source| ServeError::Session {
         path: mountpoint.to_path_buf(),
-        source,
+        cause: source,
     })
 }
 

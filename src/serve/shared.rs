@@ -20,8 +20,8 @@ use crate::sys::{self, euid};
 /// Why no shared server could be found or started.
 #[derive(Debug, thiserror::Error)]
 pub enum SharedError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: io::Error },
     #[error("{path} is not a private directory of uid {uid}: {reason}")]
     NotPrivate {
         path: PathBuf,
@@ -39,7 +39,7 @@ pub enum SharedError {
 fn shared_io(path: &Path) -> impl FnOnce(io::Error) -> SharedError + '_ {
     move |source| SharedError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     }
 }
 

@@ -9,8 +9,8 @@ use super::{MAX_META_LEN, MAX_SPARSE_SEGMENTS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
-    #[error("I/O error at byte {offset}: {source}")]
-    Io { offset: u64, source: io::Error },
+    #[error("I/O error at byte {offset}: {cause}")]
+    Io { offset: u64, cause: io::Error },
     #[error("archive is truncated: {what} at byte {offset} ends early")]
     Truncated { what: String, offset: u64 },
     #[error("{0}")]

@@ -113,7 +113,10 @@ pub fn scan<I: Input>(
         let offset = input.position();
         let n = input
             .read_full(&mut block)
-            .map_err(|source| ScanError::Io { offset, source })?;
+            .map_err(|source| ScanError::Io {
+                offset,
+                cause: source,
+            })?;
         if n == 0 && offset == 0 {
             return Err(ScanError::NotTar(
                 "not a tar archive (the file is empty)".into(),
@@ -246,9 +249,10 @@ fn skip_data<I: Input>(
 ) -> Result<(), ScanError> {
     let want = padded(size).ok_or_else(|| bad_header(offset, block, EntryError::SizeOverflow))?;
     let at = input.position();
-    let got = input
-        .skip(want)
-        .map_err(|source| ScanError::Io { offset: at, source })?;
+    let got = input.skip(want).map_err(|source| ScanError::Io {
+        offset: at,
+        cause: source,
+    })?;
     if got < want {
         return Err(truncated(block, offset));
     }
@@ -293,17 +297,19 @@ fn read_meta<I: Input>(
     }
     let mut data = vec![0u8; size as usize]; // bounded just above
     let at = input.position();
-    let n = input
-        .read_full(&mut data)
-        .map_err(|source| ScanError::Io { offset: at, source })?;
+    let n = input.read_full(&mut data).map_err(|source| ScanError::Io {
+        offset: at,
+        cause: source,
+    })?;
     if n < data.len() {
         return Err(truncated(block, offset));
     }
     let pad = padded(size).unwrap_or(size) - size;
     let at = input.position();
-    let skipped = input
-        .skip(pad)
-        .map_err(|source| ScanError::Io { offset: at, source })?;
+    let skipped = input.skip(pad).map_err(|source| ScanError::Io {
+        offset: at,
+        cause: source,
+    })?;
     if skipped < pad {
         return Err(truncated(block, offset));
     }

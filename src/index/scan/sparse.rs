@@ -89,9 +89,10 @@ pub(super) fn old_gnu_sparse<I: Input>(
     let mut ext = [0u8; BLOCK as usize];
     while extended {
         let at = input.position();
-        let n = input
-            .read_full(&mut ext)
-            .map_err(|source| ScanError::Io { offset: at, source })?;
+        let n = input.read_full(&mut ext).map_err(|source| ScanError::Io {
+            offset: at,
+            cause: source,
+        })?;
         if n < ext.len() {
             return Err(truncated(block, offset));
         }
@@ -153,9 +154,10 @@ pub(super) fn sparse_v1_map<I: Input>(
             return Err(err(EntryError::SparseMapPastData));
         }
         let at = input.position();
-        let n = input
-            .read_full(&mut text)
-            .map_err(|source| ScanError::Io { offset: at, source })?;
+        let n = input.read_full(&mut text).map_err(|source| ScanError::Io {
+            offset: at,
+            cause: source,
+        })?;
         if n < text.len() {
             return Err(truncated(block, offset));
         }

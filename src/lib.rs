@@ -39,6 +39,9 @@
 //! - [`inspect`], beside the runner, answers `ls`, `cat`, `stat`, `find` and `inspect` from the
 //!   same index and blobs without mounting anything.
 #![deny(unsafe_code)]
+// The library serves the `imgfs` binary and its tests; its docs are for the developers of
+// imgfs (`cargo doc --document-private-items`), so they link to crate-private items freely.
+#![allow(rustdoc::private_intra_doc_links)]
 
 // The stages in pipeline order (kept apart so formatting does not sort them), after the
 // system calls they all may use.

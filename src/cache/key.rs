@@ -43,7 +43,7 @@ pub enum EntryKey {
 impl EntryKey {
     /// Whether the entry is read lazily: a lazy layer's blob is its description
     /// ([`REMOTE_FILE`](super::sparse::REMOTE_FILE)), not a tar.
-    pub fn is_lazy(&self) -> bool {
+    pub(crate) fn is_lazy(&self) -> bool {
         matches!(self, EntryKey::Lazy(_) | EntryKey::LazyToc(_))
     }
 }

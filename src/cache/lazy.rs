@@ -16,7 +16,7 @@ use crate::source::{Image, Layer, LayerSource, SourceError};
 
 /// What the store keys a lazy layer under: its compressed blob's digest, which the seek
 /// table addresses (a whole layer is keyed by its diff id).
-pub fn layer_key(layer: &Layer) -> Option<EntryKey> {
+pub(crate) fn layer_key(layer: &Layer) -> Option<EntryKey> {
     layer.digest.as_ref().map(|d| EntryKey::Lazy(d.to_string()))
 }
 
@@ -26,7 +26,7 @@ const CONFIG_FILE: &str = "config.json";
 const LAYER_INFO_FILE: &str = "layers.json";
 
 /// Records `img`'s config and layers in its lazy entry, as [`read_layer_info`] reads them.
-pub fn write_layer_info(entry: &Entry, img: &Image) -> Result<(), CacheError> {
+pub(crate) fn write_layer_info(entry: &Entry, img: &Image) -> Result<(), CacheError> {
     let layers: Vec<serde_json::Value> = img
         .layers
         .iter()
@@ -55,7 +55,7 @@ pub fn write_layer_info(entry: &Entry, img: &Image) -> Result<(), CacheError> {
 }
 
 /// The image a lazy entry describes, as [`write_layer_info`] recorded it.
-pub fn read_layer_info(entry: &Entry) -> Option<Image> {
+pub(crate) fn read_layer_info(entry: &Entry) -> Option<Image> {
     let config = std::fs::read(entry.dir().join(CONFIG_FILE)).ok()?;
     let info: serde_json::Value =
         serde_json::from_slice(&std::fs::read(entry.dir().join(LAYER_INFO_FILE)).ok()?).ok()?;
@@ -88,7 +88,7 @@ pub fn read_layer_info(entry: &Entry) -> Option<Image> {
 
 /// The layers of a lazy image, read from their sparse blobs in the store once every span is
 /// there: each checked against its digest as a registry's would be.
-pub struct Filled {
+pub(crate) struct Filled {
     what: String,
     dirs: Vec<(String, PathBuf)>,
 }
@@ -96,7 +96,7 @@ pub struct Filled {
 impl Filled {
     /// The layers whose lazy entries are `dirs`, each by its blob digest; `what` names them
     /// in errors.
-    pub fn new(what: String, dirs: Vec<(String, PathBuf)>) -> Filled {
+    pub(crate) fn new(what: String, dirs: Vec<(String, PathBuf)>) -> Filled {
         Filled { what, dirs }
     }
 }
@@ -145,7 +145,7 @@ impl LayerSource for Filled {
 /// in the store from its sparse blob while the image is mounted ([`crate::image::promote`]),
 /// into the entry a whole fetch of the layer would fill, so that the next mount's
 /// promotion of the whole image finds it there.
-pub struct WholeLayer {
+pub(crate) struct WholeLayer {
     what: String,
     layer: Layer,
     cache: Cache,
@@ -153,7 +153,7 @@ pub struct WholeLayer {
 
 impl WholeLayer {
     /// The layer's blob digest, which names its lazy entry.
-    pub fn digest(&self) -> String {
+    pub(crate) fn digest(&self) -> String {
         self.layer
             .digest
             .as_ref()
@@ -162,7 +162,7 @@ impl WholeLayer {
     }
 
     /// Its uncompressed tar, when a complete entry of the store holds it.
-    pub fn stored(&self) -> Option<PathBuf> {
+    pub(crate) fn stored(&self) -> Option<PathBuf> {
         let entry = self.cache.layer(&self.layer.store_key().0);
         entry.marker()?;
         Some(self.cache.layer_path(&self.layer))
@@ -172,7 +172,7 @@ impl WholeLayer {
     /// entry with `store`, the store's fill of a layer from a source (which checks it against
     /// the blob's digest and the diff id as a whole fetch does); where its tar is. A failure
     /// leaves no entry.
-    pub fn fill<E: From<SourceError>>(
+    pub(crate) fn fill<E: From<SourceError>>(
         &self,
         store: impl FnOnce(&Cache, &dyn LayerSource, &Layer) -> Result<PathBuf, E>,
     ) -> Result<PathBuf, E> {
@@ -190,7 +190,7 @@ impl WholeLayer {
 
 /// The layers of the lazy image whose entry in `cache` is `entry`, bottom first; `None` when
 /// that is not a lazy image's entry.
-pub fn whole_layers(cache: &Cache, entry: &Entry) -> Option<Vec<WholeLayer>> {
+pub(crate) fn whole_layers(cache: &Cache, entry: &Entry) -> Option<Vec<WholeLayer>> {
     let img = read_layer_info(entry)?;
     let what = format!("lazy image {}", img.config_digest);
     Some(

@@ -18,7 +18,7 @@
 pub mod key;
 pub mod lazy;
 pub mod sparse;
-pub mod sys;
+pub(crate) mod sys;
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -28,18 +28,18 @@ use std::path::{Path, PathBuf};
 use crate::source::Layer;
 use crate::sys::Durability;
 
-pub const ARCHIVE_FILE: &str = "archive.tar";
-pub const INDEX_FILE: &str = "index";
-pub const IMAGE_FILE: &str = "image.json";
-pub const MARKER_FILE: &str = "complete";
+pub(crate) const ARCHIVE_FILE: &str = "archive.tar";
+pub(crate) const INDEX_FILE: &str = "index";
+pub(crate) const IMAGE_FILE: &str = "image.json";
+pub(crate) const MARKER_FILE: &str = "complete";
 /// Stamp of the index's last full checksum verification.
-pub const VERIFIED_FILE: &str = "index.verified";
+pub(crate) const VERIFIED_FILE: &str = "index.verified";
 /// For an indexed tar file: the path it was indexed from.
-pub const SOURCE_FILE: &str = "source";
+pub(crate) const SOURCE_FILE: &str = "source";
 /// For an image of layers: its layers' diff ids, bottom first, one per line.
-pub const LAYERS_FILE: &str = "layers";
+pub(crate) const LAYERS_FILE: &str = "layers";
 /// A layer's uncompressed tar, in its own entry.
-pub const LAYER_FILE: &str = "layer.tar";
+pub(crate) const LAYER_FILE: &str = "layer.tar";
 /// Where image entries live, under the root.
 const IMAGES_DIR: &str = "images";
 /// Where layer entries live, under the root.
@@ -159,7 +159,7 @@ impl Cache {
     /// The store and the image entry that `path`, a file of that entry, lies in
     /// (`<root>/images/<name>/<file>`): for a server told only where its index is. `None` for
     /// a file anywhere else.
-    pub fn of_entry_file(path: &Path) -> Option<(Cache, Entry)> {
+    pub(crate) fn of_entry_file(path: &Path) -> Option<(Cache, Entry)> {
         let dir = path.parent()?;
         let root = dir.parent()?.parent()?;
         let cache = Cache {
@@ -177,17 +177,17 @@ impl Cache {
 
     /// The layer entry for a key: a layer kept whole by its diff id, a lazy one by its blob
     /// digest ([`key::EntryKey`]).
-    pub fn layer(&self, key: &(impl fmt::Display + ?Sized)) -> Entry {
+    pub(crate) fn layer(&self, key: &(impl fmt::Display + ?Sized)) -> Entry {
         self.item(LAYERS_DIR, LAYER_LOCK_PREFIX, &key.to_string())
     }
 
     /// Where the store keeps a layer's uncompressed tar.
-    pub fn layer_path(&self, layer: &Layer) -> PathBuf {
+    pub(crate) fn layer_path(&self, layer: &Layer) -> PathBuf {
         self.layer(&layer.store_key().0).dir().join(LAYER_FILE)
     }
 
     /// The complete layer entries, in name order.
-    pub fn layers(&self) -> Vec<Entry> {
+    pub(crate) fn layers(&self) -> Vec<Entry> {
         self.complete(LAYERS_DIR)
             .iter()
             .map(|n| self.item(LAYERS_DIR, LAYER_LOCK_PREFIX, n))
@@ -228,7 +228,7 @@ impl Cache {
     }
 
     /// The complete entries, in name order.
-    pub fn entries(&self) -> Vec<Entry> {
+    pub(crate) fn entries(&self) -> Vec<Entry> {
         self.complete(IMAGES_DIR)
             .iter()
             .map(|n| self.entry(n))
@@ -294,7 +294,7 @@ impl Cache {
     /// Records that `reference` (a registry image) last resolved to the image entry `key`,
     /// so that it can be mounted from the cache while its registry cannot be reached.
     /// Best effort: a cache the caller cannot write to records nothing.
-    pub fn remember_ref(&self, reference: &str, key: &str) {
+    pub(crate) fn remember_ref(&self, reference: &str, key: &str) {
         let dir = self.root.join(REFS_DIR);
         let path = dir.join(ref_file(reference));
         if fs::read_to_string(&path).is_ok_and(|k| k == key) {
@@ -305,12 +305,12 @@ impl Cache {
     }
 
     /// The image entry key `reference` last resolved to, if recorded.
-    pub fn recall_ref(&self, reference: &str) -> Option<String> {
+    pub(crate) fn recall_ref(&self, reference: &str) -> Option<String> {
         fs::read_to_string(self.root.join(REFS_DIR).join(ref_file(reference))).ok()
     }
 
     /// The layers that complete images list (their store keys).
-    pub fn layers_in_use(&self) -> std::collections::HashSet<String> {
+    pub(crate) fn layers_in_use(&self) -> std::collections::HashSet<String> {
         self.entries()
             .iter()
             .filter_map(|e| fs::read_to_string(e.dir().join(LAYERS_FILE)).ok())
@@ -389,7 +389,7 @@ pub struct Entry {
 }
 
 /// Held while an entry is being filled; released on drop (or by the kernel on exit).
-pub struct Lock {
+pub(crate) struct Lock {
     _file: File,
 }
 
@@ -397,18 +397,18 @@ impl Entry {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
-    pub fn archive_path(&self) -> PathBuf {
+    pub(crate) fn archive_path(&self) -> PathBuf {
         self.dir.join(ARCHIVE_FILE)
     }
-    pub fn index_path(&self) -> PathBuf {
+    pub(crate) fn index_path(&self) -> PathBuf {
         self.dir.join(INDEX_FILE)
     }
-    pub fn image_path(&self) -> PathBuf {
+    pub(crate) fn image_path(&self) -> PathBuf {
         self.dir.join(IMAGE_FILE)
     }
 
     /// The marker's contents if the entry is complete.
-    pub fn marker(&self) -> Option<String> {
+    pub(crate) fn marker(&self) -> Option<String> {
         fs::read_to_string(self.dir.join(MARKER_FILE)).ok()
     }
 
@@ -425,7 +425,7 @@ impl Entry {
     }
 
     /// Waits for the fill lock of this entry.
-    pub fn lock(&self) -> Result<Lock, CacheError> {
+    pub(crate) fn lock(&self) -> Result<Lock, CacheError> {
         let file = self.lock_file()?;
         loop {
             match sys::lock_exclusive(&file) {
@@ -437,7 +437,7 @@ impl Entry {
     }
 
     /// Starts a fill: removes whatever an interrupted fill left and makes an empty directory.
-    pub fn reset(&self, _lock: &Lock) -> Result<(), CacheError> {
+    pub(crate) fn reset(&self, _lock: &Lock) -> Result<(), CacheError> {
         match fs::remove_dir_all(&self.dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -447,18 +447,18 @@ impl Entry {
     }
 
     /// Removes the entry (a failed fill), best effort.
-    pub fn discard(&self) {
+    pub(crate) fn discard(&self) {
         let _ = fs::remove_dir_all(&self.dir);
     }
 
     /// Writes a file of the entry atomically (temporary name, then rename).
-    pub fn write_file(&self, name: &str, bytes: &[u8]) -> Result<(), CacheError> {
+    pub(crate) fn write_file(&self, name: &str, bytes: &[u8]) -> Result<(), CacheError> {
         let path = self.dir.join(name);
         crate::sys::publish(&path, bytes, Durability::Synced).map_err(io_err(&path))
     }
 
     /// The entry's name in the cache (its key, made safe for a file name).
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         self.dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -467,26 +467,26 @@ impl Entry {
 
     /// Records a use now (the marker's modification time); best effort, as the cache may be
     /// another user's, readable only.
-    pub fn touch(&self) {
+    pub(crate) fn touch(&self) {
         if let Ok(f) = File::options().write(true).open(self.dir.join(MARKER_FILE)) {
             let _ = f.set_modified(std::time::SystemTime::now());
         }
     }
 
     /// When the entry was last used (or filled).
-    pub fn last_used(&self) -> Option<std::time::SystemTime> {
+    pub(crate) fn last_used(&self) -> Option<std::time::SystemTime> {
         fs::metadata(self.dir.join(MARKER_FILE))
             .and_then(|m| m.modified())
             .ok()
     }
 
     /// Bytes the entry takes on disk.
-    pub fn disk_usage(&self) -> u64 {
+    pub(crate) fn disk_usage(&self) -> u64 {
         disk_usage(&self.dir)
     }
 
     /// Processes using the entry now.
-    pub fn users(&self) -> Vec<u32> {
+    pub(crate) fn users(&self) -> Vec<u32> {
         mapping_under(&self.dir)
     }
 
@@ -517,7 +517,7 @@ impl Entry {
     }
 
     /// Marks the entry complete; `contents` lets a source record what it was built from.
-    pub fn commit(&self, _lock: &Lock, contents: &str) -> Result<(), CacheError> {
+    pub(crate) fn commit(&self, _lock: &Lock, contents: &str) -> Result<(), CacheError> {
         self.write_file(MARKER_FILE, contents.as_bytes())
     }
 }

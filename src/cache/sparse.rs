@@ -20,15 +20,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// The compressed bytes fetched so far, at their offsets in the blob.
 pub const SPARSE_FILE: &str = "blob";
 /// One byte per span: 1 once the span's bytes are in [`SPARSE_FILE`].
-pub const PRESENT_FILE: &str = "present";
+pub(crate) const PRESENT_FILE: &str = "present";
 /// The windows fetched so far, at their offsets in the layer's windows blob.
-pub const WINDOWS_FILE: &str = "windows";
+pub(crate) const WINDOWS_FILE: &str = "windows";
 /// One byte per span: 1 once the span's window is in [`WINDOWS_FILE`].
-pub const WINDOWS_PRESENT_FILE: &str = "windows-present";
+pub(crate) const WINDOWS_PRESENT_FILE: &str = "windows-present";
 
 /// What a lazy layer's entry in the store says about where its blob lives ([`REMOTE_FILE`]).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct Remote {
+pub(crate) struct Remote {
     /// The repository, as `HOST[:PORT]/NAME` (what follows `docker://`, without tag).
     pub repository: String,
     /// The compressed blob's digest and size, as the image manifest states them.
@@ -48,32 +48,32 @@ pub struct Remote {
 /// A lazy layer's description of its blob, in its entry.
 pub const REMOTE_FILE: &str = "remote.json";
 /// A lazy layer's seek table (its encoding, see `index::seek`), in its entry.
-pub const SEEK_FILE: &str = "seek";
+pub(crate) const SEEK_FILE: &str = "seek";
 /// A lazy layer's TOC (eStargz, zstd:chunked), as [`StoredToc`] keeps it, in its entry
 /// instead of a seek table.
-pub const TOC_FILE: &str = "toc";
+pub(crate) const TOC_FILE: &str = "toc";
 /// A TOC layer's whole stream (the file data its TOC addresses, back to back), made once
 /// every span of it is present, each span checked on the way; written under another name and
 /// renamed, so that it is whole whenever it exists.
-pub const STREAM_FILE: &str = "stream";
+pub(crate) const STREAM_FILE: &str = "stream";
 
 /// A layer's TOC as the store keeps it, checked against its digest when it was fetched: a
 /// first line `FORMAT DATA_END` (where file data ends in the blob), then the TOC's JSON.
 #[derive(Debug, PartialEq, Eq)]
-pub struct StoredToc<'a> {
+pub(crate) struct StoredToc<'a> {
     pub format: &'a str,
     pub data_end: u64,
     pub json: &'a [u8],
 }
 
 impl<'a> StoredToc<'a> {
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = format!("{} {}\n", self.format, self.data_end).into_bytes();
         out.extend_from_slice(self.json);
         out
     }
 
-    pub fn decode(bytes: &'a [u8]) -> Option<StoredToc<'a>> {
+    pub(crate) fn decode(bytes: &'a [u8]) -> Option<StoredToc<'a>> {
         let nl = bytes.iter().position(|&b| b == b'\n')?;
         let head = std::str::from_utf8(&bytes[..nl]).ok()?;
         let (format, data_end) = head.split_once(' ')?;
@@ -106,7 +106,7 @@ pub fn parse_spans(text: &str, blobs: usize) -> Vec<(u32, usize)> {
 }
 
 /// One layer's sparse blob in the store.
-pub struct SparseBlob {
+pub(crate) struct SparseBlob {
     data: File,
     map: File,
     /// What this process knows to be present; a span not marked here is looked up in the map
@@ -116,22 +116,22 @@ pub struct SparseBlob {
 
 impl SparseBlob {
     /// Creates the files of an empty blob of `size` bytes and `spans` spans in `dir`.
-    pub fn create(dir: &Path, size: u64, spans: usize) -> io::Result<()> {
+    pub(crate) fn create(dir: &Path, size: u64, spans: usize) -> io::Result<()> {
         create(dir, [SPARSE_FILE, PRESENT_FILE], size, spans)
     }
 
     /// Opens the blob in `dir`, which must have `size` bytes and `spans` spans.
-    pub fn open(dir: &Path, size: u64, spans: usize) -> io::Result<SparseBlob> {
+    pub(crate) fn open(dir: &Path, size: u64, spans: usize) -> io::Result<SparseBlob> {
         open(dir, [SPARSE_FILE, PRESENT_FILE], size, spans)
     }
 
     /// [`create`](Self::create) for the layer's windows blob: `size` bytes, a window per span.
-    pub fn create_windows(dir: &Path, size: u64, spans: usize) -> io::Result<()> {
+    pub(crate) fn create_windows(dir: &Path, size: u64, spans: usize) -> io::Result<()> {
         create(dir, [WINDOWS_FILE, WINDOWS_PRESENT_FILE], size, spans)
     }
 
     /// [`open`](Self::open) for the layer's windows blob.
-    pub fn open_windows(dir: &Path, size: u64, spans: usize) -> io::Result<SparseBlob> {
+    pub(crate) fn open_windows(dir: &Path, size: u64, spans: usize) -> io::Result<SparseBlob> {
         open(dir, [WINDOWS_FILE, WINDOWS_PRESENT_FILE], size, spans)
     }
 }
@@ -183,7 +183,7 @@ fn open(
 
 impl SparseBlob {
     /// Whether span `i`'s bytes are stored (by this process or another).
-    pub fn has(&self, i: usize) -> bool {
+    pub(crate) fn has(&self, i: usize) -> bool {
         let Some(known) = self.present.get(i) else {
             return false;
         };
@@ -199,19 +199,19 @@ impl SparseBlob {
     }
 
     /// How many spans are stored, as this process last saw them.
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         (0..self.present.len()).filter(|&i| self.has(i)).count()
     }
 
     /// The stored bytes at `offset`, `len` long (span `i`'s, when [`has`](Self::has) says so).
-    pub fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    pub(crate) fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         let mut buf = vec![0u8; len];
         self.data.read_exact_at(&mut buf, offset)?;
         Ok(buf)
     }
 
     /// Stores span `i`'s verified bytes at `offset`, then marks the span present.
-    pub fn write(&self, i: usize, offset: u64, bytes: &[u8]) -> io::Result<()> {
+    pub(crate) fn write(&self, i: usize, offset: u64, bytes: &[u8]) -> io::Result<()> {
         let Some(known) = self.present.get(i) else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -225,7 +225,7 @@ impl SparseBlob {
     }
 
     /// Forgets span `i` (its stored bytes did not match its digest): it is fetched again.
-    pub fn forget(&self, i: usize) {
+    pub(crate) fn forget(&self, i: usize) {
         if let Some(known) = self.present.get(i) {
             let _ = self.map.write_all_at(&[0], i as u64);
             known.store(false, Ordering::Release);

@@ -3,4 +3,4 @@
 //! announcements and the runner's leftovers rely on. All of them are [`crate::sys`]'s; this
 //! module names the ones the cache's users take from it.
 
-pub use crate::sys::{alive, lock_exclusive, lock_shared, map, pid_name, try_lock_exclusive};
+pub(crate) use crate::sys::{alive, lock_exclusive, pid_name, try_lock_exclusive};

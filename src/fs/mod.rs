@@ -23,7 +23,7 @@ use fuser::{
 };
 
 use crate::image::{Attr, BLOCK_SIZE, ImageReader, Kind, ReadError};
-pub use crate::image::{ImageError as FsError, Owners};
+pub(crate) use crate::image::{ImageError as FsError, Owners};
 
 /// How long the kernel may trust entries and attributes: the image is immutable, so the only
 /// limit is that the kernel stores the TTL in jiffies; a year is safely inside that.
@@ -95,7 +95,10 @@ fn errno(e: ReadError, op: &str, ino: INodeNo) -> Errno {
 
 impl ImageFs {
     /// Opens the image to serve (see [`ImageReader::open`]).
-    pub fn open(index_path: &Path, blobs: &[std::path::PathBuf]) -> Result<ImageFs, FsError> {
+    pub(crate) fn open(
+        index_path: &Path,
+        blobs: &[std::path::PathBuf],
+    ) -> Result<ImageFs, FsError> {
         Ok(ImageFs::new(ImageReader::open(index_path, blobs)?))
     }
 
@@ -110,7 +113,7 @@ impl ImageFs {
         )?))
     }
 
-    pub fn new(image: ImageReader) -> ImageFs {
+    pub(crate) fn new(image: ImageReader) -> ImageFs {
         ImageFs {
             image,
             requests: Arc::default(),
@@ -126,17 +129,12 @@ impl ImageFs {
     }
 
     /// How the image's owners are reported.
-    pub fn owners(&self) -> Owners {
+    pub(crate) fn owners(&self) -> Owners {
         self.image.owners()
     }
 
-    /// The image served.
-    pub fn image(&self) -> &ImageReader {
-        &self.image
-    }
-
     /// A counter of the requests this filesystem answers, to tell when it is idle.
-    pub fn requests(&self) -> Arc<AtomicU64> {
+    pub(crate) fn requests(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.requests)
     }
 

@@ -13,7 +13,7 @@
 //! and [`ImageReader::resolve`] keeps symlinks and `..` inside the image root.
 
 pub mod lazy;
-pub mod promote;
+pub(crate) mod promote;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::index::format::{Index, InodeRecord};
 
 /// `st_blksize`: the page size, which is what the kernel reads in anyway.
-pub const BLOCK_SIZE: u32 = 4096;
+pub(crate) const BLOCK_SIZE: u32 = 4096;
 /// The id reported for an owner the viewer's user namespace does not map: the kernel turns
 /// `(uid_t)-1` into its invalid id, which every namespace shows as its overflow id (65534)
 /// and treats as unmapped (no writes to such a file, no copy-up of it) — what a FUSE mount
@@ -33,7 +33,7 @@ const UNMAPPED_ID: u32 = u32::MAX;
 const MAX_SYMLINKS: u32 = 40;
 
 /// Where an image's file bytes live: something of a known length that reads at an offset.
-pub trait Blob: Send + Sync {
+pub(crate) trait Blob: Send + Sync {
     /// Its length in bytes.
     fn size(&self) -> std::io::Result<u64>;
     /// Reads into `buf` from `offset`; fewer bytes only at the end, 0 past it.
@@ -115,7 +115,7 @@ pub enum ImageError {
 
 /// Why a read of the image failed; [`ReadError::errno`] is the errno it stands for.
 #[derive(Debug, thiserror::Error)]
-pub enum ReadError {
+pub(crate) enum ReadError {
     /// No such record or name.
     #[error("no such entry")]
     Missing,
@@ -134,7 +134,7 @@ pub enum ReadError {
 }
 
 impl ReadError {
-    pub fn errno(&self) -> i32 {
+    pub(crate) fn errno(&self) -> i32 {
         match self {
             ReadError::Missing => libc::ENOENT,
             ReadError::Kind(e) => *e,
@@ -160,7 +160,7 @@ fn errno(e: i32) -> std::io::Error {
 
 /// The kind of an entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Kind {
+pub(crate) enum Kind {
     RegularFile,
     Directory,
     Symlink,
@@ -171,7 +171,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub fn of(r: &InodeRecord) -> Kind {
+    pub(crate) fn of(r: &InodeRecord) -> Kind {
         match r.file_type() {
             libc::S_IFDIR => Kind::Directory,
             libc::S_IFLNK => Kind::Symlink,
@@ -186,7 +186,7 @@ impl Kind {
 
 /// An entry's attributes, as `stat` shows them on a mount of the image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Attr {
+pub(crate) struct Attr {
     /// The record number (the inode number on a mount is one more).
     pub rec: u32,
     pub size: u64,
@@ -221,7 +221,7 @@ pub struct ImageReader {
 
 impl ImageReader {
     /// Opens the index (its layout validated; its checksum was verified when the image was
-    /// prepared, see [`crate::prepare::prepare`]) and the files of its blob table, in table
+    /// prepared, see [`crate::prepare::prepare_with`]) and the files of its blob table, in table
     /// order, checking that each is as long as the table says.
     pub fn open(index_path: &Path, blob_paths: &[PathBuf]) -> Result<ImageReader, ImageError> {
         // Only a server fetches ahead of reads: a reader for one look fetches what it reads.
@@ -235,7 +235,7 @@ impl ImageReader {
 
     /// [`open`](Self::open), where a blob path naming a lazy layer's
     /// [`REMOTE_FILE`](crate::cache::sparse::REMOTE_FILE) opens that layer lazily, as `lazy` says.
-    pub fn open_with(
+    pub(crate) fn open_with(
         index_path: &Path,
         blob_paths: &[PathBuf],
         lazy: &lazy::LazyOptions,
@@ -310,7 +310,7 @@ impl ImageReader {
     /// An index already opened, over blob readers of any kind (local files, decompressing
     /// views, remote ranges), each named by a path for messages; checks that each is as long
     /// as the index's blob table says.
-    pub fn with_blobs(
+    pub(crate) fn with_blobs(
         index: Index<memmap2::Mmap>,
         index_path: &Path,
         blobs: Vec<(Box<dyn Blob>, PathBuf)>,
@@ -346,28 +346,28 @@ impl ImageReader {
     }
 
     /// Reports the image's owners as `owners` says (the default: as recorded).
-    pub fn with_owners(mut self, owners: Owners) -> ImageReader {
+    pub(crate) fn with_owners(mut self, owners: Owners) -> ImageReader {
         self.owners = owners;
         self
     }
 
     /// How the image's owners are reported.
-    pub fn owners(&self) -> Owners {
+    pub(crate) fn owners(&self) -> Owners {
         self.owners
     }
 
     /// The index itself, for what only needs its totals.
-    pub fn index(&self) -> &Index<memmap2::Mmap> {
+    pub(crate) fn index(&self) -> &Index<memmap2::Mmap> {
         &self.index
     }
 
     /// The record `rec`, or [`ReadError::Missing`].
-    pub fn record(&self, rec: u32) -> Result<InodeRecord, ReadError> {
+    pub(crate) fn record(&self, rec: u32) -> Result<InodeRecord, ReadError> {
         self.index.inode(rec).ok_or(ReadError::Missing)
     }
 
     /// The attributes of the record `rec` holding `r`.
-    pub fn attr_of(&self, rec: u32, r: &InodeRecord) -> Attr {
+    pub(crate) fn attr_of(&self, rec: u32, r: &InodeRecord) -> Attr {
         let rdev = match r.file_type() {
             libc::S_IFCHR | libc::S_IFBLK => {
                 libc::makedev((r.data >> 32) as u32, r.data as u32) as u32
@@ -390,13 +390,13 @@ impl ImageReader {
     }
 
     /// The attributes of `rec`, as `stat` shows them on a mount.
-    pub fn metadata(&self, rec: u32) -> Result<Attr, ReadError> {
+    pub(crate) fn metadata(&self, rec: u32) -> Result<Attr, ReadError> {
         let r = self.record(rec)?;
         Ok(self.attr_of(rec, &r))
     }
 
     /// The child `name` of the directory `parent`, with its attributes, if there is one.
-    pub fn lookup(&self, parent: u32, name: &[u8]) -> Result<Option<Attr>, ReadError> {
+    pub(crate) fn lookup(&self, parent: u32, name: &[u8]) -> Result<Option<Attr>, ReadError> {
         let dir = self.record(parent)?;
         if !dir.is_dir() {
             return Err(ReadError::Kind(libc::ENOTDIR));
@@ -412,7 +412,7 @@ impl ImageReader {
     }
 
     /// Up to `size` bytes of the regular file `rec` from `offset`; empty at the end.
-    pub fn read_at(&self, rec: u32, offset: u64, size: u32) -> Result<Vec<u8>, ReadError> {
+    pub(crate) fn read_at(&self, rec: u32, offset: u64, size: u32) -> Result<Vec<u8>, ReadError> {
         let r = self.record(rec)?;
         match r.file_type() {
             libc::S_IFREG => {}
@@ -494,7 +494,7 @@ impl ImageReader {
 
     /// The directory's entries from position `offset`: ".", "..", then its children; `add`
     /// gets the next position, the record and the name, and returns true once it is full.
-    pub fn dir_entries(
+    pub(crate) fn dir_entries(
         &self,
         rec: u32,
         offset: u64,
@@ -523,7 +523,7 @@ impl ImageReader {
     }
 
     /// The target of the symlink `rec`.
-    pub fn readlink(&self, rec: u32) -> Result<&[u8], ReadError> {
+    pub(crate) fn readlink(&self, rec: u32) -> Result<&[u8], ReadError> {
         let r = self.record(rec)?;
         if r.file_type() != libc::S_IFLNK {
             return Err(ReadError::Kind(libc::EINVAL));
@@ -535,7 +535,7 @@ impl ImageReader {
 
     /// The value of the extended attribute `name` of `rec`; [`ReadError::Range`] when it is
     /// longer than a non-zero `size`.
-    pub fn getxattr(&self, rec: u32, name: &[u8], size: u32) -> Result<Vec<u8>, ReadError> {
+    pub(crate) fn getxattr(&self, rec: u32, name: &[u8], size: u32) -> Result<Vec<u8>, ReadError> {
         let r = self.record(rec)?;
         let value = self
             .index
@@ -551,7 +551,7 @@ impl ImageReader {
 
     /// The names of the extended attributes of `rec`, each ended by NUL, as listxattr(2)
     /// gives them; [`ReadError::Range`] when longer than a non-zero `size`.
-    pub fn listxattr(&self, rec: u32, size: u32) -> Result<Vec<u8>, ReadError> {
+    pub(crate) fn listxattr(&self, rec: u32, size: u32) -> Result<Vec<u8>, ReadError> {
         let r = self.record(rec)?;
         let mut list = Vec::new();
         for (name, _) in self.index.xattrs(&r) {
@@ -567,7 +567,7 @@ impl ImageReader {
     /// Resolves `path` inside the image the way the kernel would with the image as root:
     /// absolute symlinks restart at the image root and `..` stops there, so no path leaves
     /// the image. The last component's symlink is followed when `follow` is set.
-    pub fn resolve(&self, path: &[u8], follow: bool) -> std::io::Result<u32> {
+    pub(crate) fn resolve(&self, path: &[u8], follow: bool) -> std::io::Result<u32> {
         let mut chain: Vec<u32> = vec![0]; // directories from the root, for `..`
         let mut pending: Vec<Vec<u8>> = path.rsplit(|&b| b == b'/').map(<[u8]>::to_vec).collect();
         let mut links = 0;
@@ -614,7 +614,7 @@ impl ImageReader {
     }
 
     /// The inode record `resolve` returned.
-    pub fn inode(&self, rec: u32) -> Option<InodeRecord> {
+    pub(crate) fn inode(&self, rec: u32) -> Option<InodeRecord> {
         self.index.inode(rec)
     }
 
@@ -627,7 +627,7 @@ impl ImageReader {
     }
 
     /// The entries of the directory `rec` (without `.` and `..`), sorted by name.
-    pub fn children(&self, rec: u32) -> std::io::Result<Vec<(&[u8], u32)>> {
+    pub(crate) fn children(&self, rec: u32) -> std::io::Result<Vec<(&[u8], u32)>> {
         let dir = self.record(rec)?;
         if !dir.is_dir() {
             return Err(errno(libc::ENOTDIR));
@@ -638,14 +638,8 @@ impl ImageReader {
             .collect())
     }
 
-    /// The extended attributes of `rec`: name and value.
-    pub fn xattrs(&self, rec: u32) -> std::io::Result<Vec<(&[u8], &[u8])>> {
-        let r = self.record(rec)?;
-        Ok(self.index.xattrs(&r).collect())
-    }
-
     /// Records in the index (inodes, hard links counted once).
-    pub fn inode_count(&self) -> u32 {
+    pub(crate) fn inode_count(&self) -> u32 {
         self.index.inode_count()
     }
 }

@@ -38,13 +38,13 @@ use crate::cache::lazy::WholeLayer;
 const IDLE_CHECK: Duration = Duration::from_secs(5);
 
 /// A lazy layer that may switch to a whole copy while it is served.
-pub struct Promotable {
+pub(crate) struct Promotable {
     lazy: Arc<LazyBlob>,
     local: OnceLock<File>,
 }
 
 impl Promotable {
-    pub fn new(lazy: Arc<LazyBlob>) -> Promotable {
+    pub(crate) fn new(lazy: Arc<LazyBlob>) -> Promotable {
         Promotable {
             lazy,
             local: OnceLock::new(),
@@ -108,7 +108,7 @@ impl Blob for Arc<Promotable> {
 /// span of theirs is present. A layer with a seek table is copied as its tar, into the entry
 /// a whole fetch fills (only for an index inside a lazy image's entry, which names the
 /// layers' diff ids); a layer read through its TOC as its stream, beside its sparse blob.
-pub fn start(index_path: &Path, blobs: &[Arc<Promotable>], make: bool) {
+pub(crate) fn start(index_path: &Path, blobs: &[Arc<Promotable>], make: bool) {
     let layers = Cache::of_entry_file(index_path)
         .and_then(|(cache, entry)| crate::cache::lazy::whole_layers(&cache, &entry));
     if layers.is_none() {

@@ -59,19 +59,19 @@ pub const MAGIC: &[u8; 8] = b"IMGFSIDX";
 /// Bumped on any change to the layout; an index of another version is rebuilt.
 pub const VERSION: u32 = 4;
 pub const HEADER_LEN: usize = 128;
-pub const INODE_LEN: usize = 48;
-pub const DIRENT_LEN: usize = 8;
-pub const OWNER_LEN: usize = 8;
-pub const BLOB_LEN: usize = 16;
+pub(crate) const INODE_LEN: usize = 48;
+pub(crate) const DIRENT_LEN: usize = 8;
+pub(crate) const OWNER_LEN: usize = 8;
+pub(crate) const BLOB_LEN: usize = 16;
 /// Most blobs one index may name: far above the 127 layers an image can have.
-pub const MAX_BLOBS: u64 = 4096;
+pub(crate) const MAX_BLOBS: u64 = 4096;
 const CRC_AT: usize = 124;
 /// Bit of the nanoseconds field that marks a sparse file (nanoseconds need 30 bits).
 const SPARSE_FLAG: u32 = 1 << 31;
 /// Length of a sparse file's (blob offset, map offset, segment count) in extra.
 const SPARSE_HEADER_LEN: u64 = 20;
 /// `st_size` reported for directories, as on most disk filesystems.
-pub const DIR_SIZE: u64 = 4096;
+pub(crate) const DIR_SIZE: u64 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
@@ -110,18 +110,18 @@ pub struct InodeRecord {
 }
 
 impl InodeRecord {
-    pub fn file_type(&self) -> u32 {
+    pub(crate) fn file_type(&self) -> u32 {
         self.mode & libc::S_IFMT
     }
     pub fn is_dir(&self) -> bool {
         self.file_type() == libc::S_IFDIR
     }
-    pub fn is_sparse(&self) -> bool {
+    pub(crate) fn is_sparse(&self) -> bool {
         self.file_type() == libc::S_IFREG && self.extra_len > 0
     }
 }
 
-pub fn type_bits(kind: Kind) -> u32 {
+pub(crate) fn type_bits(kind: Kind) -> u32 {
     match kind {
         Kind::File | Kind::HardLink => libc::S_IFREG,
         Kind::Directory => libc::S_IFDIR,
@@ -134,7 +134,7 @@ pub fn type_bits(kind: Kind) -> u32 {
 
 /// Accumulates the sections; [`Writer::finish`] returns the finished file.
 #[derive(Default)]
-pub struct Writer {
+pub(crate) struct Writer {
     total_blocks: u64,
     inodes: Vec<u8>,
     dirents: Vec<u8>,
@@ -150,7 +150,7 @@ fn fits_u32(v: u64, what: &'static str) -> Result<u32, FormatError> {
 }
 
 impl Writer {
-    pub fn push_inode(&mut self, r: &InodeRecord) -> Result<(), FormatError> {
+    pub(crate) fn push_inode(&mut self, r: &InodeRecord) -> Result<(), FormatError> {
         self.total_blocks = self.total_blocks.saturating_add(r.blocks);
         let owner = match self.owner_index.get(&(r.uid, r.gid)) {
             Some(&i) => i,
@@ -202,7 +202,7 @@ impl Writer {
     }
 
     /// Adds a directory entry; entries must come in index order (names follow them).
-    pub fn push_dirent(&mut self, record: u32, name: &[u8]) -> Result<(), FormatError> {
+    pub(crate) fn push_dirent(&mut self, record: u32, name: &[u8]) -> Result<(), FormatError> {
         let off = fits_u32(self.names.len() as u64, "name bytes")?;
         self.names.extend_from_slice(name);
         self.dirents.put_u32(record);
@@ -212,7 +212,7 @@ impl Writer {
 
     /// Adds a blob to the table: one that must be at least `size` bytes long, named `key`.
     /// Blobs are numbered in the order they are added, from zero.
-    pub fn push_blob_ref(&mut self, size: u64, key: &[u8]) -> Result<u32, FormatError> {
+    pub(crate) fn push_blob_ref(&mut self, size: u64, key: &[u8]) -> Result<u32, FormatError> {
         if self.blobs.len() as u64 >= MAX_BLOBS {
             return Err(FormatError::TooLarge("blobs"));
         }
@@ -222,13 +222,16 @@ impl Writer {
         Ok((self.blobs.len() - 1) as u32)
     }
 
-    pub fn push_extra(&mut self, bytes: &[u8]) -> Result<u64, FormatError> {
+    pub(crate) fn push_extra(&mut self, bytes: &[u8]) -> Result<u64, FormatError> {
         let off = self.extra.len() as u64;
         self.extra.extend_from_slice(bytes);
         Ok(off)
     }
 
-    pub fn push_segments(&mut self, segments: &[Segment]) -> Result<(u64, u32), FormatError> {
+    pub(crate) fn push_segments(
+        &mut self,
+        segments: &[Segment],
+    ) -> Result<(u64, u32), FormatError> {
         let n = u32::try_from(segments.len()).map_err(|_| FormatError::TooLarge("segments"))?;
         let off = self.extra.len() as u64;
         for s in segments {
@@ -239,7 +242,7 @@ impl Writer {
     }
 
     /// Stores an inode's xattrs; returns (offset, length) for the record, (0, 0) for none.
-    pub fn push_xattrs(
+    pub(crate) fn push_xattrs(
         &mut self,
         xattrs: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<(u64, u32), FormatError> {
@@ -260,7 +263,7 @@ impl Writer {
         Ok((off, len))
     }
 
-    pub fn finish(self) -> Result<Vec<u8>, FormatError> {
+    pub(crate) fn finish(self) -> Result<Vec<u8>, FormatError> {
         if self.blobs.is_empty() {
             return Err(FormatError::TooLarge("files without a blob"));
         }
@@ -302,7 +305,7 @@ impl Writer {
 }
 
 /// Whether the checksum in the header matches the bytes (false for anything too short).
-pub fn checksum_matches(b: &[u8]) -> bool {
+pub(crate) fn checksum_matches(b: &[u8]) -> bool {
     if b.len() < HEADER_LEN {
         return false;
     }
@@ -361,7 +364,7 @@ impl<B: AsRef<[u8]>> Index<B> {
     /// Validates the header and the layout but not the checksum, for an index whose checksum
     /// was verified since it last changed: reading a whole large index costs more than the
     /// rest of a warm mount. Every accessor stays bounds-checked either way.
-    pub fn unchecked(bytes: B) -> Result<Self, FormatError> {
+    pub(crate) fn unchecked(bytes: B) -> Result<Self, FormatError> {
         let b = bytes.as_ref();
         if b.len() < HEADER_LEN || &b[..8] != MAGIC {
             return Err(FormatError::Magic);
@@ -433,12 +436,12 @@ impl<B: AsRef<[u8]>> Index<B> {
     }
 
     /// How many blobs the table names (at least one).
-    pub fn blob_count(&self) -> u32 {
+    pub(crate) fn blob_count(&self) -> u32 {
         self.blob_count
     }
 
     /// Blob `i` of the table: the length it must have at least, and its key.
-    pub fn blob(&self, i: u32) -> Option<(u64, &[u8])> {
+    pub(crate) fn blob(&self, i: u32) -> Option<(u64, &[u8])> {
         if i >= self.blob_count {
             return None;
         }
@@ -450,17 +453,8 @@ impl<B: AsRef<[u8]>> Index<B> {
     }
 
     /// Sum of all inodes' 512-byte blocks.
-    pub fn total_blocks(&self) -> u64 {
+    pub(crate) fn total_blocks(&self) -> u64 {
         u64_at(self.bytes.as_ref(), 56)
-    }
-
-    /// Size of the index file itself.
-    pub fn len(&self) -> usize {
-        self.bytes.as_ref().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     pub fn inode(&self, record: u32) -> Option<InodeRecord> {

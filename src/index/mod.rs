@@ -28,7 +28,7 @@ pub fn build_tree<I: Input>(input: &mut I) -> Result<Tree, ScanError> {
 }
 
 /// [`build_tree`], calling `on_entry` after each member.
-pub fn build_tree_with<I: Input>(
+pub(crate) fn build_tree_with<I: Input>(
     input: &mut I,
     on_entry: &mut dyn FnMut(),
 ) -> Result<Tree, ScanError> {

@@ -16,7 +16,7 @@ use super::toc::{ChunkError, ChunkTable};
 
 /// Why stored or fetched bytes of a span cannot be served.
 #[derive(Debug, PartialEq, Eq)]
-pub enum SpanFault {
+pub(crate) enum SpanFault {
     /// They are not the span's bytes: fetch them again.
     Mismatch,
     /// They match, yet do not decode as the table says.
@@ -24,13 +24,10 @@ pub enum SpanFault {
 }
 
 /// A layer's spans: each an independently decodable piece of the compressed blob.
-pub trait SpanTable: Send + Sync {
+pub(crate) trait SpanTable: Send + Sync {
     /// How many spans there are.
+    #[allow(clippy::len_without_is_empty)]
     fn len(&self) -> usize;
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 
     /// Span `i`'s bytes in the compressed blob (`i` below [`len`](Self::len)).
     fn compressed(&self, i: usize) -> Range<u64>;

@@ -26,17 +26,17 @@ use sha2::{Digest, Sha256};
 use super::scan::{Entry, Kind};
 
 /// eStargz's footer: an empty gzip member whose extra field names the TOC's offset.
-pub const ESTARGZ_FOOTER_LEN: u64 = 51;
+pub(crate) const ESTARGZ_FOOTER_LEN: u64 = 51;
 /// The TOC's name inside its gzip member, and the landmarks: entries of the format, not of
 /// the image, which a mount hides (as stargz-snapshotter does).
-pub const ESTARGZ_TOC_NAME: &str = "stargz.index.json";
-pub const ESTARGZ_LANDMARKS: [&str; 2] = [".prefetch.landmark", ".no.prefetch.landmark"];
+pub(crate) const ESTARGZ_TOC_NAME: &str = "stargz.index.json";
+pub(crate) const ESTARGZ_LANDMARKS: [&str; 2] = [".prefetch.landmark", ".no.prefetch.landmark"];
 const ESTARGZ_PREFETCH_LANDMARK: &str = ".prefetch.landmark";
 /// The layer annotation that marks an eStargz layer: the digest of its TOC's JSON.
-pub const ESTARGZ_TOC_DIGEST: &str = "containerd.io/snapshot/stargz/toc.digest";
+pub(crate) const ESTARGZ_TOC_DIGEST: &str = "containerd.io/snapshot/stargz/toc.digest";
 
 /// Whether an eStargz layer's entry at `path` is one of the format's (the TOC, a landmark).
-pub fn is_format_entry(path: &[u8]) -> bool {
+pub(crate) fn is_format_entry(path: &[u8]) -> bool {
     let mut p = path;
     while let Some(rest) = p.strip_prefix(b"./").or_else(|| p.strip_prefix(b"/")) {
         p = rest;
@@ -45,7 +45,7 @@ pub fn is_format_entry(path: &[u8]) -> bool {
 }
 /// Largest TOC accepted, uncompressed: a layer of a million files has a TOC of a few hundred
 /// megabytes at most; the bound stops a hostile size from allocating more.
-pub const MAX_TOC: u64 = 512 << 20;
+pub(crate) const MAX_TOC: u64 = 512 << 20;
 /// Longest name or link target accepted (Linux's PATH_MAX is 4 KiB; tar allows longer).
 const MAX_NAME: usize = 64 << 10;
 
@@ -59,14 +59,14 @@ pub enum TocFormat {
 }
 
 impl TocFormat {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             TocFormat::Estargz => "estargz",
             TocFormat::ZstdChunked => "zstd-chunked",
         }
     }
 
-    pub fn from_name(name: &str) -> Option<TocFormat> {
+    pub(crate) fn from_name(name: &str) -> Option<TocFormat> {
         match name {
             "estargz" => Some(TocFormat::Estargz),
             "zstd-chunked" => Some(TocFormat::ZstdChunked),
@@ -139,11 +139,7 @@ pub enum ChunkError {
 }
 
 impl ChunkTable {
-    pub fn format(&self) -> TocFormat {
-        self.format
-    }
-
-    pub fn compressed_size(&self) -> u64 {
+    pub(crate) fn compressed_size(&self) -> u64 {
         self.compressed_size
     }
 
@@ -599,7 +595,7 @@ fn sha256_of(digest: &str) -> Option<[u8; 32]> {
 
 /// Seconds and nanoseconds since the epoch of an RFC 3339 time (`2026-11-30T20:26:42Z`,
 /// `…42.123456789+02:00`), as Go writes them.
-pub fn parse_rfc3339(t: &str) -> Option<(i64, u32)> {
+pub(crate) fn parse_rfc3339(t: &str) -> Option<(i64, u32)> {
     let b = t.as_bytes();
     let num = |r: Range<usize>| -> Option<i64> {
         let s = t.get(r)?;
@@ -661,7 +657,7 @@ pub fn parse_rfc3339(t: &str) -> Option<(i64, u32)> {
 
 /// The TOC's offset from an eStargz footer (the blob's last [`ESTARGZ_FOOTER_LEN`] bytes):
 /// an empty gzip member whose extra field holds `%016x` of the offset then `STARGZ`.
-pub fn estargz_footer(footer: &[u8]) -> Result<u64, TocError> {
+pub(crate) fn estargz_footer(footer: &[u8]) -> Result<u64, TocError> {
     if footer.len() as u64 != ESTARGZ_FOOTER_LEN {
         return Err(TocError::Footer("not 51 bytes"));
     }
@@ -678,7 +674,7 @@ pub fn estargz_footer(footer: &[u8]) -> Result<u64, TocError> {
 
 /// The JSON of an eStargz TOC from its gzip member (a tar holding [`ESTARGZ_TOC_NAME`]),
 /// read no further than [`MAX_TOC`].
-pub fn estargz_toc_json(member: &[u8]) -> Result<Vec<u8>, TocError> {
+pub(crate) fn estargz_toc_json(member: &[u8]) -> Result<Vec<u8>, TocError> {
     let gz = flate2::read::GzDecoder::new(member).take(MAX_TOC + 4096);
     let mut archive = tar::Archive::new(gz);
     let entries = archive

@@ -224,7 +224,7 @@ impl Tree {
         Some(id)
     }
 
-    pub fn warn(&mut self, message: String) {
+    pub(crate) fn warn(&mut self, message: String) {
         if self.warnings.len() < MAX_WARNINGS {
             self.warnings.push(message);
         } else {
@@ -233,7 +233,7 @@ impl Tree {
     }
 
     /// Messages about entries that were dropped or changed, then a count of any left out.
-    pub fn warnings(&self) -> Vec<String> {
+    pub(crate) fn warnings(&self) -> Vec<String> {
         let mut w = self.warnings.clone();
         if self.dropped_warnings > 0 {
             w.push(format!("... and {} more warnings", self.dropped_warnings));
@@ -266,7 +266,7 @@ impl Tree {
     }
 
     /// Applies one archive member.
-    pub fn insert(&mut self, entry: Entry) {
+    pub(crate) fn insert(&mut self, entry: Entry) {
         let path = entry.path.clone();
         let at = entry.header_offset;
         let comps = match self.components(&path) {

@@ -19,7 +19,7 @@ pub struct Names {
 }
 
 impl Names {
-    pub fn parse(passwd: &str, group: &str) -> Names {
+    pub(crate) fn parse(passwd: &str, group: &str) -> Names {
         // name:password:id:... — the first name given for an id wins, as with getpwuid.
         let table = |text: &str| {
             let mut map = HashMap::new();
@@ -40,14 +40,14 @@ impl Names {
         }
     }
 
-    pub fn user(&self, uid: u32) -> String {
+    pub(crate) fn user(&self, uid: u32) -> String {
         self.users
             .get(&uid)
             .cloned()
             .unwrap_or_else(|| uid.to_string())
     }
 
-    pub fn group(&self, gid: u32) -> String {
+    pub(crate) fn group(&self, gid: u32) -> String {
         self.groups
             .get(&gid)
             .cloned()
@@ -71,7 +71,7 @@ impl Names {
 }
 
 /// An error as the coreutils word it: `strerror` text, without Rust's "(os error N)".
-pub fn describe(e: &std::io::Error) -> String {
+pub(crate) fn describe(e: &std::io::Error) -> String {
     let text = e.to_string();
     match text.rfind(" (os error ") {
         Some(i) => text[..i].to_string(),
@@ -81,7 +81,7 @@ pub fn describe(e: &std::io::Error) -> String {
 
 /// `ls -l`'s ten-character mode: type, then rwx for owner, group and others with the
 /// setuid, setgid and sticky bits folded in (s/S, s/S, t/T).
-pub fn mode_string(kind: Kind, perm: u16) -> String {
+pub(crate) fn mode_string(kind: Kind, perm: u16) -> String {
     let mut s = String::with_capacity(10);
     s.push(match kind {
         Kind::Directory => 'd',
@@ -127,7 +127,7 @@ fn epoch(t: SystemTime) -> (i64, u32) {
 }
 
 /// `2024-01-31 12:34`, as `ls -l --time-style=long-iso`.
-pub fn long_iso(t: SystemTime) -> String {
+pub(crate) fn long_iso(t: SystemTime) -> String {
     let tm = sys::term::local_time(epoch(t).0);
     format!(
         "{:04}-{:02}-{:02} {:02}:{:02}",
@@ -187,7 +187,7 @@ fn type_bits(kind: Kind) -> u32 {
 
 /// Expands GNU stat's `-c` directives for one path. A directive may carry a width and `-`
 /// for left alignment (`%-10s`, `%5u`) or `0` for zero padding (`%04a`).
-pub fn stat_format(img: &Image, path: &str, rec: u32, a: &Attr, format: &str) -> String {
+pub(crate) fn stat_format(img: &Image, path: &str, rec: u32, a: &Attr, format: &str) -> String {
     let mut out = String::new();
     let mut chars = format.chars().peekable();
     while let Some(c) = chars.next() {

@@ -7,7 +7,7 @@
 //! `--time-style=long-iso`), including their exit statuses: what a script expects of them.
 
 pub mod catalog;
-pub mod format;
+pub(crate) mod format;
 
 use std::io::{self, Write};
 

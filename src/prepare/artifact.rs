@@ -29,10 +29,10 @@ use crate::source::{Compression, Image};
 
 /// The artifact type of an imgfs index.
 /// Version 2: the seek tables keep their windows in blobs of their own.
-pub const ARTIFACT_TYPE: &str = "application/vnd.imgfs.index.v2";
+pub(crate) const ARTIFACT_TYPE: &str = "application/vnd.imgfs.index.v2";
 /// Artifact types of imgfs indexes this version no longer reads: such an index is reported,
 /// not used (the image is then fetched whole until its index is pushed again).
-pub const OLD_ARTIFACT_TYPES: &[&str] = &["application/vnd.imgfs.index.v1"];
+pub(crate) const OLD_ARTIFACT_TYPES: &[&str] = &["application/vnd.imgfs.index.v1"];
 /// The merged index, zstd-compressed.
 pub const TREE_MEDIA_TYPE: &str = "application/vnd.imgfs.index.tree.v1+zstd";
 /// A layer's seek table (its format version 2).
@@ -42,22 +42,22 @@ pub const WINDOWS_MEDIA_TYPE: &str = "application/vnd.imgfs.index.windows.v1";
 /// The spans a recorded run of a program read, to fetch first: `LAYER SPAN` lines.
 pub const PREFETCH_MEDIA_TYPE: &str = "application/vnd.imgfs.index.prefetch.v1";
 /// Largest prefetch list accepted.
-pub const MAX_PREFETCH: u64 = 16 << 20;
+pub(crate) const MAX_PREFETCH: u64 = 16 << 20;
 /// On a seek table's descriptor: the digest of the layer blob it describes.
 pub const LAYER_ANNOTATION: &str = "io.imgfs.layer.digest";
 /// On the artifact: the span size it was built with, for people reading it.
-pub const SPAN_ANNOTATION: &str = "io.imgfs.span";
+pub(crate) const SPAN_ANNOTATION: &str = "io.imgfs.span";
 /// The OCI empty descriptor's media type and content, for an artifact's config.
-pub const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
-pub const EMPTY: &[u8] = b"{}";
+pub(crate) const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+pub(crate) const EMPTY: &[u8] = b"{}";
 /// Largest merged index accepted, compressed or not: an image of a million entries has an
 /// index of about 100 MiB.
-pub const MAX_TREE: u64 = 256 << 20;
+pub(crate) const MAX_TREE: u64 = 256 << 20;
 /// Largest seek table accepted: a record per span, so a 100 GiB layer in 256 KiB spans.
-pub const MAX_SEEK: u64 = 64 << 20;
+pub(crate) const MAX_SEEK: u64 = 64 << 20;
 /// Largest windows blob accepted (it is only ever read by range): the windows of a 100 GiB
 /// layer in 64 KiB spans.
-pub const MAX_WINDOWS: u64 = 64 << 30;
+pub(crate) const MAX_WINDOWS: u64 = 64 << 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
@@ -333,7 +333,7 @@ pub fn open_seek(
 }
 
 /// The seek table's kind for a layer compressed as `c`.
-pub fn seek_compression(c: Compression) -> crate::index::seek::SeekCompression {
+pub(crate) fn seek_compression(c: Compression) -> crate::index::seek::SeekCompression {
     use crate::index::seek::SeekCompression;
     match c {
         Compression::Gzip => SeekCompression::Gzip,

@@ -80,7 +80,7 @@ pub(super) fn visible(layer: &Layer, mut members: Vec<Member>) -> Vec<Member> {
 
 /// Makes sure the store holds `layer`'s uncompressed tar, read from `source` (and verified)
 /// unless a complete entry has it; where it is.
-pub fn store_layer(
+pub(crate) fn store_layer(
     cache: &Cache,
     source: &dyn LayerSource,
     layer: &Layer,

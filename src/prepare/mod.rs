@@ -26,7 +26,7 @@ mod tar;
 mod toc;
 mod whole;
 
-pub use layer::store_layer;
+pub(crate) use layer::store_layer;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -114,12 +114,7 @@ pub struct Options<'a> {
     pub report: Option<&'a mut dyn FnMut(Event)>,
 }
 
-/// Resolves `image` and makes sure its cache entry is complete.
-pub fn prepare(image: &ImageRef, cache: &Cache) -> Result<Ready, PrepareError> {
-    prepare_with(image, cache, Options::default())
-}
-
-/// [`prepare`], pulling a missing image when asked to and reporting progress.
+/// Resolves `image` and makes sure its cache entry is complete, pulling a missing image when asked to and reporting progress.
 pub fn prepare_with(
     image: &ImageRef,
     cache: &Cache,

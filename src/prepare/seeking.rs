@@ -25,14 +25,14 @@ const CHANNEL_CHUNKS: usize = 16;
 
 type Tables = Arc<Mutex<HashMap<String, Result<SeekTable, SeekError>>>>;
 
-pub struct Seeking<'a> {
+pub(crate) struct Seeking<'a> {
     inner: &'a dyn LayerSource,
     span: u64,
     tables: Tables,
 }
 
 impl<'a> Seeking<'a> {
-    pub fn new(inner: &'a dyn LayerSource, span: u64) -> Seeking<'a> {
+    pub(crate) fn new(inner: &'a dyn LayerSource, span: u64) -> Seeking<'a> {
         Seeking {
             inner,
             span,
@@ -41,7 +41,7 @@ impl<'a> Seeking<'a> {
     }
 
     /// The table built for `layer` while it was read whole, if it was.
-    pub fn take(&self, layer: &Layer) -> Option<Result<SeekTable, SeekError>> {
+    pub(crate) fn take(&self, layer: &Layer) -> Option<Result<SeekTable, SeekError>> {
         let key = layer.digest.as_ref()?.to_string();
         self.tables.lock().remove(&key)
     }

@@ -41,7 +41,7 @@ enum Location {
 }
 
 /// The store key of a layer read through its TOC.
-pub fn layer_key(layer: &Layer) -> Option<EntryKey> {
+pub(crate) fn layer_key(layer: &Layer) -> Option<EntryKey> {
     layer
         .digest
         .as_ref()
@@ -49,7 +49,7 @@ pub fn layer_key(layer: &Layer) -> Option<EntryKey> {
 }
 
 /// Name of the store entry of an image read through its layers' TOCs.
-pub fn entry_name(img: &Image) -> EntryKey {
+pub(crate) fn entry_name(img: &Image) -> EntryKey {
     EntryKey::LazyToc(img.config_digest.clone())
 }
 
@@ -82,7 +82,7 @@ fn location(layer: &Layer) -> Option<Location> {
 }
 
 /// Whether any layer of `img` says it has a TOC.
-pub fn any(img: &Image) -> bool {
+pub(crate) fn any(img: &Image) -> bool {
     img.layers.iter().any(|l| location(l).is_some())
 }
 

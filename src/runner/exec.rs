@@ -34,7 +34,7 @@ use crate::sys::{self, EXIT_SETUP, SysError};
 const SANDBOX_FS_THREADS: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
-pub enum SandboxError {
+pub(crate) enum SandboxError {
     #[error("cannot open the image: {0}")]
     Image(FsError),
     #[error("cannot serve the image: {0}")]

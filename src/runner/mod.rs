@@ -17,12 +17,12 @@
 pub mod plan;
 
 pub mod confine;
-pub mod namespaces;
-pub mod rootfs;
+pub(crate) mod namespaces;
+pub(crate) mod rootfs;
 
 pub mod exec;
-pub mod process;
-pub mod pty;
+pub(crate) mod process;
+pub(crate) mod pty;
 
 use std::os::unix::process::CommandExt;
 

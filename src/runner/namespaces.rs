@@ -12,7 +12,7 @@ use crate::sys::process::Forked;
 use crate::sys::{self, EXIT_SETUP, SysError};
 
 #[derive(Debug, thiserror::Error)]
-pub enum NamespaceError {
+pub(crate) enum NamespaceError {
     #[error("cannot create namespaces: {cause}{}", if *.unprivileged { " (unprivileged user namespaces must be enabled: sysctl kernel.unprivileged_userns_clone=1 and user.max_user_namespaces > 0)" } else { "" })]
     Unshare {
         cause: io::Error,
@@ -37,7 +37,7 @@ pub enum NamespaceError {
 /// Where a sandbox keeps its scratch tmpfs mountpoint on the host: an empty directory,
 /// removed when the sandbox ends (the tmpfs itself only ever exists in the sandbox's
 /// private mount namespace).
-pub fn scratch_parent() -> PathBuf {
+pub(crate) fn scratch_parent() -> PathBuf {
     let (uid, _) = sys::effective_ids();
     if uid == 0 {
         return PathBuf::from("/run/imgfs");
@@ -49,7 +49,7 @@ pub fn scratch_parent() -> PathBuf {
 }
 
 /// Removes scratch directories of sandboxes whose supervisor is gone (killed outright).
-pub fn remove_stale_scratch(parent: &Path) {
+pub(crate) fn remove_stale_scratch(parent: &Path) {
     let Ok(entries) = fs::read_dir(parent) else {
         return;
     };
@@ -66,7 +66,7 @@ pub fn remove_stale_scratch(parent: &Path) {
 
 /// Without root, the sandbox serves the image through /dev/fuse itself: say so plainly
 /// before anything is set up when it cannot be opened.
-pub fn check_fuse() -> Result<(), NamespaceError> {
+pub(crate) fn check_fuse() -> Result<(), NamespaceError> {
     fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -77,7 +77,7 @@ pub fn check_fuse() -> Result<(), NamespaceError> {
 
 /// Moves this (single-threaded) process into the sandbox's namespaces and makes every mount
 /// it sees private, so nothing mounted from now on reaches the host.
-pub fn enter(plan: &Plan) -> Result<(), NamespaceError> {
+pub(crate) fn enter(plan: &Plan) -> Result<(), NamespaceError> {
     let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
     if !plan.net_host {
         flags |= libc::CLONE_NEWNET;
@@ -110,7 +110,7 @@ pub fn enter(plan: &Plan) -> Result<(), NamespaceError> {
 
 /// The supervisor's side of a forked init: its pid, and the go-ahead it waits for when
 /// asked to (see [`fork_init`]).
-pub struct Init {
+pub(crate) struct Init {
     pub pid: sys::process::Pid,
     go: Option<OwnedFd>,
 }
@@ -118,7 +118,7 @@ pub struct Init {
 impl Init {
     /// Lets an init that waits for it go on (once the supervisor has placed it, say, in its
     /// cgroup). Dropping the `Init` without calling this makes a waiting init give up.
-    pub fn release(&mut self) {
+    pub(crate) fn release(&mut self) {
         if let Some(fd) = self.go.take() {
             let _ = fs::File::from(fd).write(&[1]);
         }
@@ -139,7 +139,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), NamespaceError> {
 /// supervisor (PDEATHSIG), and a supervisor that died before the child could ask for that
 /// shows as a closed pipe. With `wait`, the child goes on only once the parent calls
 /// [`Init::release`].
-pub fn fork_init(wait: bool) -> Result<Option<Init>, NamespaceError> {
+pub(crate) fn fork_init(wait: bool) -> Result<Option<Init>, NamespaceError> {
     let (read, write) = pipe()?;
     let go = if wait { Some(pipe()?) } else { None };
     let pid = match sys::process::fork_into(libc::CLONE_NEWPID) {
@@ -183,7 +183,7 @@ pub fn fork_init(wait: bool) -> Result<Option<Init>, NamespaceError> {
 /// What docker sets in a container's own network namespace, so that programs run as another
 /// user may still bind low ports and open ping sockets there (both are per namespace and
 /// reach nothing beyond it). Without root only the gids of the user namespace may be named.
-pub fn network_sysctls(unprivileged: bool) {
+pub(crate) fn network_sysctls(unprivileged: bool) {
     let ping_groups = if unprivileged { "0 0" } else { "0 2147483647" };
     for (path, value) in [
         ("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0"),
@@ -197,6 +197,6 @@ pub fn network_sysctls(unprivileged: bool) {
 }
 
 /// Brings up `lo` in the new network namespace.
-pub fn loopback_up() -> Result<(), NamespaceError> {
+pub(crate) fn loopback_up() -> Result<(), NamespaceError> {
     sys::process::loopback_up().map_err(NamespaceError::Loopback)
 }

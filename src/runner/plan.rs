@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// PATH docker gives a container whose image sets none.
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {
@@ -34,7 +35,7 @@ pub enum PlanError {
 
 /// The parts of an image config the runner applies (docker's `Config`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ImageConfig {
+pub(crate) struct ImageConfig {
     pub env: Vec<String>,
     pub cmd: Vec<String>,
     pub entrypoint: Vec<String>,
@@ -45,7 +46,7 @@ pub struct ImageConfig {
 
 impl ImageConfig {
     /// Reads the config from the daemon's image inspect document.
-    pub fn from_inspect_json(json: &[u8]) -> Result<ImageConfig, serde_json::Error> {
+    pub(crate) fn from_inspect_json(json: &[u8]) -> Result<ImageConfig, serde_json::Error> {
         let v: serde_json::Value = serde_json::from_slice(json)?;
         let config = &v["Config"];
         let strings = |key: &str| -> Vec<String> {
@@ -179,7 +180,7 @@ fn group_entries(text: &str) -> impl Iterator<Item = (&str, u32, Vec<&str>)> {
 
 /// Resolved identity: uid, gid, supplementary groups, home.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Identity {
+pub(crate) struct Identity {
     pub uid: u32,
     pub gid: u32,
     pub groups: Vec<u32>,
@@ -188,7 +189,7 @@ pub struct Identity {
 
 /// Resolves `user[:group]` (names or numbers) against the image's passwd and group files,
 /// as docker does: a numeric uid need not exist; a name must.
-pub fn resolve_user(spec: &str, passwd: &str, group: &str) -> Result<Identity, PlanError> {
+pub(crate) fn resolve_user(spec: &str, passwd: &str, group: &str) -> Result<Identity, PlanError> {
     let (user, grp) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
@@ -261,7 +262,7 @@ fn has_env(env: &[String], key: &str) -> bool {
 }
 
 /// Parses `HOST:GUEST[:ro|:rw]`, resolving HOST on the host now.
-pub fn parse_volume(spec: &str) -> Result<Volume, PlanError> {
+pub(crate) fn parse_volume(spec: &str) -> Result<Volume, PlanError> {
     let bad = |reason: &str| PlanError::Volume {
         spec: spec.to_string(),
         reason: reason.to_string(),
@@ -289,7 +290,7 @@ pub fn parse_volume(spec: &str) -> Result<Volume, PlanError> {
 }
 
 /// Inputs about the image that the plan needs.
-pub struct ImageFacts<'a> {
+pub(crate) struct ImageFacts<'a> {
     pub index_path: &'a Path,
     pub blobs: &'a [PathBuf],
     pub fsname: String,
@@ -302,7 +303,7 @@ pub struct ImageFacts<'a> {
 }
 
 /// Decides everything, the way docker run would.
-pub fn build(
+pub(crate) fn build(
     image: &ImageFacts<'_>,
     req: &Request,
     caller: (u32, u32),

@@ -17,7 +17,7 @@ use crate::sys::{self, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_SETUP, SysError, c
 
 /// Signals passed on to the command when they are sent with kill(2). Terminal-generated
 /// ones (Ctrl-C, Ctrl-\) reach the command directly, as it shares the caller's terminal.
-pub const FORWARDED: [i32; 6] = [
+pub(crate) const FORWARDED: [i32; 6] = [
     libc::SIGINT,
     libc::SIGTERM,
     libc::SIGHUP,
@@ -27,7 +27,7 @@ pub const FORWARDED: [i32; 6] = [
 ];
 
 #[derive(Debug, thiserror::Error)]
-pub enum ProcessError {
+pub(crate) enum ProcessError {
     #[error("cannot create a mount namespace: {0}")]
     MountNamespace(SysError),
     #[error(transparent)]
@@ -48,7 +48,7 @@ pub enum ProcessError {
 
 impl ProcessError {
     /// The exit status docker gives the same failure.
-    pub fn exit_code(&self) -> i32 {
+    pub(crate) fn exit_code(&self) -> i32 {
         match self {
             ProcessError::NoSuchFile(_) | ProcessError::NotInPath(_) => EXIT_NOT_FOUND,
             _ => EXIT_SETUP,
@@ -57,7 +57,7 @@ impl ProcessError {
 }
 
 /// The signals the supervisor and the init take with sigwaitinfo.
-pub fn waited_signals() -> Vec<i32> {
+pub(crate) fn waited_signals() -> Vec<i32> {
     let mut all = FORWARDED.to_vec();
     all.push(libc::SIGCHLD);
     all
@@ -65,7 +65,7 @@ pub fn waited_signals() -> Vec<i32> {
 
 /// Waits for `child`, passing on signals sent with kill(2). Returns its exit status.
 /// `on_winch` follows the caller's terminal size when the sandbox has a terminal.
-pub fn wait_for(child: Pid, on_winch: Option<&dyn Fn()>) -> i32 {
+pub(crate) fn wait_for(child: Pid, on_winch: Option<&dyn Fn()>) -> i32 {
     let mut signals = waited_signals();
     if on_winch.is_some() {
         signals.push(libc::SIGWINCH);
@@ -95,7 +95,7 @@ pub fn wait_for(child: Pid, on_winch: Option<&dyn Fn()>) -> i32 {
 
 /// The init: PID 1 of the sandbox. Returns its exit status: the command's, or 125-127 with
 /// one line on stderr when the command could not be started.
-pub fn init(plan: &Plan, scratch: &Path, filter: Option<confine::seccomp::Program>) -> i32 {
+pub(crate) fn init(plan: &Plan, scratch: &Path, filter: Option<confine::seccomp::Program>) -> i32 {
     match start_command(plan, scratch, filter) {
         Ok(pid) => wait_for(pid, None),
         Err(e) => {

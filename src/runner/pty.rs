@@ -14,13 +14,13 @@ use crate::sys::term::{self, Termios};
 use crate::sys::{self, SysError};
 
 /// Path of the command's terminal inside the sandbox: the first of a fresh devpts instance.
-pub const SLAVE: &str = "/dev/pts/0";
+pub(crate) const SLAVE: &str = "/dev/pts/0";
 /// Bytes copied at a time between the terminals.
 const CHUNK: usize = 16 << 10;
 
 /// Why the sandbox's terminal could not be set up.
 #[derive(Debug, thiserror::Error)]
-pub enum TerminalError {
+pub(crate) enum TerminalError {
     #[error("{path}: {cause}")]
     Dir { path: PathBuf, cause: io::Error },
     /// Mounting the sandbox's devpts instance failed.
@@ -37,7 +37,7 @@ pub enum TerminalError {
 }
 
 /// The pseudo-terminal's master side and the caller's terminal settings to restore.
-pub struct Terminal {
+pub(crate) struct Terminal {
     master: OwnedFd,
     saved: Termios,
 }
@@ -45,7 +45,7 @@ pub struct Terminal {
 impl Terminal {
     /// Mounts a devpts instance at `dir/pts`, opens its first pseudo-terminal, sizes it like
     /// the caller's terminal (stdin) and puts that one in raw mode.
-    pub fn open(dir: &Path) -> Result<Terminal, TerminalError> {
+    pub(crate) fn open(dir: &Path) -> Result<Terminal, TerminalError> {
         let pts = dir.join("pts");
         std::fs::create_dir_all(&pts).map_err(|source| TerminalError::Dir {
             path: pts.clone(),
@@ -75,7 +75,7 @@ impl Terminal {
     }
 
     /// Gives the pseudo-terminal the caller's window size.
-    pub fn resize(&self) {
+    pub(crate) fn resize(&self) {
         if let Ok(size) = term::window_size(io::stdin().as_fd()) {
             let _ = term::set_window_size(self.master.as_fd(), &size);
         }
@@ -83,7 +83,10 @@ impl Terminal {
 
     /// Copies the command's output to stdout until every slave is closed, and stdin to the
     /// command when `input` is set. Returns the output thread; join it to drain the output.
-    pub fn spawn_copies(&self, input: bool) -> Result<std::thread::JoinHandle<()>, TerminalError> {
+    pub(crate) fn spawn_copies(
+        &self,
+        input: bool,
+    ) -> Result<std::thread::JoinHandle<()>, TerminalError> {
         self.spawn_copy_threads(input).map_err(TerminalError::Copy)
     }
 
@@ -134,7 +137,7 @@ impl Drop for Terminal {
 /// In the command's process (after fork, before exec): a new session whose controlling
 /// terminal is the sandbox's pseudo-terminal, on stdin, stdout and stderr.
 /// Only async-signal-safe calls; returns false on failure.
-pub fn attach(slave: &std::ffi::CStr) -> bool {
+pub(crate) fn attach(slave: &std::ffi::CStr) -> bool {
     let _ = term::setsid();
     let Ok(fd) = sys::fs::open(slave, libc::O_RDWR, 0) else {
         return false;

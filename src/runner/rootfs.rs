@@ -23,7 +23,7 @@ const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 const NOEXEC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
 
 #[derive(Debug, thiserror::Error)]
-pub enum RootfsError {
+pub(crate) enum RootfsError {
     #[error("cannot mount the root: {0}")]
     Root(SysError),
     #[error("{guest}: {cause}")]
@@ -45,7 +45,7 @@ fn in_root(guest: &str) -> impl Fn(SysError) -> RootfsError + '_ {
 
 /// Builds the root at `scratch/root` over the image at `scratch/lower` and enters it: on
 /// return, `/` is the sandbox's root and the host's is gone from this mount namespace.
-pub fn build_and_enter(plan: &Plan, scratch: &Path) -> Result<(), RootfsError> {
+pub(crate) fn build_and_enter(plan: &Plan, scratch: &Path) -> Result<(), RootfsError> {
     let root_dir = scratch.join("root");
     mount_root(plan, scratch, &root_dir).map_err(RootfsError::Root)?;
     let root = sys::fs::open_dir(&root_dir).map_err(RootfsError::Root)?;

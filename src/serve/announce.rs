@@ -106,7 +106,7 @@ pub struct Lease {
 impl LiveMount {
     /// Takes a lease on the mount, or says why it is gone. Bind the mount while holding it:
     /// once bound, the mount lives as long as the binding, whatever its server decides.
-    pub fn lease(&self) -> io::Result<Lease> {
+    pub(crate) fn lease(&self) -> io::Result<Lease> {
         use std::os::unix::fs::MetadataExt;
         let file = std::fs::File::open(&self.registry)?;
         sys::lock_shared(&file)?;

@@ -13,9 +13,9 @@
 //! another user's in a private directory of their own, see [`shared_dir`]). A caller only
 //! ever takes up its own announcements and mounts.
 
-pub mod announce;
-pub mod detached;
-pub mod shared;
+pub(crate) mod announce;
+pub(crate) mod detached;
+pub(crate) mod shared;
 
 use std::ffi::CString;
 use std::io;
@@ -220,7 +220,7 @@ fn retire_when_idle(idle: Duration, requests: &AtomicU64, registry: Option<&Path
 
 /// Mounts `fs` and starts its request threads; the mount lasts as long as the returned
 /// session (dropping it unmounts).
-pub fn spawn(
+pub(crate) fn spawn(
     fs: ImageFs,
     mountpoint: &Path,
     options: &ServeOptions,
@@ -230,7 +230,7 @@ pub fn spawn(
 
 /// Mounts `fs` without starting a thread: requests wait until [`start`]. The process stays
 /// single-threaded in between, so it may still fork and go on running Rust in the child.
-pub fn mount(
+pub(crate) fn mount(
     fs: ImageFs,
     mountpoint: &Path,
     options: &ServeOptions,
@@ -259,7 +259,7 @@ pub fn mount(
 }
 
 /// Starts the request threads of a session made by [`mount`].
-pub fn start(
+pub(crate) fn start(
     session: fuser::Session<ImageFs>,
     mountpoint: &Path,
 ) -> Result<fuser::BackgroundSession, ServeError> {

@@ -26,21 +26,21 @@ impl From<DigestError> for io::Error {
 }
 
 /// Parses `s` as a digest of an algorithm imgfs can check.
-pub fn parse(s: &str) -> Result<Digest, DigestError> {
+pub(crate) fn parse(s: &str) -> Result<Digest, DigestError> {
     let d = Digest::try_from(s).map_err(|_| DigestError::Malformed(s.to_string()))?;
     Hasher::new(&d)?;
     Ok(d)
 }
 
 /// An incremental hash of the algorithm a digest names.
-pub enum Hasher {
+pub(crate) enum Hasher {
     Sha256(sha2::Sha256),
     Sha512(sha2::Sha512),
 }
 
 impl Hasher {
     /// A hasher for `expected`'s algorithm.
-    pub fn new(expected: &Digest) -> Result<Hasher, DigestError> {
+    pub(crate) fn new(expected: &Digest) -> Result<Hasher, DigestError> {
         match expected.algorithm() {
             DigestAlgorithm::Sha256 => Ok(Hasher::Sha256(sha2::Sha256::new())),
             DigestAlgorithm::Sha512 => Ok(Hasher::Sha512(sha2::Sha512::new())),
@@ -48,11 +48,11 @@ impl Hasher {
         }
     }
 
-    pub fn sha256() -> Hasher {
+    pub(crate) fn sha256() -> Hasher {
         Hasher::Sha256(sha2::Sha256::new())
     }
 
-    pub fn update(&mut self, bytes: &[u8]) {
+    pub(crate) fn update(&mut self, bytes: &[u8]) {
         match self {
             Hasher::Sha256(h) => h.update(bytes),
             Hasher::Sha512(h) => h.update(bytes),
@@ -60,7 +60,7 @@ impl Hasher {
     }
 
     /// The digest of what was hashed, as `algorithm:hex`.
-    pub fn finish(self) -> String {
+    pub(crate) fn finish(self) -> String {
         let (name, bytes) = match self {
             Hasher::Sha256(h) => ("sha256", h.finalize().to_vec()),
             Hasher::Sha512(h) => ("sha512", h.finalize().to_vec()),
@@ -76,14 +76,14 @@ impl Hasher {
 }
 
 /// The sha256 digest of `bytes`.
-pub fn sha256(bytes: &[u8]) -> String {
+pub(crate) fn sha256(bytes: &[u8]) -> String {
     let mut h = Hasher::sha256();
     h.update(bytes);
     h.finish()
 }
 
 /// Checks `bytes` against `expected`.
-pub fn verify(expected: &Digest, bytes: &[u8]) -> Result<(), DigestError> {
+pub(crate) fn verify(expected: &Digest, bytes: &[u8]) -> Result<(), DigestError> {
     let mut h = Hasher::new(expected)?;
     h.update(bytes);
     let actual = h.finish();
@@ -99,7 +99,7 @@ pub fn verify(expected: &Digest, bytes: &[u8]) -> Result<(), DigestError> {
 /// Reads through to `inner`, hashing; at the end, fails unless exactly `size` bytes (when
 /// known) with digest `expected` went by. It fails as soon as more than `size` bytes arrive,
 /// so a source cannot stream without end.
-pub struct Verified<R> {
+pub(crate) struct Verified<R> {
     inner: R,
     hasher: Option<Hasher>,
     expected: Digest,
@@ -108,7 +108,7 @@ pub struct Verified<R> {
 }
 
 impl<R: Read> Verified<R> {
-    pub fn new(inner: R, expected: &Digest, size: Option<u64>) -> Result<Self, DigestError> {
+    pub(crate) fn new(inner: R, expected: &Digest, size: Option<u64>) -> Result<Self, DigestError> {
         Ok(Verified {
             inner,
             hasher: Some(Hasher::new(expected)?),
@@ -116,11 +116,6 @@ impl<R: Read> Verified<R> {
             size,
             seen: 0,
         })
-    }
-
-    /// Bytes read so far.
-    pub fn seen(&self) -> u64 {
-        self.seen
     }
 }
 

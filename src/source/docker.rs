@@ -64,7 +64,7 @@ impl DockerError {
 
 /// A resolved image: its id and the daemon's description of it (config, tags, ...).
 #[derive(Clone, Debug)]
-pub struct Image {
+pub(crate) struct Image {
     /// Content-addressed id, e.g. `sha256:...`.
     pub id: String,
     /// The daemon's image inspect document, kept for the runner (Env, Cmd, Entrypoint, ...).
@@ -72,7 +72,7 @@ pub struct Image {
 }
 
 /// A connection to a Docker-compatible daemon.
-pub struct Docker {
+pub(crate) struct Docker {
     rt: Runtime,
     client: bollard::Docker,
     endpoint: String,
@@ -81,7 +81,7 @@ pub struct Docker {
 impl Docker {
     /// Connects to `DOCKER_HOST` (`unix://` or `tcp://`), else the default socket. No request
     /// is made yet: the first one (a resolve) shows whether the daemon answers.
-    pub fn connect() -> Result<Docker, DockerError> {
+    pub(crate) fn connect() -> Result<Docker, DockerError> {
         let endpoint =
             std::env::var("DOCKER_HOST").unwrap_or_else(|_| DEFAULT_ENDPOINT.to_string());
         let unreachable = |reason: String| DockerError::Unreachable {
@@ -139,7 +139,7 @@ impl Docker {
     }
 
     /// Resolves a reference among the images the daemon already has.
-    pub fn resolve(&mut self, reference: &str) -> Result<Image, DockerError> {
+    pub(crate) fn resolve(&mut self, reference: &str) -> Result<Image, DockerError> {
         let mut inspect = self.rt.block_on(self.client.inspect_image(reference));
         if inspect.as_ref().is_err_and(Self::version_refused) {
             self.negotiate()?;
@@ -166,7 +166,7 @@ impl Docker {
 
     /// Asks the daemon to pull `reference` from its registry (a missing tag means `latest`,
     /// as with docker pull); `status` gets each line of the daemon's progress.
-    pub fn pull(
+    pub(crate) fn pull(
         &mut self,
         reference: &str,
         status: &mut dyn FnMut(&str),
@@ -217,7 +217,7 @@ impl Docker {
     /// container is removed afterwards whatever happens; on SIGINT/SIGTERM it is removed,
     /// `on_signal` runs (to drop half-written files), the stream fails from then on, and the
     /// export ends with [`DockerError::Interrupted`].
-    pub fn export<T>(
+    pub(crate) fn export<T>(
         &self,
         image: &Image,
         on_signal: impl FnOnce() + Send + 'static,

@@ -218,7 +218,7 @@ fn blob_name(d: &oci_spec::image::Digest) -> String {
 }
 
 /// An image layout or archive, opened.
-pub struct Layout {
+pub(crate) struct Layout {
     files: Files,
     what: String,
     /// `docker save` output finds layers by member name; an OCI layout by digest.
@@ -268,7 +268,7 @@ impl LayerSource for Layout {
 
 /// Opens an OCI image layout (`archive`: in a tar file) and resolves the image `name`
 /// (the only one when `None`) for `platform`.
-pub fn open_oci(
+pub(crate) fn open_oci(
     path: &Path,
     archive: bool,
     name: Option<&str>,
@@ -396,7 +396,7 @@ fn with_tag(name: &str) -> String {
 }
 
 /// Opens `docker save` output and resolves the image `name` (the only one when `None`).
-pub fn open_docker_archive(
+pub(crate) fn open_docker_archive(
     path: &Path,
     name: Option<&str>,
 ) -> Result<(Image, Layout), SourceError> {

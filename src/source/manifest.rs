@@ -11,16 +11,16 @@ use super::{Compression, Image, Layer, Platform, SourceError};
 
 /// Largest manifest, index or config read: far above real ones (tens of kB), low enough
 /// that a hostile source cannot exhaust memory.
-pub const MAX_DOCUMENT: u64 = 8 << 20;
+pub(crate) const MAX_DOCUMENT: u64 = 8 << 20;
 /// Most indexes followed to reach a manifest (an index may name an index).
 const MAX_DEPTH: usize = 4;
 
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(crate) const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 /// What a registry is asked for: every manifest type imgfs reads.
-pub const ACCEPT: [&str; 4] = [OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST];
+pub(crate) const ACCEPT: [&str; 4] = [OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST];
 
 /// Where the documents a manifest names come from.
 pub trait Documents {
@@ -31,12 +31,12 @@ pub trait Documents {
 
 /// What kind of document a media type names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Index,
     Manifest,
 }
 
-pub fn kind_of(media_type: &str) -> Option<Kind> {
+pub(crate) fn kind_of(media_type: &str) -> Option<Kind> {
     match media_type {
         OCI_INDEX | DOCKER_LIST => Some(Kind::Index),
         OCI_MANIFEST | DOCKER_MANIFEST => Some(Kind::Manifest),
@@ -206,7 +206,7 @@ fn image_of(
 
 /// Reads a document through `open`, bounded and verified: the shared body of
 /// [`Documents::document`] for sources that can open a blob as a stream.
-pub fn read_document<'a>(
+pub(crate) fn read_document<'a>(
     d: &Descriptor,
     what: &str,
     open: impl FnOnce() -> Result<Box<dyn std::io::Read + Send + 'a>, SourceError>,
@@ -248,7 +248,7 @@ pub fn read_document<'a>(
 
 impl Compression {
     /// The compression a layer media type names; `None` for what is not a layer imgfs reads.
-    pub fn of_media_type(mt: &MediaType) -> Option<Compression> {
+    pub(crate) fn of_media_type(mt: &MediaType) -> Option<Compression> {
         let s = mt.to_string();
         match s.as_str() {
             "application/vnd.oci.image.layer.v1.tar"

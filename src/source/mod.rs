@@ -17,7 +17,7 @@ pub mod docker;
 pub mod layout;
 pub mod manifest;
 pub mod registry;
-pub mod retry;
+pub(crate) mod retry;
 
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -165,7 +165,7 @@ impl Platform {
     }
 
     /// Whether an index entry's platform is this one (a variant only counts when asked for).
-    pub fn matches(&self, p: &oci_spec::image::Platform) -> bool {
+    pub(crate) fn matches(&self, p: &oci_spec::image::Platform) -> bool {
         p.os().to_string() == self.os
             && p.architecture().to_string() == self.architecture
             && match &self.variant {
@@ -209,7 +209,7 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 impl Compression {
     /// `reader`'s bytes uncompressed.
-    pub fn decompress<'r>(
+    pub(crate) fn decompress<'r>(
         self,
         reader: Box<dyn Read + Send + 'r>,
     ) -> io::Result<Box<dyn Read + Send + 'r>> {
@@ -261,7 +261,7 @@ const ZSTD_CHUNKED_MARKS: [&str; 2] = [
 impl Layer {
     /// Whether the layer is zstd:chunked: its uncompressed stream is rewritten by the
     /// converter, so it need not match the config's diff id.
-    pub fn is_zstd_chunked(&self) -> bool {
+    pub(crate) fn is_zstd_chunked(&self) -> bool {
         self.annotations.keys().any(|k| {
             ZSTD_CHUNKED_MARKS
                 .iter()
@@ -273,7 +273,7 @@ impl Layer {
     /// against when it is not `None`: its diff id — or, for a layer whose uncompressed form
     /// is not the diff id's (zstd:chunked), the digest of its stored bytes, which determine
     /// it as well and are checked by the source.
-    pub fn store_key(&self) -> (String, Option<&oci_spec::image::Digest>) {
+    pub(crate) fn store_key(&self) -> (String, Option<&oci_spec::image::Digest>) {
         match &self.digest {
             Some(d) if self.is_zstd_chunked() => (d.to_string(), None),
             _ => (self.diff_id.to_string(), Some(&self.diff_id)),

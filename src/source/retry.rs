@@ -19,7 +19,7 @@ const MAX_DOUBLINGS: u32 = 16;
 
 /// How often and how patiently a failed operation is tried again.
 #[derive(Clone)]
-pub struct Policy {
+pub(crate) struct Policy {
     /// Tries in all, the first included; `None`: as many as the deadline allows.
     tries: Option<u32>,
     /// No pause starts that would end later than this after the first try.
@@ -37,7 +37,7 @@ type Hook = Arc<dyn Fn(&Retrying) + Send + Sync>;
 
 /// A retry about to happen, as a [`Policy::on_retry`] hook sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Retrying {
+pub(crate) struct Retrying {
     /// Failures in a row so far, the one just counted included.
     pub failures: u32,
     /// The pause before the next try.
@@ -59,7 +59,7 @@ impl std::fmt::Debug for Policy {
 impl Policy {
     /// `tries` tries in all, the first included, with pauses doubling from `first_delay` up
     /// to `max_delay`.
-    pub fn tries(tries: u32, first_delay: Duration, max_delay: Duration) -> Policy {
+    pub(crate) fn tries(tries: u32, first_delay: Duration, max_delay: Duration) -> Policy {
         Policy {
             tries: Some(tries),
             deadline: None,
@@ -71,7 +71,7 @@ impl Policy {
 
     /// As many tries as fit in `deadline` from the first: no pause starts that would end past
     /// it. Pauses double from `first_delay` up to `max_delay`.
-    pub fn within(deadline: Duration, first_delay: Duration, max_delay: Duration) -> Policy {
+    pub(crate) fn within(deadline: Duration, first_delay: Duration, max_delay: Duration) -> Policy {
         Policy {
             tries: None,
             deadline: Some(deadline),
@@ -82,14 +82,14 @@ impl Policy {
     }
 
     /// This policy, with `hook` called before every pause (to count retries, say).
-    pub fn on_retry(mut self, hook: impl Fn(&Retrying) + Send + Sync + 'static) -> Policy {
+    pub(crate) fn on_retry(mut self, hook: impl Fn(&Retrying) + Send + Sync + 'static) -> Policy {
         self.on_retry = Some(Arc::new(hook));
         self
     }
 
     /// The pause after the `failures`-th failure in a row, or what the server asked for;
     /// never more than the cap.
-    pub fn delay(&self, failures: u32, asked: Option<Duration>) -> Duration {
+    pub(crate) fn delay(&self, failures: u32, asked: Option<Duration>) -> Duration {
         let doubled = self
             .first_delay
             .saturating_mul(1u32 << failures.saturating_sub(1).min(MAX_DOUBLINGS));
@@ -97,7 +97,7 @@ impl Policy {
     }
 
     /// The tries of one operation, starting now.
-    pub fn start(&self) -> Attempts<'_> {
+    pub(crate) fn start(&self) -> Attempts<'_> {
         Attempts {
             policy: self,
             started: Instant::now(),
@@ -109,7 +109,7 @@ impl Policy {
 /// The tries of one operation under a [`Policy`]: counts its failures in a row and the time
 /// since it started.
 #[derive(Debug)]
-pub struct Attempts<'p> {
+pub(crate) struct Attempts<'p> {
     policy: &'p Policy,
     started: Instant,
     failures: u32,
@@ -119,7 +119,11 @@ impl Attempts<'_> {
     /// Counts a failed try and says what follows: the pause before the next try, or, when the
     /// failure is not `transient` or the policy is spent, `Err` with the tries made (the
     /// failed one included). `asked` is the pause the server asked for (`Retry-After`).
-    pub fn next(&mut self, transient: bool, asked: Option<Duration>) -> Result<Duration, u32> {
+    pub(crate) fn next(
+        &mut self,
+        transient: bool,
+        asked: Option<Duration>,
+    ) -> Result<Duration, u32> {
         self.failures = self.failures.saturating_add(1);
         if !transient || self.policy.tries.is_some_and(|t| self.failures >= t) {
             return Err(self.failures);
@@ -140,20 +144,20 @@ impl Attempts<'_> {
     }
 
     /// Failures in a row so far.
-    pub fn failures(&self) -> u32 {
+    pub(crate) fn failures(&self) -> u32 {
         self.failures
     }
 
     /// Starts the count again: the operation made progress (a stream read some bytes), so
     /// only failures from now on count, and the deadline runs from now.
-    pub fn progressed(&mut self) {
+    pub(crate) fn progressed(&mut self) {
         self.failures = 0;
         self.started = Instant::now();
     }
 
     /// The time left before the deadline, zero once it passed; `None` when the policy has
     /// no deadline.
-    pub fn left(&self) -> Option<Duration> {
+    pub(crate) fn left(&self) -> Option<Duration> {
         self.policy
             .deadline
             .map(|d| d.saturating_sub(self.started.elapsed()))
@@ -162,13 +166,13 @@ impl Attempts<'_> {
 
 /// Whether an HTTP status may pass if asked again: the server is busy, restarting or
 /// throttling.
-pub fn transient_status(status: u16) -> bool {
+pub(crate) fn transient_status(status: u16) -> bool {
     status == 429 || (500..600).contains(&status)
 }
 
 /// Whether an I/O error is a connection that dropped or stalled (worth another try), rather
 /// than one that could not be made.
-pub fn dropped(kind: io::ErrorKind) -> bool {
+pub(crate) fn dropped(kind: io::ErrorKind) -> bool {
     matches!(
         kind,
         io::ErrorKind::ConnectionReset

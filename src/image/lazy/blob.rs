@@ -133,7 +133,7 @@ impl LazyBlob {
     /// store, to [`stream_copy`](Self::stream_copy): each span read back and checked against
     /// its digests as a read checks it, all written under a temporary name, synced, and
     /// renamed once whole. A failure (a missing or damaged span, a full disk) leaves no file.
-    pub fn make_stream_copy(&self) -> io::Result<std::path::PathBuf> {
+    pub(crate) fn make_stream_copy(&self) -> io::Result<std::path::PathBuf> {
         // Only a layer read through its TOC keeps a stream copy (see `open`).
         let Some(path) = &self.stream_copy else {
             return Err(io::Error::other(format!(

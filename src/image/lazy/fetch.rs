@@ -60,7 +60,7 @@ pub struct Windows {
 }
 
 impl Windows {
-    pub fn new(store: SparseBlob, fetch: Box<dyn Fetch>) -> Windows {
+    pub(crate) fn new(store: SparseBlob, fetch: Box<dyn Fetch>) -> Windows {
         Windows {
             store,
             fetch,
@@ -72,7 +72,7 @@ impl Windows {
 impl LazyBlob {
     /// Makes sure spans `spans` are in the store, fetching the missing ones (neighbours in
     /// one range, all ranges in one request), within the fetch timeout.
-    pub fn ensure(&self, spans: Range<usize>) -> io::Result<()> {
+    pub(crate) fn ensure(&self, spans: Range<usize>) -> io::Result<()> {
         self.ensure_as(spans, true)
     }
 

@@ -50,9 +50,9 @@ use crate::index::seek::SeekTable;
 use crate::index::toc::{self, TocFormat};
 pub use fetch::{Fetch, Windows};
 pub use prefetch::{Demand, Prefetch, Recorder, prefetch_all, prefetch_recorded};
-pub use registry::RegistryFetch;
-pub use span_cache::{SPAN_CACHE_BYTES, SpanCache};
-pub use table::Table;
+pub(crate) use registry::RegistryFetch;
+pub(crate) use span_cache::{SPAN_CACHE_BYTES, SpanCache};
+pub(crate) use table::Table;
 
 /// How lazy layers behave.
 #[derive(Clone, Debug)]
@@ -110,7 +110,7 @@ pub struct LazyBlob {
 }
 
 impl LazyBlob {
-    pub fn new(
+    pub(crate) fn new(
         name: String,
         id: u32,
         table: Table,
@@ -143,70 +143,70 @@ impl LazyBlob {
     /// Keeps the whole copy of this layer's stream at `path` ([`make_stream_copy`]).
     ///
     /// [`make_stream_copy`]: Self::make_stream_copy
-    pub fn with_stream_copy(mut self, path: std::path::PathBuf) -> LazyBlob {
+    pub(crate) fn with_stream_copy(mut self, path: std::path::PathBuf) -> LazyBlob {
         self.stream_copy = Some(path);
         self
     }
 
     /// Where the whole copy of this layer's stream is kept, for a layer read through its TOC
     /// (a layer with a seek table has the whole tar's entry instead).
-    pub fn stream_copy(&self) -> Option<&std::path::Path> {
+    pub(crate) fn stream_copy(&self) -> Option<&std::path::Path> {
         self.stream_copy.as_deref()
     }
 
     /// Takes the windows spans need from `windows` (a layer's windows blob).
-    pub fn with_windows(mut self, windows: Windows) -> LazyBlob {
+    pub(crate) fn with_windows(mut self, windows: Windows) -> LazyBlob {
         self.windows = Some(windows);
         self
     }
 
     /// Counts this layer's fetches for reads in `demand`, which a background fill yields to.
-    pub fn with_demand(mut self, demand: Arc<Demand>) -> LazyBlob {
+    pub(crate) fn with_demand(mut self, demand: Arc<Demand>) -> LazyBlob {
         self.demand = Some(demand);
         self
     }
 
     /// Records the spans reads first need with `recorder`.
-    pub fn with_recorder(mut self, recorder: Arc<Recorder>) -> LazyBlob {
+    pub(crate) fn with_recorder(mut self, recorder: Arc<Recorder>) -> LazyBlob {
         self.recorder = Some(recorder);
         self
     }
 
     /// Compressed bytes this process has fetched.
-    pub fn fetched_bytes(&self) -> u64 {
+    pub(crate) fn fetched_bytes(&self) -> u64 {
         self.fetched_bytes.load(Ordering::Relaxed)
     }
 
     /// Names the layer in messages (its blob's digest).
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
     /// How many spans the layer has.
-    pub fn span_count(&self) -> usize {
+    pub(crate) fn span_count(&self) -> usize {
         self.table.len()
     }
 
     /// Whether span `i` is in the store (fetched by this process or another).
-    pub fn has_span(&self, i: usize) -> bool {
+    pub(crate) fn has_span(&self, i: usize) -> bool {
         self.store.has(i)
     }
 
     /// Has `f` called each time this process has stored spans it fetched (once set, kept).
-    pub fn on_stored(&self, f: Box<dyn Fn() + Send + Sync>) {
+    pub(crate) fn on_stored(&self, f: Box<dyn Fn() + Send + Sync>) {
         let _ = self.on_stored.set(f);
     }
 
     /// Drops this layer's decompressed spans from the span cache: for a layer read from
     /// elsewhere from now on.
-    pub fn forget_cached(&self) {
+    pub(crate) fn forget_cached(&self) {
         self.cache.forget_layer(self.id);
     }
 }
 
 /// Opens the lazy layer whose entry holds `remote_file` (its [`crate::cache::sparse::REMOTE_FILE`]), as blob `id`
 /// of an image whose layers share `cache`.
-pub fn open(
+pub(crate) fn open(
     remote_file: &std::path::Path,
     id: u32,
     cache: &Arc<SpanCache>,
@@ -259,7 +259,7 @@ pub fn open(
 }
 
 /// The table of the lazy layer whose entry is `dir`: its seek table, or else its TOC.
-pub fn open_table(dir: &std::path::Path, blob_size: u64) -> io::Result<Table> {
+pub(crate) fn open_table(dir: &std::path::Path, blob_size: u64) -> io::Result<Table> {
     let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
     let seek_path = dir.join(SEEK_FILE);
     let table: Table = match std::fs::read(&seek_path) {

@@ -51,7 +51,7 @@ pub struct Recorder {
 impl Recorder {
     /// A recorder appending to `path`; one that records nothing when it cannot be opened (a
     /// cache another user owns).
-    pub fn open(path: &std::path::Path) -> Recorder {
+    pub(crate) fn open(path: &std::path::Path) -> Recorder {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -141,7 +141,7 @@ pub(super) struct DemandFetch<'a>(&'a Demand);
 impl Demand {
     /// Demand as of a read's fetch just ended: a mount's first reads come right after it is
     /// ready, and a fill started with it lets them go first.
-    pub fn new() -> Demand {
+    pub(crate) fn new() -> Demand {
         Demand {
             state: Mutex::new(DemandState {
                 fetching: 0,

@@ -18,7 +18,7 @@ use crate::source::registry::Registry;
 
 /// Reads ranges of a blob from its registry, connecting on first use (so that a mount never
 /// waits for the network, and a registry down at mount time is tried again at each read).
-pub struct RegistryFetch {
+pub(crate) struct RegistryFetch {
     remote: Remote,
     digest: oci_spec::image::Digest,
     registry: Mutex<Option<Arc<Registry>>>,
@@ -30,7 +30,7 @@ type Clients = Mutex<Vec<((String, bool, Option<std::path::PathBuf>), Arc<Regist
 static CLIENTS: Clients = Mutex::new(Vec::new());
 
 impl RegistryFetch {
-    pub fn new(remote: Remote) -> io::Result<RegistryFetch> {
+    pub(crate) fn new(remote: Remote) -> io::Result<RegistryFetch> {
         let digest = crate::source::digest::parse(&remote.digest)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
         Ok(RegistryFetch {

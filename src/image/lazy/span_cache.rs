@@ -15,11 +15,11 @@ use parking_lot::Mutex;
 /// here the layer is read from a whole copy ([`crate::image::promote`]), and before that,
 /// reading every file of the python test image from a cold cache took the same time with
 /// 512 MiB.
-pub const SPAN_CACHE_BYTES: u64 = 128 << 20;
+pub(crate) const SPAN_CACHE_BYTES: u64 = 128 << 20;
 
 /// Decompressed spans of an image's lazy layers, least recently used dropped first once
 /// they hold more than a set number of bytes.
-pub struct SpanCache {
+pub(crate) struct SpanCache {
     inner: Mutex<SpanCacheInner>,
 }
 
@@ -31,7 +31,7 @@ struct SpanCacheInner {
 
 impl SpanCache {
     /// A cache holding at most about `limit` bytes of spans.
-    pub fn new(limit: u64) -> SpanCache {
+    pub(crate) fn new(limit: u64) -> SpanCache {
         SpanCache {
             inner: Mutex::new(SpanCacheInner {
                 spans: lru::LruCache::unbounded(),

@@ -8,7 +8,7 @@ use crate::index::span::SpanTable;
 
 /// A lazy layer's spans: imgfs's seek table of the blob, or the pieces the layer's own TOC
 /// (eStargz, zstd:chunked) names.
-pub type Table = Box<dyn SpanTable>;
+pub(crate) type Table = Box<dyn SpanTable>;
 
 /// Runs of neighbouring spans of `table` among `spans` (ascending), each to be fetched as one
 /// range of at most `most` compressed bytes; a span alone larger than that is a run of its

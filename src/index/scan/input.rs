@@ -63,7 +63,7 @@ pub struct TeeInput<R, W> {
 }
 
 impl<R: Read, W: Write> TeeInput<R, W> {
-    pub fn new(reader: R, sink: W) -> Self {
+    pub(crate) fn new(reader: R, sink: W) -> Self {
         TeeInput {
             reader,
             sink,
@@ -94,7 +94,7 @@ impl<R: Read, W: Write> TeeInput<R, W> {
 
     /// Copies what is left of the stream (the end-of-archive padding) and hands back the sink
     /// with the total length written.
-    pub fn finish(mut self) -> io::Result<(W, u64)> {
+    pub(crate) fn finish(mut self) -> io::Result<(W, u64)> {
         let mut total = self.pos + (self.end - self.start) as u64;
         while self.fill()? {
             total += self.end as u64;

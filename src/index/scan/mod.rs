@@ -28,12 +28,12 @@ use fields::{numeric, numeric_i64, parse_pax, parse_pax_time, pax_get, pax_u64, 
 use sparse::{check_segments, old_gnu_sparse, sparse_real_size, sparse_v0_map, sparse_v1_map};
 
 /// Tar block size: every header and every data area is a multiple of it.
-pub const BLOCK: u64 = 512;
+pub(crate) const BLOCK: u64 = 512;
 /// Largest PAX record set or GNU long name accepted. Real ones hold a path and a few xattrs
 /// (kilobytes); the bound stops a hostile size field from allocating gigabytes.
-pub const MAX_META_LEN: u64 = 16 << 20;
+pub(crate) const MAX_META_LEN: u64 = 16 << 20;
 /// Most sparse segments accepted for one file; each costs 16 bytes of index.
-pub const MAX_SPARSE_SEGMENTS: usize = 1 << 20;
+pub(crate) const MAX_SPARSE_SEGMENTS: usize = 1 << 20;
 
 /// What a tar entry is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,7 +83,7 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub fn kind(&self) -> Kind {
+    pub(crate) fn kind(&self) -> Kind {
         self.kind.unwrap_or(Kind::File)
     }
 }

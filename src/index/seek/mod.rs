@@ -39,7 +39,7 @@ use miniz_oxide::inflate::TINFLStatus;
 use sha2::{Digest, Sha256};
 
 mod builder;
-pub mod codec;
+pub(crate) mod codec;
 mod feed;
 mod gzip;
 mod sparse;
@@ -52,10 +52,10 @@ use builder::build_none;
 use gzip::{MAX_GZIP_STRING, build_gzip, inflate_span};
 
 /// Deflate's largest back-reference distance: all the history a block boundary needs.
-pub const WINDOW: usize = 32 << 10;
+pub(crate) const WINDOW: usize = 32 << 10;
 /// At least 4 KiB per span over a 64 TiB layer: far beyond any image, and the record table
 /// it allows (1.4 GiB) is still checked against the bytes actually present before allocating.
-pub const MAX_SPANS: u64 = 1 << 24;
+pub(crate) const MAX_SPANS: u64 = 1 << 24;
 /// Output decoded at a time after the window: the window is moved once per chunk.
 const OUT_CHUNK: usize = 1 << 20;
 
@@ -274,7 +274,7 @@ impl SeekTable {
         }
     }
 
-    pub fn compression(&self) -> SeekCompression {
+    pub(crate) fn compression(&self) -> SeekCompression {
         self.compression
     }
 
@@ -300,7 +300,7 @@ impl SeekTable {
     }
 
     /// The windows blob's size (see the module docs).
-    pub fn windows_size(&self) -> u64 {
+    pub(crate) fn windows_size(&self) -> u64 {
         self.windows_size
     }
 

@@ -275,7 +275,7 @@ fn token_scope(challenged: Option<&str>, repository: &str, push: bool) -> String
 
 /// One challenge of a `WWW-Authenticate` header.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Challenge {
+pub(crate) struct Challenge {
     /// The scheme, lowercased (`basic`, `bearer`).
     pub scheme: String,
     /// Parameters, names lowercased.
@@ -283,14 +283,14 @@ pub struct Challenge {
 }
 
 impl Challenge {
-    pub fn param(&self, name: &str) -> Option<&str> {
+    pub(crate) fn param(&self, name: &str) -> Option<&str> {
         self.params.get(name).map(String::as_str)
     }
 }
 
 /// The challenges in a `WWW-Authenticate` value (RFC 7235: `scheme param=value, param="quoted",
 /// scheme2 …`). Whatever does not parse ends the list; it never fails.
-pub fn parse_challenges(header: &str) -> Vec<Challenge> {
+pub(crate) fn parse_challenges(header: &str) -> Vec<Challenge> {
     let mut p = Parser {
         s: header.as_bytes(),
         i: 0,
@@ -375,7 +375,7 @@ impl Parser<'_> {
 }
 
 /// The token in a token service's answer (`token`, or OAuth2's `access_token`).
-pub fn token_from(body: &[u8]) -> Result<String, TokenError> {
+pub(crate) fn token_from(body: &[u8]) -> Result<String, TokenError> {
     #[derive(serde::Deserialize)]
     struct Answer {
         #[serde(default)]

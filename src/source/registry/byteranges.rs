@@ -27,7 +27,7 @@ const CHUNK: usize = 64 << 10;
 
 /// Why an answer could not be read.
 #[derive(Debug)]
-pub enum Fault {
+pub(crate) enum Fault {
     /// The connection broke or ended early: try again.
     Io(io::Error),
     /// The answer is wrong: trying again will not help.
@@ -41,7 +41,7 @@ impl From<io::Error> for Fault {
 }
 
 /// Checks what a caller asks for: sorted, non-overlapping, non-empty ranges inside the blob.
-pub fn check(ranges: &[Range<u64>], blob_size: u64) -> Result<(), RangeError> {
+pub(crate) fn check(ranges: &[Range<u64>], blob_size: u64) -> Result<(), RangeError> {
     let mut previous_end = 0;
     for &Range { start, end } in ranges {
         if start >= end {
@@ -63,7 +63,7 @@ pub fn check(ranges: &[Range<u64>], blob_size: u64) -> Result<(), RangeError> {
 }
 
 /// The `Range` value asking for `ranges` (last bytes inclusive, as HTTP counts).
-pub fn header(ranges: &[Range<u64>]) -> String {
+pub(crate) fn header(ranges: &[Range<u64>]) -> String {
     let parts: Vec<String> = ranges
         .iter()
         .map(|r| format!("{}-{}", r.start, r.end - 1))
@@ -72,7 +72,7 @@ pub fn header(ranges: &[Range<u64>]) -> String {
 }
 
 /// The bytes from the first range's start to the last one's end.
-pub fn hull(ranges: &[Range<u64>]) -> Range<u64> {
+pub(crate) fn hull(ranges: &[Range<u64>]) -> Range<u64> {
     match (ranges.first(), ranges.last()) {
         (Some(first), Some(last)) => first.start..last.end,
         _ => 0..0,
@@ -81,13 +81,13 @@ pub fn hull(ranges: &[Range<u64>]) -> Range<u64> {
 
 /// A `Content-Range: bytes FIRST-LAST/TOTAL`, as a half-open span.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ContentRange {
+pub(crate) struct ContentRange {
     pub span: Range<u64>,
     /// The whole blob's size, when the server states it (`*` when not).
     pub total: Option<u64>,
 }
 
-pub fn content_range(value: &str) -> Option<ContentRange> {
+pub(crate) fn content_range(value: &str) -> Option<ContentRange> {
     let rest = value.trim().strip_prefix("bytes")?;
     let rest = rest.strip_prefix([' ', '\t'])?.trim_start();
     let (span, total) = rest.split_once('/')?;
@@ -108,7 +108,7 @@ pub fn content_range(value: &str) -> Option<ContentRange> {
 }
 
 /// The boundary of a `multipart/byteranges` content type; `None` when the type is another.
-pub fn boundary(content_type: &str) -> Option<Result<String, RangeError>> {
+pub(crate) fn boundary(content_type: &str) -> Option<Result<String, RangeError>> {
     let mut params = content_type.split(';');
     let kind = params.next()?.trim();
     if !kind.eq_ignore_ascii_case("multipart/byteranges") {
@@ -132,7 +132,7 @@ pub fn boundary(content_type: &str) -> Option<Result<String, RangeError>> {
 }
 
 /// Where the bytes of the ranges asked for go, as parts of an answer arrive.
-pub struct Collector<'a> {
+pub(crate) struct Collector<'a> {
     ranges: &'a [Range<u64>],
     out: &'a mut [Vec<u8>],
     /// Bytes of each range filled so far.
@@ -144,7 +144,7 @@ pub struct Collector<'a> {
 
 impl<'a> Collector<'a> {
     /// `out` holds one buffer per range, sized and zeroed here.
-    pub fn new(ranges: &'a [Range<u64>], out: &'a mut [Vec<u8>], blob_size: u64) -> Self {
+    pub(crate) fn new(ranges: &'a [Range<u64>], out: &'a mut [Vec<u8>], blob_size: u64) -> Self {
         for (buf, r) in out.iter_mut().zip(ranges) {
             buf.clear();
             buf.resize((r.end - r.start) as usize, 0);
@@ -159,7 +159,7 @@ impl<'a> Collector<'a> {
     }
 
     /// Checks a part's `Content-Range` before its bytes are read.
-    pub fn admit(&mut self, part: &ContentRange) -> Result<(), RangeError> {
+    pub(crate) fn admit(&mut self, part: &ContentRange) -> Result<(), RangeError> {
         let span = &part.span;
         let (first, last) = (span.start, span.end - 1);
         if let Some(total) = part.total
@@ -200,7 +200,11 @@ impl<'a> Collector<'a> {
 
     /// Reads the bytes of `span` from `body`, keeping those asked for: exactly `span`'s
     /// length is read, and a body that ends first is a broken connection.
-    pub fn read_span(&mut self, span: Range<u64>, body: &mut impl Read) -> Result<(), Fault> {
+    pub(crate) fn read_span(
+        &mut self,
+        span: Range<u64>,
+        body: &mut impl Read,
+    ) -> Result<(), Fault> {
         let mut buf = vec![0u8; CHUNK];
         let mut pos = span.start;
         while pos < span.end {
@@ -240,7 +244,7 @@ impl<'a> Collector<'a> {
     }
 
     /// Checks that every byte asked for arrived.
-    pub fn finish(self) -> Result<(), RangeError> {
+    pub(crate) fn finish(self) -> Result<(), RangeError> {
         for (r, filled) in self.ranges.iter().zip(&self.filled) {
             if *filled != r.end - r.start {
                 return Err(RangeError::Lacks {
@@ -254,7 +258,7 @@ impl<'a> Collector<'a> {
 }
 
 /// Reads a `multipart/byteranges` body into `collector`, up to its closing boundary.
-pub fn read_multipart(
+pub(crate) fn read_multipart(
     body: &mut impl BufRead,
     boundary: &str,
     collector: &mut Collector<'_>,

@@ -103,7 +103,7 @@ impl Registry {
 
     /// Retries this client has made so far (of requests, token requests and broken
     /// streams): how unsteady the way to the registry is.
-    pub fn retries(&self) -> u64 {
+    pub(crate) fn retries(&self) -> u64 {
         self.retries.load(Ordering::Relaxed)
     }
 
@@ -321,6 +321,16 @@ fn probe(agent: &ureq::Agent, what: &str, authority: &str) -> Result<&'static st
         Err(e) => {
             log::debug!("{what}: {authority} does not speak HTTPS ({e}); using HTTP");
             Ok("http")
+        }
+    }
+}
+
+impl Drop for Registry {
+    /// Says, with `-v`, how many requests to the registry had to be tried again.
+    fn drop(&mut self) {
+        let retries = self.retries();
+        if retries > 0 {
+            log::debug!("{}: {retries} tries again in all", self.host());
         }
     }
 }

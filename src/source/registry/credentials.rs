@@ -26,7 +26,7 @@ const HELPER_TOKEN_USER: &str = "<token>";
 
 /// What proves who we are to one registry.
 #[derive(Clone, PartialEq, Eq)]
-pub enum Secret {
+pub(crate) enum Secret {
     Basic {
         username: String,
         password: String,
@@ -46,14 +46,14 @@ impl std::fmt::Debug for Secret {
 
 impl Secret {
     /// The `Authorization` value of HTTP basic authentication.
-    pub fn basic_header(username: &str, password: &str) -> String {
+    pub(crate) fn basic_header(username: &str, password: &str) -> String {
         format!("Basic {}", BASE64.encode(format!("{username}:{password}")))
     }
 }
 
 /// The parts of a `docker login` / `podman login` file imgfs reads.
 #[derive(Debug, Default, serde::Deserialize)]
-pub struct ConfigFile {
+pub(crate) struct ConfigFile {
     #[serde(default)]
     pub auths: HashMap<String, AuthEntry>,
     #[serde(default, rename = "credHelpers")]
@@ -63,7 +63,7 @@ pub struct ConfigFile {
 }
 
 #[derive(Default, serde::Deserialize)]
-pub struct AuthEntry {
+pub(crate) struct AuthEntry {
     #[serde(default)]
     pub auth: Option<String>,
     #[serde(default)]
@@ -82,7 +82,7 @@ impl std::fmt::Debug for AuthEntry {
 
 /// What a credentials file says about one registry.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Found {
+pub(crate) enum Found {
     Secret(Secret),
     /// Ask `docker-credential-NAME`.
     Helper(String),
@@ -91,14 +91,14 @@ pub enum Found {
 
 /// Why an `auths` entry cannot be used.
 #[derive(Debug, PartialEq, Eq)]
-pub enum EntryError {
+pub(crate) enum EntryError {
     NotBase64,
     NoColon,
 }
 
 /// A registry as credentials files name it: without a scheme or path, with Docker Hub's many
 /// names made one.
-pub fn normalize_host(key: &str) -> String {
+pub(crate) fn normalize_host(key: &str) -> String {
     let key = key
         .strip_prefix("https://")
         .or_else(|| key.strip_prefix("http://"))
@@ -114,7 +114,7 @@ pub fn normalize_host(key: &str) -> String {
 
 /// What a credential helper is told the registry is called (`docker login` files Docker Hub
 /// under its old index address).
-pub fn helper_server(host: &str) -> String {
+pub(crate) fn helper_server(host: &str) -> String {
     if normalize_host(host) == "docker.io" {
         DOCKER_HUB_KEY.to_string()
     } else {
@@ -124,7 +124,7 @@ pub fn helper_server(host: &str) -> String {
 
 /// What `config` holds for `host`: a helper named for the host, then the store for all hosts,
 /// then an `auths` entry.
-pub fn lookup(config: &ConfigFile, host: &str) -> Result<Found, EntryError> {
+pub(crate) fn lookup(config: &ConfigFile, host: &str) -> Result<Found, EntryError> {
     let host = normalize_host(host);
     if let Some((_, helper)) = config
         .cred_helpers
@@ -175,7 +175,7 @@ fn entry_secret(entry: &AuthEntry) -> Result<Found, EntryError> {
 }
 
 /// A credential helper's answer to `get`: `None` when it has nothing for the host.
-pub fn helper_output(status_ok: bool, stdout: &[u8]) -> Result<Option<Secret>, HelperError> {
+pub(crate) fn helper_output(status_ok: bool, stdout: &[u8]) -> Result<Option<Secret>, HelperError> {
     let text = String::from_utf8_lossy(stdout);
     if !status_ok {
         if text.contains(HELPER_NOT_FOUND) {
@@ -208,7 +208,7 @@ pub fn helper_output(status_ok: bool, stdout: &[u8]) -> Result<Option<Secret>, H
 
 /// The files credentials are looked for in, in order: the one given, `$REGISTRY_AUTH_FILE`,
 /// then `${DOCKER_CONFIG:-~/.docker}/config.json`. `env` reads an environment variable.
-pub fn credential_files(
+pub(crate) fn credential_files(
     given: Option<&Path>,
     env: impl Fn(&str) -> Option<String>,
 ) -> Vec<PathBuf> {
@@ -232,7 +232,10 @@ pub fn credential_files(
 
 /// The credentials for `host`: from the first file that names it (a file given explicitly
 /// must exist; the usual places may not).
-pub fn credentials(host: &str, given: Option<&Path>) -> Result<Option<Secret>, RegistryError> {
+pub(crate) fn credentials(
+    host: &str,
+    given: Option<&Path>,
+) -> Result<Option<Secret>, RegistryError> {
     for path in credential_files(given, |v| std::env::var(v).ok()) {
         let config = match read_config(&path) {
             Ok(config) => config,

@@ -269,7 +269,7 @@ fn tries_note(tries: u32) -> String {
 }
 
 /// `s` with control characters replaced and cut short: safe to put in a one-line message.
-pub fn printable(s: &str) -> String {
+pub(crate) fn printable(s: &str) -> String {
     /// Longest text from a server or a helper quoted in a message.
     const MAX_QUOTED: usize = 200;
     let mut out: String = s

@@ -50,15 +50,14 @@ use parking_lot::Mutex;
 
 use self::auth::AuthState;
 use self::error::printable;
-pub use self::error::{HelperError, IndexError, RangeError, RegistryError, TokenError};
-pub use self::ranges::MAX_RANGES_PER_REQUEST;
-pub use self::reference::Reference;
+pub(crate) use self::error::{HelperError, IndexError, RangeError, RegistryError, TokenError};
+pub(crate) use self::reference::Reference;
 use super::manifest;
 use super::retry::Policy;
 use super::{Image, Platform, SourceError};
 
 /// Longest pause between two tries, whatever `Retry-After` asks for.
-pub const MAX_DELAY: Duration = Duration::from_secs(8);
+pub(crate) const MAX_DELAY: Duration = Duration::from_secs(8);
 
 /// How often and how patiently a failed request is tried again: the settings of the
 /// client's [`Policy`].
@@ -84,7 +83,7 @@ impl Default for Retry {
 impl Retry {
     /// The policy these settings make: `tries` tries, pauses doubling from `first_delay` up
     /// to [`MAX_DELAY`], whatever `Retry-After` asks for.
-    pub fn policy(&self) -> Policy {
+    pub(crate) fn policy(&self) -> Policy {
         Policy::tries(self.tries, self.first_delay, MAX_DELAY)
     }
 }

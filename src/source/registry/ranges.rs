@@ -18,7 +18,7 @@ use super::{RangeError, Registry, RegistryError, printable};
 /// Most ranges asked for in one request: their `Range` header stays under 1 kB (a range is up
 /// to ~40 bytes), far below the 4-8 kB header limits of proxies and CDNs, and a server's
 /// multipart answer stays a few dozen parts.
-pub const MAX_RANGES_PER_REQUEST: usize = 24;
+pub(crate) const MAX_RANGES_PER_REQUEST: usize = 24;
 
 /// How a group of ranges went.
 enum Fetched {

@@ -38,7 +38,7 @@ pub struct Reference {
 
 impl Reference {
     /// Parses `HOST[:PORT]/NAME[:TAG][@DIGEST]` or a Docker Hub name (`debian`, `user/app:1`).
-    pub fn parse(s: &str) -> Result<Reference, RegistryError> {
+    pub(crate) fn parse(s: &str) -> Result<Reference, RegistryError> {
         let bad = |why: &str| RegistryError::Reference {
             reference: s.to_string(),
             why: why.to_string(),
@@ -105,7 +105,7 @@ impl Reference {
     }
 
     /// Whether the registry is on this machine (docker talks to those without TLS checks).
-    pub fn is_loopback(&self) -> bool {
+    pub(crate) fn is_loopback(&self) -> bool {
         let host = host_of(&self.registry);
         if host.eq_ignore_ascii_case("localhost") {
             return true;

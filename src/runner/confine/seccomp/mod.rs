@@ -1,7 +1,7 @@
 //! Seccomp: docker's profile format, compiled to a classic BPF program and loaded before exec.
 //!
 //! Takes a profile (docker's default, see [`Profile::docker_default`], or a user's JSON in
-//! docker's format, see [`Profile::from_json`]) and the sandbox's capability set. [`compile`]
+//! docker's format, see [`Profile::from_json`]) and the sandbox's capability set. [`compile()`]
 //! keeps the rules that apply here exactly as docker does (a rule's `includes` must all hold,
 //! any of its `excludes` drops it; architectures are Go's names, kernel versions compare
 //! `major.minor` of uname), then has libseccomp, the engine runc uses, resolve syscall names

@@ -1,14 +1,15 @@
 //! Process system calls: fork and clone into new namespaces, exit, kill and wait, unshare,
-//! the parent-death signal, signal sets, masks and handlers, ids, the calls a forked child
-//! makes on its way to exec, and bringing up the loopback interface of a new network
-//! namespace.
+//! the parent-death signal, no_new_privs and seccomp filters, signal sets, masks and
+//! handlers, ids, the calls a forked child makes on its way to exec, and bringing up the
+//! loopback interface of a new network namespace.
 //!
 //! Each is a safe function whose contract makes it sound. The two that fork ([`fork`],
 //! [`fork_into`]) refuse unless this process has a single thread, so the child is a whole
 //! copy that may go on running any Rust code. The ones a child uses between fork and exec
 //! ([`set_mask`], [`default_action`], [`redirect_stdio`], [`set_groups`], [`set_gid`],
-//! [`set_uid`], [`chdir`], [`execve`], [`write_stderr`], [`exit_now`]) take what they need
-//! ready-made and neither allocate nor lock: they are async-signal-safe.
+//! [`set_uid`], [`chdir`], [`set_no_new_privs`], [`load_seccomp_filter`], [`execve`],
+//! [`write_stderr`], [`exit_now`]) take what they need ready-made and neither allocate nor
+//! lock: they are async-signal-safe.
 #![allow(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -128,6 +129,51 @@ pub fn unshare(namespaces: libc::c_int) -> io::Result<()> {
 pub fn set_parent_death_signal(signal: libc::c_int) -> io::Result<()> {
     // SAFETY: prctl with plain integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets no_new_privs for this thread and every process it starts (prctl
+/// `PR_SET_NO_NEW_PRIVS`): execve no longer grants privileges (setuid bits, file
+/// capabilities), and a seccomp filter may be loaded without CAP_SYS_ADMIN. It cannot be
+/// unset. Async-signal-safe.
+pub fn set_no_new_privs() -> io::Result<()> {
+    // SAFETY: prctl with constant integer arguments; it only sets a flag of this thread.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Installs the classic BPF program `filter` as a seccomp filter on the calling thread
+/// (seccomp(2), `SECCOMP_SET_MODE_FILTER`, no flags), inherited by the processes it starts
+/// and kept across execve. Without CAP_SYS_ADMIN, [`set_no_new_privs`] must come first.
+/// Neither allocates nor locks: async-signal-safe, for a forked child just before exec.
+///
+/// The kernel checks the program (jumps in bounds, a return at the end) and refuses one it
+/// does not accept; once loaded, a filter only makes later system calls fail or end the
+/// thread, both of which every caller of a system call already has to expect.
+pub fn load_seccomp_filter(filter: &[libc::sock_filter]) -> io::Result<()> {
+    let len =
+        u16::try_from(filter.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let prog = libc::sock_fprog {
+        len,
+        // The kernel only reads through this pointer.
+        filter: filter.as_ptr().cast_mut(),
+    };
+    let flags: libc::c_uint = 0;
+    // SAFETY: prog points at `len` initialized instructions borrowed for the whole call;
+    // seccomp(2) copies them and keeps no pointer.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            flags,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if rc != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

@@ -1,6 +1,6 @@
 //! Filesystem system calls: mount, unmount and pivot_root; descriptors opened by path, at a
-//! directory, or inside a root with `openat2`; directories made at a descriptor; the
-//! hostname; read-only memory maps and whole-file locks.
+//! directory, or inside a root with `openat2`; directories made at a descriptor; the type
+//! of a filesystem; the hostname; read-only memory maps and whole-file locks.
 //!
 //! Takes C strings (see [`super::cstr`]) and descriptors as [`BorrowedFd`]s, hands back
 //! [`OwnedFd`]s for what it opens, and `io::Error`s with errno (or [`SysError`]s naming the
@@ -180,6 +180,24 @@ pub fn sethostname(name: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// The type of the filesystem `path` is on: statfs(2)'s `f_type`, a magic number such as
+/// `CGROUP2_SUPER_MAGIC`.
+pub fn fs_type(path: &Path) -> Result<i64, SysError> {
+    let c = path_cstr(path)?;
+    // SAFETY: statfs is plain data, filled in by the call.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a valid out-pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } < 0 {
+        return Err(SysError::last_on("statfs", path));
+    }
+    Ok(widen(st.f_type))
+}
+
+/// statfs's field types differ between targets; each fits in an i64.
+fn widen<T: Into<i64>>(v: T) -> i64 {
+    v.into()
+}
+
 /// Maps a whole file read-only.
 ///
 /// Sound only for a file nobody modifies in place while it is mapped, which holds for every
@@ -228,6 +246,14 @@ mod tests {
         drop(a);
         assert!(try_lock_exclusive(&b).unwrap());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn filesystem_types() {
+        let t = fs_type(Path::new("/proc")).unwrap();
+        assert_eq!(t, widen(libc::PROC_SUPER_MAGIC));
+        let e = fs_type(Path::new("/no/such/dir")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
     }
 
     #[test]

@@ -179,6 +179,18 @@ pub fn load_seccomp_filter(filter: &[libc::sock_filter]) -> io::Result<()> {
     Ok(())
 }
 
+/// How many CPUs this thread may run on: its affinity mask (sched_getaffinity(2)), counted.
+pub fn affinity_cpus() -> io::Result<u32> {
+    // SAFETY: cpu_set_t is plain data, for which all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the size passed is that of `set`, a valid out-pointer.
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: counts the bits of a set the kernel filled.
+    Ok(unsafe { libc::CPU_COUNT(&set) }.unsigned_abs())
+}
+
 /// Whether `fd` is readable (or at its end, or broken) within `timeout_ms` (poll(2)).
 pub fn poll_readable(fd: BorrowedFd, timeout_ms: libc::c_int) -> io::Result<bool> {
     let mut poll = libc::pollfd {
@@ -518,6 +530,12 @@ mod tests {
         assert_eq!(s.pointers.len(), 3);
         assert!(s.pointers[2].is_null());
         assert_eq!(s.as_slice()[1].as_bytes(), b"bc");
+    }
+
+    #[test]
+    fn cpus_of_the_affinity_mask() {
+        let n = affinity_cpus().unwrap();
+        assert!(n >= 1 && n as usize <= libc::CPU_SETSIZE as usize, "{n}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Little-endian integers in byte buffers: the one set of helpers that the index's on-disk
 //! formats (the index, [`format`](super::format), and the seek tables,
-//! [`seek::codec`](super::seek::codec)) and the gzip and zstd headers the seek builder reads
-//! take their fields with, each at the width its spec names.
+//! [`seek::codec`](super::seek::codec)), the gzip and zstd headers the seek builder reads,
+//! and the runner's cache of compiled seccomp programs take their fields with, each at the
+//! width its spec names.
 //!
 //! The `*_at` readers take bytes already checked to be long enough (a validated header, a
 //! record inside a checked section) and, like slice indexing, panic otherwise; the `get_*`
@@ -20,25 +21,25 @@ fn array_at<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
     v
 }
 
-pub(super) fn u16_at(b: &[u8], at: usize) -> u16 {
+pub(crate) fn u16_at(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes(array_at(b, at))
 }
 
-pub(super) fn u32_at(b: &[u8], at: usize) -> u32 {
+pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(array_at(b, at))
 }
 
-pub(super) fn u64_at(b: &[u8], at: usize) -> u64 {
+pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(array_at(b, at))
 }
 
-pub(super) fn get_u32(b: &[u8], at: usize) -> Option<u32> {
+pub(crate) fn get_u32(b: &[u8], at: usize) -> Option<u32> {
     get_array(b, at).map(u32::from_le_bytes)
 }
 
 /// An unsigned integer `width` bytes wide (at most 8) at `at`: for fields whose width the
 /// data chooses. None past the end, or when wider than a u64.
-pub(super) fn get_uint(b: &[u8], at: usize, width: usize) -> Option<u64> {
+pub(crate) fn get_uint(b: &[u8], at: usize, width: usize) -> Option<u64> {
     let mut v = [0u8; 8];
     v.get_mut(..width)?
         .copy_from_slice(b.get(at..at.checked_add(width)?)?);
@@ -46,13 +47,13 @@ pub(super) fn get_uint(b: &[u8], at: usize, width: usize) -> Option<u64> {
 }
 
 /// Overwrites the u32 at `at`, which the caller has checked is inside `b`.
-pub(super) fn set_u32(b: &mut [u8], at: usize, v: u32) {
+pub(crate) fn set_u32(b: &mut [u8], at: usize, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_le_bytes());
 }
 
 /// Appending fields to a buffer being written; the method names the width, so a value of
 /// another type does not compile.
-pub(super) trait PutLe {
+pub(crate) trait PutLe {
     fn put_u16(&mut self, v: u16);
     fn put_u32(&mut self, v: u32);
     fn put_u64(&mut self, v: u64);

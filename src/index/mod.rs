@@ -6,7 +6,7 @@
 //! itself, so that its spans can be fetched and inflated one at a time.
 
 pub mod format;
-mod le;
+pub(crate) mod le;
 pub mod scan;
 pub mod seek;
 pub mod span;

@@ -1,6 +1,7 @@
 //! Filesystem system calls: mount, unmount and pivot_root; descriptors opened by path, at a
-//! directory, or inside a root with `openat2`; directories made at a descriptor; the
-//! hostname; read-only memory maps and whole-file locks.
+//! directory, or inside a root with `openat2`, or in memory; directories made at a
+//! descriptor; the type of a filesystem; the hostname and the kernel's release; read-only
+//! memory maps and whole-file locks.
 //!
 //! Takes C strings (see [`super::cstr`]) and descriptors as [`BorrowedFd`]s, hands back
 //! [`OwnedFd`]s for what it opens, and `io::Error`s with errno (or [`SysError`]s naming the
@@ -159,6 +160,13 @@ pub fn mkdirat(dir: BorrowedFd, name: &CStr, mode: libc::mode_t) -> io::Result<(
     Ok(())
 }
 
+/// memfd_create(2): a new file that lives in memory only, close-on-exec, shown as `name`
+/// in /proc.
+pub fn memfd(name: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: a NUL-terminated name, only read; the result is checked by `owned`.
+    owned(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) }.into())
+}
+
 /// An `O_PATH` descriptor of the directory `p`.
 pub fn open_dir(p: &Path) -> Result<OwnedFd, SysError> {
     let c = path_cstr(p)?;
@@ -178,6 +186,42 @@ pub fn sethostname(name: &[u8]) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The running kernel's release (`6.1.0-18-amd64`) from uname(2), bytes that are not
+/// UTF-8 replaced.
+pub fn kernel_release() -> io::Result<String> {
+    // SAFETY: utsname is plain arrays of c_char, for which all zeroes is a valid value.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: uts is a valid, writable utsname that outlives the call.
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let release: Vec<u8> = uts
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    Ok(String::from_utf8_lossy(&release).into_owned())
+}
+
+/// The type of the filesystem `path` is on: statfs(2)'s `f_type`, a magic number such as
+/// `CGROUP2_SUPER_MAGIC`.
+pub fn fs_type(path: &Path) -> Result<i64, SysError> {
+    let c = path_cstr(path)?;
+    // SAFETY: statfs is plain data, filled in by the call.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a valid out-pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } < 0 {
+        return Err(SysError::last_on("statfs", path));
+    }
+    Ok(widen(st.f_type))
+}
+
+/// statfs's field types differ between targets; each fits in an i64.
+fn widen<T: Into<i64>>(v: T) -> i64 {
+    v.into()
 }
 
 /// Maps a whole file read-only.
@@ -228,6 +272,30 @@ mod tests {
         drop(a);
         assert!(try_lock_exclusive(&b).unwrap());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn memory_files_and_the_release() {
+        use std::io::{Read, Seek, Write};
+        let mut f = File::from(memfd(c"imgfs-test").unwrap());
+        f.write_all(b"abc").unwrap();
+        f.rewind().unwrap();
+        let mut back = String::new();
+        f.read_to_string(&mut back).unwrap();
+        assert_eq!(back, "abc");
+        let release = kernel_release().unwrap();
+        assert!(
+            release.starts_with(|c: char| c.is_ascii_digit()),
+            "{release}"
+        );
+    }
+
+    #[test]
+    fn filesystem_types() {
+        let t = fs_type(Path::new("/proc")).unwrap();
+        assert_eq!(t, widen(libc::PROC_SUPER_MAGIC));
+        let e = fs_type(Path::new("/no/such/dir")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
     }
 
     #[test]

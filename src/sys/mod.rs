@@ -2,10 +2,13 @@
 //! through a safe function here, so that `unsafe` is confined to three files of this module
 //! and `#![deny(unsafe_code)]` holds in every other.
 //!
-//! - [`fs`]: mounts, pivot_root, descriptors opened by path or inside a root, file locks and
-//!   read-only memory maps, the hostname.
+//! - [`fs`]: mounts, pivot_root, descriptors opened by path, inside a root or in memory,
+//!   file locks and read-only memory maps, filesystem types, the hostname and the kernel's
+//!   release.
 //! - [`process`]: fork and clone, exit, kill and wait, namespaces, signal sets and masks, ids,
-//!   the calls a forked child makes before exec, the loopback interface.
+//!   the calls a forked child makes before exec (no_new_privs and the seccomp filter among
+//!   them), the CPU affinity, the loopback interface, and the process that removes a
+//!   sandbox's cgroups after it.
 //! - [`term`]: pseudo-terminals, terminal modes and window sizes, and the C library's
 //!   local time and shell patterns.
 //! - [`mountinfo`] parses the mount table and [`publish`](mod@publish) writes a file whole

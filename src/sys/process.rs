@@ -1,20 +1,25 @@
 //! Process system calls: fork and clone into new namespaces, exit, kill and wait, unshare,
-//! the parent-death signal, signal sets, masks and handlers, ids, the calls a forked child
-//! makes on its way to exec, and bringing up the loopback interface of a new network
-//! namespace.
+//! the parent-death signal, no_new_privs and seccomp filters, the CPU affinity, signal sets,
+//! masks and handlers, ids, the calls a forked child makes on its way to exec, bringing up
+//! the loopback interface of a new network namespace, and the process that removes a
+//! sandbox's cgroups once its supervisor is gone.
 //!
 //! Each is a safe function whose contract makes it sound. The two that fork ([`fork`],
 //! [`fork_into`]) refuse unless this process has a single thread, so the child is a whole
-//! copy that may go on running any Rust code. The ones a child uses between fork and exec
-//! ([`set_mask`], [`default_action`], [`redirect_stdio`], [`set_groups`], [`set_gid`],
-//! [`set_uid`], [`chdir`], [`execve`], [`write_stderr`], [`exit_now`]) take what they need
-//! ready-made and neither allocate nor lock: they are async-signal-safe.
+//! copy that may go on running any Rust code; the third, [`spawn_group_remover`], forks
+//! from any thread, since its child runs only code of this module written for that. The
+//! ones a child uses between fork and exec ([`set_mask`], [`default_action`],
+//! [`redirect_stdio`], [`set_groups`], [`set_gid`], [`set_uid`], [`chdir`],
+//! [`set_no_new_privs`], [`load_seccomp_filter`], [`execve`], [`write_stderr`],
+//! [`exit_now`]) take what they need ready-made and neither allocate nor lock: they are
+//! async-signal-safe.
 #![allow(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::time::Duration;
 
 use super::SysError;
 
@@ -133,6 +138,63 @@ pub fn set_parent_death_signal(signal: libc::c_int) -> io::Result<()> {
     Ok(())
 }
 
+/// Sets no_new_privs for this thread and every process it starts (prctl
+/// `PR_SET_NO_NEW_PRIVS`): execve no longer grants privileges (setuid bits, file
+/// capabilities), and a seccomp filter may be loaded without CAP_SYS_ADMIN. It cannot be
+/// unset. Async-signal-safe.
+pub fn set_no_new_privs() -> io::Result<()> {
+    // SAFETY: prctl with constant integer arguments; it only sets a flag of this thread.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Installs the classic BPF program `filter` as a seccomp filter on the calling thread
+/// (seccomp(2), `SECCOMP_SET_MODE_FILTER`, no flags), inherited by the processes it starts
+/// and kept across execve. Without CAP_SYS_ADMIN, [`set_no_new_privs`] must come first.
+/// Neither allocates nor locks: async-signal-safe, for a forked child just before exec.
+///
+/// The kernel checks the program (jumps in bounds, a return at the end) and refuses one it
+/// does not accept; once loaded, a filter only makes later system calls fail or end the
+/// thread, both of which every caller of a system call already has to expect.
+pub fn load_seccomp_filter(filter: &[libc::sock_filter]) -> io::Result<()> {
+    let len =
+        u16::try_from(filter.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let prog = libc::sock_fprog {
+        len,
+        // The kernel only reads through this pointer.
+        filter: filter.as_ptr().cast_mut(),
+    };
+    let flags: libc::c_uint = 0;
+    // SAFETY: prog points at `len` initialized instructions borrowed for the whole call;
+    // seccomp(2) copies them and keeps no pointer.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            flags,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// How many CPUs this thread may run on: its affinity mask (sched_getaffinity(2)), counted.
+pub fn affinity_cpus() -> io::Result<u32> {
+    // SAFETY: cpu_set_t is plain data, for which all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the size passed is that of `set`, a valid out-pointer.
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: counts the bits of a set the kernel filled.
+    Ok(unsafe { libc::CPU_COUNT(&set) }.unsigned_abs())
+}
+
 /// Whether `fd` is readable (or at its end, or broken) within `timeout_ms` (poll(2)).
 pub fn poll_readable(fd: BorrowedFd, timeout_ms: libc::c_int) -> io::Result<bool> {
     let mut poll = libc::pollfd {
@@ -162,6 +224,16 @@ impl SigSet {
         }
     }
 
+    /// Every signal.
+    pub fn full() -> SigSet {
+        // SAFETY: sigset_t is plain data, and sigfillset initialises it.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut set);
+            SigSet(set)
+        }
+    }
+
     /// `signals` (numbers that are no signal are left out).
     pub fn of(signals: &[libc::c_int]) -> SigSet {
         let mut set = SigSet::empty();
@@ -175,7 +247,7 @@ impl SigSet {
 
 impl std::fmt::Debug for SigSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // SAFETY: sigismember reads a set initialised by `empty`.
+        // SAFETY: sigismember reads a set initialised by `empty` or `full`.
         let members = (1..=64).filter(|&s| unsafe { libc::sigismember(&self.0, s) } == 1);
         f.debug_set().entries(members).finish()
     }
@@ -417,6 +489,195 @@ pub fn loopback_up() -> io::Result<()> {
     Ok(())
 }
 
+/// A group of processes to remove (a cgroup), made before [`spawn_group_remover`] forks:
+/// its directory, the file listing its processes (`cgroup.procs`: decimal pids, one a line),
+/// and the file that kills them all at once when `1` is written to it (cgroup v2's
+/// `cgroup.kill`), when there is one.
+#[derive(Clone, Debug)]
+pub struct GroupDir {
+    pub dir: CString,
+    pub procs: CString,
+    pub kill: Option<CString>,
+}
+
+/// Forks a process that removes `groups` once the caller is gone, however it ends. It waits
+/// for end-of-file on `wait`, the read end of a pipe whose write end the caller keeps
+/// (close-on-exec, so that no command it starts inherits it), which comes when the last copy
+/// of that end closes. Then, until every group is gone and at most `tries` times `step`
+/// apart, it removes each group that is empty and kills the processes of each other one.
+/// Returns the new process's pid; `wait` is closed in the caller.
+///
+/// Sound in a process of several threads, unlike [`fork`], because the child runs nothing
+/// but code of this module written for it: a new session, every signal
+/// blocked, `/` as its working directory and every descriptor closed but `wait`, then the
+/// wait and the removal. That code allocates nothing, takes no lock another thread could
+/// have held at the fork, makes only async-signal-safe calls, reads only memory made before
+/// the fork (`groups`), and ends with `_exit`, never returning into the caller's code.
+pub fn spawn_group_remover(
+    wait: OwnedFd,
+    groups: &[GroupDir],
+    tries: u32,
+    step: Duration,
+) -> io::Result<Pid> {
+    // SAFETY: the child runs only `remove_groups`, which keeps to async-signal-safe calls on
+    // memory made before the fork and never returns (see above).
+    match unsafe { libc::fork() } {
+        ..0 => Err(io::Error::last_os_error()),
+        0 => remove_groups(wait.as_fd(), groups, tries, step),
+        pid => Ok(pid),
+    }
+}
+
+/// The group remover's whole life, in the forked child: only async-signal-safe calls, no
+/// allocation. Never returns.
+fn remove_groups(wait: BorrowedFd, groups: &[GroupDir], tries: u32, step: Duration) -> ! {
+    let _ = super::term::setsid();
+    set_mask(&SigSet::full());
+    let _ = chdir(c"/");
+    let wait = wait.as_raw_fd();
+    // SAFETY: this process was just forked and runs only this function, which uses no
+    // descriptor but `wait` and ends with `_exit`: no owner of the others is used again.
+    unsafe { close_all_but(wait) };
+    let mut byte = 0u8;
+    loop {
+        // SAFETY: reads at most one byte into a local.
+        let n = unsafe { libc::read(wait, (&raw mut byte).cast(), 1) };
+        if n == 0 || (n < 0 && errno() != libc::EINTR) {
+            break;
+        }
+    }
+    // SAFETY: `wait` is not used after.
+    unsafe { libc::close(wait) };
+    let step = libc::timespec {
+        tv_sec: step.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+        tv_nsec: step.subsec_nanos().into(),
+    };
+    for _ in 0..tries {
+        let mut left = false;
+        for g in groups {
+            left |= !remove_group(g);
+        }
+        if !left {
+            break;
+        }
+        // SAFETY: a valid timespec; a null remainder is allowed.
+        unsafe { libc::nanosleep(&step, std::ptr::null_mut()) };
+    }
+    exit_now(0)
+}
+
+/// errno as it is now, without allocating.
+fn errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// Closes every descriptor of this process but `keep` (close_range(2); one close(2) at a
+/// time up to the descriptor limit on kernels before 5.9). Async-signal-safe.
+///
+/// # Safety
+///
+/// The descriptors it closes may be owned by `OwnedFd`s, `File`s and the like anywhere in
+/// this process's memory, which would go on using, or closing, numbers that by then name
+/// something else. Only a process just forked that runs nothing but code of this file and
+/// ends with `_exit`, never returning to code that could reach such an owner, may call it.
+unsafe fn close_all_but(keep: RawFd) {
+    let keep = keep.unsigned_abs();
+    // SAFETY: integer arguments only; that no owner of the descriptors closed is used again
+    // is the caller's promise.
+    unsafe {
+        let below = keep == 0 || libc::syscall(libc::SYS_close_range, 0u32, keep - 1, 0u32) == 0;
+        let above = libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32) == 0;
+        if !(below && above) {
+            // Kernels before 5.9: every descriptor the limit allows.
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+            let max = limit.rlim_cur.min(1 << 20) as u32;
+            for fd in (0..max).filter(|&fd| fd != keep) {
+                libc::close(fd as RawFd);
+            }
+        }
+    }
+}
+
+/// Removes one group, or kills what it holds, without allocating. True when it is gone.
+fn remove_group(g: &GroupDir) -> bool {
+    // SAFETY: NUL-terminated paths made before the fork; a buffer on the stack; descriptors
+    // this function opens and closes itself.
+    unsafe {
+        if libc::rmdir(g.dir.as_ptr()) == 0 || errno() == libc::ENOENT {
+            return true;
+        }
+        if let Some(kill) = &g.kill {
+            let fd = libc::open(kill.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd >= 0 {
+                libc::write(fd, b"1".as_ptr().cast(), 1);
+                libc::close(fd);
+            }
+        }
+        let fd = libc::open(g.procs.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return false;
+        }
+        let mut buf = [0u8; 512];
+        let mut pid: libc::pid_t = 0;
+        loop {
+            let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+            if n <= 0 {
+                break;
+            }
+            for &b in &buf[..n.unsigned_abs()] {
+                if b.is_ascii_digit() {
+                    pid = pid.saturating_mul(10).saturating_add(i32::from(b - b'0'));
+                } else {
+                    if pid > 0 {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                    pid = 0;
+                }
+            }
+        }
+        if pid > 0 {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        libc::close(fd);
+        false
+    }
+}
+
+/// A system call a test makes to see what a seccomp filter lets through, with arguments
+/// that touch no memory whatever the call does with them.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug)]
+pub enum Probe {
+    /// keyctl(2) `KEYCTL_GET_KEYRING_ID` of key 0, which no key has.
+    Keyctl,
+    /// clone3(2) with no arguments, refused before it would read any.
+    Clone3,
+    /// personality(2) with `persona`; `0xffffffff` only reads it.
+    Personality(u32),
+}
+
+/// Makes the system call `call` stands for: its return value, or errno.
+#[cfg(test)]
+pub fn probe(call: Probe) -> io::Result<libc::c_long> {
+    // SAFETY: each call takes integers only (a null pointer with a size of 0 for clone3),
+    // so it reads and writes no memory of this process.
+    let rc = unsafe {
+        match call {
+            Probe::Keyctl => libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0),
+            Probe::Clone3 => libc::syscall(libc::SYS_clone3, 0, 0),
+            Probe::Personality(persona) => libc::syscall(libc::SYS_personality, persona),
+        }
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,6 +733,32 @@ mod tests {
         assert_eq!(s.pointers.len(), 3);
         assert!(s.pointers[2].is_null());
         assert_eq!(s.as_slice()[1].as_bytes(), b"bc");
+    }
+
+    #[test]
+    fn group_remover_waits_for_the_pipe_to_close() {
+        let dir = std::env::temp_dir().join(format!("imgfs-sys-remover-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let groups = [GroupDir {
+            dir: super::super::path_cstr(&dir).unwrap(),
+            procs: c"/nonexistent/cgroup.procs".into(),
+            kill: None,
+        }];
+        let (read, write) = std::io::pipe().unwrap();
+        let step = Duration::from_millis(1);
+        let pid = spawn_group_remover(read.into(), &groups, 1000, step).unwrap();
+        std::thread::sleep(20 * step);
+        assert!(dir.exists());
+        drop(write);
+        let (waited, status) = waitpid(pid, 0).unwrap().unwrap();
+        assert_eq!((waited, super::super::exit_code(status)), (pid, 0));
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn cpus_of_the_affinity_mask() {
+        let n = affinity_cpus().unwrap();
+        assert!(n >= 1 && n as usize <= libc::CPU_SETSIZE as usize, "{n}");
     }
 
     #[test]

@@ -316,17 +316,12 @@ impl Applier {
 
     /// First step, still with every capability: shrink the bounding set, and install the
     /// filter now unless no_new_privs lets it wait until just before exec (runc's order).
-    // Allowed here only, not for the whole file: the children without unsafe stay denied it.
-    #[allow(unsafe_code)]
     pub fn before_user_switch(&self) -> Result<(), ApplyError> {
         for cap in &self.drop {
             caps::drop(None, CapSet::Bounding, *cap).map_err(|_| ApplyError::Bounding)?;
         }
         if self.no_new_privs {
-            // SAFETY: prctl with constant arguments.
-            if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-                return Err(ApplyError::NoNewPrivs);
-            }
+            crate::sys::process::set_no_new_privs().map_err(|_| ApplyError::NoNewPrivs)?;
         } else if let Some(f) = &self.filter {
             f.load().map_err(|_| ApplyError::Seccomp)?;
         }

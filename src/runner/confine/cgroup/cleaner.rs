@@ -2,19 +2,20 @@
 //! attempt of [`Cgroup::remove`](super::Cgroup::remove); the [`Cleaner`] is a small process,
 //! forked before the sandbox starts, that removes the group once the supervisor is gone,
 //! however it ends; [`remove_stale`] sweeps, at a later run, the groups of supervisors that
-//! are gone. Takes the group's paths; guarantees the cleaner makes only async-signal-safe
-//! calls and allocates nothing after the fork.
-#![allow(unsafe_code)]
+//! are gone. Takes the group's paths; the cleaner process itself is
+//! [`spawn_group_remover`](crate::sys::process::spawn_group_remover), which makes only
+//! async-signal-safe calls and allocates nothing after the fork.
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::CgroupError;
 use super::host::Layout;
+use crate::sys::process::{self, GroupDir};
 
 /// The longest step of every wait here: an exit is seen within a millisecond of happening.
 pub(super) const POLL_STEP: Duration = Duration::from_millis(1);
@@ -33,8 +34,7 @@ pub(super) fn remove_or_kill(group: &Path) -> bool {
                 .lines()
                 .filter_map(|l| l.trim().parse::<libc::pid_t>().ok())
             {
-                // SAFETY: signalling a process of the sandbox's own group.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let _ = process::kill(pid, libc::SIGKILL);
             }
             false
         }
@@ -52,10 +52,10 @@ pub fn remove_stale() {
             continue;
         };
         for entry in entries.flatten() {
-            let Some(pid) = crate::cache::sys::pid_name(&entry.file_name()) else {
+            let Some(pid) = crate::sys::pid_name(&entry.file_name()) else {
                 continue;
             };
-            if !crate::cache::sys::alive(pid) {
+            if !crate::sys::alive(pid) {
                 // rmdir refuses a group that still holds a process.
                 match std::fs::remove_dir(entry.path()) {
                     Ok(()) => log::debug!("removed the stale cgroup {}", entry.path().display()),
@@ -90,7 +90,7 @@ impl Cleaner {
         let targets = groups
             .iter()
             .map(|g| {
-                Ok(Target {
+                Ok(GroupDir {
                     dir: cstr(g)?,
                     procs: cstr(&g.join("cgroup.procs"))?,
                     kill: kill.filter(|k| k.starts_with(g)).map(cstr).transpose()?,
@@ -103,26 +103,13 @@ impl Cleaner {
                 _alive: None,
             });
         }
-        let mut fds = [0; 2];
-        // SAFETY: `fds` has room for the two descriptors.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-            return Err(cleaner(io::Error::last_os_error()));
-        }
-        // SAFETY: pipe2 returned two fresh descriptors that nothing else owns.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // SAFETY: the child only runs `cleaner_main`, which makes async-signal-safe calls on
-        // memory prepared above and never returns.
-        let pid = unsafe { libc::fork() };
-        if pid < 0 {
-            return Err(cleaner(io::Error::last_os_error()));
-        }
-        if pid == 0 {
-            cleaner_main(read.as_raw_fd(), &targets);
-        }
-        drop(read);
+        // Both ends close-on-exec.
+        let (read, write) = std::io::pipe().map_err(cleaner)?;
+        let pid = process::spawn_group_remover(read.into(), &targets, CLEANER_TRIES, POLL_STEP)
+            .map_err(cleaner)?;
         Ok(Cleaner {
             pid: Some(pid),
-            _alive: Some(write),
+            _alive: Some(write.into()),
         })
     }
 
@@ -138,126 +125,9 @@ impl Cleaner {
             return;
         };
         drop(self);
-        let mut status = 0;
-        // SAFETY: waiting for our own child; ECHILD if it was already reaped.
-        while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
-            && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
-        {}
-    }
-}
-
-/// One group the cleaner removes, its paths prepared before the fork.
-struct Target {
-    dir: CString,
-    procs: CString,
-    kill: Option<CString>,
-}
-
-/// The cleaner's whole life, in the forked child: only async-signal-safe calls, no
-/// allocation. Never returns.
-fn cleaner_main(wait_fd: RawFd, targets: &[Target]) -> ! {
-    // SAFETY: plain syscalls on descriptors and memory this process owns.
-    unsafe {
-        libc::setsid();
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
-        libc::chdir(c"/".as_ptr());
-        close_all_but(wait_fd);
-        let mut byte = 0u8;
-        loop {
-            let n = libc::read(wait_fd, (&raw mut byte).cast(), 1);
-            if n == 0 || (n < 0 && errno() != libc::EINTR) {
-                break;
-            }
+        // ECHILD if it was already reaped.
+        while matches!(process::waitpid(pid, 0), Err(e) if e.kind() == io::ErrorKind::Interrupted) {
         }
-        libc::close(wait_fd);
-        for _ in 0..CLEANER_TRIES {
-            let mut left = false;
-            for t in targets {
-                left |= !cleaner_remove(t);
-            }
-            if !left {
-                break;
-            }
-            let step = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: POLL_STEP.as_nanos() as libc::c_long,
-            };
-            libc::nanosleep(&step, std::ptr::null_mut());
-        }
-        libc::_exit(0)
-    }
-}
-
-fn errno() -> i32 {
-    // SAFETY: the calling thread's errno, always a valid pointer.
-    unsafe { *libc::__errno_location() }
-}
-
-/// Closes every descriptor but `keep`.
-fn close_all_but(keep: RawFd) {
-    let keep = keep.unsigned_abs();
-    // SAFETY: closing descriptors of this process, which uses none of them afterwards.
-    unsafe {
-        let below = keep == 0 || libc::syscall(libc::SYS_close_range, 0u32, keep - 1, 0u32) == 0;
-        let above = libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32) == 0;
-        if !(below && above) {
-            // Kernels before 5.9: every descriptor the limit allows.
-            let mut limit = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-            let max = limit.rlim_cur.min(1 << 20) as u32;
-            for fd in (0..max).filter(|&fd| fd != keep) {
-                libc::close(fd as RawFd);
-            }
-        }
-    }
-}
-
-/// The cleaner's [`remove_or_kill`], without allocating. True when the group is gone.
-fn cleaner_remove(t: &Target) -> bool {
-    // SAFETY: NUL-terminated paths prepared before the fork; buffers on the stack.
-    unsafe {
-        if libc::rmdir(t.dir.as_ptr()) == 0 || errno() == libc::ENOENT {
-            return true;
-        }
-        if let Some(kill) = &t.kill {
-            let fd = libc::open(kill.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd >= 0 {
-                libc::write(fd, b"1".as_ptr().cast(), 1);
-                libc::close(fd);
-            }
-        }
-        let fd = libc::open(t.procs.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-        if fd < 0 {
-            return false;
-        }
-        let mut buf = [0u8; 512];
-        let mut pid: libc::pid_t = 0;
-        loop {
-            let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
-            if n <= 0 {
-                break;
-            }
-            for &b in &buf[..n.unsigned_abs()] {
-                if b.is_ascii_digit() {
-                    pid = pid.saturating_mul(10).saturating_add(i32::from(b - b'0'));
-                } else {
-                    if pid > 0 {
-                        libc::kill(pid, libc::SIGKILL);
-                    }
-                    pid = 0;
-                }
-            }
-        }
-        if pid > 0 {
-            libc::kill(pid, libc::SIGKILL);
-        }
-        libc::close(fd);
-        false
     }
 }
 
@@ -337,8 +207,7 @@ mod tests {
             std::thread::sleep(POLL_STEP);
         }
         let fds = cleaner_fds();
-        // SAFETY: killing the child we started.
-        unsafe { libc::kill(supervisor.0.id() as libc::pid_t, libc::SIGKILL) };
+        supervisor.0.kill().unwrap();
         let t = Instant::now();
         let _ = supervisor.0.wait();
         assert_eq!(fds, 1);

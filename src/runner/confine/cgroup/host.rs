@@ -3,14 +3,13 @@
 //! whether any swap is on. Takes nothing but the running system (or, for
 //! [`v1_hierarchies`], a mountinfo text); hands on [`Host`], plain data the plan is made
 //! from. Reading never changes anything.
-#![allow(unsafe_code)]
 
-use std::ffi::CString;
+use std::borrow::Cow;
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::CgroupError;
+use crate::sys::mountinfo;
 
 /// Where the cgroup hierarchies are mounted.
 pub(super) const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -52,9 +51,9 @@ impl Layout {
                 controllers: text.split_whitespace().map(String::from).collect(),
             });
         }
-        let mountinfo = read_text(Path::new("/proc/self/mountinfo"))?;
+        let text = read_text(Path::new(mountinfo::SELF))?;
         Ok(Layout::V1 {
-            hierarchies: v1_hierarchies(&mountinfo),
+            hierarchies: v1_hierarchies(&text),
         })
     }
 
@@ -96,14 +95,7 @@ impl Host {
 }
 
 fn is_cgroup2(path: &Path) -> bool {
-    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs is plain data, filled in by the call.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a NUL-terminated path and a valid out-pointer.
-    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-    rc == 0 && same_magic(st.f_type, libc::CGROUP2_SUPER_MAGIC)
+    crate::sys::fs::fs_type(path).is_ok_and(|t| same_magic(t, libc::CGROUP2_SUPER_MAGIC))
 }
 
 /// Compares statfs magics, whose integer types differ between targets.
@@ -112,60 +104,28 @@ fn same_magic<A: Into<i64>, B: Into<i64>>(a: A, b: B) -> bool {
 }
 
 /// The cgroup v1 hierarchies in a /proc/PID/mountinfo text, the first mount of each.
+/// The controllers are the filesystem's options less `rw`/`ro` and `key=value` ones.
 pub fn v1_hierarchies(mountinfo: &str) -> Vec<Hierarchy> {
     let mut found: Vec<Hierarchy> = Vec::new();
-    for line in mountinfo.lines() {
-        // id parent dev root mountpoint options [optional...] - fstype source superoptions
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let mut right = right.split(' ');
-        if right.next() != Some("cgroup") {
+    for mount in mountinfo::parse(mountinfo) {
+        if mount.fstype != "cgroup" {
             continue;
         }
-        let Some(mountpoint) = left.split(' ').nth(4) else {
-            continue;
-        };
-        let controllers: Vec<String> = right
-            .nth(1)
-            .unwrap_or("")
-            .split(',')
-            .filter(|o| !matches!(*o, "rw" | "ro") && !o.contains('='))
-            .map(String::from)
+        let controllers: Vec<String> = mount
+            .super_options()
+            .filter(|o| !matches!(&**o, "rw" | "ro") && !o.contains('='))
+            .map(Cow::into_owned)
             .collect();
         let known = |c: &String| found.iter().any(|h| h.controllers.contains(c));
         if controllers.is_empty() || controllers.iter().any(known) {
             continue;
         }
         found.push(Hierarchy {
-            mountpoint: PathBuf::from(unescape_mountinfo(mountpoint)),
+            mountpoint: mount.mountpoint.into_owned(),
             controllers,
         });
     }
     found
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space).
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).filter(|d| {
-            bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)) && d[0] <= b'3'
-        });
-        match octal {
-            Some(d) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Whether /proc/swaps lists any swap area (below its header line).
@@ -210,8 +170,8 @@ mod tests {
                 ("/sys/fs/cgroup/systemd", vec!["xattr"]),
             ]
         );
-        assert_eq!(unescape_mountinfo("/mnt/my\\040memory"), "/mnt/my memory");
-        assert_eq!(unescape_mountinfo("/a\\9b\\"), "/a\\9b\\");
+        let escaped = v1_hierarchies("1 2 0:1 / /cg/a\\040b rw - cgroup cgroup rw,blkio\n");
+        assert_eq!(escaped[0].mountpoint, Path::new("/cg/a b"));
         assert!(swaps_in_use(
             "Filename Type Size Used Priority\n/swap file 1024 0 -2\n"
         ));

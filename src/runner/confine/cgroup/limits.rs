@@ -3,7 +3,6 @@
 //! process may run on. Takes the flags' text; hands on [`Limits`], plain data that travels in
 //! the run plan and that the cgroup plan turns into interface-file writes. A value docker
 //! would refuse is a [`LimitError`] with docker's reason, never a silently different limit.
-#![allow(unsafe_code)]
 
 /// docker's least `--memory` (its linuxMinMemory): less leaves a container no room to start.
 pub const MIN_MEMORY: u64 = 6 << 20;
@@ -275,18 +274,12 @@ fn parse_cpus(text: &str, available: u32) -> Result<Option<u64>, LimitError> {
 
 /// The CPUs this process may run on, as docker counts them (its sysinfo.NumCPU).
 fn available_cpus() -> u32 {
-    // SAFETY: cpu_set_t is plain data, for which all zeroes is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: the size passed is that of `set`, a valid out-pointer.
-    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
-    if rc == 0 {
-        // SAFETY: counts the bits of an initialised set.
-        let n = unsafe { libc::CPU_COUNT(&set) };
-        if n > 0 {
-            return n.unsigned_abs();
+    match crate::sys::process::affinity_cpus() {
+        Ok(n) if n > 0 => n,
+        _ => {
+            std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
         }
     }
-    std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
 }
 
 #[cfg(test)]

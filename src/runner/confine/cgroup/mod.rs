@@ -138,11 +138,9 @@ mod tests {
     /// This machine's cgroups, when the tests may use them: as root, with memory, pids and cpu.
     /// This machine's cgroups, which these tests need with memory, pids and cpu controllers
     /// and root: they fail loudly, never skip, without them.
-    #[allow(unsafe_code)]
     pub(super) fn real_host() -> Host {
-        // SAFETY: no preconditions.
         assert!(
-            unsafe { libc::geteuid() } == 0,
+            crate::sys::euid() == 0,
             "REQUIREMENT NOT MET: the cgroup tests need root"
         );
         let host = Host::detect()

@@ -4,14 +4,16 @@
 //! from this user is there. Takes a [`ProfileSource`], the capabilities and the cache
 //! directory; hands on the [`Program`]. A file is written whole or not at all, and one another
 //! user could have written is never trusted.
-#![allow(unsafe_code)]
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::Path;
 
 use libseccomp::ScmpVersion;
+
+use crate::index::le::{PutLe, get_u32};
+use crate::sys::{Durability, Publish};
 
 use super::SeccompError;
 use super::compile::{Host, build, select};
@@ -39,7 +41,7 @@ pub enum ProfileSource<'a> {
 
 /// Appends a length-prefixed field to a cache key.
 fn put(key: &mut Vec<u8>, field: &[u8]) {
-    key.extend_from_slice(&(field.len() as u64).to_le_bytes());
+    key.put_u64(field.len() as u64);
     key.extend_from_slice(field);
 }
 
@@ -56,7 +58,7 @@ fn cache_key(
     engine: ScmpVersion,
 ) -> Vec<u8> {
     let mut key = Vec::new();
-    key.extend_from_slice(&CACHE_FORMAT_VERSION.to_le_bytes());
+    key.put_u32(CACHE_FORMAT_VERSION);
     match source {
         ProfileSource::DockerDefault => {
             key.push(0);
@@ -67,15 +69,15 @@ fn cache_key(
             put(&mut key, bytes);
         }
     }
-    key.extend_from_slice(&(caps.len() as u64).to_le_bytes());
+    key.put_u64(caps.len() as u64);
     for cap in caps {
         put(&mut key, cap.as_bytes());
     }
     put(&mut key, host.arch.name().as_bytes());
-    key.extend_from_slice(&host.kernel.kernel.to_le_bytes());
-    key.extend_from_slice(&host.kernel.major.to_le_bytes());
+    key.put_u32(host.kernel.kernel);
+    key.put_u32(host.kernel.major);
     for part in [engine.major, engine.minor, engine.micro] {
-        key.extend_from_slice(&part.to_le_bytes());
+        key.put_u32(part);
     }
     key
 }
@@ -86,9 +88,7 @@ fn read_cache_file(path: &Path, key_len: usize) -> io::Result<Vec<u8>> {
     use std::os::unix::fs::MetadataExt;
     let file = File::open(path)?;
     let meta = file.metadata()?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    if meta.uid() != euid || meta.mode() & 0o022 != 0 {
+    if meta.uid() != crate::sys::euid() || meta.mode() & 0o022 != 0 {
         return Err(io::Error::other(
             "owned by another user or writable by others",
         ));
@@ -102,9 +102,8 @@ fn read_cache_file(path: &Path, key_len: usize) -> io::Result<Vec<u8>> {
 /// The program stored in a cache file, if the file is whole and was made for `key`.
 fn parse_cache_file<'f>(file: &'f [u8], key: &[u8]) -> Option<&'f [u8]> {
     let rest = file.strip_prefix(CACHE_MAGIC.as_slice())?;
-    let (len, rest) = rest.split_first_chunk::<4>()?;
-    let len = usize::try_from(u32::from_le_bytes(*len)).ok()?;
-    let (stored_key, bpf) = rest.split_at_checked(len)?;
+    let len = usize::try_from(get_u32(rest, 0)?).ok()?;
+    let (stored_key, bpf) = rest.get(4..)?.split_at_checked(len)?;
     (stored_key == key).then_some(bpf)
 }
 
@@ -113,32 +112,19 @@ fn cache_file_bytes(key: &[u8], program: &Program) -> Option<Vec<u8>> {
     let mut bytes =
         Vec::with_capacity(CACHE_MAGIC.len() + 4 + key.len() + program.len() * INSN_BYTES);
     bytes.extend_from_slice(CACHE_MAGIC);
-    bytes.extend_from_slice(&len.to_le_bytes());
+    bytes.put_u32(len);
     bytes.extend_from_slice(key);
     bytes.extend_from_slice(&program.to_bytes());
     Some(bytes)
 }
 
-/// Writes a cache file whole or not at all: a temporary name in the same directory, then a
-/// rename over the final name, so a concurrent reader sees the old file or the new one.
+/// Writes a cache file whole or not at all (see [`Publish`]), so a concurrent reader sees the
+/// old file or the new one.
 fn write_cache_file(dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(dir)?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let tmp = path.with_extension(format!("{}.{nanos}.tmp", std::process::id()));
-    let result = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
+    Publish::new(Durability::Atomic)
         .mode(CACHE_FILE_MODE)
-        .open(&tmp)
-        .and_then(|mut file| file.write_all(bytes))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+        .bytes(path, bytes)
 }
 
 /// The program for `source` and `caps` on this machine, from `cache_dir` when it was compiled

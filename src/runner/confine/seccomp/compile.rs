@@ -3,12 +3,10 @@
 //! filter for the native architecture and its compat sub-architectures. Takes a [`Profile`]
 //! and capability names; hands on a [`Program`]. The choice ([`select`]) is plain data that
 //! tests check for any architecture and kernel; only [`build`] calls the engine.
-#![allow(unsafe_code)]
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::io::{Read, Seek, SeekFrom};
 
 use libseccomp::{
     ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
@@ -117,21 +115,8 @@ fn native_arch() -> Result<(Arch, &'static str), SeccompError> {
 
 /// The running kernel's `major.minor`, from uname(2).
 fn running_kernel() -> Result<KernelVersion, SeccompError> {
-    // SAFETY: utsname is plain arrays of c_char, for which all zeroes is a valid value.
-    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: uts is a valid, writable utsname that outlives the call.
-    if unsafe { libc::uname(&mut uts) } != 0 {
-        return Err(SeccompError::Uname(io::Error::last_os_error()));
-    }
-    let release: Vec<u8> = uts
-        .release
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
-        .collect();
-    let release = String::from_utf8_lossy(&release);
-    KernelVersion::parse_release(&release)
-        .ok_or_else(|| SeccompError::KernelRelease(release.into_owned()))
+    let release = crate::sys::fs::kernel_release().map_err(SeccompError::Uname)?;
+    KernelVersion::parse_release(&release).ok_or(SeccompError::KernelRelease(release))
 }
 
 /// What of a profile applies on a host with a capability set: the plain-data half of
@@ -271,13 +256,8 @@ pub(super) fn build(profile: &Profile, selection: &Selection<'_>) -> Result<Prog
 
 /// The filter's BPF, through a memory file (libseccomp 2.5 exports only to a descriptor).
 fn export(ctx: &ScmpFilterContext) -> Result<Vec<u8>, SeccompError> {
-    // SAFETY: the name is a NUL-terminated string literal; memfd_create reads it only.
-    let fd = unsafe { libc::memfd_create(c"imgfs-seccomp".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(SeccompError::Memfd(io::Error::last_os_error()));
-    }
-    // SAFETY: fd was just returned by memfd_create and is owned by nothing else.
-    let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let mut file =
+        File::from(crate::sys::fs::memfd(c"imgfs-seccomp").map_err(SeccompError::Memfd)?);
     ctx.export_bpf(&file).map_err(SeccompError::Export)?;
     let mut bytes = Vec::new();
     file.seek(SeekFrom::Start(0))
@@ -408,70 +388,73 @@ mod tests {
         compile(&Profile::from_json(json).unwrap(), &caps(&[])).unwrap();
     }
 
-    /// Runs `check` in a forked child confined by `program`; returns its exit status.
-    fn in_confined_child(program: &Program, check: fn() -> i32) -> i32 {
-        // SAFETY: the child only makes raw syscalls (prctl, seccomp, the checks) and _exits;
-        // it touches no lock or allocator state the fork may have copied mid-use.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork: {}", io::Error::last_os_error());
-        if pid == 0 {
-            // SAFETY: prctl with plain integer arguments; _exit never returns.
-            unsafe {
-                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                    libc::_exit(100);
-                }
-                if program.load().is_err() {
-                    libc::_exit(101);
-                }
-                libc::_exit(check());
-            }
-        }
-        let mut status = 0;
-        // SAFETY: waits for the child forked above, writing to a local.
-        let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
-        assert_eq!(waited, pid);
-        assert!(libc::WIFEXITED(status), "child status {status:#x}");
-        libc::WEXITSTATUS(status)
-    }
+    /// Set in the copy of this test binary that [`in_confined_child`] starts.
+    const CONFINED_CHILD: &str = "IMGFS_TEST_CONFINED_CHILD";
 
-    /// The errno of a raw syscall that failed, or 0 when it succeeded.
-    fn errno_of(rc: libc::c_long) -> i32 {
-        if rc == -1 {
-            // SAFETY: reads this thread's errno.
-            unsafe { *libc::__errno_location() }
-        } else {
-            0
+    /// Runs `check` confined by `program` in a copy of this test binary that runs only the
+    /// test `test` of this module, and returns its exit status. In that copy (told apart by
+    /// the environment) it sets no_new_privs and loads the filter on the test's own thread,
+    /// then runs `check` there and exits with what it returns: the filter never touches the
+    /// process that runs the other tests.
+    fn in_confined_child(test: &str, program: &Program, check: fn() -> i32) -> i32 {
+        use crate::sys::process::{exit_now, set_no_new_privs};
+        if std::env::var_os(CONFINED_CHILD).is_some() {
+            if set_no_new_privs().is_err() {
+                exit_now(100);
+            }
+            if program.load().is_err() {
+                exit_now(101);
+            }
+            exit_now(check());
         }
+        let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", &format!("{module}::{test}"), "--nocapture"])
+            .env(CONFINED_CHILD, "1")
+            .stdout(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        out.status.code().unwrap_or_else(|| {
+            panic!(
+                "the confined child ended with {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
     }
 
     #[test]
     fn loaded_default_profile_denies_like_docker() {
+        use crate::sys::process::{Probe, probe, unshare};
         let program = compile(&Profile::docker_default(), &caps(&[])).unwrap();
-        let status = in_confined_child(&program, || {
-            // SAFETY: raw syscalls with integer arguments that touch no memory of ours.
-            unsafe {
-                if libc::syscall(libc::SYS_getpid) <= 0 {
+        let status = in_confined_child(
+            "loaded_default_profile_denies_like_docker",
+            &program,
+            || {
+                let errno = |e: std::io::Error| e.raw_os_error();
+                // getpid is allowed (a refusal would read as -1).
+                if std::process::id() as i32 <= 0 {
                     return 1;
                 }
-                if errno_of(libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0)) != libc::EPERM {
+                if probe(Probe::Keyctl).map_err(errno) != Err(Some(libc::EPERM)) {
                     return 2;
                 }
-                if errno_of(libc::syscall(libc::SYS_unshare, libc::CLONE_NEWNS)) != libc::EPERM {
+                if unshare(libc::CLONE_NEWNS).map_err(errno) != Err(Some(libc::EPERM)) {
                     return 3;
                 }
                 // clone3 is checked before it reads its argument.
-                if errno_of(libc::syscall(libc::SYS_clone3, 0, 0)) != libc::ENOSYS {
+                if probe(Probe::Clone3).map_err(errno) != Err(Some(libc::ENOSYS)) {
                     return 4;
                 }
-                if errno_of(libc::syscall(libc::SYS_personality, 0x0040_0000)) != libc::EPERM {
+                if probe(Probe::Personality(0x0040_0000)).map_err(errno) != Err(Some(libc::EPERM)) {
                     return 5;
                 }
-                if libc::syscall(libc::SYS_personality, 0xffff_ffffu32) < 0 {
+                if probe(Probe::Personality(0xffff_ffff)).is_err() {
                     return 6;
                 }
-            }
-            0
-        });
+                0
+            },
+        );
         assert_eq!(status, 0);
     }
 }

@@ -2,9 +2,6 @@
 //! exports and the cache keeps. Takes those bytes (1 to BPF_MAXINSNS whole instructions, else
 //! nothing); hands on a [`Program`] whose [`Program::load`] installs it on the calling thread
 //! just before execve, without allocating or taking a lock.
-#![allow(unsafe_code)]
-
-use std::io;
 
 /// Size of one `struct sock_filter` as libseccomp exports it.
 pub(super) const INSN_BYTES: usize = 8;
@@ -76,31 +73,7 @@ impl Program {
     /// lock. Without CAP_SYS_ADMIN the caller must have set no_new_privs first. Flags are 0,
     /// not TSYNC: the child has one thread, and the filter is inherited across execve.
     pub fn load(&self) -> Result<(), i32> {
-        let Ok(len) = u16::try_from(self.filter.len()) else {
-            return Err(libc::EINVAL);
-        };
-        let prog = libc::sock_fprog {
-            len,
-            // The kernel only reads through this pointer.
-            filter: self.filter.as_ptr().cast_mut(),
-        };
-        let flags: libc::c_uint = 0;
-        // SAFETY: prog points at `len` initialized instructions owned by self, alive for the
-        // whole call; seccomp(2) copies them and keeps no pointer.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER,
-                flags,
-                &prog as *const libc::sock_fprog,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EINVAL))
-        }
+        crate::sys::process::load_seccomp_filter(&self.filter)
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))
     }
 }

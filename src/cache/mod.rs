@@ -18,7 +18,6 @@
 pub mod key;
 pub mod lazy;
 pub mod sparse;
-pub(crate) mod sys;
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -26,7 +25,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::source::Layer;
-use crate::sys::Durability;
+use crate::sys::{self, Durability};
 
 pub(crate) const ARCHIVE_FILE: &str = "archive.tar";
 pub(crate) const INDEX_FILE: &str = "index";
@@ -301,7 +300,7 @@ impl Cache {
             return;
         }
         let _ = fs::create_dir_all(&dir)
-            .and_then(|()| crate::sys::publish(&path, key.as_bytes(), Durability::Atomic));
+            .and_then(|()| sys::publish(&path, key.as_bytes(), Durability::Atomic));
     }
 
     /// The image entry key `reference` last resolved to, if recorded.
@@ -454,7 +453,7 @@ impl Entry {
     /// Writes a file of the entry atomically (temporary name, then rename).
     pub(crate) fn write_file(&self, name: &str, bytes: &[u8]) -> Result<(), CacheError> {
         let path = self.dir.join(name);
-        crate::sys::publish(&path, bytes, Durability::Synced).map_err(io_err(&path))
+        sys::publish(&path, bytes, Durability::Synced).map_err(io_err(&path))
     }
 
     /// The entry's name in the cache (its key, made safe for a file name).

@@ -487,17 +487,13 @@ fn own_exit_code(e: &anyhow::Error) -> Option<i32> {
         .and_then(|d| d.exit_code())
 }
 
-/// The error and its causes on one line, leaving out a cause the message already quotes.
+/// The error and its causes on one line. Each cause is said once: an error either quotes its
+/// cause in its message or returns it as its source, never both.
 pub fn message(e: &anyhow::Error) -> String {
-    let mut text = e.to_string();
-    for cause in e.chain().skip(1) {
-        let cause = cause.to_string();
-        if !text.contains(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
-    }
-    text
+    e.chain()
+        .map(|cause| cause.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 /// Resolves and prepares an image for the inspection commands, and opens its index.

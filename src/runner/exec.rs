@@ -102,7 +102,7 @@ fn supervisor_inner(plan: &Plan) -> Result<i32, SandboxError> {
         cgroup::remove_stale();
         let cg = Cgroup::create(&plan.limits, &std::process::id().to_string()).map_err(
             |e| match &e {
-                CgroupError::Create { source, .. }
+                CgroupError::Create { cause: source, .. }
                     if plan.unprivileged.is_some()
                         && source.kind() == std::io::ErrorKind::PermissionDenied =>
                 {

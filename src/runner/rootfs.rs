@@ -179,7 +179,7 @@ fn mount_dev(plan: &Plan, scratch: &Path, root: &OwnedFd) -> Result<(), RootfsEr
         cause: SysError::Path {
             op: "resolve",
             path: fd_path(&dev),
-            source,
+            cause: source,
         },
     })?;
     for (name, target) in [
@@ -195,7 +195,7 @@ fn mount_dev(plan: &Plan, scratch: &Path, root: &OwnedFd) -> Result<(), RootfsEr
                 cause: SysError::Path {
                     op: "create",
                     path: dev_dir.join(name),
-                    source,
+                    cause: source,
                 },
             }
         })?;
@@ -302,7 +302,7 @@ fn existing_in_root(root: &OwnedFd, guest: &str) -> Result<Option<OwnedFd>, Root
         Err(source) => Err(in_root(guest)(SysError::Path {
             op: "open",
             path: guest.into(),
-            source,
+            cause: source,
         })),
     }
 }
@@ -314,7 +314,7 @@ fn pivot(root: &OwnedFd) -> Result<(), RootfsError> {
         RootfsError::Pivot(SysError::Path {
             op: "enter",
             path: root_path,
-            source,
+            cause: source,
         })
     })?;
     // pivot_root(".", ".") stacks the old root under the new one.
@@ -327,7 +327,7 @@ fn pivot(root: &OwnedFd) -> Result<(), RootfsError> {
         RootfsError::Pivot(SysError::Path {
             op: "enter",
             path: "/".into(),
-            source,
+            cause: source,
         })
     })
 }
@@ -343,7 +343,7 @@ fn open_in_root(root: &OwnedFd, guest: &str, file: bool) -> Result<OwnedFd, SysE
     let at = |source: io::Error| SysError::Path {
         op: "open",
         path: guest.into(),
-        source,
+        cause: source,
     };
     let mut sofar = String::new();
     for (i, comp) in comps.iter().enumerate() {
@@ -374,7 +374,7 @@ fn open_in_root(root: &OwnedFd, guest: &str, file: bool) -> Result<OwnedFd, SysE
                     return Err(SysError::Path {
                         op: "create",
                         path: guest.into(),
-                        source,
+                        cause: source,
                     });
                 }
                 if last {

@@ -39,7 +39,7 @@ pub fn mount_as(
         return Err(SysError::Mount {
             what: fstype.or(source).unwrap_or("a remount").to_string(),
             target: shown.to_string(),
-            source: io::Error::last_os_error(),
+            cause: io::Error::last_os_error(),
         });
     }
     Ok(())
@@ -174,7 +174,7 @@ pub fn open_dir(p: &Path) -> Result<OwnedFd, SysError> {
         SysError::Path {
             op: "open",
             path: p.to_path_buf(),
-            source,
+            cause: source,
         }
     })
 }

@@ -50,20 +50,20 @@ pub enum SysError {
     Nul(String),
     #[error("{0} is not UTF-8")]
     NotUtf8(PathBuf),
-    #[error("cannot mount {what} on {target}: {source}")]
+    #[error("cannot mount {what} on {target}: {cause}")]
     Mount {
         what: String,
         target: String,
-        source: io::Error,
+        cause: io::Error,
     },
-    #[error("cannot {op} {path}: {source}")]
+    #[error("cannot {op} {path}: {cause}")]
     Path {
         op: &'static str,
         path: PathBuf,
-        source: io::Error,
+        cause: io::Error,
     },
-    #[error("cannot {op}: {source}")]
-    Call { op: &'static str, source: io::Error },
+    #[error("cannot {op}: {cause}")]
+    Call { op: &'static str, cause: io::Error },
     #[error("cannot {op}: the process has more than one thread")]
     Threads { op: &'static str },
 }
@@ -73,7 +73,7 @@ impl SysError {
     pub fn last(op: &'static str) -> SysError {
         SysError::Call {
             op,
-            source: io::Error::last_os_error(),
+            cause: io::Error::last_os_error(),
         }
     }
 
@@ -82,21 +82,21 @@ impl SysError {
         SysError::Path {
             op,
             path: path.into(),
-            source: io::Error::last_os_error(),
+            cause: io::Error::last_os_error(),
         }
     }
 
     /// Names the failed call `op` of an `io::Error` (for `map_err`).
     pub fn call(op: &'static str) -> impl FnOnce(io::Error) -> SysError {
-        move |source| SysError::Call { op, source }
+        move |source| SysError::Call { op, cause: source }
     }
 
     /// The errno behind the failure, if there is one.
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {
-            SysError::Mount { source, .. }
-            | SysError::Path { source, .. }
-            | SysError::Call { source, .. } => source.raw_os_error(),
+            SysError::Mount { cause: source, .. }
+            | SysError::Path { cause: source, .. }
+            | SysError::Call { cause: source, .. } => source.raw_os_error(),
             SysError::Nul(_) | SysError::NotUtf8(_) | SysError::Threads { .. } => None,
         }
     }
@@ -139,7 +139,7 @@ pub fn write_file(path: &Path, contents: &str) -> Result<(), SysError> {
     std::fs::write(path, contents).map_err(|source| SysError::Path {
         op: "write",
         path: path.to_path_buf(),
-        source,
+        cause: source,
     })
 }
 
@@ -151,7 +151,7 @@ pub fn mkdir(path: &Path) -> Result<(), SysError> {
         .map_err(|source| SysError::Path {
             op: "create",
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })
 }
 

@@ -72,7 +72,7 @@ pub fn fork_into(namespaces: libc::c_int) -> Result<Forked, SysError> {
     if namespaces & !NAMESPACES != 0 {
         return Err(SysError::Call {
             op: "clone",
-            source: io::Error::from_raw_os_error(libc::EINVAL),
+            cause: io::Error::from_raw_os_error(libc::EINVAL),
         });
     }
     if !super::single_threaded() {

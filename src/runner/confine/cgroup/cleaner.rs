@@ -82,7 +82,7 @@ impl Cleaner {
     /// Forks the cleaner for `groups` (`kill` is v2's cgroup.kill of one of them); see
     /// [`Cgroup::spawn_cleaner`](super::Cgroup::spawn_cleaner).
     pub(super) fn spawn(groups: &[PathBuf], kill: Option<&Path>) -> Result<Cleaner, CgroupError> {
-        let cleaner = |source| CgroupError::Cleaner { source };
+        let cleaner = |source| CgroupError::Cleaner { cause: source };
         let cstr = |p: &Path| {
             CString::new(p.as_os_str().as_bytes())
                 .map_err(|_| cleaner(io::Error::from_raw_os_error(libc::EINVAL)))

@@ -90,7 +90,7 @@ impl Cgroup {
             write_value(&path, &pid.to_string()).map_err(|source| CgroupError::Add {
                 path: path.clone(),
                 pid,
-                source,
+                cause: source,
             })?;
         }
         Ok(())
@@ -162,7 +162,7 @@ fn apply(step: &Step, made: &mut Vec<PathBuf>) -> Result<(), CgroupError> {
         Step::Parent(path) => match std::fs::create_dir(path) {
             Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(CgroupError::Create {
                 path: path.clone(),
-                source: e,
+                cause: e,
             }),
             _ => Ok(()),
         },
@@ -178,7 +178,7 @@ fn apply(step: &Step, made: &mut Vec<PathBuf>) -> Result<(), CgroupError> {
             }
             result.map_err(|source| CgroupError::Create {
                 path: path.clone(),
-                source,
+                cause: source,
             })?;
             made.push(path.clone());
             Ok(())
@@ -208,7 +208,7 @@ fn apply(step: &Step, made: &mut Vec<PathBuf>) -> Result<(), CgroupError> {
             Err(source) => Err(CgroupError::Write {
                 path: path.clone(),
                 value: value.clone(),
-                source,
+                cause: source,
             }),
             Ok(()) => Ok(()),
         },

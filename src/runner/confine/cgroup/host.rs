@@ -139,7 +139,7 @@ fn read_text(path: &Path) -> Result<String, CgroupError> {
         .and_then(|mut f| f.read_to_string(&mut text))
         .map_err(|source| CgroupError::Read {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })?;
     Ok(text)
 }

@@ -87,24 +87,24 @@ pub enum CgroupError {
     },
     #[error("{name:?} cannot name a cgroup: it must be one path component")]
     Name { name: String },
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
-    #[error("cannot create the cgroup {path}: {source}")]
-    Create { path: PathBuf, source: io::Error },
-    #[error("cannot write {value:?} to {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
+    Read { path: PathBuf, cause: io::Error },
+    #[error("cannot create the cgroup {path}: {cause}")]
+    Create { path: PathBuf, cause: io::Error },
+    #[error("cannot write {value:?} to {path}: {cause}")]
     Write {
         path: PathBuf,
         value: String,
-        source: io::Error,
+        cause: io::Error,
     },
-    #[error("cannot move process {pid} into {path}: {source}")]
+    #[error("cannot move process {pid} into {path}: {cause}")]
     Add {
         path: PathBuf,
         pid: libc::pid_t,
-        source: io::Error,
+        cause: io::Error,
     },
-    #[error("cannot start the cgroup's cleaner: {source}")]
-    Cleaner { source: io::Error },
+    #[error("cannot start the cgroup's cleaner: {cause}")]
+    Cleaner { cause: io::Error },
 }
 
 #[cfg(test)]

@@ -195,7 +195,7 @@ pub(super) fn build(profile: &Profile, selection: &Selection<'_>) -> Result<Prog
     ctx.set_ctl_nnp(false)
         .map_err(|source| SeccompError::FilterAttr {
             attr: "no_new_privs",
-            source,
+            cause: source,
         })?;
     // A binary tree of system call numbers instead of a chain: every call the program makes
     // runs the filter, and a chain through docker's ~370 names costs a python start-up
@@ -203,17 +203,23 @@ pub(super) fn build(profile: &Profile, selection: &Selection<'_>) -> Result<Prog
     ctx.set_ctl_optimize(SYSCALL_TREE)
         .map_err(|source| SeccompError::FilterAttr {
             attr: "optimize",
-            source,
+            cause: source,
         })?;
     for &arch in &selection.arches {
         let engine = arch.engine();
         // The native architecture is there from the start; adding it again is an error.
         let present = ctx
             .is_arch_present(engine)
-            .map_err(|source| SeccompError::AddArch { arch, source })?;
+            .map_err(|source| SeccompError::AddArch {
+                arch,
+                cause: source,
+            })?;
         if !present {
             ctx.add_arch(engine)
-                .map_err(|source| SeccompError::AddArch { arch, source })?;
+                .map_err(|source| SeccompError::AddArch {
+                    arch,
+                    cause: source,
+                })?;
         }
     }
     for rule in &selection.rules {
@@ -237,7 +243,7 @@ pub(super) fn build(profile: &Profile, selection: &Selection<'_>) -> Result<Prog
             };
             let add_err = |source| SeccompError::AddRule {
                 syscall: name.clone(),
-                source,
+                cause: source,
             };
             if repeated {
                 for condition in &conditions {

@@ -49,7 +49,7 @@ pub enum SeccompError {
     #[error("seccomp profile is {len} bytes, over the limit of {max}")]
     ProfileTooLarge { len: usize, max: usize },
     #[error("seccomp profile is not docker's JSON profile format: {0}")]
-    Json(#[source] serde_json::Error),
+    Json(serde_json::Error),
     #[error("seccomp profile has {count} {what}, over the limit of {max}")]
     TooMany {
         what: &'static str,
@@ -79,33 +79,30 @@ pub enum SeccompError {
     #[error("seccomp: no seccomp architecture for this machine ({0})")]
     NativeArch(&'static str),
     #[error("seccomp: cannot read the kernel version: {0}")]
-    Uname(#[source] io::Error),
+    Uname(io::Error),
     #[error("seccomp: cannot parse the kernel release {0:?}")]
     KernelRelease(String),
     #[error("seccomp: libseccomp cannot create a filter: {0}")]
-    NewFilter(#[source] EngineError),
-    #[error("seccomp: libseccomp cannot set filter attribute {attr}: {source}")]
+    NewFilter(EngineError),
+    #[error("seccomp: libseccomp cannot set filter attribute {attr}: {cause}")]
     FilterAttr {
         attr: &'static str,
-        source: EngineError,
+        cause: EngineError,
     },
-    #[error("seccomp: libseccomp cannot add architecture {arch:?}: {source}")]
-    AddArch { arch: Arch, source: EngineError },
-    #[error("seccomp: libseccomp cannot add the rule for {syscall}: {source}")]
-    AddRule {
-        syscall: String,
-        source: EngineError,
-    },
+    #[error("seccomp: libseccomp cannot add architecture {arch:?}: {cause}")]
+    AddArch { arch: Arch, cause: EngineError },
+    #[error("seccomp: libseccomp cannot add the rule for {syscall}: {cause}")]
+    AddRule { syscall: String, cause: EngineError },
     #[error("seccomp: cannot make a memory file for the BPF export: {0}")]
-    Memfd(#[source] io::Error),
+    Memfd(io::Error),
     #[error("seccomp: libseccomp cannot export the filter: {0}")]
-    Export(#[source] EngineError),
+    Export(EngineError),
     #[error("seccomp: cannot read back the exported filter: {0}")]
-    ReadExport(#[source] io::Error),
+    ReadExport(io::Error),
     #[error("seccomp: the filter is {len} bytes, not 1 to {MAX_INSNS} instructions of 8 bytes")]
     ProgramSize { len: usize },
     #[error("seccomp: cannot read libseccomp's version: {0}")]
-    EngineVersion(#[source] EngineError),
+    EngineVersion(EngineError),
 }
 
 #[cfg(test)]

@@ -4,13 +4,13 @@
 //! tables of the fixtures damaged in many places, so that the checks always see inputs, saved
 //! ones or not.
 
-#[path = "hostile/archives.rs"]
-mod archives;
-#[path = "fuzz/checks.rs"]
+#[path = "../fuzz/checks.rs"]
 mod checks;
-mod common;
 
-use common::{fixture_archives, repo_root};
+use crate::common;
+use crate::hostile::archives;
+
+use crate::common::{fixture_archives, repo_root};
 use imgfs::index::scan::SliceInput;
 use imgfs::index::tree::BlobRef;
 

@@ -566,36 +566,35 @@ fn missing_images_and_closed_pipes() {
 }
 
 /// An unprivileged user with a cache of their own: no root, no FUSE, no daemon (a tar
-/// file), and the same answers as root gets.
+/// file), and the same answers GNU ls gives of GNU tar's extraction of the archive.
 #[test]
 fn inspection_needs_neither_root_nor_fuse() {
     let user = common::test_user();
-    let tar = common::fixture_archives().join("pax.tar");
+    let truth = Truth::fixture();
     let cache = TempDir::new("imgfs-user-cache");
     let owned = run(Command::new("chown").arg(user).arg(cache.path()));
     assert!(owned.status.success());
-    let args = |c: &Path| -> Vec<String> {
-        vec![
-            "ls".into(),
-            "-lR".into(),
-            "--cache-dir".into(),
-            c.display().to_string(),
-            tar.display().to_string(),
-            "/".into(),
-        ]
-    };
-    let theirs = run(common::as_user(user)
-        .args(["env", "TZ=UTC", env!("CARGO_BIN_EXE_imgfs")])
-        .args(args(cache.path())));
-    assert!(theirs.status.success(), "{}", text(&theirs.stderr));
-    let root_cache = TempDir::new("imgfs-root-cache");
-    let ours = run(imgfs().args(args(root_cache.path())).env("TZ", "UTC"));
-    assert_eq!(text(&theirs.stdout), text(&ours.stdout));
-    assert!(
-        text(&theirs.stdout).contains("files:"),
-        "{}",
-        text(&theirs.stdout)
-    );
+    let cases: &[&[&str]] = &[
+        &["-la", "/etc"],
+        &["-lR", "/etc/apt"],
+        &["-l", "/usr/bin/python3"],
+    ];
+    for args in cases {
+        let theirs = truth.gnu(&[&["ls", "--time-style=long-iso"][..], args].concat());
+        let ours = run(common::as_user(user)
+            .args([
+                "env",
+                "TZ=UTC",
+                env!("CARGO_BIN_EXE_imgfs"),
+                "ls",
+                "--cache-dir",
+            ])
+            .arg(cache.path())
+            .arg(truth.image())
+            .args(*args));
+        let what = format!("ls {} as {user}", args.join(" "));
+        assert_same(&ours, &theirs, &what, ls_comparable(&truth, args));
+    }
 }
 
 /// With the daemon out of reach, an image the cache holds is still found by the reference it

@@ -1050,15 +1050,16 @@ fn lazy_mounts_through_odd_registries() {
 }
 
 /// `imgfs index push --record -- CMD` publishes the spans CMD read; a cold mount then fetches
-/// them at once, before any read (`--prefetch recorded`, the default), and `--prefetch none`
-/// fetches nothing until a read.
+/// them at once, before any read (`--prefetch recorded`, the default): running CMD in the
+/// image then fetches nothing more, and `--prefetch none` fetches nothing until a read.
 #[test]
 fn recorded_spans_are_fetched_first() {
     let fx = fx();
     let (registry, _) =
         seeded_registry(&fx.path("OCI_GZIP"), "layers", "imgfs-test/layers:1", false);
     let direct = registry.reference("imgfs-test/layers:1");
-    push_index(&direct, &["--record", "--", "python3", "-c", "pass"]);
+    let command = ["python3", "-c", "pass"];
+    push_index(&direct, &[&["--record", "--"][..], &command].concat());
     let front = Front::start(&registry.addr, &FrontOptions::default());
     let source = format!("docker://{}/imgfs-test/layers:1", front.addr);
     let (layers, _) = layers_of(&fx.path("OCI_GZIP"), "layers");
@@ -1071,16 +1072,38 @@ fn recorded_spans_are_fetched_first() {
     let cache = TempDir::new("imgfs-lazy-cache");
     let (_m, _) = mount(cache.path(), &source, &[]);
     wait_for_bytes(&front, &layers, 1, Duration::from_secs(30));
+    settle(&front, &layers);
+    let prefetched = blob_bytes(&front, &layers);
     let listed = std::fs::read_dir(cache.path().join("images"))
         .unwrap()
         .flatten()
         .any(|e| e.path().join("prefetch").exists());
     assert!(listed, "the image entry has no prefetch list");
+    // The truth of what the command reads is the command itself, run again (the image's
+    // entrypoint given it as arguments, as in the recording; served by the live mount): all
+    // of it is here already.
+    let out = run_within(
+        imgfs_nodaemon()
+            .args(["run", "--linger", "0", "--cache-dir"])
+            .arg(cache.path())
+            .arg(&source)
+            .arg("--")
+            .args(command),
+        LIMIT,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("args: python3 -c pass\n"), "{stdout}");
+    assert_eq!(
+        blob_bytes(&front, &layers),
+        prefetched,
+        "the recorded command fetched what the prefetch had not"
+    );
 }
 
 /// `imgfs index push --recorded` takes the spans earlier mounts read, as the cache recorded
 /// them: after one mount read a file, the index lists what it read, and a cold mount fetches
-/// that much before any read.
+/// that before any read, so that the same read then fetches nothing.
 #[test]
 fn spans_recorded_by_earlier_mounts_are_published() {
     let fx = fx();
@@ -1089,11 +1112,9 @@ fn spans_recorded_by_earlier_mounts_are_published() {
     let direct = registry.reference("imgfs-test/layers:1");
     let cache = TempDir::new("imgfs-lazy-cache");
     let (m, _) = mount(cache.path(), &direct, &["--prefetch", "none"]);
-    let want = std::fs::read(fx.path("TRUTH_LAYERS").join("etc/os-release")).unwrap();
-    assert_eq!(
-        std::fs::read(m.path().join("etc/os-release")).unwrap(),
-        want
-    );
+    let file = "etc/os-release";
+    let want = std::fs::read(fx.path("TRUTH_LAYERS").join(file)).unwrap();
+    assert_eq!(std::fs::read(m.path().join(file)).unwrap(), want);
     drop(m);
     let out = run_within(
         imgfs_nodaemon()
@@ -1114,8 +1135,17 @@ fn spans_recorded_by_earlier_mounts_are_published() {
     let layers: HashSet<String> = layers.into_iter().map(|(d, _)| d).collect();
     let cold = TempDir::new("imgfs-lazy-cache");
     let source = format!("docker://{}/imgfs-test/layers:1", front.addr);
-    let (_m, _) = mount(cold.path(), &source, &[]);
+    let (m, _) = mount(cold.path(), &source, &[]);
     wait_for_bytes(&front, &layers, 1, Duration::from_secs(30));
+    settle(&front, &layers);
+    let prefetched = blob_bytes(&front, &layers);
+    drop_caches();
+    assert_eq!(std::fs::read(m.path().join(file)).unwrap(), want);
+    assert_eq!(
+        blob_bytes(&front, &layers),
+        prefetched,
+        "the read the earlier mount made fetched what the prefetch had not"
+    );
 }
 
 /// Eight cold `imgfs run`s of a lazy image at once, each with its own cache: each gets a

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole imgfs test suite in one command, on a fresh Debian 12 machine (as root):
-# host set-up, cached fixtures, checks, then every test.
+# host set-up, cached fixtures, checks, the fuzz targets built, then every test.
 #
 # The tests run under cargo-nextest, a process per test and as many at once as there are
 # CPUs, with the rules of tests/nextest.toml; extra arguments go to `cargo nextest run`
@@ -26,6 +26,12 @@ phase "checks: format, lints, docs"
 cargo fmt --check
 cargo clippy --all-targets --release --quiet -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
+phase "fuzz targets: build only"
+# Its own package (a lock file of its own, seeded from the project's so that the
+# dependencies built for the tests serve it too); fuzzing itself is tests/fuzz/run.sh.
+[ -f tests/fuzz/Cargo.lock ] || cp Cargo.lock tests/fuzz/Cargo.lock
+cargo build --release --quiet --manifest-path tests/fuzz/Cargo.toml \
+    --target-dir "${CARGO_TARGET_DIR:-$ROOT/target}"
 phase "tests"
 # Sandboxes leave a shared server per image for a few minutes (imgfs run --linger); stop
 # the ones serving the fixtures' caches when the suite ends.

@@ -1,26 +1,44 @@
 #!/usr/bin/env bash
 # The whole imgfs test suite in one command, on a fresh Debian 12 machine (as root):
-# host set-up, cached fixtures, then every cargo test.
+# host set-up, cached fixtures, checks, the fuzz targets built, then every test.
+#
+# The tests run under cargo-nextest, a process per test and as many at once as there are
+# CPUs, with the rules of tests/nextest.toml; extra arguments go to `cargo nextest run`
+# (say, a filter: tests/run.sh -E 'test(/^lazy::/)').
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
 cd "$ROOT"
 [ -d "$HOME/.cargo/bin" ] && PATH=$PATH:$HOME/.cargo/bin
+START=$SECONDS
+phase() { echo "== $* (at $((SECONDS - START)) s)"; }
 
+cargo nextest --version >/dev/null 2>&1 || {
+    echo "run.sh: cargo-nextest is missing: cargo install --locked cargo-nextest" >&2
+    exit 1
+}
 contrib/setup.sh
 tests/fixtures/make-debian-image.sh
 tests/fixtures/make-archives.sh "${IMGFS_FIXTURES:-/var/tmp/imgfs-fixtures}/archives"
 tests/fixtures/make-layered.sh
 tests/fixtures/make-estargz.sh
-echo "== checks: format, lints, docs"
+phase "checks: format, lints, docs"
 cargo fmt --check
 cargo clippy --all-targets --release --quiet -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
-echo "== tests"
+phase "fuzz targets: build only"
+# Its own package (a lock file of its own, seeded from the project's so that the
+# dependencies built for the tests serve it too); fuzzing itself is tests/fuzz/run.sh.
+[ -f tests/fuzz/Cargo.lock ] || cp Cargo.lock tests/fuzz/Cargo.lock
+cargo build --release --quiet --manifest-path tests/fuzz/Cargo.toml \
+    --target-dir "${CARGO_TARGET_DIR:-$ROOT/target}"
+phase "tests"
 # Sandboxes leave a shared server per image for a few minutes (imgfs run --linger); stop
 # the ones serving the fixtures' caches when the suite ends.
 stop_shared() {
     pkill -TERM -f -- "__serve .*${IMGFS_FIXTURES:-/var/tmp/imgfs-fixtures}.*--idle-exit-ms" || true
 }
 trap stop_shared EXIT
-cargo test --release -- --test-threads=2
+cargo nextest run --release --config-file tests/nextest.toml "$@"
+cargo test --release --doc --quiet
+phase "done"

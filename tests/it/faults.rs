@@ -2,21 +2,19 @@
 //! with one clear error (or a dead process), no completion marker, and no export container
 //! once the next run has swept; and the next run recovers by itself.
 //!
-//! These tests kill and restart dockerd, so they run one at a time, in their own binary.
+//! The test that kills dockerd runs alone: it holds dockerd's lock by itself, and
+//! tests/nextest.toml gives it every test slot.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{DEBIAN_IMAGE, TempDir, export_containers, imgfs, repo_root, require_docker, text};
-
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::common::{
+    DEBIAN_IMAGE, TempDir, export_containers, imgfs, repo_root, require_docker,
+    require_docker_alone, text,
+};
 
 fn spawn_mount(cache: &Path, mnt: &Path) -> Child {
     imgfs()
@@ -29,8 +27,10 @@ fn spawn_mount(cache: &Path, mnt: &Path) -> Child {
         .expect("spawn imgfs mount")
 }
 
-fn mount(cache: &Path, mnt: &Path) -> Output {
-    spawn_mount(cache, mnt).wait_with_output().unwrap()
+/// `imgfs mount` to its end: the pid it ran as and its output.
+fn mount(cache: &Path, mnt: &Path) -> (u32, Output) {
+    let child = spawn_mount(cache, mnt);
+    (child.id(), child.wait_with_output().unwrap())
 }
 
 fn umount(mnt: &Path) {
@@ -133,11 +133,11 @@ fn wait_within(mut child: Child, limit: Duration) -> Output {
 
 #[test]
 fn dockerd_killed_during_an_export() {
-    require_docker();
-    let _serial = serial();
+    let _docker = require_docker_alone();
     let cache = TempDir::new("imgfs-fault-cache");
     let mnt = TempDir::new("imgfs-fault-mnt");
     let mut child = spawn_mount(cache.path(), mnt.path());
+    let killed = child.id();
     wait_for_export(cache.path(), 1 << 20, &mut child);
     let pids = dockerd_pids();
     assert!(!pids.is_empty(), "no dockerd to kill");
@@ -166,32 +166,34 @@ fn dockerd_killed_during_an_export() {
     );
     assert!(!mnt.path().join("usr").exists(), "something is mounted");
     // The next mount works, and sweeps the container the dead daemon kept.
-    let out = mount(cache.path(), mnt.path());
+    let (pid, out) = mount(cache.path(), mnt.path());
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(mnt.path().join("usr/bin/python3").exists());
     umount(mnt.path());
-    assert!(export_containers().is_empty(), "{:?}", export_containers());
+    let left = export_containers(&[killed, pid]);
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]
 fn imgfs_killed_during_an_export() {
-    require_docker();
-    let _serial = serial();
+    let _docker = require_docker();
     let cache = TempDir::new("imgfs-fault-cache");
     let mnt = TempDir::new("imgfs-fault-mnt");
     let mut child = spawn_mount(cache.path(), mnt.path());
+    let killed = child.id();
     wait_for_export(cache.path(), 1 << 20, &mut child);
     child.kill().unwrap();
     child.wait().unwrap();
     // What a SIGKILL leaves: an entry without a marker, a container in dockerd.
     assert!(!unfinished_entries(cache.path()).is_empty());
     // The next mount removes both, exports again and serves the image.
-    let out = mount(cache.path(), mnt.path());
+    let (pid, out) = mount(cache.path(), mnt.path());
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(mnt.path().join("usr/bin/python3").exists());
     umount(mnt.path());
     assert!(unfinished_entries(cache.path()).is_empty());
-    assert!(export_containers().is_empty(), "{:?}", export_containers());
+    let left = export_containers(&[killed, pid]);
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// A small tmpfs mounted at `dir`, unmounted when dropped.
@@ -226,13 +228,12 @@ impl Drop for SmallDisk {
 
 #[test]
 fn full_cache_disk() {
-    require_docker();
-    let _serial = serial();
+    let _docker = require_docker();
     // The image's export is about 176 MB: it cannot fit in 32 MiB.
     let disk = SmallDisk::new("32m");
     let cache = disk.0.path().join("cache");
     let mnt = TempDir::new("imgfs-fault-mnt");
-    let out = mount(&cache, mnt.path());
+    let (pid, out) = mount(&cache, mnt.path());
     let err = text(&out.stderr);
     assert!(!out.status.success(), "mounted on a full disk");
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -245,10 +246,11 @@ fn full_cache_disk() {
         .map(|e| e.path())
         .collect();
     assert!(left.is_empty(), "left on the full disk: {left:?}");
-    assert!(export_containers().is_empty(), "{:?}", export_containers());
+    let left = export_containers(&[pid]);
+    assert!(left.is_empty(), "{left:?}");
     // With room again, the next mount just works.
     disk.resize("1g");
-    let out = mount(&cache, mnt.path());
+    let (_, out) = mount(&cache, mnt.path());
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(mnt.path().join("usr/bin/python3").exists());
     umount(mnt.path());
@@ -259,11 +261,10 @@ fn full_cache_disk() {
 /// exports the image again.
 #[test]
 fn truncated_cached_archive_is_detected() {
-    require_docker();
-    let _serial = serial();
+    let _docker = require_docker();
     let cache = TempDir::new("imgfs-fault-cache");
     let mnt = TempDir::new("imgfs-fault-mnt");
-    let out = mount(cache.path(), mnt.path());
+    let (_, out) = mount(cache.path(), mnt.path());
     assert!(out.status.success(), "{}", text(&out.stderr));
     let archives = archives_in(cache.path());
     let (archive, len) = archives.first().expect("a cached archive").clone();
@@ -279,13 +280,13 @@ fn truncated_cached_archive_is_detected() {
     umount(mnt.path());
 
     let since = common::now();
-    let out = mount(cache.path(), mnt.path());
+    let (pid, out) = mount(cache.path(), mnt.path());
     assert!(out.status.success(), "{}", text(&out.stderr));
     let bytes = std::fs::read(&python).unwrap();
     umount(mnt.path());
     assert_eq!(std::fs::metadata(&archive).unwrap().len(), len);
     assert!(bytes.starts_with(b"\x7fELF") && bytes.len() > 1 << 20);
     common::wait_until("dockerd reports the export", || {
-        common::export_events(&since) >= 1
+        common::export_events(&since, &[pid]) >= 1
     });
 }

@@ -7,17 +7,17 @@
 //! damaged in the registry, a damaged index, several cold mounts at once, a layer copy that
 //! fails its diff id or does not fit the disk.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{
-    CompareOptions, Front, FrontOptions, Layered, Registry, TempDir, assert_trees_equal,
-    estargz_fixtures, imgfs, is_mounted, layered_fixtures, run, run_within, servers_of, text,
-    wait_until,
+use crate::common::{
+    CompareOptions, Front, FrontOptions, Layered, Mount, Mounted, Registry, RegistryConfig, Seed,
+    TempDir, assert_trees_equal, estargz_fixtures, imgfs, is_mounted, layered_fixtures, run_within,
+    servers_of, text, wait_until,
 };
 
 /// How long a mount or an index push may take, downloads included.
@@ -109,49 +109,17 @@ fn push_index(source: &str, opts: &[&str]) -> String {
     digest
 }
 
-/// An image mounted by `imgfs mount`.
-struct Mounted {
-    dir: TempDir,
-}
-
-impl Mounted {
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if is_mounted(self.path()) {
-            let _ = run(imgfs_nodaemon().arg("umount").arg(self.path()));
-        }
-        if is_mounted(self.path()) {
-            let _ = Command::new("umount").arg("-l").arg(self.path()).status();
-        }
-    }
-}
-
-/// Mounts `source` with `cache`; the mount and what the command printed on stderr.
+/// Mounts `source` with `cache`, dockerd out of reach; the mount and what the command
+/// printed on stderr.
 #[track_caller]
 fn mount(cache: &Path, source: &str, opts: &[&str]) -> (Mounted, String) {
-    let dir = TempDir::new("imgfs-lazy-mnt");
-    let out = run_within(
-        imgfs_nodaemon()
-            .arg("mount")
-            .arg("--cache-dir")
-            .arg(cache)
-            .args(opts)
-            .arg(source)
-            .arg(dir.path()),
-        LIMIT,
-    );
-    assert!(
-        out.status.success(),
-        "mount {source}: {}",
-        text(&out.stderr)
-    );
-    assert!(is_mounted(dir.path()));
-    (Mounted { dir }, text(&out.stderr))
+    let m = Mount::new(cache, source)
+        .opts(opts)
+        .nodaemon()
+        .limit(LIMIT)
+        .done();
+    let stderr = m.stderr.clone();
+    (m, stderr)
 }
 
 /// Bytes of the blobs `digests` the front sent, in all, since it started: the lengths of the
@@ -304,17 +272,28 @@ struct LazyImage {
     total: u64,
 }
 
+/// [`registry_image`] with imgfs's index of the image pushed beside it.
 fn lazy_image(layout: &str, reference: &str, name: &str) -> LazyImage {
-    let img = registry_image(&fx().path(layout), reference, name);
-    push_index(&img.registry.reference(name), &[]);
-    img
+    image_behind_front(
+        seeded_registry(&fx().path(layout), reference, name, true).0,
+        &fx().path(layout),
+        reference,
+        name,
+    )
 }
 
 /// The image `reference` of the layout `layout` in a registry, without an imgfs index,
 /// behind a counting front.
 fn registry_image(layout: &Path, reference: &str, name: &str) -> LazyImage {
-    let registry = Registry::start();
-    registry.push(&oci(layout, reference), name);
+    image_behind_front(
+        seeded_registry(layout, reference, name, false).0,
+        layout,
+        reference,
+        name,
+    )
+}
+
+fn image_behind_front(registry: Registry, layout: &Path, reference: &str, name: &str) -> LazyImage {
     let front = Front::start(&registry.addr, &FrontOptions::default());
     let (layers, _) = layers_of(layout, reference);
     LazyImage {
@@ -324,6 +303,29 @@ fn registry_image(layout: &Path, reference: &str, name: &str) -> LazyImage {
         total: layers.iter().map(|(_, s)| s).sum(),
         layers: layers.into_iter().map(|(d, _)| d).collect(),
     }
+}
+
+/// A registry of its own holding `reference` of the OCI layout `layout` as `name`, and with
+/// `indexed` imgfs's index of it beside it, whose digest comes with it (empty without). It
+/// starts on a copy of a storage tree filled once (skopeo's push, then `imgfs index push`)
+/// for this build of imgfs: the pushes take seconds that the tests here do not test (the
+/// index push has tests of its own), and a test may damage its copy as it likes.
+fn seeded_registry(
+    layout: &Path,
+    reference: &str,
+    name: &str,
+    indexed: bool,
+) -> (Registry, String) {
+    if !indexed {
+        let (registry, _) =
+            Registry::with_image(layout, reference, name, RegistryConfig::default());
+        return (registry, String::new());
+    }
+    let seed = Seed::of_layout("indexed", layout, &format!("{reference} {name}")).of_this_build();
+    Registry::seeded(&seed, RegistryConfig::default(), |registry| {
+        registry.push(&oci(layout, reference), name);
+        push_index(&registry.reference(name), &[])
+    })
 }
 
 /// After `imgfs index push`, a cold mount fetches no layer bytes until a file is read; a
@@ -825,8 +827,9 @@ fn damaged_span_in_the_registry_is_never_served() {
 #[test]
 fn damaged_window_in_the_registry_is_never_used() {
     let fx = fx();
-    let registry = Registry::start();
-    let direct = registry.push(&oci(&fx.path("OCI_GZIP"), "layers"), "imgfs-test/layers:1");
+    let (registry, _) =
+        seeded_registry(&fx.path("OCI_GZIP"), "layers", "imgfs-test/layers:1", false);
+    let direct = registry.reference("imgfs-test/layers:1");
     let artifact = push_index(&direct, &["--span", "256K"]);
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(registry.blob_data(&artifact)).unwrap()).unwrap();
@@ -860,9 +863,9 @@ fn damaged_window_in_the_registry_is_never_used() {
 #[test]
 fn damaged_index_falls_back_to_a_whole_fetch() {
     let fx = fx();
-    let registry = Registry::start();
-    let direct = registry.push(&oci(&fx.path("OCI_GZIP"), "layers"), "imgfs-test/layers:1");
-    let artifact = push_index(&direct, &[]);
+    let (registry, artifact) =
+        seeded_registry(&fx.path("OCI_GZIP"), "layers", "imgfs-test/layers:1", true);
+    let direct = registry.reference("imgfs-test/layers:1");
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(registry.blob_data(&artifact)).unwrap()).unwrap();
     let seek = manifest["layers"][1]["digest"].as_str().unwrap();
@@ -890,8 +893,9 @@ fn damaged_index_falls_back_to_a_whole_fetch() {
 fn index_of_an_older_format_is_reported_and_not_used() {
     use imgfs::source::registry::{Registry as Client, RegistryOptions};
     let fx = fx();
-    let registry = Registry::start();
-    let direct = registry.push(&oci(&fx.path("OCI_GZIP"), "layers"), "imgfs-test/layers:1");
+    let (registry, _) =
+        seeded_registry(&fx.path("OCI_GZIP"), "layers", "imgfs-test/layers:1", false);
+    let direct = registry.reference("imgfs-test/layers:1");
     let repository = format!("{}/imgfs-test/layers", registry.addr);
     let client = Client::connect_repository(&repository, &RegistryOptions::default()).unwrap();
     let (_, manifest_digest) = layers_of(&fx.path("OCI_GZIP"), "layers");
@@ -973,9 +977,8 @@ fn eight_concurrent_cold_mounts() {
 #[test]
 fn lazy_mounts_through_odd_registries() {
     let fx = fx();
-    let registry = Registry::start();
-    let direct = registry.push(&oci(&fx.path("OCI_GZIP"), "layers"), "imgfs-test/layers:1");
-    push_index(&direct, &[]);
+    let (registry, _) =
+        seeded_registry(&fx.path("OCI_GZIP"), "layers", "imgfs-test/layers:1", true);
     let truth = fx.path("TRUTH_LAYERS");
     let files = ["etc/os-release", "usr/bin/python3", "etc/passwd"];
     let fronts = [
@@ -1021,19 +1024,19 @@ fn lazy_mounts_through_odd_registries() {
             env.push(("REGISTRY_AUTH_FILE", auth.as_os_str()));
         }
         let cache = TempDir::new("imgfs-lazy-cache");
-        let mnt = TempDir::new("imgfs-lazy-mnt");
-        let mut cmd = imgfs_nodaemon();
-        cmd.arg("mount")
-            .arg("--cache-dir")
-            .arg(cache.path())
-            .arg(format!("docker://{}/imgfs-test/layers:1", front.addr))
-            .arg(mnt.path());
+        let mut mount = Mount::new(
+            cache.path(),
+            format!("docker://{}/imgfs-test/layers:1", front.addr),
+        )
+        .nodaemon()
+        .limit(LIMIT);
         for (k, v) in &env {
-            cmd.env(k, v);
+            mount = mount.env(k, v);
         }
-        let out = run_within(&mut cmd, LIMIT);
-        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
-        let m = Mounted { dir: mnt };
+        let m = match mount.try_mount() {
+            Ok(m) => m,
+            Err(f) => panic!("{name}: {}", text(&f.output.stderr)),
+        };
         std::thread::sleep(Duration::from_millis(1500)); // the token expires meanwhile
         for f in files {
             let got =
@@ -1047,14 +1050,16 @@ fn lazy_mounts_through_odd_registries() {
 }
 
 /// `imgfs index push --record -- CMD` publishes the spans CMD read; a cold mount then fetches
-/// them at once, before any read (`--prefetch recorded`, the default), and `--prefetch none`
-/// fetches nothing until a read.
+/// them at once, before any read (`--prefetch recorded`, the default): running CMD in the
+/// image then fetches nothing more, and `--prefetch none` fetches nothing until a read.
 #[test]
 fn recorded_spans_are_fetched_first() {
     let fx = fx();
-    let registry = Registry::start();
-    let direct = registry.push(&oci(&fx.path("OCI_GZIP"), "layers"), "imgfs-test/layers:1");
-    push_index(&direct, &["--record", "--", "python3", "-c", "pass"]);
+    let (registry, _) =
+        seeded_registry(&fx.path("OCI_GZIP"), "layers", "imgfs-test/layers:1", false);
+    let direct = registry.reference("imgfs-test/layers:1");
+    let command = ["python3", "-c", "pass"];
+    push_index(&direct, &[&["--record", "--"][..], &command].concat());
     let front = Front::start(&registry.addr, &FrontOptions::default());
     let source = format!("docker://{}/imgfs-test/layers:1", front.addr);
     let (layers, _) = layers_of(&fx.path("OCI_GZIP"), "layers");
@@ -1067,29 +1072,49 @@ fn recorded_spans_are_fetched_first() {
     let cache = TempDir::new("imgfs-lazy-cache");
     let (_m, _) = mount(cache.path(), &source, &[]);
     wait_for_bytes(&front, &layers, 1, Duration::from_secs(30));
+    settle(&front, &layers);
+    let prefetched = blob_bytes(&front, &layers);
     let listed = std::fs::read_dir(cache.path().join("images"))
         .unwrap()
         .flatten()
         .any(|e| e.path().join("prefetch").exists());
     assert!(listed, "the image entry has no prefetch list");
+    // The truth of what the command reads is the command itself, run again (the image's
+    // entrypoint given it as arguments, as in the recording; served by the live mount): all
+    // of it is here already.
+    let out = run_within(
+        imgfs_nodaemon()
+            .args(["run", "--linger", "0", "--cache-dir"])
+            .arg(cache.path())
+            .arg(&source)
+            .arg("--")
+            .args(command),
+        LIMIT,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("args: python3 -c pass\n"), "{stdout}");
+    assert_eq!(
+        blob_bytes(&front, &layers),
+        prefetched,
+        "the recorded command fetched what the prefetch had not"
+    );
 }
 
 /// `imgfs index push --recorded` takes the spans earlier mounts read, as the cache recorded
 /// them: after one mount read a file, the index lists what it read, and a cold mount fetches
-/// that much before any read.
+/// that before any read, so that the same read then fetches nothing.
 #[test]
 fn spans_recorded_by_earlier_mounts_are_published() {
     let fx = fx();
-    let registry = Registry::start();
-    let direct = registry.push(&oci(&fx.path("OCI_GZIP"), "layers"), "imgfs-test/layers:1");
-    push_index(&direct, &[]);
+    let (registry, _) =
+        seeded_registry(&fx.path("OCI_GZIP"), "layers", "imgfs-test/layers:1", true);
+    let direct = registry.reference("imgfs-test/layers:1");
     let cache = TempDir::new("imgfs-lazy-cache");
     let (m, _) = mount(cache.path(), &direct, &["--prefetch", "none"]);
-    let want = std::fs::read(fx.path("TRUTH_LAYERS").join("etc/os-release")).unwrap();
-    assert_eq!(
-        std::fs::read(m.path().join("etc/os-release")).unwrap(),
-        want
-    );
+    let file = "etc/os-release";
+    let want = std::fs::read(fx.path("TRUTH_LAYERS").join(file)).unwrap();
+    assert_eq!(std::fs::read(m.path().join(file)).unwrap(), want);
     drop(m);
     let out = run_within(
         imgfs_nodaemon()
@@ -1110,8 +1135,17 @@ fn spans_recorded_by_earlier_mounts_are_published() {
     let layers: HashSet<String> = layers.into_iter().map(|(d, _)| d).collect();
     let cold = TempDir::new("imgfs-lazy-cache");
     let source = format!("docker://{}/imgfs-test/layers:1", front.addr);
-    let (_m, _) = mount(cold.path(), &source, &[]);
+    let (m, _) = mount(cold.path(), &source, &[]);
     wait_for_bytes(&front, &layers, 1, Duration::from_secs(30));
+    settle(&front, &layers);
+    let prefetched = blob_bytes(&front, &layers);
+    drop_caches();
+    assert_eq!(std::fs::read(m.path().join(file)).unwrap(), want);
+    assert_eq!(
+        blob_bytes(&front, &layers),
+        prefetched,
+        "the read the earlier mount made fetched what the prefetch had not"
+    );
 }
 
 /// Eight cold `imgfs run`s of a lazy image at once, each with its own cache: each gets a

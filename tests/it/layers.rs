@@ -5,17 +5,16 @@
 //! and for the images docker built also with `docker export`. dockerd is out of reach of imgfs
 //! in all of them (DOCKER_HOST points nowhere).
 
-mod common;
-
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{
-    CompareOptions, Front, FrontOptions, Layered, Registry, TempDir, assert_trees_equal,
-    cache_leftovers, compare_trees_with, disk_usage, extract_with_gnu_tar, imgfs, is_mounted,
-    layered_fixtures, require, require_docker, run, run_within, sha256_file, text, write_auth_file,
+use crate::common::{
+    CompareOptions, Front, FrontOptions, Layered, Mount, Mounted, Registry, RegistryConfig,
+    TempDir, assert_matches_docker_export, assert_trees_equal, cache_leftovers,
+    differences_from_docker_export, disk_usage, imgfs, layered_fixtures, require, require_docker,
+    run, run_within, sha256_file, text, write_auth_file,
 };
 
 /// How long a mount that should fail may take (a dead registry included).
@@ -43,87 +42,35 @@ fn oci(dir: &Path, reference: &str) -> String {
     }
 }
 
-/// An image mounted by `imgfs mount`; unmounted (lazily, as a last resort) when dropped.
-struct Mounted {
-    dir: TempDir,
-}
-
-impl Mounted {
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// `imgfs umount`, which must succeed and leave nothing mounted.
-    #[track_caller]
-    fn umount(self) {
-        let out = run(imgfs_nodaemon().arg("umount").arg(self.path()));
-        assert!(
-            out.status.success(),
-            "umount {}: {}",
-            self.path().display(),
-            text(&out.stderr)
-        );
-        assert!(!is_mounted(self.path()), "still mounted after umount");
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if is_mounted(self.path()) {
-            let _ = Command::new("umount").arg("-l").arg(self.path()).status();
-        }
-    }
-}
-
-/// `imgfs mount --cache-dir CACHE [OPTS] SOURCE MNT` with `env` added; the mount, or the
-/// failed command's output.
-fn try_mount(
-    cache: &Path,
-    source: &str,
-    opts: &[&str],
-    env: &[(&str, &OsStr)],
-    limit: Duration,
-) -> Result<Mounted, (Output, TempDir)> {
-    let dir = TempDir::new("imgfs-layers-mnt");
-    let mut cmd = imgfs_nodaemon();
-    cmd.arg("mount")
-        .arg("--cache-dir")
-        .arg(cache)
-        .args(opts)
-        .arg(source)
-        .arg(dir.path());
+/// `imgfs mount --cache-dir CACHE [OPTS] SOURCE MNT` with `env` added, dockerd out of reach.
+fn mounting(cache: &Path, source: &str, opts: &[&str], env: &[(&str, &OsStr)]) -> Mount {
+    let mut m = Mount::new(cache, source).opts(opts).nodaemon();
     for (k, v) in env {
-        cmd.env(k, v);
+        m = m.env(k, v);
     }
-    let out = run_within(&mut cmd, limit);
-    if out.status.success() {
-        assert!(
-            is_mounted(dir.path()),
-            "mount of {source} returned before {} was mounted",
-            dir.path().display()
-        );
-        Ok(Mounted { dir })
-    } else {
-        assert!(!is_mounted(dir.path()), "a failed mount left a mount");
-        Err((out, dir))
-    }
+    m
 }
 
 #[track_caller]
 fn mount_with(cache: &Path, source: &str, opts: &[&str], env: &[(&str, &OsStr)]) -> Mounted {
-    match try_mount(cache, source, opts, env, MOUNT_LIMIT) {
-        Ok(m) => m,
-        Err((out, _)) => panic!(
-            "imgfs mount {opts:?} {source} failed ({}): {}",
-            out.status,
-            text(&out.stderr)
-        ),
-    }
+    mounting(cache, source, opts, env).limit(MOUNT_LIMIT).done()
 }
 
 #[track_caller]
 fn mount(cache: &Path, source: &str) -> Mounted {
     mount_with(cache, source, &[], &[])
+}
+
+/// A registry of its own, as `config` starts it, holding layers:1 of the gzip layout as
+/// `imgfs-test/layers:1`; the image's reference.
+#[track_caller]
+fn layers_registry(config: RegistryConfig) -> (Registry, String) {
+    Registry::with_image(
+        &fx().path("OCI_GZIP"),
+        "layers",
+        "imgfs-test/layers:1",
+        config,
+    )
 }
 
 /// A failed mount: exit code 1, one line on stderr starting with "imgfs:" and holding each of
@@ -136,9 +83,13 @@ fn mount_fails(
     env: &[(&str, &OsStr)],
     mentions: &[&str],
 ) -> String {
-    let Err((out, _)) = try_mount(cache, source, opts, env, FAILURE_LIMIT) else {
+    let Err(failed) = mounting(cache, source, opts, env)
+        .limit(FAILURE_LIMIT)
+        .try_mount()
+    else {
         panic!("imgfs mount {opts:?} {source} succeeded; it should fail");
     };
+    let out = failed.output;
     assert_one_line_error(&out, mentions);
     text(&out.stderr).trim_end().to_string()
 }
@@ -189,96 +140,6 @@ fn mount_and_compare(source: &str, opts: &[&str], truth: &Path) {
     let m = mount_with(cache.path(), source, opts, &[]);
     assert_matches(truth, &m);
     m.umount();
-}
-
-/// Paths dockerd writes into every container, which `docker export` then holds in place of the
-/// image's (/dev/console becomes an empty regular file, /etc/mtab a symlink to /proc/mounts).
-const DOCKER_INJECTED: [&str; 6] = [
-    ".dockerenv",
-    "etc/hosts",
-    "etc/hostname",
-    "etc/resolv.conf",
-    "etc/mtab",
-    "dev/console",
-];
-
-/// What `docker export` of a container of `image` holds, extracted by GNU tar into `dest`; and
-/// the comparison options for it: no root entry in the export (GNU tar leaves the root as it
-/// made it), and the directories dockerd wrote into (/dev, /etc) carry the container's times.
-fn docker_export_tree(image: &str, dest: &Path) -> CompareOptions {
-    require_docker();
-    let created = run(Command::new("docker").args(["create", image]));
-    assert!(
-        created.status.success(),
-        "docker create {image}: {}",
-        text(&created.stderr)
-    );
-    let id = text(&created.stdout).trim().to_string();
-    let work = TempDir::new("imgfs-layers-export");
-    let tar = work.path().join("export.tar");
-    let exported = run(Command::new("docker")
-        .args(["export", "-o"])
-        .arg(&tar)
-        .arg(&id));
-    let _ = run(Command::new("docker").args(["rm", "-f", &id]));
-    assert!(
-        exported.status.success(),
-        "docker export {image}: {}",
-        text(&exported.stderr)
-    );
-    extract_with_gnu_tar(&tar, dest);
-    CompareOptions {
-        skip_root_meta: true,
-        ignore_mtime: ["dev", "etc"].into_iter().map(PathBuf::from).collect(),
-        ..Default::default()
-    }
-}
-
-/// Differences of `tree` from `docker export` of `image` (see [`docker_export_tree`]), the
-/// paths in [`DOCKER_INJECTED`] left out. The export writes whole-second times where the
-/// layers hold nanoseconds (the imported base layer does): a time that agrees to the second is
-/// no difference.
-fn differences_from_docker_export(image: &str, tree: &Path) -> Vec<String> {
-    let exported = TempDir::new("imgfs-layers-exported");
-    let opts = CompareOptions {
-        max_lines: usize::MAX,
-        ..docker_export_tree(image, exported.path())
-    };
-    compare_trees_with(exported.path(), tree, &opts)
-        .into_iter()
-        .filter(|d| {
-            !same_second(d)
-                && !DOCKER_INJECTED
-                    .iter()
-                    .any(|p| d.starts_with(&format!("\"{p}\":")))
-        })
-        .collect()
-}
-
-/// Whether a difference line is `...: mtime: expected S.000000000, actual S.N`.
-fn same_second(line: &str) -> bool {
-    let Some((_, times)) = line.rsplit_once(": mtime: expected ") else {
-        return false;
-    };
-    let Some((expected, actual)) = times.split_once(", actual ") else {
-        return false;
-    };
-    match (expected.split_once('.'), actual.split_once('.')) {
-        (Some((es, en)), Some((as_, _))) => es == as_ && en.bytes().all(|b| b == b'0'),
-        _ => false,
-    }
-}
-
-/// The mount equals `docker export` of the image (see [`differences_from_docker_export`]).
-#[track_caller]
-fn assert_matches_docker_export(image: &str, mnt: &Mounted) {
-    let diffs = differences_from_docker_export(image, mnt.path());
-    assert!(
-        diffs.is_empty(),
-        "{} differs from docker export of {image}:\n  {}",
-        mnt.path().display(),
-        diffs.join("\n  ")
-    );
 }
 
 /// Writes `bytes` as a blob of the OCI layout `dir`; its digest.
@@ -380,6 +241,7 @@ fn retime_gzip(path: &Path) -> Vec<u8> {
 /// docker built: the layers are merged the same way.
 #[test]
 fn umoci_truth_matches_docker_export() {
+    let _docker = require_docker();
     let fx = fx();
     for (image, truth) in [
         (fx.var("LAYERS_IMAGE"), fx.path("TRUTH_LAYERS")),
@@ -413,11 +275,12 @@ fn umoci_truth_matches_docker_export() {
 
 #[test]
 fn oci_layout_gzip_matches_umoci_and_docker_export() {
+    let _docker = require_docker();
     let fx = fx();
     let cache = TempDir::new("imgfs-layers-cache");
     let m = mount(cache.path(), &oci(&fx.path("OCI_GZIP"), "layers"));
     assert_matches(&fx.path("TRUTH_LAYERS"), &m);
-    assert_matches_docker_export(fx.var("LAYERS_IMAGE"), &m);
+    assert_matches_docker_export(fx.var("LAYERS_IMAGE"), m.path());
     m.umount();
     let m = mount(cache.path(), &oci(&fx.path("OCI_GZIP"), "layers-app"));
     assert_matches(&fx.path("TRUTH_APP"), &m);
@@ -508,6 +371,7 @@ fn oci_archive_matches_umoci() {
 
 #[test]
 fn docker_archive_of_one_image_matches_umoci_and_docker_export() {
+    let _docker = require_docker();
     let fx = fx();
     let cache = TempDir::new("imgfs-layers-cache");
     let archive = fx.path("DOCKER_ARCHIVE");
@@ -516,7 +380,7 @@ fn docker_archive_of_one_image_matches_umoci_and_docker_export() {
         &format!("docker-archive:{}", archive.display()),
     );
     assert_matches(&fx.path("TRUTH_LAYERS"), &m);
-    assert_matches_docker_export(fx.var("LAYERS_IMAGE"), &m);
+    assert_matches_docker_export(fx.var("LAYERS_IMAGE"), m.path());
     m.umount();
 }
 
@@ -599,8 +463,7 @@ fn multi_platform_index_picks_the_platform() {
 #[test]
 fn registry_image_matches_umoci_by_tag_and_digest() {
     let fx = fx();
-    let registry = Registry::start();
-    let source = registry.push(&oci(&fx.path("OCI_GZIP"), "layers"), "imgfs-test/layers:1");
+    let (registry, source) = layers_registry(RegistryConfig::default());
     mount_and_compare(&source, &[], &fx.path("TRUTH_LAYERS"));
     let (_, digest) = manifest_of(&fx.path("OCI_GZIP"), "layers");
     mount_and_compare(
@@ -637,8 +500,10 @@ fn registry_multi_platform_index_picks_the_platform() {
 #[test]
 fn registry_with_basic_auth_takes_credentials_from_config_files() {
     let fx = fx();
-    let registry = Registry::start_with_htpasswd("imgfs", "s3cret");
-    let source = registry.push(&oci(&fx.path("OCI_GZIP"), "layers"), "imgfs-test/layers:1");
+    let (registry, source) = layers_registry(RegistryConfig {
+        htpasswd: Some(("imgfs".into(), "s3cret".into())),
+        ..RegistryConfig::default()
+    });
     let truth = fx.path("TRUTH_LAYERS");
     let files = TempDir::new("imgfs-layers-creds");
     let empty_home = files.path().join("empty-home");
@@ -720,8 +585,7 @@ fn registry_with_basic_auth_takes_credentials_from_config_files() {
 #[test]
 fn registry_token_authentication() {
     let fx = fx();
-    let registry = Registry::start();
-    registry.push(&oci(&fx.path("OCI_GZIP"), "layers"), "imgfs-test/layers:1");
+    let (registry, _) = layers_registry(RegistryConfig::default());
     let front = Front::start(
         &registry.addr,
         &FrontOptions {
@@ -776,8 +640,7 @@ fn registry_token_authentication() {
 #[test]
 fn registry_token_expiry_is_met_by_a_new_token() {
     let fx = fx();
-    let registry = Registry::start();
-    registry.push(&oci(&fx.path("OCI_GZIP"), "layers"), "imgfs-test/layers:1");
+    let (registry, _) = layers_registry(RegistryConfig::default());
     let front = Front::start(
         &registry.addr,
         &FrontOptions {
@@ -870,7 +733,7 @@ fn layers_are_shared_between_layout_images_in_one_cache() {
 #[track_caller]
 fn assert_runs_like_docker_run(source: &str) {
     let fx = fx();
-    require_docker();
+    let _docker = require_docker();
     let image = fx.var("LAYERS_IMAGE");
     let cache = TempDir::new("imgfs-layers-cache");
     for args in [&[][..], &["one", "two words"][..]] {
@@ -908,9 +771,7 @@ fn assert_runs_like_docker_run(source: &str) {
 
 #[test]
 fn run_of_a_registry_image_applies_its_config_like_docker_run() {
-    let fx = fx();
-    let registry = Registry::start();
-    let source = registry.push(&oci(&fx.path("OCI_GZIP"), "layers"), "imgfs-test/layers:1");
+    let (_registry, source) = layers_registry(RegistryConfig::default());
     assert_runs_like_docker_run(&source);
 }
 
@@ -925,8 +786,7 @@ fn run_of_a_layout_image_applies_its_config_like_docker_run() {
 #[test]
 fn unknown_tag_fails_cleanly_and_the_next_mount_works() {
     let fx = fx();
-    let registry = Registry::start();
-    let good = registry.push(&oci(&fx.path("OCI_GZIP"), "layers"), "imgfs-test/layers:1");
+    let (registry, good) = layers_registry(RegistryConfig::default());
     let cache = TempDir::new("imgfs-layers-cache");
     let absent = registry.reference("imgfs-test/layers:absent");
     mount_fails(
@@ -976,8 +836,7 @@ fn a_moved_tag_is_seen_with_pull() {
 #[test]
 fn cached_registry_images_mount_while_the_registry_is_down() {
     let fx = fx();
-    let mut registry = Registry::start();
-    let tagged = registry.push(&oci(&fx.path("OCI_GZIP"), "layers"), "imgfs-test/layers:1");
+    let (mut registry, tagged) = layers_registry(RegistryConfig::default());
     let (_, digest) = manifest_of(&fx.path("OCI_GZIP"), "layers");
     let pinned = registry.reference(&format!("imgfs-test/layers@{digest}"));
     let never = registry.reference("imgfs-test/layers:never-mounted");
@@ -1036,8 +895,7 @@ fn registry_blob_with_a_wrong_digest_is_refused() {
     let fx = fx();
     let layout = fx.path("OCI_GZIP");
     let (victim, short) = victim_layer(&layout);
-    let registry = Registry::start();
-    let source = registry.push(&oci(&layout, "layers"), "imgfs-test/layers:1");
+    let (registry, source) = layers_registry(RegistryConfig::default());
     let data = registry.blob_data(&victim);
     require(
         data.exists(),
@@ -1083,8 +941,7 @@ fn layout_blob_with_a_wrong_digest_is_refused() {
 #[test]
 fn registry_dying_mid_blob_fails_cleanly() {
     let fx = fx();
-    let registry = Registry::start();
-    let direct = registry.push(&oci(&fx.path("OCI_GZIP"), "layers"), "imgfs-test/layers:1");
+    let (registry, direct) = layers_registry(RegistryConfig::default());
     let mut front = Front::start(
         &registry.addr,
         &FrontOptions {
@@ -1139,8 +996,7 @@ fn test_registries_serve_skopeo() {
     let ok = |out: Output, what: &str| {
         assert!(out.status.success(), "{what}: {}", text(&out.stderr));
     };
-    let registry = Registry::start();
-    let source = registry.push(&oci(&fx.path("OCI_GZIP"), "layers"), "imgfs-test/layers:1");
+    let (registry, source) = layers_registry(RegistryConfig::default());
     ok(pull(&source, &[]), "plain registry");
     let blob = registry.blob_data(&layer_digests(&fx.path("OCI_GZIP"), "layers")[0]);
     assert!(blob.is_file(), "{}", blob.display());

@@ -3,9 +3,7 @@
 //! the archive) or one clear error line, with nothing mounted and nothing left in the cache.
 //! Then the sizes: a million entries, and one directory of 200,000.
 
-#[path = "hostile/archives.rs"]
-mod archives;
-mod common;
+pub(crate) mod archives;
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -13,10 +11,10 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Output;
 
-use archives::{Case, Check, Expect, Header, Tar};
-use common::{
+use crate::common::{
     CompareOptions, TempDir, compare_trees_with, extract_with_gnu_tar, imgfs, is_mounted, run, text,
 };
+use archives::{Case, Check, Expect, Header, Tar};
 
 fn mount(archive: &Path, cache: &Path, mnt: &Path) -> Output {
     run(imgfs()

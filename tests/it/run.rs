@@ -1,13 +1,15 @@
 //! `imgfs run` end to end: real images in a real dockerd, real namespaces, real programs,
 //! compared with `docker run` of the same image.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-use common::{TempDir, as_user, fixtures_dir, imgfs, require, text, wait_until};
+use crate::common::{
+    TempDir, as_user, fixtures_dir, imgfs, lock, require, require_docker, text, wait_until,
+};
 
 /// Debian bookworm + python3, imported from a debootstrap tree.
 const DEBIAN_IMAGE: &str = "imgfs-test/debian-python:bookworm";
@@ -20,18 +22,21 @@ fn output(cmd: &mut Command) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
-fn require_images() {
-    for image in [DEBIAN_IMAGE, APP_IMAGE] {
-        let ok = Command::new("docker")
-            .args(["image", "inspect", image])
-            .output();
-        require(
-            ok.is_ok_and(|o| o.status.success()),
-            &format!(
-                "the image {image} in a running dockerd (tests/fixtures/make-debian-image.sh)"
-            ),
-        );
-    }
+/// Checks that dockerd holds both images, and holds dockerd's lock for the test (see
+/// [`require_docker`]).
+#[track_caller]
+fn require_images() -> lock::Held {
+    let held = require_docker();
+    let ok = Command::new("docker")
+        .args(["image", "inspect", APP_IMAGE])
+        .output();
+    require(
+        ok.is_ok_and(|o| o.status.success()),
+        &format!(
+            "the image {APP_IMAGE} in a running dockerd (tests/fixtures/make-debian-image.sh)"
+        ),
+    );
+    held
 }
 
 /// The cache the tests of this binary share.
@@ -146,7 +151,7 @@ fn processes_with(needle: &str) -> Vec<String> {
 
 #[test]
 fn python_runs_and_writes_land_in_the_upper_layer() {
-    require_images();
+    let _docker = require_images();
     let before = cache_fingerprint();
     let out = run_in(
         DEBIAN_IMAGE,
@@ -175,34 +180,30 @@ fn python_runs_and_writes_land_in_the_upper_layer() {
     assert!(imgfs_mounts().is_empty(), "{:?}", imgfs_mounts());
 }
 
-/// Size and a content hash of every file in the shared cache.
+/// Size and a content hash of the files of the Debian image's entry in the shared cache
+/// (other tests add entries of their own images to that cache meanwhile).
 fn cache_fingerprint() -> BTreeMap<PathBuf, (u64, String)> {
     // Make sure the entry exists before taking the first fingerprint.
     assert_ok(&run_in(DEBIAN_IMAGE, &[], &["true"]));
+    let id =
+        output(Command::new("docker").args(["image", "inspect", "-f", "{{.Id}}", DEBIAN_IMAGE]));
+    let entry = shared_cache()
+        .join("images")
+        .join(text(&id.stdout).trim().replace(':', "-"));
     let mut out = BTreeMap::new();
-    let walk = output(Command::new("find").arg(shared_cache()).args([
-        "-type",
-        "f",
-        "-name",
-        "archive.tar",
-        "-o",
-        "-type",
-        "f",
-        "-name",
-        "index",
-    ]));
-    for path in text(&walk.stdout).lines() {
-        let sum = output(Command::new("sha256sum").arg(path));
-        let len = std::fs::metadata(path).unwrap().len();
-        out.insert(PathBuf::from(path), (len, text(&sum.stdout)));
+    for name in ["archive.tar", "index"] {
+        let path = entry.join(name);
+        let sum = output(Command::new("sha256sum").arg(&path));
+        assert!(sum.status.success(), "{}", path.display());
+        let len = std::fs::metadata(&path).unwrap().len();
+        out.insert(path, (len, text(&sum.stdout)));
     }
-    assert!(!out.is_empty());
     out
 }
 
 #[test]
 fn read_only_refuses_writes() {
-    require_images();
+    let _docker = require_images();
     let out = run_in(
         DEBIAN_IMAGE,
         &["--read-only"],
@@ -224,7 +225,7 @@ fn read_only_refuses_writes() {
 
 #[test]
 fn image_config_applies_like_docker_run() {
-    require_images();
+    let _docker = require_images();
     let mine = output(
         imgfs()
             .arg("run")
@@ -278,7 +279,7 @@ fn image_config_applies_like_docker_run() {
 
 #[test]
 fn volumes_read_and_write_through() {
-    require_images();
+    let _docker = require_images();
     let work = TempDir::new("imgfs-volume");
     std::fs::write(work.path().join("in.txt"), "from host\n").unwrap();
     let rw = format!("{}:/work", work.path().display());
@@ -319,7 +320,7 @@ fn volumes_read_and_write_through() {
 
 #[test]
 fn exit_codes_and_signals_propagate() {
-    require_images();
+    let _docker = require_images();
     let code = |args: &[&str]| run_in(DEBIAN_IMAGE, &[], args).status.code();
     assert_eq!(code(&["sh", "-c", "exit 42"]), Some(42));
     assert_eq!(code(&["sh", "-c", "kill -KILL $$"]), Some(137));
@@ -362,7 +363,7 @@ fn exit_codes_and_signals_propagate() {
 /// kill -9 of imgfs run takes the whole sandbox with it.
 #[test]
 fn killed_runner_leaves_nothing_behind() {
-    require_images();
+    let _docker = require_images();
     let marker = "sleep 80009";
     let mut child = imgfs()
         .arg("run")
@@ -383,7 +384,7 @@ fn killed_runner_leaves_nothing_behind() {
 
 #[test]
 fn sandbox_has_its_own_proc_dev_network_and_etc() {
-    require_images();
+    let _docker = require_images();
     let out = run_in(
         DEBIAN_IMAGE,
         &["--hostname", "inside"],
@@ -424,7 +425,7 @@ fn sandbox_has_its_own_proc_dev_network_and_etc() {
 
 #[test]
 fn bad_input_fails_with_one_clear_line() {
-    require_images();
+    let _docker = require_images();
     let tar = fixtures_dir().join("debian-python.tar");
     let cases: [(&[&str], &[&str], &str); 5] = [
         (
@@ -480,7 +481,7 @@ fn bad_input_fails_with_one_clear_line() {
 
 #[test]
 fn a_terminal_works_with_it() {
-    require_images();
+    let _docker = require_images();
     // script(1) gives imgfs a pseudo-terminal, as a user's shell would.
     let cmd = format!(
         "stty cols 100 rows 40; {} run -it --cache-dir {} {} -- sh -c 'tty; stty size; test -t 0 && echo interactive'",
@@ -503,7 +504,7 @@ fn a_terminal_works_with_it() {
 /// The rw-dir keeps the writable layer for the next run.
 #[test]
 fn rw_dir_persists_between_runs() {
-    require_images();
+    let _docker = require_images();
     let dir = TempDir::new("imgfs-rwdir");
     let opt = dir.path().to_str().unwrap();
     assert_ok(&run_in(
@@ -519,7 +520,7 @@ fn rw_dir_persists_between_runs() {
 /// The same checks as an unprivileged user: a user namespace maps the caller to root inside.
 #[test]
 fn unprivileged_user_gets_a_sandbox_too() {
-    require_images();
+    let _docker = require_images();
     let user = common::test_user();
     let tar = fixtures_dir().join("debian-python.tar");
     require(
@@ -571,7 +572,7 @@ fn unprivileged_user_gets_a_sandbox_too() {
 /// The CPython regression tests give the same results under imgfs run as under docker run.
 #[test]
 fn cpython_tests_match_docker_run() {
-    require_images();
+    let _docker = require_images();
     let tests = [
         "test_os",
         "test_posix",
@@ -627,7 +628,7 @@ fn cpython_tests_match_docker_run() {
 /// Ctrl-C typed on the terminal reaches the command through the sandbox's terminal.
 #[test]
 fn ctrl_c_reaches_the_command_on_a_terminal() {
-    require_images();
+    let _docker = require_images();
     let cmd = format!(
         "{} run -it --cache-dir {} {} -- sh -c 'trap \"echo got-int; exit 3\" INT; echo ready; while :; do sleep 0.1; done'",
         env!("CARGO_BIN_EXE_imgfs"),
@@ -665,7 +666,7 @@ fn ctrl_c_reaches_the_command_on_a_terminal() {
 /// Without root, a /dev/fuse the caller cannot open is said plainly, with what to do.
 #[test]
 fn unusable_fuse_is_explained() {
-    require_images();
+    let _docker = require_images();
     let tar = fixtures_dir().join("debian-python.tar");
     let cache = shared_cache().join("nobody");
     std::fs::create_dir_all(&cache).unwrap();
@@ -759,12 +760,17 @@ fn run_uses_a_live_mount_of_the_image() {
         !run_serves_fuse(cache, &tar, &no_sharing),
         "the run started a FUSE server despite the live mount"
     );
-    // The run's output is the image's, and the live mount is still there afterwards.
+    // The run's output is the file as GNU tar reads it in the archive, and the live mount is
+    // still there afterwards.
     let out = output(run_cached(cache, &tar, &no_sharing).args(["cat", "/etc/debian_version"]));
-    assert_eq!(
-        assert_ok(&out),
-        std::fs::read_to_string(mnt.path().join("etc/debian_version")).unwrap()
+    let truth = output(
+        Command::new("tar")
+            .arg("-xOf")
+            .arg(&tar)
+            .arg("./etc/debian_version"),
     );
+    assert!(truth.status.success(), "{}", text(&truth.stderr));
+    assert_eq!(assert_ok(&out), text(&truth.stdout));
     assert!(mnt.path().join("usr/bin/python3").exists());
     let out = output(imgfs().arg("umount").arg(mnt.path()));
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -906,7 +912,7 @@ fn sandboxes_share_a_server_that_retires_when_idle() {
 /// process behind.
 #[test]
 fn fifty_parallel_runs_all_succeed_and_leave_nothing() {
-    require_images();
+    let _docker = require_images();
     // Fill the cache first, so the fifty are warm runs racing each other, not the export.
     assert_ok(&run_in(DEBIAN_IMAGE, &[], &["true"]));
     let marker = "imgfs-fifty-7121";
@@ -992,7 +998,7 @@ fn hostile_image(work: &std::path::Path, secret: &std::path::Path) -> PathBuf {
 /// unprivileged caller stays unprivileged.
 #[test]
 fn nothing_in_an_image_reaches_the_host() {
-    require_images();
+    let _docker = require_images();
     let work = TempDir::new("imgfs-escape");
     let secret = work.path().join("host-secret");
     std::fs::write(&secret, "host secret\n").unwrap();

@@ -1,11 +1,11 @@
 //! The command line itself: help with an example for every command, shell completions that
 //! a real bash uses, and manual pages that man renders.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 
-use common::{TempDir, imgfs, run, text};
+use crate::common::{TempDir, imgfs, run, text};
 
 /// The visible commands, from `imgfs --help`.
 fn commands() -> Vec<String> {

@@ -3,7 +3,7 @@
 //! with the same flags, must print the same lines), and the cgroup limits (both sandboxes
 //! must stop the same programs the same way, and imgfs leaves no cgroup behind).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -12,7 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{
+use crate::common::{
     DEBIAN_IMAGE, TempDir, imgfs, repo_root, require, require_docker, run, shared_run_cache, text,
     wait_until,
 };
@@ -164,7 +164,7 @@ fn assert_confined_like_docker(opts: &[&str]) {
 /// imgfs does with `opts`.
 #[track_caller]
 fn assert_confined_like(opts: &[&str], docker_opts: &[&str]) {
-    require_docker();
+    let _docker = require_docker();
     let docker = docker_probes(docker_opts);
     let mine = imgfs_probes(opts);
     if !opts.is_empty() {
@@ -197,7 +197,7 @@ fn value<'a>(probes: &'a Probes, name: &str) -> &'a str {
 /// comparisons below cannot pass by both sides printing nothing of interest.
 #[test]
 fn the_battery_tells_docker_confinement_apart() {
-    require_docker();
+    let _docker = require_docker();
     let default = docker_default();
     assert!(default.len() >= 30, "{default:?}");
     assert_eq!(value(default, "status.Seccomp"), "2", "a seccomp filter");
@@ -289,7 +289,7 @@ fn systempaths_unconfined_matches_docker() {
 /// `seccomp=unconfined` changes under docker).
 #[test]
 fn unprivileged_runs_are_confined_like_docker() {
-    require_docker();
+    let _docker = require_docker();
     let user = common::test_user();
     // The user's own cache and a copy of the battery it can read.
     let cache = TempDir::new("imgfs-confine-user-cache");
@@ -361,7 +361,7 @@ fn missing_capabilities() -> Vec<u32> {
 
 #[test]
 fn privileged_matches_docker() {
-    require_docker();
+    let _docker = require_docker();
     // docker gives a privileged container every capability the kernel knows, and cannot start
     // one where the bounding set it runs under lacks some (runc: "unable to apply caps"), as
     // on machines that run inside a container themselves. imgfs gives what it holds. There,
@@ -542,7 +542,7 @@ print("allocated")
 
 #[test]
 fn memory_limit_kills_like_docker() {
-    require_docker();
+    let _docker = require_docker();
     let opts = ["--memory", "64m", "--memory-swap", "64m"];
     let args = ["python3", "-c", ALLOCATE];
     let docker = docker_run(&opts, &args);
@@ -598,7 +598,7 @@ fn forks(out: &Output, who: &str) -> (u32, bool) {
 
 #[test]
 fn pids_limit_refuses_forks_like_docker() {
-    require_docker();
+    let _docker = require_docker();
     let opts = ["--pids-limit", "64"];
     let args = ["python3", "-c", FORK_LOOP];
     // The limit counts every task of the group, so the counts may differ by the few tasks
@@ -677,7 +677,7 @@ fn busy_share(stdout: &str, who: &str) -> f64 {
 
 #[test]
 fn cpus_limit_throttles_like_docker() {
-    require_docker();
+    let _docker = require_docker();
     let opts = ["--cpus", "0.5"];
     let args = ["python3", "-c", BUSY];
 
@@ -723,7 +723,7 @@ fn cpus_limit_throttles_like_docker() {
 
 #[test]
 fn killed_runner_leaves_no_cgroup() {
-    require_docker();
+    let _docker = require_docker();
     let mut child = Running(
         imgfs_command(&["--memory", "64m"], &["sleep", "30"])
             .stdout(Stdio::null())
@@ -752,7 +752,7 @@ fn killed_runner_leaves_no_cgroup() {
 
 #[test]
 fn too_little_memory_is_refused_like_docker() {
-    require_docker();
+    let _docker = require_docker();
     // docker's least is 6 MiB.
     let opts = ["--memory", "4m"];
     let docker = docker_run(&opts, &["true"]);

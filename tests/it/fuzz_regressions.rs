@@ -4,13 +4,13 @@
 //! tables of the fixtures damaged in many places, so that the checks always see inputs, saved
 //! ones or not.
 
-#[path = "hostile/archives.rs"]
-mod archives;
-#[path = "fuzz/checks.rs"]
+#[path = "../fuzz/checks.rs"]
 mod checks;
-mod common;
 
-use common::{fixture_archives, repo_root};
+use crate::common;
+use crate::hostile::archives;
+
+use crate::common::{fixture_archives, repo_root};
 use imgfs::index::scan::SliceInput;
 use imgfs::index::tree::BlobRef;
 
@@ -27,6 +27,37 @@ fn saved(target: &str) -> Vec<(String, Vec<u8>)> {
         .collect();
     out.sort();
     out
+}
+
+/// How many inputs tests/fuzz/regressions/ holds for each fuzz target: one lost, or a
+/// directory misnamed, fails here instead of being passed over. Saving a new input means
+/// counting it here.
+const SAVED: [(&str, usize); 8] = [
+    ("artifact", 0),
+    ("index", 0),
+    ("layers", 0),
+    ("manifest", 0),
+    ("scan", 0),
+    ("seek", 8),
+    ("seek-build", 6),
+    ("toc", 0),
+];
+
+#[test]
+fn every_saved_input_is_counted() {
+    let dir = repo_root().join("tests/fuzz/regressions");
+    let mut targets: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    targets.sort();
+    let expected: Vec<&str> = SAVED.iter().map(|(t, _)| *t).collect();
+    assert_eq!(targets, expected, "the fuzz targets with saved inputs");
+    for (target, count) in SAVED {
+        let names: Vec<String> = saved(target).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names.len(), count, "{target}: {names:?}");
+    }
 }
 
 /// Every input the archive check sees here: the saved regressions, the fixture archives and

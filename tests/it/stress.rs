@@ -2,8 +2,6 @@
 //! Debian python image for a fixed time, every answer compared with GNU tar's extraction of
 //! the same archive; the server's memory must stay flat meanwhile.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -11,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{TempDir, extract_with_gnu_tar, fixtures_dir, imgfs, require, text};
+use crate::common::{TempDir, extract_with_gnu_tar, fixtures_dir, imgfs, require, text};
 
 const THREADS: usize = 16;
 const DURATION: Duration = Duration::from_secs(20);

@@ -1,64 +1,19 @@
 //! `imgfs mount` end to end: real archives, a real dockerd, real FUSE mounts, compared with
 //! GNU `tar -x` of the same archive.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{
-    CompareOptions, DEBIAN_IMAGE, TempDir, assert_trees_equal, cache_file, export_containers,
-    export_events, extract_with_gnu_tar, fixture_archives, fixtures_dir, imgfs, is_mounted, now,
-    read_path_list, require, require_docker, run, servers_of, text, wait_until,
+use crate::common::{
+    CompareOptions, DEBIAN_IMAGE, MOUNT_LIMIT, Mount, Mounted, TempDir, assert_trees_equal,
+    cache_file, differences_from_export, docker_export, export_containers, export_events,
+    extract_with_gnu_tar, fixture_archives, fixtures_dir, imgfs, is_mounted, now, read_path_list,
+    require, require_docker, run, run_within_pid, servers_of, text, wait_until,
 };
-
-/// A mounted image, unmounted (lazily, as a last resort) when dropped.
-struct Mount {
-    dir: TempDir,
-}
-
-impl Mount {
-    fn new(image: &str, cache: &Path) -> Mount {
-        let dir = TempDir::new("imgfs-mnt");
-        let out = run(imgfs()
-            .args(["mount", "--cache-dir"])
-            .arg(cache)
-            .arg(image)
-            .arg(dir.path()));
-        assert!(
-            out.status.success(),
-            "mount {image} failed: {}",
-            text(&out.stderr)
-        );
-        assert!(
-            is_mounted(dir.path()),
-            "mount returned before {} was mounted",
-            dir.path().display()
-        );
-        Mount { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn umount(&self) {
-        let out = run(imgfs().arg("umount").arg(self.path()));
-        assert!(out.status.success(), "umount failed: {}", text(&out.stderr));
-        assert!(!is_mounted(self.path()));
-        wait_until("the server exits", || servers_of(self.path()).is_empty());
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        if is_mounted(self.path()) {
-            let _ = Command::new("umount").arg("-l").arg(self.path()).status();
-        }
-    }
-}
 
 /// The mounted tree is exactly what GNU tar extracts from `archive` (the root's own metadata
 /// aside: tar -x does not apply it to an existing directory the same way).
@@ -70,13 +25,6 @@ fn assert_mount_matches_tar_x(archive: &Path, mount: &Path) {
         ..Default::default()
     };
     assert_trees_equal(truth.path(), mount, &opts);
-}
-
-/// Serializes the tests that count dockerd's export events, so they count only their own.
-static DOCKER: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn docker_lock() -> std::sync::MutexGuard<'static, ()> {
-    DOCKER.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Every fixture archive (GNU gnu/oldgnu/pax/ustar, bsdtar pax/gnu, PAX global headers,
@@ -102,7 +50,7 @@ fn fixture_archives_match_tar_x() {
         require(archive.exists(), &format!("fixture {}", archive.display()));
         let truth = TempDir::new("imgfs-truth");
         extract_with_gnu_tar(&archive, truth.path());
-        let mount = Mount::new(archive.to_str().unwrap(), cache.path());
+        let mount = Mounted::new(cache.path(), &archive);
         let mut opts = CompareOptions {
             skip_root_meta: true,
             ..Default::default()
@@ -116,44 +64,41 @@ fn fixture_archives_match_tar_x() {
     }
 }
 
-/// The Debian python image through dockerd: zero differences from `tar -x` of the exported
-/// archive; the export holds the same names as `docker export` of the image; no container is
-/// left; a warm mount exports nothing.
+/// The Debian python image through dockerd: zero differences from GNU tar's extraction of
+/// `docker export` of the image (the container's own files aside), and the archive imgfs
+/// keeps holds the same names as that export; no container is left; a warm mount exports
+/// nothing.
 #[test]
-fn docker_image_matches_tar_x_and_warm_mount_does_not_export() {
-    require_docker();
-    let _serial = docker_lock();
+fn docker_image_matches_docker_export_and_warm_mount_does_not_export() {
+    let _docker = require_docker();
     let cache = TempDir::new("imgfs-cache");
     let before = now();
-    let mount = Mount::new(DEBIAN_IMAGE, cache.path());
+    let mount = Mounted::new(cache.path(), DEBIAN_IMAGE);
+    let mine = [mount.pid];
     assert!(
-        export_containers().is_empty(),
+        export_containers(&mine).is_empty(),
         "export container left in dockerd"
     );
-    wait_until("dockerd reports the export", || export_events(&before) >= 1);
-    assert_eq!(export_events(&before), 1);
+    wait_until("dockerd reports the export", || {
+        export_events(&before, &mine) >= 1
+    });
+    assert_eq!(export_events(&before, &mine), 1);
 
-    // Truth: GNU tar's extraction of the very archive imgfs serves from.
-    let archive = cache_file(cache.path(), "archive.tar");
-    assert_mount_matches_tar_x(&archive, mount.path());
-    assert!(mount.path().join("usr/bin/python3").exists());
-
-    // The archive is what dockerd exports for this image (names; per-container files aside).
-    let container =
-        text(&run(Command::new("docker").args(["create", DEBIAN_IMAGE, "/bin/true"])).stdout);
-    let container = container.trim();
+    // Truth: an export of the image made here, apart from imgfs, extracted by GNU tar.
     let exported = TempDir::new("imgfs-export");
     let docker_tar = exported.path().join("export.tar");
-    let status = run(Command::new("docker")
-        .args(["export", "-o"])
-        .arg(&docker_tar)
-        .arg(container));
-    run(Command::new("docker").args(["rm", "-f", container]));
+    docker_export(DEBIAN_IMAGE, &docker_tar);
+    let diffs = differences_from_export(&docker_tar, mount.path());
     assert!(
-        status.status.success(),
-        "docker export: {}",
-        text(&status.stderr)
+        diffs.is_empty(),
+        "the mount differs from docker export of {DEBIAN_IMAGE}:\n  {}",
+        diffs.join("\n  ")
     );
+    assert!(mount.path().join("usr/bin/python3").exists());
+
+    // The archive imgfs serves from holds what dockerd exports (names; the per-container
+    // files have the same names in every export).
+    let archive = cache_file(cache.path(), "archive.tar");
     let list = |p: &Path| -> BTreeSet<String> {
         text(&run(Command::new("tar").arg("-tf").arg(p)).stdout)
             .lines()
@@ -165,11 +110,12 @@ fn docker_image_matches_tar_x_and_warm_mount_does_not_export() {
 
     // Warm: resolve only, no export.
     let warm_since = now();
-    let again = Mount::new(DEBIAN_IMAGE, cache.path());
+    let again = Mounted::new(cache.path(), DEBIAN_IMAGE);
     assert!(again.path().join("etc/os-release").exists());
+    let warm = [again.pid];
     again.umount();
     assert_eq!(
-        export_events(&warm_since),
+        export_events(&warm_since, &warm),
         0,
         "a warm mount exported the image again"
     );
@@ -178,8 +124,7 @@ fn docker_image_matches_tar_x_and_warm_mount_does_not_export() {
 /// Eight processes mounting the same uncached image at once export it once, and all succeed.
 #[test]
 fn concurrent_cold_mounts_export_once() {
-    require_docker();
-    let _serial = docker_lock();
+    let _docker = require_docker();
     let cache = TempDir::new("imgfs-cache");
     let since = now();
     let dirs: Vec<_> = (0..8).map(|_| TempDir::new("imgfs-mnt")).collect();
@@ -196,29 +141,37 @@ fn concurrent_cold_mounts_export_once() {
                 .expect("spawn imgfs")
         })
         .collect();
-    for child in children {
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", text(&out.stderr));
+    let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
+    let mounts: Vec<Mounted> = children
+        .into_iter()
+        .zip(&dirs)
+        .map(|(child, d)| {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            Mounted::adopt(d.path())
+        })
+        .collect();
+    for m in mounts {
+        assert!(m.path().join("usr/bin/python3").exists());
+        m.umount();
     }
-    for d in &dirs {
-        assert!(d.path().join("usr/bin/python3").exists());
-        assert!(run(imgfs().arg("umount").arg(d.path())).status.success());
-    }
-    assert_eq!(export_events(&since), 1);
-    assert!(export_containers().is_empty());
+    assert_eq!(export_events(&since, &pids), 1);
+    assert!(export_containers(&pids).is_empty());
 }
 
 #[test]
 fn missing_image_and_dead_daemon_fail_with_one_clear_line() {
-    require_docker();
-    let _serial = docker_lock();
+    let _docker = require_docker();
     let cache = TempDir::new("imgfs-cache");
     let mnt = TempDir::new("imgfs-mnt");
-    let out = run(imgfs()
-        .args(["mount", "--cache-dir"])
-        .arg(cache.path())
-        .arg("imgfs-test/no-such-image:1")
-        .arg(mnt.path()));
+    let (pid, out) = run_within_pid(
+        imgfs()
+            .args(["mount", "--cache-dir"])
+            .arg(cache.path())
+            .arg("imgfs-test/no-such-image:1")
+            .arg(mnt.path()),
+        MOUNT_LIMIT,
+    );
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -226,7 +179,7 @@ fn missing_image_and_dead_daemon_fail_with_one_clear_line() {
         err.contains("image 'imgfs-test/no-such-image:1' not found in local Docker storage"),
         "{err}"
     );
-    assert!(export_containers().is_empty());
+    assert!(export_containers(&[pid]).is_empty());
 
     for host in ["unix:///nonexistent/docker.sock", "tcp://127.0.0.1:1"] {
         let start = Instant::now();
@@ -259,7 +212,7 @@ fn server_lifecycle_leaves_no_stale_mount() {
     let archive = fixture_archives().join("gnu.tar");
     let cache = TempDir::new("imgfs-cache");
 
-    let m = Mount::new(archive.to_str().unwrap(), cache.path());
+    let m = Mounted::new(cache.path(), &archive);
     let again = run(imgfs()
         .args(["mount", "--cache-dir"])
         .arg(cache.path())
@@ -274,7 +227,7 @@ fn server_lifecycle_leaves_no_stale_mount() {
     m.umount();
 
     for tool in [["umount", ""], ["fusermount3", "-u"]] {
-        let m = Mount::new(archive.to_str().unwrap(), cache.path());
+        let m = Mounted::new(cache.path(), &archive);
         let mut cmd = Command::new(tool[0]);
         if !tool[1].is_empty() {
             cmd.arg(tool[1]);
@@ -286,7 +239,7 @@ fn server_lifecycle_leaves_no_stale_mount() {
     }
 
     for signal in [libc::SIGTERM, libc::SIGINT] {
-        let m = Mount::new(archive.to_str().unwrap(), cache.path());
+        let m = Mounted::new(cache.path(), &archive);
         let pids = servers_of(m.path());
         assert_eq!(pids.len(), 1, "one server per mount");
         // SAFETY: sending a signal to a process we started.
@@ -327,7 +280,7 @@ fn other_users_get_the_image_permissions() {
         "tests/fixtures/make-debian-image.sh has made debian-python.tar",
     );
     let cache = TempDir::new("imgfs-cache");
-    let m = Mount::new(archive.to_str().unwrap(), cache.path());
+    let m = Mounted::new(cache.path(), &archive);
     let as_nobody = |args: &[&str]| {
         run(Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
@@ -458,7 +411,7 @@ fn hostile_paths_stay_inside_the_mount() {
     ] {
         assert!(err.contains(expect), "no warning about {expect}: {err}");
     }
-    let m = Mount { dir: mnt };
+    let m = Mounted::adopt(mnt.path());
     let mut names: Vec<String> = Vec::new();
     let walk = Command::new("find")
         .arg(".")
@@ -502,7 +455,7 @@ fn damaged_index_and_changed_tar_are_rebuilt() {
     let archive = work.path().join("image.tar");
     std::fs::copy(archives.join("ustar.tar"), &archive).unwrap();
     let cache = TempDir::new("imgfs-cache");
-    Mount::new(archive.to_str().unwrap(), cache.path()).umount();
+    Mounted::new(cache.path(), &archive).umount();
     let index = cache_file(cache.path(), "index");
     let good = std::fs::read(&index).unwrap();
     for damage in ["flip", "truncate", "foreign"] {
@@ -513,7 +466,7 @@ fn damaged_index_and_changed_tar_are_rebuilt() {
             _ => bad = b"not an index at all".to_vec(),
         }
         std::fs::write(&index, &bad).unwrap();
-        let m = Mount::new(archive.to_str().unwrap(), cache.path());
+        let m = Mounted::new(cache.path(), &archive);
         assert_mount_matches_tar_x(&archive, m.path());
         m.umount();
         assert!(
@@ -524,7 +477,7 @@ fn damaged_index_and_changed_tar_are_rebuilt() {
 
     // The same path, new contents: the mount shows the new archive.
     std::fs::copy(archives.join("pax-global.tar"), &archive).unwrap();
-    let m = Mount::new(archive.to_str().unwrap(), cache.path());
+    let m = Mounted::new(cache.path(), &archive);
     assert_mount_matches_tar_x(&archive, m.path());
     m.umount();
 }
@@ -533,8 +486,7 @@ fn damaged_index_and_changed_tar_are_rebuilt() {
 /// cached image named by its full id mounts without the daemon.
 #[test]
 fn cache_dir_from_environment_keeps_the_image_config() {
-    require_docker();
-    let _serial = docker_lock();
+    let _docker = require_docker();
     let cache = TempDir::new("imgfs-cache");
     let mnt = TempDir::new("imgfs-mnt");
     let out = run(imgfs()
@@ -543,7 +495,7 @@ fn cache_dir_from_environment_keeps_the_image_config() {
         .arg(DEBIAN_IMAGE)
         .arg(mnt.path()));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let m = Mount { dir: mnt };
+    let m = Mounted::adopt(mnt.path());
     let id = text(
         &run(Command::new("docker").args(["image", "inspect", "-f", "{{.Id}}", DEBIAN_IMAGE]))
             .stdout,
@@ -572,8 +524,9 @@ fn cache_dir_from_environment_keeps_the_image_config() {
         .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
         .arg("mount")
         .arg(id.trim())
-        .arg(m.path()));
+        .arg(mnt.path()));
     assert!(out.status.success(), "{}", text(&out.stderr));
+    let m = Mounted::adopt(mnt.path());
     assert!(m.path().join("usr/bin/python3").exists());
     m.umount();
 }
@@ -582,8 +535,7 @@ fn cache_dir_from_environment_keeps_the_image_config() {
 /// in the cache, and the next mount works.
 #[test]
 fn interrupted_export_leaves_nothing_behind() {
-    require_docker();
-    let _serial = docker_lock();
+    let _docker = require_docker();
     let mnt = TempDir::new("imgfs-mnt");
     for attempt in 0..5 {
         let cache = TempDir::new("imgfs-cache");
@@ -607,8 +559,9 @@ fn interrupted_export_leaves_nothing_behind() {
         while !started() && start.elapsed() < Duration::from_secs(30) {
             std::thread::sleep(Duration::from_millis(5));
         }
+        let pid = child.id();
         // SAFETY: signalling our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        unsafe { libc::kill(pid as i32, libc::SIGINT) };
         let out = child.wait_with_output().unwrap();
         if out.status.success() {
             // The export finished before the signal landed; try again.
@@ -622,7 +575,7 @@ fn interrupted_export_leaves_nothing_behind() {
         }
         assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
         wait_until("the export container is removed", || {
-            export_containers().is_empty()
+            export_containers(&[pid]).is_empty()
         });
         let left: Vec<_> = std::fs::read_dir(&images)
             .into_iter()
@@ -632,7 +585,7 @@ fn interrupted_export_leaves_nothing_behind() {
             .collect();
         assert!(left.is_empty(), "left in the cache: {left:?}");
         assert!(!is_mounted(mnt.path()));
-        let m = Mount::new(DEBIAN_IMAGE, cache.path());
+        let m = Mounted::new(cache.path(), DEBIAN_IMAGE);
         assert!(m.path().join("usr/bin/python3").exists());
         m.umount();
         return;
@@ -648,10 +601,7 @@ fn leftovers_of_interrupted_fills_are_removed() {
     let leftover = cache.path().join("images/sha256-interrupted");
     std::fs::create_dir_all(&leftover).unwrap();
     std::fs::write(leftover.join("archive.tar"), b"half written").unwrap();
-    let m = Mount::new(
-        fixture_archives().join("ustar.tar").to_str().unwrap(),
-        cache.path(),
-    );
+    let m = Mounted::new(cache.path(), fixture_archives().join("ustar.tar"));
     m.umount();
     assert!(!leftover.exists(), "{} is still there", leftover.display());
 }
@@ -685,22 +635,16 @@ fn tcp_to_docker_socket() -> std::net::SocketAddr {
 /// DOCKER_HOST=tcp://... reaches the daemon over TCP.
 #[test]
 fn docker_host_over_tcp() {
-    require_docker();
-    let _serial = docker_lock();
+    let _docker = require_docker();
     let addr = tcp_to_docker_socket();
     let cache = TempDir::new("imgfs-cache");
-    let mnt = TempDir::new("imgfs-mnt");
-    let out = run(imgfs()
+    let m = Mount::new(cache.path(), DEBIAN_IMAGE)
         .env("DOCKER_HOST", format!("tcp://{addr}"))
-        .args(["mount", "--cache-dir"])
-        .arg(cache.path())
-        .arg(DEBIAN_IMAGE)
-        .arg(mnt.path()));
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let m = Mount { dir: mnt };
+        .done();
     assert!(m.path().join("usr/bin/python3").exists());
+    let pid = m.pid;
     m.umount();
-    assert!(export_containers().is_empty());
+    assert!(export_containers(&[pid]).is_empty());
 }
 
 /// A daemon older than the API version imgfs pins is still understood: a request it refuses
@@ -776,7 +720,7 @@ fn killed_server_gives_errors_and_is_cleaned_up() {
     let archive = fixture_archives().join("ustar.tar");
     let cache = TempDir::new("imgfs-cache");
     for clear_with in ["umount", "mount"] {
-        let m = Mount::new(archive.to_str().unwrap(), cache.path());
+        let m = Mounted::new(cache.path(), &archive);
         let pids = servers_of(m.path());
         assert_eq!(pids.len(), 1);
         // SAFETY: killing the server we started.
@@ -806,7 +750,9 @@ fn killed_server_gives_errors_and_is_cleaned_up() {
     }
 }
 
-/// A user other than root mounts a tar archive too (through fusermount3), and unmounts it.
+/// A user other than root mounts a tar archive too (through fusermount3), sees what GNU
+/// tar extracts of it (names, types, modes, owners, links, sizes, times and link targets, as
+/// GNU find shows that user both trees), and unmounts it.
 #[test]
 fn unprivileged_user_mounts_a_tar() {
     let user = common::test_user();
@@ -815,19 +761,55 @@ fn unprivileged_user_mounts_a_tar() {
     let archive = work.path().join("image.tar");
     std::fs::copy(fixture_archives().join("ustar.tar"), &archive).unwrap();
     let _ = Command::new("chmod").arg("0644").arg(&archive).status();
+    let truth = work.path().join("truth");
+    extract_with_gnu_tar(&archive, &truth);
     let mnt = work.path().join("mnt");
+    // What the user sees of a tree: every entry below the root that the modes let it reach.
+    let list = |root: &Path, out: &str| {
+        format!(
+            "cd {root} && find . -mindepth 1 -printf '%P|%y|%m|%U|%G|%n|%s|%T@|%l\\n' \
+             2>/dev/null | LC_ALL=C sort > {out}",
+            root = root.display(),
+            out = work.path().join(out).display(),
+        )
+    };
     let script = format!(
         "set -e; mkdir {mnt}; {imgfs} mount --cache-dir {cache} {archive} {mnt}; \
-         ls {mnt} > {out}; {imgfs} umount {mnt}",
+         ({mine}) || true; {imgfs} umount {mnt}; ({theirs}) || true",
         imgfs = env!("CARGO_BIN_EXE_imgfs"),
         cache = work.path().join("cache").display(),
         archive = archive.display(),
         mnt = mnt.display(),
-        out = work.path().join("listing").display(),
+        mine = list(&mnt, "listing"),
+        theirs = list(&truth, "truth-listing"),
     );
     let out = run(common::as_user(user).args(["sh", "-c", &script]));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let listing = std::fs::read_to_string(work.path().join("listing")).unwrap();
-    assert!(!listing.is_empty());
+    // A directory's size is the disk's under the extraction (imgfs gives 4096), left out.
+    let rows = |file: &str| -> BTreeSet<Vec<u8>> {
+        let data = std::fs::read(work.path().join(file)).unwrap();
+        data.split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let mut fields: Vec<&[u8]> = l.split(|&b| b == b'|').collect();
+                if fields.get(1) == Some(&&b"d"[..]) {
+                    fields[6] = b"(directory)";
+                }
+                fields.join(&b'|')
+            })
+            .collect()
+    };
+    let (listing, expected) = (rows("listing"), rows("truth-listing"));
+    assert!(expected.len() > 1000, "{} entries", expected.len());
+    let differ: Vec<String> = listing
+        .symmetric_difference(&expected)
+        .take(20)
+        .map(|l| text(l))
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "the user's view differs from GNU tar's extraction in:\n{}",
+        differ.join("\n")
+    );
     assert!(!is_mounted(&mnt));
 }

@@ -2,15 +2,16 @@
 //! registry (Debian's docker-registry on loopback), Podman's Docker-compatible service through
 //! DOCKER_HOST, and the progress line a terminal shows meanwhile.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{
-    TempDir, extract_with_gnu_tar, fixture_archives, imgfs, require, require_docker, run, text,
+use crate::common::{
+    Mount, Mounted, Registry, TempDir, extract_with_gnu_tar, fixture_archives, imgfs, lock,
+    require, require_docker, run, text,
 };
 
 /// A small image imported into dockerd from a fixture archive.
@@ -20,9 +21,8 @@ fn tiny_tar() -> PathBuf {
     fixture_archives().join("pax-global.tar")
 }
 
-/// Makes sure dockerd has [`TINY`].
-fn tiny_image() -> &'static str {
-    require_docker();
+/// Makes sure dockerd has [`TINY`]; the caller holds dockerd's lock.
+fn tiny_image(_docker: &lock::Held) -> &'static str {
     let have = run(Command::new("docker").args(["image", "inspect", TINY]));
     if !have.status.success() {
         let out = run(Command::new("docker")
@@ -81,18 +81,10 @@ fn assert_holds(tar: &Path, mnt: &Path) {
     }
 }
 
-/// A mount, unmounted when dropped.
-struct Mounted(TempDir);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = run(imgfs().arg("umount").arg(self.0.path()));
-    }
-}
-
 #[test]
 fn progress_shows_on_a_terminal_only() {
-    let image = tiny_image();
+    let docker = require_docker();
+    let image = tiny_image(&docker);
     let cache = TempDir::new("imgfs-progress-cache");
     let cmd = |extra: &str| {
         format!(
@@ -138,64 +130,10 @@ fn progress_shows_on_a_terminal_only() {
     assert!(!text(&q.stdout).contains("exported"), "{}", text(&q.stdout));
 }
 
-/// Debian's docker-registry serving on a loopback port, stopped when dropped.
-struct Registry {
-    child: Child,
-    addr: String,
-    _dir: TempDir,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        require(
-            Path::new("/usr/bin/docker-registry").exists(),
-            "Debian's docker-registry package (contrib/setup.sh installs it)",
-        );
-        let dir = TempDir::new("imgfs-registry");
-        let port = 5000 + std::process::id() % 1000;
-        let addr = format!("127.0.0.1:{port}");
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("/usr/bin/docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start docker-registry");
-        let start = Instant::now();
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "the registry does not answer on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Registry {
-            child,
-            addr,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn pull_fetches_a_missing_image_from_its_registry() {
-    let image = tiny_image();
+    let docker_lock = require_docker();
+    let image = tiny_image(&docker_lock);
     let registry = Registry::start();
     let remote = format!("{}/imgfs-test/tiny:pax-global", registry.addr);
     let docker = |args: &[&str]| {
@@ -217,12 +155,13 @@ fn pull_fetches_a_missing_image_from_its_registry() {
     let why = text(&refused.stderr);
     assert!(why.contains(&remote) && why.contains("--pull"), "{why}");
 
-    let mnt = Mounted(TempDir::new("imgfs-pull-mnt"));
+    let dir = TempDir::new("imgfs-pull-mnt");
     let shown = on_a_terminal(&format!(
         "'{}' mount --pull --cache-dir '{c}' {remote} '{}'",
         bin(),
-        mnt.0.path().display()
+        dir.path().display()
     ));
+    let mnt = Mounted::adopt(dir.path());
     assert!(shown.status.success(), "{}", text(&shown.stdout));
     assert!(
         text(&shown.stdout).contains(&format!("imgfs: pulling {remote}")),
@@ -234,7 +173,7 @@ fn pull_fetches_a_missing_image_from_its_registry() {
             .status
             .success()
     );
-    assert_holds(&tiny_tar(), mnt.0.path());
+    assert_holds(&tiny_tar(), mnt.path());
     drop(mnt);
 
     // A tag the registry does not have: one line naming it, nothing cached.
@@ -312,19 +251,10 @@ fn podman_serves_images_through_docker_host() {
     );
 
     let cache = TempDir::new("imgfs-podman-cache");
-    let mnt = Mounted(TempDir::new("imgfs-podman-mnt"));
-    let out = run(imgfs()
-        .args(["mount", "--cache-dir"])
-        .arg(cache.path())
-        .arg(TINY)
-        .arg(mnt.0.path())
-        .env("DOCKER_HOST", &endpoint));
-    assert!(
-        out.status.success(),
-        "mount through podman: {}",
-        text(&out.stderr)
-    );
-    assert_holds(&tiny_tar(), mnt.0.path());
+    let mnt = Mount::new(cache.path(), TINY)
+        .env("DOCKER_HOST", &endpoint)
+        .done();
+    assert_holds(&tiny_tar(), mnt.path());
     drop(mnt);
     // The export container is gone from podman too.
     let left =

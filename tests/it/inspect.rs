@@ -17,15 +17,15 @@
 //! times to the nanosecond, symlink targets, contents, `find`'s selection, messages and exit
 //! status.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex, Weak};
 
-use common::{
-    DEBIAN_IMAGE, TempDir, extract_with_gnu_tar, fixtures_dir, imgfs, require, require_docker, run,
-    text,
+use crate::common::{
+    DEBIAN_IMAGE, TempDir, docker_export, extract_with_gnu_tar, fixtures_dir, imgfs, require,
+    require_docker, run, text,
 };
 
 /// The cache the run tests fill too: the image is exported once for both.
@@ -92,7 +92,7 @@ impl Truth {
     /// The imported image, read by imgfs through the daemon; the truth is an export of it
     /// made here, apart from imgfs.
     fn daemon() -> Truth {
-        require_docker();
+        let _docker = require_docker();
         // imgfs's own export, made now unless the cache holds it already.
         let inspect = imgfs_cmd("inspect", &["--json", DEBIAN_IMAGE]);
         assert!(inspect.status.success(), "{}", text(&inspect.stderr));
@@ -185,23 +185,6 @@ impl Truths {
     fn each(&self) -> [&Truth; 2] {
         [&self.fixture, &self.daemon]
     }
-}
-
-/// `docker export` of a container of `image`, never started and removed afterwards, to `to`.
-fn docker_export(image: &str, to: &Path) {
-    let made = run(Command::new("docker").args(["create", image, "/imgfs-test-placeholder"]));
-    assert!(
-        made.status.success(),
-        "docker create: {}",
-        text(&made.stderr)
-    );
-    let container = text(&made.stdout).trim().to_string();
-    let out = run(Command::new("docker")
-        .args(["export", "-o"])
-        .arg(to)
-        .arg(&container));
-    run(Command::new("docker").args(["rm", "-f", &container]));
-    assert!(out.status.success(), "docker export: {}", text(&out.stderr));
 }
 
 /// `touch -h ARGS PATH`: sets the times of `path` itself, a symlink included.
@@ -566,7 +549,7 @@ fn inspect_reports_the_daemons_config_and_the_trees_counts() {
 
 #[test]
 fn missing_images_and_closed_pipes() {
-    require_docker();
+    let _docker = require_docker();
     let out = imgfs_cmd("ls", &["imgfs-test/no-such-image:1", "/"]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
@@ -583,43 +566,42 @@ fn missing_images_and_closed_pipes() {
 }
 
 /// An unprivileged user with a cache of their own: no root, no FUSE, no daemon (a tar
-/// file), and the same answers as root gets.
+/// file), and the same answers GNU ls gives of GNU tar's extraction of the archive.
 #[test]
 fn inspection_needs_neither_root_nor_fuse() {
     let user = common::test_user();
-    let tar = common::fixture_archives().join("pax.tar");
+    let truth = Truth::fixture();
     let cache = TempDir::new("imgfs-user-cache");
     let owned = run(Command::new("chown").arg(user).arg(cache.path()));
     assert!(owned.status.success());
-    let args = |c: &Path| -> Vec<String> {
-        vec![
-            "ls".into(),
-            "-lR".into(),
-            "--cache-dir".into(),
-            c.display().to_string(),
-            tar.display().to_string(),
-            "/".into(),
-        ]
-    };
-    let theirs = run(common::as_user(user)
-        .args(["env", "TZ=UTC", env!("CARGO_BIN_EXE_imgfs")])
-        .args(args(cache.path())));
-    assert!(theirs.status.success(), "{}", text(&theirs.stderr));
-    let root_cache = TempDir::new("imgfs-root-cache");
-    let ours = run(imgfs().args(args(root_cache.path())).env("TZ", "UTC"));
-    assert_eq!(text(&theirs.stdout), text(&ours.stdout));
-    assert!(
-        text(&theirs.stdout).contains("files:"),
-        "{}",
-        text(&theirs.stdout)
-    );
+    let cases: &[&[&str]] = &[
+        &["-la", "/etc"],
+        &["-lR", "/etc/apt"],
+        &["-l", "/usr/bin/python3"],
+    ];
+    for args in cases {
+        let theirs = truth.gnu(&[&["ls", "--time-style=long-iso"][..], args].concat());
+        let ours = run(common::as_user(user)
+            .args([
+                "env",
+                "TZ=UTC",
+                env!("CARGO_BIN_EXE_imgfs"),
+                "ls",
+                "--cache-dir",
+            ])
+            .arg(cache.path())
+            .arg(truth.image())
+            .args(*args));
+        let what = format!("ls {} as {user}", args.join(" "));
+        assert_same(&ours, &theirs, &what, ls_comparable(&truth, args));
+    }
 }
 
 /// With the daemon out of reach, an image the cache holds is still found by the reference it
 /// was exported under; one it does not hold fails naming the daemon.
 #[test]
 fn inspection_without_the_daemon_uses_the_cache() {
-    require_docker();
+    let _docker = require_docker();
     let filled = imgfs_cmd("ls", &[DEBIAN_IMAGE, "/"]);
     assert!(filled.status.success(), "{}", text(&filled.stderr));
     let away = |args: &[&str]| {

@@ -19,18 +19,17 @@
 // Lists of one byte range are what several tests ask for.
 #![allow(clippy::single_range_in_vec_init)]
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Front, FrontOptions, TempDir, require, text};
+use crate::common::{
+    Front, FrontOptions, Registry as RealRegistry, RegistryConfig, TempDir, free_port,
+};
 use imgfs::source::registry::{self, Registry, RegistryOptions, Retry};
 use imgfs::source::{Image, LayerSource, Platform, SourceError};
 use oci_spec::image::Digest;
@@ -198,167 +197,13 @@ fn write_layout(dir: &Path) -> Fixture {
     }
 }
 
-/// A loopback port nothing listens on (for a moment).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Debian's docker-registry on a loopback port; killed when dropped.
-struct RealRegistry {
-    child: Option<Child>,
-    addr: String,
-    dir: TempDir,
-}
-
-impl RealRegistry {
-    /// Starts one; with `htpasswd`, it asks for Basic credentials.
-    fn start(htpasswd: bool) -> RealRegistry {
-        RealRegistry::start_with(htpasswd, false)
-    }
-
-    /// With `tls`, it speaks only HTTPS, with a self-signed certificate.
-    fn start_with(htpasswd: bool, tls: bool) -> RealRegistry {
-        require(
-            Path::new("/usr/bin/docker-registry").exists(),
-            "Debian's docker-registry package (contrib/setup.sh installs it)",
-        );
-        let dir = TempDir::new("imgfs-registry-client");
-        let addr = format!("127.0.0.1:{}", free_port());
-        let mut config = format!(
-            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: {addr}\n",
-            dir.path().join("storage").display()
-        );
-        if tls {
-            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-            let out = Command::new("openssl")
-                .args([
-                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                ])
-                .args([
-                    "-subj",
-                    "/CN=imgfs-test",
-                    "-addext",
-                    "subjectAltName=IP:127.0.0.1",
-                ])
-                .arg("-keyout")
-                .arg(&key)
-                .arg("-out")
-                .arg(&cert)
-                .output();
-            require(
-                out.as_ref().is_ok_and(|o| o.status.success()),
-                "openssl (Debian's openssl package) to make a certificate",
-            );
-            config.push_str(&format!(
-                "  tls:\n    certificate: {}\n    key: {}\n",
-                cert.display(),
-                key.display()
-            ));
-        }
-        if htpasswd {
-            let out = Command::new("htpasswd")
-                .args(["-Bbn", USER, PASSWORD])
-                .output();
-            require(
-                out.as_ref().is_ok_and(|o| o.status.success()),
-                "htpasswd (Debian's apache2-utils) to make a bcrypt password file",
-            );
-            let file = dir.path().join("htpasswd");
-            std::fs::write(&file, out.unwrap().stdout).unwrap();
-            config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: imgfs-test\n    path: {}\n",
-                file.display()
-            ));
-        }
-        std::fs::write(dir.path().join("config.yml"), config).unwrap();
-        let mut registry = RealRegistry {
-            child: None,
-            addr,
-            dir,
-        };
-        registry.run();
-        registry
-    }
-
-    fn run(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("log"))
-            .unwrap();
-        let child = Command::new("/usr/bin/docker-registry")
-            .arg("serve")
-            .arg(self.dir.path().join("config.yml"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start docker-registry");
-        self.child = Some(child);
-        let start = Instant::now();
-        while TcpStream::connect(&self.addr).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "the registry does not answer on {}",
-                self.addr
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
-    }
-
-    /// The file the registry keeps a blob in.
-    fn blob_file(&self, digest: &str) -> PathBuf {
-        let hex = &digest["sha256:".len()..];
-        self.dir.path().join(format!(
-            "storage/docker/registry/v2/blobs/sha256/{}/{hex}/data",
-            &hex[..2]
-        ))
-    }
-
-    /// Pushes the layout's `tag` (an index with all its images) as `REPO:tag`.
-    fn push(&self, fixture: &Fixture, tag: &str, creds: bool) {
-        require(
-            Command::new("skopeo").arg("--version").output().is_ok(),
-            "skopeo (Debian's skopeo package) to push the test image",
-        );
-        let mut cmd = Command::new("skopeo");
-        cmd.args([
-            "--insecure-policy",
-            "copy",
-            "--all",
-            "--dest-tls-verify=false",
-        ]);
-        if creds {
-            cmd.arg(format!("--dest-creds={USER}:{PASSWORD}"));
-        }
-        let out = cmd
-            .arg(format!("oci:{}:{tag}", fixture.layout.display()))
-            .arg(format!("docker://{}/{REPO}:{tag}", self.addr))
-            .output()
-            .expect("run skopeo");
-        assert!(out.status.success(), "skopeo copy: {}", text(&out.stderr));
-    }
-}
-
-impl Drop for RealRegistry {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// Pushes the layout's `tag` (an index with all its images) as `REPO:tag`.
+#[track_caller]
+fn push(reg: &RealRegistry, fixture: &Fixture, tag: &str) {
+    reg.push(
+        &format!("oci:{}:{tag}", fixture.layout.display()),
+        &format!("{REPO}:{tag}"),
+    );
 }
 
 /// An auth file with `auths` for `host` (none when `creds` is `None`).
@@ -437,9 +282,9 @@ fn error_of<T>(result: Result<T, SourceError>) -> String {
 fn pulls_anonymously_by_tag_digest_and_platform() {
     let work = TempDir::new("imgfs-registry-anon");
     let fixture = write_layout(&work.path().join("layout"));
-    let reg = RealRegistry::start(false);
-    reg.push(&fixture, "1", false);
-    reg.push(&fixture, "multi", false);
+    let reg = RealRegistry::start();
+    push(&reg, &fixture, "1");
+    push(&reg, &fixture, "multi");
     let opts = options(auth_file(work.path(), &reg.addr, None));
     let registry = pull_and_check(&format!("{}/{REPO}:1", reg.addr), &opts, &fixture);
     assert_eq!(
@@ -493,8 +338,8 @@ fn pulls_anonymously_by_tag_digest_and_platform() {
 fn unknown_names_and_dead_registries_are_one_clear_line() {
     let work = TempDir::new("imgfs-registry-404");
     let fixture = write_layout(&work.path().join("layout"));
-    let reg = RealRegistry::start(false);
-    reg.push(&fixture, "1", false);
+    let reg = RealRegistry::start();
+    push(&reg, &fixture, "1");
     let opts = options(auth_file(work.path(), &reg.addr, None));
     let nope = error_of(registry::open(&format!("{}/{REPO}:nope", reg.addr), &opts));
     assert_eq!(
@@ -536,8 +381,8 @@ fn unknown_names_and_dead_registries_are_one_clear_line() {
 fn basic_auth_from_an_auth_file() {
     let work = TempDir::new("imgfs-registry-basic");
     let fixture = write_layout(&work.path().join("layout"));
-    let reg = RealRegistry::start(true);
-    reg.push(&fixture, "1", true);
+    let reg = RealRegistry::start_with_htpasswd(USER, PASSWORD);
+    push(&reg, &fixture, "1");
     let reference = format!("{}/{REPO}:1", reg.addr);
     let good = options(auth_file(work.path(), &reg.addr, Some((USER, PASSWORD))));
     pull_and_check(&reference, &good, &fixture);
@@ -837,8 +682,8 @@ fn token_front(registry: &str) -> Arc<TokenFront> {
 fn bearer_tokens_are_fetched_renewed_and_kept_from_other_hosts() {
     let work = TempDir::new("imgfs-registry-token");
     let fixture = write_layout(&work.path().join("layout"));
-    let reg = RealRegistry::start(false);
-    reg.push(&fixture, "1", false);
+    let reg = RealRegistry::start();
+    push(&reg, &fixture, "1");
     let front = token_front(&reg.addr);
     let reference = format!("{}/{REPO}:1", front.addr);
     let good = options(auth_file(work.path(), &front.addr, Some((USER, PASSWORD))));
@@ -901,13 +746,13 @@ fn bearer_tokens_are_fetched_renewed_and_kept_from_other_hosts() {
 fn a_corrupt_blob_fails_its_digest() {
     let work = TempDir::new("imgfs-registry-corrupt");
     let fixture = write_layout(&work.path().join("layout"));
-    let reg = RealRegistry::start(false);
-    reg.push(&fixture, "1", false);
+    let reg = RealRegistry::start();
+    push(&reg, &fixture, "1");
     let opts = options(auth_file(work.path(), &reg.addr, None));
     let reference = format!("{}/{REPO}:1", reg.addr);
     let (image, registry) = registry::open(&reference, &opts).unwrap();
     // One byte flipped in the middle of the big layer, the size unchanged.
-    let file = reg.blob_file(&fixture.layers[1].0);
+    let file = reg.blob_data(&fixture.layers[1].0);
     let mut data = std::fs::read(&file).unwrap();
     let mid = data.len() / 2;
     data[mid] ^= 0xff;
@@ -921,7 +766,7 @@ fn a_corrupt_blob_fails_its_digest() {
         "{layer}"
     );
     // A corrupt config stops the image at open.
-    let file = reg.blob_file(&fixture.config_digest);
+    let file = reg.blob_data(&fixture.config_digest);
     let mut config = std::fs::read(&file).unwrap();
     config[0] = b' ';
     std::fs::write(&file, &config).unwrap();
@@ -940,8 +785,8 @@ fn a_corrupt_blob_fails_its_digest() {
 fn a_registry_killed_mid_blob_is_resumed_or_reported() {
     let work = TempDir::new("imgfs-registry-kill");
     let fixture = write_layout(&work.path().join("layout"));
-    let mut reg = RealRegistry::start(false);
-    reg.push(&fixture, "1", false);
+    let mut reg = RealRegistry::start();
+    push(&reg, &fixture, "1");
     let opts = options(auth_file(work.path(), &reg.addr, None));
     let reference = format!("{}/{REPO}:1", reg.addr);
     let (image, registry) = registry::open(&reference, &opts).unwrap();
@@ -955,7 +800,7 @@ fn a_registry_killed_mid_blob_is_resumed_or_reported() {
     std::thread::scope(|s| {
         s.spawn(|| {
             std::thread::sleep(Duration::from_millis(300));
-            reg.run();
+            reg.restart();
         });
         stream.read_to_end(&mut got).unwrap();
     });
@@ -1264,8 +1109,11 @@ fn a_loopback_registry_speaking_https_is_used_over_https() {
     let fixture = write_layout(&work.path().join("layout"));
     // It refuses plain HTTP, so a pull that works went over TLS (unverified, as docker treats
     // loopback registries).
-    let reg = RealRegistry::start_with(false, true);
-    reg.push(&fixture, "1", false);
+    let reg = RealRegistry::launch(RegistryConfig {
+        tls: true,
+        ..RegistryConfig::default()
+    });
+    push(&reg, &fixture, "1");
     let opts = options(auth_file(work.path(), &reg.addr, None));
     pull_and_check(&format!("{}/{REPO}:1", reg.addr), &opts, &fixture);
 }
@@ -1304,8 +1152,8 @@ fn spread(size: u64) -> Vec<std::ops::Range<u64>> {
 fn reads_byte_ranges_of_a_blob() {
     let work = TempDir::new("imgfs-registry-ranges");
     let fixture = write_layout(&work.path().join("layout"));
-    let reg = RealRegistry::start(false);
-    reg.push(&fixture, "1", false);
+    let reg = RealRegistry::start();
+    push(&reg, &fixture, "1");
     let opts = options(auth_file(work.path(), &reg.addr, None));
     let registry = Registry::connect_repository(&format!("{}/{REPO}", reg.addr), &opts).unwrap();
     assert_eq!(registry.reference().repository, REPO);
@@ -1381,8 +1229,8 @@ fn ranges_front(
 fn byte_ranges_from_servers_that_answer_otherwise() {
     let work = TempDir::new("imgfs-registry-ranges-odd");
     let fixture = write_layout(&work.path().join("layout"));
-    let reg = RealRegistry::start(false);
-    reg.push(&fixture, "1", false);
+    let reg = RealRegistry::start();
+    push(&reg, &fixture, "1");
     let (digest, blob) = &fixture.layers[1];
     let size = blob.len() as u64;
     let ranges = spread(size);
@@ -1462,8 +1310,8 @@ fn byte_ranges_from_servers_that_answer_otherwise() {
 fn byte_ranges_through_token_auth_and_storage() {
     let work = TempDir::new("imgfs-registry-ranges-auth");
     let fixture = write_layout(&work.path().join("layout"));
-    let reg = RealRegistry::start(false);
-    reg.push(&fixture, "1", false);
+    let reg = RealRegistry::start();
+    push(&reg, &fixture, "1");
     let front = Front::start(
         &reg.addr,
         &FrontOptions {
@@ -1525,8 +1373,8 @@ fn push_artifact(
 fn pushes_artifacts_and_finds_them_as_referrers() {
     let work = TempDir::new("imgfs-registry-push");
     let fixture = write_layout(&work.path().join("layout"));
-    let reg = RealRegistry::start(false);
-    reg.push(&fixture, "1", false);
+    let reg = RealRegistry::start();
+    push(&reg, &fixture, "1");
     let opts = options(auth_file(work.path(), &reg.addr, None));
     let (image, _) = registry::open(&format!("{}/{REPO}:1", reg.addr), &opts).unwrap();
     let subject = serde_json::json!({
@@ -1647,7 +1495,7 @@ fn pushes_artifacts_and_finds_them_as_referrers() {
 #[test]
 fn pushes_with_basic_auth() {
     let work = TempDir::new("imgfs-registry-push-basic");
-    let reg = RealRegistry::start(true);
+    let reg = RealRegistry::start_with_htpasswd(USER, PASSWORD);
     let opts = options(auth_file(work.path(), &reg.addr, Some((USER, PASSWORD))));
     let registry = Registry::connect_repository(&format!("{}/{REPO}", reg.addr), &opts).unwrap();
     let d = registry.push_blob(b"pushed with a password").unwrap();
@@ -1671,8 +1519,8 @@ fn pushes_with_basic_auth() {
 fn pushes_with_a_token_that_allows_push() {
     let work = TempDir::new("imgfs-registry-push-token");
     let fixture = write_layout(&work.path().join("layout"));
-    let reg = RealRegistry::start(false);
-    reg.push(&fixture, "1", false);
+    let reg = RealRegistry::start();
+    push(&reg, &fixture, "1");
     let front = Front::start(
         &reg.addr,
         &FrontOptions {

@@ -1,9 +1,7 @@
 //! Self-tests of the tree comparator: two trees that differ in exactly one
 //! property must produce a report naming it, identical trees none.
 
-mod common;
-
-use common::{CompareOptions, TempDir, compare_trees, compare_trees_with, require};
+use crate::common::{CompareOptions, TempDir, compare_trees, compare_trees_with, require};
 use std::ffi::{CString, OsStr};
 use std::fs;
 use std::os::unix::ffi::OsStrExt;

@@ -23,6 +23,7 @@ tests/fixtures/make-archives.sh "${IMGFS_FIXTURES:-/var/tmp/imgfs-fixtures}/arch
 tests/fixtures/make-layered.sh
 tests/fixtures/make-estargz.sh
 phase "checks: format, lints, docs"
+python3 tests/structure.py
 cargo fmt --check
 cargo clippy --all-targets --release --quiet -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet

@@ -52,7 +52,7 @@ use builder::build_none;
 use gzip::{MAX_GZIP_STRING, build_gzip, inflate_span};
 
 /// Deflate's largest back-reference distance: all the history a block boundary needs.
-pub(crate) const WINDOW: usize = 32 << 10;
+pub const WINDOW: usize = 32 << 10;
 /// At least 4 KiB per span over a 64 TiB layer: far beyond any image, and the record table
 /// it allows (1.4 GiB) is still checked against the bytes actually present before allocating.
 pub(crate) const MAX_SPANS: u64 = 1 << 24;
@@ -300,7 +300,7 @@ impl SeekTable {
     }
 
     /// The windows blob's size (see the module docs).
-    pub(crate) fn windows_size(&self) -> u64 {
+    pub fn windows_size(&self) -> u64 {
         self.windows_size
     }
 

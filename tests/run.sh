@@ -13,10 +13,13 @@ cd "$ROOT"
 START=$SECONDS
 phase() { echo "== $* (at $((SECONDS - START)) s)"; }
 
-cargo nextest --version >/dev/null 2>&1 || {
-    echo "run.sh: cargo-nextest is missing: cargo install --locked cargo-nextest" >&2
-    exit 1
-}
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "run.sh: installing cargo-nextest (cargo install --locked cargo-nextest)"
+    cargo install --locked --quiet cargo-nextest || {
+        echo "run.sh: cargo-nextest is missing and cargo install failed" >&2
+        exit 1
+    }
+fi
 contrib/setup.sh
 tests/fixtures/make-debian-image.sh
 tests/fixtures/make-archives.sh "${IMGFS_FIXTURES:-/var/tmp/imgfs-fixtures}/archives"

@@ -482,9 +482,17 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
 }
 
 fn own_exit_code(e: &anyhow::Error) -> Option<i32> {
+    use imgfs::source::docker::DockerError;
+    // A transparent wrapper hands on its inner error's source, not the inner error itself:
+    // look through the preparation's error as well as for a docker error in the chain.
     e.chain()
-        .find_map(|cause| cause.downcast_ref::<imgfs::source::docker::DockerError>())
-        .and_then(|d| d.exit_code())
+        .find_map(
+            |cause| match cause.downcast_ref::<prepare::PrepareError>() {
+                Some(prepare::PrepareError::Docker(d)) => Some(d),
+                _ => cause.downcast_ref::<DockerError>(),
+            },
+        )
+        .and_then(DockerError::exit_code)
 }
 
 /// The error and its causes on one line. Each cause is said once: an error either quotes its

@@ -1,4 +1,4 @@
-//! What the fuzz targets check, shared with tests/fuzz_regressions.rs.
+//! What the fuzz targets check, shared with tests/it/fuzz_regressions.rs.
 #![allow(dead_code)] // each target uses one of the checks
 
 use imgfs::index::format::{self, HEADER_LEN, Index, MAGIC, VERSION};

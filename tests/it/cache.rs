@@ -130,7 +130,7 @@ fn rm_removes_only_what_is_unused() {
     assert!(entry.exists());
     // Still served.
     assert!(std::fs::read_dir(m.path()).unwrap().count() > 0);
-    drop(m);
+    m.umount();
 
     let removed = ok(&imgfs_in(c, &["rm", tar_s]));
     assert!(removed.starts_with("removed tar ("), "{removed}");
@@ -200,7 +200,7 @@ fn prune_by_age_and_by_size_keeps_what_is_in_use() {
             .any(|e| std::fs::read(e.path().join("source"))
                 .is_ok_and(|s| s.ends_with(b"oldgnu.tar")))
     );
-    drop(m);
+    m.umount();
     let pruned = ok(&imgfs_in(c, &["prune"]));
     assert!(pruned.contains("removed tar"), "{pruned}");
     assert_eq!(ok(&imgfs_in(c, &["images"])).lines().count(), 1);
@@ -232,7 +232,7 @@ fn mounts_lists_the_live_mounts() {
         "{human}"
     );
     let mnt = m.path().to_path_buf();
-    drop(m);
+    m.umount();
     assert!(!is_mounted(&mnt));
     let after = ok(&run(imgfs().arg("mounts")));
     assert!(!after.contains(&mnt.display().to_string()), "{after}");

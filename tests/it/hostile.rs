@@ -1,4 +1,4 @@
-//! Hostile and broken archives through real mounts: each case of tests/hostile/archives.rs
+//! Hostile and broken archives through real mounts: each case of tests/it/hostile/archives.rs
 //! either gives a safe tree (checked entry by entry, and against GNU tar where tar accepts
 //! the archive) or one clear error line, with nothing mounted and nothing left in the cache.
 //! Then the sizes: a million entries, and one directory of 200,000.

@@ -3,12 +3,12 @@
 //! Every case is built byte by byte here (no tar writer would produce most of them) and
 //! carries its expected outcome: either a safe tree — every entry inside the mount, later
 //! entries winning, with the warnings that say what was dropped or rewritten — or one clear
-//! error line naming the entry and its byte offset. `tests/hostile.rs` mounts each for real.
+//! error line naming the entry and its byte offset. `tests/it/hostile.rs` mounts each for real.
 #![allow(dead_code)] // each test binary that includes it uses a different part
 
 /// What imgfs must make of an archive.
 pub enum Expect {
-    /// It mounts, and the mount holds exactly `tree` (see `listing` in tests/hostile.rs);
+    /// It mounts, and the mount holds exactly `tree` (see `listing` in tests/it/hostile.rs);
     /// `checks` hold for the named entries and stderr contains every one of `warnings`.
     /// With `gnu_tar_agrees`, GNU tar extracts the archive without error to the same tree.
     Tree {

@@ -193,7 +193,14 @@ fn run_cached(cache: &std::path::Path, image: &std::path::Path, opts: &[&str]) -
 
 /// Starts a sleeping sandbox and says whether `imgfs run` serves FUSE itself.
 fn run_serves_fuse(cache: &std::path::Path, image: &std::path::Path, opts: &[&str]) -> bool {
-    sleeping_run_serves_fuse(run_cached(cache, image, opts), 1)
+    // A tag of this test process and call: tests running beside it (and other runs of the
+    // suite on the machine) start sleepers of their own.
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10;
+    sleeping_run_serves_fuse(
+        run_cached(cache, image, opts),
+        std::process::id() * 10 + call + 10,
+    )
 }
 
 /// The shared servers (`imgfs __serve --idle-exit-ms`) of the images in `cache`: pid and
@@ -235,9 +242,10 @@ fn alive(pid: u32) -> bool {
 /// `tag` tells its sleeper from those of tests running beside it.
 fn sleeping_run_serves_fuse(mut run: Command, tag: u32) -> bool {
     // Written split in the command line, so only the sleep itself matches.
-    let marker = format!("sleep 9000{tag}");
+    // Tags of one width, so that one is never the start of another.
+    let marker = format!("sleep 9000{tag:010}");
     let mut child = run
-        .args(["sh", "-c", &format!("n=9000; exec sleep ${{n}}{tag}")])
+        .args(["sh", "-c", &format!("n=9000; exec sleep ${{n}}{tag:010}")])
         .spawn()
         .unwrap();
     wait_until("the command runs", || !processes_with(&marker).is_empty());

@@ -86,7 +86,7 @@ pub(crate) fn wait_for(child: Pid, on_winch: Option<&dyn Fn()>) -> i32 {
                     return exit_code(status);
                 }
             }
-        } else if caught.from_process() {
+        } else if caught.sent_by_process() {
             // Sent with kill(2), not by the terminal: passed on to our own child.
             let _ = sys::process::kill(child, sig);
         }

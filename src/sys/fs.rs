@@ -20,7 +20,7 @@ use std::path::Path;
 use super::{SysError, cstr, path_cstr};
 
 /// mount(2). `source`/`fstype`/`data` may be absent; the error names the target as `shown`.
-pub fn mount_as(
+pub(crate) fn mount_as(
     source: Option<&str>,
     target: &Path,
     fstype: Option<&str>,
@@ -46,7 +46,7 @@ pub fn mount_as(
 }
 
 /// mount(2) on a host path, named as such in errors.
-pub fn mount(
+pub(crate) fn mount(
     source: Option<&str>,
     target: &Path,
     fstype: Option<&str>,
@@ -64,7 +64,7 @@ pub fn mount(
 }
 
 /// umount2(2) of `path` with `flags` (`MNT_DETACH`, ...).
-pub fn umount(path: &CStr, flags: libc::c_int) -> io::Result<()> {
+pub(crate) fn umount(path: &CStr, flags: libc::c_int) -> io::Result<()> {
     // SAFETY: a NUL-terminated path alive for the call.
     if unsafe { libc::umount2(path.as_ptr(), flags) } < 0 {
         return Err(io::Error::last_os_error());
@@ -73,7 +73,7 @@ pub fn umount(path: &CStr, flags: libc::c_int) -> io::Result<()> {
 }
 
 /// Detaches the mount at `path`, ignoring failure (it is only ever cleanup).
-pub fn detach(path: &Path) {
+pub(crate) fn detach(path: &Path) {
     if let Ok(c) = path_cstr(path) {
         let _ = umount(&c, libc::MNT_DETACH);
     }
@@ -81,7 +81,7 @@ pub fn detach(path: &Path) {
 
 /// pivot_root(2): `new_root` becomes the root of this mount namespace, the old root is moved
 /// to `put_old`.
-pub fn pivot_root(new_root: &CStr, put_old: &CStr) -> io::Result<()> {
+pub(crate) fn pivot_root(new_root: &CStr, put_old: &CStr) -> io::Result<()> {
     // SAFETY: two NUL-terminated paths alive for the call.
     let rc = unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) };
     if rc < 0 {
@@ -101,13 +101,13 @@ fn owned(fd: libc::c_long) -> io::Result<OwnedFd> {
 }
 
 /// open(2) of `path` with `flags`, and `mode` for a file it creates. Async-signal-safe.
-pub fn open(path: &CStr, flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
+pub(crate) fn open(path: &CStr, flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
     // SAFETY: a NUL-terminated path alive for the call; the result is checked by `owned`.
     owned(unsafe { libc::open(path.as_ptr(), flags, libc::c_uint::from(mode)) }.into())
 }
 
 /// openat(2) of `name` in the directory `dir`.
-pub fn openat(
+pub(crate) fn openat(
     dir: BorrowedFd,
     name: &CStr,
     flags: libc::c_int,
@@ -128,7 +128,7 @@ pub fn openat(
 }
 
 /// openat2(2) of `path` under `dir`, with the `RESOLVE_*` flags in `resolve`.
-pub fn openat2(
+pub(crate) fn openat2(
     dir: BorrowedFd,
     path: &CStr,
     flags: libc::c_int,
@@ -152,7 +152,7 @@ pub fn openat2(
 }
 
 /// mkdirat(2): the directory `name` in `dir`.
-pub fn mkdirat(dir: BorrowedFd, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
+pub(crate) fn mkdirat(dir: BorrowedFd, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
     // SAFETY: `dir` is open for the call; `name` is NUL-terminated.
     if unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) } < 0 {
         return Err(io::Error::last_os_error());
@@ -162,13 +162,13 @@ pub fn mkdirat(dir: BorrowedFd, name: &CStr, mode: libc::mode_t) -> io::Result<(
 
 /// memfd_create(2): a new file that lives in memory only, close-on-exec, shown as `name`
 /// in /proc.
-pub fn memfd(name: &CStr) -> io::Result<OwnedFd> {
+pub(crate) fn memfd(name: &CStr) -> io::Result<OwnedFd> {
     // SAFETY: a NUL-terminated name, only read; the result is checked by `owned`.
     owned(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) }.into())
 }
 
 /// An `O_PATH` descriptor of the directory `p`.
-pub fn open_dir(p: &Path) -> Result<OwnedFd, SysError> {
+pub(crate) fn open_dir(p: &Path) -> Result<OwnedFd, SysError> {
     let c = path_cstr(p)?;
     open(&c, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC, 0).map_err(|source| {
         SysError::Path {
@@ -180,7 +180,7 @@ pub fn open_dir(p: &Path) -> Result<OwnedFd, SysError> {
 }
 
 /// sethostname(2), in this process's UTS namespace.
-pub fn sethostname(name: &[u8]) -> io::Result<()> {
+pub(crate) fn sethostname(name: &[u8]) -> io::Result<()> {
     // SAFETY: pointer and length describe `name`.
     if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } < 0 {
         return Err(io::Error::last_os_error());
@@ -190,7 +190,7 @@ pub fn sethostname(name: &[u8]) -> io::Result<()> {
 
 /// The running kernel's release (`6.1.0-18-amd64`) from uname(2), bytes that are not
 /// UTF-8 replaced.
-pub fn kernel_release() -> io::Result<String> {
+pub(crate) fn kernel_release() -> io::Result<String> {
     // SAFETY: utsname is plain arrays of c_char, for which all zeroes is a valid value.
     let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
     // SAFETY: uts is a valid, writable utsname that outlives the call.
@@ -208,7 +208,7 @@ pub fn kernel_release() -> io::Result<String> {
 
 /// The type of the filesystem `path` is on: statfs(2)'s `f_type`, a magic number such as
 /// `CGROUP2_SUPER_MAGIC`.
-pub fn fs_type(path: &Path) -> Result<i64, SysError> {
+pub(crate) fn fs_type(path: &Path) -> Result<i64, SysError> {
     let c = path_cstr(path)?;
     // SAFETY: statfs is plain data, filled in by the call.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
@@ -229,24 +229,24 @@ fn widen<T: Into<i64>>(v: T) -> i64 {
 /// Sound only for a file nobody modifies in place while it is mapped, which holds for every
 /// file imgfs maps: the cache's files, which it writes once under a temporary name and
 /// renames over (see [`super::publish`](mod@super::publish)), and never writes again.
-pub fn map(file: &File) -> io::Result<memmap2::Mmap> {
+pub(crate) fn map(file: &File) -> io::Result<memmap2::Mmap> {
     // SAFETY: the cache only maps files it wrote and never modifies in place (updates are
     // written under a new name and renamed over), so the mapped bytes do not change under us.
     unsafe { memmap2::Mmap::map(file) }
 }
 
 /// Blocks until this process holds the exclusive flock on `file`.
-pub fn lock_exclusive(file: &File) -> io::Result<()> {
+pub(crate) fn lock_exclusive(file: &File) -> io::Result<()> {
     file.lock()
 }
 
 /// Blocks until this process holds a shared flock on `file`.
-pub fn lock_shared(file: &File) -> io::Result<()> {
+pub(crate) fn lock_shared(file: &File) -> io::Result<()> {
     file.lock_shared()
 }
 
 /// Takes the exclusive flock on `file` if nobody holds it; false when somebody does.
-pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
+pub(crate) fn try_lock_exclusive(file: &File) -> io::Result<bool> {
     match file.try_lock() {
         Ok(()) => Ok(true),
         Err(std::fs::TryLockError::WouldBlock) => Ok(false),

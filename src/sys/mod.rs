@@ -19,11 +19,11 @@
 //! Nothing here uses a later stage. No crate stands between imgfs and libc: each wrapper is
 //! one call with its safety argument beside it, and costs nothing a direct call does not.
 
-pub mod fs;
-pub mod mountinfo;
-pub mod process;
-pub mod publish;
-pub mod term;
+pub(crate) mod fs;
+pub(crate) mod mountinfo;
+pub(crate) mod process;
+pub(crate) mod publish;
+pub(crate) mod term;
 
 use std::ffi::CString;
 use std::io;
@@ -32,20 +32,20 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-pub use fs::{lock_exclusive, lock_shared, map, try_lock_exclusive};
-pub use process::{effective_ids, euid};
-pub use publish::{Durability, Publish, publish};
+pub(crate) use fs::{lock_exclusive, lock_shared, map, try_lock_exclusive};
+pub(crate) use process::{effective_ids, euid};
+pub(crate) use publish::{Durability, Publish, publish};
 
 /// Exit status when the sandbox could not be set up (docker run uses the same).
 pub const EXIT_SETUP: i32 = 125;
 /// The command exists but could not be started.
-pub const EXIT_CANNOT_EXEC: i32 = 126;
+pub(crate) const EXIT_CANNOT_EXEC: i32 = 126;
 /// The command was not found.
-pub const EXIT_NOT_FOUND: i32 = 127;
+pub(crate) const EXIT_NOT_FOUND: i32 = 127;
 
 /// A system call that failed, with what it was doing and on what.
 #[derive(Debug, thiserror::Error)]
-pub enum SysError {
+pub(crate) enum SysError {
     #[error("{0:?} holds a NUL byte")]
     Nul(String),
     #[error("{0} is not UTF-8")]
@@ -70,7 +70,7 @@ pub enum SysError {
 
 impl SysError {
     /// The failed call `op`, with errno as it is now.
-    pub fn last(op: &'static str) -> SysError {
+    pub(crate) fn last(op: &'static str) -> SysError {
         SysError::Call {
             op,
             cause: io::Error::last_os_error(),
@@ -78,7 +78,7 @@ impl SysError {
     }
 
     /// The failed call `op` on `path`, with errno as it is now.
-    pub fn last_on(op: &'static str, path: impl Into<PathBuf>) -> SysError {
+    pub(crate) fn last_on(op: &'static str, path: impl Into<PathBuf>) -> SysError {
         SysError::Path {
             op,
             path: path.into(),
@@ -87,45 +87,37 @@ impl SysError {
     }
 
     /// Names the failed call `op` of an `io::Error` (for `map_err`).
-    pub fn call(op: &'static str) -> impl FnOnce(io::Error) -> SysError {
+    pub(crate) fn call(op: &'static str) -> impl FnOnce(io::Error) -> SysError {
         move |source| SysError::Call { op, cause: source }
     }
 
     /// The errno behind the failure, if there is one.
-    pub fn raw_os_error(&self) -> Option<i32> {
+    #[cfg(test)]
+    pub(crate) fn raw_os_error(&self) -> Option<i32> {
         match self {
-            SysError::Mount { cause: source, .. }
-            | SysError::Path { cause: source, .. }
-            | SysError::Call { cause: source, .. } => source.raw_os_error(),
+            SysError::Mount { cause, .. }
+            | SysError::Path { cause, .. }
+            | SysError::Call { cause, .. } => cause.raw_os_error(),
             SysError::Nul(_) | SysError::NotUtf8(_) | SysError::Threads { .. } => None,
         }
     }
 }
 
-pub fn cstr(p: impl AsRef<[u8]>) -> Result<CString, SysError> {
+pub(crate) fn cstr(p: impl AsRef<[u8]>) -> Result<CString, SysError> {
     CString::new(p.as_ref())
         .map_err(|_| SysError::Nul(String::from_utf8_lossy(p.as_ref()).into_owned()))
 }
 
-pub fn path_cstr(p: &Path) -> Result<CString, SysError> {
+pub(crate) fn path_cstr(p: &Path) -> Result<CString, SysError> {
     cstr(p.as_os_str().as_bytes())
 }
 
-pub fn path_str(p: &Path) -> Result<&str, SysError> {
+pub(crate) fn path_str(p: &Path) -> Result<&str, SysError> {
     p.to_str().ok_or_else(|| SysError::NotUtf8(p.to_path_buf()))
 }
 
-/// `Ok` for a non-negative return value, else the failed call `op` with errno.
-pub fn check(rc: libc::c_int, op: &'static str) -> Result<(), SysError> {
-    if rc < 0 {
-        Err(SysError::last(op))
-    } else {
-        Ok(())
-    }
-}
-
 /// Exit status a shell would show for a wait status.
-pub fn exit_code(status: libc::c_int) -> i32 {
+pub(crate) fn exit_code(status: libc::c_int) -> i32 {
     if libc::WIFEXITED(status) {
         libc::WEXITSTATUS(status)
     } else if libc::WIFSIGNALED(status) {
@@ -135,7 +127,7 @@ pub fn exit_code(status: libc::c_int) -> i32 {
     }
 }
 
-pub fn write_file(path: &Path, contents: &str) -> Result<(), SysError> {
+pub(crate) fn write_file(path: &Path, contents: &str) -> Result<(), SysError> {
     std::fs::write(path, contents).map_err(|source| SysError::Path {
         op: "write",
         path: path.to_path_buf(),
@@ -143,7 +135,7 @@ pub fn write_file(path: &Path, contents: &str) -> Result<(), SysError> {
     })
 }
 
-pub fn mkdir(path: &Path) -> Result<(), SysError> {
+pub(crate) fn mkdir(path: &Path) -> Result<(), SysError> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
@@ -156,13 +148,13 @@ pub fn mkdir(path: &Path) -> Result<(), SysError> {
 }
 
 /// The magic link that names what `fd` is open on.
-pub fn fd_path(fd: &OwnedFd) -> PathBuf {
+pub(crate) fn fd_path(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
 /// Whether this process has a single thread: only then may it unshare a user namespace or
 /// fork a child that runs Rust code.
-pub fn single_threaded() -> bool {
+pub(crate) fn single_threaded() -> bool {
     std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
         s.lines()
             .find_map(|l| l.strip_prefix("Threads:"))
@@ -171,12 +163,12 @@ pub fn single_threaded() -> bool {
 }
 
 /// The process id a directory entry is named by (`1234`), if it is named by one.
-pub fn pid_name(name: &std::ffi::OsStr) -> Option<u32> {
+pub(crate) fn pid_name(name: &std::ffi::OsStr) -> Option<u32> {
     name.to_str().and_then(|n| n.parse().ok())
 }
 
 /// Whether the process `pid` still runs (a zombie counts until it is reaped).
-pub fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 

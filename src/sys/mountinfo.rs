@@ -12,13 +12,13 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
 /// Where the calling process's mount table is.
-pub const SELF: &str = "/proc/self/mountinfo";
+pub(crate) const SELF: &str = "/proc/self/mountinfo";
 
 /// One line of mountinfo (see proc(5)),
 /// `36 35 98:0 /root /mnt rw,noatime master:1 - ext3 /dev/root rw,errors=continue`,
 /// borrowing from the text what needs no unescaping.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mount<'a> {
+pub(crate) struct Mount<'a> {
     /// The directory of the filesystem that is mounted (`/` for its whole tree).
     pub root: Cow<'a, Path>,
     pub mountpoint: Cow<'a, Path>,
@@ -31,17 +31,18 @@ pub struct Mount<'a> {
 
 impl<'a> Mount<'a> {
     /// Per-mount options (`rw`, `nosuid`, ...).
-    pub fn options(&self) -> impl Iterator<Item = Cow<'a, str>> + use<'a> {
+    #[cfg(test)]
+    pub(crate) fn options(&self) -> impl Iterator<Item = Cow<'a, str>> + use<'a> {
         list(self.options)
     }
 
     /// Options of the filesystem itself (`user_id=1000`, a cgroup's controllers, ...).
-    pub fn super_options(&self) -> impl Iterator<Item = Cow<'a, str>> + use<'a> {
+    pub(crate) fn super_options(&self) -> impl Iterator<Item = Cow<'a, str>> + use<'a> {
         list(self.super_options)
     }
 
     /// The value of the filesystem option `key=VALUE`, if it is set.
-    pub fn super_option(&self, key: &str) -> Option<Cow<'a, str>> {
+    pub(crate) fn super_option(&self, key: &str) -> Option<Cow<'a, str>> {
         self.super_options().find_map(|o| match o {
             Cow::Borrowed(o) => Some(Cow::Borrowed(o.strip_prefix(key)?.strip_prefix('=')?)),
             Cow::Owned(o) => Some(Cow::Owned(
@@ -53,7 +54,7 @@ impl<'a> Mount<'a> {
 
 /// Undoes the kernel's octal escapes (`\040` for a space, `\134` for a backslash); borrows
 /// a field that has none.
-pub fn unescape(field: &str) -> Cow<'_, [u8]> {
+pub(crate) fn unescape(field: &str) -> Cow<'_, [u8]> {
     let bytes = field.as_bytes();
     if !bytes.contains(&b'\\') {
         return Cow::Borrowed(bytes);
@@ -97,7 +98,7 @@ fn list(field: &str) -> impl Iterator<Item = Cow<'_, str>> {
 }
 
 /// One line, or `None` when it lacks a field.
-pub fn parse_line(line: &str) -> Option<Mount<'_>> {
+pub(crate) fn parse_line(line: &str) -> Option<Mount<'_>> {
     // id parent major:minor root mountpoint options [optional...] - fstype source superoptions
     let mut fields = line.split(' ');
     let root = fields.nth(3)?;
@@ -116,7 +117,7 @@ pub fn parse_line(line: &str) -> Option<Mount<'_>> {
 }
 
 /// Every mount in mountinfo `text`, in its order.
-pub fn parse(text: &str) -> Vec<Mount<'_>> {
+pub(crate) fn parse(text: &str) -> Vec<Mount<'_>> {
     text.lines().filter_map(parse_line).collect()
 }
 

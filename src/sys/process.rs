@@ -24,11 +24,11 @@ use std::time::Duration;
 use super::SysError;
 
 /// A process id as the kernel hands it out.
-pub type Pid = libc::pid_t;
+pub(crate) type Pid = libc::pid_t;
 
 /// Which side of a fork this is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Forked {
+pub(crate) enum Forked {
     /// The new process.
     Child,
     /// The caller, with the new process's id.
@@ -54,7 +54,7 @@ fn forked(pid: libc::c_long, op: &'static str) -> Result<Forked, SysError> {
 }
 
 /// fork(2). Refused with [`SysError::Threads`] unless this process has a single thread.
-pub fn fork() -> Result<Forked, SysError> {
+pub(crate) fn fork() -> Result<Forked, SysError> {
     if !super::single_threaded() {
         return Err(SysError::Threads { op: "fork" });
     }
@@ -68,7 +68,7 @@ pub fn fork() -> Result<Forked, SysError> {
 /// and with a null stack, so that the child is a copy of this process, as after fork, and
 /// the caller's later children (its threads) stay in the caller's namespaces. Refused with
 /// [`SysError::Threads`] unless this process has a single thread.
-pub fn fork_into(namespaces: libc::c_int) -> Result<Forked, SysError> {
+pub(crate) fn fork_into(namespaces: libc::c_int) -> Result<Forked, SysError> {
     if namespaces & !NAMESPACES != 0 {
         return Err(SysError::Call {
             op: "clone",
@@ -88,13 +88,13 @@ pub fn fork_into(namespaces: libc::c_int) -> Result<Forked, SysError> {
 
 /// _exit(2): ends this process now, without running destructors or exit handlers (in a
 /// forked copy, those are the parent's to run). Async-signal-safe.
-pub fn exit_now(code: i32) -> ! {
+pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: _exit has no preconditions; what it skips (destructors, buffers) only leaks.
     unsafe { libc::_exit(code) }
 }
 
 /// kill(2).
-pub fn kill(pid: Pid, signal: libc::c_int) -> io::Result<()> {
+pub(crate) fn kill(pid: Pid, signal: libc::c_int) -> io::Result<()> {
     // SAFETY: kill takes two integers and touches no memory of ours.
     if unsafe { libc::kill(pid, signal) } < 0 {
         return Err(io::Error::last_os_error());
@@ -104,7 +104,7 @@ pub fn kill(pid: Pid, signal: libc::c_int) -> io::Result<()> {
 
 /// waitpid(2): the pid and wait status of a child that changed state, or `None` when, with
 /// `WNOHANG`, none has.
-pub fn waitpid(pid: Pid, flags: libc::c_int) -> io::Result<Option<(Pid, libc::c_int)>> {
+pub(crate) fn waitpid(pid: Pid, flags: libc::c_int) -> io::Result<Option<(Pid, libc::c_int)>> {
     let mut status = 0;
     // SAFETY: a plain call with a valid out-pointer.
     let waited = unsafe { libc::waitpid(pid, &mut status, flags) };
@@ -117,7 +117,7 @@ pub fn waitpid(pid: Pid, flags: libc::c_int) -> io::Result<Option<(Pid, libc::c_
 
 /// unshare(2) of namespaces (`CLONE_NEW*` flags only) for this process. The kernel refuses
 /// a new user namespace to a process with several threads.
-pub fn unshare(namespaces: libc::c_int) -> io::Result<()> {
+pub(crate) fn unshare(namespaces: libc::c_int) -> io::Result<()> {
     if namespaces & !NAMESPACES != 0 {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
@@ -130,7 +130,7 @@ pub fn unshare(namespaces: libc::c_int) -> io::Result<()> {
 }
 
 /// Asks for `signal` when the parent dies (prctl `PR_SET_PDEATHSIG`).
-pub fn set_parent_death_signal(signal: libc::c_int) -> io::Result<()> {
+pub(crate) fn set_parent_death_signal(signal: libc::c_int) -> io::Result<()> {
     // SAFETY: prctl with plain integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong) } < 0 {
         return Err(io::Error::last_os_error());
@@ -142,7 +142,7 @@ pub fn set_parent_death_signal(signal: libc::c_int) -> io::Result<()> {
 /// `PR_SET_NO_NEW_PRIVS`): execve no longer grants privileges (setuid bits, file
 /// capabilities), and a seccomp filter may be loaded without CAP_SYS_ADMIN. It cannot be
 /// unset. Async-signal-safe.
-pub fn set_no_new_privs() -> io::Result<()> {
+pub(crate) fn set_no_new_privs() -> io::Result<()> {
     // SAFETY: prctl with constant integer arguments; it only sets a flag of this thread.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(io::Error::last_os_error());
@@ -158,7 +158,7 @@ pub fn set_no_new_privs() -> io::Result<()> {
 /// The kernel checks the program (jumps in bounds, a return at the end) and refuses one it
 /// does not accept; once loaded, a filter only makes later system calls fail or end the
 /// thread, both of which every caller of a system call already has to expect.
-pub fn load_seccomp_filter(filter: &[libc::sock_filter]) -> io::Result<()> {
+pub(crate) fn load_seccomp_filter(filter: &[libc::sock_filter]) -> io::Result<()> {
     let len =
         u16::try_from(filter.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let prog = libc::sock_fprog {
@@ -184,7 +184,7 @@ pub fn load_seccomp_filter(filter: &[libc::sock_filter]) -> io::Result<()> {
 }
 
 /// How many CPUs this thread may run on: its affinity mask (sched_getaffinity(2)), counted.
-pub fn affinity_cpus() -> io::Result<u32> {
+pub(crate) fn affinity_cpus() -> io::Result<u32> {
     // SAFETY: cpu_set_t is plain data, for which all zeroes is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: the size passed is that of `set`, a valid out-pointer.
@@ -196,7 +196,7 @@ pub fn affinity_cpus() -> io::Result<u32> {
 }
 
 /// Whether `fd` is readable (or at its end, or broken) within `timeout_ms` (poll(2)).
-pub fn poll_readable(fd: BorrowedFd, timeout_ms: libc::c_int) -> io::Result<bool> {
+pub(crate) fn poll_readable(fd: BorrowedFd, timeout_ms: libc::c_int) -> io::Result<bool> {
     let mut poll = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLIN,
@@ -211,11 +211,11 @@ pub fn poll_readable(fd: BorrowedFd, timeout_ms: libc::c_int) -> io::Result<bool
 
 /// A set of signals.
 #[derive(Clone, Copy)]
-pub struct SigSet(libc::sigset_t);
+pub(crate) struct SigSet(libc::sigset_t);
 
 impl SigSet {
     /// No signal.
-    pub fn empty() -> SigSet {
+    pub(crate) fn empty() -> SigSet {
         // SAFETY: sigset_t is plain data, and sigemptyset initialises it.
         unsafe {
             let mut set: libc::sigset_t = std::mem::zeroed();
@@ -225,7 +225,7 @@ impl SigSet {
     }
 
     /// Every signal.
-    pub fn full() -> SigSet {
+    pub(crate) fn full() -> SigSet {
         // SAFETY: sigset_t is plain data, and sigfillset initialises it.
         unsafe {
             let mut set: libc::sigset_t = std::mem::zeroed();
@@ -235,7 +235,7 @@ impl SigSet {
     }
 
     /// `signals` (numbers that are no signal are left out).
-    pub fn of(signals: &[libc::c_int]) -> SigSet {
+    pub(crate) fn of(signals: &[libc::c_int]) -> SigSet {
         let mut set = SigSet::empty();
         for &s in signals {
             // SAFETY: sigaddset on a set initialised by `empty`.
@@ -259,25 +259,25 @@ fn sigprocmask(how: libc::c_int, set: &SigSet) {
 }
 
 /// Blocks `set` for this thread (and every thread or child started after).
-pub fn block(set: &SigSet) {
+pub(crate) fn block(set: &SigSet) {
     sigprocmask(libc::SIG_BLOCK, set);
 }
 
 /// Makes `set` this thread's signal mask. Async-signal-safe.
-pub fn set_mask(set: &SigSet) {
+pub(crate) fn set_mask(set: &SigSet) {
     sigprocmask(libc::SIG_SETMASK, set);
 }
 
 /// Blocks `set` for the calling thread (pthread_sigmask), and so for every thread it
 /// starts from then on.
-pub fn block_in_thread(set: &SigSet) {
+pub(crate) fn block_in_thread(set: &SigSet) {
     // SAFETY: `set` is initialised; a null old-set pointer is allowed.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set.0, std::ptr::null_mut()) };
 }
 
 /// A signal taken by [`wait_signal`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Caught {
+pub(crate) struct Caught {
     pub signal: libc::c_int,
     /// `si_code`: how it was sent.
     pub code: libc::c_int,
@@ -285,13 +285,13 @@ pub struct Caught {
 
 impl Caught {
     /// Sent by a process (SI_USER, SI_QUEUE, SI_TKILL), not by the kernel or the terminal.
-    pub fn from_process(&self) -> bool {
+    pub(crate) fn sent_by_process(&self) -> bool {
         self.code <= 0
     }
 }
 
 /// sigwaitinfo(2): takes one pending signal of `set` (blocked beforehand), waiting for one.
-pub fn wait_signal(set: &SigSet) -> io::Result<Caught> {
+pub(crate) fn wait_signal(set: &SigSet) -> io::Result<Caught> {
     // SAFETY: siginfo_t is plain data; sigwaitinfo fills it.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is initialised, `info` a valid out-pointer.
@@ -306,7 +306,7 @@ pub fn wait_signal(set: &SigSet) -> io::Result<Caught> {
 }
 
 /// sigwait(3): takes one pending signal of `set` (blocked beforehand), waiting for one.
-pub fn sigwait(set: &SigSet) -> io::Result<libc::c_int> {
+pub(crate) fn sigwait(set: &SigSet) -> io::Result<libc::c_int> {
     let mut signal = 0;
     // SAFETY: `set` is initialised and `signal` is a valid out-pointer.
     match unsafe { libc::sigwait(&set.0, &mut signal) } {
@@ -319,7 +319,7 @@ extern "C" fn ignore_signal(_: libc::c_int) {}
 
 /// Installs a handler for `signal` that does nothing: the signal no longer has its default
 /// action (for PID 1, whether it is delivered at all), and can still be taken while blocked.
-pub fn set_noop_handler(signal: libc::c_int) -> io::Result<()> {
+pub(crate) fn set_noop_handler(signal: libc::c_int) -> io::Result<()> {
     // SAFETY: a zeroed sigaction (empty mask, no flags) with a handler that does nothing,
     // which is async-signal-safe.
     let rc = unsafe {
@@ -334,31 +334,31 @@ pub fn set_noop_handler(signal: libc::c_int) -> io::Result<()> {
 }
 
 /// Gives `signal` its default action again. Async-signal-safe.
-pub fn default_action(signal: libc::c_int) {
+pub(crate) fn default_action(signal: libc::c_int) {
     // SAFETY: SIG_DFL installs no code of ours.
     unsafe { libc::signal(signal, libc::SIG_DFL) };
 }
 
 /// The effective user id.
-pub fn euid() -> u32 {
+pub(crate) fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
 }
 
 /// The real user id. Async-signal-safe.
-pub fn uid() -> u32 {
+pub(crate) fn uid() -> u32 {
     // SAFETY: getuid has no preconditions and cannot fail.
     unsafe { libc::getuid() }
 }
 
 /// The effective user and group ids.
-pub fn effective_ids() -> (u32, u32) {
+pub(crate) fn effective_ids() -> (u32, u32) {
     // SAFETY: getegid has no preconditions and cannot fail.
     (euid(), unsafe { libc::getegid() })
 }
 
 /// setgroups(2). Async-signal-safe.
-pub fn set_groups(groups: &[libc::gid_t]) -> io::Result<()> {
+pub(crate) fn set_groups(groups: &[libc::gid_t]) -> io::Result<()> {
     // SAFETY: pointer and length describe `groups`.
     if unsafe { libc::setgroups(groups.len(), groups.as_ptr()) } != 0 {
         return Err(io::Error::last_os_error());
@@ -367,7 +367,7 @@ pub fn set_groups(groups: &[libc::gid_t]) -> io::Result<()> {
 }
 
 /// setgid(2). Async-signal-safe.
-pub fn set_gid(gid: libc::gid_t) -> io::Result<()> {
+pub(crate) fn set_gid(gid: libc::gid_t) -> io::Result<()> {
     // SAFETY: an integer argument; glibc applies it to every thread.
     if unsafe { libc::setgid(gid) } != 0 {
         return Err(io::Error::last_os_error());
@@ -376,7 +376,7 @@ pub fn set_gid(gid: libc::gid_t) -> io::Result<()> {
 }
 
 /// setuid(2). Async-signal-safe.
-pub fn set_uid(uid: libc::uid_t) -> io::Result<()> {
+pub(crate) fn set_uid(uid: libc::uid_t) -> io::Result<()> {
     // SAFETY: an integer argument; glibc applies it to every thread.
     if unsafe { libc::setuid(uid) } != 0 {
         return Err(io::Error::last_os_error());
@@ -385,7 +385,7 @@ pub fn set_uid(uid: libc::uid_t) -> io::Result<()> {
 }
 
 /// chdir(2). Async-signal-safe.
-pub fn chdir(path: &CStr) -> io::Result<()> {
+pub(crate) fn chdir(path: &CStr) -> io::Result<()> {
     // SAFETY: a NUL-terminated path alive for the call.
     if unsafe { libc::chdir(path.as_ptr()) } != 0 {
         return Err(io::Error::last_os_error());
@@ -396,7 +396,7 @@ pub fn chdir(path: &CStr) -> io::Result<()> {
 /// Makes each of the standard descriptors `targets` (0, 1 or 2; others are refused) a copy
 /// of `fd`, then closes `fd` unless it is one of them. Errors are reported after every
 /// target was tried. Async-signal-safe.
-pub fn redirect_stdio(fd: OwnedFd, targets: &[RawFd]) -> io::Result<()> {
+pub(crate) fn redirect_stdio(fd: OwnedFd, targets: &[RawFd]) -> io::Result<()> {
     let mut result = Ok(());
     for &target in targets {
         if !(0..=2).contains(&target) {
@@ -418,13 +418,14 @@ pub fn redirect_stdio(fd: OwnedFd, targets: &[RawFd]) -> io::Result<()> {
 
 /// Strings for [`execve`]: owned C strings and the NULL-terminated array of pointers to
 /// them that execve takes, made once (before a fork) and never changed.
-pub struct CStrings {
-    strings: Vec<CString>,
+pub(crate) struct CStrings {
+    /// Read only by tests: it owns what `pointers` point into.
+    _strings: Vec<CString>,
     pointers: Vec<*const libc::c_char>,
 }
 
 impl CStrings {
-    pub fn new(strings: Vec<CString>) -> CStrings {
+    pub(crate) fn new(strings: Vec<CString>) -> CStrings {
         // The pointers point into each CString's own heap buffer, which moving the Vec
         // (or this struct) does not move.
         let pointers = strings
@@ -432,17 +433,21 @@ impl CStrings {
             .map(|s| s.as_ptr())
             .chain([std::ptr::null()])
             .collect();
-        CStrings { strings, pointers }
+        CStrings {
+            _strings: strings,
+            pointers,
+        }
     }
 
-    pub fn as_slice(&self) -> &[CString] {
-        &self.strings
+    #[cfg(test)]
+    pub(crate) fn as_slice(&self) -> &[CString] {
+        &self._strings
     }
 }
 
 /// execve(2): replaces this process with `program`. Returns only on failure, with why.
 /// Async-signal-safe.
-pub fn execve(program: &CStr, argv: &CStrings, env: &CStrings) -> io::Error {
+pub(crate) fn execve(program: &CStr, argv: &CStrings, env: &CStrings) -> io::Error {
     // SAFETY: `program` is NUL-terminated; both arrays are NULL-terminated arrays of
     // pointers to the NUL-terminated strings their `CStrings` owns, alive for the call.
     unsafe {
@@ -456,13 +461,13 @@ pub fn execve(program: &CStr, argv: &CStrings, env: &CStrings) -> io::Error {
 }
 
 /// Writes `message` to stderr with one write(2), ignoring failure. Async-signal-safe.
-pub fn write_stderr(message: &[u8]) {
+pub(crate) fn write_stderr(message: &[u8]) {
     // SAFETY: pointer and length describe `message`; fd 2 is only written to.
     unsafe { libc::write(2, message.as_ptr().cast(), message.len()) };
 }
 
 /// Brings up `lo` in this process's network namespace.
-pub fn loopback_up() -> io::Result<()> {
+pub(crate) fn loopback_up() -> io::Result<()> {
     // SAFETY: a datagram socket only used for the interface ioctls below; the result is
     // checked before it is owned.
     let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
@@ -494,7 +499,7 @@ pub fn loopback_up() -> io::Result<()> {
 /// and the file that kills them all at once when `1` is written to it (cgroup v2's
 /// `cgroup.kill`), when there is one.
 #[derive(Clone, Debug)]
-pub struct GroupDir {
+pub(crate) struct GroupDir {
     pub dir: CString,
     pub procs: CString,
     pub kill: Option<CString>,
@@ -513,7 +518,7 @@ pub struct GroupDir {
 /// wait and the removal. That code allocates nothing, takes no lock another thread could
 /// have held at the fork, makes only async-signal-safe calls, reads only memory made before
 /// the fork (`groups`), and ends with `_exit`, never returning into the caller's code.
-pub fn spawn_group_remover(
+pub(crate) fn spawn_group_remover(
     wait: OwnedFd,
     groups: &[GroupDir],
     tries: u32,
@@ -651,7 +656,7 @@ fn remove_group(g: &GroupDir) -> bool {
 /// that touch no memory whatever the call does with them.
 #[cfg(test)]
 #[derive(Clone, Copy, Debug)]
-pub enum Probe {
+pub(crate) enum Probe {
     /// keyctl(2) `KEYCTL_GET_KEYRING_ID` of key 0, which no key has.
     Keyctl,
     /// clone3(2) with no arguments, refused before it would read any.
@@ -662,7 +667,7 @@ pub enum Probe {
 
 /// Makes the system call `call` stands for: its return value, or errno.
 #[cfg(test)]
-pub fn probe(call: Probe) -> io::Result<libc::c_long> {
+pub(crate) fn probe(call: Probe) -> io::Result<libc::c_long> {
     // SAFETY: each call takes integers only (a null pointer with a size of 0 for clone3),
     // so it reads and writes no memory of this process.
     let rc = unsafe {
@@ -716,14 +721,14 @@ mod tests {
                 signal: libc::SIGINT,
                 code: 0x80
             }
-            .from_process()
+            .sent_by_process()
         );
         assert!(
             Caught {
                 signal: libc::SIGINT,
                 code: 0
             }
-            .from_process()
+            .sent_by_process()
         );
     }
 

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What a published file survives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Durability {
+pub(crate) enum Durability {
     /// A crash of any process: readers see the old file or the new one, whole. After a crash
     /// of the machine the new one may be empty. For what is cheap to make again.
     Atomic,
@@ -29,7 +29,7 @@ pub enum Durability {
 /// How to publish: the [`Durability`] and the mode a new file is created with (the umask
 /// applies).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Publish {
+pub(crate) struct Publish {
     pub durability: Durability,
     pub mode: u32,
 }
@@ -43,25 +43,25 @@ static NEXT: AtomicU64 = AtomicU64::new(0);
 
 impl Publish {
     /// Mode 0666 (less the umask), as `File::create` makes files.
-    pub const fn new(durability: Durability) -> Publish {
+    pub(crate) const fn new(durability: Durability) -> Publish {
         Publish {
             durability,
             mode: 0o666,
         }
     }
 
-    pub const fn mode(self, mode: u32) -> Publish {
+    pub(crate) const fn mode(self, mode: u32) -> Publish {
         Publish { mode, ..self }
     }
 
     /// Publishes `bytes` at `path`.
-    pub fn bytes(self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    pub(crate) fn bytes(self, path: &Path, bytes: &[u8]) -> io::Result<()> {
         self.with(path, |file| file.write_all(bytes))
     }
 
     /// Publishes at `path` what `write` writes to the (new, empty) temporary file. Its
     /// error type is the caller's, so long as an `io::Error` converts into it.
-    pub fn with<T, E: From<io::Error>>(
+    pub(crate) fn with<T, E: From<io::Error>>(
         self,
         path: &Path,
         write: impl FnOnce(&mut File) -> Result<T, E>,
@@ -117,7 +117,7 @@ impl Publish {
 }
 
 /// Publishes `bytes` at `path` with `durability` (see [`Publish`]).
-pub fn publish(path: &Path, bytes: &[u8], durability: Durability) -> io::Result<()> {
+pub(crate) fn publish(path: &Path, bytes: &[u8], durability: Durability) -> io::Result<()> {
     Publish::new(durability).bytes(path, bytes)
 }
 

@@ -13,7 +13,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// unlockpt(3) on a pseudo-terminal master.
-pub fn unlock_pty(master: BorrowedFd) -> io::Result<()> {
+pub(crate) fn unlock_pty(master: BorrowedFd) -> io::Result<()> {
     // SAFETY: an open descriptor; unlockpt only issues an ioctl on it.
     if unsafe { libc::unlockpt(master.as_raw_fd()) } < 0 {
         return Err(io::Error::last_os_error());
@@ -23,12 +23,12 @@ pub fn unlock_pty(master: BorrowedFd) -> io::Result<()> {
 
 /// A terminal's settings.
 #[derive(Clone, Copy)]
-pub struct Termios(libc::termios);
+pub(crate) struct Termios(libc::termios);
 
 impl Termios {
     /// These settings in raw mode (cfmakeraw(3)): no echo, no line editing, no signals
     /// from keys, bytes as they come.
-    pub fn raw(&self) -> Termios {
+    pub(crate) fn raw(&self) -> Termios {
         let mut raw = self.0;
         // SAFETY: cfmakeraw edits the copy we own.
         unsafe { libc::cfmakeraw(&mut raw) };
@@ -37,7 +37,7 @@ impl Termios {
 }
 
 /// tcgetattr(3): the settings of the terminal open at `fd`.
-pub fn termios(fd: BorrowedFd) -> io::Result<Termios> {
+pub(crate) fn termios(fd: BorrowedFd) -> io::Result<Termios> {
     // SAFETY: termios is plain data filled by tcgetattr.
     let mut t: libc::termios = unsafe { std::mem::zeroed() };
     // SAFETY: an open descriptor and a valid out-pointer.
@@ -48,7 +48,7 @@ pub fn termios(fd: BorrowedFd) -> io::Result<Termios> {
 }
 
 /// tcsetattr(3) with `TCSANOW`.
-pub fn set_termios(fd: BorrowedFd, settings: &Termios) -> io::Result<()> {
+pub(crate) fn set_termios(fd: BorrowedFd, settings: &Termios) -> io::Result<()> {
     // SAFETY: an open descriptor and settings read by tcgetattr.
     if unsafe { libc::tcsetattr(fd.as_raw_fd(), libc::TCSANOW, &settings.0) } < 0 {
         return Err(io::Error::last_os_error());
@@ -57,7 +57,7 @@ pub fn set_termios(fd: BorrowedFd, settings: &Termios) -> io::Result<()> {
 }
 
 /// The window size of the terminal open at `fd` (`TIOCGWINSZ`).
-pub fn window_size(fd: BorrowedFd) -> io::Result<libc::winsize> {
+pub(crate) fn window_size(fd: BorrowedFd) -> io::Result<libc::winsize> {
     // SAFETY: winsize is plain data.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
     // SAFETY: TIOCGWINSZ writes one winsize through the pointer.
@@ -68,7 +68,7 @@ pub fn window_size(fd: BorrowedFd) -> io::Result<libc::winsize> {
 }
 
 /// Sets the window size of the terminal open at `fd` (`TIOCSWINSZ`).
-pub fn set_window_size(fd: BorrowedFd, size: &libc::winsize) -> io::Result<()> {
+pub(crate) fn set_window_size(fd: BorrowedFd, size: &libc::winsize) -> io::Result<()> {
     // SAFETY: TIOCSWINSZ reads one winsize through the pointer.
     if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, size) } != 0 {
         return Err(io::Error::last_os_error());
@@ -77,7 +77,7 @@ pub fn set_window_size(fd: BorrowedFd, size: &libc::winsize) -> io::Result<()> {
 }
 
 /// setsid(2): a new session, led by this process. Async-signal-safe.
-pub fn setsid() -> io::Result<()> {
+pub(crate) fn setsid() -> io::Result<()> {
     // SAFETY: no arguments.
     if unsafe { libc::setsid() } < 0 {
         return Err(io::Error::last_os_error());
@@ -87,7 +87,7 @@ pub fn setsid() -> io::Result<()> {
 
 /// Makes the terminal open at `fd` this session's controlling terminal (`TIOCSCTTY`).
 /// Async-signal-safe.
-pub fn set_controlling_terminal(fd: BorrowedFd) -> io::Result<()> {
+pub(crate) fn set_controlling_terminal(fd: BorrowedFd) -> io::Result<()> {
     // SAFETY: TIOCSCTTY takes an integer argument, no pointer.
     if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0) } < 0 {
         return Err(io::Error::last_os_error());
@@ -96,7 +96,7 @@ pub fn set_controlling_terminal(fd: BorrowedFd) -> io::Result<()> {
 }
 
 /// Broken-down local time (the TZ of the caller, as the coreutils use).
-pub fn local_time(secs: i64) -> libc::tm {
+pub(crate) fn local_time(secs: i64) -> libc::tm {
     // SAFETY: localtime_r (which reads TZ once) writes into `tm`, which we own.
     unsafe {
         let mut tm: libc::tm = std::mem::zeroed();
@@ -107,7 +107,7 @@ pub fn local_time(secs: i64) -> libc::tm {
 }
 
 /// Whether `name` matches the shell pattern `glob` (fnmatch(3) without flags).
-pub fn fnmatch(glob: &CStr, name: &CStr) -> bool {
+pub(crate) fn fnmatch(glob: &CStr, name: &CStr) -> bool {
     // SAFETY: both are valid NUL-terminated strings.
     unsafe { libc::fnmatch(glob.as_ptr(), name.as_ptr(), 0) == 0 }
 }

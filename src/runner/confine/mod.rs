@@ -5,7 +5,7 @@
 //! tighten one part. [`Applier`] carries it out in the command's process, just before exec.
 
 pub mod cgroup;
-pub mod seccomp;
+pub(crate) mod seccomp;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -15,7 +15,7 @@ use caps::{CapSet, Capability, CapsHashSet};
 use serde::{Deserialize, Serialize};
 
 /// The capabilities docker gives a container by default.
-pub const DEFAULT_CAPS: [Capability; 14] = [
+pub(crate) const DEFAULT_CAPS: [Capability; 14] = [
     Capability::CAP_CHOWN,
     Capability::CAP_DAC_OVERRIDE,
     Capability::CAP_FSETID,
@@ -34,7 +34,7 @@ pub const DEFAULT_CAPS: [Capability; 14] = [
 
 /// Paths docker hides from a container: an empty read-only tmpfs over directories,
 /// /dev/null over files. They expose host internals or let a program reconfigure the host.
-pub const MASKED_PATHS: [&str; 11] = [
+pub(crate) const MASKED_PATHS: [&str; 11] = [
     "/proc/asound",
     "/proc/acpi",
     "/proc/kcore",
@@ -49,7 +49,7 @@ pub const MASKED_PATHS: [&str; 11] = [
 ];
 
 /// Paths docker leaves visible but read-only: writing them would change the host.
-pub const READ_ONLY_PATHS: [&str; 5] = [
+pub(crate) const READ_ONLY_PATHS: [&str; 5] = [
     "/proc/bus",
     "/proc/fs",
     "/proc/irq",
@@ -133,7 +133,7 @@ fn last_cap() -> u8 {
 
 /// Every capability this kernel and imgfs both know and imgfs itself may hold (its bounding
 /// set, which a user namespace inherits): what `--privileged` gives.
-pub fn all_caps() -> u64 {
+pub(crate) fn all_caps() -> u64 {
     let last = last_cap();
     let own = caps::read(None, CapSet::Bounding).unwrap_or_else(|_| caps::all());
     mask(
@@ -163,7 +163,7 @@ fn parse_cap(name: &str) -> Result<CapName, ConfineError> {
 /// `--privileged`: ALL among the additions starts from every capability, ALL among the
 /// drops starts from nothing, otherwise the drops come off the defaults before the
 /// additions go on.
-pub fn capabilities(req: &Request) -> Result<u64, ConfineError> {
+pub(crate) fn capabilities(req: &Request) -> Result<u64, ConfineError> {
     if req.privileged {
         return Ok(all_caps());
     }
@@ -245,7 +245,7 @@ fn security_options(opts: &[String]) -> Result<SecurityOptions, ConfineError> {
 }
 
 /// Decides the confinement, the way docker run would.
-pub fn build(req: &Request) -> Result<Confinement, ConfineError> {
+pub(crate) fn build(req: &Request) -> Result<Confinement, ConfineError> {
     let caps = capabilities(req)?;
     let opts = security_options(&req.security_opt)?;
     Ok(Confinement {
@@ -264,7 +264,7 @@ pub fn build(req: &Request) -> Result<Confinement, ConfineError> {
 
 impl Confinement {
     /// Names of the kept capabilities (`CAP_CHOWN`, ...), as seccomp profiles name them.
-    pub fn cap_names(&self) -> BTreeSet<String> {
+    pub(crate) fn cap_names(&self) -> BTreeSet<String> {
         caps::all()
             .into_iter()
             .filter(|c| self.caps & c.bitmask() != 0)
@@ -275,7 +275,7 @@ impl Confinement {
 
 /// The confinement made ready before the command's process is forked, so that applying it
 /// in that process allocates nothing.
-pub struct Applier {
+pub(crate) struct Applier {
     /// Bounding-set capabilities to drop.
     drop: Vec<Capability>,
     /// The permitted and effective sets of a command that runs as root.
@@ -287,7 +287,7 @@ pub struct Applier {
 
 /// Why confining the command failed (in the command's process, just before exec).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ApplyError {
+pub(crate) enum ApplyError {
     Bounding,
     NoNewPrivs,
     Seccomp,
@@ -295,7 +295,7 @@ pub enum ApplyError {
 }
 
 impl Applier {
-    pub fn new(confinement: &Confinement, filter: Option<seccomp::Program>) -> Applier {
+    pub(crate) fn new(confinement: &Confinement, filter: Option<seccomp::Program>) -> Applier {
         let last = last_cap();
         let all = caps::all();
         Applier {
@@ -316,7 +316,7 @@ impl Applier {
 
     /// First step, still with every capability: shrink the bounding set, and install the
     /// filter now unless no_new_privs lets it wait until just before exec (runc's order).
-    pub fn before_user_switch(&self) -> Result<(), ApplyError> {
+    pub(crate) fn before_user_switch(&self) -> Result<(), ApplyError> {
         for cap in &self.drop {
             caps::drop(None, CapSet::Bounding, *cap).map_err(|_| ApplyError::Bounding)?;
         }
@@ -330,7 +330,7 @@ impl Applier {
 
     /// Last step, as the command's user: the kept capabilities for root (a user other than
     /// root lost them all on setuid), nothing inheritable or ambient, then the filter.
-    pub fn after_user_switch(&self, uid: libc::uid_t) -> Result<(), ApplyError> {
+    pub(crate) fn after_user_switch(&self, uid: libc::uid_t) -> Result<(), ApplyError> {
         let kept = if uid == 0 { &self.keep } else { &self.none };
         caps::set(None, CapSet::Effective, kept).map_err(|_| ApplyError::Capabilities)?;
         caps::set(None, CapSet::Permitted, kept).map_err(|_| ApplyError::Capabilities)?;

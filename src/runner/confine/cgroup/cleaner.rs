@@ -113,7 +113,8 @@ impl Cleaner {
         })
     }
 
-    pub fn pid(&self) -> Option<libc::pid_t> {
+    #[cfg(test)]
+    pub(crate) fn pid(&self) -> Option<libc::pid_t> {
         self.pid
     }
 

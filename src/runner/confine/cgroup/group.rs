@@ -57,7 +57,7 @@ impl Cgroup {
     }
 
     /// Carries out `plan`; on failure removes the groups it made.
-    pub fn carry_out(plan: Plan) -> Result<Cgroup, CgroupError> {
+    pub(crate) fn carry_out(plan: Plan) -> Result<Cgroup, CgroupError> {
         let mut made = Vec::new();
         let result = plan
             .steps
@@ -78,7 +78,8 @@ impl Cgroup {
     }
 
     /// The sandbox's groups, one per hierarchy.
-    pub fn paths(&self) -> &[PathBuf] {
+    #[cfg(test)]
+    pub(crate) fn paths(&self) -> &[PathBuf] {
         &self.groups
     }
 
@@ -98,7 +99,7 @@ impl Cgroup {
 
     /// Whether the kernel killed a process of the group for lack of memory (kernels that
     /// count it: v2, v1 since 4.13). Asked before [`Cgroup::remove`].
-    pub fn oom_killed(&self) -> bool {
+    pub(crate) fn oom_killed(&self) -> bool {
         let Some(path) = &self.oom else {
             return false;
         };

@@ -41,7 +41,7 @@ pub enum Layout {
 impl Layout {
     /// Reads the layout: v2 if /sys/fs/cgroup is a cgroup2 filesystem, else the v1
     /// hierarchies in /proc/self/mountinfo.
-    pub fn detect() -> Result<Layout, CgroupError> {
+    pub(crate) fn detect() -> Result<Layout, CgroupError> {
         let root = Path::new(CGROUP_ROOT);
         if is_cgroup2(root) {
             let path = root.join("cgroup.controllers");
@@ -74,7 +74,7 @@ impl Layout {
     }
 }
 
-/// What [`plan()`](super::plan()) needs to know about the machine.
+/// What [`plan()`](super::plan::plan) needs to know about the machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Host {
     pub layout: Layout,

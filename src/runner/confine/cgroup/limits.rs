@@ -88,7 +88,7 @@ impl Limits {
     }
 
     /// [`Limits::from_flags`] on a machine with `available` CPUs.
-    pub fn from_flags_on(
+    pub(crate) fn from_flags_on(
         memory: Option<&str>,
         memory_swap: Option<&str>,
         pids_limit: Option<&str>,
@@ -146,7 +146,7 @@ impl Limits {
 
     /// Memory and swap together, with docker's default of twice `--memory` when only that
     /// was given. Unlimited swap, or none at all without a memory limit, is no limit.
-    pub fn swap_total(&self) -> Option<u64> {
+    pub(crate) fn swap_total(&self) -> Option<u64> {
         let memory = self.memory?;
         match self.memory_swap {
             Some(MemorySwap::Limited(total)) => Some(total),
@@ -156,7 +156,7 @@ impl Limits {
     }
 
     /// The number of tasks allowed, if limited.
-    pub fn pids_max(&self) -> Option<u64> {
+    pub(crate) fn pids_max(&self) -> Option<u64> {
         match self.pids {
             Some(PidsLimit::Limited(n)) => Some(n),
             _ => None,
@@ -164,14 +164,14 @@ impl Limits {
     }
 
     /// The CFS quota per [`CPU_PERIOD_US`], in microseconds, as docker computes it.
-    pub fn cpu_quota_us(&self) -> Option<u64> {
+    pub(crate) fn cpu_quota_us(&self) -> Option<u64> {
         let nano = self.cpus?;
         let quota = u128::from(nano) * u128::from(CPU_PERIOD_US) / u128::from(NANO_PER_CPU);
         Some(u64::try_from(quota).unwrap_or(u64::MAX))
     }
 
     /// Whether there is no limit to enforce, and so no cgroup needed.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.memory.is_none() && self.pids_max().is_none() && self.cpus.is_none()
     }
 }

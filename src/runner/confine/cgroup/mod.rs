@@ -3,7 +3,7 @@
 //!
 //! [`Limits::from_flags`] turns the flags into plain data with docker's rules; it travels in the
 //! run plan. [`Host::detect`] reads the machine's cgroup layout (the unified hierarchy, or the v1
-//! hierarchies listed in /proc/self/mountinfo), [`plan()`] turns limits and host into the
+//! hierarchies listed in /proc/self/mountinfo), [`plan()`](plan::plan) turns limits and host into the
 //! directories and interface-file writes as plain data, and [`Cgroup::create`] carries them
 //! out. A limit the machine cannot enforce is an error naming the missing controller, never a
 //! silently unlimited run, and a create that fails leaves nothing behind. The group is
@@ -32,7 +32,8 @@ pub use cleaner::{Cleaner, remove_stale};
 pub use group::Cgroup;
 pub use host::{Hierarchy, Host, Layout, v1_hierarchies};
 pub use limits::{CPU_PERIOD_US, LimitError, Limits, MIN_MEMORY, MemorySwap, PidsLimit};
-pub use plan::{IfMissing, Plan, Step, plan};
+#[cfg(test)]
+pub(crate) use plan::plan;
 
 use std::io;
 use std::path::PathBuf;
@@ -49,7 +50,7 @@ pub enum Controller {
 
 impl Controller {
     /// The name the kernel gives the controller.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Controller::Memory | Controller::Swap => "memory",
             Controller::Pids => "pids",
@@ -58,7 +59,7 @@ impl Controller {
     }
 
     /// The flag that needs it.
-    pub fn flag(self) -> &'static str {
+    pub(crate) fn flag(self) -> &'static str {
         match self {
             Controller::Memory => "--memory",
             Controller::Swap => "--memory-swap",

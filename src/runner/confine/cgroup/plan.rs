@@ -12,7 +12,7 @@ use super::{CgroupError, Controller};
 
 /// What to do when an interface file a write needs does not exist.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IfMissing {
+pub(crate) enum IfMissing {
     /// Refuse: the limit cannot be enforced.
     Fail(Controller),
     /// Go on with a warning, as docker does for the swap limit it implies.
@@ -23,7 +23,7 @@ pub enum IfMissing {
 
 /// One step of creating a sandbox's cgroup.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// A directory shared by every sandbox, made if missing and never removed.
     Parent(PathBuf),
     /// The sandbox's own group, removed with it.
@@ -38,7 +38,7 @@ pub enum Step {
 
 /// A sandbox's cgroup as plain data: how to make it, and what it is made of.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub steps: Vec<Step>,
     /// The sandbox's groups, one per hierarchy (one in v2).
     pub groups: Vec<PathBuf>,
@@ -50,7 +50,7 @@ pub struct Plan {
 
 /// Decides the cgroup for `limits` named `name` on `host`. Nothing is needed, and the plan is
 /// empty, when the limits are.
-pub fn plan(limits: &Limits, name: &str, host: &Host) -> Result<Plan, CgroupError> {
+pub(crate) fn plan(limits: &Limits, name: &str, host: &Host) -> Result<Plan, CgroupError> {
     if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
         return Err(CgroupError::Name {
             name: name.to_string(),

@@ -32,7 +32,7 @@ const CACHE_FILE_MODE: u32 = 0o644;
 
 /// Where a profile comes from, for [`compiled`].
 #[derive(Debug, Clone, Copy)]
-pub enum ProfileSource<'a> {
+pub(crate) enum ProfileSource<'a> {
     /// [`Profile::docker_default`].
     DockerDefault,
     /// The bytes of a profile in docker's JSON format.
@@ -133,7 +133,7 @@ fn write_cache_file(dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// is not an error: the program is still returned. `cache_dir` must be writable only by the
 /// caller, as a file there decides what the sandbox may do; a file owned by another user or
 /// writable by others is ignored and replaced.
-pub fn compiled(
+pub(crate) fn compiled(
     source: ProfileSource<'_>,
     caps: &BTreeSet<String>,
     cache_dir: &Path,

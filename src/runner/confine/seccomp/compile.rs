@@ -169,7 +169,8 @@ pub(super) fn select<'p>(
 /// the native architecture plus its sub-architectures from `archMap`, syscall names that
 /// libseccomp does not know skipped, rules whose action is the default one left out, and no
 /// no_new_privs set by the filter.
-pub fn compile(profile: &Profile, caps: &BTreeSet<String>) -> Result<Program, SeccompError> {
+#[cfg(test)]
+pub(crate) fn compile(profile: &Profile, caps: &BTreeSet<String>) -> Result<Program, SeccompError> {
     let host = Host::current()?;
     build(profile, &select(profile, caps, &host))
 }

@@ -399,7 +399,7 @@ fn profile() -> Profile {
 
 impl Profile {
     /// Docker's default profile (moby's `profiles/seccomp/default.json`).
-    pub fn docker_default() -> Profile {
+    pub(crate) fn docker_default() -> Profile {
         profile()
     }
 }

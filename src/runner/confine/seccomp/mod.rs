@@ -29,13 +29,11 @@ mod compile;
 
 mod cache;
 
-pub use cache::{ProfileSource, compiled};
-pub use compile::compile;
-pub use profile::{
-    Action, Arch, ArchMap, ArgRule, CompareOp, Filter, KernelVersion, MAX_PROFILE_BYTES, Profile,
-    SyscallRule,
-};
-pub use program::Program;
+pub(crate) use cache::{ProfileSource, compiled};
+#[cfg(test)]
+pub(crate) use compile::compile;
+pub(crate) use profile::Arch;
+pub(crate) use program::Program;
 
 use std::io;
 
@@ -45,7 +43,7 @@ use program::MAX_INSNS;
 
 /// Why a profile could not be read or compiled.
 #[derive(Debug, thiserror::Error)]
-pub enum SeccompError {
+pub(crate) enum SeccompError {
     #[error("seccomp profile is {len} bytes, over the limit of {max}")]
     ProfileTooLarge { len: usize, max: usize },
     #[error("seccomp profile is not docker's JSON profile format: {0}")]

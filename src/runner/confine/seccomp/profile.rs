@@ -13,7 +13,7 @@ use super::SeccompError;
 
 /// Largest profile accepted: docker's default is about 20 KiB, so this leaves room for any
 /// real profile while bounding what hostile JSON can cost.
-pub const MAX_PROFILE_BYTES: usize = 1 << 20;
+pub(crate) const MAX_PROFILE_BYTES: usize = 1 << 20;
 /// Most rules in a profile: docker's default has 33; one rule per syscall would be ~450.
 const MAX_RULES: usize = 4096;
 /// Most syscall names over all rules; each one costs a libseccomp rule.
@@ -30,7 +30,7 @@ pub(super) const MAX_ERRNO_RET: u32 = 0xffff;
 
 /// What the filter does with a matching syscall, as docker spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     Allow,
     /// Fails the syscall with `errnoRet` (EPERM when absent).
     Errno,
@@ -62,7 +62,7 @@ impl Action {
 
 /// How a syscall argument is compared, as docker spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CompareOp {
+pub(crate) enum CompareOp {
     NotEqual,
     LessThan,
     LessOrEqual,
@@ -90,7 +90,7 @@ impl CompareOp {
 
 /// A seccomp architecture, as docker spells it (`SCMP_ARCH_X86_64`...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Arch {
+pub(crate) enum Arch {
     X86,
     X86_64,
     X32,
@@ -153,7 +153,7 @@ impl Arch {
     }
 
     /// The name profiles use.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         Self::NAMES
             .iter()
             .find(|(arch, _)| *arch == self)
@@ -163,7 +163,7 @@ impl Arch {
 
 /// A kernel version as profiles compare it: `major.minor`, the rest ignored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct KernelVersion {
+pub(crate) struct KernelVersion {
     pub kernel: u32,
     pub major: u32,
 }
@@ -209,7 +209,7 @@ impl KernelVersion {
 
 /// A rule's condition on the capability set, the architecture and the kernel.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Filter {
+pub(crate) struct Filter {
     /// Capability names (`CAP_SYS_ADMIN`).
     pub caps: Vec<String>,
     /// Go's architecture names (`amd64`, `arm64`, `s390x`...), as docker matches them.
@@ -219,7 +219,7 @@ pub struct Filter {
 
 /// One check of a syscall argument.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ArgRule {
+pub(crate) struct ArgRule {
     pub index: u32,
     pub value: u64,
     /// Only for [`CompareOp::MaskedEqual`]: the value the masked argument must equal.
@@ -229,7 +229,7 @@ pub struct ArgRule {
 
 /// What happens to some syscalls, under some conditions.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SyscallRule {
+pub(crate) struct SyscallRule {
     pub names: Vec<String>,
     pub action: Action,
     pub errno_ret: Option<u32>,
@@ -241,14 +241,14 @@ pub struct SyscallRule {
 
 /// An architecture of the profile and the compat ones that come with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ArchMap {
+pub(crate) struct ArchMap {
     pub architecture: Arch,
     pub sub_architectures: Vec<Arch>,
 }
 
 /// A seccomp profile in docker's terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Profile {
+pub(crate) struct Profile {
     pub default_action: Action,
     pub default_errno_ret: Option<u32>,
     pub arch_map: Vec<ArchMap>,
@@ -395,7 +395,7 @@ impl RawSyscall {
 impl Profile {
     /// Reads a profile in docker's JSON format. Unknown fields are ignored, as docker does;
     /// unknown actions, operators and architectures are errors naming them.
-    pub fn from_json(bytes: &[u8]) -> Result<Profile, SeccompError> {
+    pub(crate) fn from_json(bytes: &[u8]) -> Result<Profile, SeccompError> {
         if bytes.len() > MAX_PROFILE_BYTES {
             return Err(SeccompError::ProfileTooLarge {
                 len: bytes.len(),

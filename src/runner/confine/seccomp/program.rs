@@ -10,7 +10,7 @@ pub(super) const MAX_INSNS: usize = libc::BPF_MAXINSNS as usize;
 
 /// A compiled seccomp filter: classic BPF instructions, ready for seccomp(2).
 #[derive(Clone)]
-pub struct Program {
+pub(crate) struct Program {
     filter: Vec<libc::sock_filter>,
 }
 
@@ -59,20 +59,21 @@ impl Program {
     }
 
     /// The number of BPF instructions.
-    pub fn len(&self) -> usize {
-        self.filter.len()
+    /// Always false for a compiled program; here for symmetry with [`Program::len`].
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.filter.is_empty()
     }
 
-    /// Always false for a compiled program; here for symmetry with [`Program::len`].
-    pub fn is_empty(&self) -> bool {
-        self.filter.is_empty()
+    pub(crate) fn len(&self) -> usize {
+        self.filter.len()
     }
 
     /// Installs the filter on the calling thread with seccomp(2), returning the errno on
     /// failure. Meant for a forked child just before execve: it neither allocates nor takes a
     /// lock. Without CAP_SYS_ADMIN the caller must have set no_new_privs first. Flags are 0,
     /// not TSYNC: the child has one thread, and the filter is inherited across execve.
-    pub fn load(&self) -> Result<(), i32> {
+    pub(crate) fn load(&self) -> Result<(), i32> {
         crate::sys::process::load_seccomp_filter(&self.filter)
             .map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))
     }

@@ -133,6 +133,7 @@ impl Registry {
         })
     }
 
+    /// A registry as `config` says.
     #[track_caller]
     pub fn launch(config: RegistryConfig) -> Registry {
         require(
@@ -347,7 +348,8 @@ impl Registry {
     /// A registry of its own (as `config` says) whose storage starts as a copy of the seed
     /// `seed`, and what `fill` said when it filled the seed: the first test to need a seed
     /// starts a registry, lets `fill` push to it, and keeps its storage under
-    /// `$IMGFS_FIXTURES/registry-seeds`. Pushes take seconds that the tests do not test.
+    /// `$IMGFS_FIXTURES/registry-seeds` while tests use it (a week unused, it goes). Pushes
+    /// take seconds that the tests do not test.
     #[track_caller]
     pub fn seeded(
         seed: &Seed,
@@ -360,6 +362,7 @@ impl Registry {
             let _filling = lock::exclusive(&format!("seed-{}", seed.name()));
             if !dir.join("complete").exists() {
                 fs::create_dir_all(&seeds).unwrap();
+                remove_unused_seeds(&seeds);
                 if let Some(build) = &seed.build {
                     // The family's seeds of other builds are of no more use.
                     let family = format!("{}-", seed.family);
@@ -384,12 +387,34 @@ impl Registry {
                 fs::write(dir.join("complete"), b"").unwrap();
             }
         }
+        // Its last use, for [`remove_unused_seeds`].
+        let _ = File::options()
+            .append(true)
+            .open(dir.join("complete"))
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
         let registry = Registry::launch(RegistryConfig {
             storage_from: Some(dir.join("data")),
             ..config
         });
         let note = fs::read_to_string(dir.join("note")).unwrap();
         (registry, note)
+    }
+}
+
+/// How long a seed no test used is kept (the layouts it was pushed from have changed since,
+/// most likely).
+const SEED_UNUSED_FOR: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// Removes the seeds under `seeds` that no test used for [`SEED_UNUSED_FOR`].
+fn remove_unused_seeds(seeds: &Path) {
+    let Ok(entries) = fs::read_dir(seeds) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let used = fs::metadata(e.path().join("complete")).and_then(|m| m.modified());
+        if used.is_ok_and(|t| t.elapsed().is_ok_and(|age| age > SEED_UNUSED_FOR)) {
+            let _ = fs::remove_dir_all(e.path());
+        }
     }
 }
 

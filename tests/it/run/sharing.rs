@@ -2,6 +2,7 @@
 //! server per image that outlives runs for `--linger`; fifty runs at once share one.
 
 use super::*;
+use crate::common::Mounted;
 
 /// With the image already mounted by `imgfs mount`, a run uses that mount (and its warm
 /// caches) instead of starting a FUSE server of its own, and leaves it mounted.
@@ -41,8 +42,8 @@ fn run_uses_a_live_mount_of_the_image() {
     assert!(truth.status.success(), "{}", text(&truth.stderr));
     assert_eq!(assert_ok(&out), text(&truth.stdout));
     assert!(mnt.path().join("usr/bin/python3").exists());
-    let out = output(imgfs().arg("umount").arg(mnt.path()));
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Over once its server is gone (imgfs umount may return before).
+    Mounted::adopt(mnt.path()).umount();
     assert!(
         run_serves_fuse(cache, &tar, &no_sharing),
         "a finished mount is still taken as live"
@@ -108,15 +109,25 @@ fn sandboxes_share_a_server_that_retires_when_idle() {
             &format!("{}:/sig", sig.path().display()),
         ],
     )
-    .args(["sh", "-c", &format!("read x < /sig/go; sha256sum /{file}")])
+    .args([
+        "sh",
+        "-c",
+        &format!(": > /sig/ready; read x < /sig/go; sha256sum /{file}"),
+    ])
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
+    let mut waiting = Running(Some(waiting));
+    // Its command runs, bound to the server, before the server may retire (a shell builtin
+    // says so, reading nothing of the image).
+    wait_until("the sandbox's command starts", || {
+        sig.path().join("ready").exists() || waiting.ended()
+    });
     wait_until("the idle server unmounts", || !common::is_mounted(&mnt));
     assert!(alive(pid), "the server exited while a sandbox used it");
-    std::fs::write(&fifo, "go\n").unwrap();
-    let out = assert_ok(&waiting.wait_with_output().unwrap());
+    waiting.signal_fifo(&fifo);
+    let out = assert_ok(&waiting.0.take().unwrap().wait_with_output().unwrap());
     let truth = Command::new("sh")
         .arg("-c")
         .arg(format!(
@@ -186,4 +197,64 @@ fn fifty_parallel_runs_all_succeed_and_leave_nothing() {
         .filter(|c| c.contains(shared_cache().to_str().unwrap()))
         .collect();
     assert_eq!(servers.len(), 1, "{servers:#?}");
+}
+
+/// A sandbox a test waits on; killed if the test fails meanwhile.
+struct Running(Option<std::process::Child>);
+
+impl Running {
+    /// Whether it has ended (then a wait on it is over).
+    fn ended(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+    }
+
+    /// Writes a line to the FIFO `fifo` its command reads, failing the test (rather than
+    /// hanging on the open) if the sandbox ends without opening it.
+    #[track_caller]
+    fn signal_fifo(&mut self, fifo: &std::path::Path) {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let start = std::time::Instant::now();
+        loop {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(fifo)
+            {
+                Ok(mut f) => {
+                    f.write_all(b"go\n").unwrap();
+                    return;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {}
+                Err(e) => panic!("open {}: {e}", fifo.display()),
+            }
+            if self.ended() {
+                let out = self.0.take().unwrap().wait_with_output().unwrap();
+                panic!(
+                    "the sandbox ended without reading {} ({}): {}{}",
+                    fifo.display(),
+                    out.status,
+                    text(&out.stdout),
+                    text(&out.stderr)
+                );
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(60),
+                "the sandbox does not read {}",
+                fifo.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }

@@ -546,6 +546,12 @@ pub struct ServeArgs {
     pub fetch_timeout_ms: Option<u64>,
     #[arg(long)]
     pub prefetch: Option<PrefetchArg>,
+    /// The store whose layer entries the image's lazy layers are made whole in
+    #[arg(long, requires = "entry")]
+    pub cache_dir: Option<PathBuf>,
+    /// The image's entry in that store, by name
+    #[arg(long, requires = "cache_dir")]
+    pub entry: Option<String>,
     /// Show image root as this uid and gid and every other owner as unmapped (a user's
     /// shared server, as their sandboxes see the image)
     #[arg(long, value_name = "UID:GID", value_parser = parse_ids)]

@@ -157,9 +157,17 @@ fn prefetch_of(arg: Option<crate::cli::PrefetchArg>) -> imgfs::image::lazy::Pref
     }
 }
 
-/// How lazily read layers wait for their registry, as the options say.
-fn lazy_options(args: &CacheArgs) -> imgfs::image::lazy::LazyOptions {
-    let mut lazy = imgfs::image::lazy::LazyOptions::default();
+/// How lazily read layers wait for their registry, as the options say, and where the
+/// prepared image's are made whole.
+fn lazy_options(
+    args: &CacheArgs,
+    cache: &Cache,
+    ready: &prepare::Ready,
+) -> imgfs::image::lazy::LazyOptions {
+    let mut lazy = imgfs::image::lazy::LazyOptions {
+        store: Some(prepare::layer_store(cache, &ready.entry)),
+        ..imgfs::image::lazy::LazyOptions::default()
+    };
     if let Some(secs) = args.fetch_timeout
         && secs.is_finite()
         && secs >= 0.0
@@ -345,7 +353,7 @@ fn mount(args: MountArgs) -> Result<i32> {
         fsname: format!("{}{}", serve::SOURCE_PREFIX, args.image),
         threads: args.threads.unwrap_or_else(serve::default_threads),
         idle_exit: None,
-        lazy: lazy_options(&args.cache),
+        lazy: lazy_options(&args.cache, &cache, &ready),
     };
     if args.foreground {
         serve::block_stop_signals();
@@ -378,6 +386,14 @@ fn serve_background(args: ServeArgs) -> Result<i32> {
                 ),
             ),
             prefetch: prefetch_of(args.prefetch),
+            store: match (args.cache_dir, args.entry) {
+                (Some(root), Some(name)) => {
+                    let cache = Cache::locate(Some(root))?;
+                    let entry = cache.entry(&name);
+                    Some(prepare::layer_store(&cache, &entry))
+                }
+                _ => None,
+            },
             ..imgfs::image::lazy::LazyOptions::default()
         },
     };
@@ -456,7 +472,7 @@ fn start_sandbox(args: RunArgs) -> Result<i32> {
         &request,
         args.linger,
         &seccomp_cache,
-        &lazy_options(&args.cache),
+        &lazy_options(&args.cache, &cache, &ready),
     )?;
     Ok(runner::supervise(&plan)?)
 }

@@ -141,6 +141,23 @@ impl LayerSource for Filled {
     }
 }
 
+/// The store's fill of a layer from a source, checked as a whole fetch checks it; where its
+/// uncompressed tar is. Given by the stage that fills the store (`prepare`).
+pub type FillLayer = fn(
+    &Cache,
+    &dyn LayerSource,
+    &Layer,
+) -> Result<PathBuf, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Where a served lazy image's layers are made whole ([`crate::image::promote`]): the store, the image's entry in it
+/// (which records each layer's blob digest and diff id), and how the store fills a layer.
+#[derive(Clone, Debug)]
+pub struct LayerStore {
+    pub cache: Cache,
+    pub entry: Entry,
+    pub fill: FillLayer,
+}
+
 /// A layer of a lazy image as the image's entry recorded it: what it takes to make it whole
 /// in the store from its sparse blob while the image is mounted ([`crate::image::promote`]),
 /// into the entry a whole fetch of the layer would fill, so that the next mount's
@@ -188,10 +205,10 @@ impl WholeLayer {
     }
 }
 
-/// The layers of the lazy image whose entry in `cache` is `entry`, bottom first; `None` when
-/// that is not a lazy image's entry.
-pub(crate) fn whole_layers(cache: &Cache, entry: &Entry) -> Option<Vec<WholeLayer>> {
-    let img = read_layer_info(entry)?;
+/// The layers of the lazy image whose entry is `store`'s, bottom first; `None` when that is
+/// not a lazy image's entry.
+pub(crate) fn whole_layers(store: &LayerStore) -> Option<Vec<WholeLayer>> {
+    let img = read_layer_info(&store.entry)?;
     let what = format!("lazy image {}", img.config_digest);
     Some(
         img.layers
@@ -199,7 +216,7 @@ pub(crate) fn whole_layers(cache: &Cache, entry: &Entry) -> Option<Vec<WholeLaye
             .map(|layer| WholeLayer {
                 what: what.clone(),
                 layer,
-                cache: cache.clone(),
+                cache: store.cache.clone(),
             })
             .collect(),
     )

@@ -155,19 +155,6 @@ impl Cache {
         }
     }
 
-    /// The store and the image entry that `path`, a file of that entry, lies in
-    /// (`<root>/images/<name>/<file>`): for a server told only where its index is. `None` for
-    /// a file anywhere else.
-    pub(crate) fn of_entry_file(path: &Path) -> Option<(Cache, Entry)> {
-        let dir = path.parent()?;
-        let root = dir.parent()?.parent()?;
-        let cache = Cache {
-            root: root.to_path_buf(),
-        };
-        let entry = cache.entry(&dir.file_name()?.to_string_lossy());
-        (entry.dir() == dir).then_some((cache, entry))
-    }
-
     /// The image entry for a key ([`key::EntryKey`], or an entry's name); characters other
     /// than `[A-Za-z0-9._-]` become `-` so a key can never name a path outside the cache.
     pub fn entry(&self, key: &(impl fmt::Display + ?Sized)) -> Entry {
@@ -534,25 +521,6 @@ mod tests {
             assert_eq!(e.dir().components().count(), 4, "{key}: {:?}", e.dir());
         }
         assert_eq!(c.entry("sha256:ab").dir(), Path::new("/c/images/sha256-ab"));
-    }
-
-    #[test]
-    fn the_entry_a_file_lies_in() {
-        let (cache, entry) = Cache::of_entry_file(Path::new("/c/images/lazy-sha256-ab/index"))
-            .expect("an image entry's file");
-        assert_eq!(cache.root(), Path::new("/c"));
-        assert_eq!(entry.dir(), Path::new("/c/images/lazy-sha256-ab"));
-        for elsewhere in [
-            "/c/layers/lazy-sha256-ab/index",
-            "/c/images/index",
-            "/index",
-            "index",
-        ] {
-            assert!(
-                Cache::of_entry_file(Path::new(elsewhere)).is_none(),
-                "{elsewhere}"
-            );
-        }
     }
 
     /// Fills committed while another thread sweeps leftovers (as the parallel fills of one

@@ -287,7 +287,7 @@ impl ImageReader {
         }
         let reader = ImageReader::with_blobs(index, index_path, blobs)?;
         if !promotable.is_empty() {
-            promote::start(index_path, &promotable, lazy.promote);
+            promote::start(lazy.store.as_ref(), &promotable, lazy.promote);
         }
         if lazy_blobs.iter().any(Option::is_some) {
             let dir = index_path.parent().unwrap_or(Path::new("/"));

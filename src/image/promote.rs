@@ -30,8 +30,7 @@ use parking_lot::{Condvar, Mutex};
 
 use super::Blob;
 use super::lazy::LazyBlob;
-use crate::cache::Cache;
-use crate::cache::lazy::WholeLayer;
+use crate::cache::lazy::{FillLayer, LayerStore, WholeLayer};
 
 /// How long the watcher sleeps when no span arrives, before it looks again whether the
 /// layers it waits for are still served (a reader dropped ends it).
@@ -103,29 +102,33 @@ impl Blob for Arc<Promotable> {
     }
 }
 
-/// Switches `blobs` (the lazy layers of the image whose index is `index_path`) to the whole
-/// copies the store holds; with `make`, watches the rest and makes their copies once every
-/// span of theirs is present. A layer with a seek table is copied as its tar, into the entry
-/// a whole fetch fills (only for an index inside a lazy image's entry, which names the
-/// layers' diff ids); a layer read through its TOC as its stream, beside its sparse blob.
-pub(crate) fn start(index_path: &Path, blobs: &[Arc<Promotable>], make: bool) {
-    let layers = Cache::of_entry_file(index_path)
-        .and_then(|(cache, entry)| crate::cache::lazy::whole_layers(&cache, &entry));
-    if layers.is_none() {
-        log::debug!(
-            "{}: not a lazy image's entry; only layers read through a TOC may switch",
-            index_path.display()
-        );
-    }
-    let mut layers = layers.unwrap_or_default();
+/// Switches `blobs` (the lazy layers of a served image) to the whole copies the store holds;
+/// with `make`, watches the rest and makes their copies once every span of theirs is present.
+/// A layer with a seek table is copied as its tar, into the entry a whole fetch fills (only
+/// with `store`, a lazy image's entry, which names the layers' diff ids); a layer read
+/// through its TOC as its stream, beside its sparse blob.
+pub(crate) fn start(store: Option<&LayerStore>, blobs: &[Arc<Promotable>], make: bool) {
+    let mut layers: Vec<(WholeLayer, FillLayer)> = store
+        .and_then(|s| {
+            let layers = crate::cache::lazy::whole_layers(s);
+            if layers.is_none() {
+                log::debug!(
+                    "{}: not a lazy image's entry; only layers read through a TOC may switch",
+                    s.entry.dir().display()
+                );
+            }
+            Some(layers?.into_iter().map(|l| (l, s.fill)).collect())
+        })
+        .unwrap_or_default();
     let wake = Arc::new(Wake::default());
     let mut pending = Vec::new();
     for blob in blobs {
         let digest = blob.lazy.name();
         let copy = if blob.lazy.stream_copy().is_some() {
             Copy::Stream
-        } else if let Some(at) = layers.iter().position(|l| l.digest() == digest) {
-            Copy::Tar(Box::new(layers.swap_remove(at)))
+        } else if let Some(at) = layers.iter().position(|(l, _)| l.digest() == digest) {
+            let (layer, fill) = layers.swap_remove(at);
+            Copy::Tar(Box::new(layer), fill)
         } else {
             continue;
         };
@@ -160,7 +163,7 @@ pub(crate) fn start(index_path: &Path, blobs: &[Arc<Promotable>], make: bool) {
 /// What a layer's whole copy is.
 enum Copy {
     /// Its uncompressed tar, in the store entry a whole fetch of the layer fills.
-    Tar(Box<WholeLayer>),
+    Tar(Box<WholeLayer>, FillLayer),
     /// The stream its TOC addresses, in its lazy entry.
     Stream,
 }
@@ -169,7 +172,7 @@ impl Copy {
     /// The copy, when the store holds it whole.
     fn stored(&self, blob: &Promotable) -> Option<PathBuf> {
         match self {
-            Copy::Tar(layer) => layer.stored(),
+            Copy::Tar(layer, _) => layer.stored(),
             Copy::Stream => blob
                 .lazy
                 .stream_copy()
@@ -181,9 +184,7 @@ impl Copy {
     /// Makes the copy from the layer's sparse blob, every span of which is present.
     fn make(&self, blob: &Promotable) -> Result<PathBuf, Unmade> {
         match self {
-            Copy::Tar(layer) => layer
-                .fill(crate::prepare::store_layer)
-                .map_err(|e| Unmade::Fill(Box::new(e))),
+            Copy::Tar(layer, fill) => layer.fill(fill).map_err(Unmade::Fill),
             Copy::Stream => blob.lazy.make_stream_copy().map_err(Unmade::Stream),
         }
     }

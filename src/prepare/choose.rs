@@ -197,6 +197,7 @@ fn cached(image: &ImageRef, platform: &Platform, cache: &Cache) -> Option<Ready>
     }
     let id = entry.marker()?;
     Some(Ready {
+        entry: entry.clone(),
         index_path: entry.index_path(),
         blobs,
         image_path: Some(entry.image_path()),

@@ -74,6 +74,7 @@ pub(super) fn prepare_docker(
         let entry = cache.entry(&EntryKey::Digest(id.to_string()));
         if entry.marker().is_some() && usable(&entry.index_path(), &[entry.archive_path()]) {
             return Ok(Ready {
+                entry: entry.clone(),
                 index_path: entry.index_path(),
                 blobs: vec![entry.archive_path()],
                 image_path: Some(entry.image_path()),
@@ -97,6 +98,7 @@ pub(super) fn prepare_docker(
     };
     let entry = cache.entry(&EntryKey::Digest(image.id.clone()));
     let ready = |built, warnings| Ready {
+        entry: entry.clone(),
         index_path: entry.index_path(),
         blobs: vec![entry.archive_path()],
         image_path: Some(entry.image_path()),

@@ -93,6 +93,7 @@ pub(super) fn make(
         })
     })?;
     let ready = |built| Ready {
+        entry: entry.clone(),
         index_path: entry.index_path(),
         blobs: blobs.clone(),
         image_path: Some(entry.image_path()),

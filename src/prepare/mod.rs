@@ -32,7 +32,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cache::{Cache, CacheError};
+use crate::cache::{Cache, CacheError, Entry};
 use crate::index::format::FormatError;
 use crate::index::scan::ScanError;
 use crate::source::ImageRef;
@@ -63,6 +63,8 @@ pub enum PrepareError {
 /// An image ready to be served.
 #[derive(Clone, Debug)]
 pub struct Ready {
+    /// The image's entry in the store.
+    pub entry: Entry,
     pub index_path: PathBuf,
     /// The files holding the index's blobs, in its table order.
     pub blobs: Vec<PathBuf>,
@@ -74,6 +76,16 @@ pub struct Ready {
     pub built: bool,
     /// What the build noticed about the archive (dropped or rewritten entries).
     pub warnings: Vec<String>,
+}
+
+/// Where a server of the image whose entry is `entry` makes its lazy layers whole: `cache`'s
+/// layer entries, filled as a whole fetch fills them ([`store_layer`]).
+pub fn layer_store(cache: &Cache, entry: &Entry) -> crate::cache::lazy::LayerStore {
+    crate::cache::lazy::LayerStore {
+        cache: cache.clone(),
+        entry: entry.clone(),
+        fill: |cache, source, layer| store_layer(cache, source, layer).map_err(Into::into),
+    }
 }
 
 /// What a cold start has done so far, for a progress line.

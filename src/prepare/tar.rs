@@ -45,6 +45,7 @@ pub(super) fn prepare_tar(path: &Path, cache: &Cache) -> Result<Ready, PrepareEr
         ino: meta.ino(),
     });
     let ready = |built, warnings| Ready {
+        entry: entry.clone(),
         index_path: entry.index_path(),
         blobs: vec![path.clone()],
         image_path: None,

@@ -37,6 +37,7 @@ pub(super) fn whole(
     let entry = cache.entry(&EntryKey::Oci(img.config_digest.clone()));
     let blobs: Vec<PathBuf> = img.layers.iter().map(|l| cache.layer_path(l)).collect();
     let ready = |built, warnings| Ready {
+        entry: entry.clone(),
         index_path: entry.index_path(),
         blobs: blobs.clone(),
         image_path: Some(entry.image_path()),

@@ -100,6 +100,12 @@ pub fn spawn_detached(what: &Served) -> Result<(), SpawnError> {
         crate::image::lazy::Prefetch::Recorded => "recorded",
         crate::image::lazy::Prefetch::All => "all",
     });
+    if let Some(store) = &what.options.lazy.store {
+        cmd.arg("--cache-dir")
+            .arg(absolute(store.cache.root())?)
+            .arg("--entry")
+            .arg(store.entry.name());
+    }
     // A server reading layers lazily logs what it could not fetch beside the image's index.
     let log = what
         .index

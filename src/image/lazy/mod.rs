@@ -63,6 +63,9 @@ pub struct LazyOptions {
     /// Whether a layer whose every span is here is made whole in the store and read from
     /// there ([`super::promote`]): for a server, not for one look.
     pub promote: bool,
+    /// Where layers read through a seek table are made whole: the store and the image's
+    /// entry in it. Without it only layers read through a TOC are promoted.
+    pub store: Option<crate::cache::lazy::LayerStore>,
 }
 
 impl Default for LazyOptions {
@@ -74,6 +77,7 @@ impl Default for LazyOptions {
             fetch_timeout: Duration::from_secs(30),
             prefetch: Prefetch::None,
             promote: true,
+            store: None,
         }
     }
 }

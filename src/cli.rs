@@ -470,6 +470,10 @@ pub struct MountsArgs {
     /// Print one JSON array
     #[arg(long)]
     pub json: bool,
+    /// Replace every server of yours with the imgfs binary now installed where it was
+    /// started from, keeping each mount (a live upgrade: reads wait, none fails)
+    #[arg(long)]
+    pub restart: bool,
 }
 
 /// Parses a size: bytes, or a number with K, M, G or T (powers of 1024).
@@ -552,6 +556,12 @@ pub struct ServeArgs {
     /// The image's entry in that store, by name
     #[arg(long, requires = "cache_dir")]
     pub entry: Option<String>,
+    /// The descriptor of the live mount a keeper that executed this binary holds (a restart)
+    #[arg(long, requires = "server_pid")]
+    pub held_fd: Option<i32>,
+    /// The server that keeper had started
+    #[arg(long, requires = "held_fd")]
+    pub server_pid: Option<i32>,
     /// Show image root as this uid and gid and every other owner as unmapped (a user's
     /// shared server, as their sandboxes see the image)
     #[arg(long, value_name = "UID:GID", value_parser = parse_ids)]

@@ -358,7 +358,15 @@ fn mount(args: MountArgs) -> Result<i32> {
     if args.foreground {
         serve::block_stop_signals();
         let fs = ImageFs::open_with(&ready.index_path, &ready.blobs, &options.lazy)?;
-        serve::serve(fs, &ready.index_path, &args.mountpoint, &options, || {})?;
+        let connection = serve::Connection::Mount { handover: None };
+        serve::serve(
+            fs,
+            &ready.index_path,
+            &args.mountpoint,
+            &options,
+            connection,
+            || {},
+        )?;
         return Ok(0);
     }
     serve::spawn_detached(&serve::Served {
@@ -401,24 +409,47 @@ fn serve_background(args: ServeArgs) -> Result<i32> {
         Some((uid, gid)) => Owners::RootAs { uid, gid },
         None => Owners::Recorded,
     };
-    serve::block_stop_signals();
-    let result = ImageFs::open_with(&args.index, &args.blobs, &options.lazy)
-        .map_err(anyhow::Error::from)
-        .and_then(|fs| {
-            serve::serve(
-                fs.with_owners(owners),
-                &args.index,
-                &args.mountpoint,
-                &options,
-                serve::report_ready,
-            )
+    let held = match (args.held_fd, args.server_pid) {
+        (Some(fd), Some(pid)) => Some(
+            serve::Held::inherited(fd, pid)
+                .with_context(|| format!("the descriptor {fd} a restart passed on"))?,
+        ),
+        _ => None,
+    };
+    // The keeper forks servers; each opens the image (its own threads) and serves.
+    Ok(serve::keep(&args.mountpoint, held, &|connection| {
+        let fresh = matches!(connection, serve::Connection::Mount { .. });
+        serve::block_stop_signals();
+        let result = ImageFs::open_with(&args.index, &args.blobs, &options.lazy)
             .map_err(anyhow::Error::from)
-        });
-    if let Err(e) = result {
-        serve::report(&format!("error: {}", message(&e)));
-        return Ok(1);
-    }
-    Ok(0)
+            .and_then(|fs| {
+                let on_ready = || {
+                    if fresh {
+                        serve::report_ready()
+                    }
+                };
+                serve::serve(
+                    fs.with_owners(owners),
+                    &args.index,
+                    &args.mountpoint,
+                    &options,
+                    connection,
+                    on_ready,
+                )
+                .map_err(anyhow::Error::from)
+            });
+        match result {
+            Ok(()) => 0,
+            Err(e) if fresh => {
+                serve::report(&format!("error: {}", message(&e)));
+                1
+            }
+            Err(e) => {
+                log::error!("{}", message(&e));
+                1
+            }
+        }
+    }))
 }
 
 fn parse_plan(json: &str) -> Result<Plan> {
@@ -860,12 +891,45 @@ fn prune(args: PruneArgs) -> Result<i32> {
 }
 
 fn mounts(args: MountsArgs) -> Result<i32> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo")
-        .context("cannot read /proc/self/mountinfo")?;
-    let live: Vec<_> = serve::parse_mountinfo(&text)
-        .into_iter()
-        .filter(serve::MountInfo::is_imgfs)
-        .collect();
+    if args.restart {
+        let restarted = serve::restart_servers(std::time::Duration::from_secs(10));
+        let mut failed = 0;
+        for r in &restarted {
+            match r.after {
+                Some(pid) => eprintln!(
+                    "imgfs: {}: server {} replaced by {pid}",
+                    r.mountpoint.display(),
+                    r.before
+                ),
+                None => {
+                    failed += 1;
+                    eprintln!(
+                        "imgfs: {}: no new server took over from {} within 10 s",
+                        r.mountpoint.display(),
+                        r.before
+                    );
+                }
+            }
+        }
+        if failed > 0 {
+            return Ok(1);
+        }
+    }
+    let statuses = serve::mount_statuses().context("cannot read /proc/self/mountinfo")?;
+    for s in &statuses {
+        if s.cleared {
+            eprintln!(
+                "imgfs: {}: cleared a dead mount (its server was gone)",
+                s.mount.mountpoint.display()
+            );
+        }
+        if let Some(e) = &s.clear_error {
+            eprintln!(
+                "imgfs: {}: a dead mount, which could not be cleared: {e}",
+                s.mount.mountpoint.display()
+            );
+        }
+    }
     let image = |m: &serve::MountInfo| {
         m.source
             .strip_prefix(serve::SOURCE_PREFIX)
@@ -879,15 +943,26 @@ fn mounts(args: MountsArgs) -> Result<i32> {
             "mount"
         }
     };
+    let state = |s: &serve::MountStatus| {
+        if s.cleared {
+            "dead (cleared)".to_string()
+        } else {
+            s.state.name().to_string()
+        }
+    };
     with_output(|out, _| {
         if args.json {
-            let list: Vec<_> = live
+            let list: Vec<_> = statuses
                 .iter()
-                .map(|m| {
+                .map(|s| {
                     serde_json::json!({
-                        "Mountpoint": m.mountpoint.display().to_string(),
-                        "Image": image(m),
-                        "Kind": kind(m),
+                        "Mountpoint": s.mount.mountpoint.display().to_string(),
+                        "Image": image(&s.mount),
+                        "Kind": kind(&s.mount),
+                        "State": s.state.name(),
+                        "Pid": s.pid,
+                        "Keeper": s.keeper,
+                        "Cleared": s.cleared,
                     })
                 })
                 .collect();
@@ -899,12 +974,16 @@ fn mounts(args: MountsArgs) -> Result<i32> {
             "MOUNTPOINT".to_string(),
             "KIND".into(),
             "IMAGE".into(),
+            "PID".into(),
+            "STATE".into(),
         ]];
-        for m in &live {
+        for s in &statuses {
             rows.push(vec![
-                m.mountpoint.display().to_string(),
-                kind(m).into(),
-                image(m),
+                s.mount.mountpoint.display().to_string(),
+                kind(&s.mount).into(),
+                image(&s.mount),
+                s.pid.map_or("-".into(), |p| p.to_string()),
+                state(s),
             ]);
         }
         table(out, &rows)?;

@@ -15,10 +15,13 @@
 
 pub(crate) mod announce;
 pub(crate) mod detached;
+pub(crate) mod keeper;
 pub(crate) mod shared;
+pub(crate) mod status;
 
 use std::ffi::CString;
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +36,9 @@ use announce::register;
 
 pub use announce::{Lease, LiveMount, live_mount};
 pub use detached::{SERVER_LOG, Served, SpawnError, report, report_ready, spawn_detached};
+pub use keeper::{Connection, Held, ServerRecord, keep, restart_all, server_records};
 pub use shared::{SHARED_DIR, SharedError, is_shared_mountpoint, shared_dir, shared_mount};
+pub use status::{MountStatus, Restarted, State, mount_statuses, restart_servers};
 
 /// Filesystem subtype, and the prefix of the source name every imgfs mount shows in the
 /// mount table (`imgfs:IMAGE`), which is how an imgfs mount is recognised.
@@ -121,6 +126,7 @@ pub fn serve(
     index: &Path,
     mountpoint: &Path,
     options: &ServeOptions,
+    connection: Connection,
     on_ready: impl FnOnce(),
 ) -> Result<(), ServeError> {
     // Threads `fs` started before this must have been started with them blocked too.
@@ -129,7 +135,19 @@ pub fn serve(
 
     let requests = fs.requests();
     let owners = fs.owners();
-    let background = spawn(fs, mountpoint, options)?;
+    let session = match connection {
+        Connection::Mount { handover } => {
+            let session = mount(fs, mountpoint, options)?;
+            if let Some(keeper) = handover
+                && let Err(e) = sys::fs::send_fd(keeper.as_fd(), session.as_fd())
+            {
+                log::warn!("{}: no keeper holds the mount: {e}", mountpoint.display());
+            }
+            session
+        }
+        Connection::Resume(fd) => resume(fs, fd, options),
+    };
+    let background = start(session, mountpoint)?;
     let thread_failed = |source| ServeError::Session {
         path: mountpoint.to_path_buf(),
         cause: source,
@@ -218,16 +236,6 @@ fn retire_when_idle(idle: Duration, requests: &AtomicU64, registry: Option<&Path
     }
 }
 
-/// Mounts `fs` and starts its request threads; the mount lasts as long as the returned
-/// session (dropping it unmounts).
-pub(crate) fn spawn(
-    fs: ImageFs,
-    mountpoint: &Path,
-    options: &ServeOptions,
-) -> Result<fuser::BackgroundSession, ServeError> {
-    start(mount(fs, mountpoint, options)?, mountpoint)
-}
-
 /// Mounts `fs` without starting a thread: requests wait until [`start`]. The process stays
 /// single-threaded in between, so it may still fork and go on running Rust in the child.
 pub(crate) fn mount(
@@ -235,6 +243,37 @@ pub(crate) fn mount(
     mountpoint: &Path,
     options: &ServeOptions,
 ) -> Result<fuser::Session<ImageFs>, ServeError> {
+    fuser::Session::new(fs, mountpoint, &config(options)).map_err(|source| ServeError::Mount {
+        path: mountpoint.to_path_buf(),
+        cause: source,
+    })
+}
+
+/// A session on the live connection `fd`, which a server of the same image initialized (see
+/// [`keeper`]); the kernel is asked to send again what that server read and did not answer.
+fn resume(
+    fs: ImageFs,
+    fd: std::os::fd::OwnedFd,
+    options: &ServeOptions,
+) -> fuser::Session<ImageFs> {
+    let acl = config(options).acl;
+    let session = fuser::Session::resume(fs, fd, acl, config(options));
+    match session.notifier().resend() {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => log::warn!(
+            "this kernel cannot resend requests (Linux 6.9 and later can): those the last \
+             server read and did not answer stay unanswered"
+        ),
+        Err(e) => log::warn!("asking the kernel to resend requests: {e}"),
+    }
+    session
+}
+
+/// How imgfs mounts: read-only, no devices or setuid, the kernel checking modes; open to all
+/// when the server is root's. One device for all request threads: a server taking over
+/// (see [`keeper`]) finds every request the dead one had read on the one connection a keeper
+/// holds, where cloned devices would have ended them with the server.
+fn config(options: &ServeOptions) -> Config {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::RO,
@@ -251,11 +290,8 @@ pub(crate) fn mount(
         SessionACL::Owner
     };
     config.n_threads = Some(options.threads.max(1));
-    config.clone_fd = true;
-    fuser::Session::new(fs, mountpoint, &config).map_err(|source| ServeError::Mount {
-        path: mountpoint.to_path_buf(),
-        cause: source,
-    })
+    config.clone_fd = false;
+    config
 }
 
 /// Starts the request threads of a session made by [`mount`].
@@ -308,6 +344,8 @@ pub fn unmount(path: &Path, lazy: bool) -> Result<(), ServeError> {
 /// An entry of the mount table, as serving and unmounting need it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MountInfo {
+    /// `major:minor`; for a FUSE mount, the number of its connection.
+    pub device: String,
     pub mountpoint: PathBuf,
     pub fstype: String,
     pub source: String,
@@ -326,6 +364,7 @@ impl From<mountinfo::Mount<'_>> for MountInfo {
     fn from(m: mountinfo::Mount) -> MountInfo {
         let user_id = m.super_option("user_id").and_then(|id| id.parse().ok());
         MountInfo {
+            device: m.device.to_string(),
             mountpoint: m.mountpoint.into_owned(),
             fstype: m.fstype.into_owned(),
             source: m.source.into_owned(),
@@ -345,11 +384,18 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
 /// The topmost mount at `path` (canonicalized when possible), if any.
 pub fn find_mount(path: &Path) -> Option<MountInfo> {
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    mount_at(&path)
+}
+
+/// The topmost mount at `path`, an absolute path with no link in it, found in the mount
+/// table alone: nothing is asked of the filesystem mounted there, which may be one whose
+/// server is gone.
+pub(crate) fn mount_at(path: &Path) -> Option<MountInfo> {
     let text = std::fs::read_to_string(mountinfo::SELF).ok()?;
     mountinfo::parse(&text)
         .into_iter()
         .rev()
-        .find(|m| m.mountpoint == path.as_path())
+        .find(|m| m.mountpoint == path)
         .map(MountInfo::from)
 }
 
@@ -363,6 +409,7 @@ mod tests {
                     37 35 98:0 / /x rw - ext4 /dev/vda rw\n";
         let m = parse_mountinfo(text);
         assert_eq!(m.len(), 2);
+        assert_eq!(m[0].device, "98:0");
         assert_eq!(m[0].mountpoint, PathBuf::from("/mnt/a b"));
         assert_eq!(m[0].fstype, "fuse.imgfs");
         assert_eq!(m[0].source, "imgfs:py");

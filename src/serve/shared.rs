@@ -57,6 +57,8 @@ fn shared_lock_name(uid: u32) -> String {
 
 /// Parent of the mountpoints of root's shared servers.
 pub const SHARED_DIR: &str = "/run/imgfs/shared";
+/// Where root's runtime directories are ([`runtime_dir`]); [`SHARED_DIR`] is one of them.
+const ROOT_RUNTIME_DIR: &str = "/run/imgfs";
 /// Name of the directory of shared servers in a runtime directory.
 const SHARED_LEAF: &str = "shared";
 /// Mode of the directory of shared servers: its owner's alone.
@@ -84,10 +86,17 @@ pub fn is_shared_mountpoint(path: &Path) -> bool {
 /// last is 0700: no other user reaches a mount in it (nor could they use it: a user's FUSE
 /// mount answers its owner only). Anything else is refused rather than repaired.
 pub fn shared_dir() -> Result<PathBuf, SharedError> {
+    runtime_dir(SHARED_LEAF)
+}
+
+/// The caller's directory `leaf` for what lives only while the machine runs: root's under
+/// `/run/imgfs`, another user's as for [`shared_dir`] (which is `runtime_dir("shared")`),
+/// made and checked the same way.
+pub(crate) fn runtime_dir(leaf: &str) -> Result<PathBuf, SharedError> {
     use std::os::unix::fs::MetadataExt;
     let uid = euid();
     if uid == 0 {
-        let dir = PathBuf::from(SHARED_DIR);
+        let dir = Path::new(ROOT_RUNTIME_DIR).join(leaf);
         private_dir(&dir, uid, true, true)?;
         return Ok(dir);
     }
@@ -101,7 +110,7 @@ pub fn shared_dir() -> Result<PathBuf, SharedError> {
     };
     dir.push(own);
     private_dir(&dir, uid, false, false)?;
-    dir.push(SHARED_LEAF);
+    dir.push(leaf);
     private_dir(&dir, uid, false, true)?;
     Ok(dir)
 }

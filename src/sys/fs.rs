@@ -1,7 +1,7 @@
 //! Filesystem system calls: mount, unmount and pivot_root; descriptors opened by path, at a
 //! directory, or inside a root with `openat2`, or in memory; directories made at a
 //! descriptor; the type of a filesystem; the hostname and the kernel's release; read-only
-//! memory maps and whole-file locks.
+//! memory maps and whole-file locks; descriptors passed over a socket or across execve.
 //!
 //! Takes C strings (see [`super::cstr`]) and descriptors as [`BorrowedFd`]s, hands back
 //! [`OwnedFd`]s for what it opens, and `io::Error`s with errno (or [`SysError`]s naming the
@@ -14,7 +14,7 @@
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use super::{SysError, cstr, path_cstr};
@@ -252,6 +252,126 @@ pub(crate) fn try_lock_exclusive(file: &File) -> io::Result<bool> {
         Err(std::fs::TryLockError::WouldBlock) => Ok(false),
         Err(std::fs::TryLockError::Error(e)) => Err(e),
     }
+}
+
+/// Sends `fd` over the connected Unix stream socket `socket` (`SCM_RIGHTS`), with one byte of
+/// data for it to ride on.
+pub(crate) fn send_fd(socket: BorrowedFd, fd: BorrowedFd) -> io::Result<()> {
+    let byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_ptr() as *mut libc::c_void,
+        iov_len: byte.len(),
+    };
+    // u64s: the control buffer must be aligned for a cmsghdr.
+    let mut control = [0u64; 8];
+    // SAFETY: an all-zero msghdr is a valid empty one (null pointers, zero lengths).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE only computes a size; one descriptor's (24 bytes) fits in `control`.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
+    // SAFETY: `msg` points at `control`, large enough for one header and its data (above), so
+    // CMSG_FIRSTHDR is a valid, aligned header inside it and CMSG_DATA its data; the
+    // descriptor is written unaligned as the data need not be aligned for an int.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd.as_raw_fd());
+    }
+    // SAFETY: `msg` and everything it points at live for the call.
+    if unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Receives a descriptor sent with [`send_fd`], close-on-exec; `None` when the peer closed
+/// the socket without sending one.
+pub(crate) fn recv_fd(socket: BorrowedFd) -> io::Result<Option<OwnedFd>> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: byte.len(),
+    };
+    let mut control = [0u64; 8];
+    // SAFETY: as in send_fd.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    let got = loop {
+        // SAFETY: `msg` points at `iov`, `byte` and `control`, all alive for the call, with
+        // their true lengths.
+        let got = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if got < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        break got;
+    };
+    if got < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut received = None;
+    // SAFETY: recvmsg filled `control` and set msg_controllen to what it wrote; the CMSG
+    // macros walk only those headers, and a SCM_RIGHTS header's data holds descriptors the
+    // kernel just installed in this process, owned by nothing else here.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                let count = ((*cmsg).cmsg_len - libc::CMSG_LEN(0) as usize) / size_of::<RawFd>();
+                for i in 0..count {
+                    let fd = OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i)));
+                    // Keep the first; any other closes here.
+                    received.get_or_insert(fd);
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    if received.is_none() && got > 0 && msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::other("a descriptor was sent but cut off"));
+    }
+    Ok(received)
+}
+
+/// Sets (`on`) or clears `FD_CLOEXEC` on `fd`: a cleared one is inherited across execve.
+pub(crate) fn set_cloexec(fd: BorrowedFd, on: bool) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we borrow, with integer arguments only.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let flags = if on {
+        flags | libc::FD_CLOEXEC
+    } else {
+        flags & !libc::FD_CLOEXEC
+    };
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, flags) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Takes ownership of descriptor `fd`, inherited across execve from the process this one
+/// replaced, which named it on the command line. Made close-on-exec again. Fails when no
+/// such descriptor is open. Call it once per descriptor, before anything else could own it.
+pub(crate) fn inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD only asks whether `fd` is open.
+    if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: `fd` is open (checked above) and, inherited and named only on the command line,
+    // owned by nothing else in this process (the caller takes it once, at start).
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_cloexec(owned.as_fd(), true)?;
+    Ok(owned)
 }
 
 #[cfg(test)]

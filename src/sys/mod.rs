@@ -167,9 +167,15 @@ pub(crate) fn pid_name(name: &std::ffi::OsStr) -> Option<u32> {
     name.to_str().and_then(|n| n.parse().ok())
 }
 
-/// Whether the process `pid` still runs (a zombie counts until it is reaped).
+/// Whether the process `pid` still runs: a zombie (dead, not yet reaped) does not.
 pub(crate) fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // `pid (comm) S ...`: the state follows the last `)`, as comm may hold one.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next())
+        .is_some_and(|state| state != 'Z' && state != 'X')
 }
 
 #[cfg(test)]

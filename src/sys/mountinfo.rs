@@ -19,6 +19,8 @@ pub(crate) const SELF: &str = "/proc/self/mountinfo";
 /// borrowing from the text what needs no unescaping.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Mount<'a> {
+    /// The filesystem's device, `major:minor` (for a FUSE mount, its connection's number).
+    pub device: &'a str,
     /// The directory of the filesystem that is mounted (`/` for its whole tree).
     pub root: Cow<'a, Path>,
     pub mountpoint: Cow<'a, Path>,
@@ -101,12 +103,14 @@ fn list(field: &str) -> impl Iterator<Item = Cow<'_, str>> {
 pub(crate) fn parse_line(line: &str) -> Option<Mount<'_>> {
     // id parent major:minor root mountpoint options [optional...] - fstype source superoptions
     let mut fields = line.split(' ');
-    let root = fields.nth(3)?;
+    let device = fields.nth(2)?;
+    let root = fields.next()?;
     let mountpoint = fields.next()?;
     let options = fields.next()?;
     // The optional fields end at a lone `-`.
     fields.find(|f| *f == "-")?;
     Some(Mount {
+        device,
         root: path(root),
         mountpoint: path(mountpoint),
         fstype: text(fields.next()?),

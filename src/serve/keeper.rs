@@ -1,0 +1,480 @@
+//! A mount that outlives its server: the keeper, a small process that holds a copy of the
+//! mount's FUSE connection and starts a new server on it whenever one dies.
+//!
+//! `imgfs __serve` runs as the keeper of one mount. It forks the server, which opens the
+//! image, mounts it and hands the keeper a copy of the connection's descriptor (over a socket,
+//! `SCM_RIGHTS`). The kernel ends a FUSE connection only when the last descriptor of it
+//! closes, so from then on a server that dies — killed, crashed, out of memory — leaves the
+//! connection alive: the keeper forks another server, which takes the same connection over
+//! without a new mount or INIT ([`Connection::Resume`]) and asks the kernel to send again what
+//! the dead one had read but not answered (`FUSE_NOTIFY_RESEND`, Linux 6.9 and later). Readers
+//! wait meanwhile, and none sees an error. Node ids and file contents come from the image's
+//! index, so the new server needs nothing of the dead one's.
+//!
+//! On SIGUSR2 the keeper replaces itself (execve, keeping the descriptor and its child) with
+//! the binary now installed at the path it was started from, and the new keeper replaces the
+//! server with one of its own: a live upgrade (`imgfs mounts --restart`). SIGTERM, SIGINT and
+//! SIGHUP go on to the server, which unmounts; the keeper ends with it.
+//!
+//! Never a dead mount: when the mount is gone, the keeper ends; when servers keep dying
+//! ([`RESTARTS`] within [`RESTART_WINDOW`]), it detaches the mount before it ends rather than
+//! leave a connection nobody answers. What runs where is in a record ([`ServerRecord`]) in
+//! the caller's runtime directory, for `imgfs mounts`.
+//!
+//! The keeper is single-threaded and waits in sigwait; it opens no image and holds only the
+//! descriptor, so it is small and has little to crash on.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::{mount_at, shared::runtime_dir, stop_signals};
+use crate::sys::process::{self, Forked, Pid, SigSet};
+use crate::sys::{self, Durability};
+
+/// Restarts of a server within [`RESTART_WINDOW`] after which the keeper gives up.
+pub const RESTARTS: usize = 5;
+/// See [`RESTARTS`].
+pub const RESTART_WINDOW: Duration = Duration::from_secs(30);
+/// The runtime directory holding the keepers' records ([`runtime_dir`]).
+const SERVERS_LEAF: &str = "servers";
+/// The option a keeper passes to the binary it executes: the descriptor it holds.
+pub const HELD_FD_OPTION: &str = "--held-fd";
+/// The option a keeper passes to the binary it executes: its running server.
+pub const SERVER_OPTION: &str = "--server-pid";
+
+/// How a server gets its mount's FUSE connection.
+pub enum Connection {
+    /// Mounts anew. A copy of the new connection's descriptor goes to the keeper over
+    /// `handover`, when there is one.
+    Mount { handover: Option<UnixStream> },
+    /// Takes over a live connection another server initialized; `fd` is a copy of it.
+    Resume(OwnedFd),
+}
+
+/// What a keeper that replaced itself (execve) was handed: the connection it holds and the
+/// server it had started.
+pub struct Held {
+    fd: OwnedFd,
+    server: Pid,
+}
+
+impl Held {
+    /// Takes what a keeper named on the command line of the binary it executed.
+    pub fn inherited(fd: RawFd, server: i32) -> io::Result<Held> {
+        Ok(Held {
+            fd: sys::fs::inherited_fd(fd)?,
+            server,
+        })
+    }
+}
+
+/// What the keeper of a mount records about it, in the caller's runtime directory, named by
+/// the keeper's pid.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServerRecord {
+    pub mountpoint: PathBuf,
+    /// The mount's device (`major:minor` in mountinfo).
+    pub device: String,
+    pub keeper: i32,
+    /// The server now answering.
+    pub server: i32,
+    /// The binary a restart executes.
+    pub exe: PathBuf,
+}
+
+/// The records of the caller's live keepers; those of dead ones are removed on the way.
+pub fn server_records() -> Vec<ServerRecord> {
+    let Ok(dir) = runtime_dir(SERVERS_LEAF) else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut records = Vec::new();
+    for e in entries.flatten() {
+        let Some(pid) = sys::pid_name(&e.file_name()) else {
+            continue;
+        };
+        let record = std::fs::read(e.path())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<ServerRecord>(&b).ok());
+        match record {
+            Some(r) if sys::alive(pid) && r.keeper as u32 == pid => records.push(r),
+            _ if !sys::alive(pid) => {
+                let _ = std::fs::remove_file(e.path());
+            }
+            _ => {}
+        }
+    }
+    records
+}
+
+/// Asks every keeper of the caller's to replace itself and its server with the binary now
+/// installed where it was started from; the records of those signalled.
+pub fn restart_all() -> Vec<ServerRecord> {
+    server_records()
+        .into_iter()
+        .filter(|r| process::kill(r.keeper, libc::SIGUSR2).is_ok())
+        .collect()
+}
+
+/// The signals a keeper waits for.
+fn keeper_signals() -> SigSet {
+    SigSet::of(&[
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGHUP,
+        libc::SIGUSR2,
+        libc::SIGCHLD,
+    ])
+}
+
+/// Keeps the mount at `mountpoint` served: runs `server` in a forked child, and again in a
+/// new one each time one dies while the mount lives; see the module docs. `held` is what a
+/// keeper that executed this binary passed on. Returns the exit status for this process:
+/// the last server's when it ended the mount itself.
+///
+/// Call it while this process has one thread. When it cannot fork, `server` runs here,
+/// without a keeper.
+pub fn keep(mountpoint: &Path, held: Option<Held>, server: &dyn Fn(Connection) -> i32) -> i32 {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+    let mut keeper = Keeper {
+        mountpoint: mountpoint.to_path_buf(),
+        exe,
+        held: None,
+        server: 0,
+        device: String::new(),
+        restarts: Vec::new(),
+        stopping: false,
+        record: None,
+    };
+    process::block(&keeper_signals());
+    let first = match held {
+        Some(held) => keeper.take_over(held, server),
+        None => keeper.start(server),
+    };
+    if let Err(code) = first {
+        return code;
+    }
+    let code = keeper.watch(server);
+    if let Some(path) = &keeper.record {
+        let _ = std::fs::remove_file(path);
+    }
+    code
+}
+
+struct Keeper {
+    mountpoint: PathBuf,
+    /// The binary a restart executes: the one at the path this keeper was started from.
+    exe: PathBuf,
+    /// The connection, once the first server handed it over.
+    held: Option<OwnedFd>,
+    server: Pid,
+    device: String,
+    /// When servers were started again, the latest last.
+    restarts: Vec<Instant>,
+    /// Told to end: a server that ends now is not replaced.
+    stopping: bool,
+    record: Option<PathBuf>,
+}
+
+impl Keeper {
+    /// Forks the first server, which mounts; waits for its copy of the connection. `Err`
+    /// with the exit status when it ended without mounting.
+    fn start(&mut self, server: &dyn Fn(Connection) -> i32) -> Result<(), i32> {
+        let (ours, theirs) = match UnixStream::pair() {
+            Ok(pair) => pair,
+            Err(e) => {
+                log::warn!("serving without a keeper: no socket for the handover: {e}");
+                return Err(run_here(server));
+            }
+        };
+        match process::fork() {
+            Ok(Forked::Child) => {
+                drop(ours);
+                child(
+                    server,
+                    Connection::Mount {
+                        handover: Some(theirs),
+                    },
+                )
+            }
+            Ok(Forked::Parent(pid)) => {
+                drop(theirs);
+                self.server = pid;
+            }
+            Err(e) => {
+                log::warn!("serving without a keeper: {e}");
+                drop(ours);
+                return Err(server_without_keeper(server, theirs));
+            }
+        }
+        match sys::fs::recv_fd(ours.as_fd()) {
+            Ok(Some(fd)) => {
+                self.held = Some(fd);
+                self.device = mount_at(&self.mountpoint)
+                    .map(|m| m.device)
+                    .unwrap_or_default();
+                quiet_stdout();
+                self.write_record();
+                Ok(())
+            }
+            // The server ended (or never mounted) without handing the connection over.
+            Ok(None) | Err(_) => Err(self.reap_blocking()),
+        }
+    }
+
+    /// After an execve by the keeper before: ends the server it started, then starts one of
+    /// this binary on the connection.
+    fn take_over(&mut self, held: Held, server: &dyn Fn(Connection) -> i32) -> Result<(), i32> {
+        self.held = Some(held.fd);
+        self.server = held.server;
+        self.device = mount_at(&self.mountpoint)
+            .map(|m| m.device)
+            .unwrap_or_default();
+        // Killed, not asked: a server asked to stop unmounts. What it had read and not
+        // answered is sent again to the next one.
+        let _ = process::kill(self.server, libc::SIGKILL);
+        self.reap_blocking();
+        match self.restart(server, "upgraded") {
+            true => Ok(()),
+            false => Err(1),
+        }
+    }
+
+    /// Waits for the server's end, then starts another while the mount lives; the exit
+    /// status for this process.
+    fn watch(&mut self, server: &dyn Fn(Connection) -> i32) -> i32 {
+        let set = keeper_signals();
+        loop {
+            let signo = match process::sigwait(&set) {
+                Ok(s) => s,
+                Err(e) => {
+                    log::warn!("keeper: sigwait: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            match signo {
+                libc::SIGCHLD => {
+                    let Some(status) = self.reap() else {
+                        continue;
+                    };
+                    let code = sys::exit_code(status);
+                    let killed = libc::WIFSIGNALED(status);
+                    if self.stopping || (!killed && code == 0) || !self.mount_lives() {
+                        return code;
+                    }
+                    let how = if killed {
+                        format!("killed by signal {}", libc::WTERMSIG(status))
+                    } else {
+                        format!("exited with status {code}")
+                    };
+                    if !self.restart(server, &how) {
+                        return code.max(1);
+                    }
+                }
+                libc::SIGUSR2 => self.upgrade(),
+                other => {
+                    self.stopping = true;
+                    let _ = process::kill(self.server, other);
+                }
+            }
+        }
+    }
+
+    /// The wait status of the server, once it ended; other children are reaped too.
+    fn reap(&mut self) -> Option<libc::c_int> {
+        let mut ended = None;
+        while let Ok(Some((pid, status))) = process::waitpid(-1, libc::WNOHANG) {
+            if pid == self.server {
+                ended = Some(status);
+            }
+        }
+        ended
+    }
+
+    /// Waits for the server to end; its exit status.
+    fn reap_blocking(&mut self) -> i32 {
+        loop {
+            match process::waitpid(self.server, 0) {
+                Ok(Some((_, status))) => return sys::exit_code(status),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                _ => return 1,
+            }
+        }
+    }
+
+    /// Whether the mount this keeper serves is still there (not unmounted meanwhile).
+    fn mount_lives(&self) -> bool {
+        mount_at(&self.mountpoint)
+            .is_some_and(|m| m.is_imgfs() && (self.device.is_empty() || m.device == self.device))
+    }
+
+    /// Starts a server on the held connection, unless servers died too often; false when it
+    /// gave up, after detaching the mount.
+    fn restart(&mut self, server: &dyn Fn(Connection) -> i32, why: &str) -> bool {
+        let now = Instant::now();
+        self.restarts
+            .retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+        if self.restarts.len() >= RESTARTS {
+            log::error!(
+                "{}: the server died {} times within {:?}; unmounting",
+                self.mountpoint.display(),
+                self.restarts.len(),
+                RESTART_WINDOW
+            );
+            self.give_up();
+            return false;
+        }
+        self.restarts.push(now);
+        let fd = match self.held.as_ref().map(|fd| fd.try_clone()) {
+            Some(Ok(fd)) => fd,
+            _ => {
+                self.give_up();
+                return false;
+            }
+        };
+        match process::fork() {
+            Ok(Forked::Child) => child(server, Connection::Resume(fd)),
+            Ok(Forked::Parent(pid)) => {
+                log::info!(
+                    "{}: server {} {why}; server {pid} took over",
+                    self.mountpoint.display(),
+                    self.server
+                );
+                self.server = pid;
+                self.write_record();
+                true
+            }
+            Err(e) => {
+                log::error!("{}: cannot start a server: {e}", self.mountpoint.display());
+                self.give_up();
+                false
+            }
+        }
+    }
+
+    /// Detaches the mount, so that nothing is left answering `ENOTCONN`.
+    fn give_up(&mut self) {
+        if self.mount_lives()
+            && let Err(e) = super::unmount(&self.mountpoint, true)
+        {
+            log::warn!("{e}");
+        }
+        self.held = None;
+    }
+
+    /// Replaces this keeper with the binary at its path, passing on the connection and the
+    /// server; returns only when that fails, which is logged.
+    fn upgrade(&mut self) {
+        use std::os::unix::process::CommandExt;
+        let Some(fd) = &self.held else {
+            return;
+        };
+        if let Err(e) = sys::fs::set_cloexec(fd.as_fd(), false) {
+            log::warn!("restart refused: {e}");
+            return;
+        }
+        let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
+        strip_option(&mut args, HELD_FD_OPTION);
+        strip_option(&mut args, SERVER_OPTION);
+        // Before the mountpoint, the last argument.
+        let at = args.len().saturating_sub(1);
+        args.splice(
+            at..at,
+            [
+                HELD_FD_OPTION.into(),
+                fd.as_raw_fd().to_string().into(),
+                SERVER_OPTION.into(),
+                self.server.to_string().into(),
+            ],
+        );
+        log::info!(
+            "{}: restarting with {}",
+            self.mountpoint.display(),
+            self.exe.display()
+        );
+        let e = std::process::Command::new(&self.exe).args(&args).exec();
+        let _ = sys::fs::set_cloexec(fd.as_fd(), true);
+        log::error!("restart with {} failed: {e}", self.exe.display());
+    }
+
+    /// Writes (or rewrites) this keeper's record.
+    fn write_record(&mut self) {
+        let Ok(dir) = runtime_dir(SERVERS_LEAF) else {
+            return;
+        };
+        let keeper = std::process::id() as Pid;
+        let record = ServerRecord {
+            mountpoint: self.mountpoint.clone(),
+            device: self.device.clone(),
+            keeper,
+            server: self.server,
+            exe: self.exe.clone(),
+        };
+        let path = dir.join(keeper.to_string());
+        let Ok(bytes) = serde_json::to_vec(&record) else {
+            return;
+        };
+        match sys::publish(&path, &bytes, Durability::Atomic) {
+            Ok(()) => self.record = Some(path),
+            Err(e) => log::warn!("cannot record the server in {}: {e}", dir.display()),
+        }
+    }
+}
+
+/// Removes `option` and its value from `args`.
+fn strip_option(args: &mut Vec<OsString>, option: &str) {
+    while let Some(at) = args.iter().position(|a| a == option) {
+        args.drain(at..(at + 2).min(args.len()));
+    }
+}
+
+/// The forked server: runs `server` with the signals a server expects, and ends.
+fn child(server: &dyn Fn(Connection) -> i32, connection: Connection) -> ! {
+    process::set_mask(&stop_signals());
+    let code = server(connection);
+    std::process::exit(code)
+}
+
+/// `server` in this process, for when no keeper can be made.
+fn run_here(server: &dyn Fn(Connection) -> i32) -> i32 {
+    process::set_mask(&stop_signals());
+    server(Connection::Mount { handover: None })
+}
+
+/// `server` here, with the socket meant for the handover dropped.
+fn server_without_keeper(server: &dyn Fn(Connection) -> i32, handover: UnixStream) -> i32 {
+    drop(handover);
+    run_here(server)
+}
+
+/// Points this process's stdout at /dev/null: the readiness pipe is the server's to close.
+fn quiet_stdout() {
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        let _ = process::redirect_stdio(null.into(), &[1]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restart_passes_the_connection_before_the_mountpoint() {
+        let mut args: Vec<OsString> =
+            ["--index", "/i", "--held-fd", "7", "--server-pid", "9", "/m"]
+                .map(OsString::from)
+                .to_vec();
+        strip_option(&mut args, HELD_FD_OPTION);
+        strip_option(&mut args, SERVER_OPTION);
+        assert_eq!(args, ["--index", "/i", "/m"].map(OsString::from).to_vec());
+    }
+}

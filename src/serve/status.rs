@@ -1,0 +1,139 @@
+//! The imgfs mounts of this machine as `imgfs mounts` shows them: who serves each, whether
+//! it answers, and dead ones cleared.
+//!
+//! Takes the mount table and the keepers' records ([`super::keeper::ServerRecord`]); hands
+//! on one [`MountStatus`] per imgfs mount. A mount is *live* when a server answers it,
+//! *recovering* while its keeper starts a new server, *dead* when nothing holds its
+//! connection any more (every access fails with `ENOTCONN`): a dead mount is detached on the
+//! way, so that the next look finds none.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::keeper::{ServerRecord, restart_all, server_records};
+use super::{MountInfo, mountinfo, unmount};
+
+/// Whether a mount answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Live,
+    /// Its server died; its keeper holds the connection and is starting another.
+    Recovering,
+    /// Nothing answers it any more.
+    Dead,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Live => "live",
+            State::Recovering => "recovering",
+            State::Dead => "dead",
+        }
+    }
+}
+
+/// One imgfs mount.
+#[derive(Clone, Debug)]
+pub struct MountStatus {
+    pub mount: MountInfo,
+    pub state: State,
+    /// The process serving it, when known (a server started by a keeper of the caller's).
+    pub pid: Option<i32>,
+    /// The keeper holding its connection, when it has one.
+    pub keeper: Option<i32>,
+    /// A dead mount detached now.
+    pub cleared: bool,
+    /// Why a dead mount could not be detached.
+    pub clear_error: Option<String>,
+}
+
+/// Every imgfs mount in this process's mount table, with its state; dead ones are detached.
+pub fn mount_statuses() -> std::io::Result<Vec<MountStatus>> {
+    let text = std::fs::read_to_string(mountinfo::SELF)?;
+    let records = server_records();
+    Ok(super::parse_mountinfo(&text)
+        .into_iter()
+        .filter(MountInfo::is_imgfs)
+        .map(|m| status(m, &records))
+        .collect())
+}
+
+fn status(mount: MountInfo, records: &[ServerRecord]) -> MountStatus {
+    let record = records
+        .iter()
+        .find(|r| r.mountpoint == mount.mountpoint && r.device == mount.device);
+    if let Some(r) = record {
+        let serving = crate::sys::alive(r.server as u32);
+        return MountStatus {
+            mount,
+            state: if serving {
+                State::Live
+            } else {
+                State::Recovering
+            },
+            pid: serving.then_some(r.server),
+            keeper: Some(r.keeper),
+            cleared: false,
+            clear_error: None,
+        };
+    }
+    // No keeper of the caller's: ask the mount itself. A connection nobody holds answers at
+    // once, with ENOTCONN.
+    let dead = std::fs::symlink_metadata(&mount.mountpoint)
+        .is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
+    let clear_error = if dead {
+        log::info!("clearing a dead mount at {}", mount.mountpoint.display());
+        unmount(&mount.mountpoint, true)
+            .err()
+            .map(|e| e.to_string())
+    } else {
+        None
+    };
+    MountStatus {
+        mount,
+        state: if dead { State::Dead } else { State::Live },
+        pid: None,
+        keeper: None,
+        cleared: dead && clear_error.is_none(),
+        clear_error,
+    }
+}
+
+/// A server replaced by a restart.
+#[derive(Clone, Debug)]
+pub struct Restarted {
+    pub mountpoint: PathBuf,
+    pub before: i32,
+    /// The new server, or `None` when none took over within the wait.
+    pub after: Option<i32>,
+}
+
+/// Replaces every server of the caller's keepers with the binary now installed where each
+/// was started from ([`super::keeper`]), and waits up to `wait` for each new one.
+pub fn restart_servers(wait: Duration) -> Vec<Restarted> {
+    let asked = restart_all();
+    let deadline = Instant::now() + wait;
+    loop {
+        let now = server_records();
+        let done: Vec<Restarted> = asked
+            .iter()
+            .map(|old| Restarted {
+                mountpoint: old.mountpoint.clone(),
+                before: old.server,
+                after: now
+                    .iter()
+                    .find(|r| {
+                        r.keeper == old.keeper
+                            && r.server != old.server
+                            && crate::sys::alive(r.server as u32)
+                    })
+                    .map(|r| r.server),
+            })
+            .collect();
+        if done.iter().all(|r| r.after.is_some()) || Instant::now() >= deadline {
+            return done;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -223,12 +223,16 @@ fn mounts_lists_the_live_mounts() {
         .unwrap_or_else(|| panic!("{list:#?}"));
     assert_eq!(mine["Image"], tar_s);
     assert_eq!(mine["Kind"], "mount");
+    assert_eq!(mine["State"], "live");
+    // The process serving it, as /proc shows it.
+    assert_eq!(mine["Pid"], m.server());
     let human = ok(&run(imgfs().arg("mounts")));
     assert!(human.starts_with("MOUNTPOINT"), "{human}");
+    let row = format!("{tar_s}   {}   live", m.server());
     assert!(
         human
             .lines()
-            .any(|l| l.starts_with(&m.path().display().to_string()) && l.ends_with(tar_s)),
+            .any(|l| l.starts_with(&m.path().display().to_string()) && l.ends_with(&row)),
         "{human}"
     );
     let mnt = m.path().to_path_buf();

@@ -24,3 +24,4 @@ mod registry_client;
 mod run;
 mod sources;
 mod stress;
+mod survive;

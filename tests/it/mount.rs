@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use crate::common::{
     CompareOptions, DEBIAN_IMAGE, MOUNT_LIMIT, Mount, Mounted, TempDir, assert_trees_equal,
     cache_file, differences_from_export, docker_export, export_containers, export_events,
-    extract_with_gnu_tar, fixture_archives, fixtures_dir, imgfs, is_mounted, now, read_path_list,
-    require, require_docker, run, run_within_pid, servers_of, text, wait_until,
+    extract_with_gnu_tar, fixture_archives, fixtures_dir, imgfs, is_mounted, keepers_of, now,
+    read_path_list, require, require_docker, run, run_within_pid, servers_of, text, wait_until,
 };
 
 /// The mounted tree is exactly what GNU tar extracts from `archive` (the root's own metadata
@@ -713,19 +713,25 @@ fn older_daemon_gets_a_negotiated_version() {
     assert!(paths.iter().any(spoken), "{paths:?}");
 }
 
-/// A server killed outright: readers get an error at once (no hang), `imgfs umount` clears
-/// the dead mount, and so does the next `imgfs mount` on the same mountpoint.
+/// A server killed outright together with its keeper, so that nothing holds the mount's
+/// connection: readers get an error at once (no hang), `imgfs umount` clears the dead mount,
+/// and so does the next `imgfs mount` on the same mountpoint.
 #[test]
-fn killed_server_gives_errors_and_is_cleaned_up() {
+fn killed_server_and_keeper_give_errors_and_are_cleaned_up() {
     let archive = fixture_archives().join("ustar.tar");
     let cache = TempDir::new("imgfs-cache");
     for clear_with in ["umount", "mount"] {
         let m = Mounted::new(cache.path(), &archive);
-        let pids = servers_of(m.path());
-        assert_eq!(pids.len(), 1);
-        // SAFETY: killing the server we started.
-        assert_eq!(unsafe { libc::kill(pids[0], libc::SIGKILL) }, 0);
-        wait_until("the server is gone", || servers_of(m.path()).is_empty());
+        // The keeper first: killed after it, the server would be replaced.
+        let pids = [keepers_of(m.path()), servers_of(m.path())].concat();
+        assert_eq!(pids.len(), 2, "a keeper and a server: {pids:?}");
+        for pid in pids {
+            // SAFETY: killing processes we started.
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+        }
+        wait_until("the keeper and the server are gone", || {
+            keepers_of(m.path()).is_empty() && servers_of(m.path()).is_empty()
+        });
         let err = std::fs::read_dir(m.path()).map(|_| ()).unwrap_err();
         // The kernel says ENOTCONN, or ECONNABORTED while it is still tearing down.
         assert!(

@@ -286,8 +286,29 @@ pub fn sha256_file(path: &Path) -> String {
     )
 }
 
-/// Pids of imgfs servers serving `mountpoint`.
+/// Pids of the imgfs servers serving `mountpoint`: each `__serve` process for it that is not
+/// the keeper (the parent) of another.
 pub fn servers_of(mountpoint: &Path) -> Vec<i32> {
+    let all = serve_processes(mountpoint);
+    all.iter()
+        .filter(|(pid, _)| !all.iter().any(|(_, parent)| parent == pid))
+        .map(|(pid, _)| *pid)
+        .collect()
+}
+
+/// The pid of the keeper holding `mountpoint`'s connection: the `__serve` process for it
+/// that is the parent of another, or the one left while it starts the next.
+pub fn keepers_of(mountpoint: &Path) -> Vec<i32> {
+    let all = serve_processes(mountpoint);
+    let servers = servers_of(mountpoint);
+    all.iter()
+        .map(|(pid, _)| *pid)
+        .filter(|pid| !servers.contains(pid) || all.len() == 1)
+        .collect()
+}
+
+/// Live (not zombie) `__serve` processes for `mountpoint`, with their parents' pids.
+fn serve_processes(mountpoint: &Path) -> Vec<(i32, i32)> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
@@ -299,9 +320,13 @@ pub fn servers_of(mountpoint: &Path) -> Vec<i32> {
         let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
         let is_server = args.iter().any(|a| *a == b"__serve");
         let status = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let zombie = status.split(' ').nth(2) == Some("Z");
+        // `pid (comm) S ppid ...`
+        let after = status.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        let mut fields = after.split_whitespace();
+        let zombie = fields.next() == Some("Z");
+        let parent = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
         if is_server && !zombie && args.contains(&mountpoint.as_os_str().as_encoded_bytes()) {
-            pids.push(pid);
+            pids.push((pid, parent));
         }
     }
     pids

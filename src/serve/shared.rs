@@ -179,7 +179,8 @@ pub fn shared_mount(
     }
     let parent = shared_dir()?;
     // Mountpoints left by killed servers: removing a mounted one fails (EBUSY), and one whose
-    // run still lives (`NAME-PID`) may be about to be mounted by another cache's server.
+    // run still lives (`NAME-PID`) may be about to be mounted by another cache's server. A
+    // mount nothing serves any more (its keeper died with its server) is detached first.
     if let Ok(dirs) = std::fs::read_dir(&parent) {
         for d in dirs.flatten() {
             let name = d.file_name();
@@ -190,7 +191,15 @@ pub fn shared_mount(
             if pid.is_some_and(sys::alive) {
                 continue;
             }
-            let _ = std::fs::remove_dir(d.path());
+            let path = d.path();
+            if super::mount_at(&path).is_some_and(|m| m.is_imgfs()) && super::status::is_dead(&path)
+            {
+                log::info!("clearing a dead shared mount at {}", path.display());
+                if let Err(e) = super::unmount(&path, true) {
+                    log::warn!("{e}");
+                }
+            }
+            let _ = std::fs::remove_dir(&path);
         }
     }
     let name = entry.file_name().map_or_else(

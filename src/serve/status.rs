@@ -100,6 +100,12 @@ fn status(mount: MountInfo, records: &[ServerRecord]) -> MountStatus {
     }
 }
 
+/// Whether the mount at `mountpoint` is one nothing answers: a FUSE connection nobody holds
+/// fails every access at once, with `ENOTCONN`.
+pub(crate) fn is_dead(mountpoint: &std::path::Path) -> bool {
+    std::fs::symlink_metadata(mountpoint).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
+}
+
 /// A server replaced by a restart.
 #[derive(Clone, Debug)]
 pub struct Restarted {

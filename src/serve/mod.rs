@@ -399,6 +399,12 @@ pub(crate) fn mount_at(path: &Path) -> Option<MountInfo> {
         .map(MountInfo::from)
 }
 
+/// Whether the mount at `mountpoint` is one nothing answers: a FUSE connection nobody holds
+/// fails every access at once, with `ENOTCONN`.
+pub(crate) fn is_dead(mountpoint: &std::path::Path) -> bool {
+    std::fs::symlink_metadata(mountpoint).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -192,8 +192,7 @@ pub fn shared_mount(
                 continue;
             }
             let path = d.path();
-            if super::mount_at(&path).is_some_and(|m| m.is_imgfs()) && super::status::is_dead(&path)
-            {
+            if super::mount_at(&path).is_some_and(|m| m.is_imgfs()) && super::is_dead(&path) {
                 log::info!("clearing a dead shared mount at {}", path.display());
                 if let Err(e) = super::unmount(&path, true) {
                     log::warn!("{e}");

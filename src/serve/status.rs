@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::keeper::{ServerRecord, restart_all, server_records};
-use super::{MountInfo, mountinfo, unmount};
+use super::{MountInfo, is_dead, mountinfo, unmount};
 
 /// Whether a mount answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,10 +78,8 @@ fn status(mount: MountInfo, records: &[ServerRecord]) -> MountStatus {
             clear_error: None,
         };
     }
-    // No keeper of the caller's: ask the mount itself. A connection nobody holds answers at
-    // once, with ENOTCONN.
-    let dead = std::fs::symlink_metadata(&mount.mountpoint)
-        .is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
+    // No keeper of the caller's: ask the mount itself.
+    let dead = is_dead(&mount.mountpoint);
     let clear_error = if dead {
         log::info!("clearing a dead mount at {}", mount.mountpoint.display());
         unmount(&mount.mountpoint, true)
@@ -98,12 +96,6 @@ fn status(mount: MountInfo, records: &[ServerRecord]) -> MountStatus {
         cleared: dead && clear_error.is_none(),
         clear_error,
     }
-}
-
-/// Whether the mount at `mountpoint` is one nothing answers: a FUSE connection nobody holds
-/// fails every access at once, with `ENOTCONN`.
-pub(crate) fn is_dead(mountpoint: &std::path::Path) -> bool {
-    std::fs::symlink_metadata(mountpoint).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
 }
 
 /// A server replaced by a restart.

@@ -30,23 +30,12 @@ fn all_paths(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// The pid of the imgfs server serving `mountpoint`.
+/// The pid of the imgfs server serving `mountpoint` (not its keeper).
 fn server_of(mountpoint: &Path) -> i32 {
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
-        if args.contains(&&b"__serve"[..])
-            && args.contains(&mountpoint.as_os_str().as_encoded_bytes())
-        {
-            return pid;
-        }
+    match crate::common::servers_of(mountpoint).as_slice() {
+        [pid] => *pid,
+        other => panic!("servers of {}: {other:?}", mountpoint.display()),
     }
-    panic!("no server for {}", mountpoint.display());
 }
 
 /// The server's anonymous resident memory (heap, stacks), in bytes.

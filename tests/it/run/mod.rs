@@ -204,8 +204,18 @@ fn run_serves_fuse(cache: &std::path::Path, image: &std::path::Path, opts: &[&st
 }
 
 /// The shared servers (`imgfs __serve --idle-exit-ms`) of the images in `cache`: pid and
-/// mountpoint.
+/// mountpoint. Each serving process, not its keeper (the `__serve` that forked it).
 fn shared_servers(cache: &std::path::Path) -> Vec<(u32, PathBuf)> {
+    let all = shared_serve_processes(cache);
+    all.iter()
+        .filter(|(pid, _, _)| !all.iter().any(|(_, parent, _)| parent == pid))
+        .map(|(pid, _, mnt)| (*pid, mnt.clone()))
+        .collect()
+}
+
+/// Every `__serve` process of a shared server of the images in `cache`, keepers included:
+/// pid, parent's pid and mountpoint.
+fn shared_serve_processes(cache: &std::path::Path) -> Vec<(u32, u32, PathBuf)> {
     let cache = std::fs::canonicalize(cache).unwrap();
     let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -220,14 +230,20 @@ fn shared_servers(cache: &std::path::Path) -> Vec<(u32, PathBuf)> {
             .filter(|a| !a.is_empty())
             .map(text)
             .collect();
-        let zombie = std::fs::read_to_string(e.path().join("stat"))
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // `pid (comm) S ppid ...`
+        let mut after = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
             .unwrap_or_default()
-            .contains(") Z ");
+            .split_whitespace();
+        let zombie = after.next() == Some("Z");
+        let parent = after.next().and_then(|p| p.parse().ok()).unwrap_or(0);
         let shared = args.iter().any(|a| a == "__serve")
             && args.iter().any(|a| a == "--idle-exit-ms")
             && args.iter().any(|a| a.starts_with(cache.to_str().unwrap()));
         if shared && !zombie {
-            found.push((pid, PathBuf::from(args.last().unwrap())));
+            found.push((pid, parent, PathBuf::from(args.last().unwrap())));
         }
     }
     found

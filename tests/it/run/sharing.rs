@@ -191,10 +191,11 @@ fn fifty_parallel_runs_all_succeed_and_leave_nothing() {
     assert!(imgfs_mounts().is_empty(), "{:?}", imgfs_mounts());
     // They shared one server (a test running beside this one may use the same).
     let fsname = format!("imgfs:{DEBIAN_IMAGE}");
-    let servers: Vec<_> = processes_with("__serve")
+    let servers: Vec<_> = shared_servers(&shared_cache())
         .into_iter()
-        .filter(|c| c.contains("--idle-exit-ms") && c.contains(&fsname))
-        .filter(|c| c.contains(shared_cache().to_str().unwrap()))
+        .filter(|(pid, _)| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| text(&c).contains(&fsname))
+        })
         .collect();
     assert_eq!(servers.len(), 1, "{servers:#?}");
 }

@@ -140,7 +140,8 @@ def mountpoints():
 
 def server_pids(img, peer):
     """The server processes of a mount: their command line ends with the mount point and names
-    the server program as the program run (not merely as an argument, as hyperfine's does)."""
+    the server program as the program run (not merely as an argument, as hyperfine's does). For
+    imgfs, the server and its keeper (the process holding the mount's connection)."""
     m = str(img.mnt(peer))
     prog = PEERS[peer].proc
     pids = []
@@ -162,7 +163,8 @@ def server_pids(img, peer):
             hit = Path(argv[0]).name == prog
         if hit and not _zombie(int(d.name)):
             pids.append(int(d.name))
-    return pids
+    # Ascending: a keeper (imgfs) before the server it forked, so that a forced stop kills it first.
+    return sorted(pids)
 
 
 def mount(img, peer, timeout=900):
@@ -557,6 +559,17 @@ def bench_image(img, R, runner, correctness):
             continue
         sec[peer] = memory_after_use(img, peer, r, cap)
 
+    # 8. Recovery: kill -9 of a mount's server, whose keeper starts another on the same
+    # connection, to the first request the new server answers; beside it, a new mount of the
+    # same image (index cached, page cache dropped): what a user would do without a keeper.
+    if not big and ok("imgfs-tar"):
+        sec = r.setdefault("recovery", {})
+        sec["kill-to-answer"] = recovery(img, "imgfs-tar", runs=20)
+        sec["remount"] = runner.measure(
+            f"{img.key}-remount-cold-imgfs-tar", q(PEERS["imgfs-tar"].mount_argv(img, img.mnt("imgfs-tar"))),
+            prepare=prep_cmd(f"umount:{img.key}:imgfs-tar", "drop"), cap=cap, max_runs=10 if quick else 20)
+        umount(img, "imgfs-tar")
+
     # 6b. Index size and disk use.
     r["sizes"] = sizes(img)
     if correctness:
@@ -593,6 +606,63 @@ def randread(img, peer, runs, limit):
     st["median"] = st["median_per_read"] * RANDREAD_COUNT if st["complete"] else None
     log(f"{img.key} random reads on {peer}: {st['median_per_read'] * 1e6:.0f} us/read"
         + ("" if st["complete"] else f" (only {res[-1]['reads']} reads in {limit} s)"))
+    return st
+
+
+def parent_pid(pid):
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def serving_pid(img, peer, not_=()):
+    """The one process answering the mount (not its keeper, the `__serve` that forked it), once
+    there is one other than those in `not_`; None after 10 s."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        pids = server_pids(img, peer)
+        leaves = [p for p in pids if not any(parent_pid(o) == p for o in pids)]
+        if len(leaves) == 1 and leaves[0] not in not_:
+            return leaves[0]
+        time.sleep(0.005)
+    return None
+
+
+def recovery(img, peer, runs):
+    """kill -9 of the server of a live mount, to the first lookup the next server answers: a
+    name never asked for before, which the kernel cannot answer from its caches. The clock
+    starts at the kill; the lookup is made once the killed process is gone, so that only the
+    new server can answer it."""
+    m = img.mnt(peer)
+    try:
+        if str(m) not in mountpoints():
+            mount(img, peer)
+    except BenchError as e:
+        return {"error": str(e)}
+    times, killed = [], []
+    for i in range(runs):
+        wait_idle(f"{img.key} recovery on {peer}")
+        pid = serving_pid(img, peer, killed)
+        if pid is None:
+            return {"error": f"no single server after {len(times)} recoveries"}
+        probe = m / f".imgfs-recovery-{os.getpid()}-{i}"
+        t0 = time.perf_counter()
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+        while not _zombie(pid):
+            pass
+        try:
+            os.stat(probe)
+            return {"error": f"{probe} exists"}
+        except FileNotFoundError:
+            times.append(time.perf_counter() - t0)
+        except OSError as e:
+            return {"error": f"the first lookup after kill -9 failed: {e}"}
+    st = {"median": statistics.median(times), "runs": len(times), "raw": times,
+          "min": min(times), "max": max(times),
+          "stddev": statistics.stdev(times) if len(times) > 1 else 0.0}
+    log(f"{img.key} recovery on {peer}: median {st['median'] * 1e3:.1f} ms over {len(times)} kills")
     return st
 
 
@@ -895,6 +965,8 @@ def archivemount_version():
 
 
 TITLES = {
+    "kill-to-answer": "kill -9 → first answered lookup",
+    "remount": "a new imgfs mount (index cached, page cache dropped)",
     "native": "native extracted tree", "imgfs": "imgfs (docker ref)", "imgfs-tar": "imgfs (tar path)",
     "ratarmount": "ratarmount", "archivemount": "archivemount", "squashfuse": "squashfuse",
     "imgfs-build": "imgfs mount, fresh cache", "ratarmount-build": "ratarmount first mount",
@@ -1007,6 +1079,11 @@ def evaluate_targets(R, images):
         add("index build ≥ 1 GB/s (tar on disk, warm page cache)", k,
             f"{size / t / 1e9:.2f} GB/s" if t and size else "—", None if not (t and size) else size / t >= 1e9,
             f"{size / 1e6:.0f} MB in {fmt_time(t)}" if t and size else "")
+        a, b = med(k, "recovery", "kill-to-answer"), med(k, "recovery", "remount")
+        if a is not None or b is not None:
+            add("recovery: kill -9 of the server to the first answered read ≤ 100 ms (median of 20)", k,
+                fmt_time(a), None if a is None else a <= 0.100,
+                f"a new mount of the same image instead: {fmt_time(b)}" if b else "")
     # The targets are on the server's anonymous memory (heap, stacks: `Anonymous` in
     # smaps_rollup), what they are named after. Its other private pages are the mapped index
     # file: page cache, read from disk on demand and dropped under memory pressure, as large as
@@ -1163,7 +1240,8 @@ def render(R, meta, images, path):
       "private = Private_Clean + Private_Dirty, which adds the file pages mapped by this process "
       "alone (for imgfs the index file and its own program: page cache, reclaimable); VmRSS and "
       "VmHWM (the process's peak resident set since it started) from /proc/PID/status. The server "
-      "is the process serving the mount (its command line ends with the mount point)"
+      "is the process serving the mount (its command line ends with the mount point); imgfs's "
+      "figures add its keeper's, the small process that holds the mount's connection"
       + ("" if any(len((R[k].get("memory", {}).get(p) or {}).get("pids") or []) > 1
                    for k in images for p in FS_PEERS[1:]) else ", one per mount in this run")
       + "; the memory targets above are on its anonymous memory.\n")
@@ -1210,6 +1288,17 @@ def render(R, meta, images, path):
             row.append("—" if not st.get("median") else f"{R[k]['info']['tar_bytes'] / st['median'] / 1e6:.0f} MB/s")
         A(f"| {TITLES[peer]} | " + " | ".join(row) + " |")
     A("")
+    if any(R[k].get("recovery") for k in images):
+        A("## 8. Recovery: a server killed under its mount\n")
+        A("`kill -9` of the server of a live `imgfs mount` of the tar, twenty times: from the kill to "
+          "the first lookup the next server answers (its keeper starts it on the same connection; a "
+          "name never looked up before, so that the kernel cannot answer from its caches; asked once "
+          "the killed process is gone). Beside it, what a new mount of the image takes (`imgfs mount`, "
+          "index cached, page cache dropped): what recovering would take without a keeper, after "
+          "clearing the dead mount.\n")
+        A(time_table(R, [k for k in images if R[k].get("recovery")], [("recovery", "")],
+                     ["kill-to-answer", "remount"], "kill-to-answer"))
+        A("")
     A("## Correctness of each view against the extracted tree\n")
     A("Each mount listed with `find -printf '%P %y %m %U %G %s %T@ %l'` (directory sizes not compared) "
       "and compared entry by entry with the tar -x tree; hard-link groups (same inode, right link "

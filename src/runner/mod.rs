@@ -42,6 +42,11 @@ pub enum RunError {
     NotATty,
     #[error("cannot start the sandbox: {0}")]
     Exec(std::io::Error),
+    /// A lazily read image is served from outside the sandbox or not at all.
+    #[error(
+        "the image is read lazily and needs a server outside the sandbox; none could start: {0}"
+    )]
+    NoServer(serve::SharedError),
 }
 
 /// Reads a text file of the image, or nothing when it does not exist.
@@ -96,7 +101,7 @@ pub fn make_plan(
         Some((uid, gid)) => Owners::RootAs { uid, gid },
         None => Owners::Recorded,
     };
-    plan.live_mount = live_mount(ready, &plan.fsname, linger, owners, lazy);
+    plan.live_mount = live_mount(ready, &plan.fsname, linger, owners, lazy)?;
     if plan.tty && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         return Err(RunError::NotATty);
     }
@@ -107,7 +112,9 @@ pub fn make_plan(
 const LAZY_MIN_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A live mount of the image with warm kernel caches, if there is one or one can be started;
-/// failing that the sandbox serves the image itself, which is only slower.
+/// failing that the sandbox serves the image itself, which is only slower — but for a lazily
+/// read image, which a sandbox cannot fetch from its own network namespace: without a server
+/// it is an error at once, not reads failing after the fetch timeout.
 /// Without root, only a mount showing the image's owners as the sandbox's user namespace
 /// would will do: a shared server of the caller's, never a plain `imgfs mount`.
 fn live_mount(
@@ -116,10 +123,9 @@ fn live_mount(
     linger: std::time::Duration,
     owners: Owners,
     lazy: &crate::image::lazy::LazyOptions,
-) -> Option<LiveMount> {
-    let entry = ready.index_path.parent()?;
-    if let Some(live) = serve::live_mount(entry, &ready.index_path, owners) {
-        return Some(live);
+) -> Result<Option<LiveMount>, RunError> {
+    if let Some(live) = serve::live_mount(ready.entry.dir(), &ready.index_path, owners) {
+        return Ok(Some(live));
     }
     // A sandbox serving the image itself does so from inside its network namespace, where a
     // lazily read image's registry cannot be reached: such an image always gets a server of
@@ -129,20 +135,25 @@ fn live_mount(
         .iter()
         .any(|b| b.ends_with(crate::cache::sparse::REMOTE_FILE));
     let linger = match (linger.is_zero(), is_lazy) {
-        (true, false) => return None,
+        (true, false) => return Ok(None),
         (true, true) => LAZY_MIN_LINGER,
         (false, _) => linger,
     };
-    serve::shared_mount(
+    match serve::shared_mount(
         &ready.index_path,
         &ready.blobs,
         fsname,
         linger,
         owners,
         lazy,
-    )
-    .map_err(|e| log::info!("no shared server for the image: {e}"))
-    .ok()
+    ) {
+        Ok(live) => Ok(Some(live)),
+        Err(e) if is_lazy => Err(RunError::NoServer(e)),
+        Err(e) => {
+            log::info!("no shared server for the image: {e}");
+            Ok(None)
+        }
+    }
 }
 
 /// Runs the sandbox and returns the exit status for `imgfs run`: in this process when it is

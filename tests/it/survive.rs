@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::common::{
-    Mounted, TempDir, imgfs, is_mounted, keepers_of, run, servers_of, text, wait_until,
+    Mounted, TempDir, imgfs, is_mounted, keepers_of, next_server, run, servers_of, text, wait_until,
 };
 
 /// Small files in the test archive, beside `big`.
@@ -91,22 +91,6 @@ fn walk_until(root: &Path, stop: &AtomicBool) -> Vec<String> {
 fn drop_caches() {
     let _ = run(&mut Command::new("sync"));
     std::fs::write("/proc/sys/vm/drop_caches", "3").expect("drop caches");
-}
-
-/// The one server of `mountpoint`, once there is one other than `not`.
-fn next_server(mountpoint: &Path, not: &[i32]) -> i32 {
-    let mut found = 0;
-    wait_until("a new server takes over", || {
-        let now = servers_of(mountpoint);
-        match now.as_slice() {
-            [pid] if !not.contains(pid) => {
-                found = *pid;
-                true
-            }
-            _ => false,
-        }
-    });
-    found
 }
 
 /// `imgfs mounts --json`, as JSON.

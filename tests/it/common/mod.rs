@@ -296,6 +296,23 @@ pub fn servers_of(mountpoint: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// The one server of `mountpoint`, once there is one other than those in `not` (servers
+/// killed before).
+#[track_caller]
+pub fn next_server(mountpoint: &Path, not: &[i32]) -> i32 {
+    let mut found = 0;
+    wait_until("a new server takes over", || {
+        match servers_of(mountpoint).as_slice() {
+            [pid] if !not.contains(pid) => {
+                found = *pid;
+                true
+            }
+            _ => false,
+        }
+    });
+    found
+}
+
 /// The pid of the keeper holding `mountpoint`'s connection: the `__serve` process for it
 /// that is the parent of another, or the one left while it starts the next.
 pub fn keepers_of(mountpoint: &Path) -> Vec<i32> {

@@ -1,5 +1,6 @@
 //! Lazy mounts when the registry fails them: gone after the mount, a span, a window or the
-//! index damaged in its storage, an index of an older format beside the image.
+//! index damaged in its storage, an index of an older format beside the image; and when
+//! their server is killed again and again in the middle of fetches.
 
 use super::*;
 
@@ -184,5 +185,120 @@ fn index_of_an_older_format_is_reported_and_not_used() {
         &fx.path("TRUTH_LAYERS"),
         m.path(),
         &CompareOptions::default(),
+    );
+}
+
+/// A lazy mount's server killed outright at random instants (a dozen times, each while
+/// fetches from a slow registry and writes of spans to the store are under way) while a
+/// program reads every file: every read returns umoci's bytes, none fails; and after the
+/// kills, with the page cache dropped, what the store holds reads the same again (no span
+/// marked present whose bytes are not there and right).
+#[test]
+fn a_lazy_server_killed_again_and_again_serves_only_the_truth() {
+    let layout = fx().path("OCI_GZIP");
+    let (registry, _) = seeded_registry(&layout, "layers", "imgfs-test/layers:1", true);
+    let front = Front::start(
+        &registry.addr,
+        &FrontOptions {
+            rate: 16 << 20,
+            ..FrontOptions::default()
+        },
+    );
+    let source = format!("docker://{}/imgfs-test/layers:1", front.addr);
+    let cache = TempDir::new("imgfs-lazy-cache");
+    let (m, _) = mount(cache.path(), &source, &["--prefetch", "none"]);
+    let truth = fx().path("TRUTH_LAYERS");
+    let (root, truth_root) = (m.path().to_path_buf(), truth.clone());
+    let reader = std::thread::spawn(move || {
+        let mut failures = Vec::new();
+        for (f, _) in files_by_size(&truth_root) {
+            match std::fs::read(root.join(&f)) {
+                Ok(got) if got == std::fs::read(truth_root.join(&f)).unwrap() => {}
+                Ok(_) => failures.push(format!("{}: wrong bytes", f.display())),
+                Err(e) => failures.push(format!("{}: {e}", f.display())),
+            }
+        }
+        failures
+    });
+    // Instants from the clock, printed so that a failure can be looked into.
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        | 1;
+    eprintln!("kill instants from seed {seed}");
+    let mut killed = Vec::new();
+    while killed.len() < 12 && !reader.is_finished() {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        std::thread::sleep(Duration::from_millis(20 + (seed >> 33) % 300));
+        let server = common::next_server(m.path(), &killed);
+        // SAFETY: killing a server this test started.
+        assert_eq!(unsafe { libc::kill(server, libc::SIGKILL) }, 0);
+        killed.push(server);
+    }
+    let failures = reader.join().unwrap();
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(
+        killed.len() >= 3,
+        "the reads ended after {} kills: the registry was not slow enough",
+        killed.len()
+    );
+    common::next_server(m.path(), &killed);
+    drop_caches();
+    assert_trees_equal(&truth, m.path(), &CompareOptions::default());
+    assert!(
+        read_every_file(m.path(), &truth, &Default::default()).is_empty(),
+        "a file failed to read after the kills"
+    );
+}
+
+/// A lazily read image whose shared server cannot start (here the user's runtime directory
+/// for shared mounts is open to others, which imgfs refuses): `imgfs run` fails at once with
+/// exit status 125 and the reason — a sandbox cannot fetch from its own network namespace, so
+/// serving the image itself would only fail reads with EIO after --fetch-timeout.
+#[test]
+fn a_lazy_run_that_gets_no_server_fails_at_once() {
+    let img = lazy_image("OCI_GZIP", "layers", "imgfs-test/layers:1");
+    let user = common::test_user();
+    let work = TempDir::new("imgfs-lazy-noserver");
+    let _ = Command::new("chmod").arg("0777").arg(work.path()).status();
+    let runtime = work.path().join("runtime");
+    let cache = work.path().join("cache");
+    let shared = runtime.join("imgfs/shared");
+    for (args, what) in [
+        (vec!["mkdir", "-p"], &shared),
+        (vec!["mkdir", "-p"], &cache),
+        (vec!["chmod", "0700"], &runtime),
+        (vec!["chmod", "0777"], &shared),
+    ] {
+        let out = common::run(common::as_user(user).args(&args).arg(what));
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    }
+    let start = Instant::now();
+    let out = run_within(
+        common::as_user(user)
+            .arg("env")
+            .arg(format!("XDG_RUNTIME_DIR={}", runtime.display()))
+            .arg("DOCKER_HOST=unix:///nonexistent")
+            .arg(env!("CARGO_BIN_EXE_imgfs"))
+            .args(["run", "--fetch-timeout", "60", "--cache-dir"])
+            .arg(&cache)
+            .arg(&img.source)
+            .args(["--", "true"]),
+        LIMIT,
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains("needs a server outside the sandbox") && err.contains("other users may write"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "the run took {:?}: it waited for reads to time out",
+        start.elapsed()
     );
 }

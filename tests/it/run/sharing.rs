@@ -1,5 +1,6 @@
 //! Who serves a sandbox's image: a live `imgfs mount` of it when there is one, else a shared
-//! server per image that outlives runs for `--linger`; fifty runs at once share one.
+//! server per image that outlives runs for `--linger`; fifty runs at once share one; a
+//! shared server killed under running sandboxes is replaced without their noticing.
 
 use super::*;
 use crate::common::Mounted;
@@ -257,5 +258,70 @@ impl Drop for Running {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// `kill -9` of a shared server, twice, while four sandboxes read files of the image all the
+/// time (the page cache dropped before each kill, so that their reads reach the server):
+/// every sandbox exits 0 and reads GNU tar's bytes.
+#[test]
+fn sandboxes_outlive_a_killed_shared_server() {
+    let tar = debian_tar();
+    let cache = TempDir::new("imgfs-shared-cache");
+    let cache = cache.path();
+    let file = "usr/share/common-licenses/GPL-3";
+    let script = format!(
+        "end=$(($(date +%s) + 6)); \
+         while [ $(date +%s) -lt $end ]; do \
+           cat /{file} > /dev/null || exit 1; ls -R /usr/lib > /dev/null || exit 1; \
+         done; sha256sum /{file}"
+    );
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            run_cached(cache, &tar, &["--linger", "10s"])
+                .args(["sh", "-c", &script])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut children: Vec<_> = children.into_iter().map(|c| Running(Some(c))).collect();
+    let mut mnt = PathBuf::new();
+    wait_until(
+        "a shared server serves the sandboxes",
+        || match shared_servers(cache).as_slice() {
+            [(_, m)] => {
+                mnt = m.clone();
+                true
+            }
+            _ => false,
+        },
+    );
+    let mut killed = Vec::new();
+    for _ in 0..2 {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let server = common::next_server(&mnt, &killed);
+        let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+        // SAFETY: killing a server this test's runs started.
+        assert_eq!(unsafe { libc::kill(server, libc::SIGKILL) }, 0);
+        killed.push(server);
+    }
+    let truth = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "tar -xOf '{}' --wildcards '*{file}' | sha256sum",
+            tar.display()
+        ))
+        .output()
+        .unwrap();
+    let want = text(&truth.stdout)
+        .split(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    for child in &mut children {
+        let out = assert_ok(&child.0.take().unwrap().wait_with_output().unwrap());
+        assert_eq!(out.split(' ').next(), Some(want.as_str()), "{out}");
     }
 }

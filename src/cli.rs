@@ -470,10 +470,14 @@ pub struct MountsArgs {
     /// Print one JSON array
     #[arg(long)]
     pub json: bool,
-    /// Replace every server of yours with the imgfs binary now installed where it was
-    /// started from, keeping each mount (a live upgrade: reads wait, none fails)
+    /// Replace every server of yours (or those of the MOUNTPOINTs given) with the imgfs binary
+    /// now installed where it was started from, keeping each mount (a live upgrade: reads
+    /// wait, none fails)
     #[arg(long)]
     pub restart: bool,
+    /// With --restart: only the servers of these mounts
+    #[arg(requires = "restart", value_name = "MOUNTPOINT")]
+    pub mountpoints: Vec<PathBuf>,
 }
 
 /// Parses a size: bytes, or a number with K, M, G or T (powers of 1024).

@@ -115,11 +115,13 @@ pub fn server_records() -> Vec<ServerRecord> {
     records
 }
 
-/// Asks every keeper of the caller's to replace itself and its server with the binary now
-/// installed where it was started from; the records of those signalled.
-pub fn restart_all() -> Vec<ServerRecord> {
+/// Asks the caller's keepers of the mounts at `only` (all of them when it is empty) to replace
+/// themselves and their servers with the binary now installed where each was started from;
+/// the records of those signalled.
+pub fn restart_all(only: &[PathBuf]) -> Vec<ServerRecord> {
     server_records()
         .into_iter()
+        .filter(|r| only.is_empty() || only.contains(&r.mountpoint))
         .filter(|r| process::kill(r.keeper, libc::SIGUSR2).is_ok())
         .collect()
 }

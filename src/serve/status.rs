@@ -105,31 +105,34 @@ pub struct Restarted {
     pub before: i32,
     /// The new server, or `None` when none took over within the wait.
     pub after: Option<i32>,
+    /// The keeper ended meanwhile: its mount was over (unmounted, or a shared server that
+    /// retired), so there was nothing to serve.
+    pub ended: bool,
 }
 
-/// Replaces every server of the caller's keepers with the binary now installed where each
-/// was started from ([`super::keeper`]), and waits up to `wait` for each new one.
-pub fn restart_servers(wait: Duration) -> Vec<Restarted> {
-    let asked = restart_all();
+/// Replaces the servers of the caller's keepers — those of the mounts at `only`, or all when
+/// it is empty — with the binary now installed where each was started from
+/// ([`super::keeper`]), and waits up to `wait` for each new one.
+pub fn restart_servers(only: &[PathBuf], wait: Duration) -> Vec<Restarted> {
+    let asked = restart_all(only);
     let deadline = Instant::now() + wait;
     loop {
         let now = server_records();
         let done: Vec<Restarted> = asked
             .iter()
-            .map(|old| Restarted {
-                mountpoint: old.mountpoint.clone(),
-                before: old.server,
-                after: now
-                    .iter()
-                    .find(|r| {
-                        r.keeper == old.keeper
-                            && r.server != old.server
-                            && crate::sys::alive(r.server as u32)
-                    })
-                    .map(|r| r.server),
+            .map(|old| {
+                let record = now.iter().find(|r| r.keeper == old.keeper);
+                Restarted {
+                    mountpoint: old.mountpoint.clone(),
+                    before: old.server,
+                    after: record
+                        .filter(|r| r.server != old.server && crate::sys::alive(r.server as u32))
+                        .map(|r| r.server),
+                    ended: record.is_none() && !crate::sys::alive(old.keeper as u32),
+                }
             })
             .collect();
-        if done.iter().all(|r| r.after.is_some()) || Instant::now() >= deadline {
+        if done.iter().all(|r| r.after.is_some() || r.ended) || Instant::now() >= deadline {
             return done;
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -16,9 +16,10 @@
 //! server with one of its own: a live upgrade (`imgfs mounts --restart`). SIGTERM, SIGINT and
 //! SIGHUP go on to the server, which unmounts; the keeper ends with it.
 //!
-//! Never a dead mount: when the mount is gone, the keeper ends; when servers keep dying
-//! ([`RESTARTS`] within [`RESTART_WINDOW`]), it detaches the mount before it ends rather than
-//! leave a connection nobody answers. What runs where is in a record ([`ServerRecord`]) in
+//! Never a dead mount: when the mount is gone, the keeper ends; when servers keep dying (a
+//! request that kills every server it reaches, say), it waits longer before each new one
+//! ([`QUICK_RESTARTS`], [`MAX_BACKOFF`]) and after [`RESTARTS`] within [`RESTART_WINDOW`]
+//! detaches the mount and ends rather than leave a connection nobody answers. What runs where is in a record ([`ServerRecord`]) in
 //! the caller's runtime directory, for `imgfs mounts`.
 //!
 //! The keeper is single-threaded and waits in sigwait; it opens no image and holds only the
@@ -38,9 +39,14 @@ use crate::sys::process::{self, Forked, Pid, SigSet};
 use crate::sys::{self, Durability};
 
 /// Restarts of a server within [`RESTART_WINDOW`] after which the keeper gives up.
-pub const RESTARTS: usize = 5;
+pub const RESTARTS: usize = 20;
 /// See [`RESTARTS`].
-pub const RESTART_WINDOW: Duration = Duration::from_secs(30);
+pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
+/// Restarts within [`RESTART_WINDOW`] made at once; each after those waits 0.1 s, twice as
+/// long as the one before, at most [`MAX_BACKOFF`].
+pub const QUICK_RESTARTS: usize = 5;
+/// See [`QUICK_RESTARTS`].
+pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// The runtime directory holding the keepers' records ([`runtime_dir`]).
 const SERVERS_LEAF: &str = "servers";
 /// The option a keeper passes to the binary it executes: the descriptor it holds.
@@ -335,7 +341,22 @@ impl Keeper {
             self.give_up();
             return false;
         }
-        self.restarts.push(now);
+        if let Some(extra) = self.restarts.len().checked_sub(QUICK_RESTARTS) {
+            let wait = Duration::from_millis(100)
+                .saturating_mul(1 << extra.min(10))
+                .min(MAX_BACKOFF);
+            log::warn!(
+                "{}: {} servers died within {:?}; waiting {wait:?} before the next",
+                self.mountpoint.display(),
+                self.restarts.len(),
+                RESTART_WINDOW
+            );
+            std::thread::sleep(wait);
+            if !self.mount_lives() {
+                return false;
+            }
+        }
+        self.restarts.push(Instant::now());
         let fd = match self.held.as_ref().map(|fd| fd.try_clone()) {
             Some(Ok(fd)) => fd,
             _ => {

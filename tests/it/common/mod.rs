@@ -286,12 +286,13 @@ pub fn sha256_file(path: &Path) -> String {
     )
 }
 
-/// Pids of the imgfs servers serving `mountpoint`: each `__serve` process for it that is not
-/// the keeper (the parent) of another.
+/// Pids of the imgfs servers serving `mountpoint`: each `__serve` process for it whose
+/// parent is another, its keeper (the process that holds the mount's connection and forks
+/// its servers).
 pub fn servers_of(mountpoint: &Path) -> Vec<i32> {
     let all = serve_processes(mountpoint);
     all.iter()
-        .filter(|(pid, _)| !all.iter().any(|(_, parent)| parent == pid))
+        .filter(|(_, parent)| all.iter().any(|(pid, _)| pid == parent))
         .map(|(pid, _)| *pid)
         .collect()
 }
@@ -300,27 +301,30 @@ pub fn servers_of(mountpoint: &Path) -> Vec<i32> {
 /// killed before).
 #[track_caller]
 pub fn next_server(mountpoint: &Path, not: &[i32]) -> i32 {
-    let mut found = 0;
-    wait_until("a new server takes over", || {
-        match servers_of(mountpoint).as_slice() {
-            [pid] if !not.contains(pid) => {
-                found = *pid;
-                true
-            }
-            _ => false,
+    let start = std::time::Instant::now();
+    loop {
+        let now = serve_processes(mountpoint);
+        if let [pid] = servers_of(mountpoint).as_slice()
+            && !not.contains(pid)
+        {
+            return *pid;
         }
-    });
-    found
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "no new server of {} took over from {not:?}: serving processes (pid, parent) {now:?}",
+            mountpoint.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
-/// The pid of the keeper holding `mountpoint`'s connection: the `__serve` process for it
-/// that is the parent of another, or the one left while it starts the next.
+/// The pids of the keepers of `mountpoint`: each `__serve` process for it whose parent is
+/// not one.
 pub fn keepers_of(mountpoint: &Path) -> Vec<i32> {
     let all = serve_processes(mountpoint);
-    let servers = servers_of(mountpoint);
     all.iter()
+        .filter(|(_, parent)| !all.iter().any(|(pid, _)| pid == parent))
         .map(|(pid, _)| *pid)
-        .filter(|pid| !servers.contains(pid) || all.len() == 1)
         .collect()
 }
 

@@ -204,11 +204,12 @@ fn run_serves_fuse(cache: &std::path::Path, image: &std::path::Path, opts: &[&st
 }
 
 /// The shared servers (`imgfs __serve --idle-exit-ms`) of the images in `cache`: pid and
-/// mountpoint. Each serving process, not its keeper (the `__serve` that forked it).
+/// mountpoint. Each serving process (whose parent is its keeper, another `__serve`), not its
+/// keeper.
 fn shared_servers(cache: &std::path::Path) -> Vec<(u32, PathBuf)> {
     let all = shared_serve_processes(cache);
     all.iter()
-        .filter(|(pid, _, _)| !all.iter().any(|(_, parent, _)| parent == pid))
+        .filter(|(_, parent, _)| all.iter().any(|(pid, _, _)| pid == parent))
         .map(|(pid, _, mnt)| (*pid, mnt.clone()))
         .collect()
 }

@@ -247,9 +247,14 @@ impl Keeper {
             .map(|m| m.device)
             .unwrap_or_default();
         // Killed, not asked: a server asked to stop unmounts. What it had read and not
-        // answered is sent again to the next one.
-        let _ = process::kill(self.server, libc::SIGKILL);
-        self.reap_blocking();
+        // answered is sent again to the next one. Only a child of this process: the pid came
+        // on the command line.
+        if parent_of(self.server) == Some(std::process::id() as i32) {
+            let _ = process::kill(self.server, libc::SIGKILL);
+            self.reap_blocking();
+        } else {
+            log::warn!("process {} is no server of this keeper's", self.server);
+        }
         match self.restart(server, "upgraded") {
             true => Ok(()),
             false => Err(1),
@@ -451,6 +456,18 @@ impl Keeper {
             Err(e) => log::warn!("cannot record the server in {}: {e}", dir.display()),
         }
     }
+}
+
+/// The parent of process `pid`, from /proc.
+fn parent_of(pid: Pid) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) S ppid ...`: comm may hold spaces and parentheses.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Removes `option` and its value from `args`.

@@ -1,8 +1,9 @@
 //! The imgfs mounts of this machine as `imgfs mounts` shows them: who serves each, whether
 //! it answers, and dead ones cleared.
 //!
-//! Takes the mount table and the keepers' records ([`super::keeper::ServerRecord`]); hands
-//! on one [`MountStatus`] per imgfs mount. A mount is *live* when a server answers it,
+//! Takes the mount table, the caller's keepers' records ([`super::keeper::ServerRecord`])
+//! and, for other mounts, the `imgfs __serve` processes /proc shows; hands on one
+//! [`MountStatus`] per imgfs mount. A mount is *live* when a server answers it,
 //! *recovering* while its keeper starts a new server, *dead* when nothing holds its
 //! connection any more (every access fails with `ENOTCONN`): a dead mount is detached on the
 //! way, so that the next look finds none.
@@ -38,7 +39,8 @@ impl State {
 pub struct MountStatus {
     pub mount: MountInfo,
     pub state: State,
-    /// The process serving it, when known (a server started by a keeper of the caller's).
+    /// The process serving it, when known: recorded by a keeper of the caller's, or an
+    /// `imgfs __serve` for its mountpoint in /proc (not a server in the foreground).
     pub pid: Option<i32>,
     /// The keeper holding its connection, when it has one.
     pub keeper: Option<i32>,
@@ -52,14 +54,69 @@ pub struct MountStatus {
 pub fn mount_statuses() -> std::io::Result<Vec<MountStatus>> {
     let text = std::fs::read_to_string(mountinfo::SELF)?;
     let records = server_records();
+    let processes = serve_processes();
     Ok(super::parse_mountinfo(&text)
         .into_iter()
         .filter(MountInfo::is_imgfs)
-        .map(|m| status(m, &records))
+        .map(|m| status(m, &records, &processes))
         .collect())
 }
 
-fn status(mount: MountInfo, records: &[ServerRecord]) -> MountStatus {
+/// An `imgfs __serve` process: its pid, its parent's and the mountpoint it serves (its last
+/// argument).
+struct ServeProcess {
+    pid: i32,
+    parent: i32,
+    mountpoint: PathBuf,
+}
+
+/// Every `imgfs __serve` process this one can see, from /proc: keepers and servers alike, a
+/// server's parent being its keeper.
+fn serve_processes() -> Vec<ServeProcess> {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for e in entries.flatten() {
+        let Some(pid) = crate::sys::pid_name(&e.file_name()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline
+            .strip_suffix(b"\0")
+            .unwrap_or(&cmdline)
+            .split(|&b| b == 0)
+            .collect();
+        if args.get(1) != Some(&&b"__serve"[..]) || !crate::sys::alive(pid) {
+            continue;
+        }
+        let Some(last) = args.last() else {
+            continue;
+        };
+        let parent = std::fs::read_to_string(e.path().join("stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')?
+                    .1
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0);
+        found.push(ServeProcess {
+            pid: pid as i32,
+            parent,
+            mountpoint: PathBuf::from(std::ffi::OsStr::from_bytes(last)),
+        });
+    }
+    found
+}
+
+fn status(mount: MountInfo, records: &[ServerRecord], processes: &[ServeProcess]) -> MountStatus {
     let record = records
         .iter()
         .find(|r| r.mountpoint == mount.mountpoint && r.device == mount.device);
@@ -78,8 +135,21 @@ fn status(mount: MountInfo, records: &[ServerRecord]) -> MountStatus {
             clear_error: None,
         };
     }
-    // No keeper of the caller's: ask the mount itself.
-    let dead = is_dead(&mount.mountpoint);
+    // No record of the caller's (another user's keeper, or a server in the foreground): the
+    // processes serving the mountpoint, as /proc shows them, and the mount itself.
+    let mine: Vec<&ServeProcess> = processes
+        .iter()
+        .filter(|p| p.mountpoint == mount.mountpoint)
+        .collect();
+    let server = mine
+        .iter()
+        .find(|p| mine.iter().any(|k| k.pid == p.parent))
+        .or(match mine.as_slice() {
+            [only] => Some(only),
+            _ => None,
+        });
+    let keeper = server.and_then(|s| mine.iter().find(|k| k.pid == s.parent));
+    let dead = server.is_none() && is_dead(&mount.mountpoint);
     let clear_error = if dead {
         log::info!("clearing a dead mount at {}", mount.mountpoint.display());
         unmount(&mount.mountpoint, true)
@@ -91,8 +161,8 @@ fn status(mount: MountInfo, records: &[ServerRecord]) -> MountStatus {
     MountStatus {
         mount,
         state: if dead { State::Dead } else { State::Live },
-        pid: None,
-        keeper: None,
+        pid: server.map(|s| s.pid),
+        keeper: keeper.map(|k| k.pid),
         cleared: dead && clear_error.is_none(),
         clear_error,
     }

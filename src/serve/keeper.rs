@@ -16,10 +16,11 @@
 //! server with one of its own: a live upgrade (`imgfs mounts --restart`). SIGTERM, SIGINT and
 //! SIGHUP go on to the server, which unmounts; the keeper ends with it.
 //!
-//! Never a dead mount: when the mount is gone, the keeper ends; when servers keep dying (a
-//! request that kills every server it reaches, say), it waits longer before each new one
-//! ([`QUICK_RESTARTS`], [`MAX_BACKOFF`]) and after [`RESTARTS`] within [`RESTART_WINDOW`]
-//! detaches the mount and ends rather than leave a connection nobody answers. What runs where is in a record ([`ServerRecord`]) in
+//! Never a dead mount: when the mount is gone, the keeper ends; when servers keep dying young
+//! (within [`YOUNG`] of their start: a request that kills every server it reaches, say), it
+//! waits longer before each new one ([`QUICK_RESTARTS`], [`MAX_BACKOFF`]) and after
+//! [`RESTARTS`] within [`RESTART_WINDOW`] detaches the mount and ends rather than leave a
+//! connection nobody answers. A server that served longer is replaced at once, however often. What runs where is in a record ([`ServerRecord`]) in
 //! the caller's runtime directory, for `imgfs mounts`.
 //!
 //! The keeper is single-threaded and waits in sigwait; it opens no image and holds only the
@@ -38,12 +39,15 @@ use super::{mount_at, shared::runtime_dir, stop_signals};
 use crate::sys::process::{self, Forked, Pid, SigSet};
 use crate::sys::{self, Durability};
 
-/// Restarts of a server within [`RESTART_WINDOW`] after which the keeper gives up.
+/// A server that dies within this of its start died young: the kind of death a request that
+/// kills every server it reaches causes again and again (the kernel resends it at once).
+pub const YOUNG: Duration = Duration::from_secs(1);
+/// Young deaths within [`RESTART_WINDOW`] after which the keeper gives up.
 pub const RESTARTS: usize = 20;
 /// See [`RESTARTS`].
 pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
-/// Restarts within [`RESTART_WINDOW`] made at once; each after those waits 0.1 s, twice as
-/// long as the one before, at most [`MAX_BACKOFF`].
+/// Young deaths within [`RESTART_WINDOW`] after which a new server is not started at once:
+/// each further one waits 0.1 s, twice as long as the one before, at most [`MAX_BACKOFF`].
 pub const QUICK_RESTARTS: usize = 5;
 /// See [`QUICK_RESTARTS`].
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -157,8 +161,9 @@ pub fn keep(mountpoint: &Path, held: Option<Held>, server: &dyn Fn(Connection) -
         exe,
         held: None,
         server: 0,
+        started: Instant::now(),
         device: String::new(),
-        restarts: Vec::new(),
+        young_deaths: Vec::new(),
         stopping: false,
         record: None,
     };
@@ -184,9 +189,11 @@ struct Keeper {
     /// The connection, once the first server handed it over.
     held: Option<OwnedFd>,
     server: Pid,
+    /// When the server was started.
+    started: Instant,
     device: String,
-    /// When servers were started again, the latest last.
-    restarts: Vec<Instant>,
+    /// When servers died young ([`YOUNG`]), the latest last.
+    young_deaths: Vec<Instant>,
     /// Told to end: a server that ends now is not replaced.
     stopping: bool,
     record: Option<PathBuf>,
@@ -216,6 +223,7 @@ impl Keeper {
             Ok(Forked::Parent(pid)) => {
                 drop(theirs);
                 self.server = pid;
+                self.started = Instant::now();
             }
             Err(e) => {
                 log::warn!("serving without a keeper: {e}");
@@ -255,7 +263,7 @@ impl Keeper {
         } else {
             log::warn!("process {} is no server of this keeper's", self.server);
         }
-        match self.restart(server, "upgraded") {
+        match self.restart(server, "upgraded", false) {
             true => Ok(()),
             false => Err(1),
         }
@@ -289,7 +297,8 @@ impl Keeper {
                     } else {
                         format!("exited with status {code}")
                     };
-                    if !self.restart(server, &how) {
+                    let young = self.started.elapsed() < YOUNG;
+                    if !self.restart(server, &how, young) {
                         return code.max(1);
                     }
                 }
@@ -330,30 +339,34 @@ impl Keeper {
             .is_some_and(|m| m.is_imgfs() && (self.device.is_empty() || m.device == self.device))
     }
 
-    /// Starts a server on the held connection, unless servers died too often; false when it
-    /// gave up, after detaching the mount.
-    fn restart(&mut self, server: &dyn Fn(Connection) -> i32, why: &str) -> bool {
+    /// Starts a server on the held connection after one that ended (`young`: within [`YOUNG`]
+    /// of its start), unless servers died young too often; false when it gave up, after
+    /// detaching the mount.
+    fn restart(&mut self, server: &dyn Fn(Connection) -> i32, why: &str, young: bool) -> bool {
         let now = Instant::now();
-        self.restarts
+        self.young_deaths
             .retain(|t| now.duration_since(*t) < RESTART_WINDOW);
-        if self.restarts.len() >= RESTARTS {
+        if young {
+            self.young_deaths.push(now);
+        }
+        if self.young_deaths.len() > RESTARTS {
             log::error!(
-                "{}: the server died {} times within {:?}; unmounting",
+                "{}: {} servers died within {YOUNG:?} of their start within {:?}; unmounting",
                 self.mountpoint.display(),
-                self.restarts.len(),
+                self.young_deaths.len(),
                 RESTART_WINDOW
             );
             self.give_up();
             return false;
         }
-        if let Some(extra) = self.restarts.len().checked_sub(QUICK_RESTARTS) {
+        if young && let Some(extra) = self.young_deaths.len().checked_sub(QUICK_RESTARTS + 1) {
             let wait = Duration::from_millis(100)
                 .saturating_mul(1 << extra.min(10))
                 .min(MAX_BACKOFF);
             log::warn!(
-                "{}: {} servers died within {:?}; waiting {wait:?} before the next",
+                "{}: {} servers died young within {:?}; waiting {wait:?} before the next",
                 self.mountpoint.display(),
-                self.restarts.len(),
+                self.young_deaths.len(),
                 RESTART_WINDOW
             );
             std::thread::sleep(wait);
@@ -361,7 +374,6 @@ impl Keeper {
                 return false;
             }
         }
-        self.restarts.push(Instant::now());
         let fd = match self.held.as_ref().map(|fd| fd.try_clone()) {
             Some(Ok(fd)) => fd,
             _ => {
@@ -378,6 +390,7 @@ impl Keeper {
                     self.server
                 );
                 self.server = pid;
+                self.started = Instant::now();
                 self.write_record();
                 true
             }

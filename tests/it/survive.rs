@@ -264,3 +264,51 @@ fn a_mount_nothing_serves_is_cleared_by_the_next_imgfs_mounts() {
     assert!(!is_mounted(m.path()), "the dead mount is still there");
     assert!(std::fs::read_dir(m.path()).is_ok());
 }
+
+/// Servers that die as soon as they start (here killed the moment each appears, as a request
+/// that crashes every server it reaches would): the keeper waits longer before each, then
+/// detaches the mount and ends, leaving no mount that answers ENOTCONN.
+#[test]
+fn a_keeper_whose_servers_keep_dying_young_detaches_the_mount() {
+    let work = TempDir::new("imgfs-survive");
+    let tar = work.path().join("small.tar");
+    std::fs::write(work.path().join("a"), "a\n").unwrap();
+    let out = run(Command::new("tar")
+        .arg("-C")
+        .arg(work.path())
+        .arg("-cf")
+        .arg(&tar)
+        .arg("a"));
+    assert!(out.status.success());
+    let cache = TempDir::new("imgfs-cache");
+    let m = Mounted::new(cache.path(), &tar);
+    let dir = m.path().to_path_buf();
+    let start = Instant::now();
+    let mut killed = Vec::new();
+    while is_mounted(&dir) {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "still mounted after {} kills",
+            killed.len()
+        );
+        match servers_of(&dir).as_slice() {
+            [pid] if !killed.contains(pid) => {
+                // SAFETY: killing a server this test started.
+                assert_eq!(unsafe { libc::kill(*pid, libc::SIGKILL) }, 0);
+                killed.push(*pid);
+            }
+            _ => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    assert!(
+        killed.len() > 20,
+        "detached after only {} deaths",
+        killed.len()
+    );
+    wait_until("the keeper ends", || keepers_of(&dir).is_empty());
+    assert!(
+        std::fs::read_dir(&dir).is_ok(),
+        "the mountpoint is left unusable"
+    );
+    drop(m);
+}

@@ -560,6 +560,9 @@ pub struct ServeArgs {
     /// The image's entry in that store, by name
     #[arg(long, requires = "cache_dir")]
     pub entry: Option<String>,
+    /// Serving in the foreground: nothing said when ready, errors on stderr
+    #[arg(long)]
+    pub foreground: bool,
     /// The descriptor of the live mount a keeper that executed this binary holds (a restart)
     #[arg(long, requires = "server_pid")]
     pub held_fd: Option<i32>,

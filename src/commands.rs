@@ -357,7 +357,18 @@ fn mount(args: MountArgs) -> Result<i32> {
         idle_exit: None,
         lazy: lazy_options(&args.cache, &cache, &ready),
     };
+    let served = serve::Served {
+        index: &ready.index_path,
+        blobs: &ready.blobs,
+        mountpoint: &args.mountpoint,
+        options: &options,
+        owners: Owners::Recorded,
+    };
     if args.foreground {
+        // The server and its keeper in this process's place: preparing the image may have
+        // started threads, and only a process with one thread may fork the keeper's server.
+        let e = serve::exec_foreground(&served);
+        log::warn!("serving without a keeper: {e}");
         serve::block_stop_signals();
         let fs = ImageFs::open_with(&ready.index_path, &ready.blobs, &options.lazy)?;
         let connection = serve::Connection::Mount { handover: None };
@@ -371,13 +382,7 @@ fn mount(args: MountArgs) -> Result<i32> {
         )?;
         return Ok(0);
     }
-    serve::spawn_detached(&serve::Served {
-        index: &ready.index_path,
-        blobs: &ready.blobs,
-        mountpoint: &args.mountpoint,
-        options: &options,
-        owners: Owners::Recorded,
-    })?;
+    serve::spawn_detached(&served)?;
     Ok(0)
 }
 
@@ -421,12 +426,13 @@ fn serve_background(args: ServeArgs) -> Result<i32> {
     // The keeper forks servers; each opens the image (its own threads) and serves.
     Ok(serve::keep(&args.mountpoint, held, &|connection| {
         let fresh = matches!(connection, serve::Connection::Mount { .. });
+        let report = fresh && !args.foreground;
         serve::block_stop_signals();
         let result = ImageFs::open_with(&args.index, &args.blobs, &options.lazy)
             .map_err(anyhow::Error::from)
             .and_then(|fs| {
                 let on_ready = || {
-                    if fresh {
+                    if report {
                         serve::report_ready()
                     }
                 };
@@ -442,8 +448,12 @@ fn serve_background(args: ServeArgs) -> Result<i32> {
             });
         match result {
             Ok(()) => 0,
-            Err(e) if fresh => {
+            Err(e) if report => {
                 serve::report(&format!("error: {}", message(&e)));
+                1
+            }
+            Err(e) if fresh => {
+                eprintln!("imgfs: {}", message(&e));
                 1
             }
             Err(e) => {

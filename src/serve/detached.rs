@@ -62,12 +62,10 @@ pub struct Served<'a> {
     pub owners: Owners,
 }
 
-/// Starts `imgfs __serve` detached (own process group, no terminal) and waits until it says
-/// the mount is ready, or relays why it could not mount.
-pub fn spawn_detached(what: &Served) -> Result<(), SpawnError> {
-    use std::io::BufRead;
-    use std::os::unix::process::CommandExt;
-    use std::process::{Command, Stdio};
+/// `imgfs __serve` for `what`, with every path absolute (the mountpoint last); with
+/// `foreground`, one that says nothing when ready.
+fn serve_command(what: &Served, foreground: bool) -> Result<std::process::Command, SpawnError> {
+    use std::process::Command;
     let exe = std::env::current_exe().map_err(SpawnError::Exe)?;
     // Absolute paths, and `/` as the working directory: a server that lives on must not
     // keep the caller's directory busy.
@@ -106,6 +104,32 @@ pub fn spawn_detached(what: &Served) -> Result<(), SpawnError> {
             .arg("--entry")
             .arg(store.entry.name());
     }
+    if foreground {
+        cmd.arg("--foreground");
+    }
+    cmd.arg(absolute(what.mountpoint)?);
+    Ok(cmd)
+}
+
+/// Replaces this process with `imgfs __serve --foreground` for `what`: the same server and
+/// keeper a detached mount gets, in the foreground (this pid, terminal and process group),
+/// saying nothing when ready. Returns only when that fails, with why. Meant for a process
+/// that cannot fork a keeper itself, having started threads.
+pub fn exec_foreground(what: &Served) -> SpawnError {
+    use std::os::unix::process::CommandExt;
+    match serve_command(what, true) {
+        Ok(mut cmd) => SpawnError::Start(cmd.exec()),
+        Err(e) => e,
+    }
+}
+
+/// Starts `imgfs __serve` detached (own process group, no terminal) and waits until it says
+/// the mount is ready, or relays why it could not mount.
+pub fn spawn_detached(what: &Served) -> Result<(), SpawnError> {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    let mut cmd = serve_command(what, false)?;
     // A server reading layers lazily logs what it could not fetch beside the image's index.
     let log = what
         .index
@@ -130,7 +154,6 @@ pub fn spawn_detached(what: &Served) -> Result<(), SpawnError> {
         _ => Stdio::null(),
     };
     let mut child = cmd
-        .arg(absolute(what.mountpoint)?)
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

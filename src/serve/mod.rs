@@ -35,7 +35,9 @@ use crate::sys::{self, euid, mountinfo};
 use announce::register;
 
 pub use announce::{Lease, LiveMount, live_mount};
-pub use detached::{SERVER_LOG, Served, SpawnError, report, report_ready, spawn_detached};
+pub use detached::{
+    SERVER_LOG, Served, SpawnError, exec_foreground, report, report_ready, spawn_detached,
+};
 pub use keeper::{Connection, Held, ServerRecord, keep, restart_all, server_records};
 pub use shared::{SHARED_DIR, SharedError, is_shared_mountpoint, shared_dir, shared_mount};
 pub use status::{MountStatus, Restarted, State, mount_statuses, restart_servers};

@@ -40,7 +40,7 @@ pub struct MountStatus {
     pub mount: MountInfo,
     pub state: State,
     /// The process serving it, when known: recorded by a keeper of the caller's, or an
-    /// `imgfs __serve` for its mountpoint in /proc (not a server in the foreground).
+    /// `imgfs __serve` for its mountpoint in /proc.
     pub pid: Option<i32>,
     /// The keeper holding its connection, when it has one.
     pub keeper: Option<i32>,

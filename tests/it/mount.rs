@@ -250,7 +250,8 @@ fn server_lifecycle_leaves_no_stale_mount() {
         });
     }
 
-    // Foreground: attached until interrupted.
+    // Foreground: attached until interrupted; the process started keeps the mount, and a
+    // server of its killed is replaced.
     let mnt = TempDir::new("imgfs-mnt");
     let mut child = imgfs()
         .args(["mount", "--foreground", "--cache-dir"])
@@ -260,6 +261,12 @@ fn server_lifecycle_leaves_no_stale_mount() {
         .spawn()
         .unwrap();
     wait_until("the foreground mount is ready", || is_mounted(mnt.path()));
+    assert_eq!(keepers_of(mnt.path()), vec![child.id() as i32]);
+    let server = common::next_server(mnt.path(), &[]);
+    // SAFETY: killing a server this test started.
+    assert_eq!(unsafe { libc::kill(server, libc::SIGKILL) }, 0);
+    common::next_server(mnt.path(), &[server]);
+    assert!(std::fs::read_dir(mnt.path()).unwrap().count() > 0);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let status = child.wait().unwrap();

@@ -35,14 +35,14 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{mount_at, shared::runtime_dir, stop_signals};
+use super::{MountInfo, mount_at, shared::runtime_dir, stop_signals};
 use crate::sys::process::{self, Forked, Pid, SigSet};
 use crate::sys::{self, Durability};
 
 /// A server that dies within this of its start died young: the kind of death a request that
 /// kills every server it reaches causes again and again (the kernel resends it at once).
 pub const YOUNG: Duration = Duration::from_secs(1);
-/// Young deaths within [`RESTART_WINDOW`] after which the keeper gives up.
+/// Young deaths within [`RESTART_WINDOW`] at which the keeper gives up.
 pub const RESTARTS: usize = 20;
 /// See [`RESTARTS`].
 pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
@@ -92,6 +92,9 @@ pub struct ServerRecord {
     /// The mount's device (`major:minor` in mountinfo).
     pub device: String,
     pub keeper: i32,
+    /// When the keeper started (see [`sys::process_start_time`]): a record names its keeper
+    /// only while a process of that pid with that start time runs.
+    pub keeper_started: u64,
     /// The server now answering.
     pub server: i32,
     /// The binary a restart executes.
@@ -114,9 +117,16 @@ pub fn server_records() -> Vec<ServerRecord> {
         let record = std::fs::read(e.path())
             .ok()
             .and_then(|b| serde_json::from_slice::<ServerRecord>(&b).ok());
+        // A zombie (killed, not yet reaped) is no keeper either.
+        let running = sys::alive(pid)
+            .then(|| sys::process_start_time(pid as i32))
+            .flatten();
         match record {
-            Some(r) if sys::alive(pid) && r.keeper as u32 == pid => records.push(r),
-            _ if !sys::alive(pid) => {
+            Some(r) if r.keeper as u32 == pid && running == Some(r.keeper_started) => {
+                records.push(r)
+            }
+            // Its keeper is gone, perhaps with its pid given to another process since.
+            Some(_) | None if running.is_none() || record.is_some() => {
                 let _ = std::fs::remove_file(e.path());
             }
             _ => {}
@@ -167,6 +177,9 @@ pub fn keep(mountpoint: &Path, held: Option<Held>, server: &dyn Fn(Connection) -
         stopping: false,
         record: None,
     };
+    // Children are reaped here: an ignored SIGCHLD inherited from the caller would have the
+    // kernel reap them, and their deaths go unseen.
+    process::default_action(libc::SIGCHLD);
     process::block(&keeper_signals());
     let first = match held {
         Some(held) => keeper.take_over(held, server),
@@ -176,6 +189,9 @@ pub fn keep(mountpoint: &Path, held: Option<Held>, server: &dyn Fn(Connection) -
         return code;
     }
     let code = keeper.watch(server);
+    // The server is gone and this keeper's copy of the connection goes with it: a mount still
+    // there would answer nothing but ENOTCONN.
+    keeper.detach_if_mounted();
     if let Some(path) = &keeper.record {
         let _ = std::fs::remove_file(path);
     }
@@ -241,8 +257,27 @@ impl Keeper {
                 self.write_record();
                 Ok(())
             }
-            // The server ended (or never mounted) without handing the connection over.
-            Ok(None) | Err(_) => Err(self.reap_blocking()),
+            // The server ended (or never mounted) without handing the connection over, or
+            // could not hand it over and serves on, with no keeper to take over.
+            Ok(None) | Err(_) => match process::waitpid(self.server, libc::WNOHANG) {
+                Ok(None) => {
+                    log::warn!("{}: no keeper holds the mount", self.mountpoint.display());
+                    quiet_stdout();
+                    Ok(())
+                }
+                _ => {
+                    let status = self.reap_status();
+                    if libc::WIFSIGNALED(status) {
+                        // Killed after mounting perhaps: nothing imgfs was mounted here before.
+                        self.device = mount_at(&self.mountpoint)
+                            .filter(MountInfo::is_imgfs)
+                            .map(|m| m.device)
+                            .unwrap_or_default();
+                        self.detach_if_mounted();
+                    }
+                    Err(sys::exit_code(status))
+                }
+            },
         }
     }
 
@@ -289,7 +324,7 @@ impl Keeper {
                     };
                     let code = sys::exit_code(status);
                     let killed = libc::WIFSIGNALED(status);
-                    if self.stopping || (!killed && code == 0) || !self.mount_lives() {
+                    if self.stopping || (!killed && code == 0) || !self.connection_lives() {
                         return code;
                     }
                     let how = if killed {
@@ -324,19 +359,42 @@ impl Keeper {
 
     /// Waits for the server to end; its exit status.
     fn reap_blocking(&mut self) -> i32 {
+        sys::exit_code(self.reap_status())
+    }
+
+    /// Waits for the server to end; its wait status.
+    fn reap_status(&mut self) -> libc::c_int {
         loop {
             match process::waitpid(self.server, 0) {
-                Ok(Some((_, status))) => return sys::exit_code(status),
+                Ok(Some((_, status))) => return status,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                _ => return 1,
+                _ => return 1 << 8,
             }
         }
     }
 
-    /// Whether the mount this keeper serves is still there (not unmounted meanwhile).
-    fn mount_lives(&self) -> bool {
-        mount_at(&self.mountpoint)
-            .is_some_and(|m| m.is_imgfs() && (self.device.is_empty() || m.device == self.device))
+    /// Whether the connection this keeper holds still lives: mounted, or detached while
+    /// programs still use it (a shared server retired under running sandboxes, `umount
+    /// --lazy` with files open). Judged from the descriptor, never by touching the mount.
+    fn connection_lives(&self) -> bool {
+        self.held
+            .as_ref()
+            .is_some_and(|fd| !sys::fs::fuse_connection_ended(fd.as_fd()))
+    }
+
+    /// This keeper's mount, when it is still in the mount table.
+    fn mounted_here(&self) -> bool {
+        !self.device.is_empty()
+            && mount_at(&self.mountpoint).is_some_and(|m| m.is_imgfs() && m.device == self.device)
+    }
+
+    /// Detaches this keeper's mount when it is still in the mount table.
+    fn detach_if_mounted(&self) {
+        if self.mounted_here()
+            && let Err(e) = super::unmount(&self.mountpoint, true)
+        {
+            log::warn!("{e}");
+        }
     }
 
     /// Starts a server on the held connection after one that ended (`young`: within [`YOUNG`]
@@ -349,7 +407,7 @@ impl Keeper {
         if young {
             self.young_deaths.push(now);
         }
-        if self.young_deaths.len() > RESTARTS {
+        if self.young_deaths.len() >= RESTARTS {
             log::error!(
                 "{}: {} servers died within {YOUNG:?} of their start within {:?}; unmounting",
                 self.mountpoint.display(),
@@ -370,7 +428,7 @@ impl Keeper {
                 RESTART_WINDOW
             );
             std::thread::sleep(wait);
-            if !self.mount_lives() {
+            if !self.connection_lives() {
                 return false;
             }
         }
@@ -404,23 +462,20 @@ impl Keeper {
 
     /// Detaches the mount, so that nothing is left answering `ENOTCONN`.
     fn give_up(&mut self) {
-        if self.mount_lives()
-            && let Err(e) = super::unmount(&self.mountpoint, true)
-        {
-            log::warn!("{e}");
-        }
+        self.detach_if_mounted();
         self.held = None;
     }
 
     /// Replaces this keeper with the binary at its path, passing on the connection and the
-    /// server; returns only when that fails, which is logged.
+    /// server; returns only when that fails, which is logged. execve keeps the signal mask, so
+    /// that no signal meant for the keeper ends it between the two programs.
     fn upgrade(&mut self) {
-        use std::os::unix::process::CommandExt;
+        use std::os::unix::ffi::OsStrExt;
         let Some(fd) = &self.held else {
             return;
         };
-        if let Err(e) = sys::fs::set_cloexec(fd.as_fd(), false) {
-            log::warn!("restart refused: {e}");
+        if let Err(why) = trusted_binary(&self.exe) {
+            log::error!("restart refused: {}: {why}", self.exe.display());
             return;
         }
         let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
@@ -437,12 +492,33 @@ impl Keeper {
                 self.server.to_string().into(),
             ],
         );
+        let cstr = |b: &[u8]| std::ffi::CString::new(b).ok();
+        let program = cstr(self.exe.as_os_str().as_bytes());
+        let argv: Option<Vec<_>> = std::iter::once(self.exe.as_os_str())
+            .chain(args.iter().map(|a| a.as_os_str()))
+            .map(|a| cstr(a.as_bytes()))
+            .collect();
+        let env: Option<Vec<_>> = std::env::vars_os()
+            .map(|(k, v)| cstr(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
+            .collect();
+        let (Some(program), Some(argv), Some(env)) = (program, argv, env) else {
+            log::error!("restart refused: an argument or variable holds a NUL byte");
+            return;
+        };
+        if let Err(e) = sys::fs::set_cloexec(fd.as_fd(), false) {
+            log::error!("restart refused: {e}");
+            return;
+        }
         log::info!(
             "{}: restarting with {}",
             self.mountpoint.display(),
             self.exe.display()
         );
-        let e = std::process::Command::new(&self.exe).args(&args).exec();
+        let e = process::execve(
+            &program,
+            &process::CStrings::new(argv),
+            &process::CStrings::new(env),
+        );
         let _ = sys::fs::set_cloexec(fd.as_fd(), true);
         log::error!("restart with {} failed: {e}", self.exe.display());
     }
@@ -457,6 +533,7 @@ impl Keeper {
             mountpoint: self.mountpoint.clone(),
             device: self.device.clone(),
             keeper,
+            keeper_started: sys::process_start_time(keeper).unwrap_or_default(),
             server: self.server,
             exe: self.exe.clone(),
         };
@@ -469,6 +546,23 @@ impl Keeper {
             Err(e) => log::warn!("cannot record the server in {}: {e}", dir.display()),
         }
     }
+}
+
+/// Whether a keeper may execute `exe`: for root, only a file that root owns and nobody else
+/// may write, as a binary installed for the machine is.
+fn trusted_binary(exe: &Path) -> Result<(), &'static str> {
+    use std::os::unix::fs::MetadataExt;
+    if sys::euid() != 0 {
+        return Ok(());
+    }
+    let meta = std::fs::metadata(exe).map_err(|_| "cannot be read")?;
+    if meta.uid() != 0 {
+        return Err("root does not own it");
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err("others may write to it");
+    }
+    Ok(())
 }
 
 /// The parent of process `pid`, from /proc.

@@ -330,7 +330,8 @@ pub fn unmount(path: &Path, lazy: bool) -> Result<(), ServeError> {
     }
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| fail("path holds a NUL byte".into()))?;
-    let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    // The mountpoint itself is never followed if it became a symbolic link meanwhile.
+    let flags = libc::UMOUNT_NOFOLLOW | if lazy { libc::MNT_DETACH } else { 0 };
     let Err(err) = sys::fs::umount(&c, flags) else {
         return Ok(());
     };
@@ -401,10 +402,28 @@ pub(crate) fn mount_at(path: &Path) -> Option<MountInfo> {
         .map(MountInfo::from)
 }
 
+/// How long [`is_dead`] waits for a mount's answer before taking it for alive (and busy).
+const DEAD_PROBE_WAIT: Duration = Duration::from_secs(2);
+
 /// Whether the mount at `mountpoint` is one nothing answers: a FUSE connection nobody holds
-/// fails every access at once, with `ENOTCONN`.
-pub(crate) fn is_dead(mountpoint: &std::path::Path) -> bool {
-    std::fs::symlink_metadata(mountpoint).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
+/// fails every request at once, with `ENOTCONN`. Asked with statfs, which the kernel never
+/// answers from its caches (a lookup or getattr of the root may be), and only of the caller's
+/// own mounts (`user_id` of the mount); a mount that does not answer within
+/// [`DEAD_PROBE_WAIT`] is taken for alive, its probe left waiting on a thread of its own.
+pub(crate) fn is_dead(mount: &MountInfo) -> bool {
+    if mount.user_id.is_some_and(|u| u != euid()) {
+        return false;
+    }
+    let path = mount.mountpoint.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let probe = std::thread::Builder::new()
+        .name("imgfs-probe".into())
+        .spawn(move || {
+            let dead =
+                sys::fs::fs_type(&path).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
+            let _ = tx.send(dead);
+        });
+    probe.is_ok() && rx.recv_timeout(DEAD_PROBE_WAIT).unwrap_or(false)
 }
 
 #[cfg(test)]

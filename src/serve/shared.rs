@@ -192,7 +192,7 @@ pub fn shared_mount(
                 continue;
             }
             let path = d.path();
-            if super::mount_at(&path).is_some_and(|m| m.is_imgfs()) && super::is_dead(&path) {
+            if super::mount_at(&path).is_some_and(|m| m.is_imgfs() && super::is_dead(&m)) {
                 log::info!("clearing a dead shared mount at {}", path.display());
                 if let Err(e) = super::unmount(&path, true) {
                     log::warn!("{e}");

@@ -149,7 +149,7 @@ fn status(mount: MountInfo, records: &[ServerRecord], processes: &[ServeProcess]
             _ => None,
         });
     let keeper = server.and_then(|s| mine.iter().find(|k| k.pid == s.parent));
-    let dead = server.is_none() && is_dead(&mount.mountpoint);
+    let dead = server.is_none() && is_dead(&mount);
     let clear_error = if dead {
         log::info!("clearing a dead mount at {}", mount.mountpoint.display());
         unmount(&mount.mountpoint, true)

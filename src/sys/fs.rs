@@ -254,6 +254,19 @@ pub(crate) fn try_lock_exclusive(file: &File) -> io::Result<bool> {
     }
 }
 
+/// Whether the FUSE connection `fd` is a descriptor of has ended (aborted: unmounted and
+/// released, or its last server gone): poll(2) reports `POLLERR` on it from then on.
+pub(crate) fn fuse_connection_ended(fd: BorrowedFd) -> bool {
+    let mut poll = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, alive for the call; a zero timeout never blocks.
+    let n = unsafe { libc::poll(&mut poll, 1, 0) };
+    n > 0 && poll.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0
+}
+
 /// Sends `fd` over the connected Unix stream socket `socket` (`SCM_RIGHTS`), with one byte of
 /// data for it to ride on.
 pub(crate) fn send_fd(socket: BorrowedFd, fd: BorrowedFd) -> io::Result<()> {

@@ -92,7 +92,6 @@ impl SysError {
     }
 
     /// The errno behind the failure, if there is one.
-    #[cfg(test)]
     pub(crate) fn raw_os_error(&self) -> Option<i32> {
         match self {
             SysError::Mount { cause, .. }
@@ -176,6 +175,19 @@ pub(crate) fn alive(pid: u32) -> bool {
     stat.rsplit_once(')')
         .and_then(|(_, rest)| rest.trim_start().chars().next())
         .is_some_and(|state| state != 'Z' && state != 'X')
+}
+
+/// The start time of process `pid` (clock ticks after boot, field 22 of /proc/PID/stat):
+/// with the pid, what tells a process from a later one given the same pid.
+pub(crate) fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after `pid (comm)`: the state is field 3, so the start time is the 20th here.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]

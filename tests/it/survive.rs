@@ -241,6 +241,9 @@ fn a_mount_nothing_serves_is_cleared_by_the_next_imgfs_mounts() {
     assert!(out.status.success());
     let cache = TempDir::new("imgfs-cache");
     let m = Mounted::new(cache.path(), &tar);
+    // The root's attributes in the kernel's cache, as any listing of its parent leaves them:
+    // the probe must not take them for an answer.
+    assert!(std::fs::metadata(m.path()).unwrap().is_dir());
     let pids = [keepers_of(m.path()), servers_of(m.path())].concat();
     assert_eq!(pids.len(), 2, "{pids:?}");
     for pid in pids {
@@ -301,7 +304,7 @@ fn a_keeper_whose_servers_keep_dying_young_detaches_the_mount() {
         }
     }
     assert!(
-        killed.len() > 20,
+        killed.len() >= 20,
         "detached after only {} deaths",
         killed.len()
     );

@@ -75,12 +75,16 @@ pub struct Held {
 }
 
 impl Held {
-    /// Takes what a keeper named on the command line of the binary it executed.
+    /// Takes what a keeper named on the command line of the binary it executed: refused
+    /// unless the descriptor is one of `/dev/fuse`.
     pub fn inherited(fd: RawFd, server: i32) -> io::Result<Held> {
-        Ok(Held {
-            fd: sys::fs::inherited_fd(fd)?,
-            server,
-        })
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let fd = sys::fs::inherited_fd(fd)?;
+        let meta = std::fs::File::from(fd.try_clone()?).metadata()?;
+        if !meta.file_type().is_char_device() || meta.rdev() != libc::makedev(10, 229) {
+            return Err(io::Error::other("not a descriptor of /dev/fuse"));
+        }
+        Ok(Held { fd, server })
     }
 }
 
@@ -439,7 +443,17 @@ impl Keeper {
                 return false;
             }
         };
-        match process::fork() {
+        // A fork refused for want of resources (EAGAIN, ENOMEM) may pass: a few tries, a
+        // little apart, before the mount is given up.
+        let mut forked = process::fork();
+        for _ in 0..5 {
+            if forked.is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            forked = process::fork();
+        }
+        match forked {
             Ok(Forked::Child) => child(server, Connection::Resume(fd)),
             Ok(Forked::Parent(pid)) => {
                 log::info!(

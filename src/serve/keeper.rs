@@ -17,7 +17,7 @@
 //! SIGHUP go on to the server, which unmounts; the keeper ends with it.
 //!
 //! Never a dead mount: when the mount is gone, the keeper ends; when servers keep dying young
-//! (within [`YOUNG`] of their start: a request that kills every server it reaches, say), it
+//! (within [`YOUNG`] of serving: a request that kills every server it reaches, say), it
 //! waits longer before each new one ([`QUICK_RESTARTS`], [`MAX_BACKOFF`]) and after
 //! [`RESTARTS`] within [`RESTART_WINDOW`] detaches the mount and ends rather than leave a
 //! connection nobody answers. A server that served longer is replaced at once, however often. What runs where is in a record ([`ServerRecord`]) in
@@ -39,8 +39,9 @@ use super::{MountInfo, mount_at, shared::runtime_dir, stop_signals};
 use crate::sys::process::{self, Forked, Pid, SigSet};
 use crate::sys::{self, Durability};
 
-/// A server that dies within this of its start died young: the kind of death a request that
-/// kills every server it reaches causes again and again (the kernel resends it at once).
+/// A server that dies before it serves, or within this of starting to serve, died young: the
+/// kind of death a request that kills every server it reaches causes again and again (the
+/// kernel resends it at once), however long the server took to open its image.
 pub const YOUNG: Duration = Duration::from_secs(1);
 /// Young deaths within [`RESTART_WINDOW`] at which the keeper gives up.
 pub const RESTARTS: usize = 20;
@@ -150,7 +151,8 @@ pub fn restart_all(only: &[PathBuf]) -> Vec<ServerRecord> {
         .collect()
 }
 
-/// The signals a keeper waits for.
+/// The signals a keeper waits for: those that end it, SIGUSR2 (restart), SIGCHLD and
+/// SIGUSR1 (its server is serving: [`server_ready`]).
 fn keeper_signals() -> SigSet {
     SigSet::of(&[
         libc::SIGTERM,
@@ -158,7 +160,17 @@ fn keeper_signals() -> SigSet {
         libc::SIGHUP,
         libc::SIGUSR2,
         libc::SIGCHLD,
+        libc::SIGUSR1,
     ])
+}
+
+/// Tells the keeper (this server's parent) that the server serves now: from then on its
+/// death is young only within [`YOUNG`].
+pub(crate) fn server_ready() {
+    let keeper = std::os::unix::process::parent_id() as Pid;
+    if keeper > 1 {
+        let _ = process::kill(keeper, libc::SIGUSR1);
+    }
 }
 
 /// Keeps the mount at `mountpoint` served: runs `server` in a forked child, and again in a
@@ -175,7 +187,7 @@ pub fn keep(mountpoint: &Path, held: Option<Held>, server: &dyn Fn(Connection) -
         exe,
         held: None,
         server: 0,
-        started: Instant::now(),
+        ready: None,
         device: String::new(),
         young_deaths: Vec::new(),
         stopping: false,
@@ -209,8 +221,8 @@ struct Keeper {
     /// The connection, once the first server handed it over.
     held: Option<OwnedFd>,
     server: Pid,
-    /// When the server was started.
-    started: Instant,
+    /// When the server said it serves ([`server_ready`]); `None` until then.
+    ready: Option<Instant>,
     device: String,
     /// When servers died young ([`YOUNG`]), the latest last.
     young_deaths: Vec<Instant>,
@@ -243,7 +255,7 @@ impl Keeper {
             Ok(Forked::Parent(pid)) => {
                 drop(theirs);
                 self.server = pid;
-                self.started = Instant::now();
+                self.ready = None;
             }
             Err(e) => {
                 log::warn!("serving without a keeper: {e}");
@@ -336,12 +348,13 @@ impl Keeper {
                     } else {
                         format!("exited with status {code}")
                     };
-                    let young = self.started.elapsed() < YOUNG;
+                    let young = self.ready.is_none_or(|t| t.elapsed() < YOUNG);
                     if !self.restart(server, &how, young) {
                         return code.max(1);
                     }
                 }
                 libc::SIGUSR2 => self.upgrade(),
+                libc::SIGUSR1 => self.ready = Some(Instant::now()),
                 other => {
                     self.stopping = true;
                     let _ = process::kill(self.server, other);
@@ -462,7 +475,7 @@ impl Keeper {
                     self.server
                 );
                 self.server = pid;
-                self.started = Instant::now();
+                self.ready = None;
                 self.write_record();
                 true
             }

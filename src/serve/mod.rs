@@ -137,19 +137,28 @@ pub fn serve(
 
     let requests = fs.requests();
     let owners = fs.owners();
+    let mut kept = true;
     let session = match connection {
         Connection::Mount { handover } => {
             let session = mount(fs, mountpoint, options)?;
-            if let Some(keeper) = handover
-                && let Err(e) = sys::fs::send_fd(keeper.as_fd(), session.as_fd())
-            {
-                log::warn!("{}: no keeper holds the mount: {e}", mountpoint.display());
-            }
+            kept = match handover {
+                Some(keeper) => match sys::fs::send_fd(keeper.as_fd(), session.as_fd()) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        log::warn!("{}: no keeper holds the mount: {e}", mountpoint.display());
+                        false
+                    }
+                },
+                None => false,
+            };
             session
         }
         Connection::Resume(fd) => resume(fs, fd, options),
     };
     let background = start(session, mountpoint)?;
+    if kept {
+        keeper::server_ready();
+    }
     let thread_failed = |source| ServeError::Session {
         path: mountpoint.to_path_buf(),
         cause: source,

@@ -308,7 +308,7 @@ impl Keeper {
         // Killed, not asked: a server asked to stop unmounts. What it had read and not
         // answered is sent again to the next one. Only a child of this process: the pid came
         // on the command line.
-        if parent_of(self.server) == Some(std::process::id() as i32) {
+        if sys::parent_pid(self.server as u32) == Some(std::process::id() as i32) {
             let _ = process::kill(self.server, libc::SIGKILL);
             self.reap_blocking();
         } else {
@@ -590,18 +590,6 @@ fn trusted_binary(exe: &Path) -> Result<(), &'static str> {
         return Err("others may write to it");
     }
     Ok(())
-}
-
-/// The parent of process `pid`, from /proc.
-fn parent_of(pid: Pid) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // `pid (comm) S ppid ...`: comm may hold spaces and parentheses.
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 /// Removes `option` and its value from `args`.

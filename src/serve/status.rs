@@ -96,17 +96,7 @@ fn serve_processes() -> Vec<ServeProcess> {
         let Some(last) = args.last() else {
             continue;
         };
-        let parent = std::fs::read_to_string(e.path().join("stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit_once(')')?
-                    .1
-                    .split_whitespace()
-                    .nth(1)?
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0);
+        let parent = crate::sys::parent_pid(pid).unwrap_or(0);
         found.push(ServeProcess {
             pid: pid as i32,
             parent,

@@ -166,28 +166,33 @@ pub(crate) fn pid_name(name: &std::ffi::OsStr) -> Option<u32> {
     name.to_str().and_then(|n| n.parse().ok())
 }
 
-/// Whether the process `pid` still runs: a zombie (dead, not yet reaped) does not.
-pub(crate) fn alive(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // `pid (comm) S ...`: the state follows the last `)`, as comm may hold one.
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next())
-        .is_some_and(|state| state != 'Z' && state != 'X')
-}
-
-/// The start time of process `pid` (clock ticks after boot, field 22 of /proc/PID/stat):
-/// with the pid, what tells a process from a later one given the same pid.
-pub(crate) fn process_start_time(pid: i32) -> Option<u64> {
+/// Field `n` of /proc/PID/stat, numbered as proc(5) numbers them from the state on (3: the
+/// state, 4: the parent, 22: the start time); read after the last `)`, as the command name
+/// before it may hold spaces and parentheses.
+fn stat_field<T: std::str::FromStr>(pid: u32, n: usize) -> Option<T> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after `pid (comm)`: the state is field 3, so the start time is the 20th here.
     stat.rsplit_once(')')?
         .1
         .split_whitespace()
-        .nth(19)?
+        .nth(n.checked_sub(3)?)?
         .parse()
         .ok()
+}
+
+/// Whether the process `pid` still runs: a zombie (dead, not yet reaped) does not.
+pub(crate) fn alive(pid: u32) -> bool {
+    stat_field::<char>(pid, 3).is_some_and(|state| state != 'Z' && state != 'X')
+}
+
+/// The parent of process `pid`.
+pub(crate) fn parent_pid(pid: u32) -> Option<i32> {
+    stat_field(pid, 4)
+}
+
+/// The start time of process `pid` (clock ticks after boot): with the pid, what tells a
+/// process from a later one given the same pid.
+pub(crate) fn process_start_time(pid: i32) -> Option<u64> {
+    stat_field(u32::try_from(pid).ok()?, 22)
 }
 
 #[cfg(test)]
@@ -206,6 +211,11 @@ mod tests {
         assert_eq!(pid_name(std::ffi::OsStr::new("1234")), Some(1234));
         assert_eq!(pid_name(std::ffi::OsStr::new("shared")), None);
         assert!(alive(std::process::id()));
+        assert_eq!(
+            parent_pid(std::process::id()),
+            Some(std::os::unix::process::parent_id() as i32)
+        );
+        assert!(process_start_time(std::process::id() as i32).is_some());
     }
 
     #[test]

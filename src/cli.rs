@@ -41,6 +41,12 @@ pub struct CacheArgs {
     /// [default: $REGISTRY_AUTH_FILE, then ~/.docker/config.json and its credential helpers]
     #[arg(long, value_name = "FILE", global = true)]
     pub authfile: Option<PathBuf>,
+    /// Registries: where their host configurations are, as containerd keeps them (a
+    /// directory per registry holding a hosts.toml: mirrors, CA and client certificates,
+    /// skip_verify, plain HTTP) [default: /etc/containerd/certs.d, then docker's
+    /// /etc/docker/certs.d]
+    #[arg(long, value_name = "DIR", global = true)]
+    pub hosts_dir: Option<PathBuf>,
     /// Lazy registry images: how long a read of data not yet fetched keeps trying an
     /// unreachable registry before it fails with EIO [default: 30]
     #[arg(long, value_name = "SECONDS", global = true)]

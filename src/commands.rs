@@ -198,6 +198,7 @@ fn prepare(image: &str, cache: &Cache, pull: bool, args: &CacheArgs) -> Result<p
         platform,
         insecure: args.tls_verify == Some(false),
         auth_file: args.authfile.clone(),
+        hosts_dir: args.hosts_dir.clone(),
         report: Some(&mut report),
     };
     let reference = ImageRef::parse(image);
@@ -243,6 +244,7 @@ fn index_push(args: IndexPushArgs) -> Result<i32> {
         platform,
         insecure: args.cache.tls_verify == Some(false),
         auth_file: args.cache.authfile.clone(),
+        hosts_dir: args.cache.hosts_dir.clone(),
         report: Some(&mut report),
         ..Default::default()
     };

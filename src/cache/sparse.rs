@@ -43,6 +43,9 @@ pub(crate) struct Remote {
     pub insecure: bool,
     /// `--authfile` given when the image was prepared.
     pub auth_file: Option<std::path::PathBuf>,
+    /// `--hosts-dir` given when the image was prepared.
+    #[serde(default)]
+    pub hosts_dir: Option<std::path::PathBuf>,
 }
 
 /// A lazy layer's description of its blob, in its entry.

@@ -139,6 +139,7 @@ fn open(
             platform: platform.clone(),
             tls_verify: !options.insecure,
             auth_file: options.auth_file.clone(),
+            hosts_dir: options.hosts_dir.clone(),
             ..RegistryOptions::default()
         };
         let (image, registry) = registry::open(reference, &options)?;

@@ -68,6 +68,7 @@ pub(super) fn make(
     let blobs: Vec<PathBuf> = keys.iter().map(|k| blob_path(cache, k)).collect();
     // All at once: each is a few small files written and synced.
     let (insecure, auth_file) = (options.insecure, options.auth_file.as_deref());
+    let hosts_dir = options.hosts_dir.as_deref();
     std::thread::scope(|s| {
         let handles: Vec<_> = img
             .layers
@@ -79,6 +80,7 @@ pub(super) fn make(
                     key,
                     insecure,
                     auth_file,
+                    hosts_dir,
                 };
                 s.spawn(move || store_layer(cache, registry, layer, place, table))
             })
@@ -161,6 +163,8 @@ struct Place<'a> {
     /// `--tls-verify=false`, and `--authfile`, as given when the image was prepared.
     insecure: bool,
     auth_file: Option<&'a std::path::Path>,
+    /// `--hosts-dir`, as given when the image was prepared.
+    hosts_dir: Option<&'a std::path::Path>,
 }
 
 /// Makes the store entry of one lazy layer: its seek table, where its blob and its windows
@@ -240,6 +244,7 @@ fn store_layer(
         windows_size,
         insecure: place.insecure,
         auth_file: place.auth_file.map(std::path::Path::to_path_buf),
+        hosts_dir: place.hosts_dir.map(std::path::Path::to_path_buf),
     };
     let filled = (|| {
         entry.write_file(file, bytes)?;

@@ -122,6 +122,9 @@ pub struct Options<'a> {
     pub insecure: bool,
     /// Registries: take credentials from this file only (`--authfile`).
     pub auth_file: Option<PathBuf>,
+    /// Registries: where their host configurations are (`--hosts-dir`; containerd's and
+    /// docker's directories when `None`).
+    pub hosts_dir: Option<PathBuf>,
     /// Told of progress; nothing is reported without it.
     pub report: Option<&'a mut dyn FnMut(Event)>,
 }

@@ -62,6 +62,7 @@ pub fn push(
         platform: platform.clone(),
         tls_verify: !options.insecure,
         auth_file: options.auth_file.clone(),
+        hosts_dir: options.hosts_dir.clone(),
         ..RegistryOptions::default()
     };
     let (img, registry) = crate::source::registry::open(reference, &registry_options)?;
@@ -87,6 +88,7 @@ pub fn push(
             platform: Some(platform.clone()),
             insecure: options.insecure,
             auth_file: options.auth_file.clone(),
+            hosts_dir: options.hosts_dir.clone(),
             report: options.report,
             ..Options::default()
         },

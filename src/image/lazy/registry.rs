@@ -26,7 +26,13 @@ pub(crate) struct RegistryFetch {
 
 /// Registry clients of this process by repository and options: the blobs of one image share
 /// one client, its connections and its token, so a layer's first read does not connect anew.
-type Clients = Mutex<Vec<((String, bool, Option<std::path::PathBuf>), Arc<Registry>)>>;
+type ClientKey = (
+    String,
+    bool,
+    Option<std::path::PathBuf>,
+    Option<std::path::PathBuf>,
+);
+type Clients = Mutex<Vec<(ClientKey, Arc<Registry>)>>;
 static CLIENTS: Clients = Mutex::new(Vec::new());
 
 impl RegistryFetch {
@@ -49,6 +55,7 @@ impl RegistryFetch {
             self.remote.repository.clone(),
             self.remote.insecure,
             self.remote.auth_file.clone(),
+            self.remote.hosts_dir.clone(),
         );
         if let Some((_, r)) = CLIENTS.lock().iter().find(|(k, _)| *k == key) {
             *self.registry.lock() = Some(r.clone());
@@ -57,6 +64,7 @@ impl RegistryFetch {
         let options = RegistryOptions {
             tls_verify: !self.remote.insecure,
             auth_file: self.remote.auth_file.clone(),
+            hosts_dir: self.remote.hosts_dir.clone(),
             // The lazy reader tries again itself, within its own timeout.
             retry: Retry {
                 tries: 2,

@@ -15,6 +15,7 @@ use ureq::Body;
 use ureq::http::{Response, Uri};
 
 use super::auth::AuthState;
+use super::hosts::{self, Endpoint};
 use super::http::{Attempt, Call, Kind, error_message, registry_message, retry_after};
 use super::{Reference, Registry, RegistryError, RegistryOptions};
 use crate::source::SourceError;
@@ -32,40 +33,44 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 const USER_AGENT: &str = concat!("imgfs/", env!("CARGO_PKG_VERSION"));
 
 impl Registry {
-    /// Makes the client and, for an insecure registry, finds whether it speaks HTTPS.
+    /// Makes the client: at the first endpoint a hosts configuration names that can resolve
+    /// and pull ([`super::hosts`]), else at the registry itself, finding first for an
+    /// insecure one whether it speaks HTTPS.
     pub(super) fn connect(
         what: String,
         reference: Reference,
         options: &RegistryOptions,
     ) -> Result<Registry, RegistryError> {
-        let loopback = reference.is_loopback();
-        let insecure = loopback || !options.tls_verify;
-        let tls = ureq::tls::TlsConfig::builder()
-            .disable_verification(insecure)
-            .build();
-        let mut config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .user_agent(USER_AGENT)
-            .accept_encoding("identity")
-            .tls_config(tls)
-            .timeout_connect(Some(CONNECT_TIMEOUT))
-            .timeout_recv_response(Some(RESPONSE_TIMEOUT))
-            .timeout_per_read(Some(READ_TIMEOUT));
-        if loopback {
-            // As Go's clients do: no proxy stands between us and this machine.
-            config = config.proxy(None);
-        }
-        let agent = config.build().new_agent();
-        let scheme = if insecure {
-            probe(&agent, &what, &reference.registry)?
-        } else {
-            "https"
+        let configured = hosts::endpoints(&reference.registry, options.hosts_dir.as_deref())
+            .map_err(|e| RegistryError::Hosts {
+                what: what.clone(),
+                cause: e.to_string(),
+            })?;
+        let (base, agent, insecure) = match configured {
+            Some(list) => configured_endpoint(&what, &list, !options.tls_verify)?,
+            None => {
+                let loopback = reference.is_loopback();
+                let insecure = loopback || !options.tls_verify;
+                let tls = ureq::tls::TlsConfig::builder()
+                    .disable_verification(insecure)
+                    .build();
+                let agent = new_agent(tls, loopback);
+                let scheme = if insecure {
+                    probe(&agent, &what, &reference.registry)?
+                } else {
+                    "https"
+                };
+                (
+                    format!("{scheme}://{}", reference.registry),
+                    agent,
+                    insecure,
+                )
+            }
         };
         let retries = Arc::new(AtomicU64::new(0));
         let counted = retries.clone();
         Ok(Registry {
-            base: format!("{scheme}://{}", reference.registry),
+            base,
             what,
             reference,
             agent,
@@ -288,6 +293,142 @@ impl Registry {
             },
         }
     }
+}
+
+/// A client as imgfs makes them, with `tls`; without a proxy for a registry on this machine.
+fn new_agent(tls: ureq::tls::TlsConfig, loopback: bool) -> ureq::Agent {
+    let mut config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .user_agent(USER_AGENT)
+        .accept_encoding("identity")
+        .tls_config(tls)
+        .timeout_connect(Some(CONNECT_TIMEOUT))
+        .timeout_recv_response(Some(RESPONSE_TIMEOUT))
+        .timeout_per_read(Some(READ_TIMEOUT));
+    if loopback {
+        // As Go's clients do: no proxy stands between us and this machine.
+        config = config.proxy(None);
+    }
+    config.build().new_agent()
+}
+
+/// The first of the configured endpoints that can resolve and pull and answers (the last is
+/// taken without asking): its base URL, its client, and whether it is insecure (as its
+/// configuration says, or every one with `--tls-verify=false`).
+fn configured_endpoint(
+    what: &str,
+    list: &[Endpoint],
+    unverified: bool,
+) -> Result<(String, ureq::Agent, bool), RegistryError> {
+    let usable: Vec<&Endpoint> = list.iter().filter(|e| e.pull && e.resolve).collect();
+    let mut last = None;
+    for (i, e) in usable.iter().enumerate() {
+        let authority = e
+            .url
+            .split_once("://")
+            .map_or(e.url.as_str(), |(_, rest)| rest)
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        let loopback = Reference {
+            registry: authority.to_string(),
+            repository: String::new(),
+            tag: None,
+            digest: None,
+        }
+        .is_loopback();
+        let skip_verify = e.skip_verify || unverified;
+        let agent = new_agent(tls_for(what, e, skip_verify)?, loopback);
+        if i + 1 < usable.len() {
+            let answered = agent
+                .get(format!("{}/v2/", e.url))
+                .config()
+                .timeout_global(Some(PROBE_TIMEOUT))
+                .build()
+                .call();
+            if let Err(err) = answered {
+                log::info!(
+                    "{what}: {} does not answer ({err}); trying the next host",
+                    e.url
+                );
+                last = Some(RegistryError::Connect {
+                    what: what.to_string(),
+                    host: authority.to_string(),
+                    tries: 1,
+                    cause: err.into_io(),
+                });
+                continue;
+            }
+        }
+        return Ok((e.url.clone(), agent, skip_verify || e.plain_http()));
+    }
+    Err(last.unwrap_or_else(|| RegistryError::Hosts {
+        what: what.to_string(),
+        cause: "no host configured for its registry can both resolve and pull".into(),
+    }))
+}
+
+/// The TLS settings of endpoint `e`: its CAs beside the usual roots, its client
+/// certificate, and no verification at all with `skip_verify`.
+fn tls_for(
+    what: &str,
+    e: &Endpoint,
+    skip_verify: bool,
+) -> Result<ureq::tls::TlsConfig, RegistryError> {
+    use ureq::tls::{Certificate, ClientCert, PemItem, RootCerts, TlsConfig};
+    let bad = |path: &std::path::Path, why: String| RegistryError::Hosts {
+        what: what.to_string(),
+        cause: format!("{}: {why}", path.display()),
+    };
+    let pem = |path: &std::path::Path| -> Result<Vec<PemItem<'static>>, RegistryError> {
+        let bytes = std::fs::read(path).map_err(|e| bad(path, e.to_string()))?;
+        ureq::tls::parse_pem(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(path, e.to_string()))
+    };
+    let mut builder = TlsConfig::builder().disable_verification(skip_verify);
+    if !e.ca.is_empty() {
+        let mut roots: Vec<Certificate<'static>> = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+            .iter()
+            .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+            .collect();
+        for path in &e.ca {
+            let before = roots.len();
+            for item in pem(path)? {
+                if let PemItem::Certificate(c) = item {
+                    roots.push(c);
+                }
+            }
+            if roots.len() == before {
+                return Err(bad(path, "holds no certificate".into()));
+            }
+        }
+        builder = builder.root_certs(RootCerts::new_with_certs(&roots));
+    }
+    if let Some((cert, key)) = e.client.first() {
+        let mut items = pem(cert)?;
+        if let Some(key) = key {
+            items.extend(pem(key)?);
+        }
+        let mut chain = Vec::new();
+        let mut private = None;
+        for item in items {
+            match item {
+                PemItem::Certificate(c) => chain.push(c),
+                PemItem::PrivateKey(k) => private = Some(k),
+                _ => {}
+            }
+        }
+        let Some(private) = private.filter(|_| !chain.is_empty()) else {
+            return Err(bad(
+                cert,
+                "a client certificate needs a certificate and its key".into(),
+            ));
+        };
+        builder = builder.client_cert(Some(ClientCert::new_with_certs(&chain, private)));
+    }
+    Ok(builder.build())
 }
 
 /// Finds whether an insecure registry speaks HTTPS (without checking its certificate), as

@@ -207,22 +207,36 @@ pub(crate) fn helper_output(status_ok: bool, stdout: &[u8]) -> Result<Option<Sec
 }
 
 /// The files credentials are looked for in, in order: the one given, `$REGISTRY_AUTH_FILE`,
-/// then `${DOCKER_CONFIG:-~/.docker}/config.json`. `env` reads an environment variable.
+/// podman's (`$XDG_RUNTIME_DIR/containers/auth.json`, or `/run/containers/UID/auth.json`
+/// without that variable; then `${XDG_CONFIG_HOME:-~/.config}/containers/auth.json`), then
+/// docker's `${DOCKER_CONFIG:-~/.docker}/config.json`, as podman and skopeo look. `env`
+/// reads an environment variable; `uid` is the caller's.
 pub(crate) fn credential_files(
     given: Option<&Path>,
     env: impl Fn(&str) -> Option<String>,
+    uid: u32,
 ) -> Vec<PathBuf> {
     if let Some(path) = given {
         return vec![path.to_path_buf()];
     }
+    let var = |k: &str| env(k).filter(|v| !v.is_empty());
     let mut files = Vec::new();
-    if let Some(f) = env("REGISTRY_AUTH_FILE").filter(|f| !f.is_empty()) {
+    if let Some(f) = var("REGISTRY_AUTH_FILE") {
         files.push(PathBuf::from(f));
     }
-    match env("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
+    match var("XDG_RUNTIME_DIR") {
+        Some(dir) => files.push(Path::new(&dir).join("containers/auth.json")),
+        None => files.push(PathBuf::from(format!("/run/containers/{uid}/auth.json"))),
+    }
+    match (var("XDG_CONFIG_HOME"), var("HOME")) {
+        (Some(dir), _) => files.push(Path::new(&dir).join("containers/auth.json")),
+        (None, Some(home)) => files.push(Path::new(&home).join(".config/containers/auth.json")),
+        (None, None) => {}
+    }
+    match var("DOCKER_CONFIG") {
         Some(dir) => files.push(Path::new(&dir).join("config.json")),
         None => {
-            if let Some(home) = env("HOME").filter(|h| !h.is_empty()) {
+            if let Some(home) = var("HOME") {
                 files.push(Path::new(&home).join(".docker/config.json"));
             }
         }
@@ -236,7 +250,7 @@ pub(crate) fn credentials(
     host: &str,
     given: Option<&Path>,
 ) -> Result<Option<Secret>, RegistryError> {
-    for path in credential_files(given, |v| std::env::var(v).ok()) {
+    for path in credential_files(given, |v| std::env::var(v).ok(), crate::sys::euid()) {
         let config = match read_config(&path) {
             Ok(config) => config,
             Err(RegistryError::AuthFile { cause, .. })
@@ -447,8 +461,12 @@ mod tests {
             }
         };
         assert_eq!(
-            credential_files(None, env(&[("HOME", "/h")])),
-            [PathBuf::from("/h/.docker/config.json")]
+            credential_files(None, env(&[("HOME", "/h")]), 0),
+            [
+                PathBuf::from("/run/containers/0/auth.json"),
+                PathBuf::from("/h/.config/containers/auth.json"),
+                PathBuf::from("/h/.docker/config.json")
+            ]
         );
         assert_eq!(
             credential_files(
@@ -456,13 +474,21 @@ mod tests {
                 env(&[
                     ("HOME", "/h"),
                     ("DOCKER_CONFIG", "/d"),
-                    ("REGISTRY_AUTH_FILE", "/a.json")
-                ])
+                    ("REGISTRY_AUTH_FILE", "/a.json"),
+                    ("XDG_RUNTIME_DIR", "/run/user/1000"),
+                    ("XDG_CONFIG_HOME", "/c")
+                ]),
+                1000
             ),
-            [PathBuf::from("/a.json"), PathBuf::from("/d/config.json")]
+            [
+                PathBuf::from("/a.json"),
+                PathBuf::from("/run/user/1000/containers/auth.json"),
+                PathBuf::from("/c/containers/auth.json"),
+                PathBuf::from("/d/config.json")
+            ]
         );
         assert_eq!(
-            credential_files(Some(Path::new("/given")), env(&[("HOME", "/h")])),
+            credential_files(Some(Path::new("/given")), env(&[("HOME", "/h")]), 0),
             [PathBuf::from("/given")]
         );
     }

@@ -16,6 +16,9 @@ use crate::source::digest;
 pub enum RegistryError {
     #[error("docker://{reference}: {why}")]
     Reference { reference: String, why: String },
+    /// The registry's host configuration (hosts.toml, certificates) cannot be used.
+    #[error("{what}: its registry's host configuration: {cause}")]
+    Hosts { what: String, cause: String },
     #[error("{what}: cannot connect to {host}{}: {cause}", tries_note(*tries))]
     Connect {
         what: String,

@@ -34,6 +34,7 @@ mod byteranges;
 mod client;
 mod credentials;
 mod error;
+pub mod hosts;
 mod http;
 mod pull;
 mod push;
@@ -99,6 +100,9 @@ pub struct RegistryOptions {
     /// Read credentials from this file only (as `--authfile` does), instead of
     /// `$REGISTRY_AUTH_FILE` and docker's config.
     pub auth_file: Option<PathBuf>,
+    /// Where registries' host configurations are (containerd's `certs.d` layout): this
+    /// directory, else containerd's and docker's ([`hosts`]).
+    pub hosts_dir: Option<PathBuf>,
     pub retry: Retry,
 }
 
@@ -108,6 +112,7 @@ impl Default for RegistryOptions {
             platform: Platform::host(),
             tls_verify: true,
             auth_file: None,
+            hosts_dir: None,
             retry: Retry::default(),
         }
     }

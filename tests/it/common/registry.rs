@@ -115,6 +115,9 @@ pub struct RegistryConfig {
     pub tls: bool,
     /// Starts on a copy of this storage tree (another registry's [`Registry::storage`]).
     pub storage_from: Option<PathBuf>,
+    /// Speaks HTTPS only and asks clients for a certificate signed by its CA
+    /// ([`Registry::client_cert`]).
+    pub client_certs: bool,
 }
 
 impl Registry {
@@ -160,28 +163,69 @@ impl Registry {
             ));
         }
         let mut tls = String::new();
-        if config.tls {
-            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-            let out = Command::new("openssl")
-                .args([
+        if config.tls || config.client_certs {
+            // A CA of the test's own, the registry's certificate signed by it (for 127.0.0.1),
+            // and a client certificate the registry asks for with `client_certs`.
+            let d = dir.path();
+            openssl(
+                &[
                     "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                ])
-                .args(["-subj", "/CN=imgfs-test"])
-                .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-                .arg("-keyout")
-                .arg(&key)
-                .arg("-out")
-                .arg(&cert)
-                .output();
-            require(
-                out.as_ref().is_ok_and(|o| o.status.success()),
-                "openssl (Debian's openssl package) to make a certificate",
+                ],
+                &[
+                    "-subj",
+                    "/CN=imgfs-test-ca",
+                    "-keyout",
+                    &p(d, "ca.key"),
+                    "-out",
+                    &p(d, "ca.pem"),
+                ],
             );
+            for (name, ext) in [
+                (
+                    "cert",
+                    "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+                ),
+                (
+                    "client",
+                    "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+                ),
+            ] {
+                fs::write(d.join(format!("{name}.ext")), ext).unwrap();
+                openssl(
+                    &["req", "-newkey", "rsa:2048", "-nodes"],
+                    &[
+                        "-subj",
+                        &format!("/CN=imgfs-test-{name}"),
+                        "-keyout",
+                        &p(d, &format!("{name}.key")),
+                        "-out",
+                        &p(d, &format!("{name}.csr")),
+                    ],
+                );
+                openssl(
+                    &["x509", "-req", "-days", "1", "-CAcreateserial"],
+                    &[
+                        "-in",
+                        &p(d, &format!("{name}.csr")),
+                        "-CA",
+                        &p(d, "ca.pem"),
+                        "-CAkey",
+                        &p(d, "ca.key"),
+                        "-extfile",
+                        &p(d, &format!("{name}.ext")),
+                        "-out",
+                        &p(d, &format!("{name}.pem")),
+                    ],
+                );
+            }
             tls = format!(
                 "  tls:\n    certificate: {}\n    key: {}\n",
-                cert.display(),
-                key.display()
+                p(d, "cert.pem"),
+                p(d, "cert.key")
             );
+            if config.client_certs {
+                tls.push_str(&format!("    clientcas:\n      - {}\n", p(d, "ca.pem")));
+            }
         }
         if let Some(from) = &config.storage_from {
             copy_tree(from, &dir.path().join("data"));
@@ -198,13 +242,18 @@ impl Registry {
             )
             .expect("write registry config");
             let mut child = spawn_registry(dir.path());
-            if wait_ready(&mut child, &addr, config.tls, dir.path()) {
+            if wait_ready(
+                &mut child,
+                &addr,
+                config.tls || config.client_certs,
+                dir.path(),
+            ) {
                 return Registry {
                     child,
                     addr,
                     dir,
                     creds: config.htpasswd,
-                    tls: config.tls,
+                    tls: config.tls || config.client_certs,
                 };
             }
         }
@@ -234,6 +283,19 @@ impl Registry {
         args.extend([source, dest.as_str()]);
         skopeo_copy(&args);
         dest
+    }
+
+    /// The CA that signed the certificate of a registry speaking HTTPS (and its clients').
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// A client certificate and its key, signed by [`Registry::ca_cert`].
+    pub fn client_cert(&self) -> (PathBuf, PathBuf) {
+        (
+            self.dir.path().join("client.pem"),
+            self.dir.path().join("client.key"),
+        )
     }
 
     /// The storage root (its `docker/registry/v2/...` tree).
@@ -628,5 +690,25 @@ impl Drop for Front {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// `path` in `dir`, as text for a command line.
+fn p(dir: &Path, name: &str) -> String {
+    dir.join(name).display().to_string()
+}
+
+/// Runs `openssl` with `args` then `more`; fails the test when it fails.
+#[track_caller]
+fn openssl(args: &[&str], more: &[&str]) {
+    let out = Command::new("openssl").args(args).args(more).output();
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => panic!(
+            "openssl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => panic!("REQUIREMENT NOT MET: openssl (Debian's openssl package): {e}"),
     }
 }

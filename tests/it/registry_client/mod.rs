@@ -17,12 +17,14 @@
 //! the tag fallback).
 //!
 //! Here are the fixture and the helpers; [`fake`] holds the servers written here, and the
-//! tests are in [`pulls`], [`ranges`] and [`pushes`].
+//! tests are in [`pulls`], [`ranges`], [`pushes`] and [`hosts`] (registries configured by
+//! hosts.toml).
 
 // Lists of one byte range are what several tests ask for.
 #![allow(clippy::single_range_in_vec_init)]
 
 mod fake;
+mod hosts;
 mod pulls;
 mod pushes;
 mod ranges;

@@ -8,7 +8,7 @@ die() { echo "setup.sh: $*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "must run as root"
 
-pkgs=(fuse3 libseccomp-dev docker.io debootstrap libarchive-tools attr tar libcap2-bin procps xxd kmod man-db docker-registry podman skopeo umoci apache2-utils openssl stargz-snapshotter)
+pkgs=(fuse3 libseccomp-dev docker.io debootstrap libarchive-tools attr tar libcap2-bin procps xxd kmod man-db docker-registry podman skopeo umoci apache2-utils openssl stargz-snapshotter containerd runc protobuf-compiler)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -159,6 +159,19 @@ pub enum Command {
     #[command(after_help = "Example:\n  imgfs mounts")]
     Mounts(MountsArgs),
 
+    /// Serve containerd's Snapshots API, so that containerd (and Kubernetes through CRI)
+    /// starts containers on imgfs: layers of images imgfs reads lazily are never downloaded,
+    /// the others are unpacked as by containerd's overlayfs snapshotter.
+    ///
+    /// Register it in containerd's config as a proxy plugin: [proxy_plugins.imgfs] type =
+    /// "snapshot" address = "/run/imgfs/snapshotter.sock". Runs in the foreground (see
+    /// contrib/imgfs-snapshotter.service); stopping or restarting it leaves running
+    /// containers alone.
+    #[command(
+        after_help = "Examples:\n  imgfs snapshotter\n  imgfs snapshotter --status\n  ctr-remote images rpull --snapshotter imgfs registry.example/app:1"
+    )]
+    Snapshotter(SnapshotterArgs),
+
     /// Build imgfs's index of a registry image and publish it beside the image, so that
     /// every later mount or run of the image starts from a fraction of its bytes.
     #[command(
@@ -467,6 +480,22 @@ pub struct IndexPushArgs {
     /// The command to record (after --)
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotterArgs {
+    /// The socket to listen on
+    #[arg(long, value_name = "SOCKET", default_value = imgfs::snapshotter::DEFAULT_ADDRESS)]
+    pub address: PathBuf,
+    /// Where the snapshots' metadata, directories and views are kept
+    #[arg(long, value_name = "DIR", default_value = imgfs::snapshotter::DEFAULT_ROOT)]
+    pub root: PathBuf,
+    /// Print what the snapshotter has served lazily and what it left to containerd to
+    /// unpack (with why), and exit
+    #[arg(long)]
+    pub status: bool,
     #[command(flatten)]
     pub cache: CacheArgs,
 }

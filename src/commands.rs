@@ -3,6 +3,7 @@
 use std::path::Path;
 
 mod mounts;
+mod snapshotter;
 
 use anyhow::{Context, Result, bail};
 
@@ -39,6 +40,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Rm(args) => rm(args),
         Command::Prune(args) => prune(args),
         Command::Mounts(args) => mounts::mounts(args),
+        Command::Snapshotter(args) => snapshotter::snapshotter(args),
         Command::Index(IndexCommand::Push(args)) => index_push(args),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

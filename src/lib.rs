@@ -38,6 +38,8 @@
 //!   as docker confines a container.
 //! - [`inspect`], beside the runner, answers `ls`, `cat`, `stat`, `find` and `inspect` from the
 //!   same index and blobs without mounting anything.
+//! - [`snapshotter`], beside them, is containerd's Snapshots service: it asks [`prepare`] for
+//!   images it can serve lazily and [`serve`] for their mounts, and never serves FUSE itself.
 #![deny(unsafe_code)]
 // The library serves the `imgfs` binary and its tests; its docs are for the developers of
 // imgfs (`cargo doc --document-private-items`), so they link to crate-private items freely.
@@ -64,3 +66,4 @@ pub mod serve;
 pub mod runner;
 
 pub mod inspect;
+pub mod snapshotter;

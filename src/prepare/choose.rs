@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use super::entry::{blob_path, usable};
 use super::whole::{whole, whole_complete};
-use super::{Options, PrepareError, Ready, docker, indexed, lazy, tar, toc};
+use super::{NotLazy, Options, PrepareError, Ready, docker, indexed, lazy, tar, toc};
 use crate::cache::key::EntryKey;
 use crate::cache::lazy::{Filled, layer_key, read_layer_info};
 use crate::cache::sparse::SEEK_FILE;
@@ -70,7 +70,7 @@ fn prepare_layers(
     if let ImageRef::Registry(reference) = image
         && let Some(registry) = source.as_registry()
         && !whole_complete(cache, &img)
-        && let Some(ready) = lazily(
+        && let Ok(ready) = lazily(
             &image.to_string(),
             reference,
             &platform,
@@ -87,8 +87,9 @@ fn prepare_layers(
 }
 
 /// Prepares `img` lazily if its registry holds an imgfs index for it, or else if its layers
-/// carry their own TOCs (eStargz, zstd:chunked); `None` when neither can be used (said in a
-/// warning): the caller then fetches it whole.
+/// carry their own TOCs (eStargz, zstd:chunked); why not when neither can be used (a found
+/// index or TOC that cannot be used is also said in a warning): the caller then fetches it
+/// whole, or leaves it to another.
 #[allow(clippy::too_many_arguments)]
 fn lazily(
     what: &str,
@@ -99,33 +100,94 @@ fn lazily(
     img: &Image,
     cache: &Cache,
     options: &Options,
-) -> Result<Option<Ready>, PrepareError> {
+) -> Result<Result<Ready, NotLazy>, PrepareError> {
     let found = match indexed::find(registry, img) {
         Ok(Some(found)) => found,
         Ok(None) => {
-            if indexed::has_old_index(registry, img) {
+            let old = indexed::has_old_index(registry, img);
+            if old {
                 log::warn!(
                     "{what}: its imgfs index is of an older format this imgfs does not read; \
                      push it again with `imgfs index push`"
                 );
             }
             if !toc::any(img) {
-                return Ok(None);
+                return Ok(Err(if old {
+                    NotLazy::OldIndex
+                } else {
+                    NotLazy::NoIndex
+                }));
             }
             match toc::find(what, registry, source, img, cache)? {
                 Some(found) => found,
-                None => return Ok(None),
+                None => return Ok(Err(NotLazy::NoUsableToc)),
             }
         }
         Err(e) => {
             log::warn!("{what}: its imgfs index cannot be used ({e}); fetching the whole image");
-            return Ok(None);
+            return Ok(Err(NotLazy::BadIndex(e.to_string())));
         }
     };
     lazy::make(
         what, reference, platform, registry, img, cache, options, found,
     )
-    .map(Some)
+    .map(Ok)
+}
+
+/// Makes `img`, opened from `registry` as `reference` (best by digest), ready without
+/// fetching its layers whole: complete in the store already, or lazily by its index or its
+/// layers' TOCs. Why not when it cannot be, and nothing fetched.
+pub(super) fn prepare_lazy(
+    reference: &str,
+    img: &Image,
+    registry: &Registry,
+    cache: &Cache,
+    options: Options,
+) -> Result<Result<Ready, NotLazy>, PrepareError> {
+    let platform = options.platform.clone().unwrap_or_else(Platform::host);
+    let image = ImageRef::Registry(reference.to_string());
+    if whole_complete(cache, img) {
+        return whole(&image, img, registry, cache, options, &platform).map(Ok);
+    }
+    lazily(
+        &image.to_string(),
+        reference,
+        &platform,
+        registry,
+        registry,
+        img,
+        cache,
+        &options,
+    )
+}
+
+/// Makes the first `layers` layers of the registry image `reference` ready as an image of
+/// their own, fetched whole: what a merged index of the whole image cannot serve. Its entry
+/// is named by the chain id of those layers, and no reference resolves to it.
+pub(super) fn prepare_prefix(
+    reference: &str,
+    layers: usize,
+    cache: &Cache,
+    options: Options,
+) -> Result<Ready, PrepareError> {
+    let platform = options.platform.clone().unwrap_or_else(Platform::host);
+    let image = ImageRef::Registry(reference.to_string());
+    let (img, source) = open(&image, &platform, &options)?;
+    if layers == 0 || layers > img.layers.len() {
+        return Err(PrepareError::Source(SourceError::Invalid {
+            what: image.to_string(),
+            why: format!("it has {} layers, so no first {layers}", img.layers.len()),
+        }));
+    }
+    let mut prefix = img.clone();
+    prefix.layers.truncate(layers);
+    prefix.config_digest = img.chain_ids().swap_remove(layers - 1);
+    // Not a registry reference: nothing is remembered under its name.
+    let named = ImageRef::Oci {
+        dir: PathBuf::from(format!("{reference} (its first {layers} layers)")),
+        name: None,
+    };
+    whole(&named, &prefix, &*source, cache, options, &platform)
 }
 
 /// Opens a layered source.

@@ -78,6 +78,47 @@ pub struct Ready {
     pub warnings: Vec<String>,
 }
 
+/// Why an image of a registry cannot be read lazily.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum NotLazy {
+    #[error("it has no imgfs index and no layer with a TOC (eStargz, zstd:chunked)")]
+    NoIndex,
+    #[error("its imgfs index is of an older format")]
+    OldIndex,
+    #[error("its imgfs index cannot be used ({0})")]
+    BadIndex(String),
+    #[error("none of its layers' TOCs can be used")]
+    NoUsableToc,
+}
+
+/// For a front end that must not fetch an image whole (the containerd snapshotter): `img`,
+/// opened from `registry` as `reference`, made ready from the store or lazily — or why it
+/// cannot be, with nothing fetched. See [`prepare_with`] for the rest.
+pub fn prepare_lazy(
+    reference: &str,
+    img: &crate::source::Image,
+    registry: &crate::source::registry::Registry,
+    cache: &Cache,
+    options: Options,
+) -> Result<Result<Ready, NotLazy>, PrepareError> {
+    let ready = choose::prepare_lazy(reference, img, registry, cache, options)?;
+    if let Ok(ready) = &ready {
+        ready.entry.touch();
+    }
+    Ok(ready)
+}
+
+/// The first `layers` layers of the registry image `reference` (by digest) as an image of
+/// their own, fetched whole into the store: for a containerd snapshot of part of an image.
+pub fn prepare_prefix(
+    reference: &str,
+    layers: usize,
+    cache: &Cache,
+    options: Options,
+) -> Result<Ready, PrepareError> {
+    choose::prepare_prefix(reference, layers, cache, options)
+}
+
 /// Where a server of the image whose entry is `entry` makes its lazy layers whole: `cache`'s
 /// layer entries, filled as a whole fetch fills them ([`store_layer`]).
 pub fn layer_store(cache: &Cache, entry: &Entry) -> crate::cache::lazy::LayerStore {

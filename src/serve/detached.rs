@@ -126,6 +126,12 @@ pub fn exec_foreground(what: &Served) -> SpawnError {
 /// Starts `imgfs __serve` detached (own process group, no terminal) and waits until it says
 /// the mount is ready, or relays why it could not mount.
 pub fn spawn_detached(what: &Served) -> Result<(), SpawnError> {
+    spawn_detached_child(what).map(drop)
+}
+
+/// [`spawn_detached`], handing on the server's keeper: a process that lives on and starts
+/// more of them keeps it, to reap it once it has ended.
+pub fn spawn_detached_child(what: &Served) -> Result<std::process::Child, SpawnError> {
     use std::io::BufRead;
     use std::os::unix::process::CommandExt;
     use std::process::Stdio;
@@ -165,7 +171,7 @@ pub fn spawn_detached(what: &Served) -> Result<(), SpawnError> {
     let mut line = String::new();
     io::BufReader::new(stdout).read_line(&mut line).ok();
     if line.trim_end() == READY {
-        return Ok(()); // the server lives on; its stdout pipe closes when we exit
+        return Ok(child); // the server lives on; its stdout pipe closes when we exit
     }
     let status = child.wait().map_err(SpawnError::Lost)?;
     let message = line

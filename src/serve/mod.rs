@@ -37,6 +37,7 @@ use announce::register;
 pub use announce::{Lease, LiveMount, live_mount};
 pub use detached::{
     SERVER_LOG, Served, SpawnError, exec_foreground, report, report_ready, spawn_detached,
+    spawn_detached_child,
 };
 pub use keeper::{Connection, Held, ServerRecord, keep, restart_all, server_records};
 pub use shared::{SHARED_DIR, SharedError, is_shared_mountpoint, shared_dir, shared_mount};

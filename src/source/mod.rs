@@ -300,6 +300,28 @@ pub struct Image {
     pub layers: Vec<Layer>,
 }
 
+impl Image {
+    /// The chain id of each layer with those below it, bottom first, as the OCI image spec
+    /// defines it: the first layer's diff id, then `sha256(PREVIOUS + " " + DIFF_ID)`. What
+    /// containerd names an unpacked layer's snapshot by.
+    pub fn chain_ids(&self) -> Vec<String> {
+        use sha2::Digest as _;
+        let mut out: Vec<String> = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let id = match out.last() {
+                None => layer.diff_id.to_string(),
+                Some(below) => {
+                    let hash = sha2::Sha256::digest(format!("{below} {}", layer.diff_id));
+                    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+                    format!("sha256:{hex}")
+                }
+            };
+            out.push(id);
+        }
+        out
+    }
+}
+
 /// Where a layered image's layers are read from.
 pub trait LayerSource: Sync {
     /// A stream of `layer`'s bytes as stored, checked against its digest and size when the

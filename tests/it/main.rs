@@ -13,6 +13,7 @@ mod cache;
 mod cli;
 mod compare_selftest;
 mod confine;
+mod containerd;
 mod faults;
 mod fuzz_regressions;
 mod hostile;

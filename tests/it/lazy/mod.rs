@@ -14,6 +14,8 @@ mod faults;
 mod index;
 mod toc;
 
+pub(crate) use toc::estargz_entries;
+
 use crate::common;
 
 use std::collections::HashSet;
@@ -30,7 +32,7 @@ use crate::common::{
 /// How long a mount or an index push may take, downloads included.
 const LIMIT: Duration = Duration::from_secs(300);
 
-fn fx() -> &'static Layered {
+pub(crate) fn fx() -> &'static Layered {
     layered_fixtures()
 }
 
@@ -46,7 +48,7 @@ fn oci(dir: &Path, reference: &str) -> String {
 }
 
 /// The layers (digest, size) of `reference` in the OCI layout `dir`, and its manifest digest.
-fn layers_of(dir: &Path, reference: &str) -> (Vec<(String, u64)>, String) {
+pub(crate) fn layers_of(dir: &Path, reference: &str) -> (Vec<(String, u64)>, String) {
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
     let entry = index["manifests"]
@@ -76,7 +78,7 @@ fn layers_of(dir: &Path, reference: &str) -> (Vec<(String, u64)>, String) {
 }
 
 /// The diff ids of `reference`'s layers in the OCI layout `dir`, bottom first, from its config.
-fn diff_ids_of(dir: &Path, reference: &str) -> Vec<String> {
+pub(crate) fn diff_ids_of(dir: &Path, reference: &str) -> Vec<String> {
     let (_, manifest) = layers_of(dir, reference);
     let blob = |d: &str| -> serde_json::Value {
         let hex = d.strip_prefix("sha256:").unwrap();
@@ -131,7 +133,7 @@ fn mount(cache: &Path, source: &str, opts: &[&str]) -> (Mounted, String) {
 
 /// Bytes of the blobs `digests` the front sent, in all, since it started: the lengths of the
 /// ranges asked for (multipart framing not counted), or the whole body.
-fn blob_bytes(front: &Front, digests: &HashSet<String>) -> u64 {
+pub(crate) fn blob_bytes(front: &Front, digests: &HashSet<String>) -> u64 {
     front
         .log_lines()
         .iter()
@@ -226,7 +228,7 @@ fn files_by_size(root: &Path) -> Vec<(PathBuf, u64)> {
 }
 
 /// Drops the page cache, so that reads reach the filesystem again.
-fn drop_caches() {
+pub(crate) fn drop_caches() {
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
 }
 
@@ -270,17 +272,17 @@ fn assert_repaired(mount: &Path, truth: &Path, failed: &[PathBuf]) {
 }
 
 /// The registry image of the gzip layout, with an imgfs index pushed, behind a counting front.
-struct LazyImage {
-    registry: Registry,
-    front: Front,
+pub(crate) struct LazyImage {
+    pub registry: Registry,
+    pub front: Front,
     /// `docker://FRONT/imgfs-test/layers:1`.
-    source: String,
-    layers: HashSet<String>,
-    total: u64,
+    pub source: String,
+    pub layers: HashSet<String>,
+    pub total: u64,
 }
 
 /// [`registry_image`] with imgfs's index of the image pushed beside it.
-fn lazy_image(layout: &str, reference: &str, name: &str) -> LazyImage {
+pub(crate) fn lazy_image(layout: &str, reference: &str, name: &str) -> LazyImage {
     image_behind_front(
         seeded_registry(&fx().path(layout), reference, name, true).0,
         &fx().path(layout),
@@ -291,7 +293,7 @@ fn lazy_image(layout: &str, reference: &str, name: &str) -> LazyImage {
 
 /// The image `reference` of the layout `layout` in a registry, without an imgfs index,
 /// behind a counting front.
-fn registry_image(layout: &Path, reference: &str, name: &str) -> LazyImage {
+pub(crate) fn registry_image(layout: &Path, reference: &str, name: &str) -> LazyImage {
     image_behind_front(
         seeded_registry(layout, reference, name, false).0,
         layout,

@@ -7,7 +7,7 @@ use super::*;
 /// How a mount from eStargz TOCs differs from umoci's unpacking: the format's own entries
 /// (the TOC, the landmark) are hidden, and mtimes are what the TOC keeps of them, rounded to
 /// the second. Everything else is compared exactly.
-fn estargz_entries() -> CompareOptions {
+pub(crate) fn estargz_entries() -> CompareOptions {
     CompareOptions {
         hidden: ["stargz.index.json", ".no.prefetch.landmark"]
             .into_iter()

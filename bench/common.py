@@ -412,7 +412,8 @@ def machine_text(m):
 
 # The drivers' summaries, as (section title, file stem): the runs table reads them all.
 DRIVERS = (("file systems (`bench/run.sh`)", "results"), ("sandbox start-up (`--sandbox`)", "sandbox"),
-           ("sources (`--sources`)", "sources"), ("lazy registry images (`--lazy`)", "lazy"))
+           ("sources (`--sources`)", "sources"), ("lazy registry images (`--lazy`)", "lazy"),
+           ("containerd (`--containerd`)", "containerd"))
 RUNS_SECTION = "runs"
 
 

@@ -17,6 +17,10 @@
 #                           registry shaped to 100 Mbit/s with and without imgfs's index beside
 #                           docker pull, a 2 GiB image, eight nodes at once, span sizes, warm
 #                           figures beside the OCI layout; about 30 minutes, ~10 GB free)
+#   bench/run.sh --containerd
+#                           containerd with imgfs's snapshotter beside its overlayfs one
+#                           (bench/containerd.py: cold rpull + run at 100 Mbit/s against pull +
+#                           run, warm starts, eight containers at once, memory; about 10 minutes)
 #   bench/run.sh --all      every part above in one invocation, one after the other (about two
 #                           hours): the whole of bench/RESULTS.md from one run of one checkout
 #
@@ -40,6 +44,7 @@ case "${1:-}" in
     --sandbox) PART=sandbox; shift ;;
     --sources) PART=sources; shift ;;
     --lazy) PART=lazy; shift ;;
+    --containerd) PART=containerd; shift ;;
     --all) PART=every; shift; [ "$#" -eq 0 ] || die "--all takes no other option" ;;
 esac
 
@@ -62,9 +67,13 @@ if [ "$PART" = sandbox ]; then
     pkgs=(hyperfine bubblewrap util-linux passwd)
 elif [ "$PART" = sources ] || [ "$PART" = lazy ]; then
     pkgs=(hyperfine bubblewrap umoci skopeo zstd gzip iproute2 curl util-linux findutils)
+elif [ "$PART" = containerd ]; then
+    pkgs=(hyperfine bubblewrap umoci skopeo zstd gzip iproute2 curl util-linux findutils containerd runc
+          stargz-snapshotter)
 elif [ "$PART" = every ]; then
     pkgs=(hyperfine bubblewrap archivemount libfuse2 squashfuse squashfs-tools python3-venv attr
-          util-linux findutils coreutils passwd umoci skopeo zstd gzip iproute2 curl)
+          util-linux findutils coreutils passwd umoci skopeo zstd gzip iproute2 curl containerd runc
+          stargz-snapshotter)
 else
     pkgs=(hyperfine bubblewrap archivemount libfuse2 squashfuse squashfs-tools python3-venv attr
           util-linux findutils coreutils)
@@ -82,11 +91,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 # The image of layers in OCI layouts (reused when up to date).
-if [ "$PART" = sources ] || [ "$PART" = lazy ] || [ "$PART" = every ]; then
+if [ "$PART" = sources ] || [ "$PART" = lazy ] || [ "$PART" = containerd ] || [ "$PART" = every ]; then
     tests/fixtures/make-layered.sh || die "tests/fixtures/make-layered.sh failed"
 fi
 # The same image as eStargz, converted by ctr-remote (the lazy part's eStargz rows).
-if [ "$PART" = lazy ] || [ "$PART" = every ]; then
+if [ "$PART" = lazy ] || [ "$PART" = containerd ] || [ "$PART" = every ]; then
     tests/fixtures/make-estargz.sh || die "tests/fixtures/make-estargz.sh failed"
 fi
 
@@ -120,6 +129,7 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 [ "$PART" = sandbox ] && exec /usr/bin/python3 "$ROOT/bench/sandbox.py" "$@"
 [ "$PART" = sources ] && exec /usr/bin/python3 "$ROOT/bench/sources.py" "$@"
 [ "$PART" = lazy ] && exec /usr/bin/python3 "$ROOT/bench/lazy.py" "$@"
+[ "$PART" = containerd ] && exec /usr/bin/python3 "$ROOT/bench/containerd.py" "$@"
 if [ "$PART" = every ]; then
     part() {  # one driver; an interrupted one stops the run
         local rc=0
@@ -132,6 +142,7 @@ if [ "$PART" = every ]; then
     part /usr/bin/python3 "$ROOT/bench/sandbox.py" || failed+=(sandbox.py)
     part /usr/bin/python3 "$ROOT/bench/sources.py" || failed+=(sources.py)
     part /usr/bin/python3 "$ROOT/bench/lazy.py" || failed+=(lazy.py)
+    part /usr/bin/python3 "$ROOT/bench/containerd.py" || failed+=(containerd.py)
     [ "${#failed[@]}" -eq 0 ] || die "failed: ${failed[*]}; RESULTS.md's runs table names the runs its sections come from"
     exit 0
 fi

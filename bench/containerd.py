@@ -217,7 +217,19 @@ def reset(snapshotter_flags=None):
         raise BenchError(f"containerd still holds content after the images were removed: {left[:3]}")
     if snapshotter_flags is not None:
         start_snapshotter(*snapshotter_flags)
+        reconnected()
     os.sync()
+
+
+def reconnected(timeout=60):
+    """Waits until containerd reaches the snapshotter: after a restart its gRPC client
+    reconnects on its own backoff, and fails requests as unavailable until then."""
+    deadline = time.time() + timeout
+    while run(CTR + ["snapshots", "--snapshotter", "imgfs", "ls"], capture=True, check=False,
+              timeout=30).returncode != 0:
+        if time.time() > deadline:
+            raise BenchError(f"containerd did not reach the restarted snapshotter within {timeout} s")
+        time.sleep(0.1)
 
 
 def prep_cmd(*actions):

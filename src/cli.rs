@@ -496,6 +496,10 @@ pub struct SnapshotterArgs {
     /// unpack (with why), and exit
     #[arg(long)]
     pub status: bool,
+    /// How long an image's view stays mounted once no container stands on it, so that the
+    /// next container of the image starts at once [default: 300]
+    #[arg(long, value_name = "SECONDS")]
+    pub linger: Option<u64>,
     #[command(flatten)]
     pub cache: CacheArgs,
 }

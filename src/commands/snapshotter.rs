@@ -43,6 +43,7 @@ pub(super) fn snapshotter(args: SnapshotterArgs) -> Result<i32> {
         insecure: args.cache.tls_verify == Some(false),
         auth_file: args.cache.authfile,
         hosts_dir: args.cache.hosts_dir,
+        linger: std::time::Duration::from_secs(args.linger.unwrap_or(300)),
     })?;
     Ok(0)
 }

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use containerd_snapshots::api::types::Mount;
 use containerd_snapshots::{self as snapshots, Info, Usage, tonic};
@@ -104,6 +105,8 @@ pub struct Options {
     /// Where registries' host configurations are (containerd's and docker's directories
     /// when `None`).
     pub hosts_dir: Option<PathBuf>,
+    /// How long a view nothing stands on stays mounted for the next container.
+    pub linger: Duration,
 }
 
 /// What the snapshotter has done, for `imgfs snapshotter --status`: kept in [`STATUS_FILE`].
@@ -150,10 +153,23 @@ pub fn run(options: Options) -> Result<(), SnapshotterError> {
     let inner = Arc::new(Inner {
         layout,
         meta: Mutex::new(meta),
-        views: Mutex::new(()),
+        views: Mutex::new(HashMap::new()),
+        linger: options.linger,
         status: Mutex::new(status),
         remotes: Remotes::new(options.cache.clone(), options.lazy.clone(), registry),
     });
+    // Views nothing has stood on for `linger` are retired in the background.
+    let retiring = inner.clone();
+    let tick = (options.linger / 4).clamp(Duration::from_millis(200), Duration::from_secs(30));
+    std::thread::Builder::new()
+        .name("imgfs-retire".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(tick);
+                retiring.retire_views();
+            }
+        })
+        .map_err(io_error(Path::new("the thread that retires views")))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -225,9 +241,11 @@ fn make_private_dir(dir: &Path) -> Result<(), SnapshotterError> {
 struct Inner {
     layout: Layout,
     meta: Mutex<Meta>,
-    /// Held while views are started or retired: a view a new snapshot stands on is never
-    /// retired by a removal deciding at the same time.
-    views: Mutex<()>,
+    /// When each view was last stood on, held while views are started or retired: a view a
+    /// new snapshot stands on is never retired by a removal deciding at the same time.
+    views: Mutex<HashMap<PathBuf, Instant>>,
+    /// How long a view nothing stands on stays mounted.
+    linger: Duration,
     status: Mutex<Status>,
     remotes: Remotes,
 }
@@ -354,14 +372,16 @@ impl Inner {
 
     /// Mounts the view under `key`'s parents, if there is one and it is not mounted.
     fn view_below(&self, key: &str) -> Result<(), SnapshotterError> {
-        let _views = self.views.lock();
+        let mut views = self.views.lock();
         let remote = {
             let meta = self.meta.lock();
             remote_below(&meta, &self.layout, key).cloned()
         };
         if let Some(remote) = remote {
-            self.remotes
+            let view = self
+                .remotes
                 .ensure_view(self.layout.view(&remote), &remote)?;
+            views.insert(view, Instant::now());
         }
         Ok(())
     }
@@ -431,24 +451,42 @@ impl Inner {
         }
     }
 
-    /// Unmounts every view no active snapshot or view stands on.
+    /// Unmounts the views nothing stands on: at once those of images no snapshot is served
+    /// from any more, the others once nothing has stood on them for `linger` (the next
+    /// container of the image finds its view ready). A view found mounted that this process
+    /// has not seen (it was started before a restart) counts as used now.
     fn retire_views(&self) {
-        let _views = self.views.lock();
-        let (needed, all): (HashSet<PathBuf>, HashSet<PathBuf>) = {
+        let mut views = self.views.lock();
+        let now = Instant::now();
+        let (standing, served, all) = {
             let meta = self.meta.lock();
-            let needed = meta
+            let standing: HashSet<PathBuf> = meta
                 .all()
                 .filter(|(_, s)| s.kind != Kind::Committed)
                 .filter_map(|(k, _)| remote_below(&meta, &self.layout, k))
                 .map(|r| self.layout.view(r))
                 .collect();
-            let all = std::fs::read_dir(self.layout.views())
+            let served: HashSet<PathBuf> = meta
+                .all()
+                .filter_map(|(_, s)| s.remote.as_ref())
+                .map(|r| self.layout.view(r))
+                .collect();
+            let all: Vec<PathBuf> = std::fs::read_dir(self.layout.views())
                 .map(|d| d.flatten().map(|e| e.path()).collect())
                 .unwrap_or_default();
-            (needed, all)
+            (standing, served, all)
         };
-        for view in all.difference(&needed) {
-            self.remotes.retire_view(view);
+        for view in all {
+            let used = *views.entry(view.clone()).or_insert(now);
+            if standing.contains(&view) {
+                views.insert(view, now);
+                continue;
+            }
+            if served.contains(&view) && now.duration_since(used) < self.linger {
+                continue;
+            }
+            views.remove(&view);
+            self.remotes.retire_view(&view);
         }
     }
 
@@ -638,7 +676,8 @@ mod tests {
         Inner {
             layout: Layout::new(root.clone()),
             meta: Mutex::new(Meta::load(&root).unwrap()),
-            views: Mutex::new(()),
+            views: Mutex::new(HashMap::new()),
+            linger: Duration::ZERO,
             status: Mutex::new(Status::default()),
             remotes: Remotes::new(cache, LazyOptions::default(), registry),
         }

@@ -132,7 +132,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.opt"
             .open(self.path().join("snapshotter.log"))
             .unwrap();
         let child = imgfs()
-            .args(["-v", "snapshotter", "--address"])
+            .args(["-v", "snapshotter", "--linger", "2", "--address"])
             .arg(&sock)
             .arg("--root")
             .arg(self.root())
@@ -560,7 +560,8 @@ fn a_killed_snapshotter_leaves_containers_alone_and_restarts_without_its_registr
 }
 
 /// Eight containers of one image at once stand on one view, served by one server; the view
-/// is retired when the last one is gone.
+/// stays for the next container once the last one is gone, and is retired after `--linger`
+/// (2 s here) with nothing on it.
 #[test]
 fn eight_containers_share_one_view_and_one_server() {
     let img = lazy_image("OCI_GZIP", "layers", "imgfs-test/layers:1");
@@ -591,6 +592,11 @@ fn eight_containers_share_one_view_and_one_server() {
     for c in &mut children {
         assert!(c.wait().unwrap().success());
     }
+    assert_eq!(
+        node.views(),
+        views,
+        "the view did not stay for the next container"
+    );
     wait_until("the view is retired", || node.views().is_empty());
 }
 
@@ -653,10 +659,10 @@ fn removing_the_image_frees_its_views_and_store() {
 }
 
 /// Requests that break the snapshot model get gRPC errors with their reasons, and the
-/// snapshotter goes on serving.
+/// snapshotter goes on serving; SIGTERM stops it cleanly.
 #[test]
 fn bad_requests_get_reasons_and_the_snapshotter_goes_on() {
-    let node = Node::start();
+    let mut node = Node::start();
     let snap = |args: &[&str]| {
         node.ctr()
             .args(["snapshots", "--snapshotter", "imgfs"])
@@ -692,4 +698,28 @@ fn bad_requests_get_reasons_and_the_snapshotter_goes_on() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let listed = text(&out.stdout);
     assert!(listed.contains("c1") && listed.contains("k2"), "{listed}");
+    // SIGTERM, with containerd connected: it stops, exit 0, and takes its socket away.
+    let mut child = node.snapshotter.take().unwrap();
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the snapshotter did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.success(),
+        "{status}: {}",
+        node.log("snapshotter.log")
+    );
+    assert!(!node.path().join("imgfs.sock").exists());
 }

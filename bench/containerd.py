@@ -212,7 +212,11 @@ def reset(snapshotter_flags=None):
     kill_tasks()
     for img in run(CTR + ["images", "ls", "-q"], capture=True, check=False, timeout=60).stdout.split():
         run(CTR + ["images", "rm", "--sync", img], capture=True, check=False, timeout=300)
+    # What a failed pull left (content no image holds) goes too.
     left = run(CTR + ["content", "ls", "-q"], capture=True, check=False, timeout=60).stdout.split()
+    if left:
+        run(CTR + ["content", "rm", *left], capture=True, check=False, timeout=120)
+        left = run(CTR + ["content", "ls", "-q"], capture=True, check=False, timeout=60).stdout.split()
     if left:
         raise BenchError(f"containerd still holds content after the images were removed: {left[:3]}")
     if snapshotter_flags is not None:
@@ -223,13 +227,16 @@ def reset(snapshotter_flags=None):
 
 def reconnected(timeout=60):
     """Waits until containerd reaches the snapshotter: after a restart its gRPC client
-    reconnects on its own backoff, and fails requests as unavailable until then."""
+    reconnects on its own backoff, and fails requests as unavailable until then. A snapshot
+    made and removed is the proof (with no snapshot of the snapshotter in its metadata,
+    containerd lists them without asking it)."""
     deadline = time.time() + timeout
-    while run(CTR + ["snapshots", "--snapshotter", "imgfs", "ls"], capture=True, check=False,
-              timeout=30).returncode != 0:
+    snap = CTR + ["snapshots", "--snapshotter", "imgfs"]
+    while run(snap + ["prepare", "bench-probe"], capture=True, check=False, timeout=30).returncode != 0:
         if time.time() > deadline:
             raise BenchError(f"containerd did not reach the restarted snapshotter within {timeout} s")
         time.sleep(0.1)
+    run(snap + ["rm", "bench-probe"], capture=True, timeout=30, what="removing the probe snapshot")
 
 
 def prep_cmd(*actions):

@@ -161,17 +161,10 @@ fn prefetch_of(arg: Option<crate::cli::PrefetchArg>) -> imgfs::image::lazy::Pref
     }
 }
 
-/// How lazily read layers wait for their registry, as the options say, and where the
-/// prepared image's are made whole.
-fn lazy_options(
-    args: &CacheArgs,
-    cache: &Cache,
-    ready: &prepare::Ready,
-) -> imgfs::image::lazy::LazyOptions {
-    let mut lazy = imgfs::image::lazy::LazyOptions {
-        store: Some(prepare::layer_store(cache, &ready.entry)),
-        ..imgfs::image::lazy::LazyOptions::default()
-    };
+/// How lazily read layers wait for their registry and what they fetch ahead, as the options
+/// say.
+fn lazy_settings(args: &CacheArgs) -> imgfs::image::lazy::LazyOptions {
+    let mut lazy = imgfs::image::lazy::LazyOptions::default();
     if let Some(secs) = args.fetch_timeout
         && secs.is_finite()
         && secs >= 0.0
@@ -182,13 +175,30 @@ fn lazy_options(
     lazy
 }
 
-/// Resolves `image` and fills its cache entry if needed, with a progress line.
-fn prepare(image: &str, cache: &Cache, pull: bool, args: &CacheArgs) -> Result<prepare::Ready> {
-    let platform = args
+/// [`lazy_settings`], and where the prepared image's lazy layers are made whole.
+fn lazy_options(
+    args: &CacheArgs,
+    cache: &Cache,
+    ready: &prepare::Ready,
+) -> imgfs::image::lazy::LazyOptions {
+    imgfs::image::lazy::LazyOptions {
+        store: Some(prepare::layer_store(cache, &ready.entry)),
+        ..lazy_settings(args)
+    }
+}
+
+/// `--platform`, parsed.
+fn platform_of(args: &CacheArgs) -> Result<Option<imgfs::source::Platform>> {
+    Ok(args
         .platform
         .as_deref()
         .map(imgfs::source::Platform::parse)
-        .transpose()?;
+        .transpose()?)
+}
+
+/// Resolves `image` and fills its cache entry if needed, with a progress line.
+fn prepare(image: &str, cache: &Cache, pull: bool, args: &CacheArgs) -> Result<prepare::Ready> {
+    let platform = platform_of(args)?;
     let mut line = ProgressLine::new(image);
     let mut report = |e: prepare::Event| {
         if let Some(l) = line.as_mut() {
@@ -230,12 +240,7 @@ fn index_push(args: IndexPushArgs) -> Result<i32> {
     if !(64 << 10..=64 << 20).contains(&args.span) {
         bail!("--span {}: must be between 64K and 64M", args.span);
     }
-    let platform = args
-        .cache
-        .platform
-        .as_deref()
-        .map(imgfs::source::Platform::parse)
-        .transpose()?;
+    let platform = platform_of(&args.cache)?;
     let mut line = ProgressLine::new(&args.image);
     let mut report = |e: prepare::Event| {
         if let Some(l) = line.as_mut() {

@@ -4,7 +4,7 @@ use anyhow::Result;
 use imgfs::cache::Cache;
 use imgfs::snapshotter::{self, Status};
 
-use super::prefetch_of;
+use super::{lazy_settings, platform_of};
 use crate::cli::SnapshotterArgs;
 
 pub(super) fn snapshotter(args: SnapshotterArgs) -> Result<i32> {
@@ -19,27 +19,12 @@ pub(super) fn snapshotter(args: SnapshotterArgs) -> Result<i32> {
         }
         return Ok(0);
     }
-    let cache = Cache::locate(args.cache.cache_dir.clone())?;
-    let mut lazy = imgfs::image::lazy::LazyOptions::default();
-    if let Some(secs) = args.cache.fetch_timeout
-        && secs.is_finite()
-        && secs >= 0.0
-    {
-        lazy.fetch_timeout = std::time::Duration::from_secs_f64(secs.min(1e6));
-    }
-    lazy.prefetch = prefetch_of(args.cache.prefetch);
-    let platform = args
-        .cache
-        .platform
-        .as_deref()
-        .map(imgfs::source::Platform::parse)
-        .transpose()?;
     snapshotter::run(snapshotter::Options {
+        cache: Cache::locate(args.cache.cache_dir.clone())?,
+        lazy: lazy_settings(&args.cache),
+        platform: platform_of(&args.cache)?,
         address: args.address,
         root: args.root,
-        cache,
-        lazy,
-        platform,
         insecure: args.cache.tls_verify == Some(false),
         auth_file: args.cache.authfile,
         hosts_dir: args.cache.hosts_dir,

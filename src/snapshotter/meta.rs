@@ -450,7 +450,7 @@ fn unquote(text: &str) -> Result<String, &'static str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn meta() -> (Meta, PathBuf) {
@@ -464,7 +464,8 @@ mod tests {
         (Meta::load(&dir).unwrap(), dir)
     }
 
-    fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    /// Labels from pairs, for the snapshotter's tests.
+    pub(in crate::snapshotter) fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -226,13 +226,7 @@ impl Remotes {
             .into());
         };
         let image = by_digest(&reference, &manifest)?;
-        let options = prepare::Options {
-            platform: Some(self.registry.platform.clone()),
-            insecure: !self.registry.tls_verify,
-            auth_file: self.registry.auth_file.clone(),
-            hosts_dir: self.registry.hosts_dir.clone(),
-            ..prepare::Options::default()
-        };
+        let options = self.prepare_options();
         Ok(
             match prepare::prepare_lazy(&image, &img, &registry, &self.cache, options)? {
                 Ok(ready) => Known::Lazy {
@@ -243,6 +237,17 @@ impl Remotes {
                 Err(why) => Known::Unpacked(why),
             },
         )
+    }
+
+    /// How images are prepared: for this platform, reaching registries as configured.
+    fn prepare_options(&self) -> prepare::Options<'static> {
+        prepare::Options {
+            platform: Some(self.registry.platform.clone()),
+            insecure: !self.registry.tls_verify,
+            auth_file: self.registry.auth_file.clone(),
+            hosts_dir: self.registry.hosts_dir.clone(),
+            ..prepare::Options::default()
+        }
     }
 
     /// Mounts the view of `remote` at `view` unless it is mounted and alive; its mountpoint.
@@ -287,13 +292,7 @@ impl Remotes {
     /// registry, when the store lost it); the first layers of an image, which no index
     /// describes alone, fetched whole.
     fn ready(&self, remote: &Remote) -> Result<Ready, prepare::PrepareError> {
-        let options = prepare::Options {
-            platform: Some(self.registry.platform.clone()),
-            insecure: !self.registry.tls_verify,
-            auth_file: self.registry.auth_file.clone(),
-            hosts_dir: self.registry.hosts_dir.clone(),
-            ..prepare::Options::default()
-        };
+        let options = self.prepare_options();
         if remote.layers == remote.total {
             let image = ImageRef::Registry(remote.image.clone());
             return prepare::prepare_with(&image, &self.cache, options);
@@ -361,12 +360,7 @@ pub fn registry_options(
 mod tests {
     use super::*;
 
-    fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::snapshotter::meta::tests::labels;
 
     #[test]
     fn targets_from_cri_and_ctr_remote_labels() {

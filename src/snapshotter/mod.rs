@@ -490,13 +490,36 @@ impl Inner {
         }
     }
 
+    /// A snapshot's usage: its directory's, or for a remote snapshot the bytes its layer
+    /// holds in imgfs's store (what was fetched of it), with no inodes of its own.
     fn usage(&self, key: &str) -> Result<Usage, SnapshotterError> {
         let snap = self.meta.lock().get(key)?.clone();
-        let (size, inodes) = match snap.kind {
-            Kind::Committed => snap.usage,
+        let (size, inodes) = match (snap.kind, &snap.remote) {
+            (Kind::Committed, Some(_)) => (self.stored_bytes(&snap), 0),
+            (Kind::Committed, None) => snap.usage,
             _ => usage_of(&self.layout.fs(snap.id)),
         };
         Ok(Usage { size, inodes })
+    }
+
+    /// Bytes the layer of the remote snapshot `snap` takes in imgfs's store (its lazy entry,
+    /// read through a seek table or a TOC), 0 when the store has no such entry.
+    fn stored_bytes(&self, snap: &Snapshot) -> i64 {
+        use crate::cache::key::EntryKey;
+        let Some(target) = Target::of(&snap.labels) else {
+            return 0;
+        };
+        let cache = self.remotes.cache();
+        [
+            EntryKey::Lazy(target.layer.clone()),
+            EntryKey::LazyToc(target.layer),
+        ]
+        .iter()
+        .map(|key| cache.layer(key))
+        .find(|entry| entry.marker().is_some())
+        .map_or(0, |entry| {
+            i64::try_from(entry.disk_usage()).unwrap_or(i64::MAX)
+        })
     }
 
     /// Removes the directories of snapshots that are no more (a removal cut short), and

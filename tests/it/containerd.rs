@@ -395,6 +395,23 @@ fn an_indexed_image_runs_without_being_pulled_and_matches_umoci() {
         some,
         "imgfs fetched again what the container had fetched"
     );
+    // Each remote snapshot's usage is what its layer holds in the store: some, not the layer.
+    let out = node
+        .ctr()
+        .args(["snapshots", "--snapshotter", "imgfs", "usage", "-b"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "usage: {}", text(&out.stderr));
+    let used: u64 = text(&out.stdout)
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        used > 0 && used < img.total,
+        "usage of the snapshots: {used} of {} bytes",
+        img.total
+    );
     let chains = chain_ids(&diff_ids_of(&fx().path("OCI_GZIP"), "layers"));
     let at = node.path().join("view");
     node.mount_view("v1", chains.last().unwrap(), &at);

@@ -49,7 +49,7 @@ from common import (IMGFS, RESULTS, ROOT, WORK, BenchError, Runner, checkout_at_
 from sandbox import alternate
 import sources
 from sources import CMD, RATE_TEXT, REF, layouts, measure_shaped, read_env, registry, shaped, wait_for
-from lazy import ESTARGZ, Names, index_push, push, time_cell
+from lazy import ESTARGZ, Names, fetched, index_push, mb, med, push, ratio, time_cell
 
 SECTION = "containerd"
 BASE = WORK / "containerd"
@@ -401,19 +401,6 @@ def measure_all(runner):
 # ---------------------------------------------------------------------------------------------
 # Report
 
-def med(res, key):
-    st = res.get(key) or {}
-    return None if st.get("error") else st.get("median")
-
-
-def fetched(res, key):
-    return (res.get(key) or {}).get("shaped_bytes_per_run")
-
-
-def ratio(a, b):
-    return a / b if a is not None and b else None
-
-
 def size_of(inp, name):
     """The compressed size of the image `name` (`lazy` is the gzip image)."""
     return inp.get(f"{name}_bytes") or inp["image_bytes"]
@@ -447,10 +434,6 @@ def targets(res, inp):
             text, met = f"{x:.2f}×", ok
         out.append({"what": what, "text": text, "target": target, "met": met})
     return out
-
-
-def mb(n):
-    return "—" if n is None else f"{n / 1e6:.1f} MB"
 
 
 def mib(kib):

@@ -686,6 +686,7 @@ impl snapshots::Snapshotter for Service {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meta::tests::labels;
     use remote::TARGET;
 
     /// A snapshotter's state in `dir`, with no hosts configuration and no network needed.
@@ -723,14 +724,11 @@ mod tests {
             (long.as_str(), "sha256:00"),
         ];
         for (i, (image, layer)) in cases.iter().enumerate() {
-            let labels: HashMap<String, String> = [
+            let labels = labels(&[
                 (TARGET, "sha256:chain"),
                 ("containerd.io/snapshot/remote/stargz.reference", image),
                 ("containerd.io/snapshot/remote/stargz.digest", layer),
-            ]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+            ]);
             let key = format!("k{i}");
             let mounts = s.prepare(&key, "", labels, Kind::Active).unwrap();
             assert_eq!(mounts[0].r#type, "bind", "{image}");

@@ -14,9 +14,15 @@
 //!
 //! Guarantees: any bytes give a table or one [`TocError`], never a panic; counts, sizes and
 //! offsets are checked (spans in blob order, inside the blob, each file's pieces back to back
-//! in the stream), allocation is bounded by the JSON's own size. A TOC that cannot say a name
-//! exactly (Go's JSON writes a non-UTF-8 name as U+FFFD) is refused, as are kinds of data
-//! imgfs does not know: the caller then fetches the layer whole.
+//! in the stream), allocation is bounded by the JSON's own size. Kinds of data imgfs does not
+//! know are refused: the caller then fetches the layer whole.
+//!
+//! A name the TOC cannot say exactly (Go's JSON writes bytes that are not UTF-8 as U+FFFD) is
+//! read from the layer's own tar header: [`Toc::unsaid`] names the compressed bytes that hold
+//! it (from the member or frame of the last file data before it to the next), and
+//! [`say_exactly`] takes the header's name there only when it reads as the TOC's does, byte
+//! for byte where the TOC's is UTF-8. So such a name keeps the TOC's text and places; the bytes
+//! the TOC replaced are the header's.
 
 use std::io::Read;
 use std::ops::Range;
@@ -84,7 +90,9 @@ pub enum TocError {
     Version(i64),
     #[error("TOC entry {index}: {what}")]
     Entry { index: usize, what: String },
-    #[error("TOC entry {index} ('{name}'): its name cannot be said exactly (not UTF-8 in the tar)")]
+    #[error(
+        "TOC entry {index} ('{name}'): its name is not UTF-8 in the tar, and no tar header there says it"
+    )]
     Lossy { index: usize, name: String },
     #[error(
         "TOC entry {index}: data at {offset} is out of order or outside the blob ({size} bytes)"
@@ -206,6 +214,21 @@ pub struct Toc {
     pub table: ChunkTable,
     /// Spans before eStargz's prefetch landmark: what the image's producer asks to have first.
     pub prefetch: Vec<usize>,
+    /// Where the tar headers of entries whose names (or link targets) the TOC cannot say lie,
+    /// in blob order; [`say_exactly`] reads them.
+    pub unsaid: Vec<Unsaid>,
+}
+
+/// Compressed bytes of a layer that hold the tar headers of entries the TOC names inexactly.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unsaid {
+    /// Whole gzip members or zstd frames: from the one holding the last file data before the
+    /// entries to the next that starts file data (or where file data ends).
+    pub compressed: Range<u64>,
+    /// Bytes of their output before the first header: the rest of that file's data, padded.
+    pub skip: u64,
+    /// The entries (indices into [`Toc::entries`]) whose headers are there, in archive order.
+    pub entries: Vec<usize>,
 }
 
 /// One TOC entry as both formats write it (eStargz's `TOCEntry`, zstd:chunked's
@@ -291,6 +314,8 @@ pub fn parse(
     // The regular file the next "chunk" entries continue, with its size and data's end.
     let mut open_file: Option<(usize, u64, Option<u64>)> = None;
     let mut landmark: Option<u64> = None;
+    // Entries whose name or link target is not the tar's exact bytes: JSON index, entry.
+    let mut lossy: Vec<(usize, usize)> = Vec::new();
     let bad = |index: usize, what: &str| TocError::Entry {
         index,
         what: what.to_string(),
@@ -344,6 +369,9 @@ pub fn parse(
             xattrs.push((k.as_bytes().to_vec(), value));
         }
         let file = entries.len();
+        if is_lossy(name) || is_lossy(&e.link_name) {
+            lossy.push((index, file));
+        }
         entries.push(Entry {
             header_offset: index as u64,
             path: name.as_bytes().to_vec(),
@@ -371,11 +399,155 @@ pub fn parse(
         }
     }
     let (table, prefetch) = lay_out(format, &mut entries, &pieces, blob_size, data_end, landmark)?;
+    let unsaid = header_ranges(&lossy, &pieces, &entries, &table.spans, data_end)?;
     Ok(Toc {
         entries,
         table,
         prefetch,
+        unsaid,
     })
+}
+
+/// Where the headers of the `lossy` entries (JSON index, entry) are: after the last piece of
+/// file data before each, in its member or frame and those up to the next piece's.
+fn header_ranges(
+    lossy: &[(usize, usize)],
+    pieces: &[Piece],
+    entries: &[Entry],
+    spans: &[ChunkSpan],
+    data_end: u64,
+) -> Result<Vec<Unsaid>, TocError> {
+    let mut out: Vec<Unsaid> = Vec::new();
+    for &(index, entry) in lossy {
+        let unsaid = || TocError::Lossy {
+            index,
+            name: String::from_utf8_lossy(&entries[entry].path).into_owned(),
+        };
+        let (compressed, skip) = match pieces.partition_point(|p| p.index < index) {
+            // No file data before it: its header is in the blob's first members.
+            0 => (0..spans.first().map_or(data_end, |s| s.compressed.start), 0),
+            k => {
+                let at = pieces[k - 1].offset;
+                let s = spans.partition_point(|s| s.compressed.start < at);
+                let span = spans.get(s).filter(|s| s.compressed.start == at);
+                // The member's output starts with the data of its first piece, and runs to
+                // that file's end: the file's later pieces, had it any, would lie between.
+                let first = &pieces[pieces.partition_point(|p| p.offset < at)];
+                let (Some(span), 0) = (span, first.inner) else {
+                    return Err(unsaid());
+                };
+                let size = entries[first.file].size;
+                let end = spans.get(s + 1).map_or(data_end, |n| n.compressed.start);
+                (
+                    span.compressed.start..end,
+                    size - first.chunk_offset + size.wrapping_neg() % 512,
+                )
+            }
+        };
+        match out.last_mut() {
+            Some(u) if u.compressed == compressed => u.entries.push(entry),
+            _ => out.push(Unsaid {
+                compressed,
+                skip,
+                entries: vec![entry],
+            }),
+        }
+    }
+    Ok(out)
+}
+
+/// Most output read from an [`Unsaid`]'s bytes: the headers are within its file data and
+/// padding, which a hostile blob could make a decompression bomb of.
+const MAX_UNSAID_OUTPUT: u64 = 1 << 30;
+
+/// Gives `unsaid`'s entries the names (and link targets) of their tar headers, read from
+/// `compressed` (the bytes of [`Unsaid::compressed`]). A header is taken for the next entry
+/// still unsaid when its name and target read as the entry's do, Go's way (each byte that is
+/// not UTF-8 one U+FFFD) or Rust's; the TOC keeps archive order, so two names alike but for
+/// such bytes go to their own entries. An entry no header says is an error.
+pub fn say_exactly(
+    format: TocFormat,
+    entries: &mut [Entry],
+    unsaid: &Unsaid,
+    compressed: &[u8],
+) -> Result<(), TocError> {
+    let decoder: Box<dyn Read + '_> = match format {
+        TocFormat::Estargz => Box::new(flate2::read::MultiGzDecoder::new(compressed)),
+        TocFormat::ZstdChunked => match zstd::stream::read::Decoder::new(compressed) {
+            Ok(d) => Box::new(d),
+            Err(_) => Box::new(std::io::empty()),
+        },
+    };
+    let mut output = decoder.take(MAX_UNSAID_OUTPUT);
+    let skipped = std::io::copy(&mut output.by_ref().take(unsaid.skip), &mut std::io::sink());
+    let mut want = unsaid.entries.iter().copied().peekable();
+    if skipped.ok() == Some(unsaid.skip) {
+        let mut archive = tar::Archive::new(output);
+        if let Ok(headers) = archive.entries() {
+            for header in headers {
+                let (Some(&i), Ok(header)) = (want.peek(), header) else {
+                    break;
+                };
+                let path = header.path_bytes();
+                let link = header.link_name_bytes();
+                let e = &entries[i];
+                let link_says = match &link {
+                    Some(l) => reads_as(l, &e.link),
+                    None => e.link.is_empty(),
+                };
+                if reads_as(&path, &e.path) && link_says {
+                    let e = &mut entries[i];
+                    e.path = path.into_owned();
+                    if let Some(l) = link {
+                        e.link = l.into_owned();
+                    }
+                    want.next();
+                }
+            }
+        }
+    }
+    match want.next() {
+        None => Ok(()),
+        Some(i) => Err(TocError::Lossy {
+            index: entries[i].header_offset as usize,
+            name: String::from_utf8_lossy(&entries[i].path).into_owned(),
+        }),
+    }
+}
+
+/// Whether a name from a tar header reads as the TOC's `said` once its bytes that are not
+/// UTF-8 are replaced, leading `./` and `/` and trailing `/` aside.
+fn reads_as(exact: &[u8], said: &[u8]) -> bool {
+    fn trimmed(mut p: &[u8]) -> &[u8] {
+        while let Some(rest) = p.strip_prefix(b"./").or_else(|| p.strip_prefix(b"/")) {
+            p = rest;
+        }
+        while let Some(rest) = p.strip_suffix(b"/") {
+            p = rest;
+        }
+        p
+    }
+    let (exact, said) = (trimmed(exact), trimmed(said));
+    go_lossy(exact).as_bytes() == said || String::from_utf8_lossy(exact).as_bytes() == said
+}
+
+/// `bytes` as Go's JSON writes them: each byte that does not start a UTF-8 character is U+FFFD.
+fn go_lossy(mut bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    loop {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => {
+                out.push_str(s);
+                return out;
+            }
+            Err(e) => {
+                let (good, bad) = bytes.split_at(e.valid_up_to());
+                out.push_str(std::str::from_utf8(good).unwrap_or_default());
+                out.push('\u{FFFD}');
+                bytes = &bad[1..];
+            }
+        }
+    }
 }
 
 /// A data entry's piece, checked on its own.
@@ -563,14 +735,14 @@ fn id(index: usize, v: i64, what: &str) -> Result<u32, TocError> {
     })
 }
 
-/// A name as the TOC gives it, refused when it cannot be the tar's exact bytes.
+/// Whether a name as the TOC gives it may not be the tar's bytes: Go's JSON writes each byte
+/// that is not UTF-8 as U+FFFD.
+fn is_lossy(name: &str) -> bool {
+    name.contains('\u{FFFD}')
+}
+
+/// A name as the TOC gives it, refused when too long or with a NUL.
 fn checked_name(index: usize, name: &str) -> Result<&str, TocError> {
-    if name.contains('\u{FFFD}') {
-        return Err(TocError::Lossy {
-            index,
-            name: name.to_string(),
-        });
-    }
     if name.len() > MAX_NAME || name.contains('\0') {
         return Err(TocError::Entry {
             index,
@@ -751,8 +923,7 @@ mod tests {
 
     #[test]
     fn what_a_toc_cannot_say_is_refused() {
-        let cases: [(&str, Vec<String>); 6] = [
-            ("lossy name", vec![file("a/\u{fffd}", 1, 100)]),
+        let cases: [(&str, Vec<String>); 5] = [
             ("out of order", vec![file("a", 1, 300), file("b", 1, 100)]),
             ("past the data", vec![file("a", 1, 9_500)]),
             (
@@ -779,6 +950,156 @@ mod tests {
         ];
         for (what, entries) in cases {
             assert!(estargz(&entries).is_err(), "{what} was accepted");
+        }
+    }
+
+    /// A layer as both formats lay one out, from tar entries (name, kind, data, link): the tar
+    /// stream cut where each file's data starts (and, for zstd:chunked, ends), each piece
+    /// compressed on its own; and the TOC the format's Go writer would make of it.
+    fn layer(format: TocFormat, items: &[Item]) -> (Vec<u8>, String) {
+        use std::os::unix::ffi::OsStrExt;
+        let path = |b: &[u8]| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(b));
+        let mut builder = tar::Builder::new(Vec::new());
+        // Where each entry's data starts and ends in the tar.
+        let mut cuts = Vec::new();
+        for (name, kind, data, link) in items {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            if link.is_empty() {
+                builder.append_data(&mut h, path(name), *data).unwrap();
+            } else {
+                builder.append_link(&mut h, path(name), path(link)).unwrap();
+            }
+            let end = builder.get_ref().len();
+            let start = end - data.len().next_multiple_of(512);
+            cuts.push((start, start + data.len()));
+        }
+        let tar = builder.into_inner().unwrap();
+        let mut bounds = vec![0];
+        for ((_, _, data, _), cut) in items.iter().zip(&cuts) {
+            if !data.is_empty() {
+                bounds.push(cut.0);
+                if format == TocFormat::ZstdChunked {
+                    bounds.push(cut.1);
+                }
+            }
+        }
+        bounds.push(tar.len());
+        let mut blob = Vec::new();
+        let mut at = std::collections::HashMap::new();
+        for w in bounds.windows(2) {
+            at.insert(w[0], blob.len());
+            let piece = &tar[w[0]..w[1]];
+            match format {
+                TocFormat::Estargz => {
+                    let mut gz =
+                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                    std::io::Write::write_all(&mut gz, piece).unwrap();
+                    blob.extend(gz.finish().unwrap());
+                }
+                TocFormat::ZstdChunked => blob.extend(zstd::bulk::compress(piece, 1).unwrap()),
+            }
+        }
+        at.insert(tar.len(), blob.len());
+        let entries: Vec<String> = items
+            .iter()
+            .zip(&cuts)
+            .map(|((name, kind, data, link), cut)| {
+                let kind = match kind {
+                    tar::EntryType::Regular => "reg",
+                    tar::EntryType::Directory => "dir",
+                    tar::EntryType::Symlink => "symlink",
+                    _ => "hardlink",
+                };
+                let (offset, end) = match data.is_empty() {
+                    true => (0, 0),
+                    false => (at[&cut.0], at.get(&cut.1).copied().unwrap_or(0)),
+                };
+                let hex: String = Sha256::digest(data)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                serde_json::json!({
+                    "type": kind, "name": go_lossy(name), "linkName": go_lossy(link),
+                    "size": data.len(), "offset": offset, "endOffset": end,
+                    "digest": format!("sha256:{hex}"),
+                })
+                .to_string()
+            })
+            .collect();
+        let json = format!(r#"{{"version":1,"entries":[{}]}}"#, entries.join(","));
+        (blob, json)
+    }
+
+    /// A tar entry: name, kind, data, link target.
+    type Item<'a> = (&'a [u8], tar::EntryType, &'a [u8], &'a [u8]);
+
+    /// Reads `json` over `blob` as imgfs does: the TOC, then the headers of what it cannot say.
+    fn read_layer(format: TocFormat, blob: &[u8], json: &str) -> Result<Toc, TocError> {
+        let size = blob.len() as u64;
+        let mut toc = parse(format, json.as_bytes(), size, size)?;
+        for u in &toc.unsaid {
+            let bytes = &blob[u.compressed.start as usize..u.compressed.end as usize];
+            say_exactly(format, &mut toc.entries, u, bytes)?;
+        }
+        Ok(toc)
+    }
+
+    #[test]
+    fn names_a_toc_cannot_say_are_read_from_their_headers() {
+        use tar::EntryType::{Directory, Link, Regular, Symlink};
+        let long: Vec<u8> = [b'd'; 150].iter().chain(b"/\xff-long").copied().collect();
+        let items: [Item; 10] = [
+            (b"d\xe9/", Directory, b"", b""),
+            (b"ok", Regular, &[7u8; 700], b""),
+            (b"d\xe9/a\xe9", Regular, b"first", b""),
+            (b"d\xe9/a\xf6", Regular, b"second", b""),
+            (b"d\xe9/empty\xfc", Regular, b"", b""),
+            (b"d\xe9/to-a", Symlink, b"", b"a\xe9"),
+            (b"d\xe9/hard", Link, b"", b"d\xe9/a\xf6"),
+            (b"d\xe9/\xef\xbf\xbd", Regular, b"a U+FFFD of its own", b""),
+            (&long, Regular, b"long", b""),
+            (b"last\xc3", Directory, b"", b""),
+        ];
+        for format in [TocFormat::Estargz, TocFormat::ZstdChunked] {
+            let (blob, json) = layer(format, &items);
+            let toc = read_layer(format, &blob, &json).unwrap();
+            assert_eq!(toc.unsaid.len(), 6, "{format:?}: {:?}", toc.unsaid);
+            let got: Vec<(&[u8], &[u8])> = toc
+                .entries
+                .iter()
+                .map(|e| (e.path.as_slice(), e.link.as_slice()))
+                .collect();
+            let want: Vec<(&[u8], &[u8])> = items.iter().map(|i| (i.0, i.3)).collect();
+            assert_eq!(got, want, "{format:?}");
+            assert_eq!(toc.table.uncompressed_size(), 700 + 5 + 6 + 19 + 4);
+        }
+    }
+
+    #[test]
+    fn a_header_that_does_not_read_as_the_toc_is_refused() {
+        let items: [Item; 2] = [
+            (b"ok", tar::EntryType::Regular, b"data", b""),
+            (b"a\xe9", tar::EntryType::Regular, b"x", b""),
+        ];
+        for format in [TocFormat::Estargz, TocFormat::ZstdChunked] {
+            let (blob, json) = layer(format, &items);
+            for to in ["b\u{fffd}", "a\u{fffd}\u{fffd}"] {
+                let json = json.replace("a\u{fffd}", to);
+                let err = read_layer(format, &blob, &json).unwrap_err();
+                assert!(matches!(err, TocError::Lossy { index: 1, .. }), "{err}");
+            }
+            // The bytes where the header is, damaged: refused, never a panic.
+            let size = blob.len() as u64;
+            let there = parse(format, json.as_bytes(), size, size).unwrap().unsaid[0]
+                .compressed
+                .clone();
+            let mut damaged = blob.clone();
+            damaged[(there.start + there.end) as usize / 2..there.end as usize].fill(0xAA);
+            let err = read_layer(format, &damaged, &json).unwrap_err();
+            assert!(matches!(err, TocError::Lossy { index: 1, .. }), "{err}");
         }
     }
 

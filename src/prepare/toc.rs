@@ -5,9 +5,10 @@
 //!
 //! Each TOC is fetched by range (eStargz: the footer, then the TOC's gzip member; zstd:chunked:
 //! the manifest's frame), layers in parallel, and checked against the digest the image
-//! manifest names before a byte of it is believed. A layer whose TOC is missing, fails its
-//! digest or cannot say its entries exactly (a non-UTF-8 name) is fetched whole instead, as
-//! any layer; the others stay lazy. The image then gets a lazy entry like an indexed one,
+//! manifest names before a byte of it is believed. A name the TOC cannot say exactly (not
+//! UTF-8 in the tar) is read from its tar header, fetched by range with the headers about it
+//! ([`toc::say_exactly`]). A layer whose TOC is missing, fails its digest or names an entry no
+//! header there says is fetched whole instead, as any layer; the others stay lazy. The image then gets a lazy entry like an indexed one,
 //! named apart (`lazy-toc-…`): a TOC's spans address a stream of their own, not the tar.
 
 use super::PrepareError;
@@ -164,7 +165,22 @@ fn fetch(registry: &Registry, layer: &Layer) -> Result<Option<Fetched>, Unusable
             (TocFormat::ZstdChunked, offset, json)
         }
     };
-    let toc = toc::parse(format, &json, size, data_end).map_err(toc_error)?;
+    let mut toc = toc::parse(format, &json, size, data_end).map_err(toc_error)?;
+    if !toc.unsaid.is_empty() {
+        let ranges: Vec<_> = toc.unsaid.iter().map(|u| u.compressed.clone()).collect();
+        let bodies = registry.fetch_ranges(digest, size, &ranges)?;
+        if bodies.len() != ranges.len() {
+            return Err(Unusable::Stopped);
+        }
+        for (unsaid, body) in toc.unsaid.iter().zip(&bodies) {
+            toc::say_exactly(format, &mut toc.entries, unsaid, body).map_err(toc_error)?;
+        }
+        log::debug!(
+            "layer {digest}: {} names not UTF-8 read from their tar headers ({} bytes)",
+            toc.unsaid.iter().map(|u| u.entries.len()).sum::<usize>(),
+            ranges.iter().map(|r| r.end - r.start).sum::<u64>()
+        );
+    }
     Ok(Some(Fetched {
         format,
         data_end,

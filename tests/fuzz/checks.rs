@@ -611,6 +611,18 @@ pub fn toc_any(data: &[u8]) -> bool {
             assert_eq!(out.len() as u64, s.uncompressed.end - s.uncompressed.start);
         }
     }
+    // The headers of names the TOC cannot say: ranges in blob order, inside the data, read
+    // from any bytes into the names they say or an error.
+    let mut entries = parsed.entries.clone();
+    let mut unsaid_end = 0;
+    for u in &parsed.unsaid {
+        assert!(u.compressed.start >= unsaid_end && u.compressed.end <= TOC_DATA_END);
+        assert!(u.entries.iter().all(|&i| i < entries.len()));
+        unsaid_end = u.compressed.end;
+        let len = (u.compressed.end - u.compressed.start).min(TOC_SPAN_MAX) as usize;
+        let bytes: Vec<u8> = json.iter().copied().cycle().take(len).collect();
+        let _ = toc::say_exactly(format, &mut entries, u, &bytes);
+    }
     true
 }
 
@@ -646,6 +658,7 @@ pub fn toc_seed(format: u8) -> Vec<u8> {
         r#"{"type":"char","name":"dev/null","mode":438,"devMajor":1,"devMinor":3}"#.to_string(),
         r#"{"type":"reg","name":"etc/.wh.gone","mode":0}"#.to_string(),
         r#"{"type":"fifo","name":"run/p","mode":4480}"#.to_string(),
+        r#"{"type":"dir","name":"run/\ufffd/","mode":16877}"#.to_string(),
     ];
     let mut out = vec![format];
     out.extend_from_slice(

@@ -420,7 +420,7 @@ fn an_indexed_image_runs_without_being_pulled_and_matches_umoci() {
 
 /// eStargz (made by ctr-remote) and zstd:chunked (made by skopeo) images without an imgfs
 /// index are served remotely from their layers' TOCs: rpull fetches a fraction of them (the
-/// TOCs, and the one layer whose names a TOC cannot say, fetched whole by imgfs), and a
+/// TOCs, and the tar headers of the names not UTF-8 that a TOC cannot say), and a
 /// container's root equals umoci's unpacking (the eStargz format's own entries hidden).
 #[test]
 fn estargz_and_zstd_chunked_images_run_from_their_tocs() {

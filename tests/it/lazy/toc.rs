@@ -18,22 +18,15 @@ pub(crate) fn estargz_entries() -> CompareOptions {
     }
 }
 
-/// A layer's TOC cannot name a non-UTF-8 file exactly (Go writes U+FFFD): that layer is
-/// fetched whole, with one warning.
+/// A layer's TOC cannot name a non-UTF-8 file exactly (Go writes U+FFFD): its name comes
+/// from its tar header, fetched by range, and the layer stays lazy: no layer is fetched whole.
 #[track_caller]
-fn assert_one_layer_fetched_whole(stderr: &str) {
-    let warnings: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.contains("its TOC cannot be used"))
-        .collect();
-    assert!(
-        warnings.len() == 1 && warnings[0].contains("not UTF-8") && warnings[0].contains("whole"),
-        "{stderr}"
-    );
+fn assert_no_layer_fetched_whole(stderr: &str) {
+    assert!(!stderr.contains("its TOC cannot be used"), "{stderr}");
 }
 
 /// An eStargz image made by ctr-remote, no imgfs index: the mount is ready from the layers'
-/// TOCs (the layer whose names the TOC cannot say fetched whole), walks its metadata without
+/// TOCs (the names not UTF-8 in one layer read from their tar headers), walks its metadata without
 /// fetching, reads two files with a fraction of the image, and equals umoci's unpacking once
 /// everything is read, having fetched each byte at most once; a second mount fetches nothing.
 #[test]
@@ -44,10 +37,11 @@ fn estargz_image_mounts_lazily_from_its_tocs() {
     let img = registry_image(&layout, "layers", "imgfs-test/layers:estargz");
     let cache = TempDir::new("imgfs-lazy-cache");
     let (m, stderr) = mount(cache.path(), &img.source, &[]);
-    assert_one_layer_fetched_whole(&stderr);
+    assert_no_layer_fetched_whole(&stderr);
     let at_mount = blob_bytes(&img.front, &img.layers);
+    // The TOCs and a few headers: no layer whole (the one with names not UTF-8 is 4%).
     assert!(
-        at_mount * 10 <= img.total,
+        at_mount * 50 <= img.total,
         "the mount fetched {at_mount} of {} bytes",
         img.total
     );
@@ -127,8 +121,8 @@ fn toc_layers_are_read_from_whole_streams_once_every_span_is_here() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("lazy-toc-"))
         .map(|e| e.path())
         .collect();
-    // One layer of the fixture has a name its TOC cannot hold: it is fetched whole.
-    assert!(toc_layers.len() >= 2, "{toc_layers:?}");
+    // Every layer is read through its TOC, the one with names not UTF-8 included.
+    assert_eq!(toc_layers.len(), img.layers.len(), "{toc_layers:?}");
     let streams: HashSet<PathBuf> = toc_layers.iter().map(|d| d.join("stream")).collect();
     let start = Instant::now();
     while !open_stream_copies(cache.path()).is_superset(&streams) {
@@ -175,11 +169,11 @@ fn zstd_chunked_image_mounts_lazily_from_its_tocs() {
     let img = registry_image(&layout, "layers-app", "imgfs-test/layers-app:chunked");
     let cache = TempDir::new("imgfs-lazy-cache");
     let (m, stderr) = mount(cache.path(), &img.source, &[]);
-    assert_one_layer_fetched_whole(&stderr);
+    assert_no_layer_fetched_whole(&stderr);
     let at_mount = blob_bytes(&img.front, &img.layers);
     walk_metadata(m.path());
     assert_eq!(blob_bytes(&img.front, &img.layers), at_mount);
-    assert!(at_mount * 10 <= img.total, "{at_mount} of {}", img.total);
+    assert!(at_mount * 50 <= img.total, "{at_mount} of {}", img.total);
     assert_trees_equal(
         &fx().path("TRUTH_APP"),
         m.path(),

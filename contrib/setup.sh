@@ -8,7 +8,7 @@ die() { echo "setup.sh: $*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "must run as root"
 
-pkgs=(fuse3 libseccomp-dev docker.io debootstrap libarchive-tools attr tar libcap2-bin procps xxd kmod man-db docker-registry podman skopeo umoci apache2-utils openssl stargz-snapshotter containerd runc protobuf-compiler)
+pkgs=(fuse3 libseccomp-dev docker.io debootstrap libarchive-tools attr tar libcap2-bin procps xxd kmod man-db docker-registry podman skopeo umoci apache2-utils openssl stargz-snapshotter containerd runc protobuf-compiler passt)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -33,6 +33,14 @@ fi
 # Users other than root open /dev/fuse for their own sandboxes (imgfs run without root);
 # Debian's udev rules make it crw-rw-rw-, which a machine without udev lacks.
 chmod 0666 /dev/fuse
+# The same for /dev/net/tun, where pasta (passt) makes a sandbox's network interface for a
+# user without root, in that user's namespace.
+if [ ! -e /dev/net/tun ]; then
+    modprobe tun 2>/dev/null || true
+    [ -e /dev/net/tun ] || { mkdir -p /dev/net && mknod -m 0666 /dev/net/tun c 10 200 2>/dev/null; } || true
+    [ -e /dev/net/tun ] || die "/dev/net/tun missing and could not be created (modprobe tun failed)"
+fi
+chmod 0666 /dev/net/tun
 
 if ! docker info >/dev/null 2>&1; then
     log=/var/log/imgfs-dockerd.log

@@ -232,6 +232,8 @@ pub struct MountArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Net {
+    /// A network of its own, reaching out through the host (pasta)
+    Bridge,
     /// Only a loopback interface
     None,
     /// The host's network
@@ -280,9 +282,19 @@ pub struct RunArgs {
     /// No writable layer: the root is the image, read-only
     #[arg(long)]
     pub read_only: bool,
-    /// Network: none (loopback only) or host
-    #[arg(long, value_enum, default_value_t = Net::None)]
-    pub net: Net,
+    /// Network: bridge (a network of its own, reaching out through the host, as docker's
+    /// default), none (loopback only) or host (the host's)
+    #[arg(long = "network", visible_alias = "net", value_enum, default_value_t = Net::Bridge)]
+    pub network: Net,
+    /// Publish a sandbox's port on the host (bridge network)
+    #[arg(short, long, value_name = "[IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]")]
+    pub publish: Vec<String>,
+    /// A DNS server for /etc/resolv.conf (the gateway, 10.0.2.2, is the host's loopback)
+    #[arg(long, value_name = "IP")]
+    pub dns: Vec<String>,
+    /// A line of /etc/hosts (host-gateway: the host's loopback, through the gateway)
+    #[arg(long, value_name = "NAME:IP")]
+    pub add_host: Vec<String>,
     /// Keep the writable layer in DIR (upper/ and work/) so a later run can go on from it
     #[arg(long, value_name = "DIR")]
     pub rw_dir: Option<PathBuf>,

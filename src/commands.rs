@@ -501,7 +501,16 @@ fn start_sandbox(args: RunArgs) -> Result<i32> {
         interactive: args.interactive,
         tty: args.tty,
         read_only: args.read_only,
-        net_host: args.net == Net::Host,
+        network: match args.network {
+            Net::Bridge => runner::network::Mode::Bridge,
+            Net::None => runner::network::Mode::None,
+            Net::Host => runner::network::Mode::Host,
+        },
+        network_flags: runner::network::NetworkFlags {
+            publish: args.publish,
+            dns: args.dns,
+            add_host: args.add_host,
+        },
         rw_dir: args.rw_dir,
         confine: runner::confine::Request {
             cap_add: args.cap_add,

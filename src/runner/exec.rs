@@ -4,7 +4,8 @@
 //!
 //! - the **supervisor** (`imgfs run` itself, single-threaded once the image is resolved)
 //!   compiles the seccomp filter (or takes it from the cache), creates the sandbox's cgroup
-//!   when limits are asked for, enters new namespaces ([`namespaces`]), mounts a tmpfs
+//!   when limits are asked for, forks the keeper of the bridge network's pasta
+//!   ([`super::network::pasta`]), enters new namespaces ([`namespaces`]), mounts a tmpfs
 //!   scratch area, binds the image's live mount there (under a lease on it) or else mounts
 //!   the image with FUSE itself, forks the init into a new PID namespace, and only then
 //!   starts the threads serving the image, if it serves it. It forwards signals sent to it
@@ -16,12 +17,14 @@
 //! When both are gone, the namespaces and with them every mount vanish, whatever killed
 //! them; a cleaner process removes the cgroup even then.
 
-use std::io;
+use std::io::{self, Write};
 use std::path::Path;
 
 use super::confine::cgroup::{self, Cgroup, CgroupError};
 use super::confine::{self, seccomp};
 use super::namespaces::{self, NamespaceError};
+use super::network::Mode;
+use super::network::pasta::{self, PastaError};
 use super::plan::Plan;
 use super::process;
 use super::pty::{Terminal, TerminalError};
@@ -54,6 +57,8 @@ pub(crate) enum SandboxError {
     },
     #[error(transparent)]
     Terminal(#[from] TerminalError),
+    #[error(transparent)]
+    Network(#[from] PastaError),
 }
 
 /// The supervisor. Returns the exit status for `imgfs run`.
@@ -153,7 +158,19 @@ fn supervise_in_namespaces(
     if plan.unprivileged.is_some() {
         namespaces::check_fuse()?;
     }
+    // Forked while this process is single-threaded and still in the host's namespaces; pasta
+    // starts once it is in its own, and comes up while the rest is set up.
+    let mut network = match plan.network.mode {
+        Mode::Bridge => Some(pasta::Helper::fork(
+            &plan.network,
+            plan.unprivileged.is_some(),
+        )?),
+        Mode::None | Mode::Host => None,
+    };
     namespaces::enter(plan)?;
+    if let Some(n) = network.as_mut() {
+        n.start()?;
+    }
     sys::fs::mount(
         Some("tmpfs"),
         scratch,
@@ -197,9 +214,19 @@ fn supervise_in_namespaces(
         None
     };
 
+    // The init builds the root while pasta comes up, and starts the command once this says
+    // the network is up (one byte; end of file: it is not).
+    let network_gate = match network {
+        Some(_) => Some(io::pipe().map_err(|e| SandboxError::Scratch(SysError::call("pipe")(e)))?),
+        None => None,
+    };
     let Some(mut init) = namespaces::fork_init(cgroup.is_some())? else {
         // The init: PID 1 of a new PID namespace, a single-threaded copy of this process.
-        let code = process::init(plan, scratch, filter);
+        let gate = network_gate.map(|(read, write)| {
+            drop(write);
+            read
+        });
+        let code = process::init(plan, scratch, filter, gate);
         // Leaving the forked copy without running the supervisor's destructors.
         sys::process::exit_now(code);
     };
@@ -214,6 +241,17 @@ fn supervise_in_namespaces(
             return Err(e.into());
         }
         init.release();
+    }
+    if let (Some(n), Some((_, gate))) = (network.as_mut(), network_gate) {
+        let up = n.wait_ready().and_then(|()| {
+            (&gate)
+                .write_all(&[1])
+                .map_err(|e| PastaError::Failed(format!("could not be announced ({e})")))
+        });
+        if let Err(e) = up {
+            kill_init(init.pid);
+            return Err(e.into());
+        }
     }
     // Threads only now, in the supervisor alone.
     let session = match session {
@@ -233,6 +271,9 @@ fn supervise_in_namespaces(
         let _ = out.join(); // the command's last output
     }
     drop(terminal); // restores the caller's terminal
+    if let Some(n) = network {
+        n.stop();
+    }
     // The mounts live only in this process's namespace and vanish with it; detaching the
     // scratch tmpfs now lets its empty mountpoint on the host be removed.
     sys::fs::detach(scratch);

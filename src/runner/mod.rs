@@ -18,6 +18,7 @@ pub mod plan;
 
 pub mod confine;
 pub(crate) mod namespaces;
+pub mod network;
 pub(crate) mod rootfs;
 
 pub mod exec;

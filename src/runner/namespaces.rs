@@ -7,6 +7,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use super::network::Mode;
 use super::plan::Plan;
 use crate::sys::process::Forked;
 use crate::sys::{self, EXIT_SETUP, SysError};
@@ -79,7 +80,7 @@ pub(crate) fn check_fuse() -> Result<(), NamespaceError> {
 /// it sees private, so nothing mounted from now on reaches the host.
 pub(crate) fn enter(plan: &Plan) -> Result<(), NamespaceError> {
     let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
-    if !plan.net_host {
+    if plan.network.mode != Mode::Host {
         flags |= libc::CLONE_NEWNET;
     }
     if plan.unprivileged.is_some() {

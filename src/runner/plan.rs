@@ -31,6 +31,8 @@ pub enum PlanError {
     Confine(#[from] super::confine::ConfineError),
     #[error(transparent)]
     Limits(#[from] super::confine::cgroup::LimitError),
+    #[error(transparent)]
+    Network(#[from] super::network::NetworkError),
 }
 
 /// The parts of an image config the runner applies (docker's `Config`).
@@ -86,7 +88,9 @@ pub struct Request {
     pub interactive: bool,
     pub tty: bool,
     pub read_only: bool,
-    pub net_host: bool,
+    /// `--network`, and `--publish`, `--dns` and `--add-host` as given.
+    pub network: super::network::Mode,
+    pub network_flags: super::network::NetworkFlags,
     pub rw_dir: Option<PathBuf>,
     /// `--cap-add`, `--cap-drop`, `--privileged`, `--security-opt`.
     pub confine: super::confine::Request,
@@ -129,7 +133,7 @@ pub struct Plan {
     pub hostname: String,
     pub volumes: Vec<Volume>,
     pub read_only: bool,
-    pub net_host: bool,
+    pub network: super::network::Network,
     pub rw_dir: Option<PathBuf>,
     pub interactive: bool,
     pub tty: bool,
@@ -407,7 +411,7 @@ pub(crate) fn build(
         hostname,
         volumes,
         read_only: req.read_only,
-        net_host: req.net_host,
+        network: super::network::Network::build(req.network, &req.network_flags)?,
         rw_dir: req.rw_dir.clone(),
         interactive: req.interactive,
         tty: req.tty,

@@ -4,6 +4,7 @@
 
 use std::ffi::{CStr, CString};
 use std::fs;
+use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -95,8 +96,13 @@ pub(crate) fn wait_for(child: Pid, on_winch: Option<&dyn Fn()>) -> i32 {
 
 /// The init: PID 1 of the sandbox. Returns its exit status: the command's, or 125-127 with
 /// one line on stderr when the command could not be started.
-pub(crate) fn init(plan: &Plan, scratch: &Path, filter: Option<confine::seccomp::Program>) -> i32 {
-    match start_command(plan, scratch, filter) {
+pub(crate) fn init(
+    plan: &Plan,
+    scratch: &Path,
+    filter: Option<confine::seccomp::Program>,
+    network: Option<io::PipeReader>,
+) -> i32 {
+    match start_command(plan, scratch, filter, network) {
         Ok(pid) => wait_for(pid, None),
         Err(e) => {
             eprintln!("imgfs: {e}");
@@ -110,6 +116,7 @@ fn start_command(
     plan: &Plan,
     scratch: &Path,
     filter: Option<confine::seccomp::Program>,
+    network: Option<io::PipeReader>,
 ) -> Result<Pid, ProcessError> {
     // PID 1 gets only the signals it has a handler for: install no-op handlers, then take
     // the (still blocked) signals with sigwaitinfo.
@@ -120,7 +127,7 @@ fn start_command(
     // supervisor keeps the host's root and can clean up after it.
     sys::process::unshare(libc::CLONE_NEWNS)
         .map_err(|e| ProcessError::MountNamespace(SysError::call("unshare")(e)))?;
-    if !plan.net_host {
+    if plan.network.mode != super::network::Mode::Host {
         namespaces::loopback_up()?;
         namespaces::network_sysctls(plan.unprivileged.is_some());
     }
@@ -133,6 +140,13 @@ fn start_command(
     }
     let program = find_program(plan)?;
     let prepared = Prepared::new(plan, &program, filter).map_err(ProcessError::Prepare)?;
+    // The network's go-ahead (one byte); without it the supervisor says why and ends this.
+    if let Some(mut gate) = network {
+        let mut byte = [0u8];
+        if !matches!(gate.read(&mut byte), Ok(1)) {
+            sys::process::exit_now(EXIT_SETUP);
+        }
+    }
 
     // The init has a single thread; the child only uses data prepared above.
     match sys::process::fork().map_err(ProcessError::Fork)? {

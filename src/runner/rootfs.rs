@@ -206,19 +206,11 @@ fn mount_dev(plan: &Plan, scratch: &Path, root: &OwnedFd) -> Result<(), RootfsEr
 /// /etc/hosts, /etc/hostname and /etc/resolv.conf that make sense inside.
 fn write_etc_files(plan: &Plan, scratch: &Path, root: &OwnedFd) -> Result<(), RootfsError> {
     let files = scratch.join("files");
-    let hosts = if plan.net_host {
-        fs::read_to_string("/etc/hosts").unwrap_or_default()
-    } else {
-        format!(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
-            plan.hostname
-        )
-    };
-    let resolv = if plan.net_host {
-        fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
-    } else {
-        "# no network in this sandbox (imgfs run --net host shares the host's)\n".to_string()
-    };
+    let host_file = |name| fs::read_to_string(name).unwrap_or_default();
+    let hosts = plan
+        .network
+        .etc_hosts(&plan.hostname, &host_file("/etc/hosts"));
+    let resolv = plan.network.resolv_conf(&host_file("/etc/resolv.conf"));
     for (name, contents) in [
         ("hosts", hosts),
         ("hostname", format!("{}\n", plan.hostname)),

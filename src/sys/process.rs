@@ -466,6 +466,19 @@ pub(crate) fn write_stderr(message: &[u8]) {
     unsafe { libc::write(2, message.as_ptr().cast(), message.len()) };
 }
 
+/// Lets `fd` pass to the programs this process starts (clears its close-on-exec flag), and
+/// returns its number, for a program told `/proc/self/fd/N`.
+pub(crate) fn inheritable(fd: &OwnedFd) -> io::Result<RawFd> {
+    let raw = fd.as_raw_fd();
+    // SAFETY: fcntl(2) with integer arguments on a descriptor `fd` owns while borrowed.
+    let flags = unsafe { libc::fcntl(raw, libc::F_GETFD) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(raw, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(raw)
+}
+
 /// Brings up `lo` in this process's network namespace.
 pub(crate) fn loopback_up() -> io::Result<()> {
     // SAFETY: a datagram socket only used for the interface ioctls below; the result is

@@ -35,14 +35,14 @@ fn docker_run(opts: &[&str], args: &[&str]) -> Output {
         .args(args))
 }
 
-/// `imgfs run --cache-dir SHARED -v FIXTURES:/probe:ro OPTS IMAGE -- ARGS`; its sandbox has
-/// no network but loopback unless asked, like `--network none`.
+/// `imgfs run --cache-dir SHARED --network none -v FIXTURES:/probe:ro OPTS IMAGE -- ARGS`,
+/// as docker's above.
 fn imgfs_command(opts: &[&str], args: &[&str]) -> Command {
     let mut cmd = imgfs();
     cmd.arg("run")
         .arg("--cache-dir")
         .arg(shared_run_cache())
-        .args(["-v", &probe_volume()])
+        .args(["--network", "none", "-v", &probe_volume()])
         .args(opts)
         .arg(DEBIAN_IMAGE)
         .arg("--")

@@ -141,7 +141,7 @@ fn uid_of(user: &str) -> u32 {
 }
 
 /// A cache directory of `user`'s own.
-fn user_cache(user: &str, prefix: &str) -> TempDir {
+pub(super) fn user_cache(user: &str, prefix: &str) -> TempDir {
     let dir = TempDir::new(prefix);
     let chown = Command::new("chown").arg(user).arg(dir.path()).status();
     assert!(chown.is_ok_and(|s| s.success()));
@@ -149,7 +149,7 @@ fn user_cache(user: &str, prefix: &str) -> TempDir {
 }
 
 /// `imgfs run --cache-dir CACHE OPTS DEBIAN_TAR --` as `user`.
-fn run_as(user: &str, cache: &std::path::Path, opts: &[&str]) -> Command {
+pub(super) fn run_as(user: &str, cache: &std::path::Path, opts: &[&str]) -> Command {
     let mut cmd = as_user(user);
     cmd.arg(env!("CARGO_BIN_EXE_imgfs"))
         .arg("run")

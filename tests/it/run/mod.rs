@@ -2,10 +2,11 @@
 //! compared with `docker run` of the same image.
 //!
 //! Here are the helpers; the tests are in [`sandbox`] (what a sandbox is and does, beside
-//! docker run), [`sharing`] (live mounts and shared servers) and [`isolation`] (hostile
-//! images and other users).
+//! docker run), [`sharing`] (live mounts and shared servers), [`isolation`] (hostile
+//! images and other users) and [`network`] (the sandbox's network).
 
 mod isolation;
+mod network;
 mod sandbox;
 mod sharing;
 

@@ -267,7 +267,11 @@ fn sandbox_has_its_own_proc_dev_network_and_etc() {
     }
     assert_eq!(lines[2], "inside");
     assert_eq!(lines[3], "1");
-    assert_eq!(lines[4].trim(), "lo", "only loopback without --net host");
+    assert_eq!(
+        lines[4].trim(),
+        "eth0 lo",
+        "an interface of its own, and loopback"
+    );
     assert_eq!(lines[5].trim(), "00 00 00 00");
     assert_eq!(lines[6], "pts");
 

@@ -1,0 +1,348 @@
+//! The helper that gives a bridge sandbox its network: pasta, from passt, a user-mode network
+//! stack. It runs in the host's namespaces, attached to the sandbox's network namespace (and,
+//! without root, to its user namespace, whose root may configure it): a tap interface with the
+//! sandbox's address and default route, whose TCP, UDP and ping go out through ordinary
+//! sockets of the host, and the published ports bound on the host.
+//!
+//! The supervisor forks a keeper before it leaves the host's namespaces ([`Helper::fork`]).
+//! Once the supervisor is in its own ([`Helper::start`]), the keeper opens them through /proc,
+//! hands them to pasta as `/proc/self/fd/N` (pasta, as root, would change to nobody, who
+//! could not open them by path), and waits on a pipe whose other end only the supervisor
+//! holds. When the supervisor ends, however it ends (`kill -9` included), that pipe reads end
+//! of file and the keeper kills pasta: no helper outlives its sandbox. pasta says it is ready
+//! by writing its pid to another pipe (`--pid`), once the namespace is configured and the
+//! published ports are bound; the command starts only then ([`Helper::wait_ready`]), while
+//! pasta's start overlaps the sandbox's own set-up.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{ADDRESS, DNS_FORWARD, GATEWAY, Network, PREFIX};
+use crate::sys::process::{Forked, Pid};
+use crate::sys::{self, SysError};
+
+/// The longest wait for pasta to be ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most of pasta's messages read when it fails.
+const MAX_MESSAGES: u64 = 64 << 10;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PastaError {
+    #[error(
+        "the bridge network needs pasta (Debian's passt package), which is not in PATH: install it, or run with --network none"
+    )]
+    Missing,
+    #[error("cannot start the network helper: {0}")]
+    Fork(SysError),
+    #[error("cannot start the network helper: {0}")]
+    Pipe(io::Error),
+    #[error("the sandbox's network did not come up: pasta {0}")]
+    Failed(String),
+}
+
+/// The supervisor's side of the keeper and its pasta.
+pub(crate) struct Helper {
+    keeper: Pid,
+    /// One byte: the supervisor has its namespaces.
+    go: Option<File>,
+    /// Closed when the supervisor is done, or gone: the keeper then stops pasta.
+    life: Option<OwnedFd>,
+    /// pasta's pid, written once it is ready.
+    ready: File,
+    /// pasta's messages.
+    messages: File,
+}
+
+impl Helper {
+    /// Forks the keeper, from this process, which must be single-threaded and still in the
+    /// host's namespaces.
+    pub(crate) fn fork(net: &Network, unprivileged: bool) -> Result<Helper, PastaError> {
+        let program = find_program().ok_or(PastaError::Missing)?;
+        let args = arguments(net, unprivileged);
+        let (go_read, go_write) = io::pipe().map_err(PastaError::Pipe)?;
+        let (life_read, life_write) = io::pipe().map_err(PastaError::Pipe)?;
+        let (ready_read, ready_write) = io::pipe().map_err(PastaError::Pipe)?;
+        let (messages_read, messages_write) = io::pipe().map_err(PastaError::Pipe)?;
+        match sys::process::fork().map_err(PastaError::Fork)? {
+            Forked::Child => {
+                drop((go_write, life_write, ready_read, messages_read));
+                let keeper = Keeper {
+                    program,
+                    args,
+                    unprivileged,
+                    go: go_read.into(),
+                    life: life_read.into(),
+                    ready: ready_write.into(),
+                    messages: File::from(OwnedFd::from(messages_write)),
+                };
+                // Leaving the forked copy without running the supervisor's destructors.
+                sys::process::exit_now(keeper.run())
+            }
+            Forked::Parent(keeper) => Ok(Helper {
+                keeper,
+                go: Some(File::from(OwnedFd::from(go_write))),
+                life: Some(life_write.into()),
+                ready: File::from(OwnedFd::from(ready_read)),
+                messages: File::from(OwnedFd::from(messages_read)),
+            }),
+        }
+    }
+
+    /// Lets the keeper start pasta on this process's namespaces (call once in them).
+    pub(crate) fn start(&mut self) -> Result<(), PastaError> {
+        if let Some(mut go) = self.go.take()
+            && let Err(e) = go.write_all(&[1])
+        {
+            return Err(self.failure(&format!("could not be started ({e})")));
+        }
+        Ok(())
+    }
+
+    /// Waits until pasta is ready, or stops it and says why it is not.
+    pub(crate) fn wait_ready(&mut self) -> Result<(), PastaError> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut said = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.failure(&format!(
+                    "was not ready within {} s",
+                    READY_TIMEOUT.as_secs()
+                )));
+            }
+            let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+            match sys::process::poll_readable(self.ready.as_fd(), ms) {
+                Ok(false) => continue,
+                Ok(true) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.failure(&format!("could not be waited for ({e})"))),
+            }
+            let mut buf = [0u8; 32];
+            match self.ready.read(&mut buf) {
+                Ok(0) => return Err(self.failure("exited")),
+                Ok(n) => {
+                    said.extend_from_slice(&buf[..n]);
+                    if said.contains(&b'\n') {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.failure(&format!("could not be waited for ({e})"))),
+            }
+        }
+    }
+
+    /// Stops pasta and its keeper: pasta is killed when this returns.
+    pub(crate) fn stop(mut self) {
+        self.life.take();
+        let _ = sys::process::waitpid(self.keeper, 0);
+    }
+
+    /// Stops pasta, then says `what` with the last thing pasta said.
+    fn failure(&mut self, what: &str) -> PastaError {
+        self.life.take();
+        let _ = sys::process::waitpid(self.keeper, 0);
+        // Both writers (the keeper and pasta) are gone now: this reads to the end.
+        let mut text = String::new();
+        let _ = (&self.messages)
+            .take(MAX_MESSAGES)
+            .read_to_string(&mut text);
+        let last = text
+            .lines()
+            .map(str::trim)
+            .rfind(|l| !l.is_empty() && !l.contains("syslog") && !l.starts_with("Don't run as"));
+        PastaError::Failed(match last {
+            Some(l) => format!("{what}: {l}"),
+            None => what.to_string(),
+        })
+    }
+}
+
+/// The keeper's whole life, in the forked copy of the supervisor.
+struct Keeper {
+    program: PathBuf,
+    args: Vec<String>,
+    unprivileged: bool,
+    go: OwnedFd,
+    life: OwnedFd,
+    ready: OwnedFd,
+    messages: File,
+}
+
+impl Keeper {
+    /// Waits for the go-ahead, starts pasta, and stops it once the supervisor is done.
+    fn run(self) -> i32 {
+        let Keeper {
+            program,
+            args,
+            unprivileged,
+            go,
+            life,
+            ready,
+            mut messages,
+        } = self;
+        let mut byte = [0u8];
+        // End of file: the supervisor gave up before it had its namespaces.
+        if !matches!(File::from(go).read(&mut byte), Ok(1)) {
+            return 0;
+        }
+        let spawned = spawn(&program, &args, unprivileged, &ready, &messages);
+        // pasta holds the pid pipe now: its end of file means pasta is gone.
+        drop(ready);
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = writeln!(messages, "{e}");
+                return 1;
+            }
+        };
+        // Until the supervisor is done: its end of `life` closes, however it ends.
+        while let Err(e) = sys::process::poll_readable(life.as_fd(), -1) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                break;
+            }
+        }
+        // Not waited for: pasta takes tens of milliseconds to die (the kernel tears its tap
+        // device down), which no one need wait for; it is killed, and reaped by init.
+        let _ = child.kill();
+        0
+    }
+}
+
+/// Starts pasta on the namespaces of this process's parent (the supervisor).
+fn spawn(
+    program: &PathBuf,
+    args: &[String],
+    unprivileged: bool,
+    ready: &OwnedFd,
+    messages: &File,
+) -> io::Result<std::process::Child> {
+    let parent = std::os::unix::process::parent_id();
+    let open = |ns: &str| -> io::Result<OwnedFd> {
+        File::open(format!("/proc/{parent}/ns/{ns}"))
+            .map(OwnedFd::from)
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot open the sandbox's {ns} namespace: {e}"),
+                )
+            })
+    };
+    let fd_path = |fd: &OwnedFd| -> io::Result<String> {
+        Ok(format!("/proc/self/fd/{}", sys::process::inheritable(fd)?))
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    let user = if unprivileged {
+        Some(open("user")?)
+    } else {
+        None
+    };
+    if let Some(user) = &user {
+        cmd.arg("--userns").arg(fd_path(user)?);
+    }
+    let net = open("net")?;
+    cmd.arg("--netns").arg(fd_path(&net)?);
+    cmd.arg("--pid").arg(fd_path(ready)?);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(messages.try_clone()?))
+        // Apart from the terminal's signals, which are the command's.
+        .process_group(0);
+    cmd.spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot run {}: {e}", program.display())))
+}
+
+/// pasta in PATH.
+fn find_program() -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_else(|| crate::runner::plan::DEFAULT_PATH.into());
+    std::env::split_paths(&path)
+        .map(|d| d.join("pasta"))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// pasta's options for `net`, but for the namespaces and the pid pipe.
+fn arguments(net: &Network, unprivileged: bool) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "--config-net",
+        "--foreground",
+        "--quiet",
+        "--ipv4-only",
+        "--ns-ifname",
+        "eth0",
+    ]
+    .map(String::from)
+    .to_vec();
+    if !unprivileged {
+        // As root pasta would change to nobody, who may not enter the sandbox's namespace.
+        a.extend(["--runas".into(), "0".into()]);
+    }
+    for (flag, value) in [
+        ("--address", ADDRESS.to_string()),
+        ("--netmask", PREFIX.to_string()),
+        ("--gateway", GATEWAY.to_string()),
+        ("--dns-forward", DNS_FORWARD.to_string()),
+    ] {
+        a.extend([flag.to_string(), value]);
+    }
+    if !net.map_gateway {
+        a.push("--no-map-gw".into());
+    }
+    for (flag, udp) in [("--tcp-ports", false), ("--udp-ports", true)] {
+        let specs: Vec<String> = net
+            .publish
+            .iter()
+            .filter(|p| p.udp == udp)
+            .map(|p| match p.host_ip {
+                Some(ip) => format!("{ip}/{}:{}", p.host_port, p.container_port),
+                None => format!("{}:{}", p.host_port, p.container_port),
+            })
+            .collect();
+        if specs.is_empty() {
+            a.extend([flag.to_string(), "none".into()]);
+        }
+        for s in specs {
+            a.extend([flag.to_string(), s]);
+        }
+    }
+    // Nothing of the host's loopback comes in through the sandbox's own.
+    a.extend(["--tcp-ns", "none", "--udp-ns", "none"].map(String::from));
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Mode, NetworkFlags};
+    use super::*;
+
+    #[test]
+    fn published_ports_and_the_gateway_reach_pasta() {
+        let flags = NetworkFlags {
+            publish: vec!["127.0.0.1:8080:80".into(), "5353:53/udp".into()],
+            dns: vec![],
+            add_host: vec!["h:host-gateway".into()],
+        };
+        let net = Network::build(Mode::Bridge, &flags).unwrap();
+        let a = arguments(&net, false).join(" ");
+        assert!(
+            a.contains("--tcp-ports 127.0.0.1/8080:80 --udp-ports 5353:53"),
+            "{a}"
+        );
+        assert!(a.contains("--runas 0") && !a.contains("--no-map-gw"), "{a}");
+        let plain = Network::build(Mode::Bridge, &NetworkFlags::default()).unwrap();
+        let a = arguments(&plain, true).join(" ");
+        assert!(
+            a.contains("--tcp-ports none --udp-ports none --tcp-ns none"),
+            "{a}"
+        );
+        assert!(a.contains("--no-map-gw") && !a.contains("--runas"), "{a}");
+    }
+}

@@ -450,7 +450,7 @@ def bench_image(img, R, runner, correctness):
     cold_runs = dict(max_runs=3 if big else 11)
     sec["imgfs"] = runner.measure(
         f"{img.key}-cold-imgfs",
-        q([IMGFS, "run", "--cache-dir", cold / "cache", img.ref, "--", "python3", "-c", "pass"]),
+        q([IMGFS, "run", "--network", "none", "--cache-dir", cold / "cache", img.ref, "--", "python3", "-c", "pass"]),
         prepare=prep_cmd("stop-shared", f"rm:{cold / 'cache'}", "drop"), cap=cap, **cold_runs)
     stop_shared()
     sec["export"] = runner.measure(
@@ -485,7 +485,9 @@ def bench_image(img, R, runner, correctness):
     # for later runs (--linger, default 5 min), and with `--linger 0` and no live mount, where
     # every run serves the image with its own FUSE server, from cold kernel caches.
     sec = r.setdefault("warm_run", {})
-    run_argv = [IMGFS, "run", "--cache-dir", img.cache("docker"), img.ref, "--", "python3", "-c", "pass"]
+    # No network, as bwrap's (--unshare-net); bench/sandbox.py measures the default bridge.
+    run_argv = [IMGFS, "run", "--network", "none", "--cache-dir", img.cache("docker"), img.ref, "--",
+                "python3", "-c", "pass"]
     umount(img, "imgfs")
     stop_shared()
     sec["imgfs-private"] = runner.measure(
@@ -1177,7 +1179,7 @@ def render(R, meta, images, path):
     A("")
 
     A("## 1. Cold start: image only in dockerd → `python3 -c pass` done\n")
-    A("`imgfs run --cache-dir EMPTY IMAGE -- python3 -c pass` against unpacking "
+    A("`imgfs run --network none --cache-dir EMPTY IMAGE -- python3 -c pass` against unpacking "
       "(`docker create` + `docker export | tar -x -C DIR` + `docker rm` + `bwrap --bind DIR / ... "
       "python3 -c pass`) and against `docker export -o FILE` of an already created container alone "
       "(the floor: any cold start must read the whole image out of dockerd once). Page cache dropped "
@@ -1196,10 +1198,11 @@ def render(R, meta, images, path):
       "decompression) from the extracted tree, one timed run: "
       + ", ".join(f"{k} {fmt_time(R[k]['info'].get('mksquashfs_s'))}" for k in images) + ".\n")
     A("## 3. Warm run: `python3 -c pass` in a sandbox\n")
-    A("`imgfs run IMAGE -- python3 -c pass` (cache filled) against `docker run --rm IMAGE python3 -c "
+    A("`imgfs run --network none IMAGE -- python3 -c pass` (cache filled) against `docker run --rm IMAGE python3 -c "
       "pass` and `bwrap --ro-bind EXTRACTED / --tmpfs /tmp --proc /proc --dev /dev --unshare-pid "
-      "--unshare-ipc --unshare-uts --unshare-net python3 -c pass`. `imgfs` is the command as "
-      "users run it: the first run of an image (the warm-up) leaves a shared server that serves "
+      "--unshare-ipc --unshare-uts --unshare-net python3 -c pass`: no network, as bwrap's (the Sandbox "
+      "start-up section measures what the default bridge network adds). `imgfs` is the command as "
+      "users run it otherwise: the first run of an image (the warm-up) leaves a shared server that serves "
       "the later runs, with warm kernel caches, until it has been unused for `--linger` (5 min). "
       "`imgfs-private` is `imgfs run --linger 0` with no live mount: every run serves the image "
       "with its own FUSE server, from cold kernel caches. `bwrap-fresh-imgfs` is bwrap's own "

@@ -2,12 +2,15 @@
 """Sandbox start-up: how long `python3 -c pass` takes in a sandbox of the Debian python test
 image, from warm caches, with imgfs run, bubblewrap on the extracted tree and docker run.
 
-  root  imgfs run IMAGE (docker's confinement, the shared server an earlier run left) beside
-        bwrap on the extracted tree (the flags of bench.py's warm-run row) and docker run --rm;
-        then what the confinement costs: --security-opt seccomp=unconfined, --privileged, and
-        the first run after the compiled seccomp filter is removed from the cache
-  user  an unprivileged account (created if missing): imgfs run on the image's tar beside
-        bwrap --unshare-all on the extracted tree, and imgfs run --linger 0
+  root  imgfs run --network none IMAGE (docker's confinement, the shared server an earlier run
+        left) beside bwrap on the extracted tree (the flags of bench.py's warm-run row, its
+        network unshared too) and docker run --rm; then what the confinement costs:
+        --security-opt seccomp=unconfined, --privileged, and the first run after the compiled
+        seccomp filter is removed from the cache; and what the default network costs (bridge,
+        made by pasta) beside pasta's own start
+  user  an unprivileged account (created if missing): imgfs run --network none on the image's
+        tar beside bwrap --unshare-all on the extracted tree, imgfs run --linger 0, and the
+        default network again
 
 The warm rows of a group (bwrap and the imgfs runs) run alternately, one run of each in
 turn, so that a machine whose speed drifts during the measurement (a shared VM) slows all of
@@ -53,37 +56,105 @@ DOCKER_RUNS = {"full": 20, "quick": 5}
 WARMUP = {"full": 3, "quick": 1}
 
 # Targets: imgfs run within 1.5× of bwrap on an extracted tree (as root and without root),
-# and at least 10× faster than docker run.
+# at least 10× faster than docker run, and the bridge network at most 10 ms over none.
 MAX_OVER_BWRAP = 1.5
 MIN_OVER_DOCKER = 10.0
+MAX_NETWORK_COST = 0.010
+NONE = ("--network", "none")
+# pasta's own start, the floor of what the network costs: from starting pasta, with the options
+# imgfs gives it, on a network namespace made beforehand (and, without root, its user
+# namespace) to pasta's word that it is ready (its pid on a pipe). Timed inside; prints the
+# times of `rounds` starts after `warmup` as JSON.
+PASTA_START = r'''
+import json, os, subprocess, sys, time
+rounds, warmup, root = int(sys.argv[1]), int(sys.argv[2]), os.geteuid() == 0
+opts = ["--config-net", "--foreground", "--quiet", "--ipv4-only", "--ns-ifname", "eth0",
+        "--address", "10.0.2.100", "--netmask", "24", "--gateway", "10.0.2.2", "--dns-forward", "10.0.2.3",
+        "--no-map-gw", "--tcp-ports", "none", "--udp-ports", "none", "--tcp-ns", "none", "--udp-ns", "none"]
+times = []
+for i in range(warmup + rounds):
+    ns = subprocess.Popen(["unshare", "-n" if root else "-Urn", "sleep", "60"])
+    while os.readlink(f"/proc/{ns.pid}/ns/net") == os.readlink("/proc/self/ns/net") or \
+            os.readlink(f"/proc/{ns.pid}/exe").endswith("unshare"):
+        time.sleep(0.001)
+    fds = [os.open(f"/proc/{ns.pid}/ns/{n}", os.O_RDONLY) for n in (["net"] if root else ["user", "net"])]
+    r, w = os.pipe()
+    where = (["--runas", "0"] if root else ["--userns", f"/proc/self/fd/{fds[0]}"]) + \
+        ["--netns", f"/proc/self/fd/{fds[-1]}", "--pid", f"/proc/self/fd/{w}"]
+    start = time.perf_counter()
+    p = subprocess.Popen(["pasta", *opts, *where], pass_fds=(*fds, w), stderr=subprocess.DEVNULL)
+    os.close(w)
+    ready = os.read(r, 64)
+    took = time.perf_counter() - start
+    p.kill(); p.wait(); ns.kill(); ns.wait()
+    for fd in (*fds, r):
+        os.close(fd)
+    if not ready:
+        sys.exit("pasta did not start")
+    if i >= warmup:
+        times.append(took)
+print(json.dumps(times))
+'''
+
+
+def pasta_start(rounds, warmup, user=None):
+    """pasta's own start (PASTA_START), as Runner.measure gives stats."""
+    argv = (user.argv() if user else []) + ["python3", "-c", PASTA_START, str(rounds), str(warmup)]
+    p = run(argv, capture=True, check=False, timeout=600)
+    if p.returncode != 0:
+        return {"error": ((p.stderr or "").strip().splitlines() or ["failed"])[-1]}
+    t = json.loads(p.stdout)
+    st = {"median": statistics.median(t), "mean": statistics.fmean(t),
+          "stddev": statistics.stdev(t) if len(t) > 1 else 0.0, "min": min(t), "max": max(t),
+          "runs": len(t), "method": "timed inside", "times": t}
+    log(f"pasta start: median {fmt_time(st['median'])} over {len(t)} runs")
+    return st
 
 
 class Row:
     def __init__(self, key, label, base=None, target=None, note=None):
         self.key, self.label, self.base = key, label, base
-        # target: (text, ratio -> bool), the ratio being this row's median over its base's
-        # (for docker: docker's over imgfs's, see ratio()).
+        # target: (text, (median, base's median) -> bool) (for docker, the base is imgfs run:
+        # see ratio()).
         self.target = target
         self.note = note
 
 
+def within_bwrap(a, b):
+    return a / b <= MAX_OVER_BWRAP
+
+
+def network_cost_ok(a, b):
+    return a - b <= MAX_NETWORK_COST
+
+
 ROWS = [
     Row("root-bwrap", "root · bwrap on the extracted tree"),
-    Row("root-imgfs", "root · imgfs run IMAGE (default: docker's capabilities, seccomp, masked /proc)",
-        "root-bwrap", (f"≤ {MAX_OVER_BWRAP}× bwrap", lambda x: x <= MAX_OVER_BWRAP)),
-    Row("root-imgfs-tar", "root · imgfs run TAR (the same image from its tar: no daemon to ask "
-        "which image the tag names)", "root-bwrap"),
-    Row("root-imgfs-unconfined", "root · imgfs run --security-opt seccomp=unconfined", "root-bwrap",
+    Row("root-imgfs", "root · imgfs run --network none IMAGE (docker's capabilities, seccomp, masked /proc)",
+        "root-bwrap", (f"≤ {MAX_OVER_BWRAP}× bwrap", within_bwrap)),
+    Row("root-imgfs-tar", "root · imgfs run --network none TAR (the same image from its tar: no daemon "
+        "to ask which image the tag names)", "root-bwrap"),
+    Row("root-imgfs-unconfined", "root · imgfs run --network none --security-opt seccomp=unconfined",
+        "root-bwrap", note="confinement"),
+    Row("root-imgfs-privileged", "root · imgfs run --network none --privileged", "root-bwrap",
         note="confinement"),
-    Row("root-imgfs-privileged", "root · imgfs run --privileged", "root-bwrap", note="confinement"),
-    Row("root-imgfs-seccomp-cold", "root · imgfs run, first after removing the cached seccomp filter",
-        "root-imgfs", note="compile"),
-    Row("root-docker", "root · docker run --rm IMAGE", "root-imgfs",
-        (f"imgfs ≥ {MIN_OVER_DOCKER:g}× faster", lambda x: x >= MIN_OVER_DOCKER)),
+    Row("root-imgfs-seccomp-cold", "root · imgfs run --network none, first after removing the cached "
+        "seccomp filter", "root-imgfs", note="compile"),
+    Row("root-imgfs-bridge", "root · imgfs run IMAGE (the default: the bridge network, by pasta)",
+        "root-imgfs", (f"≤ {MAX_NETWORK_COST * 1e3:g} ms over --network none", network_cost_ok),
+        note="network"),
+    Row("root-pasta", "root · pasta's own start: started on a network namespace until it says it is "
+        "ready, timed inside", note="floor"),
+    Row("root-docker", "root · docker run --rm IMAGE (its default bridge network)", "root-imgfs-bridge",
+        (f"imgfs ≥ {MIN_OVER_DOCKER:g}× faster", lambda a, b: a / b >= MIN_OVER_DOCKER)),
     Row("user-bwrap", "user · bwrap --unshare-all on the extracted tree"),
-    Row("user-imgfs", "user · imgfs run TAR", "user-bwrap",
-        (f"≤ {MAX_OVER_BWRAP}× bwrap", lambda x: x <= MAX_OVER_BWRAP)),
-    Row("user-imgfs-linger0", "user · imgfs run --linger 0 TAR", "user-bwrap"),
+    Row("user-imgfs", "user · imgfs run --network none TAR", "user-bwrap",
+        (f"≤ {MAX_OVER_BWRAP}× bwrap", within_bwrap)),
+    Row("user-imgfs-linger0", "user · imgfs run --network none --linger 0 TAR", "user-bwrap"),
+    Row("user-imgfs-bridge", "user · imgfs run TAR (the default: the bridge network, by pasta)",
+        "user-imgfs", (f"≤ {MAX_NETWORK_COST * 1e3:g} ms over --network none", network_cost_ok),
+        note="network"),
+    Row("user-pasta", "user · pasta's own start, the same in the user's own namespaces", note="floor"),
 ]
 
 
@@ -139,7 +210,7 @@ def imgfs_run(cache, image, *flags):
 def check_inputs():
     if os.geteuid() != 0:
         sys.exit("sandbox.py: must run as root")
-    for tool in ("hyperfine", "bwrap", "docker", "setpriv", "useradd"):
+    for tool in ("hyperfine", "bwrap", "docker", "setpriv", "useradd", "pasta", "unshare"):
         if not shutil.which(tool):
             sys.exit(f"sandbox.py: {tool} not found (bench/run.sh --sandbox installs it)")
     if not IMGFS.exists():
@@ -223,12 +294,14 @@ def measure_all(runner, quick):
     stop_all()
     res.update(alternate({
         "root-bwrap": ["bwrap", "--ro-bind", TREE, "/", *BWRAP_FLAGS, *CMD],
-        "root-imgfs": imgfs_run(CACHE, IMAGE_REF),
-        "root-imgfs-tar": imgfs_run(CACHE, TAR),
-        "root-imgfs-unconfined": imgfs_run(CACHE, IMAGE_REF, "--security-opt", "seccomp=unconfined"),
-        "root-imgfs-privileged": imgfs_run(CACHE, IMAGE_REF, "--privileged"),
+        "root-imgfs": imgfs_run(CACHE, IMAGE_REF, *NONE),
+        "root-imgfs-tar": imgfs_run(CACHE, TAR, *NONE),
+        "root-imgfs-unconfined": imgfs_run(CACHE, IMAGE_REF, *NONE, "--security-opt", "seccomp=unconfined"),
+        "root-imgfs-privileged": imgfs_run(CACHE, IMAGE_REF, *NONE, "--privileged"),
+        "root-imgfs-bridge": imgfs_run(CACHE, IMAGE_REF),
     }, n, warmup))
-    m("root-imgfs-seccomp-cold", imgfs_run(CACHE, IMAGE_REF), prepare=q(["rm", "-rf", CACHE / "seccomp"]))
+    res["root-pasta"] = pasta_start(n, warmup)
+    m("root-imgfs-seccomp-cold", imgfs_run(CACHE, IMAGE_REF, *NONE), prepare=q(["rm", "-rf", CACHE / "seccomp"]))
     stop_all()
     m("root-docker", ["docker", "run", "--rm", IMAGE_REF, *CMD], runs=DOCKER_RUNS[mode])
 
@@ -237,18 +310,21 @@ def measure_all(runner, quick):
         user, tar, imgfs = ensure_user()
     except BenchError as e:
         log(f"FAILED setting up {USER}: {e}")
-        for k in ("user-bwrap", "user-imgfs", "user-imgfs-linger0"):
+        for k in ("user-bwrap", "user-imgfs", "user-imgfs-linger0", "user-imgfs-bridge", "user-pasta"):
             res[k] = {"error": f"set-up of {USER} failed: {e}"}
         return res
     ucache = USER_DIR / "cache"
-    ucmd = [imgfs, "run", "--cache-dir", ucache, tar, "--", *CMD]
+    bridge = [imgfs, "run", "--cache-dir", ucache, tar, "--", *CMD]
+    ucmd = bridge[:2] + list(NONE) + bridge[2:]
     stop_all()
     m("user-imgfs-linger0", ucmd[:2] + ["--linger", "0"] + ucmd[2:], user=user)
     res.update(alternate({
         "user-bwrap": ["bwrap", "--unshare-all", "--ro-bind", TREE, "/", "--proc", "/proc", "--dev", "/dev",
                        "--tmpfs", "/tmp", *CMD],
         "user-imgfs": ucmd,
+        "user-imgfs-bridge": bridge,
     }, n, warmup, user=user))
+    res["user-pasta"] = pasta_start(n, warmup, user=user)
     shared = bool(shared_servers(user.uid))
     stop_all()
     res["_user"] = {"name": user.name, "uid": user.uid, "tar": str(tar), "imgfs": str(imgfs),
@@ -296,7 +372,7 @@ def evaluate(res):
         x = ratio(res, row)
         met = None
         if row.target and x is not None:
-            met = row.target[1](x)
+            met = row.target[1](med(res, row.key), med(res, row.base))
         rows.append({"row": row.key, "label": row.label, "median": med(res, row.key), "base": row.base,
                      "ratio": x, "target": row.target[0] if row.target else None, "met": met})
     return rows
@@ -314,16 +390,19 @@ def render(res, meta):
     A(f"`python3 -c pass` in a sandbox of `{IMAGE_REF}` ({TAR.name}, its extracted tree for bwrap), "
       "warm: the image already in imgfs' cache. Medians, runs in parentheses. The rows of "
       "bwrap and the warm imgfs runs run alternately, one run of each in turn after warm-up rounds "
-      "(so drift of the machine falls on them alike); the others with hyperfine. *root · imgfs run* is what a user gets by default: docker's capabilities, "
-      "its default seccomp profile and masked /proc paths, on the shared server the first run "
-      "leaves (`--linger`). "
+      "(so drift of the machine falls on them alike); the others with hyperfine. The imgfs rows beside bwrap run "
+      "with `--network none`, as bwrap unshares the network; otherwise they are what a user gets by default: "
+      "docker's capabilities, its default seccomp profile and masked /proc paths, on the shared server the first "
+      "run leaves (`--linger`). The bridge rows are the default network, made by pasta; *pasta's own start* "
+      "is pasta making and configuring a network namespace and running `true` in it, the floor of that cost. "
       + ("Without root too, the first run leaves a shared server of the user's for later runs. "
          if (res.get("_user") or {}).get("shared_server") else
          "Without root this imgfs leaves no shared server: each run serves the image itself. ")
       + f"The unprivileged rows run as the account `{meta.get('user', USER)}`, with the measuring process itself "
       "started as it.\n")
     A("| row | median | ratio | target | met? | note |\n|---|---|---|---|---|---|")
-    titles = {"root-bwrap": "bwrap", "root-imgfs": "imgfs run", "user-bwrap": "bwrap"}
+    titles = {"root-bwrap": "bwrap", "root-imgfs": "imgfs run --network none", "user-bwrap": "bwrap",
+              "root-imgfs-bridge": "imgfs run", "user-imgfs": "imgfs run --network none"}
     for row, e in zip(ROWS, meta["rows"]):
         st = res.get(row.key) or {}
         if st.get("error"):
@@ -335,7 +414,7 @@ def render(res, meta):
             cell = f"{fmt_time(e['median'])}{spread} ({st['runs']})"
         x = e["ratio"]
         if x is None:
-            rc = "baseline" if not row.base and not st.get("error") else "—"
+            rc = "baseline" if not row.base and row.note != "floor" and not st.get("error") else "—"
         elif row.key == "root-docker":
             rc = f"{x:.1f}× {titles[row.base]}"
         else:
@@ -347,6 +426,10 @@ def render(res, meta):
             note = f"the default's median minus this: {signed_ms(base - e['median'])}"
         elif row.note == "compile" and e["median"] and base:
             note = f"this minus the default's median (compiling the filter): {signed_ms(e['median'] - base)}"
+        elif row.note == "network" and e["median"] and med(res, row.base):
+            floor = med(res, row.key.replace("imgfs-bridge", "pasta"))
+            note = (f"the network's cost: {signed_ms(e['median'] - med(res, row.base))} over --network none"
+                    + (f"; pasta's own start: {fmt_time(floor)}" if floor else ""))
         if st.get("idle_before", 1) < IDLE_THRESHOLD:
             note += ("; " if note else "") + f"machine busy before (idle {st['idle_before']:.0%})"
         A(f"| {row.label} | {cell} | {rc} | {e['target'] or '—'} | {met} | {note} |")

@@ -181,7 +181,9 @@ def imgfs_mount(cache, layout):
 
 
 def imgfs_run(cache, source):
-    return [IMGFS, "run", "-q", "--cache-dir", cache, "--entrypoint", "", source, "--", *CMD]
+    # No network, as bwrap's (--unshare-net): these rows measure the image, not the network
+    # (bench/sandbox.py measures what the default bridge network costs).
+    return [IMGFS, "run", "-q", "--network", "none", "--cache-dir", cache, "--entrypoint", "", source, "--", *CMD]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -217,7 +217,7 @@ fn supervise_in_namespaces(
     // The init builds the root while pasta comes up, and starts the command once this says
     // the network is up (one byte; end of file: it is not).
     let network_gate = match network {
-        Some(_) => Some(io::pipe().map_err(|e| SandboxError::Scratch(SysError::call("pipe")(e)))?),
+        Some(_) => Some(io::pipe().map_err(PastaError::Pipe)?),
         None => None,
     };
     let Some(mut init) = namespaces::fork_init(cgroup.is_some())? else {
@@ -242,16 +242,13 @@ fn supervise_in_namespaces(
         }
         init.release();
     }
-    if let (Some(n), Some((_, gate))) = (network.as_mut(), network_gate) {
-        let up = n.wait_ready().and_then(|()| {
-            (&gate)
-                .write_all(&[1])
-                .map_err(|e| PastaError::Failed(format!("could not be announced ({e})")))
-        });
-        if let Err(e) = up {
+    if let (Some(n), Some((_read, gate))) = (network.as_mut(), network_gate) {
+        if let Err(e) = n.wait_ready() {
             kill_init(init.pid);
             return Err(e.into());
         }
+        // An init already gone (its command could not start) has said why itself.
+        let _ = (&gate).write_all(&[1]);
     }
     // Threads only now, in the supervisor alone.
     let session = match session {

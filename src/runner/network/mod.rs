@@ -112,8 +112,10 @@ impl Network {
             .iter()
             .map(|h| parse_add_host(h))
             .collect::<Result<_, _>>()?;
-        let map_gateway = flags.add_host.iter().any(|h| h.ends_with(":host-gateway"))
-            || dns.contains(&IpAddr::V4(GATEWAY));
+        // `host-gateway` (in either of docker's spellings) is the gateway's address by now.
+        let gateway = IpAddr::V4(GATEWAY);
+        let map_gateway =
+            extra_hosts.iter().any(|(_, ip)| *ip == gateway) || dns.contains(&gateway);
         Ok(Network {
             mode,
             publish,
@@ -302,6 +304,8 @@ mod tests {
         let f = flags(&[], &["10.0.2.2"], &["gw:host-gateway", "foo:10.1.2.3"]);
         let none = Network::build(Mode::None, &f).unwrap();
         assert!(none.map_gateway);
+        let equals = Network::build(Mode::Bridge, &flags(&[], &[], &["gw=host-gateway"])).unwrap();
+        assert!(equals.map_gateway);
         // What docker run --network none writes for the same flags (docker 20.10), but for
         // host-gateway's address, which is the gateway of imgfs's network.
         assert_eq!(

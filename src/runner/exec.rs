@@ -3,10 +3,10 @@
 //! Two processes, neither of which ever forks while it has threads:
 //!
 //! - the **supervisor** (`imgfs run` itself, single-threaded once the image is resolved)
-//!   compiles the seccomp filter (or takes it from the cache), creates the sandbox's cgroup
-//!   when limits are asked for, forks the keeper of the bridge network's pasta
-//!   ([`super::network::pasta`]), enters new namespaces ([`namespaces`]), mounts a tmpfs
-//!   scratch area, binds the image's live mount there (under a lease on it) or else mounts
+//!   creates the sandbox's cgroup when limits are asked for, forks the keeper of the bridge
+//!   network's pasta ([`super::network::pasta`]), enters new namespaces ([`namespaces`]) and
+//!   lets pasta start on them, compiles the seccomp filter (or takes it from the cache),
+//!   mounts a tmpfs scratch area, binds the image's live mount there (under a lease on it) or else mounts
 //!   the image with FUSE itself, forks the init into a new PID namespace, and only then
 //!   starts the threads serving the image, if it serves it. It forwards signals sent to it
 //!   with kill(2) and exits with the init's status.
@@ -96,11 +96,6 @@ fn supervisor_inner(plan: &Plan) -> Result<i32, SandboxError> {
     // takes these signals; the init, forked from this process, inherits it.
     sys::process::block(&SigSet::of(&process::waited_signals()));
 
-    let filter = seccomp_filter(plan)?;
-    let fs = match plan.live_mount {
-        Some(_) => None,
-        None => Some(ImageFs::open(&plan.index_path, &plan.blobs).map_err(SandboxError::Image)?),
-    };
     let cgroup = if plan.limits.is_empty() {
         None
     } else {
@@ -134,7 +129,7 @@ fn supervisor_inner(plan: &Plan) -> Result<i32, SandboxError> {
             let scratch = parent.join(std::process::id().to_string());
             sys::mkdir(&scratch).map_err(SandboxError::Scratch)?;
             let cg = cgroup.as_ref().map(|(cg, _)| cg);
-            let result = supervise_in_namespaces(plan, fs, &scratch, filter, cg);
+            let result = supervise_in_namespaces(plan, &scratch, cg);
             let _ = std::fs::remove_dir(&scratch);
             result
         });
@@ -150,9 +145,7 @@ fn supervisor_inner(plan: &Plan) -> Result<i32, SandboxError> {
 
 fn supervise_in_namespaces(
     plan: &Plan,
-    fs: Option<ImageFs>,
     scratch: &Path,
-    filter: Option<seccomp::Program>,
     cgroup: Option<&Cgroup>,
 ) -> Result<i32, SandboxError> {
     if plan.unprivileged.is_some() {
@@ -171,6 +164,8 @@ fn supervise_in_namespaces(
     if let Some(n) = network.as_mut() {
         n.start()?;
     }
+    // From here on pasta's start overlaps all that is left.
+    let filter = seccomp_filter(plan)?;
     sys::fs::mount(
         Some("tmpfs"),
         scratch,
@@ -194,10 +189,7 @@ fn supervise_in_namespaces(
     let session = if bound {
         None
     } else {
-        let fs = match fs {
-            Some(fs) => fs,
-            None => ImageFs::open(&plan.index_path, &plan.blobs).map_err(SandboxError::Image)?,
-        };
+        let fs = ImageFs::open(&plan.index_path, &plan.blobs).map_err(SandboxError::Image)?;
         let options = ServeOptions {
             fsname: plan.fsname.clone(),
             threads: SANDBOX_FS_THREADS,

@@ -18,7 +18,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -237,7 +237,8 @@ fn spawn(
         Ok(format!("/proc/self/fd/{}", sys::process::inheritable(fd)?))
     };
     let mut cmd = Command::new(program);
-    cmd.args(args);
+    // pasta and passt are one program, which acts on the name it is run under.
+    cmd.arg0("pasta").args(args);
     let user = if unprivileged {
         Some(open("user")?)
     } else {
@@ -258,15 +259,41 @@ fn spawn(
         .map_err(|e| io::Error::new(e.kind(), format!("cannot run {}: {e}", program.display())))
 }
 
-/// pasta in PATH.
+/// pasta in PATH, or rather the build of it that pasta would run: on a CPU with AVX2, pasta
+/// starts by executing its own file's name with `.avx2` appended when there is one (passt
+/// builds both), which costs a second exec and dynamic link on every start. That file is run
+/// here directly, under the name `pasta`, which is what makes it pasta rather than passt.
 fn find_program() -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
     let path = std::env::var_os("PATH").unwrap_or_else(|| crate::runner::plan::DEFAULT_PATH.into());
-    std::env::split_paths(&path)
+    let pasta = std::env::split_paths(&path)
         .map(|d| d.join("pasta"))
-        .find(|p| {
-            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
+        .find(|p| executable(p))?;
+    if avx2()
+        && let Ok(file) = std::fs::canonicalize(&pasta)
+        && !file.as_os_str().as_encoded_bytes().ends_with(b".avx2")
+    {
+        let mut name = file.into_os_string();
+        name.push(".avx2");
+        let built = PathBuf::from(name);
+        if executable(&built) {
+            return Some(built);
+        }
+    }
+    Some(pasta)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx2() -> bool {
+    false
 }
 
 /// pasta's options for `net`, but for the namespaces and the pid pipe.

@@ -50,7 +50,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             })
         }
         Command::Manpage { dir } => manpage(dir.as_deref()),
-        Command::Sandbox { plan } => Ok(exec::supervisor(&parse_plan(&plan)?)),
+        Command::Sandbox { plan } => Ok(exec::supervisor(&parse_plan(&plan)?, None)),
     }
 }
 
@@ -487,6 +487,19 @@ fn run_sandbox(args: RunArgs) -> Result<i32> {
 }
 
 fn start_sandbox(args: RunArgs) -> Result<i32> {
+    let network = match args.network {
+        Net::Bridge => runner::network::Mode::Bridge,
+        Net::None => runner::network::Mode::None,
+        Net::Host => runner::network::Mode::Host,
+    };
+    let network_flags = runner::network::NetworkFlags {
+        publish: args.publish,
+        dns: args.dns,
+        add_host: args.add_host,
+    };
+    // First, while this process is single-threaded: pasta comes up while the image is
+    // resolved.
+    let early = runner::network::start_early(network, &network_flags);
     let cache = Cache::locate(args.cache.cache_dir.clone())?;
     let ready = prepare(&args.image, &cache, args.pull, &args.cache)?;
     let request = runner::plan::Request {
@@ -501,16 +514,8 @@ fn start_sandbox(args: RunArgs) -> Result<i32> {
         interactive: args.interactive,
         tty: args.tty,
         read_only: args.read_only,
-        network: match args.network {
-            Net::Bridge => runner::network::Mode::Bridge,
-            Net::None => runner::network::Mode::None,
-            Net::Host => runner::network::Mode::Host,
-        },
-        network_flags: runner::network::NetworkFlags {
-            publish: args.publish,
-            dns: args.dns,
-            add_host: args.add_host,
-        },
+        network,
+        network_flags,
         rw_dir: args.rw_dir,
         confine: runner::confine::Request {
             cap_add: args.cap_add,
@@ -535,7 +540,7 @@ fn start_sandbox(args: RunArgs) -> Result<i32> {
         &seccomp_cache,
         &lazy_options(&args.cache, &cache, &ready),
     )?;
-    Ok(runner::supervise(&plan)?)
+    Ok(runner::supervise(&plan, early)?)
 }
 
 fn umount(args: UmountArgs) -> Result<i32> {

@@ -3,12 +3,12 @@
 //! Two processes, neither of which ever forks while it has threads:
 //!
 //! - the **supervisor** (`imgfs run` itself, single-threaded once the image is resolved)
-//!   creates the sandbox's cgroup when limits are asked for, forks the keeper of the bridge
-//!   network's pasta ([`super::network::pasta`]), enters new namespaces ([`namespaces`]) and
-//!   lets pasta start on them, compiles the seccomp filter (or takes it from the cache),
-//!   mounts a tmpfs scratch area, binds the image's live mount there (under a lease on it) or else mounts
-//!   the image with FUSE itself, forks the init into a new PID namespace, and only then
-//!   starts the threads serving the image, if it serves it. It forwards signals sent to it
+//!   creates the sandbox's cgroup when limits are asked for, enters new namespaces
+//!   ([`namespaces`]) — joining the bridge network's, on which pasta is already starting
+//!   ([`super::network::pasta`]) — compiles the seccomp filter (or takes it from the cache),
+//!   mounts a tmpfs scratch area, binds the image's live mount there (under a lease on it)
+//!   or else mounts the image with FUSE itself, forks the init into a new PID namespace, and
+//!   only then starts the threads serving the image, if it serves it. It forwards signals sent to it
 //!   with kill(2) and exits with the init's status.
 //! - the **init** ([`process::init`], PID 1 of the new PID namespace, killed if the
 //!   supervisor dies) builds the root ([`super::rootfs`]) and starts the confined command
@@ -23,8 +23,8 @@ use std::path::Path;
 use super::confine::cgroup::{self, Cgroup, CgroupError};
 use super::confine::{self, seccomp};
 use super::namespaces::{self, NamespaceError};
-use super::network::Mode;
 use super::network::pasta::{self, PastaError};
+use super::network::{Early, Mode};
 use super::plan::Plan;
 use super::process;
 use super::pty::{Terminal, TerminalError};
@@ -62,8 +62,9 @@ pub(crate) enum SandboxError {
 }
 
 /// The supervisor. Returns the exit status for `imgfs run`.
-pub fn supervisor(plan: &Plan) -> i32 {
-    match supervisor_inner(plan) {
+/// `network`: the bridge network's pasta, when it was started early.
+pub fn supervisor(plan: &Plan, network: Option<Early>) -> i32 {
+    match supervisor_inner(plan, network) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("imgfs: {e}");
@@ -91,7 +92,7 @@ fn seccomp_filter(plan: &Plan) -> Result<Option<seccomp::Program>, SandboxError>
     Ok(Some(program))
 }
 
-fn supervisor_inner(plan: &Plan) -> Result<i32, SandboxError> {
+fn supervisor_inner(plan: &Plan, network: Option<Early>) -> Result<i32, SandboxError> {
     // Blocked before any thread exists, so every thread inherits it and only sigwaitinfo
     // takes these signals; the init, forked from this process, inherits it.
     sys::process::block(&SigSet::of(&process::waited_signals()));
@@ -129,7 +130,7 @@ fn supervisor_inner(plan: &Plan) -> Result<i32, SandboxError> {
             let scratch = parent.join(std::process::id().to_string());
             sys::mkdir(&scratch).map_err(SandboxError::Scratch)?;
             let cg = cgroup.as_ref().map(|(cg, _)| cg);
-            let result = supervise_in_namespaces(plan, &scratch, cg);
+            let result = supervise_in_namespaces(plan, &scratch, cg, network);
             let _ = std::fs::remove_dir(&scratch);
             result
         });
@@ -147,20 +148,27 @@ fn supervise_in_namespaces(
     plan: &Plan,
     scratch: &Path,
     cgroup: Option<&Cgroup>,
+    early: Option<Early>,
 ) -> Result<i32, SandboxError> {
     if plan.unprivileged.is_some() {
         namespaces::check_fuse()?;
     }
-    // Forked while this process is single-threaded and still in the host's namespaces; pasta
-    // starts once it is in its own, and comes up while the rest is set up.
-    let mut network = match plan.network.mode {
-        Mode::Bridge => Some(pasta::Helper::fork(
+    // Started early, pasta is coming up on namespaces made for the sandbox, which this
+    // process joins. Else the keeper is forked while this process is single-threaded and
+    // still in the host's namespaces, and pasta starts once it is in its own.
+    let mut network = match (plan.network.mode, early) {
+        (Mode::Bridge, Some(Early(helper))) => Some(helper),
+        (Mode::Bridge, None) => Some(pasta::Helper::fork(
             &plan.network,
             plan.unprivileged.is_some(),
         )?),
-        Mode::None | Mode::Host => None,
+        (Mode::None | Mode::Host, _) => None,
     };
-    namespaces::enter(plan)?;
+    let made = network
+        .as_mut()
+        .and_then(|n| n.made())
+        .map(|(user, net)| namespaces::Made { user, net });
+    namespaces::enter(plan, made)?;
     if let Some(n) = network.as_mut() {
         n.start()?;
     }

@@ -160,10 +160,12 @@ fn live_mount(
 /// Runs the sandbox and returns the exit status for `imgfs run`: in this process when it is
 /// single-threaded (resolving the image starts no thread), else in a fresh copy of the binary
 /// that replaces it (same pid, no threads carried over).
-pub fn supervise(plan: &Plan) -> Result<i32, RunError> {
+pub fn supervise(plan: &Plan, network: Option<network::Early>) -> Result<i32, RunError> {
     if sys::single_threaded() {
-        return Ok(exec::supervisor(plan));
+        return Ok(exec::supervisor(plan, network));
     }
+    // The fresh copy starts the network itself: this one's pasta and its namespaces go.
+    drop(network);
     let json = serde_json::to_string(plan).unwrap_or_default();
     let err = std::process::Command::new("/proc/self/exe")
         .arg0("imgfs")

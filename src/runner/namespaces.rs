@@ -19,6 +19,8 @@ pub(crate) enum NamespaceError {
         cause: io::Error,
         unprivileged: bool,
     },
+    #[error("cannot join the namespaces made for the network: {0}")]
+    Join(io::Error),
     #[error("cannot map the caller into the user namespace: {0}")]
     IdMap(SysError),
     #[error("cannot make the mounts private: {0}")]
@@ -76,28 +78,51 @@ pub(crate) fn check_fuse() -> Result<(), NamespaceError> {
         .map_err(NamespaceError::Fuse)
 }
 
-/// Moves this (single-threaded) process into the sandbox's namespaces and makes every mount
-/// it sees private, so nothing mounted from now on reaches the host.
-pub(crate) fn enter(plan: &Plan) -> Result<(), NamespaceError> {
+/// The sandbox's network namespace and, without root, its user namespace, made beforehand
+/// by another process (the bridge network's, so that pasta starts on them early: see
+/// [`super::network::pasta`]); the supervisor joins them instead of making its own.
+pub(crate) struct Made {
+    /// Without root: the user namespace, which maps the caller to root and owns `net`.
+    pub user: Option<OwnedFd>,
+    pub net: OwnedFd,
+}
+
+/// Moves this (single-threaded) process into the sandbox's namespaces, joining those `made`
+/// beforehand, and makes every mount it sees private, so nothing mounted from now on reaches
+/// the host.
+pub(crate) fn enter(plan: &Plan, made: Option<Made>) -> Result<(), NamespaceError> {
     let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
-    if plan.network.mode != Mode::Host {
-        flags |= libc::CLONE_NEWNET;
-    }
-    if plan.unprivileged.is_some() {
-        flags |= libc::CLONE_NEWUSER;
+    match &made {
+        Some(m) => {
+            if m.user.is_some() != plan.unprivileged.is_some() {
+                return Err(NamespaceError::Join(io::Error::other(
+                    "they were made for another caller",
+                )));
+            }
+            // This process is single-threaded here, as joining a user namespace needs; in
+            // it, the caller is root, with every capability the rest needs.
+            if let Some(user) = &m.user {
+                sys::process::setns(user.as_fd(), libc::CLONE_NEWUSER)
+                    .map_err(NamespaceError::Join)?;
+            }
+            sys::process::setns(m.net.as_fd(), libc::CLONE_NEWNET).map_err(NamespaceError::Join)?;
+        }
+        None => {
+            if plan.network.mode != Mode::Host {
+                flags |= libc::CLONE_NEWNET;
+            }
+            if plan.unprivileged.is_some() {
+                flags |= libc::CLONE_NEWUSER;
+            }
+        }
     }
     // This process is single-threaded here, as a new user namespace needs.
     sys::process::unshare(flags).map_err(|source| NamespaceError::Unshare {
         cause: source,
         unprivileged: plan.unprivileged.is_some(),
     })?;
-    if let Some((uid, gid)) = plan.unprivileged {
-        sys::write_file(Path::new("/proc/self/setgroups"), "deny")
-            .map_err(NamespaceError::IdMap)?;
-        sys::write_file(Path::new("/proc/self/uid_map"), &format!("0 {uid} 1"))
-            .map_err(NamespaceError::IdMap)?;
-        sys::write_file(Path::new("/proc/self/gid_map"), &format!("0 {gid} 1"))
-            .map_err(NamespaceError::IdMap)?;
+    if let (Some((uid, gid)), None) = (plan.unprivileged, &made) {
+        sys::map_caller_to_root(uid, gid).map_err(NamespaceError::IdMap)?;
     }
     sys::fs::mount(
         None,

@@ -134,6 +134,14 @@ pub(crate) fn write_file(path: &Path, contents: &str) -> Result<(), SysError> {
     })
 }
 
+/// Maps the caller, `uid` and `gid` outside, to root in the user namespace this process has
+/// just made: what a process may do once, for itself alone, without privilege.
+pub(crate) fn map_caller_to_root(uid: u32, gid: u32) -> Result<(), SysError> {
+    write_file(Path::new("/proc/self/setgroups"), "deny")?;
+    write_file(Path::new("/proc/self/uid_map"), &format!("0 {uid} 1"))?;
+    write_file(Path::new("/proc/self/gid_map"), &format!("0 {gid} 1"))
+}
+
 pub(crate) fn mkdir(path: &Path) -> Result<(), SysError> {
     std::fs::DirBuilder::new()
         .recursive(true)

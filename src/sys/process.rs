@@ -129,6 +129,20 @@ pub(crate) fn unshare(namespaces: libc::c_int) -> io::Result<()> {
     Ok(())
 }
 
+/// setns(2): moves this process into the namespace `ns` refers to, of the one kind
+/// `namespace` names (a `CLONE_NEW*` flag). A user namespace takes a single-threaded process.
+pub(crate) fn setns(ns: BorrowedFd, namespace: libc::c_int) -> io::Result<()> {
+    if namespace & !NAMESPACES != 0 || namespace.count_ones() != 1 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: `ns` is an open descriptor borrowed for the call; joining a namespace changes
+    // what this process sees of the system, never its memory or the descriptors it owns.
+    if unsafe { libc::setns(ns.as_raw_fd(), namespace) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Asks for `signal` when the parent dies (prctl `PR_SET_PDEATHSIG`).
 pub(crate) fn set_parent_death_signal(signal: libc::c_int) -> io::Result<()> {
     // SAFETY: prctl with plain integer arguments.

@@ -27,6 +27,26 @@ pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 /// Where DNS queries reach the host's first resolver (pasta's `--dns-forward`).
 pub const DNS_FORWARD: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
 
+/// A bridge network whose pasta was started as `imgfs run` began ([`start_early`]).
+pub struct Early(pub(crate) pasta::Helper);
+
+/// Starts the bridge network's pasta now, on namespaces made for the sandbox at once, so that
+/// it comes up while the image is resolved rather than after: call it while the process is
+/// single-threaded, before anything else of `imgfs run`. The supervisor then joins those
+/// namespaces. None when the network is not a bridge, or cannot be started so (the sandbox
+/// then starts it itself, and says why it cannot).
+pub fn start_early(mode: Mode, flags: &NetworkFlags) -> Option<Early> {
+    if mode != Mode::Bridge || !crate::sys::single_threaded() {
+        return None;
+    }
+    let net = Network::build(mode, flags).ok()?;
+    let unprivileged = crate::sys::effective_ids().0 != 0;
+    pasta::Helper::early(&net, unprivileged)
+        .map(Early)
+        .map_err(|e| log::debug!("the network starts later: {e}"))
+        .ok()
+}
+
 /// docker's lines of /etc/hosts in a container of its own network.
 const HOSTS_HEAD: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
 fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n";

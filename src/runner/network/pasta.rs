@@ -4,11 +4,16 @@
 //! sandbox's address and default route, whose TCP, UDP and ping go out through ordinary
 //! sockets of the host, and the published ports bound on the host.
 //!
-//! The supervisor forks a keeper before it leaves the host's namespaces ([`Helper::fork`]).
-//! Once the supervisor is in its own ([`Helper::start`]), the keeper opens them through /proc,
-//! hands them to pasta as `/proc/self/fd/N` (pasta, as root, would change to nobody, who
-//! could not open them by path), and waits on a pipe whose other end only the supervisor
-//! holds. When the supervisor ends, however it ends (`kill -9` included), that pipe reads end
+//! pasta takes about 10 ms to come up, which a run should not wait for after its own set-up:
+//! so `imgfs run` starts it first ([`Helper::early`]). A holder, forked as `imgfs run` begins,
+//! makes the sandbox's network namespace (and, without root, its user namespace) and tells
+//! a keeper, forked next, which starts pasta on them at once; the supervisor joins them once
+//! the image is resolved ([`Helper::made`]), and the holder ends. (When `imgfs run` cannot
+//! start it so, the supervisor forks the keeper before it leaves the host's namespaces and
+//! tells it once it is in its own: [`Helper::fork`], [`Helper::start`].) The keeper opens the
+//! namespaces through /proc, hands them to pasta as `/proc/self/fd/N` (pasta, as root, would
+//! change to nobody, who could not open them by path), and waits on a pipe whose other end
+//! only the supervisor holds. When the supervisor ends, however it ends (`kill -9` included), that pipe reads end
 //! of file and the keeper kills pasta: no helper outlives its sandbox. pasta says it is ready
 //! by writing its pid to another pipe (`--pid`), once the namespace is configured and the
 //! published ports are bound; the command starts only then ([`Helper::wait_ready`]), while
@@ -22,8 +27,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::super::process;
 use super::{ADDRESS, DNS_FORWARD, GATEWAY, Network, PREFIX};
-use crate::sys::process::{Forked, Pid};
+use crate::sys::process::{Forked, Pid, SigSet};
 use crate::sys::{self, SysError};
 
 /// The longest wait for pasta to be ready.
@@ -48,8 +54,10 @@ pub(crate) enum PastaError {
 /// The supervisor's side of the keeper and its pasta.
 pub(crate) struct Helper {
     keeper: Pid,
-    /// One byte: the supervisor has its namespaces.
+    /// Started late: where the supervisor says, once in its namespaces, whose they are.
     go: Option<File>,
+    /// Started early: the process that made the namespaces pasta starts on.
+    holder: Option<Holder>,
     /// Closed when the supervisor is done, or gone: the keeper then stops pasta.
     life: Option<OwnedFd>,
     /// pasta's pid, written once it is ready.
@@ -58,24 +66,99 @@ pub(crate) struct Helper {
     messages: File,
 }
 
+/// A process that made the sandbox's network namespace (and, without root, its user
+/// namespace) and holds them until the supervisor has joined them.
+struct Holder {
+    pid: Pid,
+    unprivileged: bool,
+    /// One byte once they are made; end of file: they could not be.
+    made: File,
+    /// Closed once the supervisor has joined them, or is gone: the holder then ends.
+    release: Option<OwnedFd>,
+}
+
 impl Helper {
     /// Forks the keeper, from this process, which must be single-threaded and still in the
-    /// host's namespaces.
+    /// host's namespaces; pasta starts once [`Helper::start`] is called in the sandbox's.
     pub(crate) fn fork(net: &Network, unprivileged: bool) -> Result<Helper, PastaError> {
         let program = find_program().ok_or(PastaError::Missing)?;
-        let args = arguments(net, unprivileged);
         let (go_read, go_write) = io::pipe().map_err(PastaError::Pipe)?;
+        let (mut helper, [go]) = Helper::fork_keeper(
+            program,
+            net,
+            unprivileged,
+            go_read.into(),
+            None,
+            [go_write.into()],
+        )?;
+        helper.go = Some(File::from(go));
+        Ok(helper)
+    }
+
+    /// Makes the sandbox's namespaces now, in a holder forked from this process (which must
+    /// be single-threaded), and forks the keeper, which starts pasta on them at once: pasta
+    /// comes up while the image is resolved. The supervisor joins them ([`Helper::made`]).
+    pub(crate) fn early(net: &Network, unprivileged: bool) -> Result<Helper, PastaError> {
+        let program = find_program().ok_or(PastaError::Missing)?;
+        let (made_read, made_write) = io::pipe().map_err(PastaError::Pipe)?;
+        let (announce_read, announce_write) = io::pipe().map_err(PastaError::Pipe)?;
+        let (release_read, release_write) = io::pipe().map_err(PastaError::Pipe)?;
+        let ids = sys::effective_ids();
+        let holder = match sys::process::fork().map_err(PastaError::Fork)? {
+            Forked::Child => {
+                drop((made_read, announce_read, release_write));
+                let code = hold(unprivileged, ids, made_write, announce_write, release_read);
+                // Leaving the forked copy without running the destructors of `imgfs run`.
+                sys::process::exit_now(code)
+            }
+            Forked::Parent(pid) => pid,
+        };
+        drop((made_write, announce_write, release_read));
+        let release: OwnedFd = release_write.into();
+        // The holder waits for the keeper too, until it has opened the namespaces.
+        let keepers_release = release.try_clone().map_err(PastaError::Pipe)?;
+        let (mut helper, [made, release]) = Helper::fork_keeper(
+            program,
+            net,
+            unprivileged,
+            announce_read.into(),
+            Some(keepers_release),
+            [made_read.into(), release],
+        )?;
+        helper.holder = Some(Holder {
+            pid: holder,
+            unprivileged,
+            made: File::from(made),
+            release: Some(release),
+        });
+        Ok(helper)
+    }
+
+    /// Forks the keeper, which starts pasta on the namespaces of the process whose pid `go`
+    /// says, and closes `release` once it has them open. `ours` are this process's ends of
+    /// other pipes, which the keeper closes (their end of file must be this process's doing
+    /// alone); they are handed back.
+    fn fork_keeper<const N: usize>(
+        program: PathBuf,
+        net: &Network,
+        unprivileged: bool,
+        go: OwnedFd,
+        release: Option<OwnedFd>,
+        ours: [OwnedFd; N],
+    ) -> Result<(Helper, [OwnedFd; N]), PastaError> {
+        let args = arguments(net, unprivileged);
         let (life_read, life_write) = io::pipe().map_err(PastaError::Pipe)?;
         let (ready_read, ready_write) = io::pipe().map_err(PastaError::Pipe)?;
         let (messages_read, messages_write) = io::pipe().map_err(PastaError::Pipe)?;
         match sys::process::fork().map_err(PastaError::Fork)? {
             Forked::Child => {
-                drop((go_write, life_write, ready_read, messages_read));
+                drop((life_write, ready_read, messages_read, ours));
                 let keeper = Keeper {
                     program,
                     args,
                     unprivileged,
-                    go: go_read.into(),
+                    go,
+                    release,
                     life: life_read.into(),
                     ready: ready_write.into(),
                     messages: File::from(OwnedFd::from(messages_write)),
@@ -83,20 +166,54 @@ impl Helper {
                 // Leaving the forked copy without running the supervisor's destructors.
                 sys::process::exit_now(keeper.run())
             }
-            Forked::Parent(keeper) => Ok(Helper {
-                keeper,
-                go: Some(File::from(OwnedFd::from(go_write))),
-                life: Some(life_write.into()),
-                ready: File::from(OwnedFd::from(ready_read)),
-                messages: File::from(OwnedFd::from(messages_read)),
-            }),
+            Forked::Parent(keeper) => {
+                drop(release);
+                Ok((
+                    Helper {
+                        keeper,
+                        go: None,
+                        holder: None,
+                        life: Some(life_write.into()),
+                        ready: File::from(OwnedFd::from(ready_read)),
+                        messages: File::from(OwnedFd::from(messages_read)),
+                    },
+                    ours,
+                ))
+            }
         }
     }
 
-    /// Lets the keeper start pasta on this process's namespaces (call once in them).
+    /// The namespaces made beforehand for the sandbox, to join: (without root) the user
+    /// namespace and the network namespace. None when pasta starts late, or when the holder
+    /// could not make them (the supervisor then makes its own, and says why it cannot).
+    pub(crate) fn made(&mut self) -> Option<(Option<OwnedFd>, OwnedFd)> {
+        let holder = self.holder.as_mut()?;
+        let mut byte = [0u8];
+        if !matches!(holder.made.read(&mut byte), Ok(1)) {
+            return None;
+        }
+        let open = |ns: &str| {
+            File::open(format!("/proc/{}/ns/{ns}", holder.pid))
+                .map(OwnedFd::from)
+                .map_err(|e| log::info!("cannot open the network's {ns} namespace: {e}"))
+                .ok()
+        };
+        let user = match holder.unprivileged {
+            true => Some(open("user")?),
+            false => None,
+        };
+        Some((user, open("net")?))
+    }
+
+    /// Lets pasta start on this process's namespaces, or (started early) lets the holder of
+    /// the namespaces this process has joined go. Call once in them.
     pub(crate) fn start(&mut self) -> Result<(), PastaError> {
+        if let Some(holder) = self.holder.as_mut() {
+            holder.release.take();
+        }
+        let pid = format!("{}\n", std::process::id());
         if let Some(mut go) = self.go.take()
-            && let Err(e) = go.write_all(&[1])
+            && let Err(e) = go.write_all(pid.as_bytes())
         {
             return Err(self.failure(&format!("could not be started ({e})")));
         }
@@ -169,6 +286,8 @@ struct Keeper {
     args: Vec<String>,
     unprivileged: bool,
     go: OwnedFd,
+    /// Closed once the namespaces are open (started early: their holder waits for it).
+    release: Option<OwnedFd>,
     life: OwnedFd,
     ready: OwnedFd,
     messages: File,
@@ -182,16 +301,28 @@ impl Keeper {
             args,
             unprivileged,
             go,
+            release,
             life,
             ready,
             mut messages,
         } = self;
-        let mut byte = [0u8];
-        // End of file: the supervisor gave up before it had its namespaces.
-        if !matches!(File::from(go).read(&mut byte), Ok(1)) {
+        // As the supervisor's: a terminal's signals are not the keeper's to die of, which
+        // would leave pasta behind.
+        sys::process::block(&SigSet::of(&process::waited_signals()));
+        // End of file: the namespaces were never made, or the supervisor gave up first.
+        let Some(target) = read_pid(go) else {
+            let _ = writeln!(messages, "had no namespaces to start on");
             return 0;
-        }
-        let spawned = spawn(&program, &args, unprivileged, &ready, &messages);
+        };
+        let spawned = spawn(
+            &program,
+            &args,
+            unprivileged,
+            target,
+            release,
+            &ready,
+            &messages,
+        );
         // pasta holds the pid pipe now: its end of file means pasta is gone.
         drop(ready);
         let mut child = match spawned {
@@ -214,17 +345,53 @@ impl Keeper {
     }
 }
 
-/// Starts pasta on the namespaces of this process's parent (the supervisor).
+/// The holder's whole life, in a forked copy of `imgfs run`: makes the namespaces, tells the
+/// keeper its pid and the supervisor that they are made, and holds them until the supervisor
+/// has joined them or is gone. (`ids`: the caller's, mapped to root without root.)
+fn hold(
+    unprivileged: bool,
+    (uid, gid): (u32, u32),
+    made: io::PipeWriter,
+    announce: io::PipeWriter,
+    release: io::PipeReader,
+) -> i32 {
+    sys::process::block(&SigSet::of(&process::waited_signals()));
+    let flags = match unprivileged {
+        true => libc::CLONE_NEWUSER | libc::CLONE_NEWNET,
+        false => libc::CLONE_NEWNET,
+    };
+    // Ending here, the supervisor makes its own namespaces, and says why it cannot.
+    if sys::process::unshare(flags).is_err()
+        || (unprivileged && sys::map_caller_to_root(uid, gid).is_err())
+    {
+        return 1;
+    }
+    let _ = (&announce).write_all(format!("{}\n", std::process::id()).as_bytes());
+    let _ = (&made).write_all(&[1]);
+    drop((announce, made));
+    let _ = (&release).read(&mut [0u8]);
+    0
+}
+
+/// A pid on a line of its own, the whole of what `fd` says.
+fn read_pid(fd: OwnedFd) -> Option<Pid> {
+    let mut text = String::new();
+    File::from(fd).take(32).read_to_string(&mut text).ok()?;
+    text.strip_suffix('\n')?.parse().ok()
+}
+
+/// Starts pasta on the namespaces of process `target`: the supervisor, or the holder.
 fn spawn(
     program: &PathBuf,
     args: &[String],
     unprivileged: bool,
+    target: Pid,
+    release: Option<OwnedFd>,
     ready: &OwnedFd,
     messages: &File,
 ) -> io::Result<std::process::Child> {
-    let parent = std::os::unix::process::parent_id();
     let open = |ns: &str| -> io::Result<OwnedFd> {
-        File::open(format!("/proc/{parent}/ns/{ns}"))
+        File::open(format!("/proc/{target}/ns/{ns}"))
             .map(OwnedFd::from)
             .map_err(|e| {
                 io::Error::new(
@@ -248,6 +415,7 @@ fn spawn(
         cmd.arg("--userns").arg(fd_path(user)?);
     }
     let net = open("net")?;
+    drop(release);
     cmd.arg("--netns").arg(fd_path(&net)?);
     cmd.arg("--pid").arg(fd_path(ready)?);
     cmd.stdin(Stdio::null())

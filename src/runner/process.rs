@@ -140,17 +140,11 @@ fn start_command(
     }
     let program = find_program(plan)?;
     let prepared = Prepared::new(plan, &program, filter).map_err(ProcessError::Prepare)?;
-    // The network's go-ahead (one byte); without it the supervisor says why and ends this.
-    if let Some(mut gate) = network {
-        let mut byte = [0u8];
-        if !matches!(gate.read(&mut byte), Ok(1)) {
-            sys::process::exit_now(EXIT_SETUP);
-        }
-    }
 
-    // The init has a single thread; the child only uses data prepared above.
+    // The init has a single thread; the child only uses data prepared above. It waits for
+    // the network, if any, only when nothing but execve is left to do.
     match sys::process::fork().map_err(ProcessError::Fork)? {
-        Forked::Child => prepared.exec(),
+        Forked::Child => prepared.exec(network.as_ref()),
         Forked::Parent(pid) => Ok(pid),
     }
 }
@@ -222,9 +216,10 @@ impl Prepared {
         })
     }
 
-    /// In the forked child: becomes the command. Never returns. Only async-signal-safe calls
-    /// on memory prepared before the fork.
-    fn exec(&self) -> ! {
+    /// In the forked child: becomes the command, once `network` gives its go-ahead (one
+    /// byte; without it the supervisor says why and ends the sandbox). Never returns. Only
+    /// async-signal-safe calls on memory prepared before the fork.
+    fn exec(&self, network: Option<&io::PipeReader>) -> ! {
         let fail = |msg: &CStr, code: i32| -> ! {
             sys::process::write_stderr(msg.to_bytes());
             sys::process::exit_now(code)
@@ -271,6 +266,16 @@ impl Prepared {
         }
         if sys::process::chdir(&self.cwd).is_err() {
             fail(c"imgfs: cannot enter the working directory\n", EXIT_SETUP);
+        }
+        if let Some(mut gate) = network {
+            let mut byte = [0u8];
+            loop {
+                match gate.read(&mut byte) {
+                    Ok(1) => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    _ => sys::process::exit_now(EXIT_SETUP),
+                }
+            }
         }
         let e = sys::process::execve(&self.program, &self.argv, &self.env);
         let code = if e.raw_os_error() == Some(libc::ENOENT) {

@@ -24,6 +24,7 @@ use fuser::{
 
 use crate::image::{Attr, BLOCK_SIZE, ImageReader, Kind, ReadError};
 pub(crate) use crate::image::{ImageError as FsError, Owners};
+use crate::sys::trace;
 
 /// How long the kernel may trust entries and attributes: the image is immutable, so the only
 /// limit is that the kernel stores the TTL in jiffies; a year is safely inside that.
@@ -239,8 +240,19 @@ impl Filesystem for ImageFs {
         reply: ReplyData,
     ) {
         self.count();
+        let start = trace::now();
         match record_of(ino).and_then(|rec| self.image.read_at(rec, offset, size)) {
-            Ok(data) => reply.data(&data),
+            Ok(data) => {
+                reply.data(&data);
+                if trace::on() {
+                    let fields = format!(
+                        "\"ino\":{},\"offset\":{offset},\"bytes\":{}",
+                        ino.0,
+                        data.len()
+                    );
+                    trace::event("read", start, &fields);
+                }
+            }
             Err(e) => reply.error(errno(e, "read", ino)),
         }
     }

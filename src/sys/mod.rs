@@ -11,8 +11,9 @@
 //!   sandbox's cgroups after it.
 //! - [`term`]: pseudo-terminals, terminal modes and window sizes, and the C library's
 //!   local time and shell patterns.
-//! - [`mountinfo`] parses the mount table and [`publish`](mod@publish) writes a file whole
-//!   or not at all; both are safe code over `std`.
+//! - [`mountinfo`] parses the mount table, [`publish`](mod@publish) writes a file whole
+//!   or not at all and [`trace`] records a timeline when asked; all are safe code over
+//!   `std`.
 //!
 //! This file holds what they share: [`SysError`], which names the failed call and what it was
 //! applied to, C string helpers, exit statuses, and small checks on processes by pid.
@@ -24,6 +25,7 @@ pub(crate) mod mountinfo;
 pub(crate) mod process;
 pub(crate) mod publish;
 pub(crate) mod term;
+pub mod trace;
 
 use std::ffi::CString;
 use std::io;

@@ -14,6 +14,7 @@ use super::{Registry, RegistryError};
 use crate::source::digest::{self, Verified};
 use crate::source::manifest::{self, Documents, MAX_DOCUMENT};
 use crate::source::{Layer, LayerSource, SourceError};
+use crate::sys::trace;
 
 /// A manifest as fetched: its bytes, media type (when the answer says) and digest.
 pub(super) type Manifest = (Vec<u8>, Option<String>, String);
@@ -46,6 +47,7 @@ impl Registry {
             ok,
             ..Call::get(Kind::Manifest)
         };
+        let start = trace::now();
         let resp = self.exchange(what, &path, &call)?;
         if resp.status().as_u16() == 404 {
             return Ok(None);
@@ -62,6 +64,7 @@ impl Registry {
             .filter(|ct| !matches!(ct.as_str(), "" | "application/json" | "text/plain"));
         let announced = header("docker-content-digest");
         let bytes = self.read_bounded(what, &path, resp)?;
+        trace::event("manifest", start, &format!("\"bytes\":{}", bytes.len()));
         let mismatch = |against, expected: &Digest| {
             let actual = match digest::Hasher::new(expected) {
                 Ok(mut h) => {
@@ -165,6 +168,7 @@ impl Registry {
                 limit: max,
             });
         }
+        let start = trace::now();
         let stream = self.stream(what.clone(), Kind::Blob, digest, Some(size))?;
         let mut verified =
             Verified::new(stream, digest, Some(size)).map_err(|cause| RegistryError::Content {
@@ -182,8 +186,16 @@ impl Registry {
                 Err(cause) => RegistryError::Body { what, cause },
             }
         })?;
+        trace::event("blob", start, &trace_fields(digest, 0, size));
         Ok(out)
     }
+}
+
+/// An exchange's fields in the trace: the blob (its digest's first 12 hex digits), how many
+/// ranges were asked (0: the whole blob) and the bytes they hold.
+pub(super) fn trace_fields(digest: &Digest, ranges: usize, bytes: u64) -> String {
+    let short: String = digest.digest().chars().take(12).collect();
+    format!("\"blob\":\"{short}\",\"ranges\":{ranges},\"bytes\":{bytes}")
 }
 
 /// A 404 for a manifest (`manifest_at` gives it as an error already unless asked not to).

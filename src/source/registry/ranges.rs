@@ -13,7 +13,9 @@ use ureq::http::Response;
 
 use super::byteranges;
 use super::http::{Call, FETCHED, Kind};
+use super::pull::trace_fields;
 use super::{RangeError, Registry, RegistryError, printable};
+use crate::sys::trace;
 
 /// Most ranges asked for in one request: their `Range` header stays under 1 kB (a range is up
 /// to ~40 bytes), far below the 4-8 kB header limits of proxies and CDNs, and a server's
@@ -103,13 +105,18 @@ impl Registry {
         };
         let mut attempts = self.retry.start();
         loop {
+            let start = trace::now();
             let resp = self.exchange(what, &path, &call)?;
             let status = resp.status().as_u16();
             if !matches!(status, 200 | 206) {
                 return Ok(Fetched::SeveralRefused(status));
             }
             let fault = match self.collect(resp, group, slots, blob_size) {
-                Ok(()) => return Ok(Fetched::Done),
+                Ok(()) => {
+                    let bytes = group.iter().map(|r| r.end - r.start).sum();
+                    trace::event("ranges", start, &trace_fields(digest, group.len(), bytes));
+                    return Ok(Fetched::Done);
+                }
                 Err(byteranges::Fault::Bad(why)) => {
                     return Err(RegistryError::Range {
                         what: format!("{what}: reading {header}"),

@@ -49,9 +49,11 @@ import argparse
 import contextlib
 import datetime
 import json
+import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -59,6 +61,7 @@ from pathlib import Path
 from common import (IDLE_THRESHOLD, IMGFS, RESULTS, ROOT, WORK, BenchError, Runner, checkout_at_end,
                     checkout_at_start, checkout_of, checkout_text, fmt_time, hold_machine, log, machine, q, run,
                     run_id, set_log_file, stop_shared, write_runs_section, write_section)
+import floor
 from sandbox import alternate
 import sources
 from sources import (CMD, DOCKER, RATE_TEXT, REF, WALK, imgfs_run, layouts, measure_shaped, prep,
@@ -77,6 +80,19 @@ NODES = 8
 NODES_FAILED = RESULTS / "lazy-nodes-failed.log"  # the logs of the nodes of a failed round
 SERVER_LOG = "server.log"           # beside a lazy image's index: what its server logged
 SPANS = ["256K", "512K", "1M"]
+# The programs a cold start runs: python's own start, a heavier one, a shell.
+WORKLOADS = {
+    "pass": ["python3", "-c", "pass"],
+    "imports": ["python3", "-c", "import asyncio, json, sqlite3, ssl, email, http.server"],
+    "shell": ["sh", "-c", "true"],
+}
+WORKLOAD_TEXT = {"pass": "`python3 -c pass`",
+                 "imports": "`python3 -c \"import asyncio, json, sqlite3, ssl, email, http.server\"`",
+                 "shell": "`sh -c true`"}
+FLOORS = BASE / "floor-cache"       # each layer's entries and block bounds, by digest
+RTT_PROBES = 20
+CHART = ROOT / "bench" / "lazy-chart.png"  # the cold rows beside docker, and two cold starts' timelines
+TRACED = {"cold-lazy": "lazy", "cold-recorded": "recorded"}  # rows with one more run, traced
 READ_ALL = "find {m} -type f -print0 | xargs -0 cat >/dev/null"
 DROP_CACHES = "sync; echo 3 >/proc/sys/vm/drop_caches"
 PREFETCH_WAIT_S = 600  # the whole lazy image unshaped on loopback takes seconds
@@ -84,8 +100,14 @@ PREFETCH_WAIT_S = 600  # the whole lazy image unshaped on loopback takes seconds
 # Targets: the lazy start against docker pull + run; without an index imgfs fetches every layer
 # whole (sources.py's target); the lazy start fetches a fifth of the image at most; eight nodes
 # fetch no more than eight single starts; warm, a lazy image is an image like any other.
-MIN_DOCKER_OVER_LAZY = 10.0
+MIN_DOCKER_OVER_LAZY = 20.0
+MIN_DOCKER_OVER_RECORDED = 25.0
 MIN_DOCKER_OVER_LAZY_BIG = 30.0
+# The floor (bench/floor.py): a lazy start within these of it, in time and in bytes.
+MAX_OVER_FLOOR = 1.4
+MAX_BYTES_OVER_FLOOR = 1.3
+MAX_RECORDED_OVER_FLOOR = 1.15
+MAX_TOC_OVER_FLOOR = 1.5
 MAX_NOINDEX_OVER_DOCKER = sources.MAX_OVER_DOCKER_PULL
 MAX_FETCHED_SHARE = 0.20
 MAX_NODES_OVER_ONE = float(NODES)
@@ -139,11 +161,13 @@ def push(layout_dir, ref, image):
         capture=True, timeout=1800, what=f"skopeo copy to {image}")
 
 
-def index_push(image, span=None):
-    """`imgfs index push`; returns the artifact's size as it reports it."""
-    argv = [IMGFS, "index", "push", *(["--span", span] if span else []), f"docker://{image}"]
+def index_push(image, span=None, record=None):
+    """`imgfs index push` (`record`: with `--record -- record`); returns the artifact's size as
+    it reports it (the last push's, when recording pushes twice)."""
+    argv = [IMGFS, "index", "push", *(["--span", span] if span else []), f"docker://{image}",
+            *(["--record", "--entrypoint", "", "--", *record] if record else [])]
     r = run(argv, capture=True, timeout=1800)
-    m = re.search(r" as (sha256:[0-9a-f]+): (\d+) bytes \(", r.stderr)
+    m = ([None] + list(re.finditer(r" as (sha256:[0-9a-f]+): (\d+) bytes \(", r.stderr)))[-1]
     if not m:
         raise BenchError(f"imgfs index push {image}: no size in its report: {r.stderr.strip()[-200:]}")
     log(r.stderr.strip())
@@ -165,10 +189,11 @@ def publish(names, gz, big_dir):
     for name, layout in TOC_IMAGES.items():
         log(f"pushing {layout()}:{REF} to {names.image(name)} (no imgfs index)")
         push(layout(), REF, names.image(name))
-    for name in ("lazy", "noindex", *(f"span-{s.lower()}" for s in SPANS)):
+    for name in ("lazy", "recorded", "noindex", *(f"span-{s.lower()}" for s in SPANS)):
         log(f"pushing {gz.source} to {names.image(name)}")
         push(gz.dir, REF, names.image(name))
     artifacts["lazy"] = index_push(names.image("lazy"))
+    artifacts["recorded"] = index_push(names.image("recorded"), record=WORKLOADS["pass"])
     for s in SPANS:
         artifacts[f"span-{s.lower()}"] = dict(index_push(names.image(f"span-{s.lower()}"), s), span=s)
     log(f"pushing {big_dir}:{BIG_REF} to {names.image('big')}")
@@ -206,10 +231,11 @@ def all_promoted(cache_dir):
     return all((Path(cache_dir) / "layers" / d.replace(":", "-") / "complete").exists() for d in diff_ids)
 
 
-def cold_imgfs(runner, key, name, names, runs, flags=(), cap=300):
+def cold_imgfs(runner, key, name, names, runs, flags=(), cap=300, cmd=CMD):
     """`imgfs run` of a registry image from an empty cache, with what it fetched."""
     c = cache(key)
     argv = imgfs_run(c, names.docker(name))
+    argv[argv.index("--") + 1:] = cmd
     argv[2:2] = flags
     cmd = q(argv)
     st = measure_shaped(runner, f"lazy-{key}", cmd, prepare=prep_cmd("stop-shared", f"rm:{c}", "sync"),
@@ -227,6 +253,52 @@ def cold_imgfs(runner, key, name, names, runs, flags=(), cap=300):
         log(f"lazy-{key}: what the failed run's server logged is in {kept}")
     prep([f"rm:{c}"])
     return st
+
+
+def traced_run(key, name, names):
+    """One more cold run of a row (`python3 -c pass`), with IMGFS_TRACE: when it began and
+    ended, and every event imgfs recorded (its exchanges with the registry, the reads the
+    filesystem answered)."""
+    c = cache(f"{key}-traced")
+    trace = RESULTS / f"lazy-trace-{key}.jsonl"
+    trace.unlink(missing_ok=True)
+    prep(["stop-shared", f"rm:{c}", "sync"])
+    argv = imgfs_run(c, names.docker(name))
+    env = dict(os.environ, IMGFS_TRACE=str(trace))
+    t0 = time.time()
+    p = subprocess.run([str(a) for a in argv], env=env, capture_output=True, text=True, timeout=300)
+    t1 = time.time()
+    stop_shared()
+    prep([f"rm:{c}"])
+    if p.returncode != 0:
+        return {"error": f"exit {p.returncode}: {p.stderr.strip()[-200:]}"}
+    events = [json.loads(line) for line in trace.read_text().splitlines() if line.strip()]
+    log(f"{key}: traced run {fmt_time(t1 - t0)}, {len(events)} events in {trace}")
+    return {"t0": t0, "t1": t1, "events": events}
+
+
+def timeline_summary(tl, index_blobs=()):
+    """What a traced cold start spent its time on: {run, first_read, last_read, fetched,
+    in_flight, waits, waited}."""
+    if not tl or tl.get("error"):
+        return None
+    t0, t1, ev = tl["t0"] * 1e6, tl["t1"] * 1e6, tl["events"]
+    fetches = [e for e in ev if e["kind"] != "read"]
+    reads = [e for e in ev if e["kind"] == "read"]
+    spans, busy, end = sorted((e["t0"], e["t1"]) for e in fetches), 0.0, None
+    for a, b in spans:
+        if end is None or a > end:
+            busy += b - a
+            end = b
+        elif b > end:
+            busy += b - end
+            end = b
+    waited = [e for e in reads if e["t1"] - e["t0"] > 1000]  # a read that took over 1 ms waited for a fetch
+    return {"run": (t1 - t0) / 1e6, "first_read": (min(e["t0"] for e in reads) - t0) / 1e6 if reads else None,
+            "last_read": (max(e["t1"] for e in reads) - t0) / 1e6 if reads else None,
+            "requests": len(fetches), "fetched": sum(e.get("bytes", 0) for e in fetches),
+            "in_flight": busy / 1e6, "reads": len(reads), "waits": len(waited),
+            "waited": sum(e["t1"] - e["t0"] for e in waited) / 1e6}
 
 
 def cold_docker(runner, key, name, names, runs, cap=300):
@@ -272,21 +344,36 @@ def cold_nodes(runner, names):
     return st
 
 
+def workload_key(key, workload):
+    return key if workload == "pass" else f"{key}-{workload}"
+
+
 def measure_cold(runner, names):
     res = {}
-    res["cold-lazy"] = cold_imgfs(runner, "cold-lazy", "lazy", names, RUNS_FAST)
+    for w, cmd in WORKLOADS.items():
+        res[workload_key("cold-lazy", w)] = cold_imgfs(runner, workload_key("cold-lazy", w), "lazy", names,
+                                                       RUNS_FAST if w == "pass" else RUNS_SLOW, cmd=cmd)
+    res["cold-recorded"] = cold_imgfs(runner, "cold-recorded", "recorded", names, RUNS_FAST)
     res["cold-noindex"] = cold_imgfs(runner, "cold-noindex", "noindex", names, RUNS_SLOW)
     res["cold-docker"] = cold_docker(runner, "cold-docker", "lazy", names, RUNS_SLOW)
-    res["cold-estargz"] = cold_imgfs(runner, "cold-estargz", "estargz", names, RUNS_SLOW)
+    for w, cmd in WORKLOADS.items():
+        res[workload_key("cold-estargz", w)] = cold_imgfs(runner, workload_key("cold-estargz", w), "estargz",
+                                                          names, RUNS_SLOW, cmd=cmd)
     res["cold-docker-estargz"] = cold_docker(runner, "cold-docker-estargz", "estargz", names, RUNS_FEW)
-    res["cold-chunked"] = cold_imgfs(runner, "cold-chunked", "chunked", names, RUNS_SLOW)
+    for w, cmd in WORKLOADS.items():
+        res[workload_key("cold-chunked", w)] = cold_imgfs(runner, workload_key("cold-chunked", w), "chunked",
+                                                          names, RUNS_SLOW, cmd=cmd)
     res["cold-prefetch"] = cold_imgfs(runner, "cold-prefetch", "lazy", names, RUNS_FAST, flags=["--prefetch", "all"])
     res["nodes"] = cold_nodes(runner, names)
     for s in SPANS:
         key = f"span-{s.lower()}"
         res[key] = cold_imgfs(runner, key, key, names, RUNS_FEW)
-    res["big-lazy"] = cold_imgfs(runner, "big-lazy", "big", names, RUNS_FEW, cap=900)
+    for w, cmd in WORKLOADS.items():
+        res[workload_key("big-lazy", w)] = cold_imgfs(runner, workload_key("big-lazy", w), "big", names, RUNS_FEW,
+                                                      cap=900, cmd=cmd)
     res["big-docker"] = cold_docker(runner, "big-docker", "big", names, dict(min_runs=1, max_runs=2), cap=1800)
+    for key, name in TRACED.items():
+        res[f"timeline-{key}"] = traced_run(key, name, names)
     return res
 
 
@@ -358,6 +445,53 @@ def measure_warm(runner, names, gz):
     return res
 
 
+def measure_floors(gz, artifacts):
+    """The floor (bench/floor.py) of each image and workload a cold row runs, before the link is
+    shaped: {"IMAGE/WORKLOAD": floor}, with the files each workload opens."""
+    tree = Path(read_env()["TRUTH_LAYERS"])
+    files = {}
+    for w, cmd in WORKLOADS.items():
+        try:
+            files[w] = floor.opened_files(tree, cmd)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            raise BenchError(f"the files {' '.join(cmd)} opens: {e}")
+        log(f"floor: {' '.join(cmd)} opens {len(files[w])} files in {tree}")
+    images = {"lazy": (gz.dir, REF, artifacts["lazy"]["bytes"]),
+              "recorded": (gz.dir, REF, artifacts["recorded"]["bytes"]),
+              "noindex": (gz.dir, REF, 0),
+              "estargz": (ESTARGZ, REF, 0),
+              "chunked": (TOC_IMAGES["chunked"](), REF, 0),
+              "big": (BIG, BIG_REF, artifacts["big"]["bytes"]),
+              **{f"span-{s.lower()}": (gz.dir, REF, artifacts[f"span-{s.lower()}"]["bytes"]) for s in SPANS}}
+    out = {"_files": {w: f for w, f in files.items()}}
+    for name, (layout, ref, index) in images.items():
+        for w in WORKLOADS:
+            if w != "pass" and name not in ("lazy", "estargz", "chunked", "big"):
+                continue
+            try:
+                f = floor.floor(layout, ref, files[w], index, cache=FLOORS)
+            except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+                raise BenchError(f"the floor of {name}, {w}: {e}")
+            if f["missing"]:
+                raise BenchError(f"the floor of {name}, {w}: not in the image: {', '.join(f['missing'][:5])}")
+            out[f"{name}/{w}"] = f
+            log(f"floor {name}/{w}: {f['bytes']} bytes ({f['data']} of data for {f['files']} files of "
+                f"{f['file_bytes']} bytes, {f['index']} of manifest, config and index)")
+    return out
+
+
+def round_trip(addr, probes=RTT_PROBES):
+    """The median time of a TCP connect to the registry (a SYN and its SYN-ACK: one round trip)."""
+    import socket
+    host, port = addr.rsplit(":", 1)
+    times = []
+    for _ in range(probes):
+        start = time.perf_counter()
+        with socket.create_connection((host, int(port)), timeout=5):
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
 def measure_all(runner, gz):
     big_layers = make_big(gz)
     toc_bytes = {f"{name}_bytes": sum(s for _, s in sources.layer_blobs(layout(), REF))
@@ -367,7 +501,10 @@ def measure_all(runner, gz):
     with contextlib.ExitStack() as stack:
         names = Names(stack.enter_context(registry()))
         inputs["artifacts"] = publish(names, gz, BIG)
+        inputs["floors"] = measure_floors(gz, inputs["artifacts"])
         with shaped(names.addr.rsplit(":", 1)[1]):
+            inputs["rtt"] = round_trip(names.addr)
+            log(f"round trip to the registry: {fmt_time(inputs['rtt'])}")
             res.update(measure_cold(runner, names))
         try:
             res.update(measure_warm(runner, names, gz))
@@ -399,12 +536,43 @@ def check(value, ok):
     return None if value is None else bool(ok(value))
 
 
+RATE_BITS = int(re.fullmatch(r"(\d+)mbit", sources.RATE).group(1)) * 10 ** 6  # tc's mbit: 10^6 bits
+
+
+def floor_key(key):
+    """The floor (IMAGE/WORKLOAD, see measure_floors) a cold row is held against, if any."""
+    for prefix, image in (("cold-lazy", "lazy"), ("cold-recorded", "recorded"), ("cold-prefetch", "lazy"),
+                          ("cold-noindex", "noindex"), ("cold-estargz", "estargz"), ("cold-chunked", "chunked"),
+                          ("big-lazy", "big")):
+        if key == prefix or key.startswith(prefix + "-"):
+            return f"{image}/{key[len(prefix) + 1:] or 'pass'}"
+    return f"{key}/pass" if key.startswith("span-") else None
+
+
+def floor_of(inp, key):
+    """{time, bytes} of a cold row's floor: its bytes at the link's rate plus one round trip."""
+    k = floor_key(key)
+    f = (inp.get("floors") or {}).get(k) if k else None
+    if not f:
+        return None
+    return {"time": floor.link_time(f["bytes"], RATE_BITS, inp.get("rtt") or 0.0), "bytes": f["bytes"]}
+
+
+def over_floor(res, inp, key):
+    """(time, bytes from the registry) of a cold row over its floor's."""
+    f = floor_of(inp, key)
+    if not f:
+        return None, None
+    return ratio(med(res, key), f["time"]), ratio(fetched(res, key), f["bytes"])
+
+
 def targets(res, inp):
     """[(what, figure text, target text, met)] for the report and the log."""
     size = inp["image_bytes"]
     one = fetched(res, "cold-lazy")
     blob = (res.get("cold-lazy") or {}).get("blob_bytes")
     x_small = ratio(med(res, "cold-docker"), med(res, "cold-lazy"))
+    x_recorded = ratio(med(res, "cold-docker"), med(res, "cold-recorded"))
     x_big = ratio(med(res, "big-docker"), med(res, "big-lazy"))
     x_noindex = ratio(med(res, "cold-noindex"), med(res, "cold-docker"))
     share = ratio(one, size)
@@ -413,6 +581,8 @@ def targets(res, inp):
     rows = [
         ("docker pull + run over lazy imgfs run", x_small, f"≥ {MIN_DOCKER_OVER_LAZY:g}×",
          lambda x: x >= MIN_DOCKER_OVER_LAZY),
+        ("docker pull + run over lazy imgfs run with a recording pushed", x_recorded,
+         f"≥ {MIN_DOCKER_OVER_RECORDED:g}×", lambda x: x >= MIN_DOCKER_OVER_RECORDED),
         ("imgfs run without an index over docker pull + run", x_noindex, f"≤ {MAX_NOINDEX_OVER_DOCKER:g}×",
          lambda x: x <= MAX_NOINDEX_OVER_DOCKER),
         ("bytes from the registry for a lazy start (tc) / image's compressed size", share,
@@ -424,6 +594,24 @@ def targets(res, inp):
         (f"{NODES} cold nodes: bytes from the registry (tc, HTTP and TCP framing included) over one lazy "
          "start", x_nodes, f"≤ {MAX_NODES_OVER_ONE:g}×", lambda x: x <= MAX_NODES_OVER_ONE),
     ]
+    for w in WORKLOADS:
+        t, b = over_floor(res, inp, workload_key("cold-lazy", w))
+        rows.append((f"{WORKLOAD_TEXT[w]}: lazy start (index pushed, no recording) over its floor, time", t,
+                     f"≤ {MAX_OVER_FLOOR:g}×", lambda x: x <= MAX_OVER_FLOOR))
+        rows.append((f"{WORKLOAD_TEXT[w]}: the same, bytes from the registry over the floor's", b,
+                     f"≤ {MAX_BYTES_OVER_FLOOR:g}×", lambda x: x <= MAX_BYTES_OVER_FLOOR))
+    t, _ = over_floor(res, inp, "cold-recorded")
+    rows.append((f"{WORKLOAD_TEXT['pass']}: lazy start with a recording pushed over its floor, time", t,
+                 f"≤ {MAX_RECORDED_OVER_FLOOR:g}×", lambda x: x <= MAX_RECORDED_OVER_FLOOR))
+    for image, text in (("estargz", "eStargz"), ("chunked", "zstd:chunked")):
+        for w in WORKLOADS:
+            t, _ = over_floor(res, inp, workload_key(f"cold-{image}", w))
+            rows.append((f"{WORKLOAD_TEXT[w]}: {text} from its TOCs over its floor, time", t,
+                         f"≤ {MAX_TOC_OVER_FLOOR:g}×", lambda x: x <= MAX_TOC_OVER_FLOOR))
+    for w in WORKLOADS:
+        t, _ = over_floor(res, inp, workload_key("big-lazy", w))
+        rows.append((f"{WORKLOAD_TEXT[w]}: 2 GiB image, lazy start over its floor, time", t,
+                     f"≤ {MAX_OVER_FLOOR:g}×", lambda x: x <= MAX_OVER_FLOOR))
     for what, a, b in (("metadata walk", "walk-lazy", "walk-oci"), ("read every file", "read-lazy", "read-oci"),
                        ("read every file after a remount", "read-remount", "read-oci"),
                        ("imgfs run python3 -c pass", "run-lazy", "run-oci")):
@@ -457,19 +645,47 @@ def time_cell(st):
 COLD_ROWS = [
     ("cold-docker", "`docker pull` + `docker run --rm IMAGE python3 -c pass`"),
     ("cold-lazy", "`imgfs run docker://…/lazy -- python3 -c pass` (index pushed), empty cache"),
-    ("cold-prefetch", "the same with `--prefetch all` (the rest fetched in the background)"),
+    ("cold-lazy-imports", "the same, the heavier start (`import asyncio, json, sqlite3, ssl, email, http.server`)"),
+    ("cold-lazy-shell", "the same, `sh -c true`"),
+    ("cold-recorded", "`imgfs run docker://…/recorded -- python3 -c pass` (index pushed with "
+                      "`--record -- python3 -c pass`), empty cache"),
+    ("cold-prefetch", "`…/lazy` with `--prefetch all` (the rest fetched in the background)"),
     ("cold-noindex", "`imgfs run docker://…/noindex -- python3 -c pass` (no index: every layer whole)"),
     ("cold-docker-estargz", "eStargz image (ctr-remote) · `docker pull` + `docker run`"),
     ("cold-estargz", "eStargz image · `imgfs run docker://…/estargz` (no index: from its TOCs), empty cache"),
+    ("cold-estargz-imports", "eStargz image · the heavier start"),
+    ("cold-estargz-shell", "eStargz image · `sh -c true`"),
     ("cold-chunked", "zstd:chunked image (skopeo) · `imgfs run docker://…/chunked` (no index: from its TOCs)"),
+    ("cold-chunked-imports", "zstd:chunked image · the heavier start"),
+    ("cold-chunked-shell", "zstd:chunked image · `sh -c true`"),
     ("nodes", f"{NODES} × `imgfs run docker://…/lazy` at once, a cache each (wall time of all)"),
     ("big-docker", "2 GiB image · `docker pull` + `docker run`"),
     ("big-lazy", "2 GiB image · `imgfs run docker://…/big` (index pushed), empty cache"),
+    ("big-lazy-imports", "2 GiB image · the heavier start"),
+    ("big-lazy-shell", "2 GiB image · `sh -c true`"),
 ]
 
 
+def render_floors(inp):
+    """What each workload opens, and the floor of each image for it."""
+    fl = inp.get("floors") or {}
+    files = fl.get("_files") or {}
+    L = ["| workload | files it opens | their bytes | image | floor: data | manifest, config, index | "
+         f"floor: bytes | floor: time at {RATE_TEXT} + a round trip |", "|---|---|---|---|---|---|---|---|"]
+    for w in WORKLOADS:
+        for image in ("lazy", "recorded", "estargz", "chunked", "big"):
+            f = fl.get(f"{image}/{w}")
+            if not f:
+                continue
+            t = floor.link_time(f["bytes"], RATE_BITS, inp.get("rtt") or 0.0)
+            L.append(f"| {WORKLOAD_TEXT[w]} | {len(files.get(w, []))} | {mb(f['file_bytes'])} | {image} "
+                     f"| {mb(f['data'])} | {mb(f['index'])} | {mb(f['bytes'])} | {fmt_time(t)} |")
+    return L
+
+
 def render_cold(res, inp):
-    L = ["| row | median | MB from the registry per run (tc) | layer blobs kept (du) |", "|---|---|---|---|"]
+    L = ["| row | median | MB from the registry per run (tc) | layer blobs kept (du) | floor: time, MB "
+         "| over the floor: time, bytes |", "|---|---|---|---|---|---|"]
     for key, label in COLD_ROWS:
         st = res.get(key) or {}
         size = inp["big_bytes"] if key.startswith("big") else inp["image_bytes"]
@@ -478,7 +694,11 @@ def render_cold(res, inp):
                 size = inp.get(f"{name}_bytes") or size
         got = fetched(res, key)
         share = f" ({got / size:.1%} of the image)" if got is not None and key != "nodes" else ""
-        L.append(f"| {label} | {time_cell(st)} | {mb(got)}{share} | {mb(st.get('blob_bytes'))} |")
+        f = floor_of(inp, key) if key != "nodes" else None
+        t, b = over_floor(res, inp, key) if f else (None, None)
+        fcell = f"{fmt_time(f['time'])}, {mb(f['bytes'])}" if f else "—"
+        ocell = f"{t:.2f}×, {b:.2f}×" if t is not None and b is not None else "—"
+        L.append(f"| {label} | {time_cell(st)} | {mb(got)}{share} | {mb(st.get('blob_bytes'))} | {fcell} | {ocell} |")
     return L
 
 
@@ -512,6 +732,79 @@ def render_warm(res):
     L.append(f"\nThe second mount of the lazy image, which made it whole from the layers' copies the first "
              f"mount made: {time_cell(res.get('remount-lazy'))}.")
     return L
+
+
+def render_timelines(res, inp):
+    """The traced cold starts (TRACED), summed up; the chart draws them."""
+    L = ["| traced run | took | first read | last read done | requests | MB fetched | some fetch in flight "
+         "| reads that waited for a fetch | their wait | floor |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for key in TRACED:
+        t = timeline_summary(res.get(f"timeline-{key}"))
+        if not t:
+            L.append(f"| {key} | {(res.get(f'timeline-{key}') or {}).get('error', 'not measured')} "
+                     "| | | | | | | | |")
+            continue
+        f = floor_of(inp, key)
+        L.append(f"| {key} | {fmt_time(t['run'])} | {fmt_time(t['first_read'] or 0)} | {fmt_time(t['last_read'] or 0)} "
+                 f"| {t['requests']} | {mb(t['fetched'])} | {fmt_time(t['in_flight'])} | {t['waits']} of {t['reads']} "
+                 f"| {fmt_time(t['waited'])} | {fmt_time(f['time']) if f else '—'} |")
+    return L
+
+
+def draw(res, inp, path):
+    """The cold rows beside docker pull + run (log scale, floors marked), and the timeline of
+    each traced cold start: every request from when it was sent to when its last byte came
+    (grey: manifests and whole blobs; blue: ranges), the reads the filesystem answered (red,
+    below), the floor and the run's end."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    traced = [k for k in TRACED if timeline_summary(res.get(f"timeline-{k}"))]
+    fig, axes = plt.subplots(1 + len(traced), 1, figsize=(11, 4 + 3.2 * len(traced)),
+                             gridspec_kw={"height_ratios": [1.3] + [1] * len(traced)})
+    axes = list(axes) if len(traced) else [axes]
+    rows = [(k, l) for k, l in COLD_ROWS if med(res, k) and k != "nodes"]
+    ax = axes[0]
+    ys = range(len(rows))[::-1]
+    ax.barh(list(ys), [med(res, k) for k, _ in rows],
+            color=["#b0b0b0" if "docker" in k else "#3a78c2" for k, _ in rows])
+    for y, (k, _) in zip(ys, rows):
+        f = floor_of(inp, k)
+        if f:
+            ax.plot([f["time"]] * 2, [y - 0.4, y + 0.4], color="black", lw=2)
+        ax.text(med(res, k) * 1.05, y, fmt_time(med(res, k)), va="center", fontsize=7)
+    ax.set_yticks(list(ys), [k for k, _ in rows], fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"seconds, cold start at {RATE_TEXT} (black: the floor)")
+    ax.set_title("Cold start from a registry: imgfs (blue) and docker pull + run (grey)", fontsize=9)
+    for ax, key in zip(axes[1:], traced):
+        tl = res[f"timeline-{key}"]
+        t0 = tl["t0"] * 1e6
+        fetches = sorted((e for e in tl["events"] if e["kind"] != "read"), key=lambda e: e["t0"])
+        reads = [e for e in tl["events"] if e["kind"] == "read"]
+        for i, e in enumerate(fetches):
+            a, b = (e["t0"] - t0) / 1e3, (e["t1"] - t0) / 1e3
+            ax.barh(i + 2, max(b - a, 0.3), left=a, height=0.8,
+                    color="#3a78c2" if e["kind"] == "ranges" else "#909090")
+        for e in reads:
+            a, b = (e["t0"] - t0) / 1e3, (e["t1"] - t0) / 1e3
+            ax.plot([a, max(b, a + 0.3)], [0, 0], color="#c23a3a", lw=4, solid_capstyle="butt")
+        f = floor_of(inp, key)
+        if f:
+            ax.axvline(f["time"] * 1e3, color="black", lw=1.5)
+            ax.text(f["time"] * 1e3, len(fetches) + 2.5, " floor", fontsize=7)
+        run_end = (tl["t1"] - tl["t0"]) * 1e3
+        ax.axvline(run_end, color="#c23a3a", lw=1, ls="--")
+        ax.text(run_end, len(fetches) + 2.5, " exit", fontsize=7, color="#c23a3a")
+        ax.set_ylim(-1, len(fetches) + 4)
+        ax.set_yticks([0], ["reads"], fontsize=7)
+        ax.set_xlabel("ms since imgfs run began")
+        t = timeline_summary(tl)
+        ax.set_title(f"{key}: {len(fetches)} requests ({mb(t['fetched'])}; blue: ranges, grey: manifests and "
+                     f"whole blobs), reads (red)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def default_span(inp):
@@ -560,6 +853,22 @@ def render(res, meta):
         met = {True: "**met**", False: "**missed**", None: "—"}[t["met"]]
         L.append(f"| {t['what']} | {t['text']} | {t['target']} | {met} |")
     L += ["", f"### Cold start from the registry at {RATE_TEXT}\n", *render_cold(res, inp), "",
+          "### The floor of a cold start\n",
+          "Computed by bench/floor.py, without imgfs: the files a workload opens (strace of it in bwrap "
+          "over umoci's unpack of the image), where their data lies in the layers (Python's tarfile, "
+          "whiteouts applied), and the compressed bytes that hold it — the deflate blocks of a gzip or "
+          "eStargz layer (zlib's inflate stopping at each block) or the zstd frames of a zstd:chunked one "
+          "— plus the manifest, the config and what a mount needs to know the tree (imgfs's index artifact, "
+          "or the layers' own TOCs). Its time is those bytes at the link's rate plus one round trip "
+          f"({fmt_time(inp.get('rtt') or 0.0)}, a TCP connect to the registry). No reader fetches less: a "
+          "block in the middle of a layer also needs the 32 KiB before it, which the floor leaves out.\n",
+          *render_floors(inp), "",
+          "### Where a cold start's time goes\n",
+          "One more run of each of these rows, with `IMGFS_TRACE` set: imgfs recorded every exchange with "
+          "the registry and every read its filesystem answered (a read that took over 1 ms waited for a "
+          "fetch). *Some fetch in flight* is the time at least one request was open.\n",
+          *render_timelines(res, inp), "",
+          f"![cold starts and their timelines]({CHART.name})", "",
           *render_notes(res), "",
           "### Span size: the index against what a lazy start fetches\n", *render_spans(res, inp), "",
           "### Warm: the lazy image with everything fetched beside the OCI layout (unshaped)\n",
@@ -570,6 +879,11 @@ def render(res, meta):
 
 def report(res, meta):
     meta["targets"] = targets(res, meta["inputs"])
+    try:
+        draw(res, meta["inputs"], CHART)
+        log(f"drew {CHART}")
+    except Exception as e:  # the figures stand without the picture
+        log(f"FAILED drawing {CHART}: {e}")
     (RESULTS / "lazy.json").write_text(json.dumps({"meta": meta, "results": res}, indent=1, default=str))
     md = ROOT / "bench" / "RESULTS.md"
     write_section(md, SECTION, render(res, meta))

@@ -65,15 +65,17 @@ tests/fixtures/make-debian-image.sh || die "tests/fixtures/make-debian-image.sh 
 # The peers, from Debian's packages.
 if [ "$PART" = sandbox ]; then
     pkgs=(hyperfine bubblewrap util-linux passwd)
-elif [ "$PART" = sources ] || [ "$PART" = lazy ]; then
+elif [ "$PART" = sources ]; then
     pkgs=(hyperfine bubblewrap umoci skopeo zstd gzip iproute2 curl util-linux findutils)
+elif [ "$PART" = lazy ]; then
+    pkgs=(hyperfine bubblewrap umoci skopeo zstd gzip iproute2 curl util-linux findutils strace python3-venv)
 elif [ "$PART" = containerd ]; then
     pkgs=(hyperfine bubblewrap umoci skopeo zstd gzip iproute2 curl util-linux findutils containerd runc
           stargz-snapshotter)
 elif [ "$PART" = every ]; then
     pkgs=(hyperfine bubblewrap archivemount libfuse2 squashfuse squashfs-tools python3-venv attr
           util-linux findutils coreutils passwd umoci skopeo zstd gzip iproute2 curl containerd runc
-          stargz-snapshotter)
+          stargz-snapshotter strace)
 else
     pkgs=(hyperfine bubblewrap archivemount libfuse2 squashfuse squashfs-tools python3-venv attr
           util-linux findutils coreutils)
@@ -99,13 +101,13 @@ if [ "$PART" = lazy ] || [ "$PART" = containerd ] || [ "$PART" = every ]; then
     tests/fixtures/make-estargz.sh || die "tests/fixtures/make-estargz.sh failed"
 fi
 
-# ratarmount and matplotlib, in a venv of Debian's python3 (the sandbox, sources and lazy parts
-# need neither).
+# ratarmount and matplotlib, in a venv of Debian's python3 (the lazy part draws with matplotlib;
+# the sandbox and sources parts need neither).
 RATARMOUNT_VERSION=1.3.0
 MATPLOTLIB_VERSION=3.11.2
 VENV=$WORK/venv
 mkdir -p "$WORK"
-if [ "$PART" = all ] || [ "$PART" = every ]; then
+if [ "$PART" = all ] || [ "$PART" = every ] || [ "$PART" = lazy ]; then
     if [ ! -x "$VENV/bin/python3" ]; then
         /usr/bin/python3 -m venv "$VENV" || die "python3 -m venv $VENV failed"
     fi
@@ -128,7 +130,7 @@ BIN=${CARGO_TARGET_DIR:-target}/release/imgfs
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 [ "$PART" = sandbox ] && exec /usr/bin/python3 "$ROOT/bench/sandbox.py" "$@"
 [ "$PART" = sources ] && exec /usr/bin/python3 "$ROOT/bench/sources.py" "$@"
-[ "$PART" = lazy ] && exec /usr/bin/python3 "$ROOT/bench/lazy.py" "$@"
+[ "$PART" = lazy ] && exec "$VENV/bin/python3" "$ROOT/bench/lazy.py" "$@"
 [ "$PART" = containerd ] && exec /usr/bin/python3 "$ROOT/bench/containerd.py" "$@"
 if [ "$PART" = every ]; then
     part() {  # one driver; an interrupted one stops the run
@@ -141,7 +143,7 @@ if [ "$PART" = every ]; then
     part "$VENV/bin/python3" "$ROOT/bench/bench.py" || failed+=(bench.py)
     part /usr/bin/python3 "$ROOT/bench/sandbox.py" || failed+=(sandbox.py)
     part /usr/bin/python3 "$ROOT/bench/sources.py" || failed+=(sources.py)
-    part /usr/bin/python3 "$ROOT/bench/lazy.py" || failed+=(lazy.py)
+    part "$VENV/bin/python3" "$ROOT/bench/lazy.py" || failed+=(lazy.py)
     part /usr/bin/python3 "$ROOT/bench/containerd.py" || failed+=(containerd.py)
     [ "${#failed[@]}" -eq 0 ] || die "failed: ${failed[*]}; RESULTS.md's runs table names the runs its sections come from"
     exit 0

@@ -489,6 +489,10 @@ pub struct IndexPushArgs {
     /// recorded them (a lazy image's entry keeps that record), instead of running anything
     #[arg(long)]
     pub recorded: bool,
+    /// With --record: replace the image's Entrypoint for the recorded run ("" clears it), as
+    /// the runs that will use the recording do
+    #[arg(long, value_name = "CMD", requires = "record")]
+    pub entrypoint: Option<String>,
     /// The command to record (after --)
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,

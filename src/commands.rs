@@ -325,6 +325,9 @@ fn record_run(args: &IndexPushArgs, config: &str) -> Result<String, prepare::Pre
     if let Some(f) = &args.cache.authfile {
         cmd.arg("--authfile").arg(f);
     }
+    if let Some(e) = &args.entrypoint {
+        cmd.arg("--entrypoint").arg(e);
+    }
     cmd.arg(&args.image);
     if !args.command.is_empty() {
         cmd.arg("--").args(&args.command);

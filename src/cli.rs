@@ -476,10 +476,12 @@ pub enum IndexCommand {
 pub struct IndexPushArgs {
     /// The image: docker://HOST[:PORT]/NAME[:TAG|@DIGEST]
     pub image: String,
-    /// Uncompressed bytes between two checkpoints: smaller spans fetch less beyond what a
-    /// read needs, larger ones make a smaller index and fewer windows (K, M or G)
-    #[arg(long, value_name = "SIZE", default_value = "256K", value_parser = parse_size)]
-    pub span: u64,
+    /// Uncompressed bytes between two checkpoints (K, M or G, 64K to 64M): smaller spans
+    /// fetch less beyond what a read needs, larger ones make a smaller index and fewer
+    /// windows. auto: for each layer its compressed size over 2048, as a power of two from
+    /// 64K to 1M (short spans, and a seek table of at most about 2048 records per layer)
+    #[arg(long, value_name = "SIZE|auto", default_value = "auto", value_parser = parse_span)]
+    pub span: imgfs::prepare::lazy::Span,
     /// Then run COMMAND (the image's own command when none is given) in a sandbox over a
     /// lazy mount of the image, record which spans it reads, and push the index again with
     /// that list: cold starts fetch those spans first, all at once
@@ -536,6 +538,18 @@ pub struct MountsArgs {
 }
 
 /// Parses a size: bytes, or a number with K, M, G or T (powers of 1024).
+fn parse_span(text: &str) -> Result<imgfs::prepare::lazy::Span, String> {
+    use imgfs::prepare::lazy::Span;
+    if text == "auto" {
+        return Ok(Span::Auto);
+    }
+    let n = parse_size(text)?;
+    if !(64 << 10..=64 << 20).contains(&n) {
+        return Err(format!("{text}: must be auto, or between 64K and 64M"));
+    }
+    Ok(Span::Fixed(n))
+}
+
 fn parse_size(text: &str) -> Result<u64, String> {
     let (digits, unit) = split_number(text.trim_end_matches(['B', 'b']));
     let n: u64 = digits

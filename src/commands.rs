@@ -237,9 +237,6 @@ fn index_push(args: IndexPushArgs) -> Result<i32> {
             args.image
         );
     };
-    if !(64 << 10..=64 << 20).contains(&args.span) {
-        bail!("--span {}: must be between 64K and 64M", args.span);
-    }
     let platform = platform_of(&args.cache)?;
     let mut line = ProgressLine::new(&args.image);
     let mut report = |e: prepare::Event| {

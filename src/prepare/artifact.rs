@@ -125,7 +125,7 @@ pub fn manifest(
     seeks: &[Descriptor],
     windows: &[Descriptor],
     prefetch: Option<&Descriptor>,
-    span: u64,
+    span: impl std::fmt::Display,
 ) -> Vec<u8> {
     let layers: Vec<&Descriptor> = std::iter::once(tree)
         .chain(seeks)

@@ -16,6 +16,7 @@ use std::thread::JoinHandle;
 use parking_lot::Mutex;
 
 use super::artifact;
+use super::push::Span;
 use crate::index::seek::{SeekError, SeekTable};
 use crate::source::{Layer, LayerSource, SourceError, registry::Registry};
 
@@ -27,12 +28,12 @@ type Tables = Arc<Mutex<HashMap<String, Result<SeekTable, SeekError>>>>;
 
 pub(crate) struct Seeking<'a> {
     inner: &'a dyn LayerSource,
-    span: u64,
+    span: Span,
     tables: Tables,
 }
 
 impl<'a> Seeking<'a> {
-    pub(crate) fn new(inner: &'a dyn LayerSource, span: u64) -> Seeking<'a> {
+    pub(crate) fn new(inner: &'a dyn LayerSource, span: Span) -> Seeking<'a> {
         Seeking {
             inner,
             span,
@@ -55,7 +56,7 @@ impl LayerSource for Seeking<'_> {
         };
         let (tx, rx) = sync_channel::<Vec<u8>>(CHANNEL_CHUNKS);
         let kind = artifact::seek_compression(layer.compression);
-        let span = self.span;
+        let span = self.span.for_layer(layer.size);
         let tables = self.tables.clone();
         let builder = std::thread::Builder::new()
             .name("imgfs-seek".into())

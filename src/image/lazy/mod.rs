@@ -109,6 +109,9 @@ pub struct LazyBlob {
     demand: Option<Arc<Demand>>,
     /// Files (their first byte) already fetched ahead by this process.
     ahead: Mutex<HashSet<u64>>,
+    /// The spans of this layer a recording says a start reads ([`prefetch_recorded`]): a
+    /// file with one of them is read as recorded, not fetched whole ahead of reads.
+    recorded: Mutex<HashSet<usize>>,
     /// Where a whole copy of a TOC layer's stream is kept ([`STREAM_FILE`]).
     stream_copy: Option<std::path::PathBuf>,
 }
@@ -140,6 +143,7 @@ impl LazyBlob {
             windows: None,
             demand: None,
             ahead: Mutex::new(HashSet::new()),
+            recorded: Mutex::new(HashSet::new()),
             stream_copy: None,
         }
     }

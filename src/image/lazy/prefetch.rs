@@ -1,5 +1,6 @@
 //! Fetching ahead of reads: the spans a recorded run read, every span in the background, and
-//! the rest of a small file once a read opens it.
+//! the rest of a small file once a read opens it (but for a file the recording read part of:
+//! the recording knows which part a start needs).
 //!
 //! Takes an image's lazy layers and, for [`Prefetch::Recorded`], the list of the spans reads
 //! first needed (as a [`Recorder`] wrote them); hands on those spans in the store, and
@@ -73,7 +74,8 @@ impl Recorder {
 /// Fetches the spans `list` names (layer index into `blobs`, span) on threads of their own,
 /// a few ranges at a time, neighbours of one layer in one range with the first one's window
 /// beside them, and decompresses them into the span cache. `blobs` has the image's layers in
-/// order, `None` for those that are not lazy.
+/// order, `None` for those that are not lazy. From then on a file with a listed span is not
+/// fetched whole ahead of reads ([`LazyBlob::read_ahead`]).
 pub fn prefetch_recorded(blobs: Vec<Option<Arc<LazyBlob>>>, list: Vec<(u32, usize)>) {
     let mut runs: Vec<(usize, Range<usize>)> = Vec::new();
     for (layer, span) in list {
@@ -84,6 +86,7 @@ pub fn prefetch_recorded(blobs: Vec<Option<Arc<LazyBlob>>>, list: Vec<(u32, usiz
         if span >= blob.table.len() {
             continue;
         }
+        blob.recorded.lock().insert(span);
         match runs.iter_mut().find(|(l, r)| *l == layer && r.end == span) {
             Some((_, r)) => r.end = span + 1,
             None => runs.push((layer, span..span + 1)),
@@ -261,6 +264,11 @@ impl LazyBlob {
                 .checked_sub(1)
                 .and_then(|end| self.table.span_at(end)),
         );
+        // The recording knows which parts of such a file a start reads: those are fetched
+        // already, and the rest is not wanted now.
+        if (first..=last).any(|i| self.recorded.lock().contains(&i)) {
+            return;
+        }
         let rest: Vec<usize> = (first..=last)
             .filter(|i| !reading.is_some_and(|(a, b)| (a..=b).contains(i)) && !self.store.has(*i))
             .collect();

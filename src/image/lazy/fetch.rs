@@ -11,13 +11,14 @@
 //! layer and the range. Both loops that try again — for spans ([`LazyBlob::ensure`]) and for
 //! windows — are here, with the pauses they share.
 
+use std::collections::HashSet;
 use std::io;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use super::LazyBlob;
 use super::prefetch::Demand;
@@ -54,9 +55,10 @@ enum SpanError {
 pub struct Windows {
     store: SparseBlob,
     fetch: Box<dyn Fetch>,
-    /// Held while a window is fetched: windows are small, and a window two reads want at once
-    /// is fetched once.
-    fetching: Mutex<()>,
+    /// The windows being fetched: a window two reads want at once is fetched once, while
+    /// different windows are fetched side by side.
+    fetching: Mutex<HashSet<usize>>,
+    fetched: Condvar,
 }
 
 impl Windows {
@@ -64,8 +66,36 @@ impl Windows {
         Windows {
             store,
             fetch,
-            fetching: Mutex::new(()),
+            fetching: Mutex::new(HashSet::new()),
+            fetched: Condvar::new(),
         }
+    }
+
+    /// Claims window `i` for this thread to fetch, once no other thread is fetching it; None
+    /// when the store has it by then.
+    fn claim(&self, i: usize) -> Option<WindowClaim<'_>> {
+        let mut fetching = self.fetching.lock();
+        while fetching.contains(&i) {
+            self.fetched.wait(&mut fetching);
+        }
+        if self.store.has(i) {
+            return None;
+        }
+        fetching.insert(i);
+        Some(WindowClaim { windows: self, i })
+    }
+}
+
+/// A window this thread fetches; let go (whatever happened) when dropped.
+struct WindowClaim<'a> {
+    windows: &'a Windows,
+    i: usize,
+}
+
+impl Drop for WindowClaim<'_> {
+    fn drop(&mut self) {
+        self.windows.fetching.lock().remove(&self.i);
+        self.windows.fetched.notify_all();
     }
 }
 
@@ -305,10 +335,9 @@ impl LazyBlob {
                     }
                 }
             }
-            let _fetching = windows.fetching.lock();
-            if windows.store.has(i) {
-                continue;
-            }
+            let Some(_claim) = windows.claim(i) else {
+                continue; // fetched by another thread meanwhile
+            };
             let counted = self.demand.as_deref().map(Demand::begin);
             let t0 = Instant::now();
             let fetched =

@@ -695,3 +695,57 @@ fn index_push_downloads_each_layer_once() {
         &CompareOptions::default(),
     );
 }
+
+/// `IMGFS_TRACE=FILE`: the server of a lazy mount records each exchange with the registry and
+/// each read it answers. What the registry's front sent of the layers, and the file read, are
+/// the truth: the ranges traced for the layers' blobs hold exactly the bytes the front sent of
+/// them, and the reads traced hold the file's bytes.
+#[test]
+fn the_trace_holds_what_was_fetched_and_read() {
+    let fx = fx();
+    let (registry, _) =
+        seeded_registry(&fx.path("OCI_GZIP"), "layers", "imgfs-test/layers:1", false);
+    push_index(&registry.reference("imgfs-test/layers:1"), &[]);
+    let front = Front::start(&registry.addr, &FrontOptions::default());
+    let source = format!("docker://{}/imgfs-test/layers:1", front.addr);
+    let (layers, _) = layers_of(&fx.path("OCI_GZIP"), "layers");
+    let layers: HashSet<String> = layers.into_iter().map(|(d, _)| d).collect();
+    let cache = TempDir::new("imgfs-lazy-cache");
+    let traces = TempDir::new("imgfs-trace");
+    let trace = traces.path().join("trace.jsonl");
+    let m = Mount::new(cache.path(), &source)
+        .opts(&["--prefetch", "none"])
+        .nodaemon()
+        .limit(LIMIT)
+        .env("IMGFS_TRACE", &trace)
+        .done();
+    let file = "etc/os-release";
+    let want = std::fs::read(fx.path("TRUTH_LAYERS").join(file)).unwrap();
+    assert_eq!(std::fs::read(m.path().join(file)).unwrap(), want);
+    settle(&front, &layers);
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    for e in &events {
+        assert!(
+            e["t0"].as_u64().unwrap() <= e["t1"].as_u64().unwrap(),
+            "{e}"
+        );
+        assert!(e["pid"].as_u64().unwrap() > 0, "{e}");
+    }
+    let of = |kind: &'static str| events.iter().filter(move |e| e["kind"] == kind);
+    let short: HashSet<String> = layers
+        .iter()
+        .map(|d| d.trim_start_matches("sha256:")[..12].to_string())
+        .collect();
+    let fetched: u64 = of("ranges")
+        .filter(|e| short.contains(e["blob"].as_str().unwrap()))
+        .map(|e| e["bytes"].as_u64().unwrap())
+        .sum();
+    assert!(fetched > 0, "no range of a layer traced: {events:?}");
+    assert_eq!(fetched, blob_bytes(&front, &layers));
+    let read: u64 = of("read").map(|e| e["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(read, want.len() as u64, "{events:?}");
+}

@@ -795,7 +795,7 @@ def draw(res, inp, path):
             ax.text(f["time"] * 1e3, len(fetches) + 2.5, " floor", fontsize=7)
         run_end = (tl["t1"] - tl["t0"]) * 1e3
         ax.axvline(run_end, color="#c23a3a", lw=1, ls="--")
-        ax.text(run_end, len(fetches) + 2.5, " exit", fontsize=7, color="#c23a3a")
+        ax.text(run_end, len(fetches) + 0.5, "exit ", fontsize=7, color="#c23a3a", ha="right")
         ax.set_ylim(-1, len(fetches) + 4)
         ax.set_yticks([0], ["reads"], fontsize=7)
         ax.set_xlabel("ms since imgfs run began")

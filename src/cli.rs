@@ -538,14 +538,23 @@ pub struct MountsArgs {
 }
 
 /// Parses a size: bytes, or a number with K, M, G or T (powers of 1024).
-fn parse_span(text: &str) -> Result<imgfs::prepare::lazy::Span, String> {
+/// Why a `--span` value is refused.
+#[derive(Debug, thiserror::Error)]
+enum SpanArgError {
+    #[error("{0}")]
+    Size(String),
+    #[error("{0}: must be auto, or between 64K and 64M")]
+    Range(String),
+}
+
+fn parse_span(text: &str) -> Result<imgfs::prepare::lazy::Span, SpanArgError> {
     use imgfs::prepare::lazy::Span;
     if text == "auto" {
         return Ok(Span::Auto);
     }
-    let n = parse_size(text)?;
+    let n = parse_size(text).map_err(SpanArgError::Size)?;
     if !(64 << 10..=64 << 20).contains(&n) {
-        return Err(format!("{text}: must be auto, or between 64K and 64M"));
+        return Err(SpanArgError::Range(text.to_string()));
     }
     Ok(Span::Fixed(n))
 }

@@ -27,7 +27,8 @@ use crate::index::seek::SeekTable;
 use crate::source::registry::Registry;
 use crate::source::{Image, Layer, Platform, SourceError};
 
-pub use super::push::{Pushed, Record, Span, push};
+pub use super::artifact::Span;
+pub use super::push::{Pushed, Record, push};
 
 /// Why the artifact of an image, or a layer's TOC, could not be used.
 #[derive(Debug, thiserror::Error)]

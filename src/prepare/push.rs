@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use super::artifact;
+use super::artifact::{self, Span};
 use super::whole::whole;
 use super::{Options, PrepareError};
 use crate::cache::Cache;
@@ -50,45 +50,6 @@ const PARALLEL_SEEKS: usize = 4;
 /// With `record`, the index is pushed, then `record` is called with the image's config
 /// digest to run a program over a lazy mount of it and return the spans it read (`LAYER SPAN`
 /// lines), and the index is pushed again with that list, for cold starts to fetch first.
-/// How long the spans of the layers' seek tables are: one size for every layer, or chosen
-/// for each ([`Span::for_layer`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Span {
-    Fixed(u64),
-    Auto,
-}
-
-/// `--span auto`: at most about this many spans in a layer's seek table.
-const AUTO_SPANS: u64 = 2048;
-/// `--span auto`: the shortest and the longest span.
-const AUTO_MIN: u64 = 64 << 10;
-const AUTO_MAX: u64 = 1 << 20;
-
-impl Span {
-    /// The span for a layer of `compressed` bytes. Auto: the layer's size over
-    /// [`AUTO_SPANS`], rounded up to a power of two, within 64 KiB and 1 MiB. A read fetches
-    /// whole spans, so short ones fetch little beyond a small file; but every cold mount
-    /// fetches every layer's seek table, a record per span, so a large layer gets longer
-    /// ones: its table stays near 2048 records (~240 KB) however large it is.
-    pub fn for_layer(self, compressed: Option<u64>) -> u64 {
-        match self {
-            Span::Fixed(n) => n,
-            Span::Auto => compressed
-                .map_or(AUTO_MIN, |c| c.div_ceil(AUTO_SPANS).next_power_of_two())
-                .clamp(AUTO_MIN, AUTO_MAX),
-        }
-    }
-}
-
-impl std::fmt::Display for Span {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Span::Fixed(n) => write!(f, "{n}"),
-            Span::Auto => f.write_str("auto"),
-        }
-    }
-}
-
 pub fn push(
     reference: &str,
     cache: &Cache,
@@ -315,27 +276,4 @@ fn build_tables(
             })
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn auto_spans_are_short_but_bound_a_layers_table() {
-        const K: u64 = 1 << 10;
-        const M: u64 = 1 << 20;
-        let auto = |c| Span::Auto.for_layer(Some(c));
-        // A small or typical layer: the shortest span.
-        assert_eq!(auto(3 * K), 64 * K);
-        assert_eq!(auto(70 * M), 64 * K);
-        assert_eq!(Span::Auto.for_layer(None), 64 * K);
-        // Larger ones: about 2048 spans, as a power of two.
-        assert_eq!(auto(300 * M), 256 * K);
-        assert_eq!(auto(1020 * M), 512 * K);
-        assert!(1020 * M / auto(1020 * M) <= AUTO_SPANS);
-        // Huge ones: the longest span, whatever the table's length.
-        assert_eq!(auto(40 << 30), M);
-        assert_eq!(Span::Fixed(256 * K).for_layer(Some(40 << 30)), 256 * K);
-    }
 }

@@ -15,8 +15,7 @@ use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
 
-use super::artifact;
-use super::push::Span;
+use super::artifact::{self, Span};
 use crate::index::seek::{SeekError, SeekTable};
 use crate::source::{Layer, LayerSource, SourceError, registry::Registry};
 

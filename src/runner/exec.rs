@@ -8,8 +8,8 @@
 //!   ([`super::network::pasta`]) — compiles the seccomp filter (or takes it from the cache),
 //!   mounts a tmpfs scratch area, binds the image's live mount there (under a lease on it)
 //!   or else mounts the image with FUSE itself, forks the init into a new PID namespace, and
-//!   only then starts the threads serving the image, if it serves it. It forwards signals sent to it
-//!   with kill(2) and exits with the init's status.
+//!   only then starts the threads serving the image, if it serves it. It forwards signals
+//!   sent to it with kill(2) and exits with the init's status.
 //! - the **init** ([`process::init`], PID 1 of the new PID namespace, killed if the
 //!   supervisor dies) builds the root ([`super::rootfs`]) and starts the confined command
 //!   ([`confine`]).

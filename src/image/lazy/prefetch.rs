@@ -266,9 +266,11 @@ impl LazyBlob {
         );
         // The recording knows which parts of such a file a start reads: those are fetched
         // already, and the rest is not wanted now.
-        if (first..=last).any(|i| self.recorded.lock().contains(&i)) {
+        let recorded = self.recorded.lock();
+        if (first..=last).any(|i| recorded.contains(&i)) {
             return;
         }
+        drop(recorded);
         let rest: Vec<usize> = (first..=last)
             .filter(|i| !reading.is_some_and(|(a, b)| (a..=b).contains(i)) && !self.store.has(*i))
             .collect();

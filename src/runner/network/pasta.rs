@@ -13,11 +13,11 @@
 //! tells it once it is in its own: [`Helper::fork`], [`Helper::start`].) The keeper opens the
 //! namespaces through /proc, hands them to pasta as `/proc/self/fd/N` (pasta, as root, would
 //! change to nobody, who could not open them by path), and waits on a pipe whose other end
-//! only the supervisor holds. When the supervisor ends, however it ends (`kill -9` included), that pipe reads end
-//! of file and the keeper kills pasta: no helper outlives its sandbox. pasta says it is ready
-//! by writing its pid to another pipe (`--pid`), once the namespace is configured and the
-//! published ports are bound; the command starts only then ([`Helper::wait_ready`]), while
-//! pasta's start overlaps the sandbox's own set-up.
+//! only the supervisor holds. When the supervisor ends, however it ends (`kill -9`
+//! included), that pipe reads end of file and the keeper kills pasta: no helper outlives its
+//! sandbox. pasta says it is ready by writing its pid to another pipe (`--pid`), once the
+//! namespace is configured and the published ports are bound; the command starts only then
+//! ([`Helper::wait_ready`]), while pasta's start overlaps the sandbox's own set-up.
 
 use std::fs::File;
 use std::io::{self, Read, Write};

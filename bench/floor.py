@@ -28,6 +28,7 @@ reader, not a plan of one.
 Used by bench/lazy.py; `floor.py LAYOUT REF TREE -- CMD...` prints one floor as JSON.
 """
 
+import bisect
 import ctypes
 import ctypes.util
 import gzip
@@ -293,7 +294,6 @@ def zstd_frames(blob):
 def covering(bounds, ranges):
     """Compressed bytes of the blocks (`bounds`: [(uncompressed, compressed bit)] starts) that
     cover the uncompressed `ranges` ([(offset, size)]), each block counted once."""
-    import bisect
     starts = [u for u, _ in bounds]
     spans = []
     for off, size in ranges:
@@ -330,7 +330,7 @@ def manifest_of(layout, ref):
     raise RuntimeError(f"{layout}: no manifest with the ref {ref}")
 
 
-def toc_bytes(layer, blob_path, bounds, files_of_layer):
+def toc_bytes(layer, bounds, files_of_layer):
     """What a mount needs of the layer beside imgfs's index: an eStargz TOC or a zstd:chunked
     one; 0 for a plain layer (imgfs's index covers it)."""
     ann = layer.get("annotations") or {}
@@ -339,7 +339,6 @@ def toc_bytes(layer, blob_path, bounds, files_of_layer):
         return int(pos.split(":")[1])
     toc = files_of_layer.get(ESTARGZ_TOC)
     if toc:
-        import bisect
         starts = [u for u, _ in bounds]
         first = bisect.bisect_right(starts, toc[0] - 512) - 1  # the member with its header
         return layer["size"] - bounds[first][1] // 8
@@ -379,7 +378,7 @@ def floor(layout, ref, files, index_bytes=0, cache=None):
     for i, ranges in want.items():
         bounds = per_layer[i]["bounds"]
         data += covering(bounds, ranges) if bounds else sum(s for _, s in ranges)
-    tocs = sum(toc_bytes(l, blob(l["digest"]), e["bounds"] or [], e["files"])
+    tocs = sum(toc_bytes(l, e["bounds"] or [], e["files"])
                for l, e in zip(layers, per_layer))
     index = manifest_size + manifest["config"]["size"] + index_bytes + tocs
     return {"bytes": data + index, "data": data, "index": index, "files": len(files) - len(missing),

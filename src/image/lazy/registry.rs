@@ -57,7 +57,9 @@ impl RegistryFetch {
             self.remote.auth_file.clone(),
             self.remote.hosts_dir.clone(),
         );
-        if let Some((_, r)) = CLIENTS.lock().iter().find(|(k, _)| *k == key) {
+        // Held while connecting: layers read at once share the one client made.
+        let mut clients = CLIENTS.lock();
+        if let Some((_, r)) = clients.iter().find(|(k, _)| *k == key) {
             *self.registry.lock() = Some(r.clone());
             return Ok(r.clone());
         }
@@ -76,7 +78,7 @@ impl RegistryFetch {
             .map_err(|e| io::Error::other(e.to_string()))?;
         let registry = Arc::new(registry);
         *self.registry.lock() = Some(registry.clone());
-        CLIENTS.lock().push((key, registry.clone()));
+        clients.push((key, registry.clone()));
         Ok(registry)
     }
 }

@@ -431,9 +431,29 @@ fn tls_for(
     Ok(builder.build())
 }
 
+/// The scheme each insecure registry this process probed speaks, by authority.
+static PROBED: Mutex<Vec<(String, &'static str)>> = Mutex::new(Vec::new());
+
 /// Finds whether an insecure registry speaks HTTPS (without checking its certificate), as
-/// docker does; a registry that cannot be reached at all is reported here.
+/// docker does, once per process: the clients a process makes for one registry (a server's
+/// layers, a lookup's manifests and blobs) do not each pay a probe's round trip, behind a busy
+/// link's bulk. A registry that cannot be reached at all is reported here.
 fn probe(agent: &ureq::Agent, what: &str, authority: &str) -> Result<&'static str, RegistryError> {
+    // Held while probing: clients made at once wait for the one probe.
+    let mut probed = PROBED.lock();
+    if let Some((_, scheme)) = probed.iter().find(|(a, _)| a == authority) {
+        return Ok(scheme);
+    }
+    let scheme = probe_once(agent, what, authority)?;
+    probed.push((authority.to_string(), scheme));
+    Ok(scheme)
+}
+
+fn probe_once(
+    agent: &ureq::Agent,
+    what: &str,
+    authority: &str,
+) -> Result<&'static str, RegistryError> {
     let url = format!("https://{authority}/v2/");
     let result = agent
         .get(&url)

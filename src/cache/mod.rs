@@ -204,6 +204,7 @@ impl Cache {
                 .root
                 .join("locks")
                 .join(format!("{lock_prefix}{safe}.lock")),
+            written: std::sync::Arc::default(),
         }
     }
 }
@@ -372,6 +373,9 @@ fn disk_usage(dir: &Path) -> u64 {
 pub struct Entry {
     dir: PathBuf,
     lock_path: PathBuf,
+    /// The files [`write_file`](Self::write_file) wrote, made durable together by
+    /// [`commit`](Self::commit).
+    written: std::sync::Arc<parking_lot::Mutex<Vec<PathBuf>>>,
 }
 
 /// Held while an entry is being filled; released on drop (or by the kernel on exit).
@@ -437,10 +441,13 @@ impl Entry {
         let _ = fs::remove_dir_all(&self.dir);
     }
 
-    /// Writes a file of the entry atomically (temporary name, then rename).
+    /// Writes a file of the entry atomically (temporary name, then rename); it reaches the
+    /// disk by the time the entry is committed.
     pub(crate) fn write_file(&self, name: &str, bytes: &[u8]) -> Result<(), CacheError> {
         let path = self.dir.join(name);
-        sys::publish(&path, bytes, Durability::Synced).map_err(io_err(&path))
+        sys::publish(&path, bytes, Durability::Atomic).map_err(io_err(&path))?;
+        self.written.lock().push(path);
+        Ok(())
     }
 
     /// The entry's name in the cache (its key, made safe for a file name).
@@ -502,9 +509,18 @@ impl Entry {
         Ok(Removal::Removed(size))
     }
 
-    /// Marks the entry complete; `contents` lets a source record what it was built from.
+    /// Marks the entry complete once the files it wrote are on disk; `contents` lets a source
+    /// record what it was built from. The files are synced together, not each as it is
+    /// written: the first sync commits the file system's journal with all of them, and a
+    /// cold start waits for one commit, not one per file.
     pub(crate) fn commit(&self, _lock: &Lock, contents: &str) -> Result<(), CacheError> {
-        self.write_file(MARKER_FILE, contents.as_bytes())
+        for path in std::mem::take(&mut *self.written.lock()) {
+            File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(&path))?;
+        }
+        let path = self.dir.join(MARKER_FILE);
+        sys::publish(&path, contents.as_bytes(), Durability::Synced).map_err(io_err(&path))
     }
 }
 

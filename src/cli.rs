@@ -638,6 +638,9 @@ pub struct ServeArgs {
     /// The image's entry in that store, by name
     #[arg(long, requires = "cache_dir")]
     pub entry: Option<String>,
+    /// The program a run starts, as a path in the image: fetched at once with what it needs
+    #[arg(long)]
+    pub program: Option<PathBuf>,
     /// Serving in the foreground: nothing said when ready, errors on stderr
     #[arg(long)]
     pub foreground: bool,

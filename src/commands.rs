@@ -418,6 +418,7 @@ fn serve_background(args: ServeArgs) -> Result<i32> {
                 }
                 _ => None,
             },
+            program: args.program,
             ..imgfs::image::lazy::LazyOptions::default()
         },
     };
@@ -501,7 +502,9 @@ fn start_sandbox(args: RunArgs) -> Result<i32> {
     // resolved.
     let early = runner::network::start_early(network, &network_flags);
     let cache = Cache::locate(args.cache.cache_dir.clone())?;
+    let start = imgfs::sys::trace::now();
     let ready = prepare(&args.image, &cache, args.pull, &args.cache)?;
+    imgfs::sys::trace::event("prepare", start, "\"bytes\":0");
     let request = runner::plan::Request {
         command: args.command,
         entrypoint: args.entrypoint,

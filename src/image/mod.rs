@@ -12,6 +12,7 @@
 //! access is bounds-checked, every failure is a [`ReadError`] that says which errno it is,
 //! and [`ImageReader::resolve`] keeps symlinks and `..` inside the image root.
 
+mod guess;
 pub mod lazy;
 pub(crate) mod promote;
 
@@ -254,6 +255,9 @@ impl ImageReader {
             cause: source,
         })?;
         let mut blobs: Vec<(Box<dyn Blob>, PathBuf)> = Vec::with_capacity(blob_paths.len());
+        // The same blobs again, for the guess at what a program's start reads: its reads
+        // share the served layers' fetches and store.
+        let mut guess_blobs: Vec<(Box<dyn Blob>, PathBuf)> = Vec::new();
         let spans = std::sync::Arc::new(lazy::SpanCache::new(lazy::SPAN_CACHE_BYTES));
         // By layer: a lazy image may have layers fetched whole (those a TOC cannot describe).
         let mut lazy_blobs = Vec::new();
@@ -278,10 +282,14 @@ impl ImageReader {
                 lazy_blobs.push(Some(blob.clone()));
                 let served = std::sync::Arc::new(promote::Promotable::new(blob));
                 promotable.push(served.clone());
+                guess_blobs.push((Box::new(served.clone()), path.clone()));
                 blobs.push((Box::new(served), path.clone()));
                 continue;
             }
             let file = File::open(path).map_err(io(path))?;
+            if let Ok(twin) = file.try_clone() {
+                guess_blobs.push((Box::new(twin), path.clone()));
+            }
             blobs.push((Box::new(file), path.clone()));
             lazy_blobs.push(None);
         }
@@ -302,6 +310,17 @@ impl ImageReader {
                     }
                 }
                 lazy::Prefetch::None => {}
+            }
+            if let Some(program) = &lazy.program
+                && lazy.prefetch != lazy::Prefetch::None
+            {
+                let twin = crate::sys::map(&file)
+                    .ok()
+                    .and_then(|map| Index::unchecked(map).ok())
+                    .and_then(|index| ImageReader::with_blobs(index, index_path, guess_blobs).ok());
+                if let Some(twin) = twin {
+                    guess::start(twin, program.as_os_str().as_encoded_bytes().to_vec());
+                }
             }
         }
         Ok(reader)

@@ -81,6 +81,7 @@ pub fn make_plan(
         }
         None => ImageConfig::default(),
     };
+    let start = sys::trace::now();
     let fs = ImageReader::open(&ready.index_path, &ready.blobs)
         .map_err(|e| RunError::Image(e.to_string()))?;
     let passwd = image_text(&fs, "/etc/passwd")?;
@@ -98,15 +99,52 @@ pub fn make_plan(
     let caller = sys::effective_ids();
     let host_env = |k: &str| std::env::var(k).ok();
     let mut plan = plan::build(&facts, req, caller, &host_env)?;
+    sys::trace::event("plan", start, "\"bytes\":0");
     let owners = match plan.unprivileged {
         Some((uid, gid)) => Owners::RootAs { uid, gid },
         None => Owners::Recorded,
     };
-    plan.live_mount = live_mount(ready, &plan.fsname, linger, owners, lazy)?;
+    let lazy = crate::image::lazy::LazyOptions {
+        program: program_path(&fs, &plan),
+        ..lazy.clone()
+    };
+    let start = sys::trace::now();
+    plan.live_mount = live_mount(ready, &plan.fsname, linger, owners, &lazy)?;
+    sys::trace::event("server", start, "\"bytes\":0");
     if plan.tty && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         return Err(RunError::NotATty);
     }
     Ok(plan)
+}
+
+/// Where the sandbox's command is in the image: its first word as it is, or found in the
+/// plan's `PATH` as `execvp` finds it; None when no regular file is there.
+fn program_path(fs: &ImageReader, plan: &Plan) -> Option<std::path::PathBuf> {
+    let name = plan.argv.first()?;
+    let is_file = |p: &str| {
+        fs.resolve(p.as_bytes(), true)
+            .ok()
+            .and_then(|rec| fs.inode(rec))
+            .is_some_and(|r| r.file_type() == libc::S_IFREG)
+    };
+    let found = if name.contains('/') {
+        let path = match name.starts_with('/') {
+            true => name.clone(),
+            false => format!("{}/{name}", plan.cwd),
+        };
+        is_file(&path).then_some(path)
+    } else {
+        let path = plan
+            .env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or(plan::DEFAULT_PATH);
+        path.split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| format!("{d}/{name}"))
+            .find(|p| is_file(p))
+    };
+    found.map(Into::into)
 }
 
 /// How long the server of a lazily read image run with `--linger 0` stays after the run.

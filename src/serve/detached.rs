@@ -104,6 +104,9 @@ fn serve_command(what: &Served, foreground: bool) -> Result<std::process::Comman
             .arg("--entry")
             .arg(store.entry.name());
     }
+    if let Some(program) = &what.options.lazy.program {
+        cmd.arg("--program").arg(program);
+    }
     if foreground {
         cmd.arg("--foreground");
     }

@@ -66,6 +66,10 @@ pub struct LazyOptions {
     /// Where layers read through a seek table are made whole: the store and the image's
     /// entry in it. Without it only layers read through a TOC are promoted.
     pub store: Option<crate::cache::lazy::LayerStore>,
+    /// The program a run of the image starts, as a path in the image: a server fetches it,
+    /// its interpreter and its libraries at once (see [`crate::image`]'s guess), unless
+    /// `prefetch` is [`Prefetch::None`].
+    pub program: Option<std::path::PathBuf>,
 }
 
 impl Default for LazyOptions {
@@ -78,6 +82,7 @@ impl Default for LazyOptions {
             prefetch: Prefetch::None,
             promote: true,
             store: None,
+            program: None,
         }
     }
 }

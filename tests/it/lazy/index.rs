@@ -749,3 +749,106 @@ fn the_trace_holds_what_was_fetched_and_read() {
     let read: u64 = of("read").map(|e| e["bytes"].as_u64().unwrap()).sum();
     assert_eq!(read, want.len() as u64, "{events:?}");
 }
+
+/// Without a recording, the server of a lazy run guesses what the command's start reads: the
+/// program found in the image's `PATH`, the interpreter and libraries its ELF headers name,
+/// and theirs. The truth is the image's own dynamic loader: `ldd` of the program, run in the
+/// unpacked image (chroot), every path resolved there; the guess must name the same files.
+/// It fetches them whole from the server's start, before any read: here the run fails before
+/// its command starts (its working directory is a file), yet every byte of those files is in
+/// the cache afterwards, so that reading them all through a mount of that cache fetches
+/// nothing, and they equal the unpacked image's.
+#[test]
+fn a_run_fetches_its_program_and_libraries_at_once() {
+    let img = lazy_image("OCI_GZIP", "layers", "imgfs-test/layers:1");
+    let truth = fx().path("TRUTH_LAYERS");
+    let cache = TempDir::new("imgfs-lazy-cache");
+    let traces = TempDir::new("imgfs-trace");
+    let trace = traces.path().join("trace.jsonl");
+    let out = run_within(
+        imgfs_nodaemon()
+            .env("IMGFS_TRACE", &trace)
+            // The server stays a while after the failed run: the guess ends on its own.
+            .args(["run", "--linger", "10", "--workdir", "/etc/passwd"])
+            .args(["--entrypoint", "", "--cache-dir"])
+            .arg(cache.path())
+            .arg(&img.source)
+            .args(["--", "python3", "-c", "pass"]),
+        LIMIT,
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(stderr.contains("working directory"), "{stderr}");
+    let events = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&trace)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+            .collect()
+    };
+    let start = Instant::now();
+    while !events().iter().any(|e| e["kind"] == "guess") {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the guess did not end: {:?}",
+            events()
+                .iter()
+                .map(|e| format!("{} {} {} {}", e["kind"], e["pid"], e["t0"], e["t1"]))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    settle(&img.front, &img.layers);
+    let events = events();
+    let guess = events.iter().find(|e| e["kind"] == "guess").unwrap();
+    let guessed: Vec<String> = guess["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        events.iter().all(|e| e["kind"] != "read"),
+        "the command read: {events:?}"
+    );
+    // The truth: the program and what the image's loader loads for it, resolved in the image.
+    let in_image = |args: &[&str]| {
+        let out = run_within(Command::new("chroot").arg(&truth).args(args), LIMIT);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let resolved = |paths: &[String]| -> HashSet<String> {
+        let script = r#"for f in "$@"; do readlink -f "$f"; done"#;
+        let args: Vec<&str> = ["/bin/sh", "-c", script, "-"]
+            .into_iter()
+            .chain(paths.iter().map(String::as_str))
+            .collect();
+        in_image(&args).lines().map(str::to_string).collect()
+    };
+    let mut loaded: Vec<String> = in_image(&["/usr/bin/ldd", "/usr/bin/python3"])
+        .lines()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')))
+        .map(str::to_string)
+        .collect();
+    loaded.push("/usr/bin/python3".into());
+    let want = resolved(&loaded);
+    assert!(want.len() >= 4, "ldd named {loaded:?}");
+    assert_eq!(resolved(&guessed), want, "guessed {guessed:?}");
+    // Every byte of them is here: reading them all fetches nothing more.
+    let before = blob_bytes(&img.front, &img.layers);
+    assert!(before > 0, "the guess fetched nothing");
+    let (m, _) = mount(cache.path(), &img.source, &["--prefetch", "none"]);
+    for path in &want {
+        let inside = path.trim_start_matches('/');
+        assert_eq!(
+            std::fs::read(m.path().join(inside)).unwrap(),
+            std::fs::read(truth.join(inside)).unwrap(),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        blob_bytes(&img.front, &img.layers),
+        before,
+        "reading the guessed files fetched what the guess had not"
+    );
+}

@@ -5,11 +5,11 @@
 //! system directories); for a script, the interpreter its `#!` line names.
 //!
 //! Takes the image's reader (over the served layers) and the program's path in the image;
-//! hands on nothing but fetches: each file found is read at its head, which makes its layer
-//! fetch the rest of it ahead ([`Blob::will_read`](super::Blob::will_read)), on a thread of
-//! its own from the moment the server opens the image. A start that would have waited for
-//! its files one after another (the loader opens a library once the one naming it is mapped)
-//! finds them here or on their way. Guarantees: paths are resolved inside the image; at most
+//! hands on nothing but fetches: from the moment the server opens the image, each file found
+//! is read where its headers are, on a thread of its own, and then fetched whole in the
+//! background ([`Blob::will_read`](super::Blob::will_read)).
+//! A start that would have waited for its files one after another (the loader opens a
+//! library once the one naming it is mapped) finds them here or on their way. Guarantees: paths are resolved inside the image; at most
 //! [`MAX_FILES`] files; bytes that are not what they claim end the guess for that file (no
 //! panic, nothing read past what the headers bound). The parsers take bytes, not files.
 
@@ -74,8 +74,8 @@ struct Guess {
     reader: ImageReader,
     /// Records already taken up.
     seen: Mutex<HashSet<u32>>,
-    /// The paths of the files taken up, for the trace.
-    found: Mutex<Vec<String>>,
+    /// The files taken up: their records and paths.
+    found: Mutex<Vec<(u32, String)>>,
     /// The loader's cache: library name and path, for the ELF machine's flags.
     cache: OnceLock<Vec<Cached>>,
     began: u64,
@@ -84,8 +84,10 @@ struct Guess {
 impl Drop for Guess {
     /// The last thread of the guess is done: the trace gets what it took up.
     fn drop(&mut self) {
+        let found = std::mem::take(&mut *self.found.lock());
         if crate::sys::trace::on() {
-            let files = serde_json::to_string(&*self.found.lock()).unwrap_or_default();
+            let paths: Vec<&String> = found.iter().map(|(_, p)| p).collect();
+            let files = serde_json::to_string(&paths).unwrap_or_default();
             crate::sys::trace::event("guess", self.began, &format!("\"files\":{files}"));
         }
     }
@@ -112,17 +114,25 @@ impl Guess {
         }
         self.found
             .lock()
-            .push(String::from_utf8_lossy(&path).into_owned());
+            .push((rec, String::from_utf8_lossy(&path).into_owned()));
         let guess = self.clone();
         spawn(move || guess.file(&path, rec));
     }
 
-    /// Reads the head of `rec` (which fetches the rest of it ahead), then takes up what it
-    /// needs.
+    /// Reads what `rec`'s headers say it needs, then takes that up. These reads fetch only
+    /// their own spans; the rest of the file comes once they are done (when this returns),
+    /// so that its bulk does not hold back the headers that name the next files.
     fn file(self: &Arc<Self>, path: &[u8], rec: u32) {
+        struct Whole<'a>(&'a ImageReader, u32);
+        impl Drop for Whole<'_> {
+            fn drop(&mut self) {
+                self.0.will_read(self.1);
+            }
+        }
+        let _whole = Whole(&self.reader, rec);
         let read = |offset: u64, size: u64| {
             let size = u32::try_from(size).ok()?;
-            self.reader.read_at(rec, offset, size).ok()
+            self.reader.read_hinted(rec, offset, size, false).ok()
         };
         let Some(head) = read(0, HEAD.into()) else {
             return;

@@ -430,8 +430,20 @@ impl ImageReader {
         Ok(Some(self.attr_of(rec, &r)))
     }
 
-    /// Up to `size` bytes of the regular file `rec` from `offset`; empty at the end.
+    /// Up to `size` bytes of the regular file `rec` from `offset`; empty at the end. A lazy
+    /// layer is told the file is being read, and may fetch the rest of it ahead.
     pub(crate) fn read_at(&self, rec: u32, offset: u64, size: u32) -> Result<Vec<u8>, ReadError> {
+        self.read_hinted(rec, offset, size, true)
+    }
+
+    /// [`read_at`](Self::read_at), telling the file's layer of the read only with `hint`.
+    pub(crate) fn read_hinted(
+        &self,
+        rec: u32,
+        offset: u64,
+        size: u32,
+        hint: bool,
+    ) -> Result<Vec<u8>, ReadError> {
         let r = self.record(rec)?;
         match r.file_type() {
             libc::S_IFREG => {}
@@ -450,9 +462,11 @@ impl ImageReader {
                 .data
                 .checked_add(offset)
                 .ok_or(ReadError::Corrupt("data offset overflows"))?;
-            if let (Some(blob), Some(end)) =
-                (self.blobs.get(r.blob as usize), r.data.checked_add(r.size))
-            {
+            if let (Some(blob), Some(end), true) = (
+                self.blobs.get(r.blob as usize),
+                r.data.checked_add(r.size),
+                hint,
+            ) {
                 blob.will_read(r.data..end, at..at + len as u64);
             }
             self.read_blob(r.blob, at, &mut buf)?;
@@ -630,6 +644,20 @@ impl ImageReader {
             chain.push(rec);
         }
         Ok(*chain.last().unwrap_or(&0))
+    }
+
+    /// Tells the layer of the regular file `rec` that all of it will be read soon: a lazy
+    /// layer fetches it ahead (see [`Blob::will_read`]).
+    pub(crate) fn will_read(&self, rec: u32) {
+        let Ok(r) = self.record(rec) else { return };
+        if r.file_type() != libc::S_IFREG || r.is_sparse() {
+            return;
+        }
+        if let (Some(blob), Some(end)) =
+            (self.blobs.get(r.blob as usize), r.data.checked_add(r.size))
+        {
+            blob.will_read(r.data..end, r.data..r.data);
+        }
     }
 
     /// The inode record `resolve` returned.

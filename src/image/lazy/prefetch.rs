@@ -259,11 +259,16 @@ impl LazyBlob {
         ) else {
             return;
         };
-        let reading = self.table.span_at(now.start).zip(
-            now.end
-                .checked_sub(1)
-                .and_then(|end| self.table.span_at(end)),
-        );
+        // An empty `now`: no read comes with the hint, the whole file is wanted.
+        let reading = (!now.is_empty())
+            .then(|| {
+                self.table.span_at(now.start).zip(
+                    now.end
+                        .checked_sub(1)
+                        .and_then(|end| self.table.span_at(end)),
+                )
+            })
+            .flatten();
         // The recording knows which parts of such a file a start reads: those are fetched
         // already, and the rest is not wanted now.
         let recorded = self.recorded.lock();

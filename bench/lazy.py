@@ -92,7 +92,13 @@ WORKLOAD_TEXT = {"pass": "`python3 -c pass`",
 FLOORS = BASE / "floor-cache"       # each layer's entries and block bounds, by digest
 RTT_PROBES = 20
 CHART = ROOT / "bench" / "lazy-chart.png"  # the cold rows beside docker, and two cold starts' timelines
-TRACED = {"cold-lazy": "lazy", "cold-recorded": "recorded"}  # rows with one more run, traced
+# Rows with one more run, traced: (image, workload).
+TRACED = {"cold-lazy": ("lazy", "pass"), "cold-recorded": ("recorded", "pass"),
+          "cold-lazy-shell": ("lazy", "shell")}
+FETCH_KINDS = ("manifest", "blob", "ranges")  # a trace's exchanges with the registry
+# The start's own steps in a trace: the image resolved and its index fetched, its passwd read,
+# the server started and mounted, the server's guess at what the command reads.
+STEP_KINDS = ("prepare", "plan", "server", "guess")
 READ_ALL = "find {m} -type f -print0 | xargs -0 cat >/dev/null"
 DROP_CACHES = "sync; echo 3 >/proc/sys/vm/drop_caches"
 PREFETCH_WAIT_S = 600  # the whole lazy image unshaped on loopback takes seconds
@@ -255,15 +261,16 @@ def cold_imgfs(runner, key, name, names, runs, flags=(), cap=300, cmd=CMD):
     return st
 
 
-def traced_run(key, name, names):
-    """One more cold run of a row (`python3 -c pass`), with IMGFS_TRACE: when it began and
-    ended, and every event imgfs recorded (its exchanges with the registry, the reads the
-    filesystem answered)."""
+def traced_run(key, name, workload, names):
+    """One more cold run of a row, with IMGFS_TRACE: when it began and ended, and every event
+    imgfs recorded (its exchanges with the registry, the reads the filesystem answered, the
+    start's own steps)."""
     c = cache(f"{key}-traced")
     trace = RESULTS / f"lazy-trace-{key}.jsonl"
     trace.unlink(missing_ok=True)
     prep(["stop-shared", f"rm:{c}", "sync"])
     argv = imgfs_run(c, names.docker(name))
+    argv[argv.index("--") + 1:] = WORKLOADS[workload]
     env = dict(os.environ, IMGFS_TRACE=str(trace))
     t0 = time.time()
     p = subprocess.run([str(a) for a in argv], env=env, capture_output=True, text=True, timeout=300)
@@ -279,11 +286,13 @@ def traced_run(key, name, names):
 
 def timeline_summary(tl, index_blobs=()):
     """What a traced cold start spent its time on: {run, first_read, last_read, fetched,
-    in_flight, waits, waited}."""
+    in_flight, waits, waited, and when each of the start's steps ended}."""
     if not tl or tl.get("error"):
         return None
     t0, t1, ev = tl["t0"] * 1e6, tl["t1"] * 1e6, tl["events"]
-    fetches = [e for e in ev if e["kind"] != "read"]
+    fetches = [e for e in ev if e["kind"] in FETCH_KINDS]
+    steps = {k: (min(e["t0"] for e in ev if e["kind"] == k) - t0, max(e["t1"] for e in ev if e["kind"] == k) - t0)
+             for k in STEP_KINDS if any(e["kind"] == k for e in ev)}
     reads = [e for e in ev if e["kind"] == "read"]
     spans, busy, end = sorted((e["t0"], e["t1"]) for e in fetches), 0.0, None
     for a, b in spans:
@@ -298,7 +307,8 @@ def timeline_summary(tl, index_blobs=()):
             "last_read": (max(e["t1"] for e in reads) - t0) / 1e6 if reads else None,
             "requests": len(fetches), "fetched": sum(e.get("bytes", 0) for e in fetches),
             "in_flight": busy / 1e6, "reads": len(reads), "waits": len(waited),
-            "waited": sum(e["t1"] - e["t0"] for e in waited) / 1e6}
+            "waited": sum(e["t1"] - e["t0"] for e in waited) / 1e6,
+            "steps": {k: (a / 1e6, b / 1e6) for k, (a, b) in steps.items()}}
 
 
 def cold_docker(runner, key, name, names, runs, cap=300):
@@ -372,8 +382,8 @@ def measure_cold(runner, names):
         res[workload_key("big-lazy", w)] = cold_imgfs(runner, workload_key("big-lazy", w), "big", names, RUNS_FEW,
                                                       cap=900, cmd=cmd)
     res["big-docker"] = cold_docker(runner, "big-docker", "big", names, dict(min_runs=1, max_runs=2), cap=1800)
-    for key, name in TRACED.items():
-        res[f"timeline-{key}"] = traced_run(key, name, names)
+    for key, (name, workload) in TRACED.items():
+        res[f"timeline-{key}"] = traced_run(key, name, workload, names)
     return res
 
 
@@ -736,16 +746,21 @@ def render_warm(res):
 
 def render_timelines(res, inp):
     """The traced cold starts (TRACED), summed up; the chart draws them."""
-    L = ["| traced run | took | first read | last read done | requests | MB fetched | some fetch in flight "
-         "| reads that waited for a fetch | their wait | floor |", "|---|---|---|---|---|---|---|---|---|---|"]
+    L = ["| traced run | took | index fetched | server ready | guess (from, to) | first read | last read done "
+         "| requests | MB fetched | some fetch in flight | reads that waited for a fetch | their wait | floor |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key in TRACED:
         t = timeline_summary(res.get(f"timeline-{key}"))
         if not t:
             L.append(f"| {key} | {(res.get(f'timeline-{key}') or {}).get('error', 'not measured')} "
-                     "| | | | | | | | |")
+                     "| | | | | | | | | | | |")
             continue
         f = floor_of(inp, key)
-        L.append(f"| {key} | {fmt_time(t['run'])} | {fmt_time(t['first_read'] or 0)} | {fmt_time(t['last_read'] or 0)} "
+        st = t.get("steps") or {}
+        end = lambda k: fmt_time(st[k][1]) if k in st else "—"
+        guess = f"{fmt_time(st['guess'][0])}, {fmt_time(st['guess'][1])}" if "guess" in st else "—"
+        L.append(f"| {key} | {fmt_time(t['run'])} | {end('prepare')} | {end('server')} | {guess} "
+                 f"| {fmt_time(t['first_read'] or 0)} | {fmt_time(t['last_read'] or 0)} "
                  f"| {t['requests']} | {mb(t['fetched'])} | {fmt_time(t['in_flight'])} | {t['waits']} of {t['reads']} "
                  f"| {fmt_time(t['waited'])} | {fmt_time(f['time']) if f else '—'} |")
     return L
@@ -780,12 +795,17 @@ def draw(res, inp, path):
     for ax, key in zip(axes[1:], traced):
         tl = res[f"timeline-{key}"]
         t0 = tl["t0"] * 1e6
-        fetches = sorted((e for e in tl["events"] if e["kind"] != "read"), key=lambda e: e["t0"])
+        fetches = sorted((e for e in tl["events"] if e["kind"] in FETCH_KINDS), key=lambda e: e["t0"])
         reads = [e for e in tl["events"] if e["kind"] == "read"]
         for i, e in enumerate(fetches):
             a, b = (e["t0"] - t0) / 1e3, (e["t1"] - t0) / 1e3
             ax.barh(i + 2, max(b - a, 0.3), left=a, height=0.8,
                     color="#3a78c2" if e["kind"] == "ranges" else "#909090")
+        # The start's own steps, on the line above the reads.
+        for e in (e for e in tl["events"] if e["kind"] in STEP_KINDS):
+            a, b = (e["t0"] - t0) / 1e3, (e["t1"] - t0) / 1e3
+            ax.barh(1, max(b - a, 0.3), left=a, height=0.6, color="#5aa05a", alpha=0.6)
+            ax.text(a, 1, e["kind"], fontsize=6, va="center")
         for e in reads:
             a, b = (e["t0"] - t0) / 1e3, (e["t1"] - t0) / 1e3
             ax.plot([a, max(b, a + 0.3)], [0, 0], color="#c23a3a", lw=4, solid_capstyle="butt")
@@ -797,11 +817,11 @@ def draw(res, inp, path):
         ax.axvline(run_end, color="#c23a3a", lw=1, ls="--")
         ax.text(run_end, len(fetches) + 0.5, "exit ", fontsize=7, color="#c23a3a", ha="right")
         ax.set_ylim(-1, len(fetches) + 4)
-        ax.set_yticks([0], ["reads"], fontsize=7)
+        ax.set_yticks([0, 1], ["reads", "steps"], fontsize=7)
         ax.set_xlabel("ms since imgfs run began")
         t = timeline_summary(tl)
         ax.set_title(f"{key}: {len(fetches)} requests ({mb(t['fetched'])}; blue: ranges, grey: manifests and "
-                     f"whole blobs), reads (red)", fontsize=9)
+                     f"whole blobs), the start's steps (green), reads (red)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -865,8 +885,11 @@ def render(res, meta):
           *render_floors(inp), "",
           "### Where a cold start's time goes\n",
           "One more run of each of these rows, with `IMGFS_TRACE` set: imgfs recorded every exchange with "
-          "the registry and every read its filesystem answered (a read that took over 1 ms waited for a "
-          "fetch). *Some fetch in flight* is the time at least one request was open.\n",
+          "the registry, every read its filesystem answered (a read that took over 1 ms waited for a "
+          "fetch) and the start's own steps: *index fetched* is when the image was resolved and its index "
+          "stored, *server ready* when the server answered on its mountpoint, *guess* when the server's "
+          "guess at the command's files began and when its last file's head was read (the files come "
+          "whole in the background). *Some fetch in flight* is the time at least one request was open.\n",
           *render_timelines(res, inp), "",
           f"![cold starts and their timelines]({CHART.name})", "",
           *render_notes(res), "",

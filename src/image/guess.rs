@@ -7,11 +7,11 @@
 //! Takes the image's reader (over the served layers) and the program's path in the image;
 //! hands on nothing but fetches: from the moment the server opens the image, each file found
 //! is read where its headers are, on a thread of its own, and then fetched whole in the
-//! background ([`Blob::will_read`](super::Blob::will_read)).
-//! A start that would have waited for its files one after another (the loader opens a
-//! library once the one naming it is mapped) finds them here or on their way. Guarantees: paths are resolved inside the image; at most
-//! [`MAX_FILES`] files; bytes that are not what they claim end the guess for that file (no
-//! panic, nothing read past what the headers bound). The parsers take bytes, not files.
+//! background ([`Blob::will_read`](super::Blob::will_read)). A start that would have waited
+//! for its files one after another (the loader opens a library once the one naming it is
+//! mapped) finds them here or on their way. Guarantees: paths are resolved inside the image;
+//! at most [`MAX_FILES`] files; bytes that are not what they claim end the guess for that
+//! file (no panic, nothing read past what the headers bound). The parsers take bytes.
 
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
@@ -39,8 +39,8 @@ const DEFAULT_PATH: &[&str] = &[
 /// The image's cache of where its libraries are (ldconfig's).
 const LD_CACHE: &str = "/etc/ld.so.cache";
 
-/// Starts a guess at the files a start of `program` (a path in the image) reads, each read
-/// at its head on a thread of its own.
+/// Starts a guess at the files a start of `program` (a path in the image) reads, each taken
+/// up on a thread of its own.
 pub(crate) fn start(reader: ImageReader, program: Vec<u8>) {
     let guess = Arc::new(Guess {
         reader,

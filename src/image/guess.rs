@@ -19,6 +19,7 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::Mutex;
 
 use super::ImageReader;
+use crate::index::le::{get_u32, get_uint};
 
 /// Most files one guess fetches: a program and its libraries are a few dozen at most; a
 /// hostile image naming thousands gets no more than this.
@@ -27,15 +28,6 @@ const MAX_FILES: usize = 64;
 const HEAD: u32 = 4096;
 /// Most bytes of a dynamic section or of the string table its names are in.
 const MAX_TABLE: u64 = 1 << 20;
-/// Where `#!/usr/bin/env NAME` finds NAME: docker's default `PATH`.
-const DEFAULT_PATH: &[&str] = &[
-    "/usr/local/sbin",
-    "/usr/local/bin",
-    "/usr/sbin",
-    "/usr/bin",
-    "/sbin",
-    "/bin",
-];
 /// The image's cache of where its libraries are (ldconfig's).
 const LD_CACHE: &str = "/etc/ld.so.cache";
 
@@ -245,8 +237,9 @@ impl Guess {
         if name.contains(&b'/') {
             return Some(name.to_vec());
         }
-        DEFAULT_PATH
-            .iter()
+        // Where `#!/usr/bin/env NAME` finds NAME: docker's default `PATH`.
+        super::DEFAULT_PATH
+            .split(':')
             .map(|d| [d.as_bytes(), b"/", name].concat())
             .find(|p| self.reader.resolve(p, true).is_ok())
     }
@@ -322,15 +315,11 @@ fn cache_flags(machine: u16) -> Option<u32> {
 }
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    get_uint(b, at, 2).map(|v| v as u16)
 }
 
 fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+    get_uint(b, at, 8)
 }
 
 /// What a 64-bit little-endian ELF file's program headers say about what it needs.
@@ -374,7 +363,7 @@ impl Elf {
             let h = head.get(phoff.checked_add(i * PHDR)?..)?.get(..PHDR)?;
             let (offset, addr, size) = (u64_at(h, 8)?, u64_at(h, 16)?, u64_at(h, 32)?);
             let range = offset..offset.checked_add(size.min(MAX_TABLE))?;
-            match u32_at(h, 0)? {
+            match get_u32(h, 0)? {
                 PT_LOAD => elf.loads.push((addr, offset, size)),
                 PT_DYNAMIC => elf.dynamic = Some(range),
                 PT_INTERP => elf.interp = Some(range),
@@ -435,7 +424,7 @@ fn parse_ld_cache(bytes: &[u8]) -> Vec<Cached> {
         return Vec::new();
     };
     let new = &bytes[base..];
-    let count = u32_at(new, 20).map_or(0, |n| n as usize);
+    let count = get_u32(new, 20).map_or(0, |n| n as usize);
     // Strings are at offsets from the new format's header.
     let string = |at: u32| -> Option<Vec<u8>> {
         let rest = new.get(at as usize..)?;
@@ -445,9 +434,9 @@ fn parse_ld_cache(bytes: &[u8]) -> Vec<Cached> {
         .map_while(|i| {
             let e = new.get(HEADER + i * ENTRY..)?.get(..ENTRY)?;
             Some((
-                u32_at(e, 0)?,
-                string(u32_at(e, 4)?)?,
-                string(u32_at(e, 8)?)?,
+                get_u32(e, 0)?,
+                string(get_u32(e, 4)?)?,
+                string(get_u32(e, 8)?)?,
             ))
         })
         .collect()

@@ -30,6 +30,10 @@ pub(crate) const BLOCK_SIZE: u32 = 4096;
 /// and treats as unmapped (no writes to such a file, no copy-up of it) — what a FUSE mount
 /// made inside that namespace would give for the same owner.
 const UNMAPPED_ID: u32 = u32::MAX;
+/// The `PATH` docker gives a container whose image sets none: where a run finds its command,
+/// and a guess the interpreter of a `#!/usr/bin/env NAME` line.
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Most symlinks followed while resolving one path, as the kernel's `MAXSYMLINKS`.
 const MAX_SYMLINKS: u32 = 40;
 

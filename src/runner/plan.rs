@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// PATH docker gives a container whose image sets none.
-pub(crate) const DEFAULT_PATH: &str =
-    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) use crate::image::DEFAULT_PATH;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {

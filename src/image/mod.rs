@@ -259,8 +259,9 @@ impl ImageReader {
             cause: source,
         })?;
         let mut blobs: Vec<(Box<dyn Blob>, PathBuf)> = Vec::with_capacity(blob_paths.len());
-        // The same blobs again, for the guess at what a program's start reads: its reads
-        // share the served layers' fetches and store.
+        // The same blobs again, for the guess at what a program's start reads (only when
+        // there is one to make): its reads share the served layers' fetches and store.
+        let guessing = lazy.program.is_some() && lazy.prefetch != lazy::Prefetch::None;
         let mut guess_blobs: Vec<(Box<dyn Blob>, PathBuf)> = Vec::new();
         let spans = std::sync::Arc::new(lazy::SpanCache::new(lazy::SPAN_CACHE_BYTES));
         // By layer: a lazy image may have layers fetched whole (those a TOC cannot describe).
@@ -286,12 +287,14 @@ impl ImageReader {
                 lazy_blobs.push(Some(blob.clone()));
                 let served = std::sync::Arc::new(promote::Promotable::new(blob));
                 promotable.push(served.clone());
-                guess_blobs.push((Box::new(served.clone()), path.clone()));
+                if guessing {
+                    guess_blobs.push((Box::new(served.clone()), path.clone()));
+                }
                 blobs.push((Box::new(served), path.clone()));
                 continue;
             }
             let file = File::open(path).map_err(io(path))?;
-            if let Ok(twin) = file.try_clone() {
+            if guessing && let Ok(twin) = file.try_clone() {
                 guess_blobs.push((Box::new(twin), path.clone()));
             }
             blobs.push((Box::new(file), path.clone()));
@@ -315,9 +318,7 @@ impl ImageReader {
                 }
                 lazy::Prefetch::None => {}
             }
-            if let Some(program) = &lazy.program
-                && lazy.prefetch != lazy::Prefetch::None
-            {
+            if let (Some(program), true) = (&lazy.program, guessing) {
                 let twin = crate::sys::map(&file)
                     .ok()
                     .and_then(|map| Index::unchecked(map).ok())
